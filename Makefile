@@ -1,0 +1,39 @@
+# The two commands: `make demo` and `make test`. Each creates .venv when
+# missing, installs what it needs (idempotent: a stamp file per extra set)
+# and runs.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PY     := $(BIN)/python
+DEMO_DIR ?= demo-output
+
+.PHONY: demo test test-long bench clean venv
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(VENV)/.stamp-sample: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[sample]'
+	touch $@
+
+$(VENV)/.stamp-test: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@ $(VENV)/.stamp-sample
+
+venv: $(VENV)/.stamp-test
+
+demo: $(VENV)/.stamp-sample
+	$(BIN)/digitbatch demo --workdir $(DEMO_DIR)
+
+test: $(VENV)/.stamp-test
+	$(BIN)/python -m pytest -m "not long" -q
+
+test-long: $(VENV)/.stamp-test
+	$(BIN)/python -m pytest -m long -q
+
+bench: $(VENV)/.stamp-test
+	$(BIN)/digitbatch bench ingest
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) build *.egg-info

@@ -1,0 +1,228 @@
+"""Source -> store, atomically: the ``digitbatch ingest`` library call."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import cluster
+from .errors import TooManyRejectsError
+from .layout import DEFAULT_CHUNK_SIZE, StoreWriter, validate_chunk_size
+from .sources import Batch, Reject, resolve_kind
+from .sources.labels import LabelMap, load_labels
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_REJECTS = 10
+# Members per decode task: big enough to amortise scheduling (~1 ms a task),
+# small enough to keep both workers busy on a few thousand images.
+DEFAULT_DECODE_BATCH = 2048
+DEFAULT_MAX_MEMBER_BYTES = 16 * 2**20
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What an ingest wrote, for the summary line and for machines."""
+
+    path: str
+    kind: str
+    n_images: int
+    n_labeled: int
+    n_rejects: int
+    rejects_by_reason: dict[str, int]
+    label_counts: list[int]
+    labels_unmatched: int
+    checksum: str
+    seconds: float
+    splits: dict = field(default_factory=dict)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.n_images / self.seconds if self.seconds > 0 else float("inf")
+
+    def to_dict(self) -> dict:
+        d = dict(self.__dict__)
+        d["images_per_second"] = round(self.images_per_second, 1)
+        return d
+
+
+def _array_batches(images: np.ndarray, labels: np.ndarray, keys: list[str],
+                   size: int) -> Iterator[Batch]:
+    for start in range(0, images.shape[0], size):
+        stop = start + size
+        yield Batch(images[start:stop], labels[start:stop], keys[start:stop])
+
+
+def _image_batches(path: Path, ex, *, batch_size: int, max_member_bytes: int) -> Iterator[Batch]:
+    """Stream members in this process; decode batches of them on the executor."""
+    from .sources.images import Member, decode_batch, iter_members
+
+    member_rejects: list[Reject] = []
+
+    def groups() -> Iterator[list[tuple[str, bytes, int | None]]]:
+        items: list[tuple[str, bytes, int | None]] = []
+        for m in iter_members(path, max_member_bytes=max_member_bytes):
+            if isinstance(m, Member):
+                items.append((m.key, m.data, m.folder_label))
+                if len(items) >= batch_size:
+                    yield items
+                    items = []
+            else:
+                member_rejects.append(m)
+        if items:
+            yield items
+
+    for batch in ex.map_ordered(decode_batch, groups()):
+        if member_rejects:
+            batch.rejects.extend(member_rejects)
+            member_rejects.clear()
+        yield batch
+    if member_rejects:
+        yield Batch.empty(member_rejects)
+
+
+def ingest(
+    source: str | Path,
+    out: str | Path,
+    *,
+    kind: str | None = None,
+    labels: str | Path | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    overwrite: bool = False,
+    max_rejects: int = DEFAULT_MAX_REJECTS,
+    data_home: str | Path | None = None,
+    scheduler: str | None = None,
+    decode_batch_size: int = DEFAULT_DECODE_BATCH,
+    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
+) -> IngestResult:
+    """Read ``source`` into a new store at ``out``.
+
+    Parameters
+    ----------
+    source : path or ``"sample"`` / ``"openml"``
+        An IDX directory, an image directory / tar / zip, or a named source.
+    out : path
+        The store to create. It appears only once complete.
+    kind : {"idx", "openml", "sample", "images"}, optional
+        Force a reader instead of detecting it from content.
+    labels : path, optional
+        A CSV (key,label) whose labels replace the source's, by key.
+    chunk_size : int
+        Images per chunk along N.
+    overwrite : bool
+        Replace an existing store at ``out`` (only once the new one is complete).
+    max_rejects : int
+        Fail (and write nothing) when more inputs than this are rejected.
+    data_home : path, optional
+        scikit-learn's download cache for ``openml``.
+    scheduler : str, optional
+        Where image decoding runs (see :mod:`digitbatch.cluster`).
+
+    Returns
+    -------
+    IngestResult
+    """
+    t0 = time.perf_counter()
+    chunk_size = validate_chunk_size(chunk_size)
+    if isinstance(max_rejects, bool) or not isinstance(max_rejects, int) or max_rejects < 0:
+        raise TooManyRejectsError(f"max_rejects must be an integer >= 0, got {max_rejects!r}")
+    source = str(source)
+    resolved = resolve_kind(source, kind)
+    label_map: LabelMap | None = load_labels(labels) if labels is not None else None
+    out = Path(out)
+    reasons: collections.Counter = collections.Counter()
+
+    with StoreWriter(out, source={"kind": resolved}, chunk_size=chunk_size,
+                     overwrite=overwrite) as writer:
+        splits: dict = {}
+        with _batches(resolved, source, data_home=data_home, scheduler=scheduler,
+                      chunk_size=chunk_size, decode_batch_size=decode_batch_size,
+                      max_member_bytes=max_member_bytes) as (batches, meta):
+            for batch in batches:
+                if label_map is not None:
+                    batch = label_map.apply(batch)
+                writer.append(batch.images, batch.labels, batch.keys)
+                if batch.rejects:
+                    writer.add_rejects((r.key, r.reason) for r in batch.rejects)
+                    reasons.update(r.reason.split(":", 1)[0] for r in batch.rejects)
+                    if writer.n_rejects > max_rejects:
+                        examples = "; ".join(f"{r.key}: {r.reason}" for r in batch.rejects[:3])
+                        raise TooManyRejectsError(
+                            f"{writer.n_rejects} inputs rejected, more than --max-rejects "
+                            f"{max_rejects} ({dict(reasons)}; e.g. {examples}); nothing was "
+                            f"written: fix the input or raise --max-rejects"
+                        )
+            splits = meta.get("splits", {})
+            description = meta["description"]
+        if label_map is not None:
+            description = {**description, "labels_file": label_map.path}
+            if label_map.unmatched:
+                log.warning("%d keys of %s matched no image", label_map.unmatched, label_map.path)
+        writer.source = description
+        store = writer.finish(splits=splits)
+
+    seconds = time.perf_counter() - t0
+    result = IngestResult(
+        path=str(out),
+        kind=resolved,
+        n_images=store.n,
+        n_labeled=store.meta["n_labeled"],
+        n_rejects=store.meta["n_rejects"],
+        rejects_by_reason=dict(reasons),
+        label_counts=store.meta["label_counts"],
+        labels_unmatched=label_map.unmatched if label_map else 0,
+        checksum=store.checksum,
+        seconds=seconds,
+        splits=store.meta["splits"],
+    )
+    log.info("ingested %d images (%d rejected) from %s in %.2f s (%.0f images/s)",
+             result.n_images, result.n_rejects, source, seconds, result.images_per_second)
+    return result
+
+
+class _batches:
+    """Context manager yielding ``(batch iterator, meta)`` for a resolved kind.
+
+    ``meta`` holds ``description`` and ``splits`` (filled in as soon as known).
+    """
+
+    def __init__(self, kind: str, source: str, *, data_home, scheduler, chunk_size,
+                 decode_batch_size, max_member_bytes):
+        self.kind, self.source = kind, source
+        self.data_home, self.scheduler = data_home, scheduler
+        self.chunk_size = chunk_size
+        self.decode_batch_size, self.max_member_bytes = decode_batch_size, max_member_bytes
+        self._ex = None
+
+    def __enter__(self):
+        if self.kind in ("idx", "openml", "sample"):
+            data = self._load_arrays()
+            meta = {"description": data.description, "splits": data.splits}
+            return _array_batches(data.images, data.labels, data.keys, self.chunk_size), meta
+        path = Path(self.source)
+        self._ex = cluster.executor(self.scheduler)
+        ex = self._ex.__enter__()
+        meta = {"description": {"kind": "images", "path": str(path.resolve())}, "splits": {}}
+        return _image_batches(path, ex, batch_size=self.decode_batch_size,
+                              max_member_bytes=self.max_member_bytes), meta
+
+    def __exit__(self, *exc):
+        if self._ex is not None:
+            return self._ex.__exit__(*exc)
+        return False
+
+    def _load_arrays(self):
+        if self.kind == "idx":
+            from .sources.idx import load_idx
+            return load_idx(self.source)
+        if self.kind == "sample":
+            from .sources.sample import load_sample
+            return load_sample()
+        from .sources.openml import load_openml
+        return load_openml(data_home=self.data_home)

@@ -1,0 +1,383 @@
+"""The one module that knows the Zarr layout of a digitbatch store.
+
+A store is a Zarr v3 group::
+
+    store.zarr/
+      images   (N, 28, 28) uint8, chunked along N only
+      labels   (N,) int8, UNKNOWN_LABEL (-1) where the label is unknown
+      keys     (N,) string, where each image came from ("idx:train:123",
+               "archive.tar.gz!7/img001.png", ...)
+      rejects/keys, rejects/reasons   (R,) string: what ingest refused and why
+      attrs["digitbatch"]: layout version, source description, content
+               checksum, digitbatch version, creation time, splits, counts
+
+Stores are written under a temporary sibling name and renamed into place by
+:class:`StoreWriter`, so an interrupted write never leaves a store that
+:func:`open_store` accepts (it also requires ``complete: true``, written
+last).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+from . import __version__
+from .errors import StoreError, StoreExistsError, StoreNotFoundError
+
+log = logging.getLogger(__name__)
+
+LAYOUT_VERSION = 1
+IMAGE_SHAPE = (28, 28)
+LABEL_DTYPE = np.dtype("int8")
+UNKNOWN_LABEL = -1
+N_CLASSES = 10
+# 32,768 images = 25.7 MB raw per chunk: large enough that per-task overhead
+# is small against the work, small enough for two tasks per core in memory.
+DEFAULT_CHUNK_SIZE = 32_768
+MIN_CHUNK_SIZE = 256
+# LZ4 decodes MNIST chunks about 1.7x faster than Zarr's default zstd
+# (34 ms vs 60 ms per 60k images here) at a 3.1x instead of 4.7x ratio;
+# scoring is decode-bound, disk is cheap.
+COMPRESSORS = (BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle"),)
+ATTRS_KEY = "digitbatch"
+
+
+def validate_chunk_size(chunk_size: int) -> int:
+    """Return ``chunk_size`` if it is a usable chunk length along N."""
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)):
+        raise StoreError(f"chunk_size must be an integer, got {chunk_size!r}")
+    if chunk_size < MIN_CHUNK_SIZE:
+        raise StoreError(
+            f"chunk_size {chunk_size} is too small: use at least {MIN_CHUNK_SIZE} "
+            f"(default {DEFAULT_CHUNK_SIZE})"
+        )
+    return int(chunk_size)
+
+
+def chunk_bounds(n: int, chunk_size: int) -> list[tuple[int, int]]:
+    """``[(start, stop), ...]`` of the chunks of an axis of length ``n``."""
+    return [(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
+
+
+@dataclass(frozen=True)
+class Store:
+    """An opened, validated digitbatch store (read-only view)."""
+
+    path: Path
+    group: Any
+    meta: dict
+
+    @property
+    def images(self):
+        return self.group["images"]
+
+    @property
+    def labels(self):
+        return self.group["labels"]
+
+    @property
+    def keys(self):
+        return self.group["keys"]
+
+    @property
+    def n(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def chunk_size(self) -> int:
+        return int(self.images.chunks[0])
+
+    @property
+    def chunks(self) -> list[tuple[int, int]]:
+        return chunk_bounds(self.n, self.chunk_size)
+
+    @property
+    def splits(self) -> dict[str, tuple[int, int]]:
+        return {k: (int(v[0]), int(v[1])) for k, v in self.meta.get("splits", {}).items()}
+
+    @property
+    def checksum(self) -> str:
+        return self.meta["checksum"]
+
+    def split_rows(self, split: str) -> slice:
+        """Row slice of a named split (``train``, ``test`` or ``all``)."""
+        if split == "all":
+            return slice(0, self.n)
+        if split not in self.splits:
+            raise StoreError(
+                f"store {self.path} has no split {split!r}; it has "
+                f"{sorted(self.splits) or 'none'} (use 'all' for every row)"
+            )
+        start, stop = self.splits[split]
+        return slice(start, stop)
+
+    def read(self, rows: slice = slice(None)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Images, labels and keys of ``rows``, in memory."""
+        return self.images[rows], self.labels[rows], np.asarray(self.keys[rows], dtype=object)
+
+    def rejects(self) -> list[tuple[str, str]]:
+        """``[(key, reason), ...]`` of the inputs ingest refused."""
+        if self.meta.get("n_rejects", 0) == 0:
+            return []
+        keys = self.group["rejects/keys"][:]
+        reasons = self.group["rejects/reasons"][:]
+        return [(str(k), str(r)) for k, r in zip(keys, reasons)]
+
+    def to_dask(self):
+        """``(images, labels)`` as Dask arrays chunked like the store."""
+        import dask.array as da
+
+        return (
+            da.from_zarr(self.images),
+            da.from_zarr(self.labels),
+        )
+
+
+def open_store(path: str | os.PathLike) -> Store:
+    """Open and validate a store; raise :class:`StoreError` naming the fault."""
+    p = Path(path)
+    if not p.exists():
+        raise StoreNotFoundError(f"store {p} does not exist: create it with `digitbatch ingest`")
+    try:
+        group = zarr.open_group(str(p), mode="r")
+    except Exception as exc:  # zarr raises several types for a non-group
+        raise StoreError(f"{p} is not a Zarr group ({exc}); is it a digitbatch store?") from exc
+    meta = dict(group.attrs.get(ATTRS_KEY) or {})
+    if not meta:
+        raise StoreError(f"{p} is a Zarr group but not a digitbatch store (no '{ATTRS_KEY}' attributes)")
+    version = meta.get("layout_version")
+    if version != LAYOUT_VERSION:
+        raise StoreError(
+            f"store {p} has layout version {version!r}; this digitbatch reads version "
+            f"{LAYOUT_VERSION}: re-ingest it with this version"
+        )
+    if meta.get("complete") is not True:
+        raise StoreError(f"store {p} is incomplete (an interrupted write?): ingest it again")
+    store = Store(path=p, group=group, meta=meta)
+    _validate_arrays(store)
+    return store
+
+
+def _validate_arrays(store: Store) -> None:
+    p = store.path
+    members = set(store.group.array_keys())
+    for name in ("images", "labels", "keys"):
+        if name not in members:
+            raise StoreError(f"store {p} has no '{name}' array: re-ingest it")
+    images, labels, keys = store.images, store.labels, store.keys
+    if images.dtype != np.uint8 or images.ndim != 3 or tuple(images.shape[1:]) != IMAGE_SHAPE:
+        raise StoreError(
+            f"store {p}: images must be (N, 28, 28) uint8, got {images.shape} {images.dtype}"
+        )
+    n = images.shape[0]
+    if labels.dtype != LABEL_DTYPE or labels.shape != (n,):
+        raise StoreError(f"store {p}: labels must be ({n},) int8, got {labels.shape} {labels.dtype}")
+    if keys.shape != (n,) or keys.dtype.kind not in "TUO":
+        raise StoreError(f"store {p}: keys must be ({n},) strings, got {keys.shape} {keys.dtype}")
+    if tuple(images.chunks[1:]) != IMAGE_SHAPE:
+        raise StoreError(f"store {p}: images must be chunked along N only, got chunks {images.chunks}")
+    c = images.chunks[0]
+    if labels.chunks[0] != c or keys.chunks[0] != c:
+        raise StoreError(
+            f"store {p}: arrays are not chunk-aligned (images {c}, labels {labels.chunks[0]}, "
+            f"keys {keys.chunks[0]}): re-ingest it"
+        )
+    if meta_n := store.meta.get("n_images"):
+        if meta_n != n:
+            raise StoreError(f"store {p}: attributes say {meta_n} images but arrays hold {n}")
+    for name, (start, stop) in store.splits.items():
+        if not 0 <= start <= stop <= n:
+            raise StoreError(f"store {p}: split {name!r} rows [{start}, {stop}) outside [0, {n})")
+
+
+@dataclass
+class _Buffer:
+    images: list = field(default_factory=list)
+    labels: list = field(default_factory=list)
+    keys: list = field(default_factory=list)
+    n: int = 0
+
+
+class StoreWriter:
+    """Build a store under a temporary name; :meth:`finish` renames it in.
+
+    Use as a context manager: an exception inside the block removes the
+    temporary directory, so nothing half-written remains.
+
+    >>> with StoreWriter("out.zarr", source={"kind": "idx"}) as w:  # doctest: +SKIP
+    ...     w.append(images, labels, keys)
+    ...     store = w.finish(splits={"train": (0, 60000)})
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        source: dict,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        overwrite: bool = False,
+    ):
+        self.path = Path(path)
+        self.source = source
+        self.chunk_size = validate_chunk_size(chunk_size)
+        self.overwrite = overwrite
+        if self.path.exists() and not overwrite:
+            raise StoreExistsError(
+                f"{self.path} already exists: choose another --out or pass --overwrite"
+            )
+        if not self.path.parent.exists():
+            raise StoreError(f"parent directory {self.path.parent} of {self.path} does not exist")
+        self.tmp = self.path.parent / f".{self.path.name}.tmp-{uuid.uuid4().hex[:12]}"
+        self._buf = _Buffer()
+        self._written = 0
+        self._hash = hashlib.sha256()
+        self._counts = np.zeros(N_CLASSES + 1, dtype=np.int64)  # last slot: unknown
+        self._rejects: list[tuple[str, str]] = []
+        self._group = None
+        self._done = False
+
+    # -- context manager ---------------------------------------------------
+    def __enter__(self) -> StoreWriter:
+        self._open()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if not self._done:
+            self.abort()
+
+    def _open(self) -> None:
+        if self._group is not None:
+            return
+        g = zarr.open_group(str(self.tmp), mode="w-")
+        c = self.chunk_size
+        g.create_array("images", shape=(0, *IMAGE_SHAPE), chunks=(c, *IMAGE_SHAPE),
+                       dtype="uint8", compressors=COMPRESSORS, fill_value=0)
+        g.create_array("labels", shape=(0,), chunks=(c,), dtype=LABEL_DTYPE,
+                       compressors=COMPRESSORS, fill_value=UNKNOWN_LABEL)
+        g.create_array("keys", shape=(0,), chunks=(c,), dtype=str)
+        self._group = g
+
+    # -- writing -----------------------------------------------------------
+    def append(self, images: np.ndarray, labels: np.ndarray, keys: Sequence[str]) -> None:
+        """Append rows in source order; they are written a whole chunk at a time."""
+        self._open()
+        images = np.asarray(images)
+        labels = np.asarray(labels)
+        n = images.shape[0]
+        if images.dtype != np.uint8 or images.shape[1:] != IMAGE_SHAPE:
+            raise StoreError(f"images must be (n, 28, 28) uint8, got {images.shape} {images.dtype}")
+        if labels.shape != (n,) or len(keys) != n:
+            raise StoreError(f"got {n} images, {labels.shape[0]} labels and {len(keys)} keys")
+        if n == 0:
+            return
+        bad = (labels != UNKNOWN_LABEL) & ((labels < 0) | (labels >= N_CLASSES))
+        if bad.any():
+            raise StoreError(f"labels must be 0-9 or {UNKNOWN_LABEL}, got {labels[bad][:5].tolist()}")
+        self._buf.images.append(images)
+        self._buf.labels.append(labels.astype(LABEL_DTYPE, copy=False))
+        self._buf.keys.extend(str(k) for k in keys)
+        self._buf.n += n
+        while self._buf.n >= self.chunk_size:
+            self._flush(self.chunk_size)
+
+    def add_rejects(self, rejects: Iterable[tuple[str, str]]) -> None:
+        """Record inputs that were refused, with the reason, in the store."""
+        self._rejects.extend((str(k), str(r)) for k, r in rejects)
+
+    @property
+    def n_written(self) -> int:
+        return self._written + self._buf.n
+
+    @property
+    def n_rejects(self) -> int:
+        return len(self._rejects)
+
+    def _flush(self, count: int) -> None:
+        images = np.concatenate(self._buf.images) if len(self._buf.images) > 1 else self._buf.images[0]
+        labels = np.concatenate(self._buf.labels) if len(self._buf.labels) > 1 else self._buf.labels[0]
+        keys = self._buf.keys
+        head_i, head_l, head_k = images[:count], labels[:count], keys[:count]
+        rest = _Buffer()
+        if images.shape[0] > count:
+            rest = _Buffer([images[count:]], [labels[count:]], keys[count:], images.shape[0] - count)
+        self._buf = rest
+        start, stop = self._written, self._written + count
+        g = self._group
+        for name in ("images", "labels", "keys"):
+            arr = g[name]
+            arr.resize((stop, *arr.shape[1:]))
+        g["images"][start:stop] = head_i
+        g["labels"][start:stop] = head_l
+        g["keys"][start:stop] = np.array(head_k, dtype=object)
+        self._hash.update(np.ascontiguousarray(head_i).tobytes())
+        self._hash.update(head_l.tobytes())
+        self._hash.update("\n".join(head_k).encode("utf-8") + b"\n")
+        self._counts += np.bincount(np.where(head_l < 0, N_CLASSES, head_l), minlength=N_CLASSES + 1)
+        self._written = stop
+
+    def finish(self, *, splits: dict[str, tuple[int, int]] | None = None,
+               extra: dict | None = None) -> Store:
+        """Flush, write the attributes last, and rename into place."""
+        self._open()
+        if self._buf.n:
+            self._flush(self._buf.n)
+        n = self._written
+        g = self._group
+        if self._rejects:
+            rg = g.create_group("rejects")
+            rk = rg.create_array("keys", shape=(len(self._rejects),), dtype=str)
+            rr = rg.create_array("reasons", shape=(len(self._rejects),), dtype=str)
+            rk[:] = np.array([k for k, _ in self._rejects], dtype=object)
+            rr[:] = np.array([r for _, r in self._rejects], dtype=object)
+        splits = dict(splits or {})
+        for name, (start, stop) in splits.items():
+            if not 0 <= start <= stop <= n:
+                raise StoreError(f"split {name!r} rows [{start}, {stop}) outside [0, {n})")
+        meta = {
+            "layout_version": LAYOUT_VERSION,
+            "digitbatch_version": __version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "source": self.source,
+            "checksum": "sha256:" + self._hash.hexdigest(),
+            "n_images": n,
+            "n_labeled": int(self._counts[:N_CLASSES].sum()),
+            "label_counts": self._counts[:N_CLASSES].tolist(),
+            "n_rejects": len(self._rejects),
+            "splits": {k: [int(a), int(b)] for k, (a, b) in splits.items()},
+            "complete": True,
+            **(extra or {}),
+        }
+        g.attrs[ATTRS_KEY] = meta
+        self._commit()
+        self._done = True
+        log.info("wrote store %s: %d images, %d rejects", self.path, n, len(self._rejects))
+        return open_store(self.path)
+
+    def _commit(self) -> None:
+        trash = None
+        if self.path.exists():
+            if not self.overwrite:
+                raise StoreExistsError(f"{self.path} appeared while writing: not overwriting it")
+            trash = self.path.parent / f".{self.path.name}.old-{uuid.uuid4().hex[:12]}"
+            os.rename(self.path, trash)
+        os.rename(self.tmp, self.path)
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
+
+    def abort(self) -> None:
+        """Remove the temporary directory; nothing is left behind."""
+        self._done = True
+        shutil.rmtree(self.tmp, ignore_errors=True)

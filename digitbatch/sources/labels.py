@@ -1,0 +1,104 @@
+"""``--labels FILE.csv``: attach labels to images by key.
+
+The file has a header with the columns ``key`` and ``label`` (others are
+ignored). A label that is not a digit 0-9 does not fail the file: the image
+with that key is rejected with reason ``bad-label`` (a label that is empty
+means "unknown"). A malformed file (no header, missing columns, duplicate
+keys) raises :class:`~digitbatch.errors.LabelsFileError`.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import LabelsFileError, SourceNotFoundError
+from ..layout import UNKNOWN_LABEL
+from .base import Batch, Reject
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LabelMap:
+    """key -> label (int 0-9, UNKNOWN_LABEL, or a reject reason string)."""
+
+    path: str
+    labels: dict[str, int | str]
+    used: set[str] = field(default_factory=set)
+
+    @property
+    def unmatched(self) -> int:
+        """Keys of the file that matched no image (so far)."""
+        return len(self.labels) - len(self.used)
+
+    def apply(self, batch: Batch) -> Batch:
+        """Relabel ``batch`` by key; images with a bad label become rejects."""
+        if not self.labels or not len(batch):
+            return batch
+        labels = batch.labels.copy()
+        keep = np.ones(len(batch), dtype=bool)
+        rejects = list(batch.rejects)
+        for i, key in enumerate(batch.keys):
+            if key not in self.labels:
+                continue
+            self.used.add(key)
+            value = self.labels[key]
+            if isinstance(value, str):
+                keep[i] = False
+                rejects.append(Reject(key, value))
+            else:
+                labels[i] = value
+        if keep.all():
+            return Batch(batch.images, labels, batch.keys, rejects)
+        idx = np.flatnonzero(keep)
+        return Batch(batch.images[idx], labels[idx], [batch.keys[i] for i in idx], rejects)
+
+
+def parse_label(text: str) -> int | str:
+    """A CSV label cell -> 0-9, UNKNOWN_LABEL for empty, or a ``bad-label`` reason."""
+    t = text.strip()
+    if t == "":
+        return UNKNOWN_LABEL
+    try:
+        value = float(t)
+    except ValueError:
+        return f"bad-label: {t!r} is not a digit 0-9"
+    if value != int(value) or not 0 <= value <= 9:
+        return f"bad-label: {t!r} is not a digit 0-9"
+    return int(value)
+
+
+def load_labels(path: str | Path) -> LabelMap:
+    """Read a key,label CSV file."""
+    p = Path(path)
+    if not p.is_file():
+        raise SourceNotFoundError(f"labels file {p} does not exist")
+    try:
+        with open(p, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            fields = [f.strip().lower() for f in (reader.fieldnames or [])]
+            if "key" not in fields or "label" not in fields:
+                raise LabelsFileError(
+                    f"labels file {p}: header {reader.fieldnames!r} must name the columns "
+                    f"'key' and 'label' (e.g. 'key,label' then '7/img001.png,7')"
+                )
+            reader.fieldnames = fields
+            out: dict[str, int | str] = {}
+            for lineno, row in enumerate(reader, start=2):
+                key = (row.get("key") or "").strip()
+                if not key:
+                    raise LabelsFileError(f"labels file {p}, line {lineno}: empty key")
+                if key in out:
+                    raise LabelsFileError(f"labels file {p}, line {lineno}: key {key!r} appears twice")
+                out[key] = parse_label(row.get("label") or "")
+    except UnicodeDecodeError as exc:
+        raise LabelsFileError(f"labels file {p} is not UTF-8 text: {exc}") from exc
+    except csv.Error as exc:
+        raise LabelsFileError(f"labels file {p} is not valid CSV: {exc}") from exc
+    log.info("read %d labels from %s", len(out), p)
+    return LabelMap(str(p), out)
