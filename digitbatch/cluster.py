@@ -98,11 +98,18 @@ def executor(scheduler: str | None = None, *, n_workers: int | None = None) -> I
         yield DaskExecutor(c)
 
 
+def _quiet_distributed() -> None:
+    """distributed logs at INFO on import; keep it to warnings unless we debug."""
+    if not logging.getLogger("digitbatch").isEnabledFor(logging.DEBUG):
+        logging.getLogger("distributed").setLevel(logging.WARNING)
+
+
 @contextlib.contextmanager
 def client(scheduler: str | None = None, *, n_workers: int | None = None) -> Iterator:
     """A ``distributed.Client``: a new loopback LocalCluster, or the given address."""
     from distributed import Client, LocalCluster
 
+    _quiet_distributed()
     spec = resolve_scheduler(scheduler)
     if spec in SYNCHRONOUS:
         raise ClusterError("a Dask client was asked for with the synchronous scheduler")

@@ -29,6 +29,7 @@ SIDE = 28
 # the convention of the classic scipy deskew (shape / 2, not (shape - 1) / 2).
 CENTRE = SIDE / 2.0
 _COORDS = np.arange(SIDE, dtype=np.float64)
+_ROW_WEIGHTS = np.stack([np.ones(SIDE), _COORDS], axis=1).astype(np.float32)
 # A column shift of SIDE or more moves every ink pixel out of the row, so
 # shifts are clipped there and the zero padding never needs to be wider.
 _PAD = SIDE + 1
@@ -58,11 +59,13 @@ def image_moments(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     cov_row_col : ndarray, shape (n,), float64
         Covariance of the row and column coordinates (``mu11``).
     """
-    imgs = _check_images(images).astype(np.float32, copy=False)
-    # Row sums and column-weighted row sums of uint8 images are integers far
-    # below 2**24, so float32 gives them exactly; the rest is float64.
-    row_sum = imgs.sum(axis=2, dtype=np.float64)
-    row_csum = (imgs @ _COORDS.astype(np.float32)).astype(np.float64)
+    imgs = _check_images(images)
+    n = imgs.shape[0]
+    # One small matrix product gives each row's ink and column-weighted ink.
+    # For uint8 images these are integers far below 2**24, exact in float32.
+    rows = imgs.reshape(n * SIDE, SIDE).astype(np.float32, copy=False)
+    per_row = (rows @ _ROW_WEIGHTS).reshape(n, SIDE, 2).astype(np.float64)
+    row_sum, row_csum = per_row[..., 0], per_row[..., 1]
     total = row_sum.sum(axis=1)
     blank = total <= 0
     safe = np.where(blank, 1.0, total)
@@ -77,6 +80,23 @@ def image_moments(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return np.stack([mean_r, mean_c], axis=1), var_r, cov_rc
 
 
+def _row_windows(padded: np.ndarray, width: int) -> np.ndarray:
+    """View ``padded`` (rows, W) as (rows, W - width + 1) records of ``width`` values.
+
+    Picking whole records with one fancy index copies each window as one
+    item, several times faster than fancy-indexing a sliding-window view.
+    """
+    rows, cols = padded.shape
+    item = padded.dtype.itemsize
+    record = np.dtype((np.void, width * item))
+    return np.ndarray(
+        shape=(rows, cols - width + 1),
+        dtype=record,
+        buffer=padded,
+        strides=(cols * item, item),
+    )
+
+
 def deskew(images: np.ndarray) -> np.ndarray:
     """Deskew a chunk of digits by the moment-based shear, without a per-image loop.
 
@@ -87,15 +107,16 @@ def deskew(images: np.ndarray) -> np.ndarray:
     ``alpha = mu11 / mu02``, computed with bilinear interpolation and zero
     outside the image (``order=1, mode='grid-constant'``).
 
-    The shear moves whole rows by a per-row amount and the vertical shift is
-    one amount per image, so the interpolation is separable: a gather of
-    shifted rows blended vertically, then a gather of shifted row windows
-    blended horizontally.
+    Output row ``r`` of an image reads input rows ``r + dy`` (one vertical
+    shift per image) at columns ``c + s_r`` (one horizontal shift per row),
+    so each output row is a blend of two windows of 29 input pixels: they
+    are gathered as whole records from a zero-padded copy of the chunk.
 
     Parameters
     ----------
     images : ndarray, shape (n, 28, 28)
-        A chunk of images (uint8 in MNIST form, or float).
+        A chunk of images, uint8 in MNIST form (other dtypes are cast to
+        float32 first, which is slower).
 
     Returns
     -------
@@ -107,30 +128,37 @@ def deskew(images: np.ndarray) -> np.ndarray:
     n = imgs.shape[0]
     if n == 0:
         return np.zeros((0, SIDE, SIDE), np.float32)
+    if imgs.dtype != np.uint8:
+        imgs = imgs.astype(np.float32)
     centroid, var_r, cov_rc = image_moments(imgs)
     # A single row of ink has no vertical spread, hence no defined slant.
     alpha = np.divide(cov_rc, var_r, out=np.zeros_like(cov_rc), where=var_r > 1e-6)
-    src = imgs.astype(np.float32, copy=False)
 
-    # Vertical: output row r reads input rows r + k and r + k + 1.
     dy = centroid[:, 0] - CENTRE
     ky = np.floor(dy)
-    fy = (dy - ky).astype(np.float32)[:, None, None]
-    rows = ky.astype(np.intp)[:, None] + np.arange(SIDE + 1)
-    valid = ((rows >= 0) & (rows < SIDE)).astype(np.float32)[:, :, None]
-    gathered = src[np.arange(n)[:, None], np.clip(rows, 0, SIDE - 1)] * valid
-    vert = gathered[:, :-1] * (1.0 - fy)
-    vert += fy * gathered[:, 1:]
-
-    # Horizontal: row r of the output reads columns c + s_r, one shift per row.
+    fy = (dy - ky).astype(np.float32)
     shift = alpha[:, None] * (_COORDS - CENTRE) + (centroid[:, 1:2] - CENTRE)
     np.clip(shift, -SIDE, SIDE, out=shift)
     kx = np.floor(shift)
     fx = (shift - kx).astype(np.float32).reshape(-1, 1)
-    padded = np.zeros((n * SIDE, SIDE + 2 * _PAD), np.float32)
-    padded[:, _PAD : _PAD + SIDE] = vert.reshape(n * SIDE, SIDE)
-    windows = np.lib.stride_tricks.sliding_window_view(padded, SIDE + 1, axis=1)
-    picked = windows[np.arange(n * SIDE), kx.astype(np.intp).ravel() + _PAD]
-    out = picked[:, :-1] * (1.0 - fx)
-    out += fx * picked[:, 1:]
+
+    # All rows of the chunk, zero-padded left and right, plus one zero row
+    # that stands in for the rows above and below each image.
+    m = n * SIDE
+    padded = np.zeros((m + 1, SIDE + 2 * _PAD), imgs.dtype)
+    padded[:m, _PAD : _PAD + SIDE] = imgs.reshape(m, SIDE)
+    windows = _row_windows(padded, SIDE + 1)
+    src_row = ky.astype(np.intp)[:, None] + np.arange(SIDE)
+    start = (kx.astype(np.intp) + _PAD).ravel()
+    base = (np.arange(n) * SIDE)[:, None]
+    upper = np.where((src_row >= 0) & (src_row < SIDE), base + src_row, m).ravel()
+    lower = np.where((src_row >= -1) & (src_row < SIDE - 1), base + src_row + 1, m).ravel()
+    top = windows[upper, start].view(imgs.dtype).reshape(m, SIDE + 1)
+    bottom = windows[lower, start].view(imgs.dtype).reshape(m, SIDE + 1)
+
+    wy = np.repeat(fy, SIDE)[:, None]
+    rows = top * (1.0 - wy)
+    rows += bottom * wy
+    out = rows[:, :-1] * (1.0 - fx)
+    out += rows[:, 1:] * fx
     return out.reshape(n, SIDE, SIDE)

@@ -26,9 +26,11 @@ from sklearn.datasets import _openml as sk_openml
 
 from digitbatch.errors import OpenMLError, SourceError
 from digitbatch.sources.base import Batch
+from digitbatch.sources import openml as openml_source
 from digitbatch.sources.openml import (
     OpenMLData,
     _convert_labels,
+    _convert_pixels,
     load_openml,
     mnist_splits,
 )
@@ -52,7 +54,8 @@ def _arff(pixels, labels, *, numeric_class: bool = False) -> bytes:
     classes = sorted({str(v) for v in labels} | {str(d) for d in range(10)})
     lines = ["@RELATION mnist_784", ""]
     lines += [f"@ATTRIBUTE pixel{j + 1} NUMERIC" for j in range(n_cols)]
-    lines.append("@ATTRIBUTE class " + ("NUMERIC" if numeric_class else "{" + ",".join(classes) + "}"))
+    nominal = "{" + ",".join(classes) + "}"
+    lines.append("@ATTRIBUTE class " + ("NUMERIC" if numeric_class else nominal))
     lines += ["", "@DATA"]
     lines += [",".join([*(str(v) for v in row), str(lab)]) for row, lab in zip(pixels, labels)]
     return ("\n".join(lines) + "\n").encode("utf-8")
@@ -201,7 +204,7 @@ def test_load_converts_and_caches(serve, tmp_path):
 def test_active_version_and_batch(serve, tmp_path):
     serve(_openml_site())
     data = load_openml(version="active", data_home=tmp_path)
-    assert data.description["version"] == "active"
+    assert data.description["version"] == 1  # the version served, not "active"
     batch = data.to_batch()
     assert isinstance(batch, Batch) and len(batch) == N_ROWS
 
@@ -263,6 +266,15 @@ def test_bad_data_is_refused(serve, tmp_path, pixels, labels, match):
         load_openml(data_home=tmp_path)
 
 
+def test_pixel_check_counts_rows_across_blocks(monkeypatch):
+    monkeypatch.setattr(openml_source, "_CHECK_ROWS", 5)  # blocks [0, 5), [5, 10), [10, 12)
+    X = _pixels().astype(np.float64)
+    np.testing.assert_array_equal(_convert_pixels(X, "data set").reshape(N_ROWS, -1), X)
+    X[7, 3] = 256
+    with pytest.raises(OpenMLError, match=r"pixel value 256\.0 at row 7, column 3"):
+        _convert_pixels(X, "data set")
+
+
 @pytest.mark.parametrize(
     "y, match",
     [
@@ -317,8 +329,18 @@ def test_corrupt_cache_is_reported(serve, tmp_path):
     (cached,) = tmp_path.rglob("*.arff.gz")
     cached.write_bytes(gzip.compress(b"@RELATION other\n"))
     serve(error=URLError("offline"))  # re-download impossible
-    with pytest.raises(OpenMLError, match="failed"), pytest.warns(RuntimeWarning, match="Invalid cache"):
+    with pytest.raises(OpenMLError, match="failed"), \
+            pytest.warns(RuntimeWarning, match="Invalid cache"):
         load_openml(data_home=tmp_path)
+
+
+def test_unusable_data_home(serve, tmp_path):
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    fake = serve(_openml_site())
+    with pytest.raises(OpenMLError, match=r"could not read or write the OpenML cache in data_home"):
+        load_openml(data_home=not_a_dir)
+    assert fake.urls == []
 
 
 # --- arguments ---------------------------------------------------------------

@@ -33,6 +33,9 @@ OPENML_SITE = "https://www.openml.org"
 # original training set and the last 10,000 the original test set.
 MNIST_N = 70_000
 MNIST_N_TRAIN = 60_000
+# Pixels are checked this many rows at a time: the temporaries for all of
+# MNIST at once would add about 0.7 GB to the 0.44 GB of float64 pixels.
+_CHECK_ROWS = 8192
 OFFLINE_HINT = (
     "to work offline, pass --data-home pointing at a directory that already "
     "holds a cached copy (scikit-learn keeps it in DATA_HOME/openml), or ingest the "
@@ -53,8 +56,9 @@ class OpenMLData:
     keys : list of str
         ``"openml:<data_id>:<row>"`` for each row.
     description : dict
-        ``kind`` ("openml"), ``name``, ``version``, ``data_id``, ``url``, ``n``:
-        the source description a store records.
+        ``kind`` ("openml"), ``name``, ``version`` (the one served, also
+        for ``"active"``), ``data_id``, ``url``, ``n``: the source
+        description a store records.
     splits : dict
         ``{"train": (0, 60000), "test": (60000, 70000)}`` for the 70,000
         rows of MNIST, else ``{}``.
@@ -146,6 +150,9 @@ def load_openml(
         raise OpenMLError(f"{where} could not be loaded: {exc}") from exc
 
     data_id = int(bunch.details["id"])
+    # Record the version actually served, so that "active" stays reproducible.
+    served_version = bunch.details.get("version")
+    version = int(served_version) if str(served_version).isdigit() else version
     images = _convert_pixels(bunch.data, where, bunch.get("feature_names"))
     n = images.shape[0]
     labels = _convert_labels(bunch.target, n, where)
@@ -223,6 +230,12 @@ def _convert_pixels(X: Any, where: str, feature_names: Any = None) -> np.ndarray
         )
     if X.dtype.kind not in "biuf":
         raise OpenMLError(f"{where} has non-numeric pixel columns (dtype {X.dtype})")
+    for start in range(0, X.shape[0], _CHECK_ROWS):
+        _check_pixel_block(X[start:start + _CHECK_ROWS], start, where, feature_names)
+    return X.astype(np.uint8).reshape(X.shape[0], *IMAGE_SHAPE)
+
+
+def _check_pixel_block(X: np.ndarray, start: int, where: str, feature_names: Any) -> None:
     with np.errstate(invalid="ignore"):
         bad = ~np.isfinite(X) | (X < 0) | (X > 255) | (X != np.floor(X))
     if bad.any():
@@ -231,10 +244,9 @@ def _convert_pixels(X: Any, where: str, feature_names: Any = None) -> np.ndarray
         if feature_names is not None and len(feature_names) == N_PIXELS:
             column += f" ({feature_names[col]})"
         raise OpenMLError(
-            f"{where}: pixel value {X[row, col].item()!r} at row {row}, {column} is not an "
-            f"integer in 0..255; the data set is not 8-bit grayscale images"
+            f"{where}: pixel value {X[row, col].item()!r} at row {start + row}, {column} is "
+            f"not an integer in 0..255; the data set is not 8-bit grayscale images"
         )
-    return X.astype(np.uint8).reshape(X.shape[0], *IMAGE_SHAPE)
 
 
 def _label_value(v: Any) -> int | None:

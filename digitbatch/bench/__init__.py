@@ -1,0 +1,96 @@
+"""Benchmarks: each prints images/s and peak memory beside its baseline, in one run.
+
+Measured here, never in timed unit tests (machines are noisy).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from ..errors import SourceNotFoundError
+
+
+def find_mnist(mnist_dir: str | os.PathLike | None = None) -> Path:
+    """The MNIST IDX directory: the argument, $DIGITBATCH_MNIST_DIR, or ../shared/data/mnist."""
+    candidates = [mnist_dir, os.environ.get("DIGITBATCH_MNIST_DIR"),
+                  Path.cwd().parent / "shared" / "data" / "mnist",
+                  Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist"]
+    for c in candidates:
+        if c and (Path(c) / "train-images-idx3-ubyte.gz").exists():
+            return Path(c)
+    raise SourceNotFoundError(
+        "full MNIST not found: pass --mnist-dir, set DIGITBATCH_MNIST_DIR, or run from a "
+        "checkout next to ../shared/data/mnist"
+    )
+
+
+@dataclass
+class Measure:
+    label: str
+    n: int = 0
+    seconds: float = 0.0
+    peak_rss: int = 0
+
+    @property
+    def rate(self) -> float:
+        return self.n / self.seconds if self.seconds else float("nan")
+
+    def row(self, baseline: Measure | None = None) -> str:
+        ratio = f"{self.rate / baseline.rate:6.2f}x" if baseline else "  base "
+        return (f"{self.label:44s} {self.n:>9,d} {self.seconds:8.2f} s {self.rate:>12,.0f} "
+                f"img/s {self.peak_rss / 2**20:8.0f} MiB  {ratio}")
+
+
+HEADER = (f"{'case':44s} {'images':>9s} {'time':>10s} {'rate':>18s} {'peak RSS':>12s}  ratio")
+
+
+class PeakRSS:
+    """Samples the summed RSS of this process and all its descendants."""
+
+    def __init__(self, interval: float = 0.02):
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> int:
+        me = psutil.Process()
+        total = 0
+        for p in [me, *me.children(recursive=True)]:
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._sample())
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> PeakRSS:
+        self.peak = self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._sample())
+
+
+@contextmanager
+def measure(label: str, n: int = 0):
+    m = Measure(label, n)
+    with PeakRSS() as rss:
+        t0 = time.perf_counter()
+        yield m
+        m.seconds = time.perf_counter() - t0
+    m.peak_rss = rss.peak

@@ -1,0 +1,199 @@
+"""The ``digitbatch`` command line: parse, call one library function, print."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import click
+import numpy as np
+
+from . import __version__
+from .errors import DigitbatchError
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    logging.getLogger("digitbatch").setLevel(level)
+    for noisy in ("distributed", "tornado", "asyncio", "bokeh", "numba", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.ERROR if quiet else logging.WARNING)
+
+
+class _Group(click.Group):
+    """Turns library errors into clean one-line failures (exit code 1)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except DigitbatchError as exc:
+            raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+
+
+scheduler_option = click.option(
+    "--scheduler", default=None, metavar="ADDRESS",
+    help="Dask scheduler: 'local' (default: a LocalCluster on 127.0.0.1), "
+         "'synchronous', or an address such as tcp://host:8786. Env: DIGITBATCH_SCHEDULER.")
+
+
+@click.group(cls=_Group)
+@click.version_option(__version__, prog_name="digitbatch")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
+@click.pass_context
+def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
+    """Handwritten-digit recognition at archive scale: ingest, train, score."""
+    _setup_logging(verbose, quiet)
+    ctx.obj = {"quiet": quiet}
+
+
+@main.command()
+@click.argument("source")
+@click.option("--out", required=True, type=click.Path(), help="Store to create (STORE.zarr).")
+@click.option("--kind", type=click.Choice(["idx", "openml", "sample", "images"]), default=None,
+              help="Force a reader instead of detecting it from the content.")
+@click.option("--labels", type=click.Path(), default=None,
+              help="CSV with columns key,label that labels images by key.")
+@click.option("--chunk-size", type=int, default=None, help="Images per chunk (default 32768).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing store once the new one is complete.")
+@click.option("--max-rejects", type=int, default=None,
+              help="Fail when more inputs than this are rejected (default 10).")
+@click.option("--data-home", type=click.Path(), default=None,
+              help="Download cache for the openml source.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@scheduler_option
+def ingest(source, out, kind, labels, chunk_size, overwrite, max_rejects, data_home, as_json,
+           scheduler):
+    """Read SOURCE into a chunked Zarr store.
+
+    SOURCE is an IDX directory, an image directory, a .tar/.tar.gz/.zip of
+    images, or a named source: 'sample' (5,000 embedded digits) or 'openml'
+    (fetch_openml('mnist_784')).
+    """
+    from .ingest import DEFAULT_MAX_REJECTS, ingest as run
+    from .layout import DEFAULT_CHUNK_SIZE
+
+    r = run(source, out, kind=kind, labels=labels,
+            chunk_size=chunk_size or DEFAULT_CHUNK_SIZE, overwrite=overwrite,
+            max_rejects=DEFAULT_MAX_REJECTS if max_rejects is None else max_rejects,
+            data_home=data_home, scheduler=scheduler)
+    if as_json:
+        click.echo(json.dumps(r.to_dict(), indent=2))
+        return
+    click.echo(f"ingested {r.n_images} images ({r.n_labeled} labelled, {r.n_rejects} rejected) "
+               f"into {r.path} in {r.seconds:.2f} s ({r.images_per_second:,.0f} images/s)")
+    if r.rejects_by_reason:
+        click.echo("rejects: " + ", ".join(f"{k} {v}" for k, v in sorted(r.rejects_by_reason.items())))
+    click.echo("label counts: " + " ".join(str(c) for c in r.label_counts))
+
+
+@main.command()
+@click.argument("store", type=click.Path())
+@click.option("--out", required=True, type=click.Path(), help="Model directory to create.")
+@click.option("--model", "name", default="sgd", show_default=True, help="Catalogue model name.")
+@click.option("--seed", default=42, show_default=True, type=int, help="Shuffle and model seed.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing model directory.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def train(store, out, name, seed, overwrite, as_json):
+    """Fit a catalogue model on STORE's train rows and test it on its test rows."""
+    from .train import train as run
+
+    r = run(store, out, model=name, seed=seed, overwrite=overwrite)
+    if as_json:
+        click.echo(json.dumps(r.to_dict(), indent=2))
+        return
+    line = f"trained {r.name} on {r.n_train} images in {r.fit_seconds:.2f} s -> {r.model_path}"
+    if r.test:
+        line += f"; test accuracy {r.test['accuracy']:.4f} on {r.n_test} images"
+    click.echo(line)
+
+
+@main.command()
+@click.argument("store", type=click.Path())
+@click.option("--model", required=True, type=click.Path(), help="Model directory.")
+@click.option("--out", required=True, type=click.Path(), help="Prediction group to create.")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@scheduler_option
+def score(store, model, out, as_json, scheduler):
+    """Predict every image of STORE with MODEL into OUT, with metrics.json."""
+    from .metrics import format_confusion
+    from .score import score as run
+
+    r = run(store, model=model, out=out, scheduler=scheduler)
+    if as_json:
+        click.echo(json.dumps(r.metrics, indent=2))
+        return
+    _print_score(r.metrics, format_confusion)
+
+
+def _print_score(m: dict, format_confusion) -> None:
+    if m.get("n_labeled"):
+        click.echo(format_confusion(np.array(m["confusion_matrix"])))
+    acc = m.get("accuracy")
+    acc_text = f"accuracy {acc:.4f} on {m['n_labeled']} labelled" if acc is not None else "no labels"
+    click.echo(f"scored {m['n_images']} images in {m['seconds']:.2f} s "
+               f"({m['images_per_second']:,.0f} images/s); {acc_text}")
+
+
+@main.command()
+@click.argument("store", type=click.Path())
+@click.option("--index", required=True, type=int, help="Row to draw (36001 is the walk-through's 2).")
+@click.option("--out", default="digit.png", show_default=True, type=click.Path(), help="PNG to write.")
+def show(store, index, out):
+    """Draw one digit of STORE as the walk-through does."""
+    from .plots import show_digit
+
+    r = show_digit(store, index=index, out=out)
+    label = "unknown" if r["label"] is None else r["label"]
+    click.echo(f"row {r['index']} ({r['key']}), label {label} -> {r['out']}")
+
+
+@main.command()
+def models():
+    """List the model catalogue."""
+    from .models import CATALOGUE
+
+    for spec in CATALOGUE.values():
+        click.echo(f"{spec.name:12s} {spec.summary}")
+
+
+@main.command()
+@click.option("--workdir", default="demo-output", show_default=True, type=click.Path(),
+              help="Where the demo's store, model and predictions go (replaced).")
+@scheduler_option
+def demo(workdir, scheduler):
+    """The main job end to end on the embedded sample: ingest, train, score."""
+    from .demo import run_demo
+    from .metrics import format_confusion
+
+    r = run_demo(workdir, scheduler=scheduler)
+    ing, tr, sc = r["ingest"], r["train"], r["score"]
+    click.echo(f"1. ingest: {ing.n_images} sample images -> {ing.path}")
+    click.echo(f"2. train: {tr.name} on {tr.n_train} images in {tr.fit_seconds:.2f} s, "
+               f"test accuracy {tr.test['accuracy']:.4f} -> {tr.model_path}")
+    click.echo(f"3. score: every row -> {sc.out}")
+    _print_score(sc.metrics, format_confusion)
+
+
+@main.group()
+def bench():
+    """Benchmarks: images/s and peak memory beside a baseline, in one run."""
+
+
+@bench.command("ingest")
+@click.option("--mnist-dir", default=None, type=click.Path(),
+              help="MNIST IDX directory (default $DIGITBATCH_MNIST_DIR or ../shared/data/mnist).")
+@click.option("--workdir", default=None, type=click.Path(), help="Scratch directory (default: a temp dir).")
+@click.option("--n-png", default=70_000, show_default=True, type=int, help="Images in the PNG tar.")
+def bench_ingest(mnist_dir, workdir, n_png):
+    """IDX -> Zarr and PNG tar -> Zarr, beside a single-process Pillow loop."""
+    from .bench.ingest import run
+
+    for line in run(mnist_dir=mnist_dir, workdir=workdir, n_png=n_png):
+        click.echo(line)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,28 @@
+"""The main job end to end on the embedded sample: what `make demo` runs."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from .ingest import ingest
+from .score import score
+from .train import train
+
+log = logging.getLogger(__name__)
+
+
+def run_demo(workdir: str | Path, *, scheduler: str | None = None) -> dict:
+    """ingest (sample) -> train (sgd) -> score, in ``workdir`` (replaced if present)."""
+    w = Path(workdir)
+    for name in ("sample.zarr", "model", "predictions.zarr"):
+        target = w / name
+        if target.exists():
+            shutil.rmtree(target)
+    w.mkdir(parents=True, exist_ok=True)
+    ing = ingest("sample", w / "sample.zarr")
+    tr = train(w / "sample.zarr", w / "model")
+    sc = score(w / "sample.zarr", model=w / "model", out=w / "predictions.zarr",
+               scheduler=scheduler)
+    return {"ingest": ing, "train": tr, "score": sc}

@@ -1,0 +1,59 @@
+"""Pure numpy per-chunk functions: preprocess, predict, confusion counts.
+
+Nothing here knows about Dask or Zarr; the scoring graph applies these to
+one chunk at a time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .layout import N_CLASSES, UNKNOWN_LABEL
+
+# Rows whose top-2 float32 decision values are closer than this are
+# recomputed in float64, so predictions equal scikit-learn's exactly.
+TIE_TOLERANCE = 1e-3
+
+
+def flatten(images: np.ndarray) -> np.ndarray:
+    """(n, 28, 28) -> (n, 784) without copying."""
+    return images.reshape(images.shape[0], -1)
+
+
+def linear_decision(X: np.ndarray, coef: np.ndarray, intercept: np.ndarray,
+                    dtype=np.float32) -> np.ndarray:
+    """``X @ coef.T + intercept`` in ``dtype`` (coef has any fixed scaling folded in)."""
+    return X.astype(dtype, copy=False) @ coef.T.astype(dtype, copy=False) + intercept.astype(dtype)
+
+
+def linear_predict(images: np.ndarray, coef: np.ndarray, intercept: np.ndarray,
+                   classes: np.ndarray) -> np.ndarray:
+    """Class labels of a chunk under a linear model, equal to float64 argmax."""
+    X = flatten(images)
+    if X.shape[0] == 0:
+        return np.zeros(0, dtype=classes.dtype)
+    d = linear_decision(X, coef, intercept)
+    if d.shape[1] == 1:  # binary: one decision column
+        return classes[(d[:, 0] > 0).astype(np.intp)]
+    idx = np.argmax(d, axis=1)
+    top2 = np.partition(d, -2, axis=1)[:, -2:]
+    close = np.flatnonzero((top2[:, 1] - top2[:, 0]) < TIE_TOLERANCE * (1 + np.abs(top2[:, 1])))
+    if close.size:
+        d64 = linear_decision(X[close], coef, intercept, dtype=np.float64)
+        idx[close] = np.argmax(d64, axis=1)
+    return classes[idx]
+
+
+def confusion_counts(labels: np.ndarray, pred: np.ndarray,
+                     n_classes: int = N_CLASSES) -> np.ndarray:
+    """(n_classes, n_classes) int64 counts, rows = true label; unknown labels skipped."""
+    known = labels != UNKNOWN_LABEL
+    t = labels[known].astype(np.int64)
+    p = pred[known].astype(np.int64)
+    return np.bincount(t * n_classes + p, minlength=n_classes * n_classes).reshape(
+        n_classes, n_classes)
+
+
+def prediction_histogram(pred: np.ndarray, n_classes: int = N_CLASSES) -> np.ndarray:
+    """Counts of each predicted class."""
+    return np.bincount(pred.astype(np.int64), minlength=n_classes)[:n_classes]

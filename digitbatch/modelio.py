@@ -1,0 +1,147 @@
+"""Save and load model artifacts safely, with a manifest.
+
+An artifact is a directory::
+
+    model/
+      model.npz       the model's arrays (numpy .npz, loaded with allow_pickle=False)
+      manifest.json   name, kind, parameters, classes, input shape, versions,
+                      training store checksum, metrics, and model.npz's SHA-256
+
+Loading executes no code from the files: the arrays are read without
+pickle, the manifest is JSON, and the hash is checked before anything is
+read. Pickle / joblib files are never loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import sklearn
+
+from . import __version__
+from .errors import ModelError
+from .layout import IMAGE_SHAPE
+from .models import LinearModel
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MODEL_FILE = "model.npz"
+MANIFEST_FILE = "manifest.json"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: LinearModel
+    manifest: dict
+    path: Path
+
+    @property
+    def sha256(self) -> str:
+        return self.manifest["model_sha256"]
+
+
+def save_model(model: LinearModel, out: str | os.PathLike, *, manifest: dict,
+               overwrite: bool = False) -> Path:
+    """Write ``model`` and its manifest into directory ``out``, atomically."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise ModelError(f"{out} already exists: choose another --out or pass --overwrite")
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:12]}"
+    tmp.mkdir(parents=True)
+    try:
+        arrays = model.arrays()
+        with open(tmp / MODEL_FILE, "wb") as fh:
+            np.savez(fh, **arrays)
+        full = {
+            "format_version": FORMAT_VERSION,
+            "name": model.name,
+            "kind": model.kind,
+            "loss": model.loss,
+            "params": model.params,
+            "classes": [int(c) for c in model.classes],
+            "input": {"shape": list(IMAGE_SHAPE), "dtype": "uint8",
+                      "preprocessing": "pixels / 255 (folded into the weights)"},
+            "versions": {"digitbatch": __version__, "scikit-learn": sklearn.__version__,
+                         "numpy": np.__version__},
+            **manifest,
+            "model_file": MODEL_FILE,
+            "model_sha256": sha256_file(tmp / MODEL_FILE),
+        }
+        (tmp / MANIFEST_FILE).write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("saved model %s to %s", model.name, out)
+    return out
+
+
+def load_model(path: str | os.PathLike) -> LoadedModel:
+    """Load an artifact after checking its format, versions and hash."""
+    p = Path(path)
+    if not p.exists():
+        raise ModelError(f"model {p} does not exist: train one with `digitbatch train`")
+    if not p.is_dir():
+        raise ModelError(
+            f"model {p} is a file, not a digitbatch model directory; pickle/joblib files are "
+            f"never loaded (they can run code): retrain with `digitbatch train`"
+        )
+    mpath = p / MANIFEST_FILE
+    try:
+        manifest = json.loads(mpath.read_text())
+    except FileNotFoundError:
+        raise ModelError(f"model {p} has no {MANIFEST_FILE}: is it a digitbatch model?") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{mpath} is not valid JSON ({exc}): the artifact is damaged") from exc
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ModelError(
+            f"model {p} has format version {manifest.get('format_version')!r}; this digitbatch "
+            f"reads {FORMAT_VERSION}: retrain it"
+        )
+    want_sk = manifest.get("versions", {}).get("scikit-learn")
+    if want_sk != sklearn.__version__:
+        raise ModelError(
+            f"model {p} was trained with scikit-learn {want_sk}, this is {sklearn.__version__}: "
+            f"retrain it, or install scikit-learn=={want_sk}"
+        )
+    fpath = p / manifest.get("model_file", MODEL_FILE)
+    if fpath.name != MODEL_FILE or not fpath.is_file():
+        raise ModelError(f"model {p}: {MODEL_FILE} is missing")
+    digest = sha256_file(fpath)
+    if digest != manifest.get("model_sha256"):
+        raise ModelError(
+            f"model {p}: {MODEL_FILE} has SHA-256 {digest[:16]}..., the manifest says "
+            f"{str(manifest.get('model_sha256'))[:16]}...: the file was changed; retrain or restore it"
+        )
+    try:
+        with np.load(fpath, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (ValueError, OSError) as exc:
+        raise ModelError(f"model {p}: {MODEL_FILE} is not a plain numpy archive ({exc})") from exc
+    if manifest.get("kind") != "linear" or set(arrays) != {"coef", "intercept", "classes"}:
+        raise ModelError(f"model {p}: unsupported kind {manifest.get('kind')!r} or arrays {sorted(arrays)}")
+    model = LinearModel(name=manifest["name"], coef=arrays["coef"], intercept=arrays["intercept"],
+                        classes=arrays["classes"], loss=manifest["loss"],
+                        params=manifest.get("params", {}))
+    if model.coef.shape[1] != int(np.prod(IMAGE_SHAPE)):
+        raise ModelError(f"model {p}: coef shape {model.coef.shape} does not take 28x28 images")
+    return LoadedModel(model=model, manifest=manifest, path=p)
