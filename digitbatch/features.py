@@ -162,3 +162,92 @@ def deskew(images: np.ndarray) -> np.ndarray:
     out = rows[:, :-1] * (1.0 - fx)
     out += rows[:, 1:] * fx
     return out.reshape(n, SIDE, SIDE)
+
+
+def hog(images: np.ndarray, *, cell: int = 4, bins: int = 9) -> np.ndarray:
+    """Histograms of gradient orientation per cell, for a chunk of images.
+
+    Central-difference gradients (zero outside the image) vote with their
+    magnitude into ``bins`` unsigned orientation bins over [0, pi), split
+    linearly between the two nearest bin centres, and are summed over
+    non-overlapping ``cell`` x ``cell`` cells. Each image's histogram is then
+    square-rooted and scaled to unit L2 norm, which makes it insensitive to
+    stroke contrast and evens out the few strong gradients.
+
+    Parameters
+    ----------
+    images : ndarray, shape (n, 28, 28)
+        Images, e.g. the output of :func:`deskew`; any intensity scale.
+    cell : int, default 4
+        Cell side in pixels; must divide 28.
+    bins : int, default 9
+        Number of orientation bins (at least 2).
+
+    Returns
+    -------
+    ndarray, shape (n, (28 // cell) ** 2 * bins), float32
+        Cell-major, bin-minor descriptors; all zero for a blank image.
+    """
+    imgs = _check_images(images)
+    if cell < 1 or SIDE % cell:
+        raise ValueError(f"cell must divide {SIDE}; got {cell!r}")
+    if bins < 2:
+        raise ValueError(f"bins must be at least 2; got {bins!r}")
+    n = imgs.shape[0]
+    x = np.zeros((n, SIDE + 2, SIDE + 2), np.float32)
+    x[:, 1:-1, 1:-1] = imgs
+    gx = x[:, 1:-1, 2:] - x[:, 1:-1, :-2]
+    gy = x[:, 2:, 1:-1] - x[:, :-2, 1:-1]
+    mag = np.hypot(gx, gy).reshape(-1)
+    # Orientation in bin units, in [0, bins): bin b is centred on b + 0.5.
+    pos = np.arctan2(gy, gx).reshape(-1)
+    pos *= bins / np.pi
+    pos -= 0.5
+    np.remainder(pos, bins, out=pos)
+    lo = pos.astype(np.intp)
+    np.minimum(lo, bins - 1, out=lo)
+    upper_w = pos - lo
+    # One-hot votes (each pixel hits two distinct bins), then cell sums.
+    votes = np.zeros((mag.size, bins), np.float32)
+    pixel = np.arange(mag.size)
+    votes[pixel, lo] = mag * (1.0 - upper_w)
+    votes[pixel, (lo + 1) % bins] = mag * upper_w
+    k = SIDE // cell
+    rows = votes.reshape(n * k, cell, SIDE * bins).sum(axis=1)
+    hist = rows.reshape(n, k, k, cell, bins).sum(axis=3).reshape(n, k * k * bins)
+    np.sqrt(hist, out=hist)
+    norm = np.linalg.norm(hist, axis=1, keepdims=True)
+    hist /= np.maximum(norm, 1e-6)
+    return hist
+
+
+def kernel_features(
+    images: np.ndarray, *, hog_weight: float = 0.0, cell: int = 4, bins: int = 9
+) -> np.ndarray:
+    """The feature step of the kernel models: deskewed pixels, optionally with HOG.
+
+    Parameters
+    ----------
+    images : ndarray, shape (n, 28, 28)
+        A chunk of images in MNIST form (uint8, 0-255).
+    hog_weight : float, default 0.0
+        Weight of the :func:`hog` block (unit norm per image) against the
+        pixel block (deskewed pixels / 255, norm about 9 for a digit); 0
+        leaves HOG out.
+    cell, bins : int
+        Passed to :func:`hog`.
+
+    Returns
+    -------
+    ndarray, shape (n, 784) or (n, 784 + hog features), float32
+    """
+    if hog_weight < 0:
+        raise ValueError(f"hog_weight must be >= 0; got {hog_weight!r}")
+    straight = deskew(images)
+    pixels = straight.reshape(straight.shape[0], SIDE * SIDE)
+    pixels *= np.float32(1.0 / 255.0)
+    if not hog_weight:
+        return pixels
+    desc = hog(straight, cell=cell, bins=bins)
+    desc *= np.float32(hog_weight)
+    return np.concatenate([pixels, desc], axis=1)

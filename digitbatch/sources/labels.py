@@ -10,6 +10,7 @@ keys) raises :class:`~digitbatch.errors.LabelsFileError`.
 from __future__ import annotations
 
 import csv
+import math
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,7 +69,7 @@ def parse_label(text: str) -> int | str:
         value = float(t)
     except ValueError:
         return f"bad-label: {t!r} is not a digit 0-9"
-    if value != int(value) or not 0 <= value <= 9:
+    if not math.isfinite(value) or value != int(value) or not 0 <= value <= 9:
         return f"bad-label: {t!r} is not a digit 0-9"
     return int(value)
 

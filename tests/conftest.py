@@ -1,0 +1,74 @@
+"""Shared fixtures: tiny synthetic data with uneven chunks, and the MNIST location."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def mnist_dir() -> Path | None:
+    for c in (os.environ.get("DIGITBATCH_MNIST_DIR"), REPO.parent / "shared" / "data" / "mnist"):
+        if c and (Path(c) / "train-images-idx3-ubyte.gz").exists():
+            return Path(c)
+    return None
+
+
+@pytest.fixture(scope="session")
+def mnist_path() -> Path:
+    p = mnist_dir()
+    if p is None:
+        pytest.skip("full MNIST IDX files not found (../shared/data/mnist or $DIGITBATCH_MNIST_DIR)")
+    return p
+
+
+def synthetic_digits(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Separable fake digits: class k lights a band of rows, plus noise."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n).astype(np.int8)
+    images = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
+    for k in range(10):
+        rows = labels == k
+        images[rows, 2 + 2 * k: 4 + 2 * k, 4:24] = 250
+    return images, labels
+
+
+def write_idx(directory: Path, images: np.ndarray, labels: np.ndarray, *, prefix: str = "train",
+              gz: bool = True) -> None:
+    """Write an IDX image/label pair (prefix 'train' or 't10k')."""
+    directory.mkdir(parents=True, exist_ok=True)
+    n = images.shape[0]
+    img = (2051).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in (n, 28, 28))
+    img += images.astype(np.uint8).tobytes()
+    lab = (2049).to_bytes(4, "big") + labels.shape[0].to_bytes(4, "big") + labels.astype(np.uint8).tobytes()
+    for name, data in ((f"{prefix}-images-idx3-ubyte", img), (f"{prefix}-labels-idx1-ubyte", lab)):
+        if gz:
+            with gzip.open(directory / (name + ".gz"), "wb") as fh:
+                fh.write(data)
+        else:
+            (directory / name).write_bytes(data)
+
+
+@pytest.fixture
+def idx_dir(tmp_path) -> Path:
+    """A small IDX directory: 700 train + 300 test synthetic digits."""
+    x, y = synthetic_digits(1000)
+    d = tmp_path / "idx"
+    write_idx(d, x[:700], y[:700], prefix="train")
+    write_idx(d, x[700:], y[700:], prefix="t10k")
+    return d
+
+
+@pytest.fixture
+def small_store(tmp_path, idx_dir):
+    """A 1,000-image store with uneven chunks (256, 256, 256, 232)."""
+    from digitbatch.ingest import ingest
+
+    out = tmp_path / "small.zarr"
+    ingest(idx_dir, out, chunk_size=256)
+    return out
