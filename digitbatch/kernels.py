@@ -17,7 +17,7 @@ TIE_TOLERANCE = 1e-3
 
 def flatten(images: np.ndarray) -> np.ndarray:
     """(n, 28, 28) -> (n, 784) without copying."""
-    return images.reshape(images.shape[0], -1)
+    return images.reshape(images.shape[0], int(np.prod(images.shape[1:])))
 
 
 def linear_decision(X: np.ndarray, coef: np.ndarray, intercept: np.ndarray,

@@ -57,7 +57,7 @@ def build(name: str, *, seed: int) -> Pipeline:
     get_spec(name)
     return Pipeline([
         ("scale", FunctionTransformer(_scale)),
-        ("clf", SGDClassifier(loss="log_loss", alpha=1e-4, max_iter=30, tol=1e-3,
+        ("clf", SGDClassifier(loss="log_loss", alpha=1e-3, max_iter=1000, tol=1e-3,
                               random_state=seed)),
     ])
 

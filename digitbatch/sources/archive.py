@@ -34,6 +34,7 @@ import io
 import logging
 import lzma
 import os
+import posixpath
 import re
 import stat
 import tarfile
@@ -245,9 +246,27 @@ def _folder_label(key: str) -> int | None:
 def _content_reject(key: str, data: bytes) -> Reject | None:
     if (kind := _archive_magic(data)) is not None:
         return Reject(key, f"nested-archive: member is a {kind} file")
-    if Path(key).suffix.lower() not in IMAGE_EXTENSIONS and not _is_image_content(data):
+    if posixpath.splitext(key)[1].lower() not in IMAGE_EXTENSIONS and not _is_image_content(data):
         return Reject(key, "not-an-image: unknown extension and content is not an image")
     return None
+
+
+def _read_capped(f: BinaryIO, cap: int, hint: int) -> bytes:
+    """At most ``cap`` bytes of ``f``; the declared size ``hint`` sizes the first read.
+
+    ``f.read(cap)`` would allocate ``cap`` bytes up front on every member.
+    """
+    parts: list[bytes] = []
+    got = 0
+    want = max(0, min(cap, hint + 1))
+    while got < cap:
+        chunk = f.read(max(1, min(want, cap - got)))
+        if not chunk:
+            break
+        parts.append(chunk)
+        got += len(chunk)
+        want = 65536
+    return b"".join(parts)
 
 
 def _finish(key: str, data: bytes, limit: int) -> Member | Reject:
@@ -354,7 +373,7 @@ def _read_dir_file(key: str, path: str, limit: int) -> Member | Reject:
         if st.st_size > limit:
             return Reject(key, f"too-large: {st.st_size} bytes, over the {limit}-byte limit")
         try:
-            data = f.read(limit + 1)
+            data = _read_capped(f, limit + 1, st.st_size)
         except OSError as exc:
             return Reject(key, f"unreadable-member: {exc.strerror or exc}")
     return _finish(key, data, limit)
@@ -375,8 +394,12 @@ def _iter_tar(path: Path, limit: int) -> Iterator[Member | Reject]:
             raw.seek(0)
             # Our own decompressors check CRCs and the end-of-stream marker,
             # which tarfile's stream mode does not.
-            opener = {"gz": gzip.GzipFile, "bz2": bz2.BZ2File, "xz": lzma.LZMAFile}.get(comp)
-            stream = opener(fileobj=raw, mode="rb") if opener else raw
+            opener = {
+                "gz": lambda f: gzip.GzipFile(fileobj=f, mode="rb"),
+                "bz2": bz2.BZ2File,
+                "xz": lzma.LZMAFile,
+            }.get(comp)
+            stream = opener(raw) if opener else raw
             with tarfile.open(fileobj=stream, mode="r|") as tf:
                 while (info := tf.next()) is not None:
                     tf.members.clear()  # stream mode keeps every header otherwise
@@ -387,6 +410,9 @@ def _iter_tar(path: Path, limit: int) -> Iterator[Member | Reject]:
                 # ends on a full block of zeros.
                 if tf.offset and tf.fileobj.tell() < tf.offset + tarfile.BLOCKSIZE:
                     raise tarfile.ReadError("archive ends without an end-of-archive marker")
+            if stream is not raw:  # read to the end, so the CRC and length are checked
+                while stream.read(2**20):
+                    pass
         except _TAR_ERRORS as exc:
             raise ArchiveError(
                 f"tar archive {path} is truncated or corrupt after {n} members ({exc}): "
@@ -409,7 +435,7 @@ def _tar_member(tf: tarfile.TarFile, info: tarfile.TarInfo, limit: int) -> Membe
     if info.size > limit:
         return Reject(key, f"too-large: {info.size} bytes, over the {limit}-byte limit")
     f = tf.extractfile(info)
-    data = f.read(limit + 1) if f is not None else b""
+    data = _read_capped(f, limit + 1, info.size) if f is not None else b""
     return _finish(key, data, limit)
 
 
@@ -443,14 +469,14 @@ def _iter_zip(path: Path, limit: int) -> Iterator[Member | Reject]:
 
 
 def _read_zip_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, limit: int) -> Member | Reject:
-    # zipfile stops at the size the header declares; a header that lies
-    # (a zip bomb) then shows up as a CRC error. Letting it run to limit + 2
-    # instead shows the real size, still reading at most limit + 1 bytes.
+    # zipfile stops at the size the header declares, and a header that lies
+    # (a zip bomb) then shows up as a CRC error. Lifting that cap shows the
+    # real size instead; the read below is what bounds memory.
     probe = copy.copy(info)
-    probe.file_size = limit + 2
+    probe.file_size = 1 << 62
     try:
         with zf.open(probe) as f:
-            data = f.read(limit + 1)
+            data = _read_capped(f, limit + 1, info.file_size)
     except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, OSError,
             RuntimeError, NotImplementedError) as exc:  # the last two: encrypted, unknown method
         return Reject(key, f"unreadable-member: {exc}")

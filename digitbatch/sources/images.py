@@ -175,8 +175,8 @@ def to_mnist(img: Image.Image) -> np.ndarray:
 def _grey(img: Image.Image) -> np.ndarray:
     """2-D uint8 luminance, alpha composited onto the paper colour."""
     mode = img.mode
-    if mode == "L":
-        return np.asarray(img)
+    if mode == "L":  # the common case; tobytes is faster than __array_interface__
+        return np.frombuffer(img.tobytes(), np.uint8).reshape(img.height, img.width)
     if mode in _WIDE_MODES:
         return _to_8bit(np.asarray(img), mode)
     if mode in _ALPHA_MODES or (mode == "P" and "transparency" in img.info):
@@ -228,7 +228,19 @@ def _composite(lum: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     return np.rint(lum * a + paper * (1.0 - a)).astype(np.uint8)
 
 
+def _frame_mask_28() -> np.ndarray:
+    mask = np.ones((SIZE, SIZE), bool)
+    mask[2:-2, 2:-2] = False
+    return mask
+
+
+_FRAME_28 = _frame_mask_28()
+
+
 def _frame(grey: np.ndarray) -> np.ndarray:
+    """The outer 2-pixel frame (1 pixel for tiny images), flattened."""
+    if grey.shape == (SIZE, SIZE):
+        return grey[_FRAME_28]
     k = 2 if min(grey.shape) > 4 else 1
     return np.concatenate(
         [grey[:k].ravel(), grey[-k:].ravel(), grey[k:-k, :k].ravel(), grey[k:-k, -k:].ravel()]

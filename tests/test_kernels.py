@@ -1,0 +1,54 @@
+"""Per-chunk numpy kernels against scikit-learn."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.linear_model import SGDClassifier
+from sklearn.metrics import confusion_matrix
+
+from digitbatch import kernels
+from digitbatch.layout import UNKNOWN_LABEL
+
+from .conftest import synthetic_digits
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    x, y = synthetic_digits(600, seed=1)
+    clf = SGDClassifier(loss="log_loss", random_state=0, max_iter=5, tol=None).fit(
+        x.reshape(600, -1).astype(np.float64), y)
+    return x, y, clf
+
+
+def test_linear_predict_equals_sklearn(fitted):
+    x, y, clf = fitted
+    got = kernels.linear_predict(x, clf.coef_, clf.intercept_, clf.classes_)
+    np.testing.assert_array_equal(got, clf.predict(x.reshape(len(x), -1).astype(np.float64)))
+
+
+def test_ties_resolved_in_float64():
+    # two classes whose float32 scores tie but float64 scores differ
+    coef = np.zeros((2, 784))
+    coef[0, 0] = 1.0
+    coef[1, 0] = 1.0 + 1e-9
+    x = np.zeros((1, 28, 28), np.uint8)
+    x[0, 0, 0] = 200
+    got = kernels.linear_predict(x, coef, np.zeros(2), np.array([0, 1]))
+    assert got.tolist() == [1]
+
+
+def test_empty_chunk(fitted):
+    _, _, clf = fitted
+    got = kernels.linear_predict(np.zeros((0, 28, 28), np.uint8), clf.coef_, clf.intercept_,
+                                 clf.classes_)
+    assert got.shape == (0,)
+
+
+def test_confusion_counts_skip_unknown():
+    y = np.array([0, 1, 2, UNKNOWN_LABEL, 9], np.int8)
+    p = np.array([0, 2, 2, 5, 9], np.int8)
+    cm = kernels.confusion_counts(y, p)
+    known = y != UNKNOWN_LABEL
+    np.testing.assert_array_equal(cm, confusion_matrix(y[known], p[known], labels=range(10)))
+    assert kernels.prediction_histogram(p).tolist() == [1, 0, 2, 0, 0, 1, 0, 0, 0, 1]

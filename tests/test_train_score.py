@@ -1,0 +1,138 @@
+"""train -> model artifact -> score, against plain scikit-learn."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+import zarr
+from sklearn.metrics import confusion_matrix
+
+from digitbatch.errors import ModelError, ScoreError, StoreError, TrainingError
+from digitbatch.layout import StoreWriter, UNKNOWN_LABEL, open_store
+from digitbatch.modelio import load_model
+from digitbatch.score import PRED_FILL, score
+from digitbatch.train import train
+
+from .conftest import synthetic_digits
+
+
+@pytest.fixture
+def model_dir(tmp_path, small_store):
+    out = tmp_path / "model"
+    train(small_store, out, seed=3)
+    return out
+
+
+def test_train_writes_manifest(tmp_path, small_store, model_dir):
+    m = json.loads((model_dir / "manifest.json").read_text())
+    assert m["name"] == "sgd" and m["seed"] == 3
+    assert m["train"]["store_checksum"] == open_store(small_store).checksum
+    assert m["train"]["n_rows"] == 700
+    assert 0.9 <= m["test"]["accuracy"] <= 1.0
+    assert len(m["test"]["confusion_matrix"]) == 10
+
+
+def test_train_is_deterministic(tmp_path, small_store, model_dir):
+    train(small_store, tmp_path / "again", seed=3)
+    assert (model_dir / "model.npz").read_bytes() == (tmp_path / "again" / "model.npz").read_bytes()
+
+
+@pytest.mark.parametrize("scheduler", ["synchronous", "local"])
+def test_score_equals_sklearn(tmp_path, small_store, model_dir, scheduler):
+    out = tmp_path / "pred.zarr"
+    r = score(small_store, model=model_dir, out=out, scheduler=scheduler)
+    s = open_store(small_store)
+    x, y, keys = s.read()
+    clf = load_model(model_dir).model.to_sklearn()
+    expected = clf.predict(x.reshape(len(x), -1).astype(np.float64))
+    g = zarr.open_group(str(out), mode="r")
+    np.testing.assert_array_equal(g["pred"][:], expected)
+    assert list(g["keys"][:]) == list(keys)
+    assert r.metrics["confusion_matrix"] == confusion_matrix(y, expected, labels=range(10)).tolist()
+    assert r.metrics["n_images"] == 1000
+    assert r.accuracy == pytest.approx(float((expected == y).mean()))
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk["accuracy"] == r.accuracy
+
+
+def test_score_unlabeled_rows(tmp_path, model_dir):
+    x, y = synthetic_digits(300, seed=5)
+    y[::3] = UNKNOWN_LABEL
+    with StoreWriter(tmp_path / "u.zarr", source={}, chunk_size=256) as w:
+        w.append(x, y, [str(i) for i in range(300)])
+        w.finish()
+    r = score(tmp_path / "u.zarr", model=model_dir, out=tmp_path / "p.zarr",
+              scheduler="synchronous")
+    assert r.metrics["n_unlabeled"] == 100
+    assert r.metrics["n_labeled"] == 200
+    assert sum(r.metrics["prediction_histogram"]) == 300
+    pred = zarr.open_group(str(tmp_path / "p.zarr"))["pred"][:]
+    assert (pred != PRED_FILL).all()
+
+
+def test_score_refuses_existing_output(tmp_path, small_store, model_dir):
+    (tmp_path / "p.zarr").mkdir()
+    with pytest.raises(ScoreError, match="already exists"):
+        score(small_store, model=model_dir, out=tmp_path / "p.zarr", scheduler="synchronous")
+
+
+def test_tampered_model_refused(tmp_path, small_store, model_dir):
+    data = bytearray((model_dir / "model.npz").read_bytes())
+    data[-100] ^= 0xFF
+    (model_dir / "model.npz").write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="SHA-256"):
+        load_model(model_dir)
+
+
+def test_version_mismatch_refused(model_dir):
+    m = json.loads((model_dir / "manifest.json").read_text())
+    m["versions"]["scikit-learn"] = "0.20.0"
+    (model_dir / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ModelError, match="scikit-learn 0.20.0"):
+        load_model(model_dir)
+
+
+class _Payload:
+    def __reduce__(self):
+        import os
+        return (os.system, ("touch SENTINEL_SHOULD_NOT_EXIST",))
+
+
+def test_pickle_payload_never_runs(tmp_path, model_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # a pickle in place of the arrays, with a matching hash in the manifest
+    blob = pickle.dumps(_Payload())
+    (model_dir / "model.npz").write_bytes(blob)
+    m = json.loads((model_dir / "manifest.json").read_text())
+    import hashlib
+    m["model_sha256"] = hashlib.sha256(blob).hexdigest()
+    (model_dir / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ModelError):
+        load_model(model_dir)
+    # and a bare pickle file given as the model
+    (tmp_path / "model.pkl").write_bytes(blob)
+    with pytest.raises(ModelError, match="never loaded"):
+        load_model(tmp_path / "model.pkl")
+    assert not (tmp_path / "SENTINEL_SHOULD_NOT_EXIST").exists()
+
+
+def test_train_errors(tmp_path):
+    x, y = synthetic_digits(300)
+    with StoreWriter(tmp_path / "nolabels.zarr", source={}) as w:
+        w.append(x, np.full(300, UNKNOWN_LABEL, np.int8), [str(i) for i in range(300)])
+        w.finish()
+    with pytest.raises(TrainingError, match="no labelled rows"):
+        train(tmp_path / "nolabels.zarr", tmp_path / "m")
+    with StoreWriter(tmp_path / "one.zarr", source={}) as w:
+        w.append(x, np.full(300, 4, np.int8), [str(i) for i in range(300)])
+        w.finish()
+    with pytest.raises(TrainingError, match="single class"):
+        train(tmp_path / "one.zarr", tmp_path / "m")
+    with pytest.raises(TrainingError, match="unknown model"):
+        train(tmp_path / "one.zarr", tmp_path / "m", model="resnet")
+    with pytest.raises(StoreError):
+        train(tmp_path / "missing.zarr", tmp_path / "m")
+    assert not (tmp_path / "m").exists()
