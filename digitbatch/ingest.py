@@ -60,31 +60,47 @@ def _array_batches(images: np.ndarray, labels: np.ndarray, keys: list[str],
 
 
 def _image_batches(path: Path, ex, *, batch_size: int, max_member_bytes: int) -> Iterator[Batch]:
-    """Stream members in this process; decode batches of them on the executor."""
-    from .sources.images import Member, decode_batch, iter_members
+    """Decode the members of an image container on the executor, in source order.
 
-    member_rejects: list[Reject] = []
+    Seekable containers (directory, zip, uncompressed tar) are only listed
+    here and each task reads its own members; compressed tars are streamed
+    here and their bytes shipped to the tasks.
+    """
+    from .sources.images import Member, MemberRef, decode_batch, detect_image_source, iter_members
+    from .sources.refs import decode_refs, iter_refs, seekable_kind
 
-    def groups() -> Iterator[list[tuple[str, bytes, int | None]]]:
-        items: list[tuple[str, bytes, int | None]] = []
-        for m in iter_members(path, max_member_bytes=max_member_bytes):
-            if isinstance(m, Member):
+    container = detect_image_source(path)
+    seekable = container is not None and seekable_kind(path, container)
+    header_rejects: list[Reject] = []
+
+    def groups() -> Iterator:
+        items: list = []
+        if seekable:
+            members = iter_refs(path, container, limit=max_member_bytes)
+        else:
+            members = iter_members(path, kind=container, max_member_bytes=max_member_bytes)
+        for m in members:
+            if isinstance(m, MemberRef):
+                items.append(m)
+            elif isinstance(m, Member):
                 items.append((m.key, m.data, m.folder_label))
-                if len(items) >= batch_size:
-                    yield items
-                    items = []
             else:
-                member_rejects.append(m)
+                header_rejects.append(m)
+                continue
+            if len(items) >= batch_size:
+                yield (str(path), container, items, max_member_bytes) if seekable else items
+                items = []
         if items:
-            yield items
+            yield (str(path), container, items, max_member_bytes) if seekable else items
 
-    for batch in ex.map_ordered(decode_batch, groups()):
-        if member_rejects:
-            batch.rejects.extend(member_rejects)
-            member_rejects.clear()
+    fn = decode_refs if seekable else decode_batch
+    for batch in ex.map_ordered(fn, groups()):
+        if header_rejects:
+            batch.rejects.extend(header_rejects)
+            header_rejects.clear()
         yield batch
-    if member_rejects:
-        yield Batch.empty(member_rejects)
+    if header_rejects:
+        yield Batch.empty(header_rejects)
 
 
 def ingest(

@@ -23,7 +23,7 @@ from PIL import Image
 from digitbatch.errors import ArchiveError, SourceError, SourceNotFoundError, UnknownSourceError
 from digitbatch.layout import UNKNOWN_LABEL
 from digitbatch.sources import archive as archive_mod
-from digitbatch.sources.base import Reject
+from digitbatch.sources.base import Batch, Reject
 from digitbatch.sources.images import (
     Member,
     decode_batch,
@@ -53,6 +53,12 @@ def _png(img: Image.Image | np.ndarray) -> bytes:
         img = Image.fromarray(img)
     buf = io.BytesIO()
     img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _bmp(img: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "BMP")
     return buf.getvalue()
 
 
@@ -94,7 +100,7 @@ def _codes(items) -> dict[str, str]:
     return {r.key: r.reason.split(":")[0] for r in items if isinstance(r, Reject)}
 
 
-def _decode_all(items) -> tuple:
+def _decode_all(items) -> Batch:
     members = [m for m in items if isinstance(m, Member)]
     return decode_batch([(m.key, m.data, m.folder_label) for m in members])
 
@@ -133,8 +139,6 @@ def test_round_trip_28x28_is_exact(tmp_path, kind):
         "misc/c.png": _png(c),                     # no digit folder: unknown label
     }
     src = _write_source(tmp_path / ("src" if kind == "dir" else f"src.{kind}"), members, kind)
-    if kind == "dir":
-        src.mkdir(exist_ok=True)
     expected_kind = "tar" if kind.startswith("tar") else kind
     assert detect_image_source(src) == expected_kind
 
@@ -323,7 +327,8 @@ def test_tar_safety_rejects(tmp_path):
         _tar_entry(tf, "notes.txt", b"just some text\n")              # not an image
         _tar_entry(tf, "__MACOSX/._good.png", b"\x00\x05\x16\x07")    # OS junk
         _tar_entry(tf, ".DS_Store", b"Bud1")
-        _tar_entry(tf, "scan.dat", png)                               # image by content
+        _tar_entry(tf, "scan.dat", png)                               # images by content
+        _tar_entry(tf, "scan.bin", _bmp(_digit(1)))
         _tar_entry(tf, "good.png", png)
     items = list(iter_members(path, max_member_bytes=12000))  # a small tar is 10 KiB
     assert _codes(items) == {
@@ -344,7 +349,7 @@ def test_tar_safety_rejects(tmp_path):
         "__MACOSX/._good.png": "not-an-image",
         ".DS_Store": "not-an-image",
     }
-    assert [m.key for m in items if isinstance(m, Member)] == ["scan.dat", "good.png"]
+    assert [m.key for m in items if isinstance(m, Member)] == ["scan.dat", "scan.bin", "good.png"]
     assert all(":" in r.reason for r in items if isinstance(r, Reject))
 
 
@@ -492,12 +497,32 @@ def test_decode_batch_rejects_and_accepts():
         "big.png": "bad-dimensions",
     }
     assert batch.keys == ["ok.png", "sixteen.png", "cmyk.jpg", "one.png", "ok.jpg"]
+    text_reject = next(r for r in batch.rejects if r.key == "text.png")
+    assert text_reject.reason == "decode-error: not a PNG, JPEG, BMP, TIFF, GIF, WebP or PNM image"
     assert batch.labels.tolist() == [4, UNKNOWN_LABEL, 2, 0, 5]
     assert np.array_equal(batch.images[0], d)
     assert np.abs(batch.images[1].astype(int) - d).max() <= 1
     assert batch.images[2][0, 0] == 0 and batch.images[2].max() > 200  # inverted, fitted
     assert not batch.images[3].any()
     assert batch.images[4].max() > 200
+
+
+@pytest.mark.parametrize("fmt,options,tolerance", [
+    ("PNG", {}, 0),
+    ("BMP", {}, 0),
+    ("TIFF", {}, 0),
+    ("GIF", {}, 0),                        # grey palette
+    ("WEBP", {"lossless": True}, 0),
+    ("PPM", {}, 0),                        # written as PGM for an L image
+    ("JPEG", {"quality": 95}, 40),         # lossy
+])
+def test_decode_every_allowed_format(fmt, options, tolerance):
+    d = _digit(11)
+    buf = io.BytesIO()
+    Image.fromarray(d).save(buf, fmt, **options)
+    batch = decode_batch([(f"a.{fmt.lower()}", buf.getvalue(), 1)])
+    assert batch.rejects == []
+    assert np.abs(batch.images[0].astype(int) - d).max() <= tolerance
 
 
 @pytest.mark.parametrize("side", [

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import bz2
 import copy
+import functools
 import gzip
 import io
 import logging
@@ -49,23 +50,23 @@ from typing import BinaryIO
 from PIL import Image
 
 from ..errors import ArchiveError, SourceError, SourceNotFoundError, UnknownSourceError
-from .base import Reject
+from .base import MemberRef, Reject
 
 log = logging.getLogger(__name__)
 
-KINDS = ("dir", "tar", "zip")
+CONTAINER_KINDS = ("dir", "tar", "zip")
 DEFAULT_MAX_MEMBER_BYTES = 16 * 2**20
 IMAGE_EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".pgm", ".ppm"}
 )
 # The only Pillow formats digitbatch opens: plain raster codecs. Leaving out
 # the rest keeps e.g. EPS (which runs Ghostscript) away from untrusted input.
-PIL_FORMATS = ("PNG", "JPEG", "MPO", "BMP", "DIB", "TIFF", "GIF", "WEBP", "PPM")
+# (JPEG's opener also returns MPO, the multi-picture JPEG of cameras.)
+PIL_FORMATS = ("PNG", "JPEG", "BMP", "DIB", "TIFF", "GIF", "WEBP", "PPM")
 _JUNK_NAMES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
+_DIGITS = frozenset("0123456789")
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")
-_GZIP_MAGIC = b"\x1f\x8b"
-_XZ_MAGIC = b"\xfd7zXZ\x00"
 _OTHER_ARCHIVE_MAGICS = (b"7z\xbc\xaf\x27\x1c", b"Rar!\x1a\x07")
 # Enough compressed input to reach the first tar header of any bzip2 block.
 _SNIFF_INPUT_LIMIT = 2 * 2**20
@@ -97,13 +98,11 @@ def _looks_like_tar(head: bytes) -> bool:
 
 
 def _compression(head: bytes) -> str | None:
-    if head.startswith(_GZIP_MAGIC):
+    if head.startswith(b"\x1f\x8b"):
         return "gz"
     if head.startswith(b"BZh") and head[3:4].isdigit():
         return "bz2"
-    if head.startswith(_XZ_MAGIC):
-        return "xz"
-    return None
+    return "xz" if head.startswith(b"\xfd7zXZ\x00") else None
 
 
 def _decompressed_head(f: BinaryIO, comp: str) -> bytes:
@@ -114,13 +113,8 @@ def _decompressed_head(f: BinaryIO, comp: str) -> bytes:
         "xz": lzma.LZMADecompressor,
     }[comp]()
     out = b""
-    read = 0
     try:
-        while len(out) < 512 and read < _SNIFF_INPUT_LIMIT:
-            chunk = f.read(65536)
-            if not chunk:
-                break
-            read += len(chunk)
+        while len(out) < 512 and f.tell() < _SNIFF_INPUT_LIMIT and (chunk := f.read(65536)):
             out += dec.decompress(chunk, 512 - len(out))
     except (zlib.error, OSError, lzma.LZMAError, EOFError):
         pass
@@ -159,13 +153,14 @@ def detect_image_source(path: Path) -> str | None:
     ------
     SourceNotFoundError
         If ``path`` does not exist.
+    ArchiveError
+        If ``path`` (or a directory below it) cannot be read.
     """
     path = Path(path)
     if not path.exists():
         raise SourceNotFoundError(f"image source {path} does not exist")
     try:
         if path.is_dir():
-            os.scandir(path).close()  # an unreadable directory is broken, not "unknown"
             return "dir" if _dir_has_image(path) else None
         with open(path, "rb") as f:
             head = f.read(512)
@@ -181,9 +176,16 @@ def detect_image_source(path: Path) -> str | None:
     return None
 
 
+def _unlistable(folder, root: Path, exc: OSError) -> ArchiveError:
+    return ArchiveError(f"cannot list directory {folder} of image source {root}: {exc}")
+
+
 def _dir_has_image(root: Path) -> bool:
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
+    def fail(exc: OSError) -> None:
+        raise _unlistable(exc.filename, root, exc) from exc
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=fail):
+        dirnames[:] = sorted(d for d in dirnames if d != "__MACOSX")
         for name in sorted(filenames):
             p = Path(dirpath) / name
             if _is_junk(name) or p.is_symlink() or not p.is_file():
@@ -199,13 +201,19 @@ def _dir_has_image(root: Path) -> bool:
     return False
 
 
+@functools.cache
+def open_formats() -> tuple[str, ...]:
+    """The :data:`PIL_FORMATS` this Pillow can open, for ``Image.open(formats=...)``."""
+    Image.init()  # Image.open(formats=...) does not load TIFF and WEBP by itself
+    return tuple(f for f in PIL_FORMATS if f in Image.OPEN)
+
+
 def _is_image_content(data: bytes) -> bool:
     """True if Pillow identifies ``data`` (or its start) as an allowed format."""
-    Image.init()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data), formats=PIL_FORMATS):
+            with Image.open(io.BytesIO(data), formats=open_formats()):
                 return True
     except Image.DecompressionBombError:
         return True  # an image, if a hostile one: decoding rejects it
@@ -218,7 +226,8 @@ def _is_image_content(data: bytes) -> bool:
 
 def _is_junk(name: str) -> bool:
     base = name.rsplit("/", 1)[-1]
-    return base.lower() in _JUNK_NAMES or base.startswith("._") or "__MACOSX" in name.split("/")[:-1]
+    junk_folder = "__MACOSX" in name.split("/")[:-1]
+    return junk_folder or base.lower() in _JUNK_NAMES or base.startswith("._")
 
 
 def _check_name(raw: str) -> tuple[str, str | None]:
@@ -237,10 +246,8 @@ def _check_name(raw: str) -> tuple[str, str | None]:
 
 
 def _folder_label(key: str) -> int | None:
-    parts = key.split("/")
-    if len(parts) >= 2 and len(parts[-2]) == 1 and parts[-2] in "0123456789":
-        return int(parts[-2])
-    return None
+    parent = key.split("/")[-2:-1]
+    return int(parent[0]) if parent and parent[0] in _DIGITS else None
 
 
 def _content_reject(key: str, data: bytes) -> Reject | None:
@@ -269,9 +276,14 @@ def _read_capped(f: BinaryIO, cap: int, hint: int) -> bytes:
     return b"".join(parts)
 
 
+def _too_large(key: str, size: int | None, limit: int) -> Reject:
+    what = f"{size} bytes" if size is not None else "more than its declared size"
+    return Reject(key, f"too-large: {what}, over the {limit}-byte limit")
+
+
 def _finish(key: str, data: bytes, limit: int) -> Member | Reject:
     if len(data) > limit:
-        return Reject(key, f"too-large: member is over the {limit}-byte limit")
+        return _too_large(key, None, limit)
     return _content_reject(key, data) or Member(key, data, _folder_label(key))
 
 
@@ -305,13 +317,13 @@ def iter_members(
     SourceNotFoundError
         If ``path`` does not exist.
     UnknownSourceError
-        If ``kind`` is not one of :data:`KINDS`, or cannot be detected.
+        If ``kind`` is not one of :data:`CONTAINER_KINDS`, or cannot be detected.
     ArchiveError
         If the container is truncated, corrupt or unreadable (raised while
         iterating).
     """
     path = Path(path)
-    if isinstance(max_member_bytes, bool) or not isinstance(max_member_bytes, int) or max_member_bytes < 1:
+    if type(max_member_bytes) is not int or max_member_bytes < 1:
         raise SourceError(f"max_member_bytes must be a positive integer, got {max_member_bytes!r}")
     if not path.exists():
         raise SourceNotFoundError(f"image source {path} does not exist")
@@ -320,15 +332,16 @@ def iter_members(
         if kind is None:
             raise UnknownSourceError(
                 f"{path} is not a directory of images, a tar or a zip file "
-                f"(detected by content; supported kinds: {', '.join(KINDS)})"
+                f"(detected by content; supported kinds: {', '.join(CONTAINER_KINDS)})"
             )
-    elif kind not in KINDS:
-        raise UnknownSourceError(f"kind must be one of {KINDS}, got {kind!r}")
+    elif kind not in CONTAINER_KINDS:
+        raise UnknownSourceError(f"kind must be one of {CONTAINER_KINDS}, got {kind!r}")
     reader = {"dir": _iter_dir, "tar": _iter_tar, "zip": _iter_zip}[kind]
     return reader(path, max_member_bytes)
 
 
-def _iter_dir(root: Path, limit: int) -> Iterator[Member | Reject]:
+def _iter_dir(root: Path, limit: int, read: bool = True) -> Iterator[Member | MemberRef | Reject]:
+    """Files of ``root``; with ``read=False`` a :class:`MemberRef` instead of the bytes."""
     if not root.is_dir():
         raise ArchiveError(f"image source {root} is not a directory")
     entries: list[tuple[str, os.DirEntry]] = []
@@ -344,7 +357,7 @@ def _iter_dir(root: Path, limit: int) -> Iterator[Member | Reject]:
                     else:
                         entries.append((rel, entry))
         except OSError as exc:
-            raise ArchiveError(f"cannot list directory {folder} of image source {root}: {exc}") from exc
+            raise _unlistable(folder, root, exc) from exc
     entries.sort(key=lambda e: e[0])
     log.debug("image directory %s: %d files", root, len(entries))
     for key, entry in entries:
@@ -354,8 +367,10 @@ def _iter_dir(root: Path, limit: int) -> Iterator[Member | Reject]:
             yield Reject(key, "not-regular-file: device, FIFO or socket")
         elif _is_junk(key):
             yield Reject(key, "not-an-image: OS metadata file")
-        else:
+        elif read:
             yield _read_dir_file(key, entry.path, limit)
+        else:
+            yield MemberRef(key, -1, 0)
 
 
 def _read_dir_file(key: str, path: str, limit: int) -> Member | Reject:
@@ -371,7 +386,7 @@ def _read_dir_file(key: str, path: str, limit: int) -> Member | Reject:
         if not stat.S_ISREG(st.st_mode):
             return Reject(key, "not-regular-file: changed while reading")
         if st.st_size > limit:
-            return Reject(key, f"too-large: {st.st_size} bytes, over the {limit}-byte limit")
+            return _too_large(key, st.st_size, limit)
         try:
             data = _read_capped(f, limit + 1, st.st_size)
         except OSError as exc:
@@ -394,11 +409,8 @@ def _iter_tar(path: Path, limit: int) -> Iterator[Member | Reject]:
             raw.seek(0)
             # Our own decompressors check CRCs and the end-of-stream marker,
             # which tarfile's stream mode does not.
-            opener = {
-                "gz": lambda f: gzip.GzipFile(fileobj=f, mode="rb"),
-                "bz2": bz2.BZ2File,
-                "xz": lzma.LZMAFile,
-            }.get(comp)
+            gz = lambda f: gzip.GzipFile(fileobj=f, mode="rb")  # noqa: E731
+            opener = {"gz": gz, "bz2": bz2.BZ2File, "xz": lzma.LZMAFile}.get(comp)
             stream = opener(raw) if opener else raw
             with tarfile.open(fileobj=stream, mode="r|") as tf:
                 while (info := tf.next()) is not None:
@@ -410,9 +422,8 @@ def _iter_tar(path: Path, limit: int) -> Iterator[Member | Reject]:
                 # ends on a full block of zeros.
                 if tf.offset and tf.fileobj.tell() < tf.offset + tarfile.BLOCKSIZE:
                     raise tarfile.ReadError("archive ends without an end-of-archive marker")
-            if stream is not raw:  # read to the end, so the CRC and length are checked
-                while stream.read(2**20):
-                    pass
+            while stream is not raw and stream.read(2**20):
+                pass  # to the end of the stream, so that its CRC and length are checked
         except _TAR_ERRORS as exc:
             raise ArchiveError(
                 f"tar archive {path} is truncated or corrupt after {n} members ({exc}): "
@@ -428,12 +439,12 @@ def _tar_member(tf: tarfile.TarFile, info: tarfile.TarInfo, limit: int) -> Membe
     if problem:
         return Reject(key, problem)
     if not info.isreg():
-        what = "symlink" if info.issym() else "hardlink" if info.islnk() else "device, FIFO or special member"
+        what = "symlink" if info.issym() else "hardlink" if info.islnk() else "device or FIFO"
         return Reject(key, f"not-regular-file: {what}")
     if _is_junk(key):
         return Reject(key, "not-an-image: OS metadata file")
     if info.size > limit:
-        return Reject(key, f"too-large: {info.size} bytes, over the {limit}-byte limit")
+        return _too_large(key, info.size, limit)
     f = tf.extractfile(info)
     data = _read_capped(f, limit + 1, info.size) if f is not None else b""
     return _finish(key, data, limit)
@@ -442,7 +453,7 @@ def _tar_member(tf: tarfile.TarFile, info: tarfile.TarInfo, limit: int) -> Membe
 def _iter_zip(path: Path, limit: int) -> Iterator[Member | Reject]:
     try:
         zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as exc:
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
         raise ArchiveError(
             f"zip archive {path} is truncated or corrupt ({exc}): re-create or re-download it"
         ) from exc
@@ -450,25 +461,34 @@ def _iter_zip(path: Path, limit: int) -> Iterator[Member | Reject]:
         infos = zf.infolist()
         log.debug("zip archive %s: %d entries", path, len(infos))
         for info in infos:
-            if info.is_dir() or stat.S_ISDIR(info.external_attr >> 16):
+            checked = zip_entry_check(info, limit)
+            if checked is None:
                 continue
-            key, problem = _check_name(info.filename)
-            if problem:
-                yield Reject(key, problem)
-                continue
-            mode = stat.S_IFMT(info.external_attr >> 16)
-            if mode and mode != stat.S_IFREG:
-                what = "symlink" if mode == stat.S_IFLNK else "device, FIFO or special member"
-                yield Reject(key, f"not-regular-file: {what}")
-            elif _is_junk(key):
-                yield Reject(key, "not-an-image: OS metadata file")
-            elif info.file_size > limit:
-                yield Reject(key, f"too-large: {info.file_size} bytes, over the {limit}-byte limit")
-            else:
-                yield _read_zip_member(zf, info, key, limit)
+            key, reject = checked
+            yield reject if reject is not None else _read_zip_member(zf, info, key, limit)
 
 
-def _read_zip_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, limit: int) -> Member | Reject:
+def zip_entry_check(info: zipfile.ZipInfo, limit: int) -> tuple[str, Reject | None] | None:
+    """``(key, reject or None)`` judged from a zip entry's header; None for a directory."""
+    if info.is_dir() or stat.S_ISDIR(info.external_attr >> 16):
+        return None
+    key, problem = _check_name(info.filename)
+    if problem:
+        return key, Reject(key, problem)
+    mode = stat.S_IFMT(info.external_attr >> 16)
+    if mode and mode != stat.S_IFREG:
+        what = "symlink" if mode == stat.S_IFLNK else "device or FIFO"
+        return key, Reject(key, f"not-regular-file: {what}")
+    if _is_junk(key):
+        return key, Reject(key, "not-an-image: OS metadata file")
+    if info.file_size > limit:
+        return key, _too_large(key, info.file_size, limit)
+    return key, None
+
+
+def _read_zip_member(
+    zf: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, limit: int
+) -> Member | Reject:
     # zipfile stops at the size the header declares, and a header that lies
     # (a zip bomb) then shows up as a CRC error. Lifting that cap shows the
     # real size instead; the read below is what bounds memory.
@@ -481,5 +501,6 @@ def _read_zip_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, limit
             RuntimeError, NotImplementedError) as exc:  # the last two: encrypted, unknown method
         return Reject(key, f"unreadable-member: {exc}")
     if len(data) <= limit and len(data) != info.file_size:
-        return Reject(key, f"unreadable-member: {len(data)} bytes but its header says {info.file_size}")
+        size = info.file_size
+        return Reject(key, f"unreadable-member: {len(data)} bytes but its header says {size}")
     return _finish(key, data, limit)

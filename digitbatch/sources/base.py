@@ -24,6 +24,15 @@ class Reject:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class MemberRef:
+    """Where one member's bytes lie: tar data offset, zip entry index, or -1 (a file)."""
+
+    key: str
+    offset: int
+    size: int
+
+
 @dataclass
 class Batch:
     """Rows ready for the store, in source order."""

@@ -23,23 +23,23 @@ import logging
 import warnings
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from .archive import (
     DEFAULT_MAX_MEMBER_BYTES,
     IMAGE_EXTENSIONS,
-    KINDS,
-    PIL_FORMATS,
+    CONTAINER_KINDS,
     Member,
     detect_image_source,
     iter_members,
+    open_formats,
 )
-from .base import Batch, Reject, label_array
+from .base import Batch, MemberRef, Reject, label_array
 
 __all__ = [
     "DEFAULT_MAX_MEMBER_BYTES",
     "IMAGE_EXTENSIONS",
-    "KINDS",
+    "CONTAINER_KINDS",
     "MAX_PIXELS",
     "MAX_SIDE",
     "Member",
@@ -80,7 +80,6 @@ def decode_batch(items: list[tuple[str, bytes, int | None]]) -> Batch:
         :class:`~digitbatch.sources.base.Reject` for each item that could
         not be decoded (see the module docstring for the reason codes).
     """
-    Image.init()  # registers TIFF and WEBP, which Image.open(formats=...) needs
     images: list[np.ndarray] = []
     labels: list[int | None] = []
     keys: list[str] = []
@@ -106,7 +105,10 @@ def decode_batch(items: list[tuple[str, bytes, int | None]]) -> Batch:
 
 
 def _detail(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
+    """One short, reproducible line about ``exc``."""
+    if isinstance(exc, UnidentifiedImageError):  # its text holds a memory address
+        return "not a PNG, JPEG, BMP, TIFF, GIF, WebP or PNM image"
+    text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= _MAX_DETAIL else text[: _MAX_DETAIL - 3] + "..."
 
 
@@ -115,7 +117,7 @@ def _decode_one(data: bytes) -> np.ndarray | str:
     if not data:
         return "empty-image: zero-byte file"
     try:
-        img = Image.open(io.BytesIO(data), formats=PIL_FORMATS)
+        img = Image.open(io.BytesIO(data), formats=open_formats())
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         return f"decompression-bomb: {_detail(exc)}"
     except MemoryError:

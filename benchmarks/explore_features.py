@@ -1,0 +1,185 @@
+"""Which feature recipe makes the ``sgd-kernel`` flagship? A record of the search.
+
+Reads the MNIST IDX files from ``$DIGITBATCH_MNIST_DIR`` (default
+``../shared/data/mnist`` relative to the repository) with plain numpy, then:
+
+``validate``
+    fits each candidate recipe on the first 50,000 training rows and scores
+    it on the last 10,000 (the validation split used to pick
+    hyperparameters);
+``final``
+    fits the chosen recipe on all 60,000 training rows, reports test
+    accuracy once, the fit time, the in-memory scoring speed (features +
+    kernel + decision function, with the folded :class:`KernelPredictor`
+    and with the scikit-learn pipeline) and checks the fold;
+``speed``
+    times :func:`deskew` against the per-image scipy loop.
+
+Usage::
+
+    python benchmarks/explore_features.py validate [NAME ...]
+    python benchmarks/explore_features.py final [NAME]
+    python benchmarks/explore_features.py speed
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from digitbatch import features as F
+
+REPO = Path(__file__).resolve().parents[1]
+
+# name -> (hog_weight, pca_components, nystroem_components, gamma, alpha, max_iter)
+RECIPES: dict[str, tuple[float, int | None, int, float, float, int]] = {
+    "px-n2000": (0.0, None, 2000, 0.03, 1e-6, 30),
+    "px-pca50-n2000": (0.0, 50, 2000, 0.03, 1e-6, 30),
+    "px-pca100-n2000": (0.0, 100, 2000, 0.03, 1e-6, 30),
+    "hog4-pca80-n2000": (4.0, 80, 2000, 0.03, 1e-6, 30),
+    "hog7-pca80-n2000": (7.0, 80, 2000, 0.03, 1e-6, 30),
+    "hog4-pca80-n2000-g02": (4.0, 80, 2000, 0.02, 1e-6, 30),
+    "hog10-pca80-n2000": (10.0, 80, 2000, 0.03, 1e-6, 30),
+    "hog7-pca80-n2000-g02": (7.0, 80, 2000, 0.02, 1e-6, 30),
+    "hog7-pca120-n2000": (7.0, 120, 2000, 0.03, 1e-6, 30),
+    "hog7-pca80-n4000": (7.0, 80, 4000, 0.03, 1e-6, 30),
+}
+FINAL = "hog4-pca80-n4000"
+
+
+def mnist_dir() -> Path:
+    env = os.environ.get("DIGITBATCH_MNIST_DIR")
+    path = Path(env) if env else REPO.parent / "shared" / "data" / "mnist"
+    if not (path / "train-images-idx3-ubyte.gz").is_file():
+        sys.exit(
+            f"MNIST IDX files not found in {path}: set DIGITBATCH_MNIST_DIR to the folder "
+            "holding train-images-idx3-ubyte.gz and the three other files"
+        )
+    return path
+
+
+def load(split: str) -> tuple[np.ndarray, np.ndarray]:
+    prefix = {"train": "train", "test": "t10k"}[split]
+    root = mnist_dir()
+    with gzip.open(root / f"{prefix}-images-idx3-ubyte.gz") as f:
+        images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
+    with gzip.open(root / f"{prefix}-labels-idx1-ubyte.gz") as f:
+        labels = np.frombuffer(f.read(), np.uint8, offset=8)
+    return images, labels
+
+
+def build(name: str, *, with_features: bool):
+    hog_weight, pca, n_comp, gamma, alpha, max_iter = RECIPES[name]
+    return F.make_kernel_pipeline(
+        hog_weight=hog_weight,
+        pca_components=pca,
+        n_components=n_comp,
+        gamma=gamma,
+        alpha=alpha,
+        max_iter=max_iter,
+        features=with_features,
+    )
+
+
+def validate(names: list[str]) -> None:
+    images, labels = load("train")
+    feats: dict[float, np.ndarray] = {}
+    for name in names:
+        hog_weight = RECIPES[name][0]
+        if hog_weight not in feats:
+            feats[hog_weight] = F.kernel_features(images, hog_weight=hog_weight)
+        x = feats[hog_weight]
+        model = build(name, with_features=False)
+        t0 = time.perf_counter()
+        model.fit(x[:50_000], labels[:50_000])
+        fit_s = time.perf_counter() - t0
+        acc = float(np.mean(model.predict(x[50_000:]) == labels[50_000:]))
+        print(f"{name:24s} val_acc={acc:.4f} fit_s={fit_s:.1f} sgd_epochs={model[-1].n_iter_}", flush=True)
+
+
+def final(name: str) -> None:
+    train_x, train_y = load("train")
+    test_x, test_y = load("test")
+    model = build(name, with_features=True)
+    t0 = time.perf_counter()
+    model.fit(train_x, train_y)
+    fit_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    sk_scores = model.decision_function(test_x)
+    sk_s = time.perf_counter() - t0
+    acc = float(np.mean(model.classes_[sk_scores.argmax(1)] == test_y))
+    print(f"{name}: test_acc={acc:.4f} fit_s={fit_s:.1f} (features included)")
+    print(f"  sklearn pipeline scoring: {len(test_x) / sk_s:,.0f} images/s")
+    hog_weight = RECIPES[name][0]
+    for dtype in (np.float64, np.float32):
+        pred = F.fold_kernel(model, dtype=dtype)
+        best = np.inf
+        for _ in range(3):
+            t0 = time.perf_counter()
+            scores = pred.decision_function(F.kernel_features(test_x, hog_weight=hog_weight))
+            best = min(best, time.perf_counter() - t0)
+        same = float(np.mean(scores.argmax(1) == sk_scores.argmax(1)))
+        diff = float(np.max(np.abs(scores - sk_scores)))
+        acc_f = float(np.mean(pred.classes[scores.argmax(1)] == test_y))
+        print(
+            f"  folded {np.dtype(dtype).name}: {len(test_x) / best:,.0f} images/s, "
+            f"test_acc={acc_f:.4f}, argmax agreement={same:.4f}, max |diff|={diff:.2e}"
+        )
+
+
+def speed() -> None:
+    from scipy.ndimage import affine_transform
+
+    images, _ = load("train")
+    sub = images[:3000]
+
+    def classic(image: np.ndarray) -> np.ndarray:
+        (centroid,), (var_r,), (cov,) = F.image_moments(image[None])
+        alpha = cov / var_r if var_r > 1e-6 else 0.0
+        affine = np.array([[1.0, 0.0], [alpha, 1.0]])
+        offset = centroid - affine @ np.array([F.CENTRE, F.CENTRE])
+        return affine_transform(image.astype(np.float32), affine, offset=offset, order=1, mode="grid-constant")
+
+    t0 = time.perf_counter()
+    ref = np.stack([classic(im) for im in sub])
+    loop_rate = len(sub) / (time.perf_counter() - t0)
+    batch = images[:20_000]
+    F.deskew(batch)
+    best = min(_timed(F.deskew, batch) for _ in range(3))
+    print(f"deskew vectorised: {len(batch) / best:,.0f} images/s; per-image scipy loop: {loop_rate:,.0f} images/s")
+    print(f"  max |vectorised - loop| = {np.abs(F.deskew(sub) - ref).max():.2e} (0-255 scale)")
+    best = min(_timed(F.hog, batch) for _ in range(3))
+    print(f"hog: {len(batch) / best:,.0f} images/s")
+    best = min(_timed(lambda b: F.kernel_features(b, hog_weight=4.0), batch) for _ in range(3))
+    print(f"kernel_features (deskew + hog): {len(batch) / best:,.0f} images/s")
+
+
+def _timed(fn, arg) -> float:
+    t0 = time.perf_counter()
+    fn(arg)
+    return time.perf_counter() - t0
+
+
+def main(argv: list[str]) -> None:
+    warnings.simplefilter("ignore", category=UserWarning)
+    from sklearn.exceptions import ConvergenceWarning
+
+    warnings.simplefilter("ignore", category=ConvergenceWarning)
+    if not argv or argv[0] not in ("validate", "final", "speed"):
+        sys.exit(__doc__)
+    if argv[0] == "validate":
+        validate(argv[1:] or list(RECIPES))
+    elif argv[0] == "final":
+        final(argv[1] if len(argv) > 1 else FINAL)
+    else:
+        speed()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
