@@ -94,16 +94,32 @@ def ingest(source, out, kind, labels, chunk_size, overwrite, max_rejects, data_h
 @click.option("--out", required=True, type=click.Path(), help="Model directory to create.")
 @click.option("--model", "name", default="sgd", show_default=True, help="Catalogue model name.")
 @click.option("--seed", default=42, show_default=True, type=int, help="Shuffle and model seed.")
+@click.option("--cv", type=int, default=None, help="Also cross-validate with K folds on the cluster.")
+@click.option("--search", is_flag=True, help="Grid-search hyperparameters by CV first.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing model directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def train(store, out, name, seed, overwrite, as_json):
+@scheduler_option
+def train(store, out, name, seed, cv, search, overwrite, as_json, scheduler):
     """Fit a catalogue model on STORE's train rows and test it on its test rows."""
     from .train import train as run
 
-    r = run(store, out, model=name, seed=seed, overwrite=overwrite)
+    r = run(store, out, model=name, seed=seed, cv=cv, search=search, scheduler=scheduler,
+            overwrite=overwrite)
     if as_json:
         click.echo(json.dumps(r.to_dict(), indent=2))
         return
+    _print_train(r)
+
+
+def _print_train(r) -> None:
+    if r.search:
+        click.echo(f"search: best {r.search['best_params']} "
+                   f"(CV accuracy {r.search['best_mean']:.4f})")
+    if r.cv:
+        folds = " ".join(f"{s:.4f}" for s in r.cv["scores"])
+        click.echo(f"{r.cv['k']}-fold CV accuracy: {folds}; mean {r.cv['mean']:.4f} "
+                   f"+- {r.cv['std']:.4f} (fit {r.cv['fit_time_mean']:.2f} s a fold, "
+                   f"{r.cv['backend']})")
     line = f"trained {r.name} on {r.n_train} images in {r.fit_seconds:.2f} s -> {r.model_path}"
     if r.test:
         line += f"; test accuracy {r.test['accuracy']:.4f} on {r.n_test} images"
@@ -171,8 +187,8 @@ def demo(workdir, scheduler):
     r = run_demo(workdir, scheduler=scheduler)
     ing, tr, sc = r["ingest"], r["train"], r["score"]
     click.echo(f"1. ingest: {ing.n_images} sample images -> {ing.path}")
-    click.echo(f"2. train: {tr.name} on {tr.n_train} images in {tr.fit_seconds:.2f} s, "
-               f"test accuracy {tr.test['accuracy']:.4f} -> {tr.model_path}")
+    click.echo("2. train:")
+    _print_train(tr)
     click.echo(f"3. score: every row -> {sc.out}")
     _print_score(sc.metrics, format_confusion)
 

@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 
 
 def run_demo(workdir: str | Path, *, scheduler: str | None = None) -> dict:
-    """ingest (sample) -> train (sgd) -> score, in ``workdir`` (replaced if present)."""
+    """ingest (sample) -> train (sgd, 5-fold CV) -> score, in ``workdir`` (replaced if present)."""
     w = Path(workdir)
     for name in ("sample.zarr", "model", "predictions.zarr"):
         target = w / name
@@ -22,7 +22,7 @@ def run_demo(workdir: str | Path, *, scheduler: str | None = None) -> dict:
             shutil.rmtree(target)
     w.mkdir(parents=True, exist_ok=True)
     ing = ingest("sample", w / "sample.zarr")
-    tr = train(w / "sample.zarr", w / "model")
+    tr = train(w / "sample.zarr", w / "model", cv=5, scheduler=scheduler)
     sc = score(w / "sample.zarr", model=w / "model", out=w / "predictions.zarr",
                scheduler=scheduler)
     return {"ingest": ing, "train": tr, "score": sc}

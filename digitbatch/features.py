@@ -75,28 +75,20 @@ def image_moments(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     mean_c = row_csum.sum(axis=1) / safe
     var_r = row_sum @ (_COORDS**2) / safe - mean_r**2
     cov_rc = row_csum @ _COORDS / safe - mean_r * mean_c
-    mean_r[blank] = CENTRE
-    mean_c[blank] = CENTRE
-    var_r[blank] = 0.0
-    cov_rc[blank] = 0.0
+    mean_r[blank], mean_c[blank], var_r[blank], cov_rc[blank] = CENTRE, CENTRE, 0.0, 0.0
     return np.stack([mean_r, mean_c], axis=1), var_r, cov_rc
 
 
 def _row_windows(padded: np.ndarray, width: int) -> np.ndarray:
-    """View ``padded`` (rows, W) as (rows, W - width + 1) records of ``width`` values.
+    """View (rows, W) as (rows, W - width + 1) records of ``width`` values.
 
-    Picking whole records with one fancy index copies each window as one
-    item, several times faster than fancy-indexing a sliding-window view.
+    A fancy index then copies each window as one item: several times faster
+    than fancy-indexing a sliding-window view.
     """
     rows, cols = padded.shape
     item = padded.dtype.itemsize
     record = np.dtype((np.void, width * item))
-    return np.ndarray(
-        shape=(rows, cols - width + 1),
-        dtype=record,
-        buffer=padded,
-        strides=(cols * item, item),
-    )
+    return np.ndarray((rows, cols - width + 1), record, buffer=padded, strides=(cols * item, item))
 
 
 def deskew(images: np.ndarray) -> np.ndarray:
@@ -277,20 +269,19 @@ def kernel_features(
 # --- folding fixed linear steps into the weights ---------------------------
 
 
+def _predict(scores: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    if scores.ndim == 1:
+        return classes[(scores > 0).astype(np.intp)]
+    return classes[np.argmax(scores, axis=1)]
+
+
 @dataclass(frozen=True)
 class LinearPredictor:
-    """A linear classifier with its fixed scaling folded into the weights.
+    """A linear classifier with its fixed scaling folded in: ``x @ weights + intercept``.
 
-    ``decision_function(x) = x @ weights + intercept``, equal (to rounding)
-    to the decision function of the pipeline it was folded from.
-
-    Attributes
-    ----------
-    weights : ndarray, shape (n_features, n_outputs)
-    intercept : ndarray, shape (n_outputs,)
-    classes : ndarray, shape (n_classes,)
-        One output per class, or one output for two classes (binary models,
-        positive class ``classes[1]``, as in scikit-learn).
+    ``weights`` is (n_features, n_outputs); one output per class, or a single
+    output for a binary model (positive class ``classes[1]``, as in
+    scikit-learn).
     """
 
     weights: np.ndarray
@@ -311,14 +302,13 @@ class LinearPredictor:
 class KernelPredictor:
     """An RBF kernel-approximation model as a few numpy arrays.
 
-    ``decision_function(x)`` computes ``z = x @ projection + offset`` (the
-    folded fixed linear steps before the kernel: scaling, PCA; identity when
-    ``projection`` is None), then either the RBF kernel values against the
-    Nystroem ``landmarks`` (``kind == "nystroem"``) or the random Fourier
-    features ``cos(z @ landmarks.T + phase)`` (``kind == "rff"``), and
-    finally ``kernel @ weights + intercept``. Nystroem's normalisation
-    matrix and any fixed scaling after the kernel step are folded into
-    ``weights``, so scoring needs no (n_components, n_components) product.
+    ``z = x @ projection + offset`` (the folded linear steps before the
+    kernel: scalers, PCA; skipped when ``projection`` is None), then the RBF
+    kernel against the Nystroem ``landmarks`` (``kind == "nystroem"``) or
+    random Fourier features ``cos(z @ landmarks.T + phase)`` (``"rff"``),
+    then ``@ weights + intercept``. Nystroem's normalisation matrix and any
+    scaling after the kernel step are folded into ``weights``, so scoring
+    does no (n_components, n_components) product.
     """
 
     kind: str
@@ -337,12 +327,11 @@ class KernelPredictor:
         z = np.asarray(features, dtype=self.landmarks.dtype)
         if self.projection is not None:
             z = z @ self.projection + self.offset
+        k = z @ self.landmarks.T
         if self.kind == "rff":
-            k = z @ self.landmarks.T
             k += self.phase
             return np.cos(k, out=k)
-        # exp(-gamma * |z - c|^2) with |z - c|^2 = |z|^2 + |c|^2 - 2 z.c
-        k = z @ self.landmarks.T
+        # |z - c|^2 = |z|^2 + |c|^2 - 2 z.c, clipped at 0 against rounding
         k *= -2.0
         k += self.landmark_sq_norms
         k += np.einsum("ij,ij->i", z, z)[:, None]
@@ -360,40 +349,7 @@ class KernelPredictor:
         return _predict(self.decision_function(features), self.classes)
 
 
-def _predict(scores: np.ndarray, classes: np.ndarray) -> np.ndarray:
-    if scores.ndim == 1:
-        return classes[(scores > 0).astype(np.intp)]
-    return classes[np.argmax(scores, axis=1)]
-
-
-Affine = tuple[np.ndarray, np.ndarray]
-
-
-def _as_affine(step: object, d: int) -> Affine | None:
-    """(a, c) with ``step.transform(x) == x * a + c`` (shape (d,) each), or None."""
-    from sklearn.preprocessing import MaxAbsScaler, MinMaxScaler, StandardScaler
-
-    def vec(v: object) -> np.ndarray:
-        return np.broadcast_to(np.asarray(v, np.float64), (d,))
-
-    if isinstance(step, StandardScaler):
-        scale = vec(1.0 if step.scale_ is None else step.scale_)
-        mean = vec(0.0 if step.mean_ is None else step.mean_)
-        return 1.0 / scale, -mean / scale
-    if isinstance(step, MinMaxScaler):
-        if step.clip:
-            raise ValueError("MinMaxScaler(clip=True) is not linear; fit without clip to fold it")
-        return vec(step.scale_), vec(step.min_)
-    if isinstance(step, MaxAbsScaler):
-        return 1.0 / vec(step.scale_), vec(0.0)
-    return None
-
-
-def _compose(first: Affine, then: Affine) -> Affine:
-    return first[0] * then[0], first[1] * then[0] + then[1]
-
-
-def _split(model: object) -> list[object]:
+def _steps(model: object) -> list[object]:
     steps = getattr(model, "steps", None)
     if steps is None:
         return [model]
@@ -409,71 +365,60 @@ def _linear_head(step: object) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return weights, intercept.copy(), np.asarray(step.classes_)
 
 
-def _fold_affine(affine: Affine, weights: np.ndarray, intercept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    a, c = affine
-    return a[:, None] * weights, intercept + c @ weights
+def _scalers(steps: list[object], scale: float | np.ndarray, d: int, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """``x * scale`` then ``steps`` (fitted StandardScalers) as one map ``x * a + c``."""
+    from sklearn.preprocessing import StandardScaler
 
-
-def _scalers(steps: list[object], d: int, where: str) -> Affine:
-    """Compose fixed scaler steps into one affine map; name any other step."""
-    total = (np.ones(d), np.zeros(d))
+    a, c = np.broadcast_to(np.asarray(scale, np.float64), (d,)).copy(), np.zeros(d)
     for step in steps:
-        affine = _as_affine(step, d)
-        if affine is None:
-            raise ValueError(
-                f"cannot fold {type(step).__name__} {where}: only StandardScaler, "
-                "MinMaxScaler and MaxAbsScaler steps are fixed linear maps"
-            )
-        total = _compose(total, affine)
-    return total
+        if not isinstance(step, StandardScaler):
+            raise ValueError(f"cannot fold {type(step).__name__} {where}: only StandardScaler steps can be folded")
+        inv = 1.0 / (np.ones(d) if step.scale_ is None else step.scale_)
+        mean = np.zeros(d) if step.mean_ is None else step.mean_
+        a, c = a * inv, (c - mean) * inv
+    return a, c
 
 
 def fold_linear(model: object, *, scale: float | np.ndarray = 1.0) -> LinearPredictor:
-    """Fold the fixed scaling of a linear classifier pipeline into its weights.
+    """Fold the fixed scaling of a linear classifier (pipeline) into its weights.
 
     Parameters
     ----------
     model : Pipeline or linear classifier
-        Fitted; any ``StandardScaler``, ``MinMaxScaler`` or ``MaxAbsScaler``
-        steps followed by a linear classifier with ``coef_`` and
-        ``intercept_`` (``SGDClassifier``, ``LogisticRegression``).
+        Fitted: ``StandardScaler`` steps (any number), then a linear
+        classifier with ``coef_`` and ``intercept_`` (``SGDClassifier``,
+        ``LogisticRegression``).
     scale : float or ndarray, default 1.0
-        A fixed factor applied to the inputs before ``model`` (1/255 when
-        ``model`` was fitted on pixels / 255): the predictor takes unscaled
-        inputs.
+        A fixed factor applied to the inputs before ``model`` (1/255 when it
+        was fitted on pixels / 255).
 
     Returns
     -------
     LinearPredictor
-        Its decision values on ``x`` equal those of ``model`` on
-        ``x * scale`` (to float64 rounding).
+        Its decision values on ``x`` equal ``model``'s on ``x * scale`` (to
+        float64 rounding).
     """
-    steps = _split(model)
+    steps = _steps(model)
     weights, intercept, classes = _linear_head(steps[-1])
-    d = weights.shape[0]
-    affine = _compose((np.broadcast_to(np.asarray(scale, np.float64), (d,)), np.zeros(d)),
-                      _scalers(steps[:-1], d, "before the classifier"))
-    weights, intercept = _fold_affine(affine, weights, intercept)
-    return LinearPredictor(weights=weights, intercept=intercept, classes=classes)
+    a, c = _scalers(steps[:-1], scale, weights.shape[0], "before the classifier")
+    return LinearPredictor(weights=a[:, None] * weights, intercept=intercept + c @ weights, classes=classes)
 
 
-def fold_kernel(model: object, *, scale: float = 1.0, dtype: type = np.float64) -> KernelPredictor:
+def fold_kernel(model: object, *, dtype: np.dtype | type = np.float64) -> KernelPredictor:
     """Fold a fitted kernel-approximation pipeline into a :class:`KernelPredictor`.
 
     Parameters
     ----------
     model : Pipeline
-        Fitted steps: optional fixed scalers, an optional ``PCA``, a
-        ``Nystroem(kernel="rbf")`` or ``RBFSampler``, optional fixed
-        scalers, and a linear classifier (``SGDClassifier``,
+        Fitted steps: ``StandardScaler`` steps, an optional ``PCA``, a
+        ``Nystroem(kernel="rbf")`` or ``RBFSampler``, ``StandardScaler``
+        steps, and a linear classifier (``SGDClassifier``,
         ``LogisticRegression``). A leading ``FunctionTransformer`` (the
-        non-linear feature step, e.g. :func:`kernel_features`) is not folded:
-        the predictor takes its output.
-    scale : float, default 1.0
-        A fixed factor applied to the features before ``model``.
+        feature step, e.g. :func:`kernel_features`) is not folded: the
+        predictor takes its output.
     dtype : numpy dtype, default float64
-        Of the predictor's arrays; float32 scores about twice as fast and
-        agrees with float64 to about 1e-5 on decision values.
+        Of the predictor's arrays. float32 scores about twice as fast; its
+        decision values agree with float64 to about 1e-5.
 
     Returns
     -------
@@ -483,54 +428,43 @@ def fold_kernel(model: object, *, scale: float = 1.0, dtype: type = np.float64) 
     from sklearn.kernel_approximation import Nystroem, RBFSampler
     from sklearn.preprocessing import FunctionTransformer
 
-    steps = _split(model)
-    if steps and isinstance(steps[0], FunctionTransformer):
+    steps = _steps(model)
+    if isinstance(steps[0], FunctionTransformer):
         steps = steps[1:]
-    kinds = [i for i, s in enumerate(steps) if isinstance(s, (Nystroem, RBFSampler))]
-    if len(kinds) != 1:
+    at = [i for i, s in enumerate(steps) if isinstance(s, (Nystroem, RBFSampler))]
+    if len(at) != 1:
         raise ValueError(f"model must have exactly one Nystroem or RBFSampler step; got {steps!r}")
-    k = kinds[0]
-    approx = steps[k]
+    approx, before = steps[at[0]], steps[: at[0]]
     weights, intercept, classes = _linear_head(steps[-1])
-    # After the kernel step: fixed scalers fold into the linear weights.
-    after = _scalers(steps[k + 1 : -1], weights.shape[0], "after the kernel step")
-    weights, intercept = _fold_affine(after, weights, intercept)
+    a, c = _scalers(steps[at[0] + 1 : -1], 1.0, weights.shape[0], "after the kernel step")
+    weights, intercept = a[:, None] * weights, intercept + c @ weights
 
-    # Before the kernel step: scale, scalers, then an optional PCA, as z = x @ P + o.
-    before = steps[:k]
     pca = before.pop() if before and isinstance(before[-1], PCA) else None
-    d_in = pca.n_features_in_ if pca is not None else approx.n_features_in_
-    a, c = _compose((np.full(d_in, float(scale)), np.zeros(d_in)), _scalers(before, d_in, "before the kernel step"))
+    d = (pca if pca is not None else approx).n_features_in_
+    a, c = _scalers(before, 1.0, d, "before the kernel step")
+    projection, offset = (None, None) if not before else (np.diag(a), c)
     if pca is not None:
         comp = pca.components_.T.astype(np.float64)
         if pca.whiten:
             comp = comp / np.sqrt(pca.explained_variance_)
         projection, offset = a[:, None] * comp, (c - pca.mean_) @ comp
-    elif np.all(a == a[0]) and not np.any(c):
-        projection, offset = None, None
-    else:
-        projection, offset = np.diag(a), c
 
-    if isinstance(approx, Nystroem):
+    phase = None
+    if isinstance(approx, RBFSampler):
+        kind, gamma = "rff", float(approx.gamma)
+        landmarks = approx.random_weights_.T.astype(np.float64)
+        phase = approx.random_offset_
+        weights = weights * np.sqrt(2.0 / approx.n_components)
+    else:
         if approx.kernel != "rbf":
             raise ValueError(f"only kernel='rbf' Nystroem can be folded; got {approx.kernel!r}")
-        gamma = 1.0 / approx.n_features_in_ if approx.gamma is None else float(approx.gamma)
-        landmarks = np.asarray(approx.components_, np.float64)
-        if projection is None:
-            # |a x - l|^2 = a^2 |x - l / a|^2 for one scalar a
-            landmarks, gamma = landmarks / a[0], gamma * a[0] ** 2
-        weights = np.asarray(approx.normalization_, np.float64).T @ weights
-        phase = None
-        kind = "nystroem"
-    else:
-        landmarks = np.asarray(approx.random_weights_, np.float64).T
-        phase = np.asarray(approx.random_offset_, np.float64)
-        if projection is None:
-            landmarks = landmarks * a[0]
-        gamma = float(approx.gamma)
-        weights = weights * np.sqrt(2.0 / approx.n_components)
-        kind = "rff"
-    cast = lambda v: None if v is None else np.ascontiguousarray(v, dtype=dtype)  # noqa: E731
+        kind, gamma = "nystroem", float(approx.gamma or 1.0 / approx.n_features_in_)
+        landmarks = approx.components_.astype(np.float64)
+        weights = approx.normalization_.T.astype(np.float64) @ weights
+
+    def cast(v: np.ndarray | None) -> np.ndarray | None:
+        return None if v is None else np.ascontiguousarray(v, dtype=dtype)
+
     return KernelPredictor(
         kind=kind,
         projection=cast(projection),
@@ -547,49 +481,44 @@ def fold_kernel(model: object, *, scale: float = 1.0, dtype: type = np.float64) 
 
 def make_kernel_pipeline(
     *,
-    hog_weight: float = 4.0,
+    hog_weight: float = 7.0,
     pca_components: int | None = 80,
-    n_components: int = 4000,
-    gamma: float = 0.03,
+    n_components: int = 2000,
+    gamma: float = 0.02,
     alpha: float = 1e-6,
     max_iter: int = 30,
+    average: bool = False,
     random_state: int = 0,
     features: bool = True,
     n_jobs: int | None = None,
 ):
-    """The scikit-learn pipeline of the ``sgd-kernel`` model.
+    """The scikit-learn pipeline of the ``sgd-kernel`` model (unfitted).
 
-    ``kernel_features`` (deskew, pixels / 255, weighted HOG) -> ``PCA``
-    -> ``Nystroem(kernel="rbf")`` -> hinge-loss ``SGDClassifier``. The
-    defaults are the recipe chosen on a validation split of the MNIST
-    training rows (see ``benchmarks/explore_features.py``).
+    :func:`kernel_features` (float64) -> ``PCA`` -> ``Nystroem(kernel="rbf")``
+    -> hinge ``SGDClassifier`` (``tol=None``: exactly ``max_iter`` epochs).
+    The defaults were chosen on a validation split of the MNIST training
+    rows (``benchmarks/explore_features.py``); :func:`fold_kernel` turns the
+    fitted pipeline into a :class:`KernelPredictor`.
 
     Parameters
     ----------
     hog_weight : float
         Passed to :func:`kernel_features`.
     pca_components : int or None
-        PCA dimensions before the kernel (None: no PCA).
-    n_components : int
-        Nystroem landmarks.
-    gamma : float
-        RBF kernel width, on the PCA-projected features.
-    alpha, max_iter : float, int
-        SGD regularisation and epochs (early stopping off, ``tol=None``...).
+        PCA dimensions before the kernel; None for no PCA.
+    n_components, gamma : int, float
+        Nystroem landmarks and RBF width (on the PCA-projected features).
+    alpha, max_iter, average, n_jobs : float, int, bool, int or None
+        Passed to ``SGDClassifier``.
     random_state : int
         Seeds PCA, Nystroem and SGD.
     features : bool, default True
-        Include the :func:`kernel_features` step (a ``FunctionTransformer``
-        on (n, 28, 28) or (n, 784) uint8 images, giving float64); False for
-        a pipeline that starts from precomputed (float64) features.
-    n_jobs : int or None
-        SGD's one-vs-rest parallelism.
+        Start with the feature step (a ``FunctionTransformer`` taking
+        (n, 28, 28) or (n, 784) uint8 images); False to start from features.
 
     Returns
     -------
     sklearn.pipeline.Pipeline
-        Unfitted; :func:`fold_kernel` turns the fitted pipeline into a
-        :class:`KernelPredictor`.
     """
     from sklearn.decomposition import PCA
     from sklearn.kernel_approximation import Nystroem
@@ -599,16 +528,13 @@ def make_kernel_pipeline(
 
     steps: list[tuple[str, object]] = []
     if features:
-        steps.append(("features", FunctionTransformer(kernel_features, kw_args={"hog_weight": hog_weight, "dtype": np.float64})))
+        kw = {"hog_weight": hog_weight, "dtype": np.float64}
+        steps.append(("features", FunctionTransformer(kernel_features, kw_args=kw)))
     if pca_components is not None:
         steps.append(("pca", PCA(pca_components, svd_solver="covariance_eigh", random_state=random_state)))
-    steps.append(("nystroem", Nystroem(kernel="rbf", gamma=gamma, n_components=n_components, random_state=random_state)))
-    steps.append(
-        (
-            "sgd",
-            SGDClassifier(
-                loss="hinge", alpha=alpha, max_iter=max_iter, tol=None, random_state=random_state, n_jobs=n_jobs
-            ),
-        )
+    steps.append(("nystroem", Nystroem(gamma=gamma, n_components=n_components, random_state=random_state)))
+    sgd = SGDClassifier(
+        loss="hinge", alpha=alpha, max_iter=max_iter, tol=None, average=average, random_state=random_state, n_jobs=n_jobs
     )
+    steps.append(("sgd", sgd))
     return Pipeline(steps)

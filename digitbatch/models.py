@@ -62,6 +62,12 @@ def build(name: str, *, seed: int) -> Pipeline:
     ])
 
 
+def search_grid(name: str) -> dict:
+    """The small hyperparameter grid ``--search`` explores for ``name``."""
+    get_spec(name)
+    return {"clf__alpha": [1e-4, 3e-4, 1e-3]}
+
+
 @dataclass
 class LinearModel:
     """``argmax(X @ coef.T + intercept)`` on raw uint8 pixels (scaling folded in)."""

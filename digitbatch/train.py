@@ -13,7 +13,8 @@ from . import kernels, metrics
 from .errors import TrainingError
 from .layout import UNKNOWN_LABEL, open_store
 from .modelio import save_model
-from .models import build, compact, get_spec
+from .crossval import check_folds, client_or_none, run_cv, run_search
+from .models import build, compact, get_spec, search_grid
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,8 @@ class TrainResult:
     fit_seconds: float
     test: dict | None
     seed: int
+    cv: dict | None = None
+    search: dict | None = None
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -47,14 +50,22 @@ def train(
     *,
     model: str = "sgd",
     seed: int = DEFAULT_SEED,
+    cv: int | None = None,
+    search: bool = False,
+    scheduler: str | None = None,
     overwrite: bool = False,
 ) -> TrainResult:
     """Fit catalogue model ``model`` on ``store``'s train rows; save it to ``out``.
 
     The train rows are shuffled with ``seed`` (recorded in the manifest)
-    before fitting, as the walk-through does.
+    before fitting, as the walk-through does. With ``cv`` the model is also
+    cross-validated (K folds, on the Dask cluster of ``scheduler``); with
+    ``search`` a small grid of hyperparameters is searched by the same CV
+    (5 folds when ``cv`` is not given) and the best is fitted.
     """
     get_spec(model)
+    if Path(out).exists() and not overwrite:
+        raise TrainingError(f"{out} already exists: choose another --out or pass --overwrite")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise TrainingError(f"seed must be an integer >= 0, got {seed!r}")
     s = open_store(store)
@@ -71,11 +82,22 @@ def train(
             f"store {s.path} has a single class ({classes.tolist()}) in its train rows: "
             f"a classifier needs at least two"
         )
+    if cv is not None:
+        check_folds(cv, y)
     order = np.random.default_rng(seed).permutation(X.shape[0])
-    X, y = X[order], y[order]
+    X, y = kernels.flatten(X[order]), y[order]
     pipe = build(model, seed=seed)
+    cv_result = search_result = None
+    if cv is not None or search:
+        with client_or_none(scheduler) as client:
+            if search:
+                best, search_result = run_search(pipe, search_grid(model), X, y, k=cv or 5,
+                                                 client=client)
+                pipe.set_params(**best)
+            if cv is not None:
+                cv_result = run_cv(pipe, X, y, k=cv, client=client)
     t0 = time.perf_counter()
-    pipe.fit(kernels.flatten(X), y)
+    pipe.fit(X, y)
     fit_seconds = time.perf_counter() - t0
     lm = compact(model, pipe)
     log.info("fitted %s on %d rows in %.2f s", model, X.shape[0], fit_seconds)
@@ -93,6 +115,9 @@ def train(
         "train": {"store": str(s.path), "store_checksum": s.checksum, "split": train_split,
                   "n_rows": int(X.shape[0]), "fit_seconds": round(fit_seconds, 3)},
         "test": test,
+        "cv": cv_result.to_dict() if cv_result else None,
+        "search": search_result,
     }
     save_model(lm, out, manifest=manifest, overwrite=overwrite)
-    return TrainResult(str(out), model, int(X.shape[0]), n_test, fit_seconds, test, seed)
+    return TrainResult(str(out), model, int(X.shape[0]), n_test, fit_seconds, test, seed,
+                       cv_result.to_dict() if cv_result else None, search_result)
