@@ -92,18 +92,22 @@ def ingest(source, out, kind, labels, chunk_size, overwrite, max_rejects, data_h
 @main.command()
 @click.argument("store", type=click.Path())
 @click.option("--out", required=True, type=click.Path(), help="Model directory to create.")
-@click.option("--model", "name", default="sgd", show_default=True, help="Catalogue model name.")
+@click.option("--model", "name", default="sgd", show_default=True,
+              help="Catalogue model: sgd, sgd-kernel, detect-0 ... detect-9 (see `digitbatch models`).")
+@click.option("--features", type=click.Choice(["pixels", "deskew", "kernel"]), default=None,
+              help="Feature step for sgd and detect-DIGIT (default pixels).")
 @click.option("--seed", default=42, show_default=True, type=int, help="Shuffle and model seed.")
 @click.option("--cv", type=int, default=None, help="Also cross-validate with K folds on the cluster.")
 @click.option("--search", is_flag=True, help="Grid-search hyperparameters by CV first.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing model directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @scheduler_option
-def train(store, out, name, seed, cv, search, overwrite, as_json, scheduler):
+def train(store, out, name, features, seed, cv, search, overwrite, as_json, scheduler):
     """Fit a catalogue model on STORE's train rows and test it on its test rows."""
     from .train import train as run
 
-    r = run(store, out, model=name, seed=seed, cv=cv, search=search, scheduler=scheduler,
+    r = run(store, out, model=name, features=features, seed=seed, cv=cv, search=search,
+            scheduler=scheduler,
             overwrite=overwrite)
     if as_json:
         click.echo(json.dumps(r.to_dict(), indent=2))
@@ -172,7 +176,7 @@ def models():
     from .models import CATALOGUE
 
     for spec in CATALOGUE.values():
-        click.echo(f"{spec.name:12s} {spec.summary}")
+        click.echo(f"{spec.name:13s} {spec.summary}")
 
 
 @main.command()

@@ -29,11 +29,17 @@ import sklearn
 from . import __version__
 from .errors import ModelError
 from .layout import IMAGE_SHAPE
-from .models import LinearModel
+from . import features as F
+from .models import CompactModel, get_spec
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+_PREPROCESSING = {
+    "pixels": "pixels / 255 (folded into the weights)",
+    "deskew": "moment deskew, then / 255 (folded into the weights)",
+    "kernel": "moment deskew / 255 + HOG, PCA and Nystroem RBF (linear steps folded)",
+}
 MODEL_FILE = "model.npz"
 MANIFEST_FILE = "manifest.json"
 
@@ -48,7 +54,7 @@ def sha256_file(path: Path) -> str:
 
 @dataclass(frozen=True)
 class LoadedModel:
-    model: LinearModel
+    model: CompactModel
     manifest: dict
     path: Path
 
@@ -57,7 +63,27 @@ class LoadedModel:
         return self.manifest["model_sha256"]
 
 
-def save_model(model: LinearModel, out: str | os.PathLike, *, manifest: dict,
+_HEADS = {"linear": F.LinearPredictor, "kernel": F.KernelPredictor}
+_HEAD_SCALARS = ("kind", "gamma")
+
+
+def _head_arrays(model: CompactModel) -> dict[str, np.ndarray]:
+    out = {}
+    for name, value in vars(model.head).items():
+        if isinstance(value, np.ndarray):
+            out[name] = value
+    return out
+
+
+def _head_meta(model: CompactModel) -> dict:
+    meta = {"type": model.kind}
+    for name in _HEAD_SCALARS:
+        if hasattr(model.head, name):
+            meta[name] = getattr(model.head, name)
+    return meta
+
+
+def save_model(model: CompactModel, out: str | os.PathLike, *, manifest: dict,
                overwrite: bool = False) -> Path:
     """Write ``model`` and its manifest into directory ``out``, atomically."""
     out = Path(out)
@@ -66,18 +92,20 @@ def save_model(model: LinearModel, out: str | os.PathLike, *, manifest: dict,
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:12]}"
     tmp.mkdir(parents=True)
     try:
-        arrays = model.arrays()
         with open(tmp / MODEL_FILE, "wb") as fh:
-            np.savez(fh, **arrays)
+            np.savez(fh, **_head_arrays(model))
         full = {
             "format_version": FORMAT_VERSION,
             "name": model.name,
             "kind": model.kind,
+            "features": model.features,
+            "binary_digit": model.binary_digit,
             "loss": model.loss,
             "params": model.params,
+            "head": _head_meta(model),
             "classes": [int(c) for c in model.classes],
             "input": {"shape": list(IMAGE_SHAPE), "dtype": "uint8",
-                      "preprocessing": "pixels / 255 (folded into the weights)"},
+                      "preprocessing": _PREPROCESSING[model.features]},
             "versions": {"digitbatch": __version__, "scikit-learn": sklearn.__version__,
                          "numpy": np.__version__},
             **manifest,
@@ -137,11 +165,33 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
             arrays = {k: z[k] for k in z.files}
     except (ValueError, OSError) as exc:
         raise ModelError(f"model {p}: {MODEL_FILE} is not a plain numpy archive ({exc})") from exc
-    if manifest.get("kind") != "linear" or set(arrays) != {"coef", "intercept", "classes"}:
-        raise ModelError(f"model {p}: unsupported kind {manifest.get('kind')!r} or arrays {sorted(arrays)}")
-    model = LinearModel(name=manifest["name"], coef=arrays["coef"], intercept=arrays["intercept"],
-                        classes=arrays["classes"], loss=manifest["loss"],
-                        params=manifest.get("params", {}))
-    if model.coef.shape[1] != int(np.prod(IMAGE_SHAPE)):
-        raise ModelError(f"model {p}: coef shape {model.coef.shape} does not take 28x28 images")
+    model = _rebuild(p, manifest, arrays)
     return LoadedModel(model=model, manifest=manifest, path=p)
+
+
+def _rebuild(p: Path, manifest: dict, arrays: dict[str, np.ndarray]) -> CompactModel:
+    """A CompactModel from checked arrays and manifest, or a named error."""
+    head_meta = manifest.get("head") or {}
+    cls = _HEADS.get(head_meta.get("type"))
+    if cls is None or manifest.get("kind") != head_meta.get("type"):
+        raise ModelError(f"model {p}: unsupported model kind {manifest.get('kind')!r}")
+    try:
+        spec = get_spec(manifest["name"])
+        fields = {f: arrays.get(f) for f in cls.__dataclass_fields__ if f not in _HEAD_SCALARS}
+        missing = [f for f, v in fields.items()
+                   if v is None and f not in ("projection", "offset", "phase")]
+        if missing:
+            raise ModelError(f"model {p}: {MODEL_FILE} lacks arrays {missing}")
+        scalars = {f: head_meta[f] for f in _HEAD_SCALARS if f in cls.__dataclass_fields__}
+        head = cls(**fields, **scalars)
+        model = CompactModel(name=manifest["name"], features=manifest["features"], head=head,
+                             loss=manifest["loss"], binary_digit=spec.binary_digit,
+                             params=manifest.get("params", {}))
+    except (KeyError, TypeError) as exc:
+        raise ModelError(f"model {p}: manifest or arrays incomplete ({exc}): retrain it") from exc
+    n_in = head.weights.shape[0] if cls is F.LinearPredictor else head.landmarks.shape[0]
+    if cls is F.LinearPredictor and n_in != int(np.prod(IMAGE_SHAPE)):
+        raise ModelError(f"model {p}: weights {head.weights.shape} do not take 28x28 images")
+    if cls is F.KernelPredictor and n_in != head.weights.shape[0]:
+        raise ModelError(f"model {p}: {n_in} landmarks but weights {head.weights.shape}")
+    return model

@@ -1,8 +1,12 @@
 """The model catalogue: named scikit-learn pipelines, and their compact form.
 
-A fitted pipeline is turned into a :class:`LinearModel` (plain arrays,
-fixed scaling folded into the weights) for saving and for the scoring
-kernel; :meth:`LinearModel.to_sklearn` rebuilds an equivalent estimator.
+Every catalogue pipeline takes flattened uint8 images, (n, 784), so the
+arrays shipped to the cluster stay 784 bytes an image. After fitting, a
+pipeline is folded into a :class:`CompactModel`: the feature step (a pure
+numpy function of a chunk) plus a :class:`~digitbatch.features.LinearPredictor`
+or :class:`~digitbatch.features.KernelPredictor` whose fixed linear steps
+(pixel scaling, PCA, Nystroem's normalisation) are folded into the weights.
+That is what is saved, and what the scoring kernel runs.
 """
 
 from __future__ import annotations
@@ -11,90 +15,188 @@ import re
 from dataclasses import dataclass, field
 
 import numpy as np
-from sklearn.linear_model import SGDClassifier
+from sklearn.decomposition import PCA
+from sklearn.kernel_approximation import Nystroem
+from sklearn.linear_model import LogisticRegression, SGDClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 
+from . import features as F
 from . import kernels
 from .errors import TrainingError
+from .layout import UNKNOWN_LABEL
 
 PIXEL_SCALE = 1.0 / 255.0
+FEATURES = ("pixels", "deskew", "kernel")
+# Chosen on a validation split of the MNIST training rows (benchmarks/explore_features.py).
+KERNEL_PARAMS = {"hog_weight": 7.0, "pca_components": 80, "n_components": 2000, "gamma": 0.02}
 
 
-def _scale(X):
+def pixels_scaled(X: np.ndarray) -> np.ndarray:
+    """Pixels / 255 as float64 (the scaling SGD needs to converge fast)."""
     return np.asarray(X, dtype=np.float64) * PIXEL_SCALE
+
+
+def deskew_scaled(X: np.ndarray) -> np.ndarray:
+    """Deskewed pixels / 255 as float64, flattened."""
+    d = F.deskew(np.asarray(X).reshape(-1, 28, 28))
+    return d.reshape(d.shape[0], -1).astype(np.float64) * PIXEL_SCALE
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
     summary: str
+    default_features: str = "pixels"
+    feature_choices: tuple[str, ...] = FEATURES
     binary_digit: int | None = None
 
 
 CATALOGUE = {
     "sgd": ModelSpec(
         "sgd",
-        "multiclass SGDClassifier(loss='log_loss') on pixels scaled to [0, 1], as in the "
-        "walk-through (which fits raw 0-255 pixels: 88.7% after 110 s)",
+        "multiclass SGDClassifier(loss='log_loss') on scaled pixels (the walk-through fits "
+        "raw 0-255 pixels: 88.7% after 110 s); --features pixels|deskew|kernel",
+    ),
+    "sgd-kernel": ModelSpec(
+        "sgd-kernel",
+        "the accuracy flagship: deskew + HOG -> PCA(80) -> Nystroem RBF (2000) -> hinge "
+        "SGDClassifier",
+        default_features="kernel", feature_choices=("kernel",),
+    ),
+    "detect-DIGIT": ModelSpec(
+        "detect-DIGIT",
+        "binary detector 'is it a DIGIT?' (e.g. detect-2): LogisticRegression(tol=0.1, "
+        "solver='lbfgs', max_iter=70000) on y == DIGIT; --features pixels|deskew|kernel",
     ),
 }
 DETECT_RE = re.compile(r"^detect-([0-9])$")
 
 
 def get_spec(name: str) -> ModelSpec:
-    """The catalogue entry called ``name`` (``detect-DIGIT`` for any digit)."""
-    if name in CATALOGUE:
-        return CATALOGUE[name]
+    """The catalogue entry called ``name`` (``detect-DIGIT`` for any digit 0-9)."""
+    if isinstance(name, str):
+        if name in CATALOGUE and name != "detect-DIGIT":
+            return CATALOGUE[name]
+        m = DETECT_RE.match(name)
+        if m:
+            generic = CATALOGUE["detect-DIGIT"]
+            return ModelSpec(name, generic.summary.replace("DIGIT", m.group(1)),
+                             binary_digit=int(m.group(1)))
     raise TrainingError(
-        f"unknown model {name!r}; the catalogue has: {', '.join(sorted(CATALOGUE))} "
+        f"unknown model {name!r}; the catalogue has: sgd, sgd-kernel, detect-0 ... detect-9 "
         f"(see `digitbatch models`)"
     )
 
 
-def build(name: str, *, seed: int) -> Pipeline:
-    """An unfitted scikit-learn pipeline for catalogue model ``name``."""
-    get_spec(name)
-    return Pipeline([
-        ("scale", FunctionTransformer(_scale)),
-        ("clf", SGDClassifier(loss="log_loss", alpha=1e-3, max_iter=1000, tol=1e-3,
+def resolve_features(spec: ModelSpec, features: str | None) -> str:
+    feats = features or spec.default_features
+    if feats not in spec.feature_choices:
+        raise TrainingError(
+            f"--features {feats!r} is not available for {spec.name}: choose one of "
+            f"{', '.join(spec.feature_choices)}"
+        )
+    return feats
+
+
+def _feature_steps(feats: str, seed: int) -> list[tuple[str, object]]:
+    if feats == "pixels":
+        return [("features", FunctionTransformer(pixels_scaled))]
+    if feats == "deskew":
+        return [("features", FunctionTransformer(deskew_scaled))]
+    p = KERNEL_PARAMS
+    return [
+        ("features", FunctionTransformer(F.kernel_features,
+                                         kw_args={"hog_weight": p["hog_weight"],
+                                                  "dtype": np.float64})),
+        ("pca", PCA(p["pca_components"], svd_solver="covariance_eigh", random_state=seed)),
+        ("nystroem", Nystroem(gamma=p["gamma"], n_components=p["n_components"],
                               random_state=seed)),
-    ])
+    ]
+
+
+def build(name: str, *, seed: int, features: str | None = None) -> Pipeline:
+    """An unfitted pipeline for catalogue model ``name`` on (n, 784) uint8 input."""
+    spec = get_spec(name)
+    feats = resolve_features(spec, features)
+    if name == "sgd-kernel":
+        return F.make_kernel_pipeline(random_state=seed, **KERNEL_PARAMS)
+    if spec.binary_digit is not None:
+        clf = LogisticRegression(tol=0.1, solver="lbfgs", max_iter=70000)
+    else:
+        clf = SGDClassifier(loss="log_loss", alpha=1e-3, max_iter=1000, tol=1e-3,
+                            random_state=seed)
+    return Pipeline([*_feature_steps(feats, seed), ("clf", clf)])
 
 
 def search_grid(name: str) -> dict:
     """The small hyperparameter grid ``--search`` explores for ``name``."""
-    get_spec(name)
+    spec = get_spec(name)
+    if spec.binary_digit is not None:
+        return {"clf__C": [0.1, 1.0, 10.0]}
+    if name == "sgd-kernel":
+        return {"sgd__alpha": [1e-7, 1e-6, 1e-5]}
     return {"clf__alpha": [1e-4, 3e-4, 1e-3]}
 
 
+def target(spec: ModelSpec, labels: np.ndarray) -> np.ndarray:
+    """What the model predicts: the digit, or 1/0 for 'is it DIGIT' (unknown stays unknown)."""
+    if spec.binary_digit is None:
+        return labels
+    out = (labels == spec.binary_digit).astype(np.int8)
+    out[labels == UNKNOWN_LABEL] = UNKNOWN_LABEL
+    return out
+
+
 @dataclass
-class LinearModel:
-    """``argmax(X @ coef.T + intercept)`` on raw uint8 pixels (scaling folded in)."""
+class CompactModel:
+    """A fitted catalogue model as numpy arrays: feature step + folded head."""
 
     name: str
-    coef: np.ndarray  # (k, 784), or (1, 784) for a binary model
-    intercept: np.ndarray  # (k,)
-    classes: np.ndarray  # (n_classes,)
+    features: str
+    head: F.LinearPredictor | F.KernelPredictor
     loss: str
+    binary_digit: int | None = None
     params: dict = field(default_factory=dict)
 
-    kind = "linear"
+    @property
+    def classes(self) -> np.ndarray:
+        return self.head.classes
 
-    def arrays(self) -> dict[str, np.ndarray]:
-        return {"coef": self.coef, "intercept": self.intercept, "classes": self.classes}
+    @property
+    def n_classes(self) -> int:
+        return len(self.head.classes)
+
+    @property
+    def kind(self) -> str:
+        return "kernel" if isinstance(self.head, F.KernelPredictor) else "linear"
+
+    def target(self, labels: np.ndarray) -> np.ndarray:
+        return target(get_spec(self.name), labels)
+
+    def featurize(self, images: np.ndarray) -> np.ndarray:
+        """The head's input for a chunk; pixel scaling is folded into the head."""
+        images = np.asarray(images).reshape(-1, 28, 28)
+        if self.features == "pixels":
+            return kernels.flatten(images)
+        if self.features == "deskew":
+            return kernels.flatten(F.deskew(images))
+        return F.kernel_features(images, hog_weight=self.params.get("hog_weight", 0.0),
+                                 dtype=self.head.landmarks.dtype)
 
     def decision_function(self, images: np.ndarray) -> np.ndarray:
-        d = kernels.linear_decision(kernels.flatten(images), self.coef, self.intercept,
-                                    dtype=np.float64)
-        return d[:, 0] if d.shape[1] == 1 else d
+        return self.head.decision_function(self.featurize(images))
 
     def predict(self, images: np.ndarray) -> np.ndarray:
-        return kernels.linear_predict(images, self.coef, self.intercept, self.classes)
+        if self.kind == "linear":
+            h = self.head
+            return kernels.linear_predict_features(self.featurize(images), h.weights,
+                                                   h.intercept, h.classes)
+        return self.head.predict(self.featurize(images))
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
-        """Probabilities as scikit-learn's SGDClassifier gives them for log_loss."""
-        if self.loss != "log_loss":
+        """Probabilities as scikit-learn gives them (log_loss / logistic models only)."""
+        if self.loss not in ("log_loss", "logistic"):
             raise TrainingError(f"model {self.name!r} (loss {self.loss!r}) gives no probabilities")
         d = self.decision_function(images)
         p = 1.0 / (1.0 + np.exp(-d))
@@ -103,26 +205,19 @@ class LinearModel:
         s = p.sum(axis=1, keepdims=True)
         return np.divide(p, s, out=np.full_like(p, 1.0 / p.shape[1]), where=s > 0)
 
-    def to_sklearn(self) -> SGDClassifier:
-        """An equivalent fitted SGDClassifier on raw (unscaled, flattened) pixels."""
-        clf = SGDClassifier(loss=self.loss)
-        clf.coef_ = self.coef.astype(np.float64)
-        clf.intercept_ = self.intercept.astype(np.float64)
-        clf.classes_ = self.classes
-        clf.n_features_in_ = self.coef.shape[1]
-        clf.t_ = 1.0
-        return clf
 
-
-def compact(name: str, pipeline: Pipeline) -> LinearModel:
-    """Fold the fixed scaling step into the classifier's weights."""
-    clf = pipeline.named_steps["clf"]
-    return LinearModel(
-        name=name,
-        coef=np.asarray(clf.coef_, dtype=np.float64) * PIXEL_SCALE,
-        intercept=np.asarray(clf.intercept_, dtype=np.float64),
-        classes=np.asarray(clf.classes_),
-        loss=clf.loss,
-        params={k: v for k, v in clf.get_params().items() if isinstance(v, (int, float, str, bool))
-                or v is None},
-    )
+def compact(name: str, pipeline: Pipeline, *, features: str | None = None) -> CompactModel:
+    """Fold a fitted catalogue pipeline into a :class:`CompactModel`."""
+    spec = get_spec(name)
+    feats = resolve_features(spec, features)
+    clf = pipeline.steps[-1][1]
+    loss = getattr(clf, "loss", "logistic")
+    params = {k: v for k, v in clf.get_params().items()
+              if isinstance(v, (int, float, str, bool)) or v is None}
+    if feats == "kernel":
+        head = F.fold_kernel(pipeline)
+        params["hog_weight"] = float(pipeline.named_steps["features"].kw_args["hog_weight"])
+    else:
+        head = F.fold_linear(Pipeline(pipeline.steps[1:]), scale=PIXEL_SCALE)
+    return CompactModel(name=name, features=feats, head=head, loss=loss,
+                        binary_digit=spec.binary_digit, params=params)

@@ -20,7 +20,7 @@ import zarr
 from . import cluster, metrics
 from .errors import ScoreError
 from .kernels import confusion_counts, prediction_histogram
-from .layout import COMPRESSORS, N_CLASSES, open_store
+from .layout import COMPRESSORS, open_store
 from .modelio import load_model
 
 log = logging.getLogger(__name__)
@@ -44,12 +44,13 @@ def score_chunk(bounds: tuple[int, int], *, store_path: str, out_path: str, mode
     start, stop = bounds
     src = zarr.open_group(store_path, mode="r")
     images = src["images"][start:stop]
-    labels = src["labels"][start:stop]
+    labels = model.target(src["labels"][start:stop])
     pred = model.predict(images).astype(np.int8)
     out = zarr.open_group(out_path, mode="r+")
     out["pred"][start:stop] = pred
     out["keys"][start:stop] = src["keys"][start:stop]
-    return {"confusion": confusion_counts(labels, pred), "hist": prediction_histogram(pred),
+    k = model.n_classes
+    return {"confusion": confusion_counts(labels, pred, k), "hist": prediction_histogram(pred, k),
             "n": stop - start, "n_unlabeled": int(np.count_nonzero(labels < 0))}
 
 
@@ -67,8 +68,9 @@ def score(store: str | Path, *, model: str | Path, out: str | Path,
     g.create_array("pred", shape=(s.n,), chunks=(c,), dtype="int8", fill_value=PRED_FILL,
                    compressors=COMPRESSORS)
     g.create_array("keys", shape=(s.n,), chunks=(c,), dtype=str)
-    cm = np.zeros((N_CLASSES, N_CLASSES), dtype=np.int64)
-    hist = np.zeros(N_CLASSES, dtype=np.int64)
+    k = loaded.model.n_classes
+    cm = np.zeros((k, k), dtype=np.int64)
+    hist = np.zeros(k, dtype=np.int64)
     n = n_unlabeled = 0
     with cluster.executor(scheduler) as ex:
         if ex.client is None:

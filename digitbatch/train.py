@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from sklearn.exceptions import ConvergenceWarning
 
 from . import kernels, metrics
+from .crossval import check_folds, client_or_none, run_cv, run_search
 from .errors import TrainingError
 from .layout import UNKNOWN_LABEL, open_store
 from .modelio import save_model
-from .crossval import check_folds, client_or_none, run_cv, run_search
-from .models import build, compact, get_spec, search_grid
+from .models import build, compact, get_spec, resolve_features, search_grid, target
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +27,7 @@ DEFAULT_SEED = 42
 class TrainResult:
     model_path: str
     name: str
+    features: str
     n_train: int
     n_test: int
     fit_seconds: float
@@ -32,9 +35,10 @@ class TrainResult:
     seed: int
     cv: dict | None = None
     search: dict | None = None
+    pipeline: object = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        return {k: v for k, v in self.__dict__.items() if k != "pipeline"}
 
 
 def _labeled_rows(store, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -44,11 +48,19 @@ def _labeled_rows(store, split: str) -> tuple[np.ndarray, np.ndarray]:
     return images[known], labels[known]
 
 
+def evaluate(model, images: np.ndarray, labels: np.ndarray) -> dict:
+    """Test metrics of a compact model on labelled rows (labels in store terms)."""
+    y = model.target(labels)
+    cm = kernels.confusion_counts(y, model.predict(images).astype(np.int64), model.n_classes)
+    return metrics.summarize(cm)
+
+
 def train(
     store: str | Path,
     out: str | Path,
     *,
     model: str = "sgd",
+    features: str | None = None,
     seed: int = DEFAULT_SEED,
     cv: int | None = None,
     search: bool = False,
@@ -63,44 +75,50 @@ def train(
     ``search`` a small grid of hyperparameters is searched by the same CV
     (5 folds when ``cv`` is not given) and the best is fitted.
     """
-    get_spec(model)
-    if Path(out).exists() and not overwrite:
-        raise TrainingError(f"{out} already exists: choose another --out or pass --overwrite")
+    spec = get_spec(model)
+    feats = resolve_features(spec, features)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise TrainingError(f"seed must be an integer >= 0, got {seed!r}")
+    if Path(out).exists() and not overwrite:
+        raise TrainingError(f"{out} already exists: choose another --out or pass --overwrite")
     s = open_store(store)
     train_split = "train" if "train" in s.splits else "all"
-    X, y = _labeled_rows(s, train_split)
+    X, labels = _labeled_rows(s, train_split)
     if X.shape[0] == 0:
         raise TrainingError(
             f"store {s.path} has no labelled rows in split {train_split!r}: ingest labelled "
             f"images (folder names or --labels CSV) to train"
         )
+    y = target(spec, labels)
     classes = np.unique(y)
     if classes.size < 2:
         raise TrainingError(
-            f"store {s.path} has a single class ({classes.tolist()}) in its train rows: "
-            f"a classifier needs at least two"
+            f"store {s.path} has a single class ({classes.tolist()}) in its train rows"
+            + (f" for {model}" if spec.binary_digit is not None else "")
+            + ": a classifier needs at least two"
         )
     if cv is not None:
         check_folds(cv, y)
     order = np.random.default_rng(seed).permutation(X.shape[0])
     X, y = kernels.flatten(X[order]), y[order]
-    pipe = build(model, seed=seed)
+    pipe = build(model, seed=seed, features=feats)
     cv_result = search_result = None
-    if cv is not None or search:
-        with client_or_none(scheduler) as client:
-            if search:
-                best, search_result = run_search(pipe, search_grid(model), X, y, k=cv or 5,
-                                                 client=client)
-                pipe.set_params(**best)
-            if cv is not None:
-                cv_result = run_cv(pipe, X, y, k=cv, client=client)
-    t0 = time.perf_counter()
-    pipe.fit(X, y)
-    fit_seconds = time.perf_counter() - t0
-    lm = compact(model, pipe)
-    log.info("fitted %s on %d rows in %.2f s", model, X.shape[0], fit_seconds)
+    with warnings.catch_warnings():
+        # A fixed epoch budget is part of a catalogue model's definition.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        if cv is not None or search:
+            with client_or_none(scheduler) as client:
+                if search:
+                    best, search_result = run_search(pipe, search_grid(model), X, y, k=cv or 5,
+                                                     client=client)
+                    pipe.set_params(**best)
+                if cv is not None:
+                    cv_result = run_cv(pipe, X, y, k=cv, client=client)
+        t0 = time.perf_counter()
+        pipe.fit(X, y)
+        fit_seconds = time.perf_counter() - t0
+    cm_model = compact(model, pipe, features=feats)
+    log.info("fitted %s (%s features) on %d rows in %.2f s", model, feats, X.shape[0], fit_seconds)
 
     test = None
     n_test = 0
@@ -108,8 +126,7 @@ def train(
         Xt, yt = _labeled_rows(s, "test")
         n_test = int(Xt.shape[0])
         if n_test:
-            cm = kernels.confusion_counts(yt, lm.predict(Xt).astype(np.int64))
-            test = metrics.summarize(cm)
+            test = evaluate(cm_model, Xt, yt)
     manifest = {
         "seed": seed,
         "train": {"store": str(s.path), "store_checksum": s.checksum, "split": train_split,
@@ -118,6 +135,6 @@ def train(
         "cv": cv_result.to_dict() if cv_result else None,
         "search": search_result,
     }
-    save_model(lm, out, manifest=manifest, overwrite=overwrite)
-    return TrainResult(str(out), model, int(X.shape[0]), n_test, fit_seconds, test, seed,
-                       cv_result.to_dict() if cv_result else None, search_result)
+    save_model(cm_model, out, manifest=manifest, overwrite=overwrite)
+    return TrainResult(str(out), model, feats, int(X.shape[0]), n_test, fit_seconds, test, seed,
+                       cv_result.to_dict() if cv_result else None, search_result, pipe)

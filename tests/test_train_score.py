@@ -20,10 +20,14 @@ from .conftest import synthetic_digits
 
 
 @pytest.fixture
-def model_dir(tmp_path, small_store):
-    out = tmp_path / "model"
-    train(small_store, out, seed=3)
-    return out
+def trained(tmp_path, small_store):
+    return train(small_store, tmp_path / "model", seed=3)
+
+
+@pytest.fixture
+def model_dir(trained):
+    from pathlib import Path
+    return Path(trained.model_path)
 
 
 def test_train_writes_manifest(tmp_path, small_store, model_dir):
@@ -41,13 +45,12 @@ def test_train_is_deterministic(tmp_path, small_store, model_dir):
 
 
 @pytest.mark.parametrize("scheduler", ["synchronous", "local"])
-def test_score_equals_sklearn(tmp_path, small_store, model_dir, scheduler):
+def test_score_equals_sklearn(tmp_path, small_store, trained, model_dir, scheduler):
     out = tmp_path / "pred.zarr"
     r = score(small_store, model=model_dir, out=out, scheduler=scheduler)
     s = open_store(small_store)
     x, y, keys = s.read()
-    clf = load_model(model_dir).model.to_sklearn()
-    expected = clf.predict(x.reshape(len(x), -1).astype(np.float64))
+    expected = trained.pipeline.predict(x.reshape(len(x), -1))
     g = zarr.open_group(str(out), mode="r")
     np.testing.assert_array_equal(g["pred"][:], expected)
     assert list(g["keys"][:]) == list(keys)

@@ -1,0 +1,73 @@
+"""The catalogue: every model's compact form predicts as its scikit-learn pipeline,
+and survives the artifact round trip."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from digitbatch.errors import TrainingError
+from digitbatch.modelio import load_model, save_model
+from digitbatch.models import build, compact, get_spec, resolve_features, target
+
+from .conftest import synthetic_digits
+
+CASES = [
+    ("sgd", "pixels"),        # the walk-through's multiclass model
+    ("sgd", "deskew"),
+    ("sgd", "kernel"),
+    ("sgd-kernel", None),     # the flagship
+    ("detect-2", "pixels"),   # the walk-through's binary detector
+    ("detect-7", "kernel"),
+]
+
+
+@pytest.fixture(scope="module")
+def data():
+    x, y = synthetic_digits(500, seed=4)
+    return x.reshape(500, -1), y
+
+
+@pytest.mark.parametrize("name, feats", CASES)
+def test_compact_equals_pipeline_and_round_trips(tmp_path, data, name, feats):
+    X, y = data
+    spec = get_spec(name)
+    yt = target(spec, y)
+    pipe = build(name, seed=0, features=feats)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tiny data: convergence / n_components notices
+        pipe.fit(X[:400], yt[:400])
+    cm = compact(name, pipe, features=feats)
+    Xt = X[400:]
+    expected = pipe.predict(Xt)
+    np.testing.assert_array_equal(cm.predict(Xt.reshape(-1, 28, 28)), expected)
+    if hasattr(pipe, "decision_function"):
+        np.testing.assert_allclose(cm.decision_function(Xt), pipe.decision_function(Xt),
+                                   rtol=1e-6, atol=1e-6)
+    if cm.loss in ("log_loss", "logistic"):
+        np.testing.assert_allclose(cm.predict_proba(Xt), pipe.predict_proba(Xt), atol=1e-9)
+    save_model(cm, tmp_path / "m", manifest={})
+    loaded = load_model(tmp_path / "m").model
+    np.testing.assert_array_equal(loaded.predict(Xt), expected)
+    assert loaded.features == cm.features and loaded.kind == cm.kind
+
+
+def test_detect_target():
+    y = np.array([2, 3, -1, 2], np.int8)
+    assert target(get_spec("detect-2"), y).tolist() == [1, 0, -1, 1]
+
+
+@pytest.mark.parametrize("name", ["resnet", "detect-10", "detect-", "", None])
+def test_unknown_models(name):
+    with pytest.raises(TrainingError, match="unknown model"):
+        get_spec(name)
+
+
+def test_feature_choices():
+    with pytest.raises(TrainingError, match="not available for sgd-kernel"):
+        resolve_features(get_spec("sgd-kernel"), "pixels")
+    with pytest.raises(TrainingError, match="choose one of"):
+        resolve_features(get_spec("sgd"), "hog")
+    assert resolve_features(get_spec("detect-3"), None) == "pixels"
