@@ -99,15 +99,20 @@ def ingest(source, out, kind, labels, chunk_size, overwrite, max_rejects, data_h
 @click.option("--seed", default=42, show_default=True, type=int, help="Shuffle and model seed.")
 @click.option("--cv", type=int, default=None, help="Also cross-validate with K folds on the cluster.")
 @click.option("--search", is_flag=True, help="Grid-search hyperparameters by CV first.")
+@click.option("--incremental", is_flag=True,
+              help="Fit sgd by partial_fit over store chunks (stores larger than memory).")
+@click.option("--epochs", type=int, default=5, show_default=True,
+              help="Passes over the store with --incremental.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing model directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @scheduler_option
-def train(store, out, name, features, seed, cv, search, overwrite, as_json, scheduler):
+def train(store, out, name, features, seed, cv, search, incremental, epochs, overwrite, as_json,
+          scheduler):
     """Fit a catalogue model on STORE's train rows and test it on its test rows."""
     from .train import train as run
 
     r = run(store, out, model=name, features=features, seed=seed, cv=cv, search=search,
-            scheduler=scheduler,
+            incremental=incremental, epochs=epochs, scheduler=scheduler,
             overwrite=overwrite)
     if as_json:
         click.echo(json.dumps(r.to_dict(), indent=2))

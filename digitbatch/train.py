@@ -48,11 +48,47 @@ def _labeled_rows(store, split: str) -> tuple[np.ndarray, np.ndarray]:
     return images[known], labels[known]
 
 
-def evaluate(model, images: np.ndarray, labels: np.ndarray) -> dict:
-    """Test metrics of a compact model on labelled rows (labels in store terms)."""
-    y = model.target(labels)
-    cm = kernels.confusion_counts(y, model.predict(images).astype(np.int64), model.n_classes)
+def _split_chunks(store, split: str) -> list[tuple[int, int]]:
+    """The store chunks clipped to a split's rows: reads stay chunk-aligned."""
+    rows = store.split_rows(split)
+    return [(max(a, rows.start), min(b, rows.stop)) for a, b in store.chunks
+            if a < rows.stop and b > rows.start]
+
+
+def evaluate(model, store, split: str = "test") -> dict:
+    """Test metrics of a compact model, a chunk at a time (memory bounded by the chunk)."""
+    k = model.n_classes
+    cm = np.zeros((k, k), dtype=np.int64)
+    for a, b in _split_chunks(store, split):
+        y = model.target(store.labels[a:b])
+        cm += kernels.confusion_counts(y, model.predict(store.images[a:b]).astype(np.int64), k)
     return metrics.summarize(cm)
+
+
+def _fit_incremental(pipe, store, split: str, spec, *, seed: int, epochs: int) -> int:
+    """``partial_fit`` over the split's chunks, shuffled (seeded) each epoch.
+
+    Only one chunk is in memory at a time, so a store larger than memory
+    trains in memory bounded by the chunk size.
+    """
+    features, clf = pipe.steps[0][1], pipe.steps[-1][1]
+    features.fit(np.zeros((1, 784), np.uint8))  # stateless; fitted for scikit-learn's checks
+    classes = np.array([0, 1]) if spec.binary_digit is not None else np.arange(10)
+    rng = np.random.default_rng(seed)
+    chunks = _split_chunks(store, split)
+    n = 0
+    for epoch in range(epochs):
+        for i in rng.permutation(len(chunks)):
+            a, b = chunks[i]
+            labels = target(spec, store.labels[a:b])
+            known = np.flatnonzero(labels != UNKNOWN_LABEL)
+            if known.size == 0:
+                continue
+            order = known[rng.permutation(known.size)]
+            X = kernels.flatten(store.images[a:b][order])
+            clf.partial_fit(features.transform(X), labels[order], classes=classes)
+            n += known.size if epoch == 0 else 0
+    return n
 
 
 def train(
@@ -64,6 +100,8 @@ def train(
     seed: int = DEFAULT_SEED,
     cv: int | None = None,
     search: bool = False,
+    incremental: bool = False,
+    epochs: int = 5,
     scheduler: str | None = None,
     overwrite: bool = False,
 ) -> TrainResult:
@@ -73,16 +111,65 @@ def train(
     before fitting, as the walk-through does. With ``cv`` the model is also
     cross-validated (K folds, on the Dask cluster of ``scheduler``); with
     ``search`` a small grid of hyperparameters is searched by the same CV
-    (5 folds when ``cv`` is not given) and the best is fitted.
+    (5 folds when ``cv`` is not given) and the best is fitted. With
+    ``incremental`` the ``sgd`` model is fitted by ``partial_fit`` over the
+    store's chunks in shuffled order for ``epochs`` passes, for stores
+    larger than memory (no CV or search then: they need the rows in memory).
     """
     spec = get_spec(model)
     feats = resolve_features(spec, features)
+    if incremental:
+        if model != "sgd" or feats == "kernel":
+            raise TrainingError(
+                f"--incremental trains the sgd model with pixels or deskew features; got "
+                f"{model} with {feats} features")
+        if cv is not None or search:
+            raise TrainingError("--incremental cannot be combined with --cv or --search: "
+                                "they need the training rows in memory")
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise TrainingError(f"epochs must be an integer >= 1, got {epochs!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise TrainingError(f"seed must be an integer >= 0, got {seed!r}")
     if Path(out).exists() and not overwrite:
         raise TrainingError(f"{out} already exists: choose another --out or pass --overwrite")
     s = open_store(store)
     train_split = "train" if "train" in s.splits else "all"
+    if incremental:
+        pipe = build(model, seed=seed, features=feats)
+        t0 = time.perf_counter()
+        n_train = _fit_incremental(pipe, s, train_split, spec, seed=seed, epochs=epochs)
+        fit_seconds = time.perf_counter() - t0
+        if n_train == 0:
+            raise TrainingError(f"store {s.path} has no labelled rows in split {train_split!r}")
+        cv_result = search_result = None
+    else:
+        pipe, n_train, fit_seconds, cv_result, search_result = _fit_in_memory(
+            s, train_split, spec, model, feats, seed=seed, cv=cv, search=search,
+            scheduler=scheduler)
+    cm_model = compact(model, pipe, features=feats)
+    log.info("fitted %s (%s features) on %d rows in %.2f s", model, feats, n_train, fit_seconds)
+
+    test = None
+    n_test = 0
+    if "test" in s.splits:
+        test = evaluate(cm_model, s, "test")
+        n_test = test["n_labeled"]
+        test = test if n_test else None
+    manifest = {
+        "seed": seed,
+        "train": {"store": str(s.path), "store_checksum": s.checksum, "split": train_split,
+                  "n_rows": int(n_train), "fit_seconds": round(fit_seconds, 3),
+                  "incremental": bool(incremental), "epochs": epochs if incremental else None},
+        "test": test,
+        "cv": cv_result.to_dict() if cv_result else None,
+        "search": search_result,
+    }
+    save_model(cm_model, out, manifest=manifest, overwrite=overwrite)
+    return TrainResult(str(out), model, feats, int(n_train), n_test, fit_seconds, test, seed,
+                       cv_result.to_dict() if cv_result else None, search_result, pipe)
+
+
+def _fit_in_memory(s, train_split, spec, model, feats, *, seed, cv, search, scheduler):
     X, labels = _labeled_rows(s, train_split)
     if X.shape[0] == 0:
         raise TrainingError(
@@ -117,24 +204,4 @@ def train(
         t0 = time.perf_counter()
         pipe.fit(X, y)
         fit_seconds = time.perf_counter() - t0
-    cm_model = compact(model, pipe, features=feats)
-    log.info("fitted %s (%s features) on %d rows in %.2f s", model, feats, X.shape[0], fit_seconds)
-
-    test = None
-    n_test = 0
-    if "test" in s.splits:
-        Xt, yt = _labeled_rows(s, "test")
-        n_test = int(Xt.shape[0])
-        if n_test:
-            test = evaluate(cm_model, Xt, yt)
-    manifest = {
-        "seed": seed,
-        "train": {"store": str(s.path), "store_checksum": s.checksum, "split": train_split,
-                  "n_rows": int(X.shape[0]), "fit_seconds": round(fit_seconds, 3)},
-        "test": test,
-        "cv": cv_result.to_dict() if cv_result else None,
-        "search": search_result,
-    }
-    save_model(cm_model, out, manifest=manifest, overwrite=overwrite)
-    return TrainResult(str(out), model, feats, int(X.shape[0]), n_test, fit_seconds, test, seed,
-                       cv_result.to_dict() if cv_result else None, search_result, pipe)
+    return pipe, int(X.shape[0]), fit_seconds, cv_result, search_result

@@ -139,3 +139,40 @@ def test_train_errors(tmp_path):
     with pytest.raises(StoreError):
         train(tmp_path / "missing.zarr", tmp_path / "m")
     assert not (tmp_path / "m").exists()
+
+
+def test_incremental_matches_chunks_and_is_bounded(tmp_path, small_store):
+    r = train(small_store, tmp_path / "inc", incremental=True, epochs=3, seed=1)
+    assert r.n_train == 700 and r.test["accuracy"] > 0.8
+    m = json.loads((tmp_path / "inc" / "manifest.json").read_text())
+    assert m["train"]["incremental"] is True and m["train"]["epochs"] == 3
+    again = train(small_store, tmp_path / "inc2", incremental=True, epochs=3, seed=1)
+    assert (tmp_path / "inc" / "model.npz").read_bytes() == (tmp_path / "inc2" / "model.npz").read_bytes()
+    assert again.test == r.test
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"model": "sgd-kernel"}, "--incremental trains the sgd model"),
+    ({"features": "kernel"}, "--incremental trains the sgd model"),
+    ({"cv": 3}, "cannot be combined"),
+    ({"epochs": 0}, "epochs must be"),
+])
+def test_incremental_errors(tmp_path, small_store, kw, match):
+    with pytest.raises(TrainingError, match=match):
+        train(small_store, tmp_path / "m", incremental=True, **kw)
+
+
+def test_same_model_bytes_local_cluster_and_threads(tmp_path, small_store):
+    a = train(small_store, tmp_path / "a", cv=2, scheduler="local", seed=5)
+    b = train(small_store, tmp_path / "b", cv=2, scheduler="synchronous", seed=5)
+    assert (tmp_path / "a" / "model.npz").read_bytes() == (tmp_path / "b" / "model.npz").read_bytes()
+    assert a.cv["scores"] == b.cv["scores"] and a.test == b.test
+
+
+def test_detector_scoring_confusion_is_binary(tmp_path, small_store):
+    train(small_store, tmp_path / "d", model="detect-2")
+    r = score(small_store, model=tmp_path / "d", out=tmp_path / "p.zarr", scheduler="synchronous")
+    cm = np.array(r.metrics["confusion_matrix"])
+    assert cm.shape == (2, 2) and cm.sum() == 1000
+    labels = open_store(small_store).labels[:]
+    assert cm[1].sum() == int((labels == 2).sum())
