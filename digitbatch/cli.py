@@ -220,5 +220,21 @@ def bench_ingest(mnist_dir, workdir, n_png):
         click.echo(line)
 
 
+@bench.command("train")
+@click.option("--mnist-dir", default=None, type=click.Path(), help="MNIST IDX directory.")
+@click.option("--workdir", default=None, type=click.Path(), help="Scratch directory (default: a temp dir).")
+@click.option("--cv", default=3, show_default=True, type=int, help="CV folds per catalogue model (0: none).")
+@click.option("--no-reference", is_flag=True, help="Skip the walk-through's own runs (110 s).")
+@click.option("--incremental-n", default=4_000_000, show_default=True, type=int,
+              help="Images in the --incremental store (0: skip).")
+def bench_train(mnist_dir, workdir, cv, no_reference, incremental_n):
+    """The catalogue on full MNIST beside the walk-through; CV speed-up; --incremental memory."""
+    from .bench.train import run
+
+    for line in run(mnist_dir=mnist_dir, workdir=workdir, cv=cv, reference=not no_reference,
+                    incremental_n=incremental_n):
+        click.echo(line)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,0 +1,119 @@
+"""``digitbatch bench train``: the catalogue on full MNIST beside the walk-through.
+
+Prints, for each catalogue model, test accuracy, CV mean, fit seconds and
+peak memory, next to the walk-through's own in-memory runs (raw pixels,
+scikit-learn defaults) measured in the same process; then 5-fold CV of
+``sgd`` on a 2-worker LocalCluster against ``n_jobs=1``; then ``--incremental``
+on a large shifted-MNIST store.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from . import HEADER, find_mnist, measure
+
+ROW = "{:30s} {:>9s} {:>9s} {:>9s} {:>10s}  {}"
+
+
+def _row(label, acc, cv, m, note=""):
+    fmt = lambda v: "-" if v is None else f"{100 * v:.2f}%"  # noqa: E731
+    return ROW.format(label, fmt(acc), fmt(cv), f"{m.seconds:.1f} s",
+                      f"{m.peak_rss / 2**20:.0f} MiB", note)
+
+
+def run(*, mnist_dir=None, workdir=None, cv: int = 3, reference: bool = True,
+        incremental_n: int = 4_000_000, models=None) -> Iterator[str]:
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression, SGDClassifier
+
+    from .. import cluster
+    from ..crossval import run_cv
+    from ..ingest import ingest
+    from ..layout import open_store
+    from ..models import build
+    from ..train import train
+    from .data import make_shifted_store
+
+    mnist = find_mnist(mnist_dir)
+    own_tmp = workdir is None
+    work = Path(tempfile.mkdtemp(prefix="digitbatch-bench-")) if own_tmp else Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        store = work / "mnist.zarr"
+        if not store.exists():
+            ingest(mnist, store)
+        s = open_store(store)
+        X, y, _ = s.read()
+        X = X.reshape(len(X), -1)
+        Xtr, ytr, Xte, yte = X[:60000], y[:60000], X[60000:], y[60000:]
+        perm = np.random.default_rng(42).permutation(60000)
+        yield f"full MNIST from {mnist}: 60,000 train / 10,000 test rows; CV folds: {cv}"
+        yield ROW.format("model", "test acc", "CV mean", "fit", "peak RSS", "")
+        if reference:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                with measure("walk-through detect-2") as m:
+                    ref = LogisticRegression(tol=0.1, solver="lbfgs", max_iter=70000)
+                    ref.fit(Xtr[perm], ytr[perm] == 2)
+                yield _row("walk-through: LogReg is-2 (raw)", ref.score(Xte, yte == 2), None, m,
+                           "in memory, raw 0-255 pixels")
+                with measure("walk-through sgd") as m:
+                    ref = SGDClassifier(loss="log_loss", random_state=42).fit(Xtr[perm], ytr[perm])
+                yield _row("walk-through: SGD (raw)", ref.score(Xte, yte), None, m,
+                           "in memory, raw 0-255 pixels")
+        cases = models or [("detect-2", "pixels"), ("detect-2", "kernel"), ("sgd", "pixels"),
+                           ("sgd", "deskew"), ("sgd-kernel", None)]
+        for name, feats in cases:
+            out = work / f"model-{name}-{feats}"
+            shutil.rmtree(out, ignore_errors=True)
+            with measure(name) as m:
+                r = train(store, out, model=name, features=feats, cv=cv or None)
+            fit = json.loads((out / "manifest.json").read_text())["train"]["fit_seconds"]
+            yield _row(f"digitbatch {name} ({r.features})", r.test["accuracy"],
+                       r.cv["mean"] if r.cv else None, m,
+                       f"final fit {fit:.1f} s; total incl. CV on LocalCluster")
+            if name == "sgd-kernel":
+                from ..modelio import load_model
+
+                model = load_model(out).model
+                with measure("score") as sm:
+                    model.predict(Xte.reshape(-1, 28, 28))
+                yield (f"  sgd-kernel scoring in memory: {10000 / sm.seconds:,.0f} images/s "
+                       f"(10,000 test images, features + predict)")
+
+        # 5-fold CV of sgd: 2-worker LocalCluster against n_jobs=1
+        Xs, ys = Xtr[perm], ytr[perm]
+        with measure("cv-seq") as seq_m:
+            seq = run_cv(build("sgd", seed=42), Xs, ys, k=5, client=None)
+        with cluster.client("local", n_workers=2) as c:
+            with measure("cv-dask") as dsk_m:
+                dsk = run_cv(build("sgd", seed=42), Xs, ys, k=5, client=c)
+        yield ""
+        yield (f"5-fold CV of sgd: n_jobs=1 {seq_m.seconds:.1f} s, 2-worker LocalCluster "
+               f"{dsk_m.seconds:.1f} s -> {seq_m.seconds / dsk_m.seconds:.2f}x; fold scores "
+               f"identical: {seq.scores == dsk.scores} ({', '.join(f'{v:.4f}' for v in dsk.scores)})")
+        yield (f"  peak RSS (process tree): sequential {seq_m.peak_rss / 2**20:.0f} MiB, "
+               f"cluster {dsk_m.peak_rss / 2**20:.0f} MiB")
+
+        if incremental_n:
+            big = work / f"shifted-{incremental_n}.zarr"
+            bs = make_shifted_store(big, n=incremental_n, mnist_dir=mnist)
+            out = work / "model-incremental"
+            shutil.rmtree(out, ignore_errors=True)
+            with measure("incremental", bs.n) as m:
+                r = train(big, out, incremental=True, epochs=1)
+            yield ""
+            yield HEADER
+            yield m.row() + f"  sgd --incremental, 1 epoch over {bs.n:,} images; " \
+                            f"test accuracy {100 * r.test['accuracy']:.2f}%"
+    finally:
+        if own_tmp:
+            shutil.rmtree(work, ignore_errors=True)
