@@ -59,7 +59,7 @@ RECIPES: dict[str, tuple] = {
     "hog7-pca80-n2000-g02-e120": (7.0, 80, 2000, 0.02, 1e-6, 120),
     "hog7-pca80-n3000-g02-e120": (7.0, 80, 3000, 0.02, 1e-6, 120),
 }
-FINAL = "hog4-pca80-n4000"
+FINAL = "hog7-pca80-n2000-g02-e60"
 
 
 def mnist_dir() -> Path:
@@ -151,25 +151,34 @@ def final(name: str) -> None:
 
 
 def detect_two(model, train_x, train_y, test_x, test_y) -> None:
-    """The ``detect-2`` model on the same kernel features: logistic regression."""
-    from sklearn.linear_model import LogisticRegression
+    """``detect-2`` on the same kernel features (the fitted PCA + Nystroem of ``model``).
+
+    On the validation split, LogisticRegression(tol=0.1, lbfgs) stopped
+    after a few iterations at 90.1% (all "not a 2"; 97.2% behind a
+    StandardScaler), while hinge SGD gave 99.75% and log-loss SGD 99.70%.
+    """
+    from sklearn.linear_model import LogisticRegression, SGDClassifier
     from sklearn.pipeline import Pipeline
 
     kernel = model[:-1]
     z_train, z_test = kernel.transform(train_x), kernel.transform(test_x)
-    t0 = time.perf_counter()
-    lr = LogisticRegression(tol=0.1, solver="lbfgs", max_iter=70000).fit(z_train, train_y == 2)
-    fit_s = time.perf_counter() - t0
-    acc = lr.score(z_test, test_y == 2)
-    detector = Pipeline([*kernel.steps, ("lr", lr)])
-    pred = F.fold_kernel(detector, dtype=np.float32)
     hog_weight = model[0].kw_args["hog_weight"]
-    folded = pred.predict(F.kernel_features(test_x, hog_weight=hog_weight))
-    agree = float(np.mean(folded == lr.predict(z_test)))
-    print(
-        f"detect-2 (LogisticRegression on the kernel features): test_acc={acc:.4f}, "
-        f"LR fit_s={fit_s:.1f} (after the features), folded float32 agreement={agree:.4f}"
-    )
+    candidates = {
+        "LogisticRegression(tol=0.1)": LogisticRegression(tol=0.1, solver="lbfgs", max_iter=70000),
+        "SGD hinge": SGDClassifier(loss="hinge", alpha=1e-6, max_iter=60, tol=None, random_state=0),
+    }
+    for label, clf in candidates.items():
+        t0 = time.perf_counter()
+        clf.fit(z_train, train_y == 2)
+        fit_s = time.perf_counter() - t0
+        acc = clf.score(z_test, test_y == 2)
+        pred = F.fold_kernel(Pipeline([*kernel.steps, ("clf", clf)]), dtype=np.float32)
+        folded = pred.predict(F.kernel_features(test_x, hog_weight=hog_weight))
+        agree = float(np.mean(folded == clf.predict(z_test)))
+        print(
+            f"detect-2, {label} on the kernel features: test_acc={acc:.4f}, "
+            f"fit_s={fit_s:.1f} after the features, folded float32 agreement={agree:.4f}"
+        )
 
 
 def _two_threads(fn, images: np.ndarray) -> list[np.ndarray]:
