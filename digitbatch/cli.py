@@ -139,14 +139,18 @@ def _print_train(r) -> None:
 @click.argument("store", type=click.Path())
 @click.option("--model", required=True, type=click.Path(), help="Model directory.")
 @click.option("--out", required=True, type=click.Path(), help="Prediction group to create.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run into OUT.")
+@click.option("--proba", is_flag=True, help="Also write class probabilities.")
+@click.option("--break-lock", is_flag=True, help="Remove the lock of a run that died.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 @scheduler_option
-def score(store, model, out, as_json, scheduler):
+def score(store, model, out, resume, proba, break_lock, as_json, scheduler):
     """Predict every image of STORE with MODEL into OUT, with metrics.json."""
     from .metrics import format_confusion
     from .score import score as run
 
-    r = run(store, model=model, out=out, scheduler=scheduler)
+    r = run(store, model=model, out=out, scheduler=scheduler, resume=resume, proba=proba,
+            break_lock=break_lock)
     if as_json:
         click.echo(json.dumps(r.metrics, indent=2))
         return

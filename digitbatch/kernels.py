@@ -7,6 +7,7 @@ one chunk at a time.
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import expit
 
 from .layout import N_CLASSES, UNKNOWN_LABEL
 
@@ -26,31 +27,64 @@ def linear_decision(X: np.ndarray, weights: np.ndarray, intercept: np.ndarray,
     return X.astype(dtype, copy=False) @ weights.astype(dtype, copy=False) + intercept.astype(dtype)
 
 
-def linear_predict_features(X: np.ndarray, weights: np.ndarray, intercept: np.ndarray,
-                            classes: np.ndarray) -> np.ndarray:
-    """Class labels under a linear head, equal to the float64 result.
+def linear_scores(X: np.ndarray, weights: np.ndarray,
+                  intercept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """float32 decision values and the class index of each row, equal to float64's.
 
     The product runs in float32 (twice as fast); rows whose top two
     decision values (or whose binary decision and 0) are closer than float32
-    can separate are recomputed in float64.
+    can separate get their index from a float64 recomputation.
     """
-    if X.shape[0] == 0:
-        return np.zeros(0, dtype=classes.dtype)
     d = linear_decision(X, weights, intercept)
+    if d.shape[0] == 0:
+        return d, np.zeros(0, dtype=np.intp)
     if d.shape[1] == 1:  # binary: one decision column, positive class classes[1]
         idx = (d[:, 0] > 0).astype(np.intp)
         close = np.flatnonzero(np.abs(d[:, 0]) < TIE_TOLERANCE)
         if close.size:
             d64 = linear_decision(X[close], weights, intercept, dtype=np.float64)
             idx[close] = (d64[:, 0] > 0).astype(np.intp)
-        return classes[idx]
+        return d, idx
     idx = np.argmax(d, axis=1)
     top2 = np.partition(d, -2, axis=1)[:, -2:]
     close = np.flatnonzero((top2[:, 1] - top2[:, 0]) < TIE_TOLERANCE * (1 + np.abs(top2[:, 1])))
     if close.size:
         d64 = linear_decision(X[close], weights, intercept, dtype=np.float64)
         idx[close] = np.argmax(d64, axis=1)
-    return classes[idx]
+    return d, idx
+
+
+def linear_predict_features(X: np.ndarray, weights: np.ndarray, intercept: np.ndarray,
+                            classes: np.ndarray) -> np.ndarray:
+    """Class labels under a linear head, equal to the float64 result."""
+    return classes[linear_scores(X, weights, intercept)[1]]
+
+
+def ovr_proba(d: np.ndarray) -> np.ndarray:
+    """Probabilities from decision values as scikit-learn's log-loss models give them.
+
+    One column (binary): ``[1 - s, s]`` with ``s = sigmoid(d)``; several
+    (one-vs-rest): the sigmoids normalised to sum to 1.
+    """
+    d = np.asarray(d)
+    if d.ndim == 2 and d.shape[1] == 1:
+        d = d[:, 0]
+    p = expit(d)
+    if p.ndim == 1:
+        return np.column_stack([1 - p, p])
+    s = p.sum(axis=1, keepdims=True)
+    return np.divide(p, s, out=np.full_like(p, 1.0 / p.shape[1]), where=s > 0)
+
+
+def top2_margin(values: np.ndarray) -> np.ndarray:
+    """Top-1 minus top-2 of each row (probabilities, or decision values); |d| for one column."""
+    v = np.asarray(values)
+    if v.ndim == 1 or v.shape[1] == 1:
+        return np.abs(v.reshape(v.shape[0]))
+    if v.shape[0] == 0:
+        return np.zeros(0, v.dtype)
+    top2 = np.partition(v, -2, axis=1)[:, -2:]
+    return top2[:, 1] - top2[:, 0]
 
 
 def linear_predict(images: np.ndarray, coef: np.ndarray, intercept: np.ndarray,

@@ -196,16 +196,32 @@ class CompactModel:
                                                    h.intercept, h.classes)
         return self.head.predict(self.featurize(images))
 
+    @property
+    def has_proba(self) -> bool:
+        return self.loss in ("log_loss", "logistic")
+
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
         """Probabilities as scikit-learn gives them (log_loss / logistic models only)."""
-        if self.loss not in ("log_loss", "logistic"):
+        if not self.has_proba:
             raise TrainingError(f"model {self.name!r} (loss {self.loss!r}) gives no probabilities")
-        d = self.decision_function(images)
-        p = 1.0 / (1.0 + np.exp(-d))
-        if p.ndim == 1:
-            return np.column_stack([1 - p, p])
-        s = p.sum(axis=1, keepdims=True)
-        return np.divide(p, s, out=np.full_like(p, 1.0 / p.shape[1]), where=s > 0)
+        return kernels.ovr_proba(self.decision_function(images))
+
+    def score_chunk(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """``(pred, margin, proba)`` of a chunk in one pass (proba None without probabilities).
+
+        The margin is top-1 minus top-2 probability, or of decision values
+        for models without probabilities.
+        """
+        X = self.featurize(images)
+        if self.kind == "linear":
+            d, idx = kernels.linear_scores(X, self.head.weights, self.head.intercept)
+        else:
+            d = self.head.kernel(X) @ self.head.weights + self.head.intercept
+            idx = (d[:, 0] > 0).astype(np.intp) if d.shape[1] == 1 else np.argmax(d, axis=1)
+        pred = self.classes[idx]
+        proba = kernels.ovr_proba(d).astype(np.float32) if self.has_proba else None
+        margin = kernels.top2_margin(proba if proba is not None else d).astype(np.float32)
+        return pred, margin, proba
 
 
 def compact(name: str, pipeline: Pipeline, *, features: str | None = None) -> CompactModel:

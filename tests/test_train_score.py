@@ -176,3 +176,119 @@ def test_detector_scoring_confusion_is_binary(tmp_path, small_store):
     assert cm.shape == (2, 2) and cm.sum() == 1000
     labels = open_store(small_store).labels[:]
     assert cm[1].sum() == int((labels == 2).sum())
+
+
+# --- exactly-once, resumable output ------------------------------------------------
+
+def _arrays(out):
+    g = zarr.open_group(str(out), mode="r")
+    return {name: g[name][:] for name in ("pred", "margin", "proba", "keys") if name in g}
+
+
+def _chunk_files(out):
+    return {p.relative_to(out).as_posix(): p.read_bytes()
+            for p in sorted(out.rglob("*")) if p.is_file() and "/c/" in p.as_posix()}
+
+
+@pytest.mark.parametrize("done_before", [[], [0], [1, 3], [0, 1, 2]])
+def test_resume_after_kill_is_byte_identical(tmp_path, small_store, model_dir, done_before):
+    from digitbatch.predictions import OutputSpec, create_output, commit_path
+    from digitbatch.score import score_chunk
+
+    ref = score(small_store, model=model_dir, out=tmp_path / "ref.zarr", proba=True,
+                scheduler="synchronous")
+    # a run killed after committing `done_before`, with one chunk half written
+    s = open_store(small_store)
+    loaded = load_model(model_dir)
+    out = tmp_path / "killed.zarr"
+    out.mkdir()
+    create_output(out, OutputSpec(s.n, s.chunk_size, 10, True, loaded.sha256, s.checksum))
+    for i in done_before:
+        a, b = s.chunks[i]
+        score_chunk((i, a, b), store_path=str(small_store), out_path=str(out),
+                    model=loaded.model, proba=True)
+    half = [i for i in range(len(s.chunks)) if i not in done_before][0]
+    a, b = s.chunks[half]
+    zarr.open_group(str(out), mode="r+")["pred"][a:a + 10] = 7  # written, never committed
+    assert not commit_path(out, half).exists()
+    with pytest.raises(ScoreError, match="--resume"):
+        score(small_store, model=model_dir, out=out, proba=True, scheduler="synchronous")
+    r = score(small_store, model=model_dir, out=out, proba=True, resume=True,
+              scheduler="synchronous")
+    assert r.metrics["confusion_matrix"] == ref.metrics["confusion_matrix"]
+    assert r.metrics["n_images"] == ref.metrics["n_images"] == 1000
+    assert r.metrics["n_scored_this_run"] == 1000 - sum(s.chunks[i][1] - s.chunks[i][0]
+                                                        for i in done_before)
+    assert _chunk_files(out) == _chunk_files(tmp_path / "ref.zarr")
+    got, want = _arrays(out), _arrays(tmp_path / "ref.zarr")
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name])
+    assert not list(out.rglob("*.tmp-*")) and not (out / ".lock").exists()
+
+
+def test_resume_refuses_other_model(tmp_path, small_store, model_dir):
+    score(small_store, model=model_dir, out=tmp_path / "p.zarr", scheduler="synchronous")
+    train(small_store, tmp_path / "other", seed=99)
+    with pytest.raises(ScoreError, match="model_sha256"):
+        score(small_store, model=tmp_path / "other", out=tmp_path / "p.zarr", resume=True,
+              scheduler="synchronous")
+
+
+def test_overlapping_runs_refused(tmp_path, small_store, model_dir):
+    from digitbatch.predictions import OutputLockedError, run_lock
+
+    out = tmp_path / "p.zarr"
+    with run_lock(out):
+        with pytest.raises(OutputLockedError, match="being written by another run"):
+            score(small_store, model=model_dir, out=out, resume=True, scheduler="synchronous")
+    r = score(small_store, model=model_dir, out=out, resume=True, scheduler="synchronous")
+    assert r.metrics["n_images"] == 1000
+
+
+def test_stale_lock_needs_break_lock(tmp_path, small_store, model_dir):
+    import socket
+    from digitbatch.predictions import OutputLockedError
+
+    out = tmp_path / "p.zarr"
+    out.mkdir()
+    dead = subprocess_dead_pid()
+    (out / ".lock").write_text(json.dumps({"pid": dead, "host": socket.gethostname(),
+                                           "started": "then"}))
+    with pytest.raises(OutputLockedError, match="--break-lock"):
+        score(small_store, model=model_dir, out=out, resume=True, scheduler="synchronous")
+    r = score(small_store, model=model_dir, out=out, resume=True, break_lock=True,
+              scheduler="synchronous")
+    assert r.metrics["n_images"] == 1000
+
+
+def subprocess_dead_pid() -> int:
+    import subprocess
+    import sys
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_incomplete_output_is_refused_when_read(tmp_path, small_store, model_dir):
+    from digitbatch.predictions import IncompleteOutputError, commit_path, open_predictions
+
+    out = tmp_path / "p.zarr"
+    score(small_store, model=model_dir, out=out, scheduler="synchronous")
+    assert open_predictions(out).metrics["n_images"] == 1000
+    commit_path(out, 2).unlink()
+    with pytest.raises(IncompleteOutputError, match="missing committed chunks \\[2\\]"):
+        open_predictions(out)
+    (out / "_SUCCESS").unlink()
+    with pytest.raises(IncompleteOutputError, match="_SUCCESS"):
+        open_predictions(out)
+
+
+def test_proba_and_margin(tmp_path, small_store, trained, model_dir):
+    out = tmp_path / "p.zarr"
+    score(small_store, model=model_dir, out=out, proba=True, scheduler="synchronous")
+    g = zarr.open_group(str(out), mode="r")
+    x = open_store(small_store).images[:].reshape(1000, -1)
+    want = trained.pipeline.predict_proba(x)
+    np.testing.assert_allclose(g["proba"][:], want, atol=2e-5)
+    top2 = np.sort(want, axis=1)[:, -2:]
+    np.testing.assert_allclose(g["margin"][:], top2[:, 1] - top2[:, 0], atol=2e-5)

@@ -1,0 +1,233 @@
+"""The layout of a scoring output, its commit manifest, and its run lock.
+
+::
+
+    PRED.zarr/
+      pred     (N,) int8, fill -1 (not a label): rows of uncommitted chunks read -1
+      margin   (N,) float32: top-1 minus top-2 probability (decision value for
+               models without probabilities), for finding doubtful images
+      proba    (N, k) float32, only with --proba
+      keys     (N,) string, copied from the input
+      _commits/chunk-000012.json   one per chunk, written (atomically) only after
+               the chunk's rows are completely written: its counts live here
+      metrics.json, _SUCCESS       written last, from the commit records
+      .lock                        while a run writes: owner pid, host, time
+
+A chunk's rows are deterministic, so a retried or resumed task rewrites the
+same bytes; a chunk counts once because its commit record has one name.
+:func:`open_predictions` refuses an output without ``_SUCCESS`` or with a
+missing commit, so rows never written are never read as predictions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from .errors import ScoreError
+from .layout import COMPRESSORS, chunk_bounds
+
+log = logging.getLogger(__name__)
+
+PRED_FILL = -1
+COMMITS = "_commits"
+SUCCESS = "_SUCCESS"
+METRICS = "metrics.json"
+LOCK = ".lock"
+ATTRS_KEY = "digitbatch_predictions"
+OUTPUT_VERSION = 1
+
+
+class OutputLockedError(ScoreError):
+    """Another run is writing this output (or left a stale lock)."""
+
+
+class IncompleteOutputError(ScoreError):
+    """The output is missing chunks or its _SUCCESS marker."""
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def run_lock(out: Path, *, break_lock: bool = False) -> Iterator[dict]:
+    """Hold ``out/.lock`` for the duration of a run; refuse if another run holds it."""
+    out.mkdir(parents=True, exist_ok=True)
+    lock = out / LOCK
+    me = {"pid": os.getpid(), "host": socket.gethostname(),
+          "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+          "token": uuid.uuid4().hex}
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                owner = json.loads(lock.read_text() or "{}")
+            except (OSError, json.JSONDecodeError):
+                owner = {}
+            same_host = owner.get("host") == me["host"]
+            stale = same_host and isinstance(owner.get("pid"), int) and not _pid_alive(owner["pid"])
+            if break_lock and (stale or not same_host):
+                log.warning("breaking lock %s held by %s", lock, owner)
+                lock.unlink(missing_ok=True)
+                continue
+            hint = ("its process is gone: rerun with --break-lock" if stale else
+                    "wait for it to finish" + ("" if same_host else
+                                               ", or --break-lock if that host is down"))
+            raise OutputLockedError(
+                f"{out} is being written by another run (pid {owner.get('pid')} on "
+                f"{owner.get('host')}, since {owner.get('started')}): {hint}")
+        with os.fdopen(fd, "w") as fh:
+            json.dump(me, fh)
+        break
+    try:
+        yield me
+    finally:
+        with contextlib.suppress(OSError, json.JSONDecodeError):
+            if json.loads(lock.read_text()).get("token") == me["token"]:
+                lock.unlink()
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """What a run writes; a resumed run must match it exactly."""
+
+    n: int
+    chunk_size: int
+    n_classes: int
+    proba: bool
+    model_sha256: str
+    input_checksum: str
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def create_output(out: Path, spec: OutputSpec) -> None:
+    """Create the arrays of a new output (its directory already holds only the lock)."""
+    g = zarr.open_group(str(out), mode="a")
+    if "pred" in g:
+        raise ScoreError(f"{out} already holds predictions: pass --resume to continue it")
+    c = spec.chunk_size
+    g.create_array("pred", shape=(spec.n,), chunks=(c,), dtype="int8", fill_value=PRED_FILL,
+                   compressors=COMPRESSORS)
+    g.create_array("margin", shape=(spec.n,), chunks=(c,), dtype="float32",
+                   fill_value=np.nan, compressors=COMPRESSORS)
+    if spec.proba:
+        g.create_array("proba", shape=(spec.n, spec.n_classes), chunks=(c, spec.n_classes),
+                       dtype="float32", fill_value=np.nan, compressors=COMPRESSORS)
+    g.create_array("keys", shape=(spec.n,), chunks=(c,), dtype=str)
+    (out / COMMITS).mkdir(exist_ok=True)
+    g.attrs[ATTRS_KEY] = {"version": OUTPUT_VERSION, **spec.to_dict()}
+
+
+def check_resume(out: Path, spec: OutputSpec) -> None:
+    """A resumed output must come from the same model, input and options."""
+    try:
+        have = dict(zarr.open_group(str(out), mode="r").attrs.get(ATTRS_KEY) or {})
+    except Exception as exc:
+        raise ScoreError(f"cannot resume {out}: it is not a digitbatch output ({exc})") from exc
+    want = {"version": OUTPUT_VERSION, **spec.to_dict()}
+    diff = {k: (have.get(k), v) for k, v in want.items() if have.get(k) != v}
+    if diff:
+        detail = "; ".join(f"{k}: output has {a!r}, this run {b!r}" for k, (a, b) in diff.items())
+        raise ScoreError(f"cannot resume {out} with different settings ({detail}): "
+                         f"score into a new --out")
+
+
+def commit_path(out: Path, i: int) -> Path:
+    return Path(out) / COMMITS / f"chunk-{i:06d}.json"
+
+
+def committed(out: Path) -> dict[int, dict]:
+    """The commit records present: chunk index -> counts."""
+    d = Path(out) / COMMITS
+    records = {}
+    if not d.is_dir():
+        return records
+    for p in d.glob("chunk-*.json"):
+        try:
+            records[int(p.stem.split("-")[1])] = json.loads(p.read_text())
+        except (ValueError, json.JSONDecodeError) as exc:
+            raise ScoreError(f"commit record {p} is damaged ({exc}): delete it and --resume") from exc
+    return records
+
+
+def write_chunk(out_path: str, i: int, start: int, stop: int, *, pred: np.ndarray,
+                margin: np.ndarray, proba: np.ndarray | None, keys: np.ndarray,
+                counts: dict) -> None:
+    """Write one chunk's rows, then (only then) its commit record."""
+    g = zarr.open_group(out_path, mode="r+")
+    g["pred"][start:stop] = pred
+    g["margin"][start:stop] = margin
+    if proba is not None:
+        g["proba"][start:stop] = proba
+    g["keys"][start:stop] = keys
+    record = {"chunk": i, "start": start, "stop": stop,
+              **{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in counts.items()}}
+    _atomic_write(commit_path(Path(out_path), i), json.dumps(record))
+
+
+def finalize(out: Path, metrics: dict) -> None:
+    """metrics.json, then _SUCCESS (with the same metrics): the last writes of a run."""
+    text = json.dumps(metrics, indent=2) + "\n"
+    _atomic_write(out / METRICS, text)
+    _atomic_write(out / SUCCESS, text)
+
+
+@dataclass(frozen=True)
+class Predictions:
+    path: Path
+    group: object
+    metrics: dict
+
+    @property
+    def pred(self):
+        return self.group["pred"]
+
+    @property
+    def keys(self):
+        return self.group["keys"]
+
+
+def open_predictions(out: str | os.PathLike) -> Predictions:
+    """Open a complete output; refuse one with missing chunks or no _SUCCESS."""
+    p = Path(out)
+    if not (p / SUCCESS).exists():
+        raise IncompleteOutputError(
+            f"{p} has no {SUCCESS} marker: the run did not finish; rerun `digitbatch score` "
+            f"with --resume")
+    g = zarr.open_group(str(p), mode="r")
+    spec = dict(g.attrs.get(ATTRS_KEY) or {})
+    expected = len(chunk_bounds(spec.get("n", 0), spec.get("chunk_size", 1)))
+    missing = sorted(set(range(expected)) - set(committed(p)))
+    if missing:
+        raise IncompleteOutputError(f"{p} is missing committed chunks {missing[:10]}: rerun with --resume")
+    return Predictions(p, g, json.loads((p / SUCCESS).read_text()))
