@@ -58,6 +58,7 @@ from pathlib import Path
 import numpy as np
 
 from digitbatch import features as F
+from digitbatch import folding as FO
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -153,7 +154,7 @@ def final(name: str) -> None:
     print(f"  sklearn pipeline scoring: {len(test_x) / sk_s:,.0f} images/s")
     hog_weight = RECIPES[name][0]
     for dtype in (np.float64, np.float32):
-        pred = F.fold_kernel(model, dtype=dtype)
+        pred = FO.fold_kernel(model, dtype=dtype)
 
         def score(images: np.ndarray, pred=pred) -> np.ndarray:
             return pred.decision_function(F.kernel_features(images, hog_weight=hog_weight))
@@ -196,7 +197,7 @@ def detect_two(model, train_x, train_y, test_x, test_y) -> None:
         clf.fit(z_train, train_y == 2)
         fit_s = time.perf_counter() - t0
         acc = clf.score(z_test, test_y == 2)
-        pred = F.fold_kernel(Pipeline([*kernel.steps, ("clf", clf)]), dtype=np.float32)
+        pred = FO.fold_kernel(Pipeline([*kernel.steps, ("clf", clf)]), dtype=np.float32)
         folded = pred.predict(F.kernel_features(test_x, hog_weight=hog_weight))
         agree = float(np.mean(folded == clf.predict(z_test)))
         print(

@@ -3,15 +3,13 @@
 Everything works on a whole chunk, (n, 28, 28) uint8, with no per-image
 Python loop: scoring runs these on every chunk. Nothing here knows Zarr or
 Dask. :func:`deskew`, :func:`hog` and :func:`kernel_features` make features;
-:func:`fold_linear` and :func:`fold_kernel` turn fitted scikit-learn
-pipelines into small numpy predictors, with the fixed linear steps (scaling,
-PCA, Nystroem's normalisation) folded into the weights.
+:func:`make_kernel_pipeline` builds the flagship's pipeline, which
+:mod:`digitbatch.folding` turns into a small numpy predictor.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -259,205 +257,6 @@ def kernel_features(
     return pixels.astype(dtype, copy=False)
 
 
-# --- folding fixed linear steps into the weights ---------------------------
-
-
-def _predict(scores: np.ndarray, classes: np.ndarray) -> np.ndarray:
-    if scores.ndim == 1:
-        return classes[(scores > 0).astype(np.intp)]
-    return classes[np.argmax(scores, axis=1)]
-
-
-@dataclass(frozen=True)
-class LinearPredictor:
-    """A linear classifier with its fixed scaling folded in: ``x @ weights + intercept``.
-
-    ``weights`` is (n_features, n_outputs); one output per class, or a single
-    output for a binary model (positive class ``classes[1]``, as in
-    scikit-learn).
-    """
-
-    weights: np.ndarray
-    intercept: np.ndarray
-    classes: np.ndarray
-
-    def decision_function(self, features: np.ndarray) -> np.ndarray:
-        """Decision values, shape (n,) for binary models, else (n, n_classes)."""
-        scores = np.asarray(features) @ self.weights + self.intercept
-        return scores[:, 0] if scores.shape[1] == 1 else scores
-
-    def predict(self, features: np.ndarray) -> np.ndarray:
-        """Predicted class labels, shape (n,)."""
-        return _predict(self.decision_function(features), self.classes)
-
-
-@dataclass(frozen=True)
-class KernelPredictor:
-    """A Nystroem RBF model as a few numpy arrays.
-
-    ``z = x @ projection + offset`` (the folded linear steps before the
-    kernel: scalers, PCA; skipped when ``projection`` is None), then the RBF
-    kernel against the ``landmarks``, then ``@ weights + intercept``.
-    Nystroem's normalisation matrix and any scaling after the kernel step
-    are folded into ``weights``, so scoring does no (n_components,
-    n_components) product.
-    """
-
-    projection: np.ndarray | None
-    offset: np.ndarray | None
-    landmarks: np.ndarray
-    landmark_sq_norms: np.ndarray
-    gamma: float
-    weights: np.ndarray
-    intercept: np.ndarray
-    classes: np.ndarray
-
-    def kernel(self, features: np.ndarray) -> np.ndarray:
-        """RBF kernel values against the landmarks, shape (n, n_components)."""
-        z = np.asarray(features, dtype=self.landmarks.dtype)
-        if self.projection is not None:
-            z = z @ self.projection + self.offset
-        k = z @ self.landmarks.T
-        # |z - c|^2 = |z|^2 + |c|^2 - 2 z.c, clipped at 0 against rounding
-        k *= -2.0
-        k += self.landmark_sq_norms
-        k += np.einsum("ij,ij->i", z, z)[:, None]
-        np.maximum(k, 0.0, out=k)
-        k *= -self.gamma
-        return np.exp(k, out=k)
-
-    def decision_function(self, features: np.ndarray) -> np.ndarray:
-        """Decision values, shape (n,) for binary models, else (n, n_classes)."""
-        scores = self.kernel(features) @ self.weights + self.intercept
-        return scores[:, 0] if scores.shape[1] == 1 else scores
-
-    def predict(self, features: np.ndarray) -> np.ndarray:
-        """Predicted class labels, shape (n,)."""
-        return _predict(self.decision_function(features), self.classes)
-
-
-def _steps(model: object) -> list[object]:
-    steps = getattr(model, "steps", None)
-    if steps is None:
-        return [model]
-    return [s for _, s in steps if s is not None and not (isinstance(s, str) and s == "passthrough")]
-
-
-def _linear_head(step: object) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    coef = getattr(step, "coef_", None)
-    if coef is None or not hasattr(step, "classes_"):
-        raise ValueError(f"the last step must be a fitted linear classifier; got {step!r}")
-    weights = np.asarray(coef, np.float64).T
-    intercept = np.broadcast_to(np.asarray(step.intercept_, np.float64), (weights.shape[1],))
-    return weights, intercept.copy(), np.asarray(step.classes_)
-
-
-def _scalers(steps: list[object], scale: float | np.ndarray, d: int, where: str) -> tuple[np.ndarray, np.ndarray]:
-    """``x * scale`` then ``steps`` (fitted StandardScalers) as one map ``x * a + c``."""
-    from sklearn.preprocessing import StandardScaler
-
-    a, c = np.broadcast_to(np.asarray(scale, np.float64), (d,)).copy(), np.zeros(d)
-    for step in steps:
-        if not isinstance(step, StandardScaler):
-            raise ValueError(f"cannot fold {type(step).__name__} {where}: only StandardScaler steps can be folded")
-        inv = 1.0 / (np.ones(d) if step.scale_ is None else step.scale_)
-        mean = np.zeros(d) if step.mean_ is None else step.mean_
-        a, c = a * inv, (c - mean) * inv
-    return a, c
-
-
-def fold_linear(model: object, *, scale: float | np.ndarray = 1.0) -> LinearPredictor:
-    """Fold the fixed scaling of a linear classifier (pipeline) into its weights.
-
-    Parameters
-    ----------
-    model : Pipeline or linear classifier
-        Fitted: ``StandardScaler`` steps (any number), then a linear
-        classifier with ``coef_`` and ``intercept_`` (``SGDClassifier``,
-        ``LogisticRegression``).
-    scale : float or ndarray, default 1.0
-        A fixed factor applied to the inputs before ``model`` (1/255 when it
-        was fitted on pixels / 255).
-
-    Returns
-    -------
-    LinearPredictor
-        Its decision values on ``x`` equal ``model``'s on ``x * scale`` (to
-        float64 rounding).
-    """
-    steps = _steps(model)
-    weights, intercept, classes = _linear_head(steps[-1])
-    a, c = _scalers(steps[:-1], scale, weights.shape[0], "before the classifier")
-    return LinearPredictor(weights=a[:, None] * weights, intercept=intercept + c @ weights, classes=classes)
-
-
-def fold_kernel(model: object, *, dtype: np.dtype | type = np.float64) -> KernelPredictor:
-    """Fold a fitted kernel-approximation pipeline into a :class:`KernelPredictor`.
-
-    Parameters
-    ----------
-    model : Pipeline
-        Fitted steps: ``StandardScaler`` steps, an optional ``PCA``, a
-        ``Nystroem(kernel="rbf")``, ``StandardScaler`` steps, and a linear
-        classifier (``SGDClassifier``,
-        ``LogisticRegression``). A leading ``FunctionTransformer`` (the
-        feature step, e.g. :func:`kernel_features`) is not folded: the
-        predictor takes its output.
-    dtype : numpy dtype, default float64
-        Of the predictor's arrays. float32 scores faster; on MNIST its
-        decision values agree with float64 to about 1e-3.
-
-    Returns
-    -------
-    KernelPredictor
-    """
-    from sklearn.decomposition import PCA
-    from sklearn.kernel_approximation import Nystroem
-    from sklearn.preprocessing import FunctionTransformer
-
-    steps = _steps(model)
-    if isinstance(steps[0], FunctionTransformer):
-        steps = steps[1:]
-    at = [i for i, s in enumerate(steps) if isinstance(s, Nystroem)]
-    if len(at) != 1:
-        raise ValueError(f"model must have exactly one Nystroem step; got {steps!r}")
-    approx, before = steps[at[0]], steps[: at[0]]
-    weights, intercept, classes = _linear_head(steps[-1])
-    a, c = _scalers(steps[at[0] + 1 : -1], 1.0, weights.shape[0], "after the kernel step")
-    weights, intercept = a[:, None] * weights, intercept + c @ weights
-
-    pca = before.pop() if before and isinstance(before[-1], PCA) else None
-    d = (pca if pca is not None else approx).n_features_in_
-    a, c = _scalers(before, 1.0, d, "before the kernel step")
-    projection, offset = (None, None) if not before else (np.diag(a), c)
-    if pca is not None:
-        comp = pca.components_.T.astype(np.float64)
-        if pca.whiten:
-            comp = comp / np.sqrt(pca.explained_variance_)
-        projection, offset = a[:, None] * comp, (c - pca.mean_) @ comp
-
-    if approx.kernel != "rbf":
-        raise ValueError(f"only kernel='rbf' Nystroem can be folded; got {approx.kernel!r}")
-    gamma = float(approx.gamma or 1.0 / approx.n_features_in_)
-    landmarks = approx.components_.astype(np.float64)
-    weights = approx.normalization_.T.astype(np.float64) @ weights
-    log.debug("folded a Nystroem model: %d landmarks, %d outputs", *weights.shape)
-
-    def cast(v: np.ndarray | None) -> np.ndarray | None:
-        return None if v is None else np.ascontiguousarray(v, dtype=dtype)
-
-    return KernelPredictor(
-        projection=cast(projection),
-        offset=cast(offset),
-        landmarks=cast(landmarks),
-        landmark_sq_norms=cast(np.einsum("ij,ij->i", landmarks, landmarks)),
-        gamma=gamma,
-        weights=cast(weights),
-        intercept=cast(intercept),
-        classes=classes,
-    )
-
-
 def make_kernel_pipeline(
     *,
     hog_weight: float = 7.0,
@@ -476,8 +275,8 @@ def make_kernel_pipeline(
     :func:`kernel_features` (float64) -> ``PCA`` -> ``Nystroem(kernel="rbf")``
     -> hinge ``SGDClassifier`` (``tol=None``: exactly ``max_iter`` epochs).
     The defaults were chosen on a validation split of the MNIST training
-    rows (``benchmarks/explore_features.py``); :func:`fold_kernel` turns the
-    fitted pipeline into a :class:`KernelPredictor`.
+    rows (``benchmarks/explore_features.py``); :func:`digitbatch.folding.fold_kernel` turns
+    the fitted pipeline into a ``KernelPredictor``.
 
     Parameters
     ----------

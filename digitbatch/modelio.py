@@ -29,7 +29,7 @@ import sklearn
 from . import __version__
 from .errors import ModelError
 from .layout import IMAGE_SHAPE
-from . import features as F
+from . import folding as FO
 from .models import CompactModel, get_spec
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class LoadedModel:
         return self.manifest["model_sha256"]
 
 
-_HEADS = {"linear": F.LinearPredictor, "kernel": F.KernelPredictor}
+_HEADS = {"linear": FO.LinearPredictor, "kernel": FO.KernelPredictor}
 _HEAD_SCALARS = ("kind", "gamma")
 
 
@@ -189,9 +189,9 @@ def _rebuild(p: Path, manifest: dict, arrays: dict[str, np.ndarray]) -> CompactM
                              params=manifest.get("params", {}))
     except (KeyError, TypeError) as exc:
         raise ModelError(f"model {p}: manifest or arrays incomplete ({exc}): retrain it") from exc
-    n_in = head.weights.shape[0] if cls is F.LinearPredictor else head.landmarks.shape[0]
-    if cls is F.LinearPredictor and n_in != int(np.prod(IMAGE_SHAPE)):
+    n_in = head.weights.shape[0] if cls is FO.LinearPredictor else head.landmarks.shape[0]
+    if cls is FO.LinearPredictor and n_in != int(np.prod(IMAGE_SHAPE)):
         raise ModelError(f"model {p}: weights {head.weights.shape} do not take 28x28 images")
-    if cls is F.KernelPredictor and n_in != head.weights.shape[0]:
+    if cls is FO.KernelPredictor and n_in != head.weights.shape[0]:
         raise ModelError(f"model {p}: {n_in} landmarks but weights {head.weights.shape}")
     return model

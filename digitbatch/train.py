@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import SGDClassifier
 
 from . import kernels, metrics
 from .crossval import check_folds, client_or_none, run_cv, run_search
@@ -196,12 +197,19 @@ def _fit_in_memory(s, train_split, spec, model, feats, *, seed, cv, search, sche
         if cv is not None or search:
             with client_or_none(scheduler) as client:
                 if search:
-                    best, search_result = run_search(pipe, search_grid(model), X, y, k=cv or 5,
+                    best, search_result = run_search(pipe, search_grid(model, feats), X, y, k=cv or 5,
                                                      client=client)
                     pipe.set_params(**best)
                 if cv is not None:
                     cv_result = run_cv(pipe, X, y, k=cv, client=client)
+        # The final fit runs here, not on the cluster: let one-vs-rest SGD use
+        # every core (its per-class seeds do not depend on n_jobs).
+        clf = pipe.steps[-1][1]
+        if isinstance(clf, SGDClassifier):
+            clf.set_params(n_jobs=-1)
         t0 = time.perf_counter()
         pipe.fit(X, y)
         fit_seconds = time.perf_counter() - t0
+        if isinstance(clf, SGDClassifier):
+            clf.set_params(n_jobs=None)
     return pipe, int(X.shape[0]), fit_seconds, cv_result, search_result

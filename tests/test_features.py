@@ -12,6 +12,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 from digitbatch import features as F
+from digitbatch import folding as FO
 
 
 def strokes(n: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -187,7 +188,7 @@ def test_fold_linear_multiclass(digits, model, scale):
     images, labels = digits
     x = images.reshape(len(images), -1).astype(np.float64)
     model.fit(x * scale, labels)
-    pred = F.fold_linear(model, scale=scale)
+    pred = FO.fold_linear(model, scale=scale)
     np.testing.assert_allclose(pred.decision_function(x), model.decision_function(x * scale), rtol=1e-8, atol=1e-8)
     np.testing.assert_array_equal(pred.predict(x), model.predict(x * scale))
 
@@ -196,7 +197,7 @@ def test_fold_linear_binary_detector(digits):
     images, labels = digits
     x = images.reshape(len(images), -1) / 255.0
     model = make_pipeline(StandardScaler(), LogisticRegression(tol=0.1, max_iter=1000)).fit(x, labels == 2)
-    pred = F.fold_linear(model)
+    pred = FO.fold_linear(model)
     assert pred.decision_function(x).shape == (len(x),)
     np.testing.assert_allclose(pred.decision_function(x), model.decision_function(x), rtol=1e-8, atol=1e-8)
     np.testing.assert_array_equal(pred.predict(x), model.predict(x))
@@ -207,7 +208,7 @@ def test_fold_linear_refuses_other_steps(digits):
     x = images.reshape(len(images), -1) / 255.0
     model = make_pipeline(PCA(5), SGDClassifier(random_state=0)).fit(x, labels)
     with pytest.raises(ValueError, match="cannot fold PCA"):
-        F.fold_linear(model)
+        FO.fold_linear(model)
 
 
 def _kernel_cases():
@@ -244,12 +245,12 @@ def test_fold_kernel_matches_pipeline(digits, case, f32_tol):
     test = images[300:]
     feats = F.kernel_features(test, **(model[0].kw_args or {}))
     expected = model.decision_function(test)
-    pred = F.fold_kernel(model)
+    pred = FO.fold_kernel(model)
     got = pred.decision_function(feats)
     np.testing.assert_allclose(got, expected, rtol=1e-7, atol=1e-7)
     np.testing.assert_array_equal(got.argmax(1), expected.argmax(1))
     np.testing.assert_array_equal(pred.predict(feats), model.predict(test))
-    fast = F.fold_kernel(model, dtype=np.float32)
+    fast = FO.fold_kernel(model, dtype=np.float32)
     assert fast.weights.dtype == np.float32
     np.testing.assert_allclose(fast.decision_function(feats), expected, rtol=f32_tol, atol=f32_tol)
 
@@ -261,7 +262,7 @@ def test_fold_kernel_binary_detector(digits):
         Nystroem(gamma=0.02, n_components=50, random_state=0),
         LogisticRegression(tol=0.1, max_iter=1000),
     ).fit(images[:300], labels[:300] == 2)
-    pred = F.fold_kernel(model)
+    pred = FO.fold_kernel(model)
     feats = F.kernel_features(images[300:], dtype=np.float64)
     np.testing.assert_allclose(pred.decision_function(feats), model.decision_function(images[300:]), rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(pred.predict(feats), model.predict(images[300:]))
@@ -273,4 +274,4 @@ def test_fold_kernel_refuses_other_kernels(digits):
         Nystroem(kernel="poly", n_components=20, random_state=0), SGDClassifier(random_state=0, max_iter=5, tol=None)
     ).fit(images[:100].reshape(100, -1) / 255.0, labels[:100])
     with pytest.raises(ValueError, match="kernel='rbf'"):
-        F.fold_kernel(model)
+        FO.fold_kernel(model)
