@@ -167,6 +167,26 @@ def _print_score(m: dict, format_confusion) -> None:
 
 
 @main.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--model", required=True, type=click.Path(), help="Model directory.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per file.")
+def predict(images, model, as_json):
+    """Predict the digit of each IMAGE file (normalised as ingest does)."""
+    from .modelio import load_model
+    from .predict import describe, predict_files
+
+    results = predict_files(list(images), model=model)
+    if as_json:
+        click.echo(json.dumps([r.to_dict() for r in results], indent=2))
+    else:
+        digit = load_model(model).model.binary_digit
+        for r in results:
+            click.echo(describe(r, binary_digit=digit))
+    if any(r.error for r in results):
+        sys.exit(1)
+
+
+@main.command()
 @click.argument("store", type=click.Path())
 @click.option("--index", required=True, type=int, help="Row to draw (36001 is the walk-through's 2).")
 @click.option("--out", default="digit.png", show_default=True, type=click.Path(), help="PNG to write.")
