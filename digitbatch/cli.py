@@ -188,15 +188,54 @@ def predict(images, model, as_json):
 
 @main.command()
 @click.argument("store", type=click.Path())
-@click.option("--index", required=True, type=int, help="Row to draw (36001 is the walk-through's 2).")
-@click.option("--out", default="digit.png", show_default=True, type=click.Path(), help="PNG to write.")
-def show(store, index, out):
-    """Draw one digit of STORE as the walk-through does."""
-    from .plots import show_digit
+@click.option("--index", type=int, default=None,
+              help="Row to draw (36001 is the walk-through's 2); with --grid the first row "
+                   "considered (default 0).")
+@click.option("--out", default=None, type=click.Path(),
+              help="PNG to write (default digit.png, or digits.png with --grid).")
+@click.option("--grid", is_flag=True, help="Draw a page of digits instead of one.")
+@click.option("--label", type=click.IntRange(-1, 9), default=None,
+              help="With --grid: only rows with this label (-1: unlabelled rows).")
+@click.option("--count", type=int, default=100, show_default=True,
+              help="With --grid: digits on the page (at most 400).")
+def show(store, index, out, grid, label, count):
+    """Draw one digit of STORE as the walk-through does, or a page of them.
 
-    r = show_digit(store, index=index, out=out)
+    `--grid --label 3 --count 100` shows the first 100 rows labelled 3;
+    `--grid --index I` the 100 rows from row I on.
+    """
+    from .plots import show_digit, show_grid
+
+    if grid:
+        r = show_grid(store, index=index or 0, label=label, count=count,
+                      out=out or "digits.png")
+        click.echo(f"{r['rows']} rows ({r['first']}..{r['last']}) -> {r['out']}")
+        return
+    if index is None:
+        raise click.BadParameter("required without --grid", param_hint="'--index'")
+    if label is not None:
+        raise click.BadParameter("only with --grid", param_hint="'--label'")
+    r = show_digit(store, index=index, out=out or "digit.png")
     label = "unknown" if r["label"] is None else r["label"]
     click.echo(f"row {r['index']} ({r['key']}), label {label} -> {r['out']}")
+
+
+@main.command()
+@click.argument("pred", type=click.Path())
+@click.option("--out", required=True, type=click.Path(),
+              help="Directory for the PNGs and report.html (created; its report files replaced).")
+@click.option("--store", type=click.Path(), default=None,
+              help="Input store for the galleries' images (default: the path in metrics.json).")
+@click.option("--top", type=int, default=36, show_default=True,
+              help="Digits in each gallery (at most 400).")
+def report(pred, out, store, top):
+    """Figures and a self-contained report.html of the scoring output PRED."""
+    from .report import write_report
+
+    r = write_report(pred, out=out, store=store, top_k=top)
+    if r.confusion_text:
+        click.echo(r.confusion_text)
+    click.echo(f"wrote {len(r.files)} files ({r.n_wrong:,} mistakes) -> {r.html}")
 
 
 @main.command()

@@ -40,6 +40,14 @@ _PREPROCESSING = {
     "deskew": "moment deskew, then / 255 (folded into the weights)",
     "kernel": "moment deskew / 255 + HOG, PCA and Nystroem RBF (linear steps folded)",
 }
+
+
+def _preprocessing(model: CompactModel) -> str:
+    if model.binary_digit is not None and model.features == "pixels":
+        return "raw 0-255 pixels, as the walk-through's detector"
+    if model.binary_digit is not None and model.features == "deskew":
+        return "moment deskew, raw 0-255 scale"
+    return _PREPROCESSING[model.features]
 MODEL_FILE = "model.npz"
 MANIFEST_FILE = "manifest.json"
 
@@ -105,7 +113,7 @@ def save_model(model: CompactModel, out: str | os.PathLike, *, manifest: dict,
             "head": _head_meta(model),
             "classes": [int(c) for c in model.classes],
             "input": {"shape": list(IMAGE_SHAPE), "dtype": "uint8",
-                      "preprocessing": _PREPROCESSING[model.features]},
+                      "preprocessing": _preprocessing(model)},
             "versions": {"digitbatch": __version__, "scikit-learn": sklearn.__version__,
                          "numpy": np.__version__},
             **manifest,

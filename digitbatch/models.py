@@ -38,10 +38,30 @@ def pixels_scaled(X: np.ndarray) -> np.ndarray:
     return np.asarray(X, dtype=np.float64) * PIXEL_SCALE
 
 
+def pixels_raw(X: np.ndarray) -> np.ndarray:
+    """Raw 0-255 pixels as float64 (the walk-through's detector input)."""
+    return np.asarray(X, dtype=np.float64)
+
+
 def deskew_scaled(X: np.ndarray) -> np.ndarray:
     """Deskewed pixels / 255 as float64, flattened."""
+    return deskew_raw(X) * PIXEL_SCALE
+
+
+def deskew_raw(X: np.ndarray) -> np.ndarray:
+    """Deskewed pixels on the 0-255 scale as float64, flattened."""
     d = F.deskew(np.asarray(X).reshape(-1, 28, 28))
-    return d.reshape(d.shape[0], -1).astype(np.float64) * PIXEL_SCALE
+    return d.reshape(d.shape[0], -1).astype(np.float64)
+
+
+def pixel_scale(spec: "ModelSpec") -> float:
+    """The fixed factor a model's pixel/deskew features apply.
+
+    The detector keeps the walk-through's raw 0-255 pixels: on pixels / 255
+    its LogisticRegression(tol=0.1) stops at the first iteration (89.7%,
+    always "no"); SGD needs the scaling to converge fast.
+    """
+    return 1.0 if spec.binary_digit is not None else PIXEL_SCALE
 
 
 @dataclass(frozen=True)
@@ -100,11 +120,12 @@ def resolve_features(spec: ModelSpec, features: str | None) -> str:
     return feats
 
 
-def _feature_steps(feats: str, seed: int) -> list[tuple[str, object]]:
+def _feature_steps(feats: str, seed: int, scale: float) -> list[tuple[str, object]]:
+    raw = scale == 1.0
     if feats == "pixels":
-        return [("features", FunctionTransformer(pixels_scaled))]
+        return [("features", FunctionTransformer(pixels_raw if raw else pixels_scaled))]
     if feats == "deskew":
-        return [("features", FunctionTransformer(deskew_scaled))]
+        return [("features", FunctionTransformer(deskew_raw if raw else deskew_scaled))]
     p = KERNEL_PARAMS
     return [
         ("features", FunctionTransformer(F.kernel_features,
@@ -134,7 +155,7 @@ def build(name: str, *, seed: int, features: str | None = None) -> Pipeline:
         # validation split; the walk-through's defaults: 88.7% in 110 s).
         clf = SGDClassifier(loss="log_loss", alpha=1e-5, average=True, max_iter=6, tol=None,
                             random_state=seed)
-    return Pipeline([*_feature_steps(feats, seed), ("clf", clf)])
+    return Pipeline([*_feature_steps(feats, seed, pixel_scale(spec)), ("clf", clf)])
 
 
 def search_grid(name: str, features: str | None = None) -> dict:
@@ -245,6 +266,6 @@ def compact(name: str, pipeline: Pipeline, *, features: str | None = None) -> Co
         head = FO.fold_kernel(pipeline)
         params["hog_weight"] = float(pipeline.named_steps["features"].kw_args["hog_weight"])
     else:
-        head = FO.fold_linear(Pipeline(pipeline.steps[1:]), scale=PIXEL_SCALE)
+        head = FO.fold_linear(Pipeline(pipeline.steps[1:]), scale=pixel_scale(spec))
     return CompactModel(name=name, features=feats, head=head, loss=loss,
                         binary_digit=spec.binary_digit, params=params)

@@ -1,4 +1,9 @@
-"""Drawing digits as the walk-through does (matplotlib, binary colour map)."""
+"""Drawing digits as the walk-through does (matplotlib, binary colour map).
+
+:func:`show_digit` draws one row; :func:`show_grid` a page of them: the
+rows from an index on, or the first rows of one class (found by scanning
+the labels a chunk at a time, so a large store is never read whole).
+"""
 
 from __future__ import annotations
 
@@ -7,29 +12,25 @@ from pathlib import Path
 
 import numpy as np
 
+from . import gallery
 from .errors import StoreError
 from .layout import UNKNOWN_LABEL, open_store
 
 log = logging.getLogger(__name__)
 
 
+# A page of more digits than this is unreadable on a screen.
+MAX_GRID = 400
+
+
 def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return gallery.pyplot()
 
 
 def show_digit(store: str | Path, *, index: int, out: str | Path) -> dict:
     """Draw row ``index`` of ``store`` (28x28, binary cmap, nearest, no axes) to ``out``."""
     s = open_store(store)
-    if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
-        raise StoreError(f"index must be an integer, got {index!r}")
-    if not -s.n <= index < s.n:
-        raise StoreError(f"index {index} is outside the store's rows 0..{s.n - 1}")
-    index = int(index) % s.n
+    index = _check_index(s, index)
     image = s.images[index]
     label = int(s.labels[index])
     key = str(s.keys[index])
@@ -45,3 +46,66 @@ def show_digit(store: str | Path, *, index: int, out: str | Path) -> dict:
     log.info("drew row %d of %s to %s", index, s.path, out)
     return {"index": index, "label": None if label == UNKNOWN_LABEL else label, "key": key,
             "out": str(out)}
+
+
+def _check_index(s, index) -> int:
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+        raise StoreError(f"index must be an integer, got {index!r}")
+    if not -s.n <= index < s.n:
+        raise StoreError(f"index {index} is outside the store's rows 0..{s.n - 1}")
+    return int(index) % s.n
+
+
+def grid_rows(s, *, index: int, label: int | None, count: int) -> np.ndarray:
+    """The rows a grid shows: ``count`` rows from ``index`` on, only of ``label`` if given."""
+    if label is None:
+        return np.arange(index, min(index + count, s.n))
+    found: list[np.ndarray] = []
+    have = 0
+    for start, stop in s.chunks:
+        if stop <= index:
+            continue
+        a = max(start, index)
+        hits = np.flatnonzero(s.labels[a:stop] == label) + a
+        found.append(hits[: count - have])
+        have += len(found[-1])
+        if have >= count:
+            break
+    return np.concatenate(found) if found else np.zeros(0, np.int64)
+
+
+def show_grid(store: str | Path, *, out: str | Path, index: int = 0, label: int | None = None,
+              count: int = 100) -> dict:
+    """Draw a page of digits of ``store`` to ``out``, each titled with row, label and key.
+
+    Parameters
+    ----------
+    store : path
+    out : PNG path
+    index : first row considered
+    label : only rows with this label (0-9, or -1 for unlabelled rows); all rows if None
+    count : digits on the page, 1 to ``MAX_GRID``
+    """
+    s = open_store(store)
+    index = _check_index(s, index)
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) \
+            or not 1 <= count <= MAX_GRID:
+        raise StoreError(f"count must be an integer from 1 to {MAX_GRID}, got {count!r}")
+    if label is not None and (isinstance(label, bool) or not isinstance(label, (int, np.integer))
+                              or label not in (UNKNOWN_LABEL, *range(10))):
+        raise StoreError(f"label must be 0-9 or {UNKNOWN_LABEL} (unlabelled), got {label!r}")
+    rows = grid_rows(s, index=index, label=label, count=int(count))
+    if rows.size == 0:
+        raise StoreError(f"store {s.path} has no rows labelled {label} from row {index} on")
+    images, labels, keys = gallery.fetch_rows(s.images, s.labels, s.keys, rows)
+    titles = [f"row {r}: {'?' if lab == UNKNOWN_LABEL else int(lab)}\n{gallery.short_key(k)}"
+              for r, lab, k in zip(rows.tolist(), labels.tolist(), keys)]
+    if label is None:
+        heading = f"{s.path.name}: rows {rows[0]}-{rows[-1]}"
+    else:
+        what = "unlabelled rows" if label == UNKNOWN_LABEL else f"rows labelled {label}"
+        heading = f"{s.path.name}: the first {len(rows)} {what} from row {index}"
+    gallery.draw_gallery(images, titles, out, title=heading)
+    log.info("drew %d rows of %s to %s", len(rows), s.path, out)
+    return {"rows": int(len(rows)), "first": int(rows[0]), "last": int(rows[-1]),
+            "label": label, "out": str(out)}

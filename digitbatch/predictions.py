@@ -130,11 +130,18 @@ class OutputSpec:
         return dict(self.__dict__)
 
 
-def create_output(out: Path, spec: OutputSpec) -> None:
-    """Create the arrays of a new output (its directory already holds only the lock)."""
+def create_output(out: Path, spec: OutputSpec, *, arrays: bool = True) -> None:
+    """Create a new output (its directory already holds only the lock).
+
+    ``arrays=False`` (archive inputs) leaves the arrays to compaction.
+    """
     g = zarr.open_group(str(out), mode="a")
-    if "pred" in g:
+    if "pred" in g or ATTRS_KEY in g.attrs:
         raise ScoreError(f"{out} already holds predictions: pass --resume to continue it")
+    (out / COMMITS).mkdir(exist_ok=True)
+    if not arrays:
+        g.attrs[ATTRS_KEY] = {"version": OUTPUT_VERSION, **spec.to_dict()}
+        return
     c = spec.chunk_size
     g.create_array("pred", shape=(spec.n,), chunks=(c,), dtype="int8", fill_value=PRED_FILL,
                    compressors=COMPRESSORS)
@@ -182,14 +189,14 @@ def committed(out: Path) -> dict[int, dict]:
 
 def write_chunk(out_path: str, i: int, start: int, stop: int, *, pred: np.ndarray,
                 margin: np.ndarray, proba: np.ndarray | None, keys: np.ndarray,
-                counts: dict) -> None:
-    """Write one chunk's rows, then (only then) its commit record."""
+                counts: dict, prefix: str = "") -> None:
+    """Write one chunk's rows (arrays under ``prefix``), then (only then) its commit record."""
     g = zarr.open_group(out_path, mode="r+")
-    g["pred"][start:stop] = pred
-    g["margin"][start:stop] = margin
+    g[prefix + "pred"][start:stop] = pred
+    g[prefix + "margin"][start:stop] = margin
     if proba is not None:
-        g["proba"][start:stop] = proba
-    g["keys"][start:stop] = keys
+        g[prefix + "proba"][start:stop] = proba
+    g[prefix + "keys"][start:stop] = keys
     record = {"chunk": i, "start": start, "stop": stop,
               **{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in counts.items()}}
     _atomic_write(commit_path(Path(out_path), i), json.dumps(record))
@@ -227,6 +234,7 @@ def open_predictions(out: str | os.PathLike) -> Predictions:
     g = zarr.open_group(str(p), mode="r")
     spec = dict(g.attrs.get(ATTRS_KEY) or {})
     expected = len(chunk_bounds(spec.get("n", 0), spec.get("chunk_size", 1)))
+    # (for archive inputs n counts member slots: commits are per slot chunk)
     missing = sorted(set(range(expected)) - set(committed(p)))
     if missing:
         raise IncompleteOutputError(f"{p} is missing committed chunks {missing[:10]}: rerun with --resume")

@@ -21,7 +21,8 @@ import zarr
 from . import cluster, metrics
 from .errors import ScoreError
 from .kernels import confusion_counts, prediction_histogram
-from .layout import open_store
+from .ingest import DEFAULT_MAX_MEMBER_BYTES
+from .layout import DEFAULT_CHUNK_SIZE, chunk_bounds, open_store, validate_chunk_size
 from .modelio import load_model
 from .predictions import (
     METRICS, SUCCESS, IncompleteOutputError, OutputSpec, check_resume, committed, create_output,
@@ -82,7 +83,7 @@ def reduce_records(records: list[dict], k: int) -> dict:
 
 
 def score(
-    store: str | Path,
+    source: str | Path,
     *,
     model: str | Path,
     out: str | Path,
@@ -90,13 +91,19 @@ def score(
     resume: bool = False,
     proba: bool = False,
     break_lock: bool = False,
+    labels: str | Path | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
 ) -> ScoreResult:
-    """Predict every row of ``store`` with ``model`` into the output group ``out``.
+    """Predict every image of ``source`` with ``model`` into the output group ``out``.
 
     Parameters
     ----------
-    store, model, out : paths
-        Input store, model directory, output group to create.
+    source : path
+        A digitbatch store, or an image directory / tar / zip scored directly
+        (decoded, normalised and labelled as ingest does, no store written).
+    model, out : paths
+        Model directory, output group to create.
     scheduler : str, optional
         See :mod:`digitbatch.cluster`.
     resume : bool
@@ -107,8 +114,11 @@ def score(
         Also write the (N, k) class probabilities.
     break_lock : bool
         Remove a lock left by a run that died.
+    labels : path, optional
+        For archives: a key,label CSV, as ``ingest --labels``.
+    chunk_size : int
+        For archives: members per task and rows per output chunk.
     """
-    s = open_store(store)
     loaded = load_model(model)
     m = loaded.model
     if proba and not m.has_proba:
@@ -116,34 +126,48 @@ def score(
     out = Path(out)
     if out.exists() and not resume:
         raise ScoreError(f"output {out} already exists: choose another --out, or --resume it")
-    spec = OutputSpec(n=s.n, chunk_size=s.chunk_size, n_classes=m.n_classes, proba=bool(proba),
-                      model_sha256=loaded.sha256, input_checksum=s.checksum)
+    plan = _plan(Path(source), m, proba=proba, labels=labels, chunk_size=chunk_size,
+                 limit=max_member_bytes)
+    spec = OutputSpec(n=plan.n, chunk_size=plan.chunk_size, n_classes=m.n_classes,
+                      proba=bool(proba), model_sha256=loaded.sha256,
+                      input_checksum=plan.checksum)
     t0 = time.perf_counter()
     with run_lock(out, break_lock=break_lock):
-        if resume and (out / "pred" / "zarr.json").exists():
+        if resume and (out / "zarr.json").exists() and _has_spec(out):
             check_resume(out, spec)
         else:
-            create_output(out, spec)
+            create_output(out, spec, arrays=plan.archive is None)
         if (out / SUCCESS).exists():
             log.info("%s is already complete", out)
             return ScoreResult(str(out), open_metrics(out))
+        if plan.prepare is not None:
+            plan.prepare(out)
+        plan.kwargs["out_path"] = str(out)
         done = committed(out)
-        todo = [(i, a, b) for i, (a, b) in enumerate(s.chunks) if i not in done]
-        log.info("scoring %d of %d chunks (%d committed before)", len(todo), len(s.chunks), len(done))
-        _run(todo, scheduler, store_path=str(s.path), out_path=str(out), model=m, proba=proba)
+        todo = plan.tasks(set(done))
+        log.info("scoring %d of %d chunks (%d committed before)", len(todo), plan.n_chunks,
+                 len(done))
+        _run(todo, scheduler, plan.fn, plan.kwargs, broadcast=plan.broadcast)
         records = committed(out)
-        missing = sorted(set(range(len(s.chunks))) - set(records))
+        missing = sorted(set(range(plan.n_chunks)) - set(records))
         if missing:
             raise IncompleteOutputError(f"chunks {missing[:10]} of {out} were not committed")
+        ordered = [records[i] for i in sorted(records)]
+        if plan.archive is not None:
+            from .score_archive import compact
+
+            compact(out, chunk_size=plan.chunk_size, n_classes=m.n_classes, proba=proba)
         seconds = time.perf_counter() - t0
-        n_this_run = sum(b - a for _, a, b in todo)
-        total = reduce_records([records[i] for i in sorted(records)], m.n_classes)
+        n_this_run = sum(len(t[2]) if plan.archive is not None else t[2] - t[1] for t in todo)
+        total = reduce_records(ordered, m.n_classes)
+        rejects = [r for rec in ordered for r in rec.get("rejects", [])]
         result = metrics.summarize(total["confusion"])
         result.update({
             "n_images": total["n"],
             "n_scored": total["n"],
-            "n_rejected": int(s.meta.get("n_rejects", 0)),
+            "n_rejected": plan.n_rejected + len(rejects),
             "n_unlabeled": total["n_unlabeled"],
+            "rejects": rejects[:1000],
             "prediction_histogram": total["hist"].tolist(),
             "classes": [int(c) for c in m.classes],
             "target": "multiclass" if m.binary_digit is None else f"is-{m.binary_digit}",
@@ -153,11 +177,78 @@ def score(
             "images_per_second": round(n_this_run / seconds, 1) if seconds > 0 else None,
             "resumed": bool(done),
             "model": {"path": str(loaded.path), "name": m.name, "sha256": loaded.sha256},
-            "input": {"path": str(s.path), "checksum": s.checksum},
+            "input": plan.input,
         })
         finalize(out, result)
     log.info("scored %d images in %.2f s (accuracy %s)", n_this_run, seconds, result["accuracy"])
     return ScoreResult(str(out), result)
+
+
+def _has_spec(out: Path) -> bool:
+    from .predictions import ATTRS_KEY
+
+    return ATTRS_KEY in zarr.open_group(str(out), mode="r").attrs
+
+
+@dataclass
+class _Plan:
+    """What one scoring run maps over: a store's chunks or an archive's slot chunks."""
+
+    n: int
+    chunk_size: int
+    checksum: str
+    input: dict
+    n_rejected: int
+    fn: object
+    kwargs: dict
+    broadcast: dict
+    tasks_of: object
+    n_chunks: int
+    archive: object = None
+    prepare: object = None  # called with the output path before tasks run
+
+    def tasks(self, done: set[int]) -> list:
+        return self.tasks_of(done)
+
+
+def _plan(source: Path, model, *, proba, labels, chunk_size, limit) -> _Plan:
+    if (source / "zarr.json").exists() or not source.exists():
+        if labels is not None:
+            raise ScoreError("--labels applies to archives; a store already holds its labels")
+        s = open_store(source)
+        chunks = s.chunks
+        return _Plan(
+            n=s.n, chunk_size=s.chunk_size, checksum=s.checksum,
+            input={"path": str(s.path), "kind": "store", "checksum": s.checksum},
+            n_rejected=int(s.meta.get("n_rejects", 0)),
+            fn=score_chunk, kwargs={"store_path": str(s.path), "proba": proba},
+            broadcast={"model": model}, n_chunks=len(chunks),
+            tasks_of=lambda done: [(i, a, b) for i, (a, b) in enumerate(chunks) if i not in done],
+        )
+    from .score_archive import create_staging, fingerprint, list_slots, score_slots, tasks
+    from .sources.labels import load_labels
+
+    chunk_size = validate_chunk_size(chunk_size)
+    label_map = load_labels(labels) if labels is not None else None
+    kind, seekable, entries = list_slots(source, limit=limit)
+    checksum = fingerprint(source, entries)
+    n_chunks = len(chunk_bounds(len(entries), chunk_size))
+
+    def tasks_of(done):
+        return list(tasks(entries, chunk_size, done))
+
+    plan = _Plan(
+        n=len(entries), chunk_size=chunk_size, checksum=checksum,
+        input={"path": str(source.resolve()), "kind": f"archive ({kind})", "checksum": checksum,
+               "n_members": len(entries), "labels_file": str(labels) if labels else None},
+        n_rejected=0, fn=score_slots,
+        kwargs={"proba": proba, "container": str(source), "kind": kind, "limit": limit},
+        broadcast={"model": model, "labels": label_map}, n_chunks=n_chunks,
+        tasks_of=tasks_of, archive=(kind, seekable),
+        prepare=lambda out: create_staging(out, n=len(entries), chunk_size=chunk_size,
+                                           n_classes=model.n_classes, proba=proba),
+    )
+    return plan
 
 
 def open_metrics(out: Path) -> dict:
@@ -166,22 +257,20 @@ def open_metrics(out: Path) -> dict:
     return json.loads((Path(out) / SUCCESS).read_text())
 
 
-def _run(todo, scheduler, *, store_path, out_path, model, proba) -> None:
+def _run(todo, scheduler, fn, kwargs, *, broadcast) -> None:
     if not todo:
         return
     with cluster.executor(scheduler) as ex:
         if ex.client is None:
             for task in todo:
-                score_chunk(task, store_path=store_path, out_path=out_path, model=model,
-                            proba=proba)
+                fn(task, **kwargs, **broadcast)
             return
         from distributed import as_completed
 
         client = ex.client
-        # The model goes to each worker once; tasks refer to it (dask-ml#842).
-        model_future = client.scatter(model, broadcast=True, hash=False)
-        futures = client.map(score_chunk, todo, store_path=store_path, out_path=out_path,
-                             model=model_future, proba=proba, pure=False, retries=TASK_RETRIES)
+        # The model (and labels) go to each worker once; tasks refer to them (dask-ml#842).
+        shared = {k: client.scatter(v, broadcast=True, hash=False) if v is not None else None
+                  for k, v in broadcast.items()}
+        futures = client.map(fn, todo, **kwargs, **shared, pure=False, retries=TASK_RETRIES)
         for fut in as_completed(futures):
             fut.result()
-        del model_future

@@ -44,6 +44,7 @@ __all__ = [
     "MAX_SIDE",
     "Member",
     "decode_batch",
+    "decode_one",
     "detect_image_source",
     "iter_members",
     "to_mnist",
@@ -86,11 +87,11 @@ def decode_batch(items: list[tuple[str, bytes, int | None]]) -> Batch:
     rejects: list[Reject] = []
     with warnings.catch_warnings():
         # Pillow only warns between MAX_IMAGE_PIXELS and twice that. The
-        # explicit size check in _decode_one decides even where another
+        # explicit size check in decode_one decides even where another
         # thread's catch_warnings has changed the filters under us.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         for key, data, label in items:
-            out = _decode_one(data)
+            out = decode_one(data)
             if isinstance(out, str):
                 rejects.append(Reject(key, out))
             else:
@@ -112,7 +113,7 @@ def _detail(exc: BaseException) -> str:
     return text if len(text) <= _MAX_DETAIL else text[: _MAX_DETAIL - 3] + "..."
 
 
-def _decode_one(data: bytes) -> np.ndarray | str:
+def decode_one(data: bytes) -> np.ndarray | str:
     """The MNIST-form image, or a reject reason."""
     if not data:
         return "empty-image: zero-byte file"

@@ -1,0 +1,156 @@
+"""Pages of digits and the report's charts (matplotlib, Agg backend).
+
+The drawing functions take plain numpy arrays and strings and write one PNG;
+they know nothing of stores or predictions, so :mod:`digitbatch.plots` (the
+``show --grid`` page) and :mod:`digitbatch.report` share them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# Inches per gallery panel: a 28x28 digit plus three short title lines.
+PANEL_W, PANEL_H = 1.35, 1.75
+HEADER_IN = 0.55
+TITLE_FONT = 6.5
+MAX_COLS = 12
+DPI = 100
+
+
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend (no display is ever needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def short_key(key: str, width: int = 24) -> str:
+    """``key`` cut to ``width`` characters, keeping its end (the file name)."""
+    key = str(key)
+    return key if len(key) <= width else "\u2026" + key[-(width - 1):]
+
+
+def fetch_rows(images, labels, keys, rows: Sequence[int]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Images, labels and keys of a few ``rows`` of Zarr arrays, read by orthogonal index."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if rows.size == 0:
+        return np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.int8), []
+    return (np.asarray(images.oindex[rows]), np.asarray(labels.oindex[rows]),
+            [str(k) for k in keys.oindex[rows]])
+
+
+def draw_gallery(images: np.ndarray, titles: Sequence[str], out: str | Path, *, title: str,
+                 colors: Sequence[str] | None = None, ncols: int | None = None,
+                 empty_text: str = "nothing to show") -> Path:
+    """A page of digits (binary cmap, nearest, no axes), one title per panel, to ``out``.
+
+    Parameters
+    ----------
+    images : (n, 28, 28) uint8
+    titles : n strings, a few short lines each
+    out : PNG path
+    title : the page's heading
+    colors : optional colour per panel title (e.g. red for mistakes)
+    ncols : panels a row (default: about square, at most 12)
+    empty_text : written on the page when ``images`` is empty
+    """
+    plt = pyplot()
+    images = np.asarray(images)
+    n = int(images.shape[0])
+    if len(titles) != n:
+        raise ValueError(f"got {n} images but {len(titles)} titles")
+    if n == 0:
+        fig = plt.figure(figsize=(6, 1.6), dpi=DPI)
+        fig.text(0.5, 0.7, title, ha="center", va="center", fontsize=11, weight="bold")
+        fig.text(0.5, 0.35, empty_text, ha="center", va="center", fontsize=10, color="0.3")
+        fig.savefig(out)
+        plt.close(fig)
+        return Path(out)
+    ncols = max(1, min(n, ncols or min(MAX_COLS, math.ceil(math.sqrt(n)))))
+    nrows = math.ceil(n / ncols)
+    width = max(ncols * PANEL_W, 4.5)
+    height = nrows * PANEL_H + HEADER_IN
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width, height), dpi=DPI, squeeze=False)
+    # Panels are placed by hand: tight/constrained layout costs seconds at 100 panels.
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01 * 6 / height,
+                        top=1 - HEADER_IN / height, wspace=0.08, hspace=0.55)
+    fig.suptitle(title, fontsize=11, weight="bold", y=1 - 0.12 / height, va="top")
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= n:
+            continue
+        ax.imshow(images[i], cmap="binary", interpolation="nearest", vmin=0, vmax=255)
+        ax.set_title(titles[i], fontsize=TITLE_FONT, color=(colors[i] if colors else "black"),
+                     linespacing=1.15, pad=2)
+    fig.savefig(out)
+    plt.close(fig)
+    log.debug("drew %d digits to %s", n, out)
+    return Path(out)
+
+
+def draw_confusion(cm: np.ndarray, names: Sequence[str], out: str | Path, *, title: str) -> Path:
+    """Heatmap of ``cm`` (rows true, columns predicted): counts in the cells, row-normalised shading."""
+    plt = pyplot()
+    cm = np.asarray(cm, dtype=np.int64)
+    k = cm.shape[0]
+    rows = cm.sum(axis=1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = np.where(rows > 0, cm / np.maximum(rows, 1), 0.0)
+    side = 2.2 + 0.55 * k
+    fig, ax = plt.subplots(figsize=(side + 1.2, side), dpi=DPI)
+    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+    bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    bar.set_label("share of the true class's row", fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+    font = 10 if k <= 4 else (8 if cm.max(initial=0) < 10_000 else 6.5)
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, f"{cm[i, j]:,}", ha="center", va="center", fontsize=font,
+                    color="white" if share[i, j] > 0.5 else "black",
+                    weight="bold" if i == j else "normal")
+    ax.set_xticks(range(k), names, fontsize=9)
+    ax.set_yticks(range(k), names, fontsize=9)
+    ax.set_xlabel("predicted", fontsize=10)
+    ax.set_ylabel("true", fontsize=10)
+    ax.set_title(title, fontsize=10)
+    ax.tick_params(length=0)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return Path(out)
+
+
+def draw_per_class(per_class: dict, names: Sequence[str], out: str | Path, *, title: str) -> Path:
+    """Grouped bars of precision, recall and F1 per class; support under each class name."""
+    plt = pyplot()
+    k = len(names)
+    keys = [str(i) for i in range(k)]
+    x = np.arange(k)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.0 + 0.75 * k), 3.8), dpi=DPI)
+    w = 0.27
+    for off, metric, color in ((-w, "precision", "#4c72b0"), (0.0, "recall", "#dd8452"),
+                               (w, "f1", "#55a868")):
+        vals = [per_class.get(c, {}).get(metric, 0.0) for c in keys]
+        ax.bar(x + off, vals, width=w, label="F1" if metric == "f1" else metric, color=color)
+    ax.set_xticks(x, [f"{n}\nn={per_class.get(c, {}).get('support', 0):,}"
+                      for n, c in zip(names, keys)], fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("score", fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    ax.legend(fontsize=8, ncols=3, loc="lower center", framealpha=0.9)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return Path(out)

@@ -1,0 +1,118 @@
+"""Scoring an archive directly equals ingest-then-score, with rejects and resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import zarr
+
+from digitbatch.ingest import ingest
+from digitbatch.predictions import commit_path, open_predictions
+from digitbatch.score import score
+from digitbatch.train import train
+
+from .test_ingest import digit_members, make_tar, make_zip, png_bytes
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    from .conftest import synthetic_digits, write_idx
+
+    tmp = tmp_path_factory.mktemp("m")
+    x, y = synthetic_digits(900, seed=9)
+    write_idx(tmp / "idx", x[:700], y[:700])
+    write_idx(tmp / "idx", x[700:], y[700:], prefix="t10k")
+    ingest(tmp / "idx", tmp / "s.zarr")
+    train(tmp / "s.zarr", tmp / "model", seed=0)
+    return tmp / "model"
+
+
+def _container(tmp_path, kind):
+    members, x, _ = digit_members(600, seed=3)
+    members["bad/broken.png"] = png_bytes(x[0])[:30]
+    members["../evil.png"] = png_bytes(x[1])
+    members["notes.txt"] = b"not an image"
+    if kind == "tar.gz":
+        return make_tar(tmp_path / "a.tar.gz", members)
+    if kind == "tar":
+        return make_tar(tmp_path / "a.tar", members, mode="w")
+    if kind == "zip":
+        return make_zip(tmp_path / "a.zip", members)
+    root = tmp_path / "dir"
+    for name, data in members.items():
+        if name.startswith(".."):
+            continue
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    return root
+
+
+def _outputs(out):
+    g = zarr.open_group(str(out), mode="r")
+    return {n: g[n][:] for n in ("pred", "margin", "proba", "keys") if n in g}
+
+
+@pytest.mark.parametrize("kind", ["tar.gz", "tar", "zip", "dir"])
+def test_archive_equals_ingest_then_score(tmp_path, model, kind):
+    src = _container(tmp_path, kind)
+    ingest(src, tmp_path / "in.zarr", chunk_size=256, max_rejects=10, scheduler="synchronous")
+    a = score(tmp_path / "in.zarr", model=model, out=tmp_path / "a.zarr", proba=True,
+              scheduler="synchronous")
+    b = score(src, model=model, out=tmp_path / "b.zarr", proba=True, chunk_size=256,
+              scheduler="synchronous")
+    for name, want in _outputs(tmp_path / "a.zarr").items():
+        got = _outputs(tmp_path / "b.zarr")[name]
+        if name == "keys":
+            assert list(got) == list(want)
+        else:
+            np.testing.assert_array_equal(got, want)
+    assert b.metrics["confusion_matrix"] == a.metrics["confusion_matrix"]
+    assert b.metrics["n_images"] == a.metrics["n_images"] == 600
+    assert b.metrics["n_rejected"] == a.metrics["n_rejected"]
+    assert {k for k, _ in b.metrics["rejects"]} >= {"bad/broken.png", "notes.txt"}
+    assert not (tmp_path / "b.zarr" / "_staging").exists()
+    assert open_predictions(tmp_path / "b.zarr").metrics["n_images"] == 600
+
+
+def test_archive_on_local_cluster_with_labels_csv(tmp_path, model):
+    src = _container(tmp_path, "zip")
+    members, _, _ = digit_members(600, seed=3)
+    first, second = list(members)[:2]
+    csv = tmp_path / "l.csv"
+    csv.write_text(f"key,label\n{first},7\n{second},12\n")
+    r = score(src, model=model, out=tmp_path / "p.zarr", labels=csv, chunk_size=256,
+              scheduler="local")
+    reasons = {k: v.split(":")[0] for k, v in r.metrics["rejects"]}
+    assert reasons[second] == "bad-label"
+    assert r.metrics["n_images"] == 599 and r.metrics["n_rejected"] == 4
+    keys = list(zarr.open_group(str(tmp_path / "p.zarr"))["keys"][:])
+    assert first in keys and second not in keys
+
+
+@pytest.mark.parametrize("kill_after", [0, 1, 2])
+def test_archive_resume_is_identical(tmp_path, model, kill_after):
+    from digitbatch.score import _plan
+    from digitbatch.modelio import load_model
+    from digitbatch.predictions import OutputSpec, create_output
+    from digitbatch.score_archive import create_staging, score_slots, tasks
+
+    src = _container(tmp_path, "tar")
+    score(src, model=model, out=tmp_path / "ref.zarr", chunk_size=256, scheduler="synchronous")
+    loaded = load_model(model)
+    plan = _plan(src, loaded.model, proba=False, labels=None, chunk_size=256, limit=1 << 24)
+    out = tmp_path / "k.zarr"
+    out.mkdir()
+    create_output(out, OutputSpec(plan.n, 256, 10, False, loaded.sha256, plan.checksum),
+                  arrays=False)
+    plan.prepare(out)
+    for t in plan.tasks(set())[:kill_after]:
+        score_slots(t, out_path=str(out), model=loaded.model, labels=None, **plan.kwargs)
+    r = score(src, model=model, out=out, chunk_size=256, resume=True, scheduler="synchronous")
+    ref = json.loads((tmp_path / "ref.zarr" / "_SUCCESS").read_text())
+    assert r.metrics["confusion_matrix"] == ref["confusion_matrix"]
+    for name, want in _outputs(tmp_path / "ref.zarr").items():
+        got = _outputs(out)[name]
+        assert list(got) == list(want) if name == "keys" else np.array_equal(got, want,
+                                                                                equal_nan=True)
