@@ -32,8 +32,12 @@ test: $(VENV)/.stamp-test
 test-long: $(VENV)/.stamp-test
 	$(BIN)/python -m pytest -m long -q
 
+# dask-ml is a baseline of `bench score` only, never a dependency.
 bench: $(VENV)/.stamp-test
+	$(BIN)/python -m pip install --quiet dask-ml
 	$(BIN)/digitbatch bench ingest
+	$(BIN)/digitbatch bench train
+	$(BIN)/digitbatch bench score
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) build *.egg-info

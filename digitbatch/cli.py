@@ -299,5 +299,20 @@ def bench_train(mnist_dir, workdir, cv, no_reference, incremental_n):
         click.echo(line)
 
 
+@bench.command("score")
+@click.option("--mnist-dir", default=None, type=click.Path(), help="MNIST IDX directory.")
+@click.option("--workdir", default=None, type=click.Path(), help="Scratch directory (default: a temp dir).")
+@click.option("--n", "n", default=4_000_000, show_default=True, type=int, help="Images in the big store.")
+@click.option("--n-small", default=1_000_000, show_default=True, type=int,
+              help="Images in the small store (memory flat in N; also the ceiling's input).")
+def bench_score(mnist_dir, workdir, n, n_small):
+    """Scoring against the bare-kernel ceiling, naive numpy and dask-ml."""
+    from .bench.score import run
+
+    for line in run(mnist_dir=mnist_dir, workdir=workdir, n=n, n_small=n_small,
+                    n_naive=min(n_small, 1_000_000)):
+        click.echo(line)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

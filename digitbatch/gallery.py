@@ -16,9 +16,9 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-# Inches per gallery panel: a 28x28 digit plus three short title lines.
-PANEL_W, PANEL_H = 1.35, 1.75
-HEADER_IN = 0.55
+# Inches: the width of a gallery panel (its image is square) and the page heading.
+PANEL_W = 1.35
+HEADER_IN = 0.45
 TITLE_FONT = 6.5
 MAX_COLS = 12
 DPI = 100
@@ -78,17 +78,23 @@ def draw_gallery(images: np.ndarray, titles: Sequence[str], out: str | Path, *, 
         return Path(out)
     ncols = max(1, min(n, ncols or min(MAX_COLS, math.ceil(math.sqrt(n)))))
     nrows = math.ceil(n / ncols)
+    # Placed by hand in inches (tight/constrained layout costs seconds at 100 panels):
+    # each panel is its title lines over a square image.
+    lines = max(str(t).count("\n") + 1 for t in titles)
+    title_in = lines * TITLE_FONT * 1.22 / 72 + 0.06
+    cell_h = PANEL_W + title_in
     width = max(ncols * PANEL_W, 4.5)
-    height = nrows * PANEL_H + HEADER_IN
-    fig, axes = plt.subplots(nrows, ncols, figsize=(width, height), dpi=DPI, squeeze=False)
-    # Panels are placed by hand: tight/constrained layout costs seconds at 100 panels.
-    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01 * 6 / height,
-                        top=1 - HEADER_IN / height, wspace=0.08, hspace=0.55)
-    fig.suptitle(title, fontsize=11, weight="bold", y=1 - 0.12 / height, va="top")
-    for i, ax in enumerate(axes.flat):
+    height = HEADER_IN + nrows * cell_h + 0.05
+    fig = plt.figure(figsize=(width, height), dpi=DPI)
+    fig.text(0.5, 1 - 0.1 / height, title, ha="center", va="top", fontsize=11, weight="bold")
+    x0 = (width - ncols * PANEL_W) / 2
+    side = PANEL_W - 0.1
+    for i in range(n):
+        r, c = divmod(i, ncols)
+        top = HEADER_IN + r * cell_h + title_in
+        ax = fig.add_axes(((x0 + c * PANEL_W + 0.05) / width, 1 - (top + side) / height,
+                           side / width, side / height))
         ax.axis("off")
-        if i >= n:
-            continue
         ax.imshow(images[i], cmap="binary", interpolation="nearest", vmin=0, vmax=255)
         ax.set_title(titles[i], fontsize=TITLE_FONT, color=(colors[i] if colors else "black"),
                      linespacing=1.15, pad=2)

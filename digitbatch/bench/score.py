@@ -1,0 +1,165 @@
+"""``digitbatch bench score``: scoring at archive scale against its ceiling and baselines.
+
+In one run, on a store of shifted MNIST images:
+
+- the ceiling: the bare per-chunk kernel (uint8 -> float32, matrix product,
+  argmax) on in-memory arrays with both cores, no I/O;
+- digitbatch ``score`` end to end on a 2-worker LocalCluster (linear ``sgd``);
+- a naive baseline: everything loaded with numpy, one ``model.predict`` call
+  (on fewer images: at 4M it needs ~25 GB of float64);
+- dask-ml's ``ParallelPostFit(model).predict`` on the same store (when
+  dask-ml is installed: ``make bench`` installs it);
+- the same end-to-end run at 1M images, to show memory is flat in N;
+- ``sgd-kernel``: its bare kernel against digitbatch ``score``.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from . import HEADER, find_mnist, measure
+
+log = logging.getLogger(__name__)
+
+
+def _threads(fn, parts, workers=2):
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(fn, parts))
+
+
+def bare_linear(images: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The ceiling kernel: uint8 -> float32, one product, argmax."""
+    return np.argmax(images.reshape(images.shape[0], -1).astype(np.float32) @ W + b, axis=1)
+
+
+def run(*, mnist_dir=None, workdir=None, n: int = 4_000_000, n_small: int = 1_000_000,
+        n_naive: int = 1_000_000, n_kernel: int = 300_000, dask_ml: bool = True) -> Iterator[str]:
+    from threadpoolctl import threadpool_limits
+
+    from .. import cluster
+    from ..ingest import ingest
+    from ..layout import open_store
+    from ..modelio import load_model
+    from ..score import score
+    from ..train import train
+    from .data import make_shifted_store
+
+    mnist = find_mnist(mnist_dir)
+    own_tmp = workdir is None
+    work = Path(tempfile.mkdtemp(prefix="digitbatch-bench-")) if own_tmp else Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        if not (work / "mnist.zarr").exists():
+            ingest(mnist, work / "mnist.zarr")
+        models = {}
+        for name in ("sgd", "sgd-kernel"):
+            path = work / f"score-model-{name}"
+            if not path.exists():
+                train(work / "mnist.zarr", path, model=name)
+            models[name] = path
+        big = make_shifted_store(work / f"shifted-{n}.zarr", n=n, mnist_dir=mnist)
+        small = make_shifted_store(work / f"shifted-{n_small}.zarr", n=n_small, mnist_dir=mnist)
+        kern = make_shifted_store(work / f"shifted-{n_kernel}.zarr", n=n_kernel, mnist_dir=mnist)
+        lin = load_model(models["sgd"]).model
+        W = lin.head.weights.astype(np.float32)
+        b = lin.head.intercept.astype(np.float32)
+        c = big.chunk_size
+        yield (f"store: {big.n:,} shifted MNIST images, chunks of {c:,}, "
+               f"{_du(big.path) / 2**30:.2f} GiB on disk")
+        yield HEADER
+
+        # ceiling: in-memory chunks, both cores, no I/O (1M images in RAM)
+        mem = small.images[:]
+        parts = [mem[a:a + c] for a in range(0, mem.shape[0], c)]
+        with threadpool_limits(1):
+            _threads(lambda p: bare_linear(p, W, b), parts[:2])  # warm up
+            with measure("ceiling: bare kernel, 2 threads, in memory", mem.shape[0]) as ceil:
+                _threads(lambda p: bare_linear(p, W, b), parts)
+        del parts
+        yield ceil.row()
+
+        results = {}
+        for label, store in (("4M", big), ("1M", small)):
+            out = work / f"pred-{label}.zarr"
+            shutil.rmtree(out, ignore_errors=True)
+            with measure(f"digitbatch score, 2-worker LocalCluster, {label}", store.n) as m:
+                score(store.path, model=models["sgd"], out=out, scheduler="local")
+            results[label] = m
+            yield m.row(ceil)
+
+        with cluster.client("local", n_workers=2) as cl:
+            out = work / "pred-warm.zarr"
+            shutil.rmtree(out, ignore_errors=True)
+            with measure("  same, cluster already running, 4M", big.n) as warm:
+                score(big.path, model=models["sgd"], out=out, scheduler=cl.scheduler.address)
+            yield warm.row(ceil)
+            if dask_ml:
+                yield _dask_ml_row(big, models["sgd"], ceil)
+
+        # naive: everything in memory, one sklearn predict call
+        pipe = _sklearn_pipeline(models["sgd"])
+        with measure(f"naive numpy: load all + one predict ({n_naive / 1e6:.0f}M)", n_naive) as nv:
+            x = small.images[:n_naive].reshape(n_naive, -1)
+            pipe.predict(x)
+            del x
+        yield nv.row(ceil)
+
+        # sgd-kernel: its own bare kernel against digitbatch score
+        km = load_model(models["sgd-kernel"]).model
+        kmem = kern.images[:]
+        kparts = [kmem[a:a + 8192] for a in range(0, kmem.shape[0], 8192)]
+        with threadpool_limits(1):
+            with measure("sgd-kernel ceiling: features + kernel, 2 threads", kmem.shape[0]) as kc:
+                _threads(lambda p: km.head.predict(km.featurize(p)), kparts)
+        yield kc.row()
+        out = work / "pred-kernel.zarr"
+        shutil.rmtree(out, ignore_errors=True)
+        with measure("sgd-kernel: digitbatch score, LocalCluster", kern.n) as ks:
+            score(kern.path, model=models["sgd-kernel"], out=out, scheduler="local")
+        yield ks.row(kc)
+        yield ""
+        yield (f"end to end / ceiling: {results['4M'].rate / ceil.rate:.2f} "
+               f"(warm cluster {warm.rate / ceil.rate:.2f}); vs naive numpy: "
+               f"{results['4M'].rate / nv.rate:.1f}x; peak RSS 1M {results['1M'].peak_rss / 2**20:.0f}"
+               f" MiB vs 4M {results['4M'].peak_rss / 2**20:.0f} MiB")
+    finally:
+        if own_tmp:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _du(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def _sklearn_pipeline(model_path):
+    """The plain scikit-learn equivalent of a saved linear model (for the baselines)."""
+    from sklearn.linear_model import SGDClassifier
+
+    from ..modelio import load_model
+
+    m = load_model(model_path).model
+    clf = SGDClassifier(loss=m.loss)
+    clf.coef_ = m.head.weights.T.copy()
+    clf.intercept_ = m.head.intercept.copy()
+    clf.classes_ = m.classes
+    return clf
+
+
+def _dask_ml_row(store, model_path, ceil) -> str:
+    try:
+        import dask.array as da
+        from dask_ml.wrappers import ParallelPostFit
+    except ImportError:
+        return "dask-ml not installed: `make bench` installs it (pip install dask-ml)"
+    clf = _sklearn_pipeline(model_path)
+    x = da.from_zarr(store.images).reshape(store.n, 784)
+    with measure("dask-ml ParallelPostFit(model).predict, 4M", store.n) as m:
+        ParallelPostFit(estimator=clf).predict(x).compute()
+    return m.row(ceil)
