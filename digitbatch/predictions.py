@@ -150,7 +150,8 @@ def create_output(out: Path, spec: OutputSpec, *, arrays: bool = True) -> None:
     if spec.proba:
         g.create_array("proba", shape=(spec.n, spec.n_classes), chunks=(c, spec.n_classes),
                        dtype="float32", fill_value=np.nan, compressors=COMPRESSORS)
-    g.create_array("keys", shape=(spec.n,), chunks=(c,), dtype=str)
+    g.create_array("keys", shape=(spec.n,), chunks=(c,), dtype=str,
+                   config={"write_empty_chunks": True})
     (out / COMMITS).mkdir(exist_ok=True)
     g.attrs[ATTRS_KEY] = {"version": OUTPUT_VERSION, **spec.to_dict()}
 
@@ -188,7 +189,7 @@ def committed(out: Path) -> dict[int, dict]:
 
 
 def write_chunk(out_path: str, i: int, start: int, stop: int, *, pred: np.ndarray,
-                margin: np.ndarray, proba: np.ndarray | None, keys: np.ndarray,
+                margin: np.ndarray, proba: np.ndarray | None, keys: np.ndarray | None,
                 counts: dict, prefix: str = "") -> None:
     """Write one chunk's rows (arrays under ``prefix``), then (only then) its commit record."""
     g = zarr.open_group(out_path, mode="r+")
@@ -196,7 +197,8 @@ def write_chunk(out_path: str, i: int, start: int, stop: int, *, pred: np.ndarra
     g[prefix + "margin"][start:stop] = margin
     if proba is not None:
         g[prefix + "proba"][start:stop] = proba
-    g[prefix + "keys"][start:stop] = keys
+    if keys is not None:  # (None: the caller copied the keys chunk already)
+        g[prefix + "keys"][start:stop] = keys
     record = {"chunk": i, "start": start, "stop": stop,
               **{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in counts.items()}}
     _atomic_write(commit_path(Path(out_path), i), json.dumps(record))

@@ -22,7 +22,9 @@ from . import cluster, metrics
 from .errors import ScoreError
 from .kernels import confusion_counts, prediction_histogram
 from .ingest import DEFAULT_MAX_MEMBER_BYTES
-from .layout import DEFAULT_CHUNK_SIZE, chunk_bounds, open_store, validate_chunk_size
+from .layout import (
+    DEFAULT_CHUNK_SIZE, chunk_bounds, copy_chunk, open_store, read_rows, validate_chunk_size,
+)
 from .modelio import load_model
 from .predictions import (
     METRICS, SUCCESS, IncompleteOutputError, OutputSpec, check_resume, committed, create_output,
@@ -51,9 +53,11 @@ def score_chunk(task: tuple[int, int, int], *, store_path: str, out_path: str, m
     """Score rows ``[start, stop)`` of chunk ``i``: write them, then commit. Returns ``i``."""
     i, start, stop = task
     src = zarr.open_group(store_path, mode="r")
-    images = src["images"][start:stop]
-    labels = model.target(src["labels"][start:stop])
-    keys = src["keys"][start:stop]
+    images = read_rows(src["images"], i)
+    labels = model.target(read_rows(src["labels"], i))
+    if images.shape[0] != stop - start:
+        raise ScoreError(f"chunk {i} of {store_path}: {images.shape[0]} rows, expected {stop - start}")
+    copy_chunk(src["keys"], zarr.open_group(out_path, mode="r+")["keys"], i)
     pred, margin, probs = model.score_chunk(images)
     pred = pred.astype(np.int8)
     k = model.n_classes
@@ -61,7 +65,7 @@ def score_chunk(task: tuple[int, int, int], *, store_path: str, out_path: str, m
               "hist": prediction_histogram(pred, k),
               "n": stop - start, "n_unlabeled": int(np.count_nonzero(labels < 0))}
     write_chunk(out_path, i, start, stop, pred=pred, margin=margin,
-                proba=probs if proba else None, keys=keys, counts=counts)
+                proba=probs if proba else None, keys=None, counts=counts)
     return i
 
 

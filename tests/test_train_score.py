@@ -292,3 +292,18 @@ def test_proba_and_margin(tmp_path, small_store, trained, model_dir):
     np.testing.assert_allclose(g["proba"][:], want, atol=2e-5)
     top2 = np.sort(want, axis=1)[:, -2:]
     np.testing.assert_allclose(g["margin"][:], top2[:, 1] - top2[:, 0], atol=2e-5)
+
+
+@pytest.mark.parametrize("damage", ["missing", "corrupt"])
+def test_damaged_store_chunk_is_an_error(tmp_path, small_store, model_dir, damage):
+    import shutil
+    store = tmp_path / "copy.zarr"
+    shutil.copytree(small_store, store)
+    chunk = store / "images" / "c" / "1" / "0" / "0"
+    if damage == "missing":
+        chunk.unlink()
+    else:
+        chunk.write_bytes(b"\x02\x01garbage" * 10)
+    with pytest.raises(StoreError, match=f"chunk 1 of .* is {damage}"):
+        score(store, model=model_dir, out=tmp_path / "p.zarr", scheduler="synchronous")
+    assert not (tmp_path / "p.zarr" / "_SUCCESS").exists()
