@@ -225,7 +225,8 @@ def show(store, index, out, grid, label, count):
 @click.option("--out", required=True, type=click.Path(),
               help="Directory for the PNGs and report.html (created; its report files replaced).")
 @click.option("--store", type=click.Path(), default=None,
-              help="Input store for the galleries' images (default: the path in metrics.json).")
+              help="The run's input (store, or archive scored directly), for the galleries' "
+                   "images, when it moved (default: the path in metrics.json).")
 @click.option("--top", type=int, default=36, show_default=True,
               help="Digits in each gallery (at most 400).")
 def report(pred, out, store, top):

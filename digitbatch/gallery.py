@@ -83,15 +83,18 @@ def draw_gallery(images: np.ndarray, titles: Sequence[str], out: str | Path, *, 
     lines = max(str(t).count("\n") + 1 for t in titles)
     title_in = lines * TITLE_FONT * 1.22 / 72 + 0.06
     cell_h = PANEL_W + title_in
-    width = max(ncols * PANEL_W, 4.5)
-    height = HEADER_IN + nrows * cell_h + 0.05
+    # about 0.09 in a character of the 11 pt bold heading
+    heading_lines = title.split("\n")
+    width = max(ncols * PANEL_W, 4.5, 0.09 * max(map(len, heading_lines)) + 0.4)
+    header = HEADER_IN + 0.2 * (len(heading_lines) - 1)
+    height = header + nrows * cell_h + 0.05
     fig = plt.figure(figsize=(width, height), dpi=DPI)
     fig.text(0.5, 1 - 0.1 / height, title, ha="center", va="top", fontsize=11, weight="bold")
     x0 = (width - ncols * PANEL_W) / 2
     side = PANEL_W - 0.1
     for i in range(n):
         r, c = divmod(i, ncols)
-        top = HEADER_IN + r * cell_h + title_in
+        top = header + r * cell_h + title_in
         ax = fig.add_axes(((x0 + c * PANEL_W + 0.05) / width, 1 - (top + side) / height,
                            side / width, side / height))
         ax.axis("off")
@@ -150,11 +153,12 @@ def draw_per_class(per_class: dict, names: Sequence[str], out: str | Path, *, ti
         ax.bar(x + off, vals, width=w, label="F1" if metric == "f1" else metric, color=color)
     ax.set_xticks(x, [f"{n}\nn={per_class.get(c, {}).get('support', 0):,}"
                       for n, c in zip(names, keys)], fontsize=8)
-    ax.set_ylim(0, 1.05)
+    ax.set_ylim(0, 1.16)  # room for the legend above the bars
+    ax.set_yticks(np.linspace(0, 1, 6))
     ax.set_ylabel("score", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
-    ax.legend(fontsize=8, ncols=3, loc="lower center", framealpha=0.9)
+    ax.legend(fontsize=8, ncols=3, loc="upper center", frameon=False)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(out)

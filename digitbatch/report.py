@@ -1,7 +1,8 @@
 """The report of a scoring output: figures and one self-contained HTML page.
 
 :func:`write_report` reads ``PRED.zarr`` (see :mod:`digitbatch.predictions`)
-and the input store it was scored from, and writes into a directory::
+and the input it was scored from (a store, or an image archive scored
+directly), and writes into a directory::
 
     confusion.png   counts, row-normalised shading        (labelled rows only)
     per_class.png   precision / recall / F1 per class     (labelled rows only)
@@ -22,6 +23,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,14 +46,16 @@ UNKNOWN = "#555555"
 class TopK:
     """The ``k`` rows of largest (or smallest) score seen so far, fed a chunk at a time.
 
-    Ties go to the lower row, so the result does not depend on the chunking.
-    Memory is ``k`` plus one chunk.
+    Ties go to the lower row, so the result does not depend on the chunking;
+    ``n_tied_out`` counts the rows left out that tie with the last one kept
+    (saturated margins tie by the thousand). Memory is ``k`` plus one chunk.
     """
 
     def __init__(self, k: int, *, largest: bool):
         self.k, self.largest = int(k), largest
         self.rows = np.zeros(0, np.int64)
         self.scores = np.zeros(0, np.float64)
+        self.n_tied_out = 0
 
     def push(self, rows: np.ndarray, scores: np.ndarray) -> None:
         rows = np.asarray(rows, np.int64)
@@ -65,7 +69,14 @@ class TopK:
         rows = np.concatenate([self.rows, rows])
         scores = np.concatenate([self.scores, scores])
         key = -scores if self.largest else scores
-        order = np.lexsort((rows, key))[: self.k]
+        order = np.lexsort((rows, key))
+        if order.size > self.k:
+            # The threshold only tightens: rows dropped at an earlier, looser one cannot tie.
+            last = scores[order[self.k - 1]]
+            dropped = int(np.count_nonzero(scores[order[self.k:]] == last))
+            same = self.rows.size == self.k and self.scores[-1] == last
+            self.n_tied_out = (self.n_tied_out if same else 0) + dropped
+            order = order[: self.k]
         self.rows, self.scores = rows[order], scores[order]
 
 
@@ -102,14 +113,18 @@ def _target(labels: np.ndarray, digit: int | None) -> np.ndarray:
     return np.where(labels < 0, -1, (labels == digit).astype(np.int64))
 
 
-def select_rows(p: Predictions, s, *, k: int, digit: int | None) -> Selection:
-    """Top-``k`` confident mistakes and lowest margins, reading a chunk at a time."""
+def select_rows(p: Predictions, labels, *, k: int, digit: int | None) -> Selection:
+    """Top-``k`` confident mistakes and lowest margins, reading a chunk at a time.
+
+    ``labels`` is the (N,) label array of the scored rows (a Zarr array is
+    read a slice at a time).
+    """
     pred_a, margin_a = p.group["pred"], p.group["margin"]
     sel = Selection(TopK(k, largest=True), TopK(k, largest=False))
     for a, b in chunk_bounds(pred_a.shape[0], int(pred_a.chunks[0])):
         pred = pred_a[a:b].astype(np.int64)
         margin = margin_a[a:b]
-        y = _target(s.labels[a:b], digit)
+        y = _target(np.asarray(labels[a:b]), digit)
         rows = np.arange(a, b)
         scored = (pred != PRED_FILL) & np.isfinite(margin)
         wrong = scored & (y >= 0) & (pred != y)
@@ -128,24 +143,70 @@ def _existing(path: str, beside: Path) -> Path:
     return p
 
 
-def _input_store(p: Predictions, override):
-    want = (p.metrics.get("input") or {})
-    path = override if override is not None else want.get("path")
-    if path is None:
-        raise StoreError(f"{p.path}/metrics.json records no input store: pass --store")
-    try:
-        s = open_store(path if override is not None else _existing(path, p.path.parent))
-    except StoreNotFoundError as exc:
+@dataclass
+class _Input:
+    """Where the galleries' labels and pixels come from."""
+
+    path: Path
+    labels: object  # (N,) int8, sliceable: the store's, or the output's for archive runs
+    fetch: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, list[str]]]
+
+
+def _open_input(p: Predictions, override) -> _Input:
+    """The run's input (a store, or the archive scored directly), checked against its checksum."""
+    want = p.metrics.get("input") or {}
+    recorded = want.get("path")
+    if override is None and recorded is None:
+        raise StoreError(f"{p.path}/metrics.json records no input: pass --store")
+    path = Path(override) if override is not None else _existing(recorded, p.path.parent)
+    if not path.exists():
         if override is not None:
-            raise
-        raise StoreNotFoundError(
-            f"the input store {path} recorded in {p.path}/metrics.json does not exist (moved?): "
-            f"pass --store with its path") from exc
-    if want.get("checksum") and s.checksum != want["checksum"]:
-        raise StoreError(
-            f"store {s.path} has checksum {s.checksum[:23]}..., but {p.path} was scored from "
-            f"{want['checksum'][:23]}...: pass --store with the store this run scored")
-    return s
+            raise StoreNotFoundError(f"--store {path} does not exist")
+        raise StoreNotFoundError(f"the input {recorded} recorded in {p.path}/metrics.json does "
+                                 f"not exist (moved?): pass --store with its path")
+    checksum = want.get("checksum")
+    hint = "pass --store with the input this run scored"
+    if str(want.get("kind", "store")).startswith("archive"):
+        got, images_of = _archive_images(path)
+        if checksum and got != checksum:
+            raise StoreError(f"{path} is not the archive {p.path} was scored from (its listing, "
+                             f"size or time changed): {hint}")
+        g = p.group
+
+        def fetch(rows):
+            keys = [str(k) for k in g["keys"].oindex[rows]] if len(rows) else []
+            labels = np.asarray(g["labels"].oindex[rows]) if len(rows) else np.zeros(0, np.int8)
+            return images_of(keys), labels, keys
+
+        return _Input(path, g["labels"], fetch)
+    s = open_store(path)
+    if checksum and s.checksum != checksum:
+        raise StoreError(f"store {s.path} has checksum {s.checksum[:23]}..., but {p.path} was "
+                         f"scored from {checksum[:23]}...: {hint}")
+    return _Input(s.path, s.labels, lambda rows: gallery.fetch_rows(s.images, s.labels, s.keys, rows))
+
+
+def _archive_images(path: Path):
+    """The archive's fingerprint, and a function decoding members by key (as score does)."""
+    from .ingest import DEFAULT_MAX_MEMBER_BYTES as limit
+    from .score_archive import fingerprint, list_slots
+    from .sources.images import decode_one
+    from .sources.refs import read_refs
+
+    kind, seekable, entries = list_slots(path, limit=limit)
+
+    def images_of(keys: list[str]) -> np.ndarray:
+        out = np.zeros((len(keys), 28, 28), np.uint8)
+        at = {k: i for i, k in enumerate(keys)}
+        chosen = [e for e in entries if e.key in at and hasattr(e, "offset" if seekable else "data")]
+        items = read_refs(str(path), kind, chosen, limit=limit) if seekable else chosen
+        for item in items:
+            img = decode_one(item.data) if hasattr(item, "data") else None
+            if isinstance(img, np.ndarray):
+                out[at[item.key]] = img
+        return out
+
+    return fingerprint(path, entries), images_of
 
 
 def _model_summary(metrics: dict, beside: Path) -> tuple[list[tuple[str, str]], str]:
@@ -178,7 +239,7 @@ def _model_summary(metrics: dict, beside: Path) -> tuple[list[tuple[str, str]], 
     return rows, note
 
 
-def _gallery_pages(p, s, sel, names, proba_kind, out: Path, k: int) -> dict[str, Path]:
+def _gallery_pages(p, inp: _Input, sel, names, proba_kind, out: Path, k: int) -> dict[str, Path]:
     digit = binary_digit(p.metrics)
     name = lambda v: "?" if v < 0 else (names[v] if v < len(names) else str(v))  # noqa: E731
     files = {}
@@ -188,7 +249,7 @@ def _gallery_pages(p, s, sel, names, proba_kind, out: Path, k: int) -> dict[str,
             continue
         rows = top.rows
         order = np.argsort(rows, kind="stable")  # read in row order, show in rank order
-        images, labels, keys = gallery.fetch_rows(s.images, s.labels, s.keys, rows[order])
+        images, labels, keys = inp.fetch(rows[order])
         back = np.argsort(order)
         images, labels, keys = images[back], labels[back], [keys[i] for i in back]
         y = _target(labels, digit)
@@ -202,7 +263,7 @@ def _gallery_pages(p, s, sel, names, proba_kind, out: Path, k: int) -> dict[str,
             strength = (f"p={conf[i]:.2f}, margin {top.scores[i]:.2f}" if conf is not None
                         else f"margin {top.scores[i]:.3g}")
             truth = f"true {name(int(y[i]))} \u2192 " if y[i] >= 0 else "unlabelled, "
-            titles.append(f"row {r}\n{gallery.short_key(keys[i], 20)}\n"
+            titles.append(f"row {r}\n{gallery.short_key(keys[i])}\n"
                           f"{truth}pred {name(int(pred[i]))}\n{strength}")
             colors.append(UNKNOWN if y[i] < 0 else (WRONG if y[i] != pred[i] else "black"))
         if which == "errors":
@@ -212,6 +273,9 @@ def _gallery_pages(p, s, sel, names, proba_kind, out: Path, k: int) -> dict[str,
         else:
             heading = f"The {rows.size} least certain predictions, lowest {proba_kind} margin first"
             empty = "no scored rows"
+        if top.n_tied_out:
+            heading += (f"\n({top.n_tied_out:,} more rows tie at margin {top.scores[-1]:.3g}: "
+                        f"the first rows are shown)")
         files[which] = gallery.draw_gallery(images, titles, out / f"{which}.png", title=heading,
                                             colors=colors, ncols=min(k, 9), empty_text=empty)
     return files
@@ -254,7 +318,7 @@ def _fmt(v, spec=",") -> str:
     return "n/a" if v is None else format(v, spec)
 
 
-def _html(p, s, store_override, m, names, files, sel, model_rows, model_note, confusion_text,
+def _html(p, inp, store_override, m, names, files, sel, model_rows, model_note, confusion_text,
           report_seconds) -> str:
     e = html.escape
     acc = m.get("accuracy")
@@ -262,13 +326,15 @@ def _html(p, s, store_override, m, names, files, sel, model_rows, model_note, co
                 f"({sel.n_wrong:,} wrong) of {m.get('n_images', 0):,} scored"
                 if acc is not None else
                 f"<b>{m.get('n_images', 0):,}</b> images scored; none labelled, so no accuracy")
-    inputs = [("predictions", str(p.path)), ("input store", (m.get("input") or {}).get("path", "?")),
-              ("input checksum", (m.get("input") or {}).get("checksum", "?")),
+    given = m.get("input") or {}
+    inputs = [("predictions", str(p.path)), ("input", given.get("path", "?")),
+              ("input kind", given.get("kind", "store")),
+              ("input checksum", given.get("checksum", "?")),
               ("images", _fmt(m.get("n_images"))), ("labelled", _fmt(m.get("n_labeled"))),
               ("unlabelled", _fmt(m.get("n_unlabeled"))),
               ("rejected at ingest", _fmt(m.get("n_rejected")))]
     if store_override is not None:
-        inputs.append(("images read from", str(s.path)))
+        inputs.append(("images read from", str(inp.path)))
     hist = m.get("prediction_histogram") or []
     per = m.get("per_class") or {}
     cls_rows = [(names[i] if i < len(names) else i,
@@ -336,8 +402,9 @@ def write_report(pred: str | os.PathLike, *, out: str | os.PathLike,
     out : path
         Directory to write into; created if missing, its report files replaced.
     store : path, optional
-        The input store, for the galleries' images; default: the path recorded
-        in metrics.json. Its checksum must match the run's.
+        The run's input (a store, or the image archive/directory it scored
+        directly), for the galleries' images; default: the path recorded in
+        metrics.json. Its checksum (or archive fingerprint) must match the run's.
     top_k : int
         Digits in each gallery, 1 to ``MAX_TOP_K``.
     """
@@ -347,11 +414,11 @@ def write_report(pred: str | os.PathLike, *, out: str | os.PathLike,
     t0 = time.perf_counter()
     p = open_predictions(pred)
     m = p.metrics
-    s = _input_store(p, store)
+    inp = _open_input(p, store)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     names = class_names(m)
-    sel = select_rows(p, s, k=int(top_k), digit=binary_digit(m))
+    sel = select_rows(p, inp.labels, k=int(top_k), digit=binary_digit(m))
     files: dict[str, Path] = {}
     confusion_text = ""
     if m.get("n_labeled"):
@@ -365,9 +432,9 @@ def write_report(pred: str | os.PathLike, *, out: str | os.PathLike,
             m.get("per_class") or {}, names, out / "per_class.png",
             title="per class (n = true rows of the class)")
     kind = "probability" if m.get("margin") == "probability" else "decision-value"
-    files.update(_gallery_pages(p, s, sel, names, kind, out, int(top_k)))
+    files.update(_gallery_pages(p, inp, sel, names, kind, out, int(top_k)))
     model_rows, note = _model_summary(m, p.path.parent)
-    page = _html(p, s, store, m, names, files, sel, model_rows, note, confusion_text,
+    page = _html(p, inp, store, m, names, files, sel, model_rows, note, confusion_text,
                  time.perf_counter() - t0)
     html_path = out / "report.html"
     tmp = out / ".report.html.tmp"

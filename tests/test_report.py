@@ -106,7 +106,7 @@ def test_galleries_hold_the_chunked_top_k(run):
     from digitbatch.layout import open_store
 
     s = open_store(run / "s.zarr")
-    sel = select_rows(p, s, k=K, digit=None)
+    sel = select_rows(p, s.labels, k=K, digit=None)
     pred, margin, y = p.group["pred"][:], p.group["margin"][:], s.labels[:]
     rows = np.arange(s.n)
     wrong = (y >= 0) & (pred != y)
@@ -133,6 +133,9 @@ def test_topk_matches_a_full_sort(n, k, chunk, largest):
     want = np.lexsort((np.arange(n), -scores if largest else scores))[:k]
     assert top.rows.tolist() == want.tolist()
     assert top.scores.tolist() == scores[want].tolist()
+    tied = np.count_nonzero(scores == scores[want[-1]]) - np.count_nonzero(
+        scores[want] == scores[want[-1]])
+    assert top.n_tied_out == tied
 
 
 def test_detect_digit_report_is_2x2(run, tmp_path):
@@ -160,6 +163,26 @@ def test_unlabelled_report(run, tmp_path):
     page = check_html(tmp_path / "rep" / "report.html")
     assert "none labelled" in " ".join(page.text)
     assert "decision value" in " ".join(page.text)  # scored without --proba
+
+
+def test_archive_run_reads_images_from_the_archive(run, tmp_path):
+    """An image folder scored directly: labels from the output, pixels decoded by key."""
+    from PIL import Image
+
+    x, y = synthetic_digits(30, seed=7)
+    shown = (y + np.isin(np.arange(30), [0, 1]).astype(np.int8)) % 10  # two wrong folders
+    for i in range(30):
+        (tmp_path / "imgs" / str(shown[i])).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(x[i]).save(tmp_path / "imgs" / str(shown[i]) / f"img{i:03d}.png")
+    score(tmp_path / "imgs", model=run / "m", out=tmp_path / "p.zarr", scheduler="synchronous")
+    r = write_report(tmp_path / "p.zarr", out=tmp_path / "rep", top_k=4)
+    assert r.n_wrong == 2
+    check_png(tmp_path / "rep" / "errors.png", min_side=100, min_bytes=2000)
+    page = check_html(tmp_path / "rep" / "report.html")
+    assert "archive (dir)" in " ".join(page.text)
+    (tmp_path / "imgs" / "extra").mkdir()  # the folder changed since the run
+    with pytest.raises(StoreError, match="not the archive"):
+        write_report(tmp_path / "p.zarr", out=tmp_path / "rep", top_k=4)
 
 
 def test_moved_store_needs_store_option(run, tmp_path):
