@@ -291,12 +291,18 @@ def bench_ingest(mnist_dir, workdir, n_png):
 @click.option("--no-reference", is_flag=True, help="Skip the walk-through's own runs (110 s).")
 @click.option("--incremental-n", default=4_000_000, show_default=True, type=int,
               help="Images in the --incremental store (0: skip).")
-def bench_train(mnist_dir, workdir, cv, no_reference, incremental_n):
+@click.option("--models", "model_list", default=None,
+              help="Comma-separated NAME[:FEATURES] to run (default: the whole catalogue).")
+@click.option("--no-cv-speedup", is_flag=True, help="Skip the 5-fold CV speed-up measurement.")
+def bench_train(mnist_dir, workdir, cv, no_reference, incremental_n, model_list, no_cv_speedup):
     """The catalogue on full MNIST beside the walk-through; CV speed-up; --incremental memory."""
     from .bench.train import run
 
+    models = None
+    if model_list:
+        models = [(m.split(":")[0], (m.split(":") + [None])[1]) for m in model_list.split(",")]
     for line in run(mnist_dir=mnist_dir, workdir=workdir, cv=cv, reference=not no_reference,
-                    incremental_n=incremental_n):
+                    incremental_n=incremental_n, models=models, cv_speedup=not no_cv_speedup):
         click.echo(line)
 
 

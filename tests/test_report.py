@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from click.testing import CliRunner
 
 from digitbatch.cli import main
@@ -136,6 +138,23 @@ def test_topk_matches_a_full_sort(n, k, chunk, largest):
     tied = np.count_nonzero(scores == scores[want[-1]]) - np.count_nonzero(
         scores[want] == scores[want[-1]])
     assert top.n_tied_out == tied
+
+
+@settings(max_examples=60, deadline=None)
+@given(scores=st.lists(st.integers(0, 5), max_size=80), k=st.integers(1, 12),
+       chunk=st.integers(1, 30), largest=st.booleans())
+def test_topk_property(scores, k, chunk, largest):
+    scores = np.asarray(scores, float)
+    n = scores.size
+    top = TopK(k, largest=largest)
+    for a in range(0, n, chunk):
+        top.push(np.arange(a, min(a + chunk, n)), scores[a:a + chunk])
+    want = np.lexsort((np.arange(n), -scores if largest else scores))[:k]
+    assert top.rows.tolist() == want.tolist()
+    if n:
+        last = scores[want[-1]]
+        assert top.n_tied_out == np.count_nonzero(scores == last) - np.count_nonzero(
+            scores[want] == last)
 
 
 def test_detect_digit_report_is_2x2(run, tmp_path):
