@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 # Inches: the width of a gallery panel (its image is square) and the page heading.
 PANEL_W = 1.35
 HEADER_IN = 0.45
-TITLE_FONT = 6.5
+TITLE_FONT = 7
 MAX_COLS = 12
 DPI = 100
 

@@ -239,7 +239,7 @@ def _model_summary(metrics: dict, beside: Path) -> tuple[list[tuple[str, str]], 
     return rows, note
 
 
-def _gallery_pages(p, inp: _Input, sel, names, proba_kind, out: Path, k: int) -> dict[str, Path]:
+def _gallery_pages(p, inp: _Input, sel, names, proba_kind, out: Path) -> dict[str, Path]:
     digit = binary_digit(p.metrics)
     name = lambda v: "?" if v < 0 else (names[v] if v < len(names) else str(v))  # noqa: E731
     files = {}
@@ -277,7 +277,7 @@ def _gallery_pages(p, inp: _Input, sel, names, proba_kind, out: Path, k: int) ->
             heading += (f"\n({top.n_tied_out:,} more rows tie at margin {top.scores[-1]:.3g}: "
                         f"the first rows are shown)")
         files[which] = gallery.draw_gallery(images, titles, out / f"{which}.png", title=heading,
-                                            colors=colors, ncols=min(k, 9), empty_text=empty)
+                                            colors=colors, empty_text=empty)
     return files
 
 
@@ -432,7 +432,7 @@ def write_report(pred: str | os.PathLike, *, out: str | os.PathLike,
             m.get("per_class") or {}, names, out / "per_class.png",
             title="per class (n = true rows of the class)")
     kind = "probability" if m.get("margin") == "probability" else "decision-value"
-    files.update(_gallery_pages(p, inp, sel, names, kind, out, int(top_k)))
+    files.update(_gallery_pages(p, inp, sel, names, kind, out))
     model_rows, note = _model_summary(m, p.path.parent)
     page = _html(p, inp, store, m, names, files, sel, model_rows, note, confusion_text,
                  time.perf_counter() - t0)
