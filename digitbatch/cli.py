@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
@@ -32,10 +33,42 @@ class _Group(click.Group):
             raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
 
 
-scheduler_option = click.option(
-    "--scheduler", default=None, metavar="ADDRESS",
-    help="Dask scheduler: 'local' (default: a LocalCluster on 127.0.0.1), "
-         "'synchronous', or an address such as tcp://host:8786. Env: DIGITBATCH_SCHEDULER.")
+_PEM = click.Path(exists=True, dir_okay=False)
+_CLUSTER_OPTIONS = (
+    click.option(
+        "--scheduler", default=None, metavar="ADDRESS",
+        help="Dask scheduler: 'local' (default: a LocalCluster on 127.0.0.1), "
+             "'synchronous', or an address such as tcp://host:8786 or tls://host:8786. "
+             "Env: DIGITBATCH_SCHEDULER, then Dask's scheduler-address config."),
+    click.option("--tls-ca-file", type=_PEM, default=None,
+                 help="CA certificate (PEM) of a tls:// cluster (default: Dask's TLS config)."),
+    click.option("--tls-cert", type=_PEM, default=None,
+                 help="This client's certificate (PEM) for a tls:// cluster."),
+    click.option("--tls-key", type=_PEM, default=None,
+                 help="The certificate's private key (PEM), unless it is in --tls-cert."),
+)
+
+
+def cluster_options(f):
+    """Add ``--scheduler`` and ``--tls-*``; the command receives one ``scheduler`` value.
+
+    ``scheduler`` is the address (or None) without TLS options, else a
+    :class:`digitbatch.cluster.ClusterSpec`; the library takes either.
+    """
+
+    @functools.wraps(f)
+    def wrapper(*args, scheduler=None, tls_ca_file=None, tls_cert=None, tls_key=None, **kwargs):
+        from .cluster import from_options
+
+        spec = from_options(scheduler, tls_ca_file=tls_ca_file, tls_cert=tls_cert, tls_key=tls_key)
+        return f(*args, scheduler=spec, **kwargs)
+
+    for option in reversed(_CLUSTER_OPTIONS):
+        wrapper = option(wrapper)
+    return wrapper
+
+
+scheduler_option = cluster_options  # the older name
 
 
 @click.group(cls=_Group)
@@ -63,7 +96,7 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
 @click.option("--data-home", type=click.Path(), default=None,
               help="Download cache for the openml source.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-@scheduler_option
+@cluster_options
 def ingest(source, out, kind, labels, chunk_size, overwrite, max_rejects, data_home, as_json,
            scheduler):
     """Read SOURCE into a chunked Zarr store.
@@ -105,7 +138,7 @@ def ingest(source, out, kind, labels, chunk_size, overwrite, max_rejects, data_h
               help="Passes over the store with --incremental.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing model directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-@scheduler_option
+@cluster_options
 def train(store, out, name, features, seed, cv, search, incremental, epochs, overwrite, as_json,
           scheduler):
     """Fit a catalogue model on STORE's train rows and test it on its test rows."""
@@ -143,7 +176,7 @@ def _print_train(r) -> None:
 @click.option("--proba", is_flag=True, help="Also write class probabilities.")
 @click.option("--break-lock", is_flag=True, help="Remove the lock of a run that died.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
-@scheduler_option
+@cluster_options
 def score(store, model, out, resume, proba, break_lock, as_json, scheduler):
     """Predict every image of STORE with MODEL into OUT, with metrics.json."""
     from .metrics import format_confusion
@@ -251,7 +284,7 @@ def models():
 @main.command()
 @click.option("--workdir", default="demo-output", show_default=True, type=click.Path(),
               help="Where the demo's store, model and predictions go (replaced).")
-@scheduler_option
+@cluster_options
 def demo(workdir, scheduler):
     """The main job end to end on the embedded sample: ingest, train, score."""
     from .demo import run_demo
@@ -264,6 +297,47 @@ def demo(workdir, scheduler):
     _print_train(tr)
     click.echo(f"3. score: every row -> {sc.out}")
     _print_score(sc.metrics, format_confusion)
+
+
+@main.command("run")
+@click.argument("job", type=click.Path())
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Replace or add one key of the spec, e.g. --set train.cv=3 (VALUE is read "
+                   "as TOML, else as a string). Repeatable.")
+@click.option("--check", is_flag=True, help="Check the spec and print the plan; run nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
+@cluster_options
+def run_cmd(job, overrides, check, as_json, scheduler):
+    """Run the job spec JOB (TOML): its ingest, train, score and report steps.
+
+    The whole spec is checked before anything runs: an invalid spec exits
+    with code 2 and runs nothing; a failed step exits with code 1. The run
+    summary (steps, durations, outcome, metrics paths, error) is written to
+    the spec's [job] summary, by default WORKDIR/NAME.run.json. See jobs/.
+    """
+    from .errors import JobSpecError
+    from .jobs import describe, load_job, run_job
+
+    try:
+        spec = load_job(job, overrides)
+    except JobSpecError as exc:
+        err = click.ClickException(f"JobSpecError: {exc}")
+        err.exit_code = 2
+        raise err from exc
+    if check:
+        for line in describe(spec):
+            click.echo(line)
+        click.echo(f"{job}: spec OK; the run summary would go to {spec.summary}")
+        return
+    summary = run_job(spec, scheduler=scheduler)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    for step in summary["steps"]:
+        metrics = f"; metrics {step['metrics']}" if step.get("metrics") else ""
+        click.echo(f"{step['name']}: {step['outcome']} in {step['seconds']:.2f} s{metrics}")
+    click.echo(f"job {summary['job']} succeeded in {summary['seconds']:.2f} s; "
+               f"summary -> {spec.summary}")
 
 
 @main.group()

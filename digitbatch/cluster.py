@@ -6,9 +6,17 @@
   one thread each, BLAS pinned to one thread), bound to 127.0.0.1 only;
 - ``"synchronous"``: everything inline in this process (for debugging and
   for tests that need no cluster);
-- ``"tcp://host:port"`` (or any address Dask accepts): join that cluster.
+- ``"tcp://host:port"``, ``"tls://host:port"`` (or any address Dask
+  accepts): join that cluster.
 
-``$DIGITBATCH_SCHEDULER`` gives the default when no option is passed.
+When no address is passed, ``$DIGITBATCH_SCHEDULER`` gives it, then Dask's
+own ``scheduler-address`` config (``$DASK_SCHEDULER_ADDRESS``, as the Dask
+Kubernetes operator and dask-jobqueue set it), then ``"local"``.
+
+``scheduler`` may also be a :class:`ClusterSpec`: an address plus the TLS
+files (CA, client certificate, key) to reach a ``tls://`` scheduler. A plain
+string stays valid everywhere; only this module turns either into a client.
+Without TLS files, Dask's own ``distributed.comm.tls`` config applies.
 """
 
 from __future__ import annotations
@@ -18,7 +26,9 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Union
 
 from .errors import DigitbatchError
 
@@ -39,12 +49,108 @@ class ClusterError(DigitbatchError, RuntimeError):
     """The Dask cluster could not be started or joined."""
 
 
-def resolve_scheduler(scheduler: str | None) -> str:
-    """The effective scheduler spec: the option, else the environment, else local."""
-    spec = scheduler or os.environ.get(SCHEDULER_ENV) or "local"
-    if not isinstance(spec, str) or not spec.strip():
-        raise ClusterError(f"scheduler must be an address, 'local' or 'synchronous', got {spec!r}")
-    return spec.strip()
+CONNECT_TIMEOUT = "20s"
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """A scheduler address and the TLS files that reach it.
+
+    Accepted wherever a ``scheduler`` string is; ``ClusterSpec(address)``
+    means the same as the string ``address``.
+
+    Parameters
+    ----------
+    address : str, optional
+        ``"local"``, ``"synchronous"`` or a scheduler address; None falls back
+        as described in the module docstring.
+    tls_ca_file, tls_cert, tls_key : str, optional
+        PEM files: the cluster's CA, this client's certificate and its key
+        (``tls_key`` may be left out when the key is inside ``tls_cert``).
+        Given, encryption is required and the scheduler must be ``tls://``.
+    timeout : str
+        How long to keep trying to connect to a scheduler address.
+    """
+
+    address: str | None = None
+    tls_ca_file: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    timeout: str = CONNECT_TIMEOUT
+
+    @property
+    def tls(self) -> bool:
+        return any((self.tls_ca_file, self.tls_cert, self.tls_key))
+
+    def security(self) -> Any:
+        """A ``distributed.security.Security`` for the TLS files, or None without them."""
+        if not self.tls:
+            return None
+        files = (("--tls-ca-file", self.tls_ca_file), ("--tls-cert", self.tls_cert),
+                 ("--tls-key", self.tls_key))
+        missing = [flag for flag, path in files[:2] if not path]
+        if missing:
+            raise ClusterError(f"TLS needs {' and '.join(missing)} as well: give the cluster's CA "
+                               f"file and this client's certificate (and --tls-key)")
+        for flag, path in files:
+            if path and not Path(path).is_file():
+                raise ClusterError(f"{flag} {path}: no such file")
+        from distributed.security import Security
+
+        return Security(tls_ca_file=str(self.tls_ca_file), tls_client_cert=str(self.tls_cert),
+                        tls_client_key=str(self.tls_key) if self.tls_key else None,
+                        require_encryption=True)
+
+
+Scheduler = Union[str, ClusterSpec, None]
+
+
+def from_options(scheduler: str | None = None, *, tls_ca_file: str | None = None,
+                 tls_cert: str | None = None, tls_key: str | None = None) -> Scheduler:
+    """What the command line's cluster options mean: ``scheduler``, or a ClusterSpec with TLS."""
+    if not any((tls_ca_file, tls_cert, tls_key)):
+        return scheduler
+    return ClusterSpec(scheduler, tls_ca_file=tls_ca_file and str(tls_ca_file),
+                       tls_cert=tls_cert and str(tls_cert), tls_key=tls_key and str(tls_key))
+
+
+def as_spec(scheduler: Scheduler) -> ClusterSpec:
+    """``scheduler`` as a :class:`ClusterSpec` (a string becomes its address)."""
+    if isinstance(scheduler, ClusterSpec):
+        return scheduler
+    if scheduler is None or isinstance(scheduler, str):
+        return ClusterSpec(scheduler)
+    raise ClusterError(f"scheduler must be an address, 'local', 'synchronous' or a ClusterSpec, "
+                       f"got {scheduler!r}")
+
+
+def merge(first: Scheduler, then: Scheduler) -> ClusterSpec:
+    """Field by field, ``first``'s settings where given, else ``then``'s."""
+    a, b = as_spec(first), as_spec(then)
+    return ClusterSpec(a.address or b.address, tls_ca_file=a.tls_ca_file or b.tls_ca_file,
+                       tls_cert=a.tls_cert or b.tls_cert, tls_key=a.tls_key or b.tls_key,
+                       timeout=a.timeout if a.timeout != CONNECT_TIMEOUT else b.timeout)
+
+
+def _config_address() -> str | None:
+    import dask.config
+
+    return dask.config.get("scheduler-address", None)
+
+
+def resolve_scheduler(scheduler: Scheduler) -> str:
+    """The effective address: the option, else the environment, else Dask's config, else local."""
+    spec = as_spec(scheduler)
+    address = spec.address or os.environ.get(SCHEDULER_ENV) or _config_address() or "local"
+    if not isinstance(address, str) or not address.strip():
+        raise ClusterError(f"scheduler must be an address, 'local' or 'synchronous', got {address!r}")
+    address = address.strip()
+    if spec.tls and (address == "local" or address in SYNCHRONOUS):
+        raise ClusterError(
+            f"TLS files were given but the scheduler is {address!r}: TLS is for joining a "
+            f"tls://host:port scheduler (--scheduler tls://...); the LocalCluster needs none "
+            f"(it listens on 127.0.0.1 only)")
+    return address
 
 
 def n_cores() -> int:
@@ -88,57 +194,107 @@ class DaskExecutor:
 
 
 @contextlib.contextmanager
-def executor(scheduler: str | None = None, *, n_workers: int | None = None) -> Iterator:
+def executor(scheduler: Scheduler = None, *, n_workers: int | None = None) -> Iterator:
     """An executor for ``scheduler`` (see module docstring); closes what it started."""
-    spec = resolve_scheduler(scheduler)
-    if spec in SYNCHRONOUS:
+    if resolve_scheduler(scheduler) in SYNCHRONOUS:
         yield InlineExecutor()
         return
-    with client(spec, n_workers=n_workers) as c:
+    with client(scheduler, n_workers=n_workers) as c:
         yield DaskExecutor(c)
 
 
 def _quiet_distributed() -> None:
     """distributed logs at INFO on import; keep it to warnings unless we debug."""
+    import distributed  # noqa: F401  (imported first: its import sets its log levels)
+
     if not logging.getLogger("digitbatch").isEnabledFor(logging.DEBUG):
         logging.getLogger("distributed").setLevel(logging.WARNING)
 
 
 @contextlib.contextmanager
-def client(scheduler: str | None = None, *, n_workers: int | None = None) -> Iterator:
-    """A ``distributed.Client``: a new loopback LocalCluster, or the given address."""
-    from distributed import Client, LocalCluster
+def _local_cluster(n_workers: int | None) -> Iterator:
+    """A LocalCluster of single-threaded worker processes, on 127.0.0.1 only."""
+    from distributed import LocalCluster
+
+    workers = n_workers or n_cores()
+    try:
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",
+            env=dict(WORKER_ENV),
+        )
+    except Exception as exc:
+        raise ClusterError(f"could not start a LocalCluster of {workers} workers: {exc}") from exc
+    with cluster:
+        log.info("LocalCluster with %d workers at %s; dashboard %s",
+                 workers, cluster.scheduler_address, cluster.dashboard_link)
+        yield cluster
+
+
+def _connect_hint(address: str, spec: ClusterSpec) -> str:
+    if address.startswith("tls://") and not spec.tls:
+        return ("a tls:// scheduler needs --tls-ca-file, --tls-cert and --tls-key (or Dask's "
+                "distributed.comm.tls config)")
+    if spec.tls:
+        return ("check the address and that the certificate and key are signed by the "
+                "cluster's CA")
+    return "check the address (tcp://host:port) or use --scheduler local"
+
+
+@contextlib.contextmanager
+def client(scheduler: Scheduler = None, *, n_workers: int | None = None) -> Iterator:
+    """A ``distributed.Client``: a new loopback LocalCluster, or the given address.
+
+    Parameters
+    ----------
+    scheduler : str or ClusterSpec, optional
+        See the module docstring; TLS files in a :class:`ClusterSpec` are
+        passed to the client as a ``Security`` requiring encryption.
+    n_workers : int, optional
+        Workers of a new LocalCluster (default: one per core).
+    """
+    from distributed import Client
 
     _quiet_distributed()
-    spec = resolve_scheduler(scheduler)
-    if spec in SYNCHRONOUS:
+    spec = as_spec(scheduler)
+    address = resolve_scheduler(spec)
+    if address in SYNCHRONOUS:
         raise ClusterError("a Dask client was asked for with the synchronous scheduler")
-    if spec == "local":
-        workers = n_workers or n_cores()
-        try:
-            cluster = LocalCluster(
-                n_workers=workers,
-                threads_per_worker=1,
-                processes=True,
-                host="127.0.0.1",
-                dashboard_address="127.0.0.1:0",
-                env=dict(WORKER_ENV),
-            )
-        except Exception as exc:
-            raise ClusterError(f"could not start a LocalCluster of {workers} workers: {exc}") from exc
-        with cluster, Client(cluster) as c:
-            log.info("LocalCluster with %d workers at %s; dashboard %s",
-                     workers, cluster.scheduler_address, c.dashboard_link)
+    if address == "local":
+        with _local_cluster(n_workers) as cluster, Client(cluster) as c:
             yield c
         return
+    security = spec.security()
     try:
-        c = Client(spec, timeout="20s")
+        c = Client(address, timeout=spec.timeout, security=security)
     except Exception as exc:
         raise ClusterError(
-            f"could not connect to the Dask scheduler at {spec!r}: {exc}; check the address "
-            f"(tcp://host:port) or use --scheduler local"
+            f"could not connect to the Dask scheduler at {address!r} "
+            f"({type(exc).__name__}: {exc}); {_connect_hint(address, spec)}"
         ) from exc
     with c:
-        log.info("joined Dask cluster at %s (%d workers)", spec,
-                 len(c.scheduler_info().get("workers", {})))
+        log.info("joined Dask cluster at %s (%d workers%s); dashboard %s", address,
+                 len(c.scheduler_info().get("workers", {})), ", TLS" if spec.tls else "",
+                 c.dashboard_link)
         yield c
+
+
+@contextlib.contextmanager
+def shared(scheduler: Scheduler = None, *, n_workers: int | None = None) -> Iterator[Scheduler]:
+    """One cluster for several library calls (a job's steps).
+
+    With the local scheduler a LocalCluster is started here, once, and its
+    address is yielded for each call to join (it is closed on exit);
+    otherwise ``scheduler`` is yielded with its address resolved.
+    """
+    spec = as_spec(scheduler)
+    address = resolve_scheduler(spec)
+    if address != "local":
+        yield replace(spec, address=address)
+        return
+    _quiet_distributed()
+    with _local_cluster(n_workers) as cluster:
+        yield cluster.scheduler_address

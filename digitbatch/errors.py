@@ -81,3 +81,14 @@ class ModelError(DigitbatchError, ValueError):
 
 class ScoreError(DigitbatchError, ValueError):
     """Scoring cannot proceed (bad input, existing output, ...)."""
+
+
+# --- jobs -------------------------------------------------------------------
+
+
+class JobSpecError(DigitbatchError, ValueError):
+    """A job spec is invalid (unknown key, wrong type, missing input ...); nothing ran."""
+
+
+class JobFailedError(DigitbatchError, RuntimeError):
+    """A step of a job failed; the run summary says which and why."""

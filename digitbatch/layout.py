@@ -265,12 +265,17 @@ class StoreWriter:
         c = self.chunk_size
         # Every chunk is written, even one equal to the fill value, so that a
         # missing chunk file always means damage (see read_rows).
+        # (a runtime setting of these handles, so writes go through them)
         every = {"write_empty_chunks": True}
-        g.create_array("images", shape=(0, *IMAGE_SHAPE), chunks=(c, *IMAGE_SHAPE),
-                       dtype="uint8", compressors=COMPRESSORS, fill_value=0, config=every)
-        g.create_array("labels", shape=(0,), chunks=(c,), dtype=LABEL_DTYPE,
-                       compressors=COMPRESSORS, fill_value=UNKNOWN_LABEL, config=every)
-        g.create_array("keys", shape=(0,), chunks=(c,), dtype=str, config=every)
+        self._arrays = {
+            "images": g.create_array("images", shape=(0, *IMAGE_SHAPE), chunks=(c, *IMAGE_SHAPE),
+                                     dtype="uint8", compressors=COMPRESSORS, fill_value=0,
+                                     config=every),
+            "labels": g.create_array("labels", shape=(0,), chunks=(c,), dtype=LABEL_DTYPE,
+                                     compressors=COMPRESSORS, fill_value=UNKNOWN_LABEL,
+                                     config=every),
+            "keys": g.create_array("keys", shape=(0,), chunks=(c,), dtype=str, config=every),
+        }
         self._group = g
 
     # -- writing -----------------------------------------------------------
@@ -318,13 +323,12 @@ class StoreWriter:
             rest = _Buffer([images[count:]], [labels[count:]], keys[count:], images.shape[0] - count)
         self._buf = rest
         start, stop = self._written, self._written + count
-        g = self._group
-        for name in ("images", "labels", "keys"):
-            arr = g[name]
+        arrays = self._arrays
+        for arr in arrays.values():
             arr.resize((stop, *arr.shape[1:]))
-        g["images"][start:stop] = head_i
-        g["labels"][start:stop] = head_l
-        g["keys"][start:stop] = np.array(head_k, dtype=object)
+        arrays["images"][start:stop] = head_i
+        arrays["labels"][start:stop] = head_l
+        arrays["keys"][start:stop] = np.array(head_k, dtype=object)
         self._hash.update(np.ascontiguousarray(head_i).tobytes())
         self._hash.update(head_l.tobytes())
         self._hash.update("\n".join(head_k).encode("utf-8") + b"\n")

@@ -280,8 +280,11 @@ class CompactModel:
         else:
             d, idx = self._kernel_scores(np.asarray(images).reshape(-1, 28, 28))
         pred = self.classes[idx]
-        proba = kernels.ovr_proba(d).astype(np.float32) if self.has_proba else None
-        margin = kernels.top2_margin(proba if proba is not None else d).astype(np.float32)
+        # float64 probabilities: float32 sigmoids saturate at |d| > ~17, which
+        # made most margins exactly 0 or 1 and the doubtful ranking useless.
+        p64 = kernels.ovr_proba(d.astype(np.float64)) if self.has_proba else None
+        margin = kernels.top2_margin(p64 if p64 is not None else d).astype(np.float32)
+        proba = p64.astype(np.float32) if p64 is not None else None
         return pred, margin, proba
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, gallery
-from .errors import StoreError, StoreNotFoundError
+from .errors import DigitbatchError, StoreError, StoreNotFoundError
 from .layout import chunk_bounds, open_store
 from .metrics import format_confusion
 from .predictions import PRED_FILL, Predictions, open_predictions
@@ -41,6 +41,10 @@ DEFAULT_TOP_K = 36
 MAX_TOP_K = 400
 WRONG = "#b00020"
 UNKNOWN = "#555555"
+
+
+class ReportError(DigitbatchError, ValueError):
+    """A report cannot be written with these arguments."""
 
 
 class TopK:
@@ -101,8 +105,7 @@ def class_names(metrics: dict) -> list[str]:
     digit = binary_digit(metrics)
     if digit is not None:
         return [f"not {digit}", str(digit)]
-    k = len(metrics.get("confusion_matrix") or []) or len(metrics.get("classes") or range(10))
-    classes = metrics.get("classes") or list(range(k))
+    classes = metrics.get("classes") or range(len(metrics.get("confusion_matrix") or []) or 10)
     return [str(c) for c in classes]
 
 
@@ -241,7 +244,10 @@ def _model_summary(metrics: dict, beside: Path) -> tuple[list[tuple[str, str]], 
 
 def _gallery_pages(p, inp: _Input, sel, names, proba_kind, out: Path) -> dict[str, Path]:
     digit = binary_digit(p.metrics)
-    name = lambda v: "?" if v < 0 else (names[v] if v < len(names) else str(v))  # noqa: E731
+
+    def name(v: int) -> str:
+        return "?" if v < 0 else (names[v] if v < len(names) else str(v))
+
     files = {}
     proba_a = p.group["proba"] if "proba" in p.group else None
     for which, top in (("errors", sel.errors), ("doubtful", sel.doubtful)):
@@ -410,12 +416,14 @@ def write_report(pred: str | os.PathLike, *, out: str | os.PathLike,
     """
     if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) \
             or not 1 <= top_k <= MAX_TOP_K:
-        raise StoreError(f"top_k must be an integer from 1 to {MAX_TOP_K}, got {top_k!r}")
+        raise ReportError(f"top_k must be an integer from 1 to {MAX_TOP_K}, got {top_k!r}")
     t0 = time.perf_counter()
     p = open_predictions(pred)
     m = p.metrics
     inp = _open_input(p, store)
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"--out {out} is a file: give a directory for the report")
     out.mkdir(parents=True, exist_ok=True)
     names = class_names(m)
     sel = select_rows(p, inp.labels, k=int(top_k), digit=binary_digit(m))

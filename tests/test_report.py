@@ -18,7 +18,7 @@ from digitbatch.errors import StoreError, StoreNotFoundError
 from digitbatch.ingest import ingest
 from digitbatch.layout import UNKNOWN_LABEL, StoreWriter
 from digitbatch.predictions import IncompleteOutputError, open_predictions
-from digitbatch.report import TopK, class_names, select_rows, write_report
+from digitbatch.report import ReportError, TopK, class_names, select_rows, write_report
 from digitbatch.score import score
 from digitbatch.train import train
 
@@ -181,7 +181,7 @@ def test_unlabelled_report(run, tmp_path):
     check_png(tmp_path / "rep" / "doubtful.png")
     page = check_html(tmp_path / "rep" / "report.html")
     assert "none labelled" in " ".join(page.text)
-    assert "decision value" in " ".join(page.text)  # scored without --proba
+    assert "probability" in " ".join(page.text)  # margin kind: the model gives probabilities
 
 
 def test_archive_run_reads_images_from_the_archive(run, tmp_path):
@@ -240,9 +240,15 @@ def test_incomplete_output_is_refused(run, tmp_path):
         write_report(pred, out=tmp_path / "rep")
 
 
+def test_out_must_be_a_directory(run, tmp_path):
+    (tmp_path / "f").write_text("")
+    with pytest.raises(ReportError, match="is a file"):
+        write_report(run / "p.zarr", out=tmp_path / "f")
+
+
 @pytest.mark.parametrize("top_k", [0, 401, 2.5, True])
 def test_bad_top_k(run, tmp_path, top_k):
-    with pytest.raises(StoreError, match="top_k must be an integer from 1 to 400"):
+    with pytest.raises(ReportError, match="top_k must be an integer from 1 to 400"):
         write_report(run / "p.zarr", out=tmp_path / "rep", top_k=top_k)
 
 
