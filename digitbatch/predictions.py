@@ -22,6 +22,7 @@ missing commit, so rows never written are never read as predictions.
 from __future__ import annotations
 
 import contextlib
+import functools
 import datetime as _dt
 import json
 import logging
@@ -36,7 +37,7 @@ import numpy as np
 import zarr
 
 from .errors import ScoreError
-from .layout import COMPRESSORS, chunk_bounds
+from .layout import COMPRESSORS, chunk_bounds, write_rows
 
 log = logging.getLogger(__name__)
 
@@ -192,16 +193,39 @@ def write_chunk(out_path: str, i: int, start: int, stop: int, *, pred: np.ndarra
                 margin: np.ndarray, proba: np.ndarray | None, keys: np.ndarray | None,
                 counts: dict, prefix: str = "") -> None:
     """Write one chunk's rows (arrays under ``prefix``), then (only then) its commit record."""
-    g = zarr.open_group(out_path, mode="r+")
-    g[prefix + "pred"][start:stop] = pred
-    g[prefix + "margin"][start:stop] = margin
-    if proba is not None:
-        g[prefix + "proba"][start:stop] = proba
-    if keys is not None:  # (None: the caller copied the keys chunk already)
-        g[prefix + "keys"][start:stop] = keys
+    g = open_group_cached(out_path)
+    c = g[prefix + "pred"].chunks[0]
+    aligned = start % c == 0 and (stop - start == c or stop == g[prefix + "pred"].shape[0])
+    for name, rows in (("pred", pred), ("margin", margin), ("proba", proba), ("keys", keys)):
+        if rows is None:  # (keys None: the caller copied the keys chunk already)
+            continue
+        if aligned and name != "keys":
+            write_rows(g[prefix + name], start // c, rows)
+        else:
+            g[prefix + name][start:stop] = rows
     record = {"chunk": i, "start": start, "stop": stop,
               **{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in counts.items()}}
     _atomic_write(commit_path(Path(out_path), i), json.dumps(record))
+
+
+def open_group_cached(path: str, mode: str = "r+"):
+    """A worker's handle on a group, opened once per process (metadata read once).
+
+    Keyed on the group metadata file's identity and mtime too, so a group
+    deleted and made again at the same path (a long-lived cluster scoring
+    into the same output every night) is opened afresh.
+    """
+    try:
+        st = os.stat(Path(path) / "zarr.json")
+        stamp = (st.st_ino, st.st_mtime_ns)
+    except FileNotFoundError:
+        stamp = None
+    return _open_group(path, mode, stamp)
+
+
+@functools.lru_cache(maxsize=16)
+def _open_group(path: str, mode: str, stamp) -> object:
+    return zarr.open_group(path, mode=mode)
 
 
 def finalize(out: Path, metrics: dict) -> None:

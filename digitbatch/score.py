@@ -28,7 +28,7 @@ from .layout import (
 from .modelio import load_model
 from .predictions import (
     METRICS, SUCCESS, IncompleteOutputError, OutputSpec, check_resume, committed, create_output,
-    finalize, run_lock, write_chunk,
+    finalize, open_group_cached, run_lock, write_chunk,
 )
 
 log = logging.getLogger(__name__)
@@ -52,12 +52,12 @@ def score_chunk(task: tuple[int, int, int], *, store_path: str, out_path: str, m
                 proba: bool) -> int:
     """Score rows ``[start, stop)`` of chunk ``i``: write them, then commit. Returns ``i``."""
     i, start, stop = task
-    src = zarr.open_group(store_path, mode="r")
-    images = read_rows(src["images"], i)
+    src = open_group_cached(store_path, "r")
+    images = read_rows(src["images"], i, reuse=True)
     labels = model.target(read_rows(src["labels"], i))
     if images.shape[0] != stop - start:
         raise ScoreError(f"chunk {i} of {store_path}: {images.shape[0]} rows, expected {stop - start}")
-    copy_chunk(src["keys"], zarr.open_group(out_path, mode="r+")["keys"], i)
+    copy_chunk(src["keys"], open_group_cached(out_path)["keys"], i)
     pred, margin, probs = model.score_chunk(images)
     pred = pred.astype(np.int8)
     k = model.n_classes

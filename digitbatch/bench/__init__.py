@@ -54,8 +54,9 @@ HEADER = (f"{'case':44s} {'images':>9s} {'time':>10s} {'rate':>18s} {'peak RSS':
 class PeakRSS:
     """Samples the summed RSS of this process and all its descendants."""
 
-    def __init__(self, interval: float = 0.02):
+    def __init__(self, interval: float = 0.02, include_self: bool = True):
         self.interval = interval
+        self.include_self = include_self
         self.peak = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -63,7 +64,8 @@ class PeakRSS:
     def _sample(self) -> int:
         me = psutil.Process()
         total = 0
-        for p in [me, *me.children(recursive=True)]:
+        procs = me.children(recursive=True)
+        for p in [me, *procs] if self.include_self else procs:
             try:
                 total += p.memory_info().rss
             except psutil.Error:
@@ -87,9 +89,10 @@ class PeakRSS:
 
 
 @contextmanager
-def measure(label: str, n: int = 0):
+def measure(label: str, n: int = 0, *, include_self: bool = True):
+    """Time a block and sample the peak RSS of this process tree (or only its children)."""
     m = Measure(label, n)
-    with PeakRSS() as rss:
+    with PeakRSS(include_self=include_self) as rss:
         t0 = time.perf_counter()
         yield m
         m.seconds = time.perf_counter() - t0

