@@ -14,11 +14,23 @@ from . import __version__
 from .errors import DigitbatchError
 
 
-def _setup_logging(verbose: int, quiet: bool) -> None:
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _setup_logging(verbose: int, quiet: bool, log_file: str | None = None) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
-    logging.getLogger("digitbatch").setLevel(level)
+    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
+    logging.getLogger("digitbatch").setLevel(logging.INFO if log_file and level > logging.INFO
+                                             else level)
+    if log_file:
+        # the file keeps INFO even with --quiet: scheduled runs leave a record
+        handler = logging.FileHandler(log_file)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        handler.setLevel(min(level, logging.INFO))
+        logging.getLogger().addHandler(handler)
+        for h in logging.getLogger().handlers:
+            if h is not handler:
+                h.setLevel(level)
     for noisy in ("distributed", "tornado", "asyncio", "bokeh", "numba", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.ERROR if quiet else logging.WARNING)
 
@@ -74,12 +86,23 @@ scheduler_option = cluster_options  # the older name
 @click.group(cls=_Group)
 @click.version_option(__version__, prog_name="digitbatch")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
-@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
+@click.option("-q", "--quiet", is_flag=True,
+              help="Only warnings and errors on stderr, and no progress bar (scheduled runs).")
+@click.option("--log-file", type=click.Path(dir_okay=False), default=None,
+              help="Also write the log (INFO and up, even with --quiet) to this file.")
 @click.pass_context
-def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
+def main(ctx: click.Context, verbose: int, quiet: bool, log_file: str | None) -> None:
     """Handwritten-digit recognition at archive scale: ingest, train, score."""
-    _setup_logging(verbose, quiet)
+    _setup_logging(verbose, quiet, log_file)
     ctx.obj = {"quiet": quiet}
+
+
+def _progress(label: str):
+    """A progress display counted in images: on a terminal only, never with --quiet."""
+    from .progressbar import Progress
+
+    quiet = (click.get_current_context().find_root().obj or {}).get("quiet", False)
+    return Progress(label, enabled=None if not quiet else False)
 
 
 @main.command()
@@ -108,10 +131,11 @@ def ingest(source, out, kind, labels, chunk_size, overwrite, max_rejects, data_h
     from .ingest import DEFAULT_MAX_REJECTS, ingest as run
     from .layout import DEFAULT_CHUNK_SIZE
 
-    r = run(source, out, kind=kind, labels=labels,
-            chunk_size=chunk_size or DEFAULT_CHUNK_SIZE, overwrite=overwrite,
-            max_rejects=DEFAULT_MAX_REJECTS if max_rejects is None else max_rejects,
-            data_home=data_home, scheduler=scheduler)
+    with _progress("ingest") as progress:
+        r = run(source, out, kind=kind, labels=labels,
+                chunk_size=chunk_size or DEFAULT_CHUNK_SIZE, overwrite=overwrite,
+                max_rejects=DEFAULT_MAX_REJECTS if max_rejects is None else max_rejects,
+                data_home=data_home, scheduler=scheduler, progress=progress)
     if as_json:
         click.echo(json.dumps(r.to_dict(), indent=2))
         return
@@ -182,8 +206,9 @@ def score(store, model, out, resume, proba, break_lock, as_json, scheduler):
     from .metrics import format_confusion
     from .score import score as run
 
-    r = run(store, model=model, out=out, scheduler=scheduler, resume=resume, proba=proba,
-            break_lock=break_lock)
+    with _progress("score") as progress:
+        r = run(store, model=model, out=out, scheduler=scheduler, resume=resume, proba=proba,
+                break_lock=break_lock, progress=progress)
     if as_json:
         click.echo(json.dumps(r.metrics, indent=2))
         return

@@ -28,7 +28,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from .errors import DigitbatchError
 
@@ -102,7 +102,7 @@ class ClusterSpec:
                         require_encryption=True)
 
 
-Scheduler = Union[str, ClusterSpec, None]
+Scheduler = str | ClusterSpec | None  # what every ``scheduler=`` accepts
 
 
 def from_options(scheduler: str | None = None, *, tls_ca_file: str | None = None,

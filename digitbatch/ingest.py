@@ -116,6 +116,7 @@ def ingest(
     scheduler: str | None = None,
     decode_batch_size: int = DEFAULT_DECODE_BATCH,
     max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
+    progress=None,
 ) -> IngestResult:
     """Read ``source`` into a new store at ``out``.
 
@@ -139,6 +140,9 @@ def ingest(
         scikit-learn's download cache for ``openml``.
     scheduler : str, optional
         Where image decoding runs (see :mod:`digitbatch.cluster`).
+    progress : callable, optional
+        ``progress(n)``: called with the images (and rejects) of each batch
+        as it is written (the total is not known in advance for archives).
 
     Returns
     -------
@@ -164,6 +168,8 @@ def ingest(
                 if label_map is not None:
                     batch = label_map.apply(batch)
                 writer.append(batch.images, batch.labels, batch.keys)
+                if progress is not None:
+                    progress(len(batch) + len(batch.rejects))
                 if batch.rejects:
                     writer.add_rejects((r.key, r.reason) for r in batch.rejects)
                     reasons.update(r.reason.split(":", 1)[0] for r in batch.rejects)

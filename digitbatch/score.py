@@ -98,6 +98,7 @@ def score(
     labels: str | Path | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
+    progress=None,
 ) -> ScoreResult:
     """Predict every image of ``source`` with ``model`` into the output group ``out``.
 
@@ -122,6 +123,9 @@ def score(
         For archives: a key,label CSV, as ``ingest --labels``.
     chunk_size : int
         For archives: members per task and rows per output chunk.
+    progress : callable, optional
+        ``progress(n, total=None)``: called with ``total`` once, then with the
+        images of each chunk as it is committed (for a progress bar).
     """
     loaded = load_model(model)
     m = loaded.model
@@ -151,7 +155,9 @@ def score(
         todo = plan.tasks(set(done))
         log.info("scoring %d of %d chunks (%d committed before)", len(todo), plan.n_chunks,
                  len(done))
-        _run(todo, scheduler, plan.fn, plan.kwargs, broadcast=plan.broadcast)
+        if progress is not None:
+            progress(0, total=sum(_task_images(t) for t in todo))
+        _run(todo, scheduler, plan.fn, plan.kwargs, broadcast=plan.broadcast, progress=progress)
         records = committed(out)
         missing = sorted(set(range(plan.n_chunks)) - set(records))
         if missing:
@@ -162,7 +168,7 @@ def score(
 
             compact(out, chunk_size=plan.chunk_size, n_classes=m.n_classes, proba=proba)
         seconds = time.perf_counter() - t0
-        n_this_run = sum(len(t[2]) if plan.archive is not None else t[2] - t[1] for t in todo)
+        n_this_run = sum(_task_images(t) for t in todo)
         total = reduce_records(ordered, m.n_classes)
         rejects = [r for rec in ordered for r in rec.get("rejects", [])]
         result = metrics.summarize(total["confusion"])
@@ -261,13 +267,20 @@ def open_metrics(out: Path) -> dict:
     return json.loads((Path(out) / SUCCESS).read_text())
 
 
-def _run(todo, scheduler, fn, kwargs, *, broadcast) -> None:
+def _task_images(task) -> int:
+    """Images (or archive members) one task covers: what progress counts."""
+    return len(task[2]) if isinstance(task[2], list) else task[2] - task[1]
+
+
+def _run(todo, scheduler, fn, kwargs, *, broadcast, progress=None) -> None:
     if not todo:
         return
     with cluster.executor(scheduler) as ex:
         if ex.client is None:
             for task in todo:
                 fn(task, **kwargs, **broadcast)
+                if progress is not None:
+                    progress(_task_images(task))
             return
         from distributed import as_completed
 
@@ -276,5 +289,8 @@ def _run(todo, scheduler, fn, kwargs, *, broadcast) -> None:
         shared = {k: client.scatter(v, broadcast=True, hash=False) if v is not None else None
                   for k, v in broadcast.items()}
         futures = client.map(fn, todo, **kwargs, **shared, pure=False, retries=TASK_RETRIES)
+        size = {f.key: _task_images(t) for f, t in zip(futures, todo)}
         for fut in as_completed(futures):
             fut.result()
+            if progress is not None:
+                progress(size[fut.key])

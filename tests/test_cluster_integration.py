@@ -228,6 +228,15 @@ def test_tls_cluster_scores_through_the_tls_options_and_refuses_others(tls_clust
     for a, b in zip(_pred(tmp_path / "tls.zarr"), _pred(tmp_path / "ref.zarr")):
         np.testing.assert_array_equal(a, b)
 
+    # no options: Dask's own TLS config is honoured
+    import dask
+
+    with dask.config.set({"distributed.comm.tls.ca-file": str(certs["ca"]),
+                          "distributed.comm.tls.client.cert": str(certs["cert"]),
+                          "distributed.comm.tls.client.key": str(certs["key"])}):
+        with cluster.client(address) as c:
+            assert c.submit(sum, [1, 2]).result() == 3
+
     refused = {
         # no certificates at all (and none in Dask's config)
         "no certificate": cluster.ClusterSpec(address, timeout="5s"),

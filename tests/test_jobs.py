@@ -232,3 +232,25 @@ def test_command_line_cluster_options_override_the_spec():
     assert merged == cluster.ClusterSpec("tls://cli:8786", tls_ca_file="spec-ca.pem",
                                          tls_cert="c.pem")
     assert cluster.merge(None, spec) == spec
+
+
+def test_a_cluster_failure_and_an_interrupt_are_summarised(small_store, tmp_path, monkeypatch):
+    spec = _spec(tmp_path, f'[job]\nsummary = "{tmp_path / "run.json"}"\nworkdir = "{tmp_path}"\n'
+                           f'[train]\nstore = "{small_store}"\n')
+    job = jobs.load_job(spec)
+    # TLS files with the local scheduler: refused before any step
+    pem = tmp_path / "ca.pem"
+    pem.write_text("unused")
+    with pytest.raises(JobFailedError, match="cluster failed \\(ClusterError"):
+        jobs.run_job(job, scheduler=cluster.ClusterSpec("local", tls_ca_file=str(pem)))
+    s = json.loads((tmp_path / "run.json").read_text())
+    assert s["error"]["step"] == "cluster" and s["steps"][0]["outcome"] == "skipped"
+
+    def interrupted(params, scheduler):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(jobs._STEP_FUNCS, "train", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        jobs.run_job(job, scheduler="synchronous")
+    s = json.loads((tmp_path / "run.json").read_text())
+    assert s["outcome"] == "interrupted" and s["steps"][0]["outcome"] == "failed"

@@ -101,7 +101,8 @@ def run(*, mnist_dir=None, workdir=None, n: int = 4_000_000, n_small: int = 1_00
             with measure(f"digitbatch score (CLI process), LocalCluster, {label}", store.n,
                          include_self=False) as m:
                 subprocess.run([sys.executable, "-m", "digitbatch", "-q", "score", str(store.path),
-                                "--model", str(models["sgd"]), "--out", str(out)], check=True)
+                                "--model", str(models["sgd"]), "--out", str(out)], check=True,
+                               stdout=subprocess.DEVNULL)
             results[label] = m
             yield m.row(ceil)
 
