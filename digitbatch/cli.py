@@ -61,18 +61,25 @@ _CLUSTER_OPTIONS = (
 )
 
 
-def cluster_options(f):
+def cluster_options(f=None, *, check: bool = True):
     """Add ``--scheduler`` and ``--tls-*``; the command receives one ``scheduler`` value.
 
     ``scheduler`` is the address (or None) without TLS options, else a
-    :class:`digitbatch.cluster.ClusterSpec`; the library takes either.
+    :class:`digitbatch.cluster.ClusterSpec`; the library takes either. With
+    ``check``, TLS options are checked before the command does any work
+    (``run`` checks them once merged with its spec's ``[cluster]``).
     """
+    if f is None:
+        return functools.partial(cluster_options, check=check)
 
     @functools.wraps(f)
     def wrapper(*args, scheduler=None, tls_ca_file=None, tls_cert=None, tls_key=None, **kwargs):
-        from .cluster import from_options
+        from .cluster import ClusterSpec, from_options, resolve_scheduler
 
         spec = from_options(scheduler, tls_ca_file=tls_ca_file, tls_cert=tls_cert, tls_key=tls_key)
+        if check and isinstance(spec, ClusterSpec):
+            resolve_scheduler(spec)  # e.g. TLS files but no tls:// scheduler
+            spec.security()
         return f(*args, scheduler=spec, **kwargs)
 
     for option in reversed(_CLUSTER_OPTIONS):
@@ -331,7 +338,7 @@ def demo(workdir, scheduler):
                    "as TOML, else as a string). Repeatable.")
 @click.option("--check", is_flag=True, help="Check the spec and print the plan; run nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
-@cluster_options
+@cluster_options(check=False)
 def run_cmd(job, overrides, check, as_json, scheduler):
     """Run the job spec JOB (TOML): its ingest, train, score and report steps.
 

@@ -143,7 +143,8 @@ def resolve_scheduler(scheduler: Scheduler) -> str:
     spec = as_spec(scheduler)
     address = spec.address or os.environ.get(SCHEDULER_ENV) or _config_address() or "local"
     if not isinstance(address, str) or not address.strip():
-        raise ClusterError(f"scheduler must be an address, 'local' or 'synchronous', got {address!r}")
+        raise ClusterError(
+            f"scheduler must be an address, 'local' or 'synchronous', got {address!r}")
     address = address.strip()
     if spec.tls and (address == "local" or address in SYNCHRONOUS):
         raise ClusterError(

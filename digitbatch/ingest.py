@@ -20,6 +20,8 @@ from .sources.labels import LabelMap, load_labels
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_REJECTS = 10
+# Bumped when a field of the --json summary is renamed or changes meaning.
+SUMMARY_SCHEMA_VERSION = 1
 # Members per decode task: big enough to amortise scheduling (~1 ms a task),
 # small enough to keep both workers busy on a few thousand images.
 DEFAULT_DECODE_BATCH = 2048
@@ -47,7 +49,7 @@ class IngestResult:
         return self.n_images / self.seconds if self.seconds > 0 else float("inf")
 
     def to_dict(self) -> dict:
-        d = dict(self.__dict__)
+        d = {"schema_version": SUMMARY_SCHEMA_VERSION, **self.__dict__}
         d["images_per_second"] = round(self.images_per_second, 1)
         return d
 

@@ -46,7 +46,8 @@ SCHEMA: dict[str, dict[str, tuple[str, object]]] = {
 DEFAULT_OUTPUTS = {"ingest": "store.zarr", "train": "model", "score": "predictions.zarr",
                    "report": "report"}
 _TYPE_NAMES = {"str": "a string", "path": "a path (a string)", "int": "an integer",
-               "bool": "true or false", "date": "a date (2026-11-24)", "steps": f"a list of step names from {list(STEPS)}"}
+               "bool": "true or false", "date": "a date (2026-11-24)",
+               "steps": f"a list of step names from {list(STEPS)}"}
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,8 @@ def parse_override(item: str) -> tuple[str, str, object]:
         value = tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         value = text
+    if SCHEMA[section][name][0] in ("str", "path") and not isinstance(value, str):
+        value = text  # --set score.out=2026 means the name "2026"
     return section, name, value
 
 
@@ -166,7 +169,8 @@ def load_job(path: str | os.PathLike, overrides=(), *, cwd: str | os.PathLike | 
     where = {}
     for section, body in raw.items():
         if not isinstance(body, dict):
-            hint = next((f"; put it under [{s}]" for s, keys in SCHEMA.items() if section in keys), "")
+            hint = next((f"; put it under [{s}]" for s, keys in SCHEMA.items()
+                         if section in keys), "")
             raise JobSpecError(f"{section} = {body!r} in {path} is outside any section{hint}")
         _check_key(section, None, str(path))
         for key in body:
@@ -180,6 +184,7 @@ def load_job(path: str | os.PathLike, overrides=(), *, cwd: str | os.PathLike | 
     for (section, key), w in where.items():
         _check_value(section, key, raw[section][key], w)
     job = _resolve(path, raw, where, overrides, Path(cwd or os.getcwd()))
+    _check_options(job)
     if check_files:
         _check_files(job, where)
     return job
@@ -224,13 +229,30 @@ def _resolve(path: Path, raw: dict, where: dict, overrides: tuple, base: Path) -
     sc.setdefault("model", tr["out"])
     rep.setdefault("predictions", sc["out"])
     cl = raw.get("cluster", {})
-    spec = cluster.ClusterSpec(
-        cl.get("scheduler"), **{k: str(absolute(cl[k])) for k in ("tls_ca_file", "tls_cert", "tls_key")
-                                if k in cl})
-    j = Job(name=name, path=path.resolve(), workdir=workdir,
-            summary=absolute(job["summary"]) if "summary" in job else workdir / f"{name}.run.json",
-            steps=steps, cluster=spec, params=params, overrides=overrides)
-    return j
+    tls = {k: str(absolute(cl[k])) for k in ("tls_ca_file", "tls_cert", "tls_key") if k in cl}
+    spec = cluster.ClusterSpec(cl.get("scheduler"), **tls)
+    summary = absolute(job["summary"]) if "summary" in job else workdir / f"{name}.run.json"
+    return Job(name=name, path=path.resolve(), workdir=workdir, summary=summary, steps=steps,
+               cluster=spec, params=params, overrides=overrides)
+
+
+def _check_options(job: Job) -> None:
+    """Options that contradict each other or name nothing in the catalogue."""
+    from .errors import TrainingError
+    from .models import get_spec, resolve_features
+
+    tr, sc = job.params["train"], job.params["score"]
+    if "train" in job.steps:
+        try:
+            resolve_features(get_spec(tr.get("model", "sgd")), tr.get("features"))
+        except TrainingError as exc:
+            raise JobSpecError(f"[train] model/features: {exc}") from exc
+        if tr.get("incremental") and (tr.get("cv") is not None or tr.get("search")):
+            raise JobSpecError("train.incremental cannot be combined with train.cv or "
+                               "train.search: remove one")
+    if "score" in job.steps and sc.get("resume") and sc.get("overwrite"):
+        raise JobSpecError("score.resume and score.overwrite contradict each other: "
+                           "resume continues an output, overwrite replaces it; keep one")
 
 
 def _check_files(job: Job, where: dict) -> None:
@@ -268,28 +290,14 @@ def _check_files(job: Job, where: dict) -> None:
         refuse_existing("ingest", "store")
         made.add(p["ingest"]["out"].resolve())
     if "train" in job.steps:
-        from .errors import TrainingError
-        from .models import get_spec, resolve_features
-
-        tr = p["train"]
-        try:
-            resolve_features(get_spec(tr.get("model", "sgd")), tr.get("features"))
-        except TrainingError as exc:
-            raise JobSpecError(f"[train] model/features: {exc}") from exc
-        if tr.get("incremental") and (tr.get("cv") is not None or tr.get("search")):
-            raise JobSpecError("train.incremental cannot be combined with train.cv or "
-                               "train.search: remove one")
         need("train", "store")
         refuse_existing("train", "model")
-        made.add(tr["out"].resolve())
+        made.add(p["train"]["out"].resolve())
     if "score" in job.steps:
         sc = p["score"]
         need("score", "input")
         need("score", "model")
         need("score", "labels", optional=True)
-        if sc.get("resume") and sc.get("overwrite"):
-            raise JobSpecError("score.resume and score.overwrite contradict each other: "
-                               "resume continues an output, overwrite replaces it; keep one")
         if sc["out"].exists() and not sc.get("resume"):
             if not sc.get("overwrite"):
                 raise JobSpecError(

@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 PRED_FILL = -1
 METRICS_FILE = METRICS
 TASK_RETRIES = 2
+# Bumped when a field of metrics.json is renamed or changes meaning (docs/schemas.md).
+METRICS_SCHEMA_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -173,6 +175,7 @@ def score(
         rejects = [r for rec in ordered for r in rec.get("rejects", [])]
         result = metrics.summarize(total["confusion"])
         result.update({
+            "schema_version": METRICS_SCHEMA_VERSION,
             "n_images": total["n"],
             "n_scored": total["n"],
             "n_rejected": plan.n_rejected + len(rejects),

@@ -22,6 +22,8 @@ from .models import build, compact, get_spec, resolve_features, search_grid, tar
 log = logging.getLogger(__name__)
 
 DEFAULT_SEED = 42
+# Bumped when a field of the --json summary is renamed or changes meaning.
+SUMMARY_SCHEMA_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,8 @@ class TrainResult:
     pipeline: object = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "pipeline"}
+        return {"schema_version": SUMMARY_SCHEMA_VERSION,
+                **{k: v for k, v in self.__dict__.items() if k != "pipeline"}}
 
 
 def _labeled_rows(store, split: str) -> tuple[np.ndarray, np.ndarray]:

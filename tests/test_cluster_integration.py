@@ -34,7 +34,8 @@ def _dask(*args: str) -> list[str]:
     exe = Path(sys.executable).with_name("dask")
     if exe.exists():
         return [str(exe), *args]
-    module = {"scheduler": "distributed.cli.dask_scheduler", "worker": "distributed.cli.dask_worker"}
+    module = {"scheduler": "distributed.cli.dask_scheduler",
+              "worker": "distributed.cli.dask_worker"}
     return [sys.executable, "-m", module[args[0]], *args[1:]]
 
 
@@ -136,8 +137,9 @@ def _write_certs(d: Path, name: str) -> dict[str, Path]:
                 .not_valid_before(now - _dt.timedelta(minutes=5))
                 .not_valid_after(now + _dt.timedelta(days=1)))
 
-    ca = builder(ca_name, ca_key.public_key()).add_extension(
-        x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256())
+    ca = (builder(ca_name, ca_key.public_key())
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
     cert = (builder(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dask")]), key.public_key())
             .add_extension(x509.SubjectAlternativeName(
                 [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
@@ -183,8 +185,8 @@ def test_train_and_score_on_a_real_cluster_match_the_local_cluster(tcp_cluster, 
     runs = {}
     for name, sched in (("remote", tcp_cluster), ("local", "local")):
         tr = train(small_store, tmp_path / f"model-{name}", cv=3, scheduler=sched)
-        sc = score(small_store, model=tmp_path / f"model-{name}", out=tmp_path / f"pred-{name}.zarr",
-                   scheduler=sched)
+        sc = score(small_store, model=tmp_path / f"model-{name}",
+                   out=tmp_path / f"pred-{name}.zarr", scheduler=sched)
         runs[name] = tr, sc
     (tr_r, sc_r), (tr_l, sc_l) = runs["remote"], runs["local"]
     assert tr_r.cv["backend"] == tr_l.cv["backend"] == "dask"
@@ -255,8 +257,9 @@ def test_tls_cluster_scores_through_the_tls_options_and_refuses_others(tls_clust
         assert time.monotonic() - t0 < 20, case
 
     # the same refusal, as the command line reports it
-    result = CliRunner().invoke(main, ["score", str(small_store), "--model", str(tmp_path / "model"),
-                                       "--out", str(tmp_path / "x.zarr"), "--scheduler", address])
+    result = CliRunner().invoke(main, ["score", str(small_store), "--model",
+                                       str(tmp_path / "model"), "--out", str(tmp_path / "x.zarr"),
+                                       "--scheduler", address])
     assert result.exit_code == 1
     assert "ClusterError" in result.output and "--tls-ca-file" in result.output
 
@@ -300,6 +303,11 @@ def test_tls_options_need_a_tls_scheduler(tmp_path):
     with pytest.raises(cluster.ClusterError, match="--tls-cert"):
         cluster.ClusterSpec("tls://127.0.0.1:1", tls_ca_file=str(pem)).security()
     assert cluster.from_options("tcp://h:1") == "tcp://h:1"  # no TLS: the plain string
+    # the command line refuses them before any work
+    result = CliRunner().invoke(main, ["score", str(tmp_path / "s.zarr"), "--model", str(pem),
+                                       "--out", str(tmp_path / "p.zarr"), "--tls-cert", str(pem)])
+    assert result.exit_code == 1 and "ClusterError" in result.output, result.output
+    assert not (tmp_path / "p.zarr").exists()
 
 
 def test_scheduler_address_falls_back_to_dask_config(monkeypatch):

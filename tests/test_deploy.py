@@ -179,7 +179,8 @@ def test_image_names_agree_across_dockerfile_compose_and_kubernetes():
                                     if l.startswith("FROM")][0]] == "FROM python:3.11-slim"
     services = _compose()["services"]
     assert {s["image"] for s in services.values()} == {IMAGE}
-    images = {c["image"] for f in ("daskcluster.yaml", "cronjob.yaml") for c in _containers(_k8s(f))}
+    images = {c["image"] for f in ("daskcluster.yaml", "cronjob.yaml")
+              for c in _containers(_k8s(f))}
     assert images == {IMAGE}
     assert re.search(r"EXPOSE .*\b8786\b.*\b8787\b", dockerfile)
 
@@ -201,7 +202,8 @@ def test_compose_services_and_addresses_agree():
 
 def test_kubernetes_names_agree():
     cluster, cron, pvc = _k8s("daskcluster.yaml"), _k8s("cronjob.yaml"), _k8s("pvc.yaml")
-    assert cluster["kind"] == "DaskCluster" and cluster["apiVersion"].startswith("kubernetes.dask.org/")
+    assert cluster["kind"] == "DaskCluster"
+    assert cluster["apiVersion"].startswith("kubernetes.dask.org/")
     assert cron["kind"] == "CronJob" and cron["apiVersion"] == "batch/v1"
     name = cluster["metadata"]["name"]
     ports = {p["name"]: p["port"] for p in cluster["spec"]["scheduler"]["service"]["ports"]}
@@ -217,12 +219,14 @@ def test_kubernetes_names_agree():
     assert "ReadWriteMany" in pvc["spec"]["accessModes"]
     (configmap,) = [n["configMap"]["name"] for n in _walk(cron)
                     if isinstance(n, dict) and "configMap" in n]
-    assert f"kubectl create configmap {configmap} " in (DEPLOY / "kubernetes" / "cronjob.yaml").read_text()
+    cron_text = (DEPLOY / "kubernetes" / "cronjob.yaml").read_text()
+    assert f"kubectl create configmap {configmap} " in cron_text
     assert (JOBS / Path(job["command"][2]).name).exists()
 
 
 def _launcher():
-    spec = importlib.util.spec_from_file_location("launch_cluster", DEPLOY / "slurm" / "launch_cluster.py")
+    spec = importlib.util.spec_from_file_location("launch_cluster",
+                                                  DEPLOY / "slurm" / "launch_cluster.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

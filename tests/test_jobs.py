@@ -92,6 +92,7 @@ def test_relative_paths_resolve_against_the_current_directory(small_store, tmp_p
     ("score.out=/tmp/x.zarr", "/tmp/x.zarr"),            # not TOML: a plain string
     ("cluster.scheduler=tcp://h:8786", "tcp://h:8786"),  # not TOML: a plain string
     ('job.steps=["score"]', ["score"]),                  # a TOML array
+    ("score.out=2026", "2026"),                          # a path key keeps the text as given
 ])
 def test_set_values_are_toml_scalars_else_strings(item, value):
     assert jobs.parse_override(item)[2] == value
@@ -119,7 +120,8 @@ def test_set_values_are_toml_scalars_else_strings(item, value):
     # a key outside any section
     ('steps = ["train"]\n[train]\n', [], r"outside any section; put it under \[job\]"),
     # a missing input file
-    ('[score]\ninput = "nope.zarr"\nmodel = "nope"\n', [], r"score.input .*nope.zarr.* does not exist"),
+    ('[score]\ninput = "nope.zarr"\nmodel = "nope"\n', [],
+     r"score.input .*nope.zarr.* does not exist"),
     # ingest with no source
     ("[ingest]\n", [], r"\[ingest\] needs source"),
     # contradictory options
