@@ -186,9 +186,10 @@ def run_job(job: Job, *, scheduler: cluster.Scheduler = None) -> dict:
     }
     t0 = time.perf_counter()
     failure: BaseException | None = None
-    where = "cluster"
+    where = "setup"
     try:
         job.workdir.mkdir(parents=True, exist_ok=True)
+        where = "cluster"
         with cluster.shared(spec) as sched:
             summary["cluster"]["scheduler"] = cluster.as_spec(sched).address
             for record in summary["steps"]:

@@ -28,6 +28,8 @@ from digitbatch.score import score
 from digitbatch.train import train
 
 STARTUP_S = 60
+# a hang fails the test well before pytest's global timeout
+pytestmark = pytest.mark.timeout(180)
 
 
 def _dask(*args: str) -> list[str]:
@@ -237,7 +239,7 @@ def test_tls_cluster_scores_through_the_tls_options_and_refuses_others(tls_clust
                           "distributed.comm.tls.client.cert": str(certs["cert"]),
                           "distributed.comm.tls.client.key": str(certs["key"])}):
         with cluster.client(address) as c:
-            assert c.submit(sum, [1, 2]).result() == 3
+            assert c.submit(sum, [1, 2]).result(timeout=30) == 3
 
     refused = {
         # no certificates at all (and none in Dask's config)
