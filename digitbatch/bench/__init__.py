@@ -54,7 +54,7 @@ HEADER = (f"{'case':44s} {'images':>9s} {'time':>10s} {'rate':>18s} {'peak RSS':
 class PeakRSS:
     """Samples the summed RSS of this process and all its descendants."""
 
-    def __init__(self, interval: float = 0.02, include_self: bool = True):
+    def __init__(self, interval: float = 0.1, include_self: bool = True):
         self.interval = interval
         self.include_self = include_self
         self.peak = 0
