@@ -16,11 +16,6 @@ import re
 from dataclasses import dataclass, field
 
 import numpy as np
-from sklearn.decomposition import PCA
-from sklearn.kernel_approximation import Nystroem
-from sklearn.linear_model import LogisticRegression, SGDClassifier
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import FunctionTransformer
 
 from . import features as F
 from . import folding as FO
@@ -125,6 +120,12 @@ def resolve_features(spec: ModelSpec, features: str | None) -> str:
 
 
 def _feature_steps(feats: str, seed: int, scale: float) -> list[tuple[str, object]]:
+    # scikit-learn is imported where pipelines are built, not at module import:
+    # a scoring worker unpickling a CompactModel then needs numpy only.
+    from sklearn.decomposition import PCA
+    from sklearn.kernel_approximation import Nystroem
+    from sklearn.preprocessing import FunctionTransformer
+
     raw = scale == 1.0
     if feats == "pixels":
         return [("features", FunctionTransformer(pixels_raw if raw else pixels_scaled))]
@@ -141,8 +142,11 @@ def _feature_steps(feats: str, seed: int, scale: float) -> list[tuple[str, objec
     ]
 
 
-def build(name: str, *, seed: int, features: str | None = None) -> Pipeline:
+def build(name: str, *, seed: int, features: str | None = None):
     """An unfitted pipeline for catalogue model ``name`` on (n, 784) uint8 input."""
+    from sklearn.linear_model import LogisticRegression, SGDClassifier
+    from sklearn.pipeline import Pipeline
+
     spec = get_spec(name)
     feats = resolve_features(spec, features)
     if name == "sgd-kernel":
@@ -288,7 +292,7 @@ class CompactModel:
         return pred, margin, proba
 
 
-def compact(name: str, pipeline: Pipeline, *, features: str | None = None) -> CompactModel:
+def compact(name: str, pipeline, *, features: str | None = None) -> CompactModel:
     """Fold a fitted catalogue pipeline into a :class:`CompactModel`."""
     spec = get_spec(name)
     feats = resolve_features(spec, features)
@@ -300,6 +304,8 @@ def compact(name: str, pipeline: Pipeline, *, features: str | None = None) -> Co
         head = FO.fold_kernel(pipeline)
         params["hog_weight"] = float(pipeline.named_steps["features"].kw_args["hog_weight"])
     else:
+        from sklearn.pipeline import Pipeline
+
         head = FO.fold_linear(Pipeline(pipeline.steps[1:]), scale=pixel_scale(spec))
     return CompactModel(name=name, features=feats, head=head, loss=loss,
                         binary_digit=spec.binary_digit, params=params)
