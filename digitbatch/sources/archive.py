@@ -450,14 +450,18 @@ def _tar_member(tf: tarfile.TarFile, info: tarfile.TarInfo, limit: int) -> Membe
     return _finish(key, data, limit)
 
 
-def _iter_zip(path: Path, limit: int) -> Iterator[Member | Reject]:
+def open_zip(path: Path) -> zipfile.ZipFile:
+    """Open a zip archive, or raise :class:`ArchiveError` saying it is broken."""
     try:
-        zf = zipfile.ZipFile(path)
+        return zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
         raise ArchiveError(
             f"zip archive {path} is truncated or corrupt ({exc}): re-create or re-download it"
         ) from exc
-    with zf:
+
+
+def _iter_zip(path: Path, limit: int) -> Iterator[Member | Reject]:
+    with open_zip(path) as zf:
         infos = zf.infolist()
         log.debug("zip archive %s: %d entries", path, len(infos))
         for info in infos:

@@ -89,13 +89,7 @@ def _dir_refs(root: Path, limit: int) -> Iterator[MemberRef | Reject]:
 
 
 def _zip_refs(path: Path, limit: int) -> Iterator[MemberRef | Reject]:
-    try:
-        zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
-        raise ArchiveError(
-            f"zip archive {path} is truncated or corrupt ({exc}): re-create or re-download it"
-        ) from exc
-    with zf:
+    with archive.open_zip(path) as zf:
         for i, info in enumerate(zf.infolist()):
             checked = archive.zip_entry_check(info, limit)
             if checked is not None:
