@@ -327,7 +327,7 @@ def demo(workdir, scheduler):
     click.echo(f"1. ingest: {ing.n_images} sample images -> {ing.path}")
     click.echo("2. train:")
     _print_train(tr)
-    click.echo(f"3. score: every row -> {sc.out}")
+    click.echo(f"3. score: every row, train and test -> {sc.out}")
     _print_score(sc.metrics, format_confusion)
 
 
