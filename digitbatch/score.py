@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,7 +61,7 @@ def score_chunk(task: tuple[int, int, int], *, store_path: str, out_path: str, m
     if images.shape[0] != stop - start:
         raise ScoreError(f"chunk {i} of {store_path}: {images.shape[0]} rows, expected {stop - start}")
     copy_chunk(src["keys"], open_group_cached(out_path)["keys"], i)
-    pred, margin, probs = model.score_chunk(images)
+    pred, margin, probs = deterministic_scores(model, images)
     pred = pred.astype(np.int8)
     k = model.n_classes
     counts = {"confusion": confusion_counts(labels, pred, k),
@@ -270,6 +271,25 @@ def open_metrics(out: Path) -> dict:
     return json.loads((Path(out) / SUCCESS).read_text())
 
 
+def deterministic_scores(model, images):
+    """``model.score_chunk`` with BLAS on one thread.
+
+    OpenBLAS sums in a different order with more threads, which changes the
+    last bits of float32 decision values, hence of ``proba`` and ``margin``
+    (never ``pred``: close rows are rescored in float64). One thread makes
+    the output bytes the same on every scheduler and machine size.
+    """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, user_api="blas"):
+        return model.score_chunk(images)
+
+
+def _hold(obj):
+    """A task that returns its argument: shared read-only data with lineage."""
+    return obj
+
+
 def _task_images(task) -> int:
     """Images (or archive members) one task covers: what progress counts."""
     return len(task[2]) if isinstance(task[2], list) else task[2] - task[1]
@@ -288,8 +308,13 @@ def _run(todo, scheduler, fn, kwargs, *, broadcast, progress=None) -> None:
         from distributed import as_completed
 
         client = ex.client
-        # The model (and labels) go to each worker once; tasks refer to them (dask-ml#842).
-        shared = {k: client.scatter(v, broadcast=True, hash=False) if v is not None else None
+        # The model (and labels) go to each worker once and tasks refer to them
+        # (dask-ml#842). Not with scatter: scattered data dies with the worker
+        # that holds it ("lost dependencies", found by tests/faults). As the
+        # result of a task, the scheduler can recompute it after a worker dies;
+        # other workers fetch it from a peer once.
+        shared = {k: client.submit(_hold, v, key=f"digitbatch-{k}-{uuid.uuid4().hex}",
+                                   pure=False) if v is not None else None
                   for k, v in broadcast.items()}
         futures = client.map(fn, todo, **kwargs, **shared, pure=False, retries=TASK_RETRIES)
         size = {f.key: _task_images(t) for f, t in zip(futures, todo)}

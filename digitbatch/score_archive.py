@@ -103,7 +103,9 @@ def score_slots(task: tuple[int, int, list], *, out_path: str, model, proba: boo
     probs = np.full((n, model.n_classes), np.nan, np.float32) if proba else None
     idx = np.flatnonzero(valid)
     if idx.size:
-        p, mg, pr = model.score_chunk(images[idx])
+        from .score import deterministic_scores
+
+        p, mg, pr = deterministic_scores(model, images[idx])
         pred[idx], margin[idx] = p, mg
         if proba:
             probs[idx] = pr
