@@ -131,14 +131,24 @@ class OutputSpec:
         return dict(self.__dict__)
 
 
-def create_output(out: Path, spec: OutputSpec, *, arrays: bool = True) -> None:
+def create_output(out: Path, spec: OutputSpec, *, arrays: bool = True,
+                  partial_ok: bool = False) -> None:
     """Create a new output (its directory already holds only the lock).
 
     ``arrays=False`` (archive inputs) leaves the arrays to compaction.
+    ``partial_ok``: the output may be a creation that was killed before its
+    spec attribute (written last) landed; no chunk can have been committed to
+    it, so its arrays are made afresh.
     """
     g = zarr.open_group(str(out), mode="a")
-    if "pred" in g or ATTRS_KEY in g.attrs:
+    if ATTRS_KEY in g.attrs or ("pred" in g and not partial_ok):
         raise ScoreError(f"{out} already holds predictions: pass --resume to continue it")
+    if partial_ok and committed(out):
+        raise ScoreError(f"{out} has commit records but no output settings: it is damaged; "
+                         f"score into a new --out")
+    for name in ("pred", "margin", "proba", "keys"):
+        if name in g:
+            del g[name]
     (out / COMMITS).mkdir(exist_ok=True)
     if not arrays:
         g.attrs[ATTRS_KEY] = {"version": OUTPUT_VERSION, **spec.to_dict()}

@@ -147,7 +147,7 @@ def score(
         if resume and (out / "zarr.json").exists() and _has_spec(out):
             check_resume(out, spec)
         else:
-            create_output(out, spec, arrays=plan.archive is None)
+            create_output(out, spec, arrays=plan.archive is None, partial_ok=resume)
         if (out / SUCCESS).exists():
             log.info("%s is already complete", out)
             return ScoreResult(str(out), open_metrics(out))

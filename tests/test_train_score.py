@@ -226,6 +226,19 @@ def test_resume_after_kill_is_byte_identical(tmp_path, small_store, model_dir, d
     assert not list(out.rglob("*.tmp-*")) and not (out / ".lock").exists()
 
 
+def test_resume_of_a_creation_killed_before_its_settings(tmp_path, small_store, model_dir):
+    """Killed after some arrays were made but before the spec attribute: --resume starts it."""
+    ref = score(small_store, model=model_dir, out=tmp_path / "ref.zarr", scheduler="synchronous")
+    out = tmp_path / "p.zarr"
+    g = zarr.open_group(str(out), mode="w")
+    g.create_array("pred", shape=(3,), chunks=(2,), dtype="int8")
+    with pytest.raises(ScoreError, match="--resume"):
+        score(small_store, model=model_dir, out=out, scheduler="synchronous")
+    r = score(small_store, model=model_dir, out=out, resume=True, scheduler="synchronous")
+    assert r.metrics["confusion_matrix"] == ref.metrics["confusion_matrix"]
+    assert _chunk_files(out) == _chunk_files(tmp_path / "ref.zarr")
+
+
 def test_resume_refuses_other_model(tmp_path, small_store, model_dir):
     score(small_store, model=model_dir, out=tmp_path / "p.zarr", scheduler="synchronous")
     train(small_store, tmp_path / "other", seed=99)
