@@ -83,6 +83,10 @@ class ScoreError(DigitbatchError, ValueError):
     """Scoring cannot proceed (bad input, existing output, ...)."""
 
 
+class StorageError(DigitbatchError, OSError):
+    """A URL's filesystem is unavailable or cannot give a needed guarantee."""
+
+
 # --- jobs -------------------------------------------------------------------
 
 

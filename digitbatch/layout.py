@@ -14,7 +14,10 @@ A store is a Zarr v3 group::
 Stores are written under a temporary sibling name and renamed into place by
 :class:`StoreWriter`, so an interrupted write never leaves a store that
 :func:`open_store` accepts (it also requires ``complete: true``, written
-last).
+last). A store may live at a URL (``s3://bucket/store.zarr``, see
+:mod:`digitbatch.storage`); object stores have no rename, so there the store
+is written in place and ``complete: true``, written last, is what makes it
+valid.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-from . import __version__
+from . import __version__, storage
 from .errors import StoreError, StoreExistsError, StoreNotFoundError
 
 log = logging.getLogger(__name__)
@@ -148,11 +151,11 @@ class Store:
 
 def open_store(path: str | os.PathLike) -> Store:
     """Open and validate a store; raise :class:`StoreError` naming the fault."""
-    p = Path(path)
+    p = storage.to_path(path)
     if not p.exists():
         raise StoreNotFoundError(f"store {p} does not exist: create it with `digitbatch ingest`")
     try:
-        group = zarr.open_group(str(p), mode="r")
+        group = storage.open_group(p, mode="r")
     except Exception as exc:  # zarr raises several types for a non-group
         raise StoreError(f"{p} is not a Zarr group ({exc}); is it a digitbatch store?") from exc
     meta = dict(group.attrs.get(ATTRS_KEY) or {})
@@ -230,7 +233,8 @@ class StoreWriter:
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         overwrite: bool = False,
     ):
-        self.path = Path(path)
+        self.path = storage.to_path(path)
+        self.local = storage.is_local(self.path)
         self.source = source
         self.chunk_size = validate_chunk_size(chunk_size)
         self.overwrite = overwrite
@@ -238,9 +242,12 @@ class StoreWriter:
             raise StoreExistsError(
                 f"{self.path} already exists: choose another --out or pass --overwrite"
             )
-        if not self.path.parent.exists():
+        if not storage.parent_exists(self.path):
             raise StoreError(f"parent directory {self.path.parent} of {self.path} does not exist")
-        self.tmp = self.path.parent / f".{self.path.name}.tmp-{uuid.uuid4().hex[:12]}"
+        # object stores cannot rename: there the store is written in place
+        # (invalid until ``complete``); an overwritten one is removed first
+        self.tmp = (self.path.parent / f".{self.path.name}.tmp-{uuid.uuid4().hex[:12]}"
+                    if self.local else self.path)
         self._buf = _Buffer()
         self._written = 0
         self._hash = hashlib.sha256()
@@ -261,7 +268,10 @@ class StoreWriter:
     def _open(self) -> None:
         if self._group is not None:
             return
-        g = zarr.open_group(str(self.tmp), mode="w-")
+        if not self.local and self.path.exists():
+            log.warning("removing %s to overwrite it", self.path)
+            storage.rmtree(self.path)
+        g = storage.open_group(self.tmp, mode="w-")
         c = self.chunk_size
         # Every chunk is written, even one equal to the fill value, so that a
         # missing chunk file always means damage (see read_rows).
@@ -374,6 +384,8 @@ class StoreWriter:
         return open_store(self.path)
 
     def _commit(self) -> None:
+        if not self.local:
+            return  # written in place; ``complete: true`` made it valid
         trash = None
         if self.path.exists():
             if not self.overwrite:
@@ -387,7 +399,8 @@ class StoreWriter:
     def abort(self) -> None:
         """Remove the temporary directory; nothing is left behind."""
         self._done = True
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        if self._group is not None or self.local:
+            storage.rmtree(self.tmp)
 
 
 # --- fast chunk I/O -------------------------------------------------------------
@@ -397,14 +410,68 @@ class StoreWriter:
 # else (other codecs, other stores) goes through zarr.
 
 
+def _chunk_key(arr, i: int) -> str:
+    """Chunk ``i``'s key relative to the store's root."""
+    key = arr.metadata.encode_chunk_key((i,) + (0,) * (arr.ndim - 1))
+    base = arr.store_path.path
+    return f"{base}/{key}" if base else key
+
+
 def _chunk_file(arr, i: int) -> Path | None:
+    """The chunk's file for a local store, else None."""
     from zarr.storage import LocalStore
 
     store = arr.store
     if not isinstance(store, LocalStore):
         return None
-    key = arr.metadata.encode_chunk_key((i,) + (0,) * (arr.ndim - 1))
-    return Path(store.root) / arr.path / key
+    return Path(store.root) / _chunk_key(arr, i)
+
+
+def _where(arr) -> str:
+    from zarr.storage import LocalStore
+
+    store = arr.store
+    root = store.root if isinstance(store, LocalStore) else getattr(store, "path", store)
+    return f"{root}/{arr.store_path.path}"
+
+
+def _store_call(arr, method: str, *args):
+    from zarr.core.sync import sync
+
+    return sync(getattr(arr.store_path.store, method)(*args))
+
+
+def _get_chunk(arr, i: int) -> bytes | None:
+    """The stored bytes of chunk ``i`` (None when it is missing)."""
+    path = _chunk_file(arr, i)
+    if path is not None:
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
+    from zarr.core.buffer import default_buffer_prototype
+
+    buf = _store_call(arr, "get", _chunk_key(arr, i), default_buffer_prototype())
+    return None if buf is None else buf.to_bytes()
+
+
+def _put_chunk(arr, i: int, data: bytes) -> None:
+    """Store chunk ``i``'s bytes whole (local: temporary file + rename)."""
+    path = _chunk_file(arr, i)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+        return
+    from zarr.core.buffer import default_buffer_prototype
+
+    _store_call(arr, "set", _chunk_key(arr, i), default_buffer_prototype().buffer.from_bytes(data))
+
+
+def _missing(arr, i: int, start: int, stop: int) -> StoreError:
+    return StoreError(f"chunk {i} of {_where(arr)} is missing (rows {start}-{stop - 1}): the "
+                      f"store is damaged; ingest it again")
 
 
 def _fast_codec(arr) -> bool:
@@ -442,24 +509,22 @@ def read_rows(arr, i: int, *, reuse: bool = False) -> np.ndarray:
     """
     c = arr.chunks[0]
     start, stop = i * c, min((i + 1) * c, arr.shape[0])
-    path = _chunk_file(arr, i) if _fast_codec(arr) else None
-    if path is None:
+    if not _fast_codec(arr):
+        if not _store_call(arr, "exists", _chunk_key(arr, i)):
+            raise _missing(arr, i, start, stop)
         return arr[start:stop]
     from numcodecs import Blosc
 
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise StoreError(
-            f"chunk {i} of {path.parent.parent} is missing (rows {start}-{stop - 1}): the store "
-            f"is damaged; ingest it again") from None
+    raw = _get_chunk(arr, i)
+    if raw is None:
+        raise _missing(arr, i, start, stop)
     try:
         nbytes = int(np.prod(arr.chunks)) * arr.dtype.itemsize
         decoded = Blosc().decode(raw, out=_decode_buffer(nbytes)) if reuse else Blosc().decode(raw)
         data = np.frombuffer(decoded, dtype=arr.dtype).reshape(arr.chunks)
     except (RuntimeError, ValueError) as exc:
         raise StoreError(
-            f"chunk {i} of {path.parent.parent} is corrupt ({exc}): the store is damaged; "
+            f"chunk {i} of {_where(arr)} is corrupt ({exc}): the store is damaged; "
             f"ingest it again") from exc
     return data[: stop - start]
 
@@ -468,24 +533,22 @@ def copy_chunk(src, dst, i: int) -> None:
     """Copy chunk ``i`` of ``src`` to ``dst``: the stored bytes when both are alike."""
     same = (src.metadata.codecs == dst.metadata.codecs and src.chunks == dst.chunks
             and src.dtype == dst.dtype and src.shape == dst.shape)
-    a, b = _chunk_file(src, i), _chunk_file(dst, i)
-    if not same or a is None or b is None:
+    if not same:
         c = src.chunks[0]
         dst[i * c: min((i + 1) * c, src.shape[0])] = src[i * c: min((i + 1) * c, src.shape[0])]
         return
-    b.parent.mkdir(parents=True, exist_ok=True)
-    if a.exists():
-        shutil.copyfile(a, b)
-    else:
-        b.unlink(missing_ok=True)
+    raw = _get_chunk(src, i)
+    if raw is None:
+        c = src.chunks[0]
+        raise _missing(src, i, i * c, min((i + 1) * c, src.shape[0]))
+    _put_chunk(dst, i, raw)
 
 
 def write_rows(arr, i: int, rows: np.ndarray) -> None:
     """Write the rows of chunk ``i`` (the whole chunk), directly when the codec allows."""
     c = arr.chunks[0]
     start, stop = i * c, min((i + 1) * c, arr.shape[0])
-    path = _chunk_file(arr, i) if _fast_codec(arr) else None
-    if path is None:
+    if not _fast_codec(arr):
         arr[start:stop] = rows
         return
     from numcodecs import Blosc
@@ -497,7 +560,4 @@ def write_rows(arr, i: int, rows: np.ndarray) -> None:
         full = np.concatenate([full, pad])
     blosc = Blosc(cname=codec.cname.value, clevel=codec.clevel, shuffle=Blosc.NOSHUFFLE
                   if codec.shuffle.value == "noshuffle" else Blosc.SHUFFLE)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(blosc.encode(np.ascontiguousarray(full)))
-    os.replace(tmp, path)
+    _put_chunk(arr, i, blosc.encode(np.ascontiguousarray(full)))

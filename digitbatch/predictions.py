@@ -34,9 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import zarr
 
 from .errors import ScoreError
+from . import storage
 from .layout import COMPRESSORS, chunk_bounds, write_rows
 
 log = logging.getLogger(__name__)
@@ -59,12 +59,7 @@ class IncompleteOutputError(ScoreError):
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    storage.write_atomic(path, text)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -80,14 +75,15 @@ def _pid_alive(pid: int) -> bool:
 @contextlib.contextmanager
 def run_lock(out: Path, *, break_lock: bool = False) -> Iterator[dict]:
     """Hold ``out/.lock`` for the duration of a run; refuse if another run holds it."""
-    out.mkdir(parents=True, exist_ok=True)
+    out = storage.to_path(out)
+    storage.mkdir(out)
     lock = out / LOCK
     me = {"pid": os.getpid(), "host": socket.gethostname(),
           "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
           "token": uuid.uuid4().hex}
     for _ in range(2):
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            storage.create_exclusive(lock, json.dumps(me))
         except FileExistsError:
             try:
                 owner = json.loads(lock.read_text() or "{}")
@@ -105,8 +101,6 @@ def run_lock(out: Path, *, break_lock: bool = False) -> Iterator[dict]:
             raise OutputLockedError(
                 f"{out} is being written by another run (pid {owner.get('pid')} on "
                 f"{owner.get('host')}, since {owner.get('started')}): {hint}")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(me, fh)
         break
     try:
         yield me
@@ -140,7 +134,8 @@ def create_output(out: Path, spec: OutputSpec, *, arrays: bool = True,
     spec attribute (written last) landed; no chunk can have been committed to
     it, so its arrays are made afresh.
     """
-    g = zarr.open_group(str(out), mode="a")
+    out = storage.to_path(out)
+    g = storage.open_group(out, mode="a")
     if ATTRS_KEY in g.attrs or ("pred" in g and not partial_ok):
         raise ScoreError(f"{out} already holds predictions: pass --resume to continue it")
     if partial_ok and committed(out):
@@ -149,7 +144,7 @@ def create_output(out: Path, spec: OutputSpec, *, arrays: bool = True,
     for name in ("pred", "margin", "proba", "keys"):
         if name in g:
             del g[name]
-    (out / COMMITS).mkdir(exist_ok=True)
+    storage.mkdir(out / COMMITS)
     if not arrays:
         g.attrs[ATTRS_KEY] = {"version": OUTPUT_VERSION, **spec.to_dict()}
         return
@@ -163,14 +158,14 @@ def create_output(out: Path, spec: OutputSpec, *, arrays: bool = True,
                        dtype="float32", fill_value=np.nan, compressors=COMPRESSORS)
     g.create_array("keys", shape=(spec.n,), chunks=(c,), dtype=str,
                    config={"write_empty_chunks": True})
-    (out / COMMITS).mkdir(exist_ok=True)
+    storage.mkdir(out / COMMITS)
     g.attrs[ATTRS_KEY] = {"version": OUTPUT_VERSION, **spec.to_dict()}
 
 
 def check_resume(out: Path, spec: OutputSpec) -> None:
     """A resumed output must come from the same model, input and options."""
     try:
-        have = dict(zarr.open_group(str(out), mode="r").attrs.get(ATTRS_KEY) or {})
+        have = dict(storage.open_group(out, mode="r").attrs.get(ATTRS_KEY) or {})
     except Exception as exc:
         raise ScoreError(f"cannot resume {out}: it is not a digitbatch output ({exc})") from exc
     want = {"version": OUTPUT_VERSION, **spec.to_dict()}
@@ -182,16 +177,17 @@ def check_resume(out: Path, spec: OutputSpec) -> None:
 
 
 def commit_path(out: Path, i: int) -> Path:
-    return Path(out) / COMMITS / f"chunk-{i:06d}.json"
+    return storage.to_path(out) / COMMITS / f"chunk-{i:06d}.json"
 
 
 def committed(out: Path) -> dict[int, dict]:
     """The commit records present: chunk index -> counts."""
-    d = Path(out) / COMMITS
+    d = storage.to_path(out) / COMMITS
     records = {}
-    if not d.is_dir():
-        return records
-    for p in d.glob("chunk-*.json"):
+    for name in storage.listdir(d):
+        if not (name.startswith("chunk-") and name.endswith(".json")):
+            continue
+        p = d / name
         try:
             records[int(p.stem.split("-")[1])] = json.loads(p.read_text())
         except (ValueError, json.JSONDecodeError) as exc:
@@ -215,7 +211,7 @@ def write_chunk(out_path: str, i: int, start: int, stop: int, *, pred: np.ndarra
             g[prefix + name][start:stop] = rows
     record = {"chunk": i, "start": start, "stop": stop,
               **{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in counts.items()}}
-    _atomic_write(commit_path(Path(out_path), i), json.dumps(record))
+    _atomic_write(commit_path(out_path, i), json.dumps(record))
 
 
 def open_group_cached(path: str, mode: str = "r+"):
@@ -225,17 +221,22 @@ def open_group_cached(path: str, mode: str = "r+"):
     deleted and made again at the same path (a long-lived cluster scoring
     into the same output every night) is opened afresh.
     """
+    p = storage.to_path(path)
     try:
-        st = os.stat(Path(path) / "zarr.json")
-        stamp = (st.st_ino, st.st_mtime_ns)
+        if storage.is_local(p):
+            st = os.stat(p / "zarr.json")
+            stamp = (st.st_ino, st.st_mtime_ns)
+        else:
+            info = p.fs.info((p / "zarr.json").path)
+            stamp = tuple(str(info.get(k)) for k in ("ETag", "LastModified", "mtime", "size"))
     except FileNotFoundError:
         stamp = None
-    return _open_group(path, mode, stamp)
+    return _open_group(str(p), mode, stamp)
 
 
 @functools.lru_cache(maxsize=16)
 def _open_group(path: str, mode: str, stamp) -> object:
-    return zarr.open_group(path, mode=mode)
+    return storage.open_group(path, mode=mode)
 
 
 def finalize(out: Path, metrics: dict) -> None:
@@ -262,12 +263,12 @@ class Predictions:
 
 def open_predictions(out: str | os.PathLike) -> Predictions:
     """Open a complete output; refuse one with missing chunks or no _SUCCESS."""
-    p = Path(out)
+    p = storage.to_path(out)
     if not (p / SUCCESS).exists():
         raise IncompleteOutputError(
             f"{p} has no {SUCCESS} marker: the run did not finish; rerun `digitbatch score` "
             f"with --resume")
-    g = zarr.open_group(str(p), mode="r")
+    g = storage.open_group(p, mode="r")
     spec = dict(g.attrs.get(ATTRS_KEY) or {})
     expected = len(chunk_bounds(spec.get("n", 0), spec.get("chunk_size", 1)))
     # (for archive inputs n counts member slots: commits are per slot chunk)

@@ -1,0 +1,174 @@
+"""Where bytes live: local paths, or fsspec URLs (``s3://bucket/x``, ``gs://``, ...).
+
+Cluster workers rarely share a disk, so stores, models, archives and
+scoring outputs may live in object storage. This module is the one place
+that knows the difference:
+
+- :func:`to_path` gives a :class:`pathlib.Path` for a local path and a
+  ``universal_pathlib`` ``UPath`` (the pathlib API over fsspec) for a URL, so
+  the rest of the code uses one vocabulary (``/``, ``exists``, ``read_text``).
+- :func:`open_group` opens a Zarr group at either.
+- :func:`write_atomic` and :func:`create_exclusive` give the two guarantees
+  the exactly-once output needs: a reader sees a file whole or not at all
+  (local: temporary file + rename; object stores: a single PUT), and a lock
+  file is created only if absent (local: ``O_EXCL``; S3: a conditional PUT,
+  ``If-None-Match: *``).
+
+Credentials and endpoints come from the usual places, read by each worker
+process: ``AWS_*`` variables, ``~/.aws``, or fsspec's own configuration
+(``FSSPEC_S3_ENDPOINT_URL=http://minio:9000`` and friends; see
+https://filesystem-spec.readthedocs.io/en/latest/features.html#configuration).
+Directory listings are never cached (``use_listings_cache=False``): a
+listing cached before workers committed their chunks would hide them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+from .errors import StorageError
+
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+# never cache directory listings: commit records appear while we run
+_OPTIONS = {"use_listings_cache": False}
+
+
+def is_url(x: Any) -> bool:
+    """True for an fsspec URL other than ``file://``."""
+    s = str(x)
+    return bool(_URL.match(s)) and not s.startswith("file://")
+
+
+def storage_options(url: str) -> dict:
+    """Options for the filesystem of ``url`` (only for remote protocols)."""
+    proto = str(url).split("://", 1)[0]
+    return dict(_OPTIONS) if proto not in ("memory", "file") else {}
+
+
+def to_path(x: str | os.PathLike) -> Path:
+    """A ``Path`` for a local path, a ``UPath`` for a URL (same API)."""
+    if isinstance(x, Path):
+        return x
+    s = os.fspath(x)
+    if s.startswith("file://"):
+        return Path(s[len("file://"):])
+    if not is_url(s):
+        return Path(s)
+    try:
+        from upath import UPath
+    except ImportError as exc:  # pragma: no cover - a core dependency
+        raise StorageError(f"{s}: URLs need universal_pathlib: pip install digitbatch") from exc
+    try:
+        return UPath(s.rstrip("/"), **storage_options(s))
+    except (ImportError, ValueError) as exc:
+        proto = s.split("://", 1)[0]
+        hint = " (pip install 'digitbatch[s3]')" if proto in ("s3", "s3a") else ""
+        raise StorageError(f"cannot open {s}: {exc}{hint}") from exc
+
+
+def is_local(p: Path) -> bool:
+    return not is_url(str(p)) and type(p).__module__.startswith("pathlib")
+
+
+def url(p: Path) -> str:
+    """The string to hand to Zarr, fsspec or another process."""
+    return str(p)
+
+
+def open_group(p: str | os.PathLike, mode: str = "r"):
+    """A Zarr group at a local path or URL (``mode`` as :func:`zarr.open_group`)."""
+    import zarr
+
+    s = str(to_path(p))
+    if is_url(s):
+        return zarr.open_group(s, mode=mode, storage_options=storage_options(s))
+    return zarr.open_group(s, mode=mode)
+
+
+def fs_of(p: Path):
+    """The fsspec filesystem and in-filesystem path of a URL path."""
+    return p.fs, p.path
+
+
+def write_atomic(p: Path, data: bytes | str) -> None:
+    """Write ``p`` so that readers see all of it or none of it."""
+    data = data.encode("utf-8") if isinstance(data, str) else data
+    if not is_local(p):
+        p.write_bytes(data)  # one PUT: object stores publish objects whole
+        return
+    tmp = p.parent / f".{p.name}.tmp-{uuid.uuid4().hex[:8]}"
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, p)
+
+
+def create_exclusive(p: Path, data: bytes | str) -> None:
+    """Create ``p`` holding ``data``; ``FileExistsError`` if it exists."""
+    data = data.encode("utf-8") if isinstance(data, str) else data
+    if is_local(p):
+        fd = os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        return
+    fs, path = fs_of(p)
+    try:
+        fs.pipe_file(path, data, mode="create")
+    except FileExistsError:
+        raise
+    except (NotImplementedError, TypeError) as exc:
+        raise StorageError(
+            f"{p}: this filesystem cannot create a file only if it is absent ({exc}), "
+            f"so a run lock cannot be held there: write the output to S3 or a local path"
+        ) from exc
+
+
+def listdir(p: Path) -> list[str]:
+    """Names directly under ``p`` (fresh: never from a cached listing); [] if absent."""
+    if is_local(p):
+        try:
+            return os.listdir(p)
+        except FileNotFoundError:
+            return []
+    fs, path = fs_of(p)
+    fs.invalidate_cache(path)
+    try:
+        return [e.rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(path, detail=False)]
+    except FileNotFoundError:
+        return []
+
+
+def mkdir(p: Path) -> None:
+    """Make a directory (object stores have none: nothing to do)."""
+    if is_local(p):
+        p.mkdir(parents=True, exist_ok=True)
+
+
+def rmtree(p: Path) -> None:
+    """Remove a directory tree or prefix; missing is fine."""
+    if is_local(p):
+        shutil.rmtree(p, ignore_errors=True)
+        return
+    fs, path = fs_of(p)
+    try:
+        fs.rm(path, recursive=True)
+    except FileNotFoundError:
+        pass
+
+
+def parent_exists(p: Path) -> bool:
+    """Whether ``p`` can be created: its directory (local) or bucket (remote) exists."""
+    if is_local(p):
+        return p.parent.exists()
+    fs, path = fs_of(p)
+    bucket = path.split("/", 1)[0]
+    try:
+        return bool(fs.exists(bucket))
+    except PermissionError:
+        return True  # listing buckets may be forbidden while writing into one is allowed
