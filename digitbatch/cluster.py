@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import gc
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -272,6 +273,7 @@ def client(scheduler: Scheduler = None, *, n_workers: int | None = None) -> Iter
     try:
         c = Client(address, timeout=spec.timeout, security=security)
     except Exception as exc:
+        _drop_half_made_client(exc)
         raise ClusterError(
             f"could not connect to the Dask scheduler at {address!r} "
             f"({type(exc).__name__}: {exc}); {_connect_hint(address, spec)}"
@@ -281,6 +283,25 @@ def client(scheduler: Scheduler = None, *, n_workers: int | None = None) -> Iter
                  len(c.scheduler_info().get("workers", {})), ", TLS" if spec.tls else "",
                  c.dashboard_link)
         yield c
+
+
+def _drop_half_made_client(exc: BaseException) -> None:
+    """Close a Client whose ``__init__`` failed now, in this thread.
+
+    Its tracebacks keep it alive until a later garbage collection, which may
+    fire inside the start of the next Client's loop thread: its ``__del__``
+    then waits for the loop-runner lock that the starting thread's parent
+    holds while it waits for that thread, a deadlock (seen as a rare hang of
+    the TLS refusal test). Dropping the tracebacks and collecting here runs
+    the ``__del__`` while no lock is held.
+    """
+    seen = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        e.__traceback__ = None
+        e = e.__cause__ or e.__context__
+    gc.collect()
 
 
 @contextlib.contextmanager

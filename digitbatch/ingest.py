@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import time
 from collections.abc import Iterator
@@ -11,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import cluster
-from .errors import TooManyRejectsError
+from . import cluster, storage
+from .errors import SourceNotFoundError, TooManyRejectsError
 from .layout import DEFAULT_CHUNK_SIZE, StoreWriter, validate_chunk_size
 from .sources import Batch, Reject, resolve_kind
 from .sources.labels import LabelMap, load_labels
@@ -61,18 +62,20 @@ def _array_batches(images: np.ndarray, labels: np.ndarray, keys: list[str],
         yield Batch(images[start:stop], labels[start:stop], keys[start:stop])
 
 
-def _image_batches(path: Path, ex, *, batch_size: int, max_member_bytes: int) -> Iterator[Batch]:
+def _image_batches(path: Path, ex, *, batch_size: int, max_member_bytes: int,
+                   stream: bool = False) -> Iterator[Batch]:
     """Decode the members of an image container on the executor, in source order.
 
     Seekable containers (directory, zip, uncompressed tar) are only listed
     here and each task reads its own members; compressed tars are streamed
-    here and their bytes shipped to the tasks.
+    here and their bytes shipped to the tasks. ``stream`` streams every
+    container (a local copy of a remote source, which workers cannot see).
     """
     from .sources.images import Member, MemberRef, decode_batch, detect_image_source, iter_members
     from .sources.refs import decode_refs, iter_refs, seekable_kind
 
     container = detect_image_source(path)
-    seekable = container is not None and seekable_kind(path, container)
+    seekable = not stream and container is not None and seekable_kind(path, container)
     header_rejects: list[Reject] = []
 
     def groups() -> Iterator:
@@ -124,9 +127,12 @@ def ingest(
 
     Parameters
     ----------
-    source : path or ``"sample"`` / ``"openml"``
+    source : path, URL or ``"sample"`` / ``"openml"``
         An IDX directory, an image directory / tar / zip, or a named source.
-    out : path
+        At a URL (``s3://bucket/archive.tar.gz``, a prefix for a directory)
+        it is first copied to a temporary local directory, then streamed
+        to the decoders.
+    out : path or URL
         The store to create. It appears only once complete.
     kind : {"idx", "openml", "sample", "images"}, optional
         Force a reader instead of detecting it from content.
@@ -155,9 +161,26 @@ def ingest(
     if isinstance(max_rejects, bool) or not isinstance(max_rejects, int) or max_rejects < 0:
         raise TooManyRejectsError(f"max_rejects must be an integer >= 0, got {max_rejects!r}")
     source = str(source)
+    with contextlib.ExitStack() as stack:
+        origin = None
+        if storage.is_url(source):
+            origin = source
+            try:
+                source = str(stack.enter_context(storage.fetched(source)))
+            except FileNotFoundError as exc:
+                raise SourceNotFoundError(f"source {origin} does not exist ({exc})") from exc
+        return _ingest(source, out, origin=origin, kind=kind, labels=labels,
+                       chunk_size=chunk_size, overwrite=overwrite, max_rejects=max_rejects,
+                       data_home=data_home, scheduler=scheduler,
+                       decode_batch_size=decode_batch_size,
+                       max_member_bytes=max_member_bytes, progress=progress, t0=t0)
+
+
+def _ingest(source: str, out, *, origin: str | None, kind, labels, chunk_size, overwrite,
+            max_rejects, data_home, scheduler, decode_batch_size, max_member_bytes, progress,
+            t0) -> IngestResult:
     resolved = resolve_kind(source, kind)
     label_map: LabelMap | None = load_labels(labels) if labels is not None else None
-    out = Path(out)
     reasons: collections.Counter = collections.Counter()
 
     with StoreWriter(out, source={"kind": resolved}, chunk_size=chunk_size,
@@ -165,7 +188,7 @@ def ingest(
         splits: dict = {}
         with _batches(resolved, source, data_home=data_home, scheduler=scheduler,
                       chunk_size=chunk_size, decode_batch_size=decode_batch_size,
-                      max_member_bytes=max_member_bytes) as (batches, meta):
+                      max_member_bytes=max_member_bytes, origin=origin) as (batches, meta):
             for batch in batches:
                 if label_map is not None:
                     batch = label_map.apply(batch)
@@ -193,7 +216,7 @@ def ingest(
 
     seconds = time.perf_counter() - t0
     result = IngestResult(
-        path=str(out),
+        path=str(writer.path),
         kind=resolved,
         n_images=store.n,
         n_labeled=store.meta["n_labeled"],
@@ -206,7 +229,8 @@ def ingest(
         splits=store.meta["splits"],
     )
     log.info("ingested %d images (%d rejected) from %s in %.2f s (%.0f images/s)",
-             result.n_images, result.n_rejects, source, seconds, result.images_per_second)
+             result.n_images, result.n_rejects, origin or source, seconds,
+             result.images_per_second)
     return result
 
 
@@ -217,8 +241,8 @@ class _batches:
     """
 
     def __init__(self, kind: str, source: str, *, data_home, scheduler, chunk_size,
-                 decode_batch_size, max_member_bytes):
-        self.kind, self.source = kind, source
+                 decode_batch_size, max_member_bytes, origin: str | None = None):
+        self.kind, self.source, self.origin = kind, source, origin
         self.data_home, self.scheduler = data_home, scheduler
         self.chunk_size = chunk_size
         self.decode_batch_size, self.max_member_bytes = decode_batch_size, max_member_bytes
@@ -227,14 +251,19 @@ class _batches:
     def __enter__(self):
         if self.kind in ("idx", "openml", "sample"):
             data = self._load_arrays()
-            meta = {"description": data.description, "splits": data.splits}
+            description = dict(data.description)
+            if self.origin:
+                description["url"] = self.origin
+            meta = {"description": description, "splits": data.splits}
             return _array_batches(data.images, data.labels, data.keys, self.chunk_size), meta
         path = Path(self.source)
         self._ex = cluster.executor(self.scheduler)
         ex = self._ex.__enter__()
-        meta = {"description": {"kind": "images", "path": str(path.resolve())}, "splits": {}}
+        meta = {"description": {"kind": "images", "path": self.origin or str(path.resolve())},
+                "splits": {}}
         return _image_batches(path, ex, batch_size=self.decode_batch_size,
-                              max_member_bytes=self.max_member_bytes), meta
+                              max_member_bytes=self.max_member_bytes,
+                              stream=self.origin is not None), meta
 
     def __exit__(self, *exc):
         if self._ex is not None:

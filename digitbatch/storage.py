@@ -24,10 +24,13 @@ listing cached before workers committed their chunks would hide them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +55,7 @@ def storage_options(url: str) -> dict:
 
 def to_path(x: str | os.PathLike) -> Path:
     """A ``Path`` for a local path, a ``UPath`` for a URL (same API)."""
-    if isinstance(x, Path):
+    if isinstance(x, Path) or type(x).__module__.startswith("upath"):
         return x
     s = os.fspath(x)
     if s.startswith("file://"):
@@ -172,3 +175,31 @@ def parent_exists(p: Path) -> bool:
         return bool(fs.exists(bucket))
     except PermissionError:
         return True  # listing buckets may be forbidden while writing into one is allowed
+
+
+@contextlib.contextmanager
+def fetched(source: str) -> Iterator[Path]:
+    """A local copy of a remote file or prefix, removed on exit.
+
+    Its name is the source's last component, so content detection and
+    member keys (``archive.tar.gz!img/1.png``) are what the source's are.
+    ``FileNotFoundError`` when nothing is there.
+    """
+    p = to_path(source)
+    fs, path = fs_of(p)
+    if not fs.exists(path):
+        raise FileNotFoundError(source)
+    with tempfile.TemporaryDirectory(prefix="digitbatch-fetch-") as d:
+        dest = Path(d) / (p.name or "source")
+        if fs.isdir(path):
+            dest.mkdir()
+            for rel in sorted(fs.find(path)):
+                sub = rel[len(path.rstrip("/")) + 1:]
+                target = dest / sub
+                if ".." in Path(sub).parts or not sub:
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                fs.get_file(rel, str(target))
+        else:
+            fs.get_file(path, str(dest))
+        yield dest
