@@ -23,8 +23,9 @@ $(VENV)/.stamp-test: pyproject.toml | $(PY)
 
 venv: $(VENV)/.stamp-test
 
+# the main job end to end, as a scheduled run would: jobs/quickstart.toml
 demo: $(VENV)/.stamp-sample
-	$(BIN)/digitbatch demo --workdir $(DEMO_DIR)
+	$(BIN)/digitbatch run jobs/quickstart.toml
 
 test: $(VENV)/.stamp-test
 	$(BIN)/python -m pytest -m "not long" -q

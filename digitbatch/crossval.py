@@ -1,11 +1,22 @@
 """Cross-validation and grid search on the Dask cluster, through joblib.
 
 scikit-learn parallelises CV folds and search candidates with joblib; with
-``joblib.parallel_config(backend="dask", scatter=[X, y])`` those tasks run
-on the Dask workers, and the training arrays are sent to every worker once
-(scattered) instead of with every task (joblib#1154, dask-ml#114). Arrays
-stay uint8 until a pipeline's first step scales them, so what is shipped is
-784 bytes an image, not 6,272.
+joblib's dask backend those tasks run on the Dask workers, and the training
+arrays are sent to the cluster once instead of with every task (joblib#1154,
+dask-ml#114). Arrays stay uint8 until a pipeline's first step scales them,
+so what is shipped is 784 bytes an image, not 6,272.
+
+A worker may die mid-search (tests/faults/test_workers.py). joblib's own
+``scatter=[X, y]`` makes X and y *scattered* data, and it scatters each
+fold's index arrays (any argument over 1 kB) to a single worker: data with
+no lineage, so the death of the worker holding it cancels every fold that
+needs it (a raw ``FutureCancelledError``; joblib#875). Here X and y are the
+results of tasks instead (as score.py shares its model), which the
+scheduler recomputes after a worker dies, and the fold indices travel
+inside their tasks; Dask then reruns the dead worker's folds and the
+results equal a fault-free run. A fold whose workers keep dying is given up
+by Dask (``allowed-failures``): that, or any other loss of the cluster's
+work, is a :class:`~digitbatch.errors.CrossValidationError`.
 """
 
 from __future__ import annotations
@@ -13,6 +24,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import uuid
+import warnings
+from concurrent.futures import CancelledError
 from dataclasses import dataclass
 
 import joblib
@@ -20,7 +34,7 @@ import numpy as np
 from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_validate
 
 from . import cluster
-from .errors import TrainingError
+from .errors import CrossValidationError, TrainingError
 
 log = logging.getLogger(__name__)
 
@@ -65,15 +79,74 @@ class CVResult:
                 "seconds": round(self.seconds, 3), "backend": self.backend}
 
 
+def _hold(obj):
+    """A task that returns its argument: shared read-only data with lineage."""
+    return obj
+
+
+def _recoverable_backend(client, data: list):
+    """joblib's dask backend, with ``data`` shared as recomputable task results.
+
+    ``data_futures`` (id -> future) is what joblib's own ``scatter=`` fills:
+    arguments that are these very objects are replaced by the futures. With
+    ``call_data_futures`` None, joblib does not scatter other large
+    arguments (the fold indices) to one worker; they go inside the task.
+    """
+    from joblib._dask import DaskDistributedBackend
+
+    class RecoverableDaskBackend(DaskDistributedBackend):
+        def __init__(self):
+            super().__init__(client=client, wait_for_workers_timeout=60)
+            self._scatter = list(data)  # keeps the ids valid
+            with warnings.catch_warnings():
+                # The arrays are in the graph on purpose, once (distributed warns over 10 MB).
+                warnings.filterwarnings("ignore", "Sending large graph", UserWarning)
+                self.data_futures = {
+                    id(x): client.submit(_hold, x, key=f"digitbatch-cv-data-{uuid.uuid4().hex}",
+                                         pure=False)
+                    for x in data}
+
+        def start_call(self):
+            super().start_call()
+            self.call_data_futures = None
+
+        def stop_call(self):
+            self.call_data_futures = {}  # (joblib clears it)
+            super().stop_call()
+
+    return RecoverableDaskBackend()
+
+
+def _lost_work(exc: BaseException) -> bool:
+    """True for the errors of work lost on the cluster, not of the estimator."""
+    from distributed import KilledWorker
+    from distributed.comm import CommClosedError
+
+    return isinstance(exc, (KilledWorker, CommClosedError, CancelledError))  # (FutureCancelledError)
+
+
 @contextlib.contextmanager
 def joblib_backend(client, X, y):
-    """The dask backend with X and y scattered once, or the sequential one."""
+    """The dask backend with X and y shared once (recomputably), or the sequential one."""
     if client is None:
         with joblib.parallel_config(backend="sequential"):
             yield "sequential", 1
         return
-    with joblib.parallel_config(backend="dask", scatter=[X, y], wait_for_workers_timeout=60):
-        yield "dask", -1
+    backend = _recoverable_backend(client, [X, y])
+    try:
+        with joblib.parallel_config(backend=backend):
+            yield "dask", -1
+    except Exception as exc:
+        if not _lost_work(exc):
+            raise
+        raise CrossValidationError(
+            f"cross-validation lost its work on the Dask cluster ({type(exc).__name__}: "
+            f"{exc}): a fold's workers died repeatedly (a crash, out of memory, or killed "
+            f"workers); check the workers' logs, or run with --scheduler synchronous"
+        ) from exc
+    finally:
+        for f in backend.data_futures.values():
+            f.release()
 
 
 def run_cv(estimator, X: np.ndarray, y: np.ndarray, *, k: int, client=None) -> CVResult:

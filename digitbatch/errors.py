@@ -96,3 +96,36 @@ class JobSpecError(DigitbatchError, ValueError):
 
 class JobFailedError(DigitbatchError, RuntimeError):
     """A step of a job failed; the run summary says which and why."""
+
+
+# --- faults on the cluster -------------------------------------------------
+
+
+class ChunkFailedError(DigitbatchError, RuntimeError):
+    """Scoring chunks failed on the cluster (their workers died, or they were cancelled).
+
+    ``failures`` holds one dict per failed chunk: ``chunk`` (index),
+    ``start``/``stop`` (rows or archive member slots), ``keys`` (the image
+    keys, or the first and last of a long chunk) and ``reason``. The other
+    chunks are committed: fix or remove the bad input and ``--resume``.
+    """
+
+    def __init__(self, message: str, failures: list[dict] | None = None):
+        super().__init__(message)
+        self.failures = list(failures or [])
+
+    @property
+    def chunks(self) -> list[int]:
+        return [f["chunk"] for f in self.failures]
+
+
+class ChunkTimeoutError(ChunkFailedError, TimeoutError):
+    """A scoring chunk ran longer than ``task_timeout`` seconds and was cancelled."""
+
+
+class CrossValidationError(TrainingError, RuntimeError):
+    """Cross-validation (or a grid search) could not finish on the Dask cluster.
+
+    Raised instead of a raw ``distributed`` error when workers died while
+    running folds (a task given up after repeated worker deaths, or cancelled).
+    """

@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import uuid
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,22 +160,66 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
             f"model {p} was trained with scikit-learn {want_sk}, this is {sklearn.__version__}: "
             f"retrain it, or install scikit-learn=={want_sk}"
         )
-    fpath = p / manifest.get("model_file", MODEL_FILE)
-    if fpath.name != MODEL_FILE or not fpath.is_file():
-        raise ModelError(f"model {p}: {MODEL_FILE} is missing")
+    if manifest.get("model_file", MODEL_FILE) != MODEL_FILE:
+        raise ModelError(
+            f"model {p}: manifest names model file {manifest.get('model_file')!r}; only "
+            f"{MODEL_FILE} inside the model directory is ever read")
+    fpath = p / MODEL_FILE
+    if fpath.is_symlink() or not fpath.is_file():
+        raise ModelError(f"model {p}: {MODEL_FILE} is missing (or not a regular file)")
     digest = sha256_file(fpath)
     if digest != manifest.get("model_sha256"):
         raise ModelError(
             f"model {p}: {MODEL_FILE} has SHA-256 {digest[:16]}..., the manifest says "
             f"{str(manifest.get('model_sha256'))[:16]}...: the file was changed; retrain or restore it"
         )
-    try:
-        with np.load(fpath, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (ValueError, OSError) as exc:
-        raise ModelError(f"model {p}: {MODEL_FILE} is not a plain numpy archive ({exc})") from exc
+    arrays = _read_arrays(p, fpath)
     model = _rebuild(p, manifest, arrays)
     return LoadedModel(model=model, manifest=manifest, path=p)
+
+
+def _read_arrays(p: Path, fpath: Path) -> dict[str, np.ndarray]:
+    """The numeric arrays of ``model.npz``; anything else in it is a named error.
+
+    ``np.load`` hands back the raw bytes of a zip member that is not a
+    ``.npy`` file (a skops ``schema.json``, say) instead of refusing it, and
+    ``allow_pickle=False`` is what keeps object arrays out: both are checked
+    here, before any value is used.
+    """
+    what = f"model {p}: {MODEL_FILE} is not a plain numpy archive"
+    try:
+        with zipfile.ZipFile(fpath) as zf:
+            names = zf.namelist()
+        bad = [n for n in names if not n.endswith(".npy") or "/" in n or "\\" in n]
+        if bad:
+            raise ModelError(f"{what}: it holds {bad[:5]} (not .npy arrays): retrain it")
+        with np.load(fpath, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        if isinstance(exc, ModelError):
+            raise
+        raise ModelError(f"{what} ({exc})") from exc
+    for name, value in arrays.items():
+        if not isinstance(value, np.ndarray) or value.dtype.kind not in "biuf":
+            kind = value.dtype if isinstance(value, np.ndarray) else type(value).__name__
+            raise ModelError(f"{what}: array {name!r} is {kind}, not numbers: retrain it")
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            raise ModelError(f"model {p}: array {name!r} holds NaN or infinity: retrain it")
+    return arrays
+
+
+def _check_shapes(p: Path, manifest: dict, head) -> None:
+    """Shapes that agree with each other and with the manifest, or a named error."""
+    w, b, c = head.weights, head.intercept, head.classes
+    if w.ndim != 2 or b.shape != (w.shape[1],) or c.ndim != 1:
+        raise ModelError(f"model {p}: weights {w.shape}, intercept {b.shape} and classes "
+                         f"{c.shape} do not fit together: retrain it")
+    outputs = 1 if len(c) == 2 and w.shape[1] == 1 else len(c)
+    if w.shape[1] != outputs or len(c) < 2:
+        raise ModelError(f"model {p}: {w.shape[1]} outputs for {len(c)} classes: retrain it")
+    if [int(v) for v in c] != list(manifest.get("classes", [])):
+        raise ModelError(f"model {p}: classes {c.tolist()} differ from the manifest's "
+                         f"{manifest.get('classes')}: retrain it")
 
 
 def _rebuild(p: Path, manifest: dict, arrays: dict[str, np.ndarray]) -> CompactModel:
@@ -197,6 +242,7 @@ def _rebuild(p: Path, manifest: dict, arrays: dict[str, np.ndarray]) -> CompactM
                              params=manifest.get("params", {}))
     except (KeyError, TypeError) as exc:
         raise ModelError(f"model {p}: manifest or arrays incomplete ({exc}): retrain it") from exc
+    _check_shapes(p, manifest, head)
     n_in = head.weights.shape[0] if cls is FO.LinearPredictor else head.landmarks.shape[0]
     if cls is FO.LinearPredictor and n_in != int(np.prod(IMAGE_SHAPE)):
         raise ModelError(f"model {p}: weights {head.weights.shape} do not take 28x28 images")

@@ -6,6 +6,15 @@ predicts with the model's numpy kernel, writes its chunk-aligned rows of
 the output and then commits them (see :mod:`digitbatch.predictions`); the
 metrics are reduced from the commit records, so predictions are never
 gathered in one place, and a resumed run counts every chunk exactly once.
+
+Faults on the cluster (tests/faults): a killed worker's chunks are rerun
+by Dask (a chunk rewrites the same bytes); a chunk whose workers keep dying
+(an image that crashes the decoder) is given up after Dask's
+``distributed.scheduler.allowed-failures``, and a chunk running longer than
+``task_timeout`` is cancelled; either way the other chunks are still
+scored and committed, then :class:`~digitbatch.errors.ChunkFailedError`
+names the failed chunks and their image keys, and ``--resume`` redoes only
+those.
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ import numpy as np
 import zarr
 
 from . import cluster, metrics
-from .errors import ScoreError
+from .errors import ChunkFailedError, ChunkTimeoutError, ScoreError
 from .kernels import confusion_counts, prediction_histogram
 from .ingest import DEFAULT_MAX_MEMBER_BYTES
 from .layout import (
@@ -37,6 +46,13 @@ log = logging.getLogger(__name__)
 PRED_FILL = -1
 METRICS_FILE = METRICS
 TASK_RETRIES = 2
+# Seconds a chunk may run on a worker before it is cancelled (None or 0: no limit).
+# A 32,768-image chunk scores in about a second and decodes from PNGs in about a
+# minute, so only a wedged task (a decoder stuck on a hostile image, a hung
+# network read) gets near this.
+DEFAULT_TASK_TIMEOUT = 1800.0
+# Image keys a ChunkFailedError lists per chunk; a longer chunk gives its first and last.
+_MAX_KEYS_LISTED = 20
 # Bumped when a field of metrics.json is renamed or changes meaning (docs/schemas.md).
 METRICS_SCHEMA_VERSION = 1
 
@@ -102,6 +118,7 @@ def score(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
     progress=None,
+    task_timeout: float | None = DEFAULT_TASK_TIMEOUT,
 ) -> ScoreResult:
     """Predict every image of ``source`` with ``model`` into the output group ``out``.
 
@@ -129,7 +146,21 @@ def score(
     progress : callable, optional
         ``progress(n, total=None)``: called with ``total`` once, then with the
         images of each chunk as it is committed (for a progress bar).
+    task_timeout : float, optional
+        On a Dask cluster, seconds a chunk may run on a worker; a chunk
+        running longer is cancelled (and its worker restarted, when it has a
+        nanny, to free the stuck thread). None or 0: no limit.
+
+    Raises
+    ------
+    ChunkFailedError
+        Chunks failed on the cluster: their workers died too often while
+        running them (``distributed.scheduler.allowed-failures``), or they
+        ran past ``task_timeout`` (:class:`~digitbatch.errors.ChunkTimeoutError`).
+        Every other chunk is scored and committed first, so ``resume``
+        redoes only the failed ones.
     """
+    task_timeout = _check_timeout(task_timeout)
     loaded = load_model(model)
     m = loaded.model
     if proba and not m.has_proba:
@@ -160,7 +191,8 @@ def score(
                  len(done))
         if progress is not None:
             progress(0, total=sum(_task_images(t) for t in todo))
-        _run(todo, scheduler, plan.fn, plan.kwargs, broadcast=plan.broadcast, progress=progress)
+        _run(todo, scheduler, plan.fn, plan.kwargs, broadcast=plan.broadcast, progress=progress,
+             task_timeout=task_timeout, describe=plan.describe)
         records = committed(out)
         missing = sorted(set(range(plan.n_chunks)) - set(records))
         if missing:
@@ -220,6 +252,7 @@ class _Plan:
     n_chunks: int
     archive: object = None
     prepare: object = None  # called with the output path before tasks run
+    describe: object = None  # task -> the image keys it covers (for error messages)
 
     def tasks(self, done: set[int]) -> list:
         return self.tasks_of(done)
@@ -238,6 +271,7 @@ def _plan(source: Path, model, *, proba, labels, chunk_size, limit) -> _Plan:
             fn=score_chunk, kwargs={"store_path": str(s.path), "proba": proba},
             broadcast={"model": model}, n_chunks=len(chunks),
             tasks_of=lambda done: [(i, a, b) for i, (a, b) in enumerate(chunks) if i not in done],
+            describe=lambda task: _store_keys(s, task),
         )
     from .score_archive import create_staging, fingerprint, list_slots, score_slots, tasks
     from .sources.labels import load_labels
@@ -261,6 +295,7 @@ def _plan(source: Path, model, *, proba, labels, chunk_size, limit) -> _Plan:
         tasks_of=tasks_of, archive=(kind, seekable),
         prepare=lambda out: create_staging(out, n=len(entries), chunk_size=chunk_size,
                                            n_classes=model.n_classes, proba=proba),
+        describe=lambda task: _listed([e.key for e in task[2]]),
     )
     return plan
 
@@ -295,7 +330,44 @@ def _task_images(task) -> int:
     return len(task[2]) if isinstance(task[2], list) else task[2] - task[1]
 
 
-def _run(todo, scheduler, fn, kwargs, *, broadcast, progress=None) -> None:
+def _check_timeout(task_timeout) -> float | None:
+    if task_timeout is None:
+        return None
+    if isinstance(task_timeout, bool) or not isinstance(task_timeout, (int, float)) \
+            or task_timeout != task_timeout or task_timeout < 0:
+        raise ScoreError(f"task_timeout must be a number of seconds >= 0 (0: no limit), "
+                         f"got {task_timeout!r}")
+    return float(task_timeout) or None
+
+
+def _listed(keys: list[str]) -> list[str]:
+    """``keys``, or its first and last when there are many."""
+    return list(keys) if len(keys) <= _MAX_KEYS_LISTED else [keys[0], keys[-1]]
+
+
+def _store_keys(store, task) -> list[str]:
+    i, a, b = task
+    try:
+        keys = store.keys
+        return ([str(keys[a]), str(keys[b - 1])] if b - a > _MAX_KEYS_LISTED
+                else [str(k) for k in keys[a:b]])
+    except Exception as exc:  # the message must not fail because the store is unreadable
+        log.debug("cannot read the keys of rows %d-%d: %s", a, b, exc)
+        return []
+
+
+def _executing(dask_worker=None) -> dict:
+    """On a worker: seconds each task it is executing has run (for ``task_timeout``)."""
+    from distributed.metrics import time as now
+
+    t = now()
+    tasks = dask_worker.state.tasks
+    return {str(k): t - tasks[k].start_time for k in list(dask_worker.active_keys)
+            if k in tasks and tasks[k].start_time is not None}
+
+
+def _run(todo, scheduler, fn, kwargs, *, broadcast, progress=None, task_timeout=None,
+         describe=None) -> None:
     if not todo:
         return
     with cluster.executor(scheduler) as ex:
@@ -305,8 +377,6 @@ def _run(todo, scheduler, fn, kwargs, *, broadcast, progress=None) -> None:
                 if progress is not None:
                     progress(_task_images(task))
             return
-        from distributed import as_completed
-
         client = ex.client
         # The model (and labels) go to each worker once and tasks refer to them
         # (dask-ml#842). Not with scatter: scattered data dies with the worker
@@ -317,8 +387,132 @@ def _run(todo, scheduler, fn, kwargs, *, broadcast, progress=None) -> None:
                                    pure=False) if v is not None else None
                   for k, v in broadcast.items()}
         futures = client.map(fn, todo, **kwargs, **shared, pure=False, retries=TASK_RETRIES)
-        size = {f.key: _task_images(t) for f, t in zip(futures, todo)}
-        for fut in as_completed(futures):
-            fut.result()
-            if progress is not None:
-                progress(size[fut.key])
+        failures = _gather_commits(client, futures, todo, progress=progress,
+                                   task_timeout=task_timeout)
+        if failures:
+            raise _failed_error(failures, describe, n_tasks=len(todo))
+
+
+def _gather_commits(client, futures, todo, *, progress, task_timeout) -> list[tuple]:
+    """Wait for every chunk task; returns ``(task, reason, timed_out)`` of those that failed.
+
+    A task that raises re-raises here at once (a bug, or a bad input the
+    task names itself). A task the scheduler gives up (KilledWorker: its
+    workers died ``allowed-failures`` + 1 times) or cancels, or one running
+    past ``task_timeout``, is recorded and the others are still waited for,
+    so every chunk that can be committed is.
+    """
+    from distributed import KilledWorker, wait
+
+    task_of = {f.key: t for f, t in zip(futures, todo)}
+    pending = set(futures)
+    failures: list[tuple] = []
+    poll = None if task_timeout is None else min(max(task_timeout / 10, 0.2), 10.0)
+    first_seen: dict[tuple, float] = {}  # (key, worker) -> when first seen processing there
+    while pending:
+        try:
+            done = wait(pending, timeout=poll, return_when="FIRST_COMPLETED").done
+        except TimeoutError:
+            done = set()
+        for fut in done:
+            pending.discard(fut)
+            task = task_of[fut.key]
+            if fut.status == "finished":
+                if progress is not None:
+                    progress(_task_images(task))
+                continue
+            if fut.status == "error":
+                exc = fut.exception()
+                if not isinstance(exc, KilledWorker):
+                    fut.result()  # raises the task's own error, with its traceback
+                allowed = getattr(exc, "allowed_failures", None)
+                reason = (f"the workers running it died {allowed + 1} times (a crash, e.g. an "
+                          f"image that kills the decoder, or killed workers; "
+                          f"distributed.scheduler.allowed-failures is {allowed})"
+                          if allowed is not None else f"its workers died ({exc})")
+            else:
+                reason = f"the scheduler {fut.status} it"
+            failures.append((task, reason, False))
+        if task_timeout is not None and pending:
+            for fut, worker, secs in _overdue(client, pending, task_timeout, first_seen):
+                log.warning("chunk %d has run %.0f s on %s (task_timeout %g s): cancelling it",
+                            task_of[fut.key][0], secs, worker, task_timeout)
+                fut.cancel()
+                pending.discard(fut)
+                failures.append((task_of[fut.key],
+                                 f"it ran longer than task_timeout={task_timeout:g} s on worker "
+                                 f"{worker} and was cancelled", True))
+                _restart(client, worker)
+    return failures
+
+
+def _overdue(client, pending, task_timeout, first_seen) -> list[tuple]:
+    """``(future, worker, seconds)`` of pending tasks executing longer than ``task_timeout``.
+
+    The workers say how long each task has been executing; a worker that
+    does not answer (its event loop is blocked) is judged by when the
+    scheduler was first seen to have handed it the task.
+    """
+    import time as _time
+
+    keys = {f.key: f for f in pending}
+    now = _time.monotonic()
+    on = {}
+    for worker, ks in client.processing().items():
+        for k in ks:
+            if k in keys:
+                on[k] = worker
+                first_seen.setdefault((k, worker), now)
+    # (a task cannot have executed for longer than it was seen processing)
+    if not any(now - first_seen[(k, w)] > task_timeout for k, w in on.items()):
+        return []
+    try:
+        running = client.run(_executing, workers=sorted(set(on.values())), on_error="return",
+                             callback_timeout=min(task_timeout, 30.0))
+    except Exception as exc:  # a worker does not answer
+        log.debug("workers did not say what they are executing: %s", exc)
+        running = {}
+    out = []
+    for k, w in on.items():
+        report = running.get(w)
+        if isinstance(report, dict):
+            secs = report.get(str(k))
+            if secs is not None and secs > task_timeout:
+                out.append((keys[k], w, secs))
+        elif now - first_seen[(k, w)] > task_timeout:
+            out.append((keys[k], w, now - first_seen[(k, w)]))
+    return out
+
+
+def _restart(client, worker: str) -> None:
+    """Restart the worker of a cancelled, stuck task: cancelling does not stop its thread."""
+    try:
+        client.restart_workers([worker], timeout=60, raise_for_error=False)
+    except Exception as exc:  # no nanny, or it is gone already: the task stays cancelled
+        log.warning("could not restart worker %s after cancelling its task: %s", worker, exc)
+
+
+def _failed_error(failures, describe, *, n_tasks: int) -> ChunkFailedError:
+    items = []
+    for task, reason, timed_out in sorted(failures, key=lambda f: f[0][0]):
+        start = task[1]
+        stop = start + _task_images(task)
+        keys = describe(task) if describe is not None else []
+        items.append({"chunk": int(task[0]), "start": int(start), "stop": int(stop),
+                      "keys": keys, "reason": reason, "timed_out": timed_out})
+
+    def one(f):
+        n = f["stop"] - f["start"]
+        if not f["keys"]:
+            keys = ""
+        elif len(f["keys"]) == 2 and n > _MAX_KEYS_LISTED:
+            keys = f", keys {f['keys'][0]!r} ... {f['keys'][1]!r}"
+        else:
+            keys = ", keys " + ", ".join(repr(k) for k in f["keys"])
+        return f"chunk {f['chunk']} (rows {f['start']}-{f['stop'] - 1}{keys}): {f['reason']}"
+
+    cls = ChunkTimeoutError if all(f["timed_out"] for f in items) else ChunkFailedError
+    return cls(f"{len(items)} of {n_tasks} chunks failed on the cluster (the other "
+               f"{n_tasks - len(items)} are committed): " + "; ".join(one(f) for f in items)
+               + ". Remove or fix those images and rerun with --resume: only the failed "
+                 "chunks are redone", items)

@@ -56,26 +56,51 @@ def is_idx_dir(path: Path) -> bool:
     )
 
 
-def _read_bytes(path: Path) -> bytes:
-    with open(path, "rb") as fh:
-        head = fh.read(2)
+_READ_BLOCK = 2**20
+
+
+def _read_bytes(path: Path, *, magic: int | None = None,
+                dims: tuple[int, ...] | None = None) -> bytearray:
+    """The (decompressed) bytes of an IDX file, never much more than its header claims.
+
+    With ``magic`` and ``dims`` the header is checked first and at most one
+    byte more than the header's payload is read, so a gzip bomb (a tiny
+    ``.gz`` holding gigabytes) costs no more memory than an honest file of
+    the size its header claims: the surplus shows as "padded" in
+    :func:`parse_idx`.
+    """
     try:
-        if head == b"\x1f\x8b":
-            with gzip.open(path, "rb") as fh:
-                return fh.read()
-        return path.read_bytes()
+        with open(path, "rb") as raw:
+            if raw.read(2) == b"\x1f\x8b":
+                raw.seek(0)
+                with gzip.GzipFile(fileobj=raw, mode="rb") as fh:
+                    return _read_bounded(fh, path, magic, dims)
+            raw.seek(0)
+            return _read_bounded(raw, path, magic, dims)
     except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
         raise IdxFormatError(
             f"{path}: cannot decompress ({exc}); the file is truncated or corrupt: download it again"
         ) from exc
 
 
-def parse_idx(data: bytes, *, name: str, magic: int, dims: tuple[int, ...]) -> np.ndarray:
-    """Validate an IDX payload and return it as a uint8 array.
+def _read_bounded(fh, path: Path, magic: int | None, dims: tuple[int, ...] | None) -> bytearray:
+    if magic is None or dims is None:
+        limit = MAX_IDX_BYTES + 64
+    else:
+        head = fh.read(4 + 4 * (1 + len(dims)))
+        shape = _header_shape(bytes(head), name=str(path), magic=magic, dims=dims)
+        limit = len(head) + int(np.prod(shape, dtype=np.int64)) + 1
+    buf = bytearray() if magic is None or dims is None else bytearray(head)
+    while len(buf) < limit:
+        chunk = fh.read(min(_READ_BLOCK, limit - len(buf)))
+        if not chunk:
+            break
+        buf += chunk
+    return buf
 
-    ``dims`` gives the expected trailing dimensions after the count
-    (``(28, 28)`` for images, ``()`` for labels).
-    """
+
+def _header_shape(data: bytes, *, name: str, magic: int, dims: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape an IDX header declares, after checking its magic, dims and size."""
     ndim = 1 + len(dims)
     header_len = 4 + 4 * ndim
     if len(data) < 4:
@@ -95,11 +120,24 @@ def parse_idx(data: bytes, *, name: str, magic: int, dims: tuple[int, ...]) -> n
     expected = int(np.prod(shape, dtype=np.int64))
     if expected > MAX_IDX_BYTES:
         raise IdxFormatError(f"{name}: header claims {expected} bytes of data, refusing")
+    return shape
+
+
+def parse_idx(data: bytes | bytearray, *, name: str, magic: int, dims: tuple[int, ...]) -> np.ndarray:
+    """Validate an IDX payload and return it as a uint8 array.
+
+    ``dims`` gives the expected trailing dimensions after the count
+    (``(28, 28)`` for images, ``()`` for labels).
+    """
+    header_len = 4 + 4 * (1 + len(dims))
+    shape = _header_shape(bytes(data[:header_len]), name=name, magic=magic, dims=dims)
+    expected = int(np.prod(shape, dtype=np.int64))
     payload = len(data) - header_len
     if payload != expected:
         raise IdxFormatError(
             f"{name}: header says {shape[0]} records ({expected} bytes) but the file holds "
-            f"{payload} bytes: the file is truncated or padded"
+            f"{'at least ' if payload > expected else ''}{payload} bytes: the file is truncated "
+            f"or padded"
         )
     return np.frombuffer(data, dtype=np.uint8, offset=header_len).reshape(shape)
 
@@ -118,8 +156,10 @@ def load_idx(directory: str | Path) -> IdxData:
         if ip is None or lp is None:
             missing = img_stem if ip is None else lab_stem
             raise IdxFormatError(f"{d}: {missing}[.gz] is missing: images and labels come in pairs")
-        x = parse_idx(_read_bytes(ip), name=str(ip), magic=IMAGES_MAGIC, dims=IMAGE_SHAPE)
-        y = parse_idx(_read_bytes(lp), name=str(lp), magic=LABELS_MAGIC, dims=())
+        x = parse_idx(_read_bytes(ip, magic=IMAGES_MAGIC, dims=IMAGE_SHAPE), name=str(ip),
+                      magic=IMAGES_MAGIC, dims=IMAGE_SHAPE)
+        y = parse_idx(_read_bytes(lp, magic=LABELS_MAGIC, dims=()), name=str(lp),
+                      magic=LABELS_MAGIC, dims=())
         if x.shape[0] != y.shape[0]:
             raise IdxFormatError(
                 f"{d}: {ip.name} holds {x.shape[0]} images but {lp.name} holds {y.shape[0]} labels"

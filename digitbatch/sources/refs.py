@@ -29,6 +29,10 @@ BLOCK = 512
 _REGULAR = (b"0", b"\x00", b"7")
 _LINKS = {b"1": "hardlink", b"2": "symlink"}
 _SPECIAL = {b"3": "character device", b"4": "block device", b"6": "FIFO"}
+_META = (b"x", b"g", b"L")
+# pax and GNU long-name headers are read whole: real ones are a few hundred
+# bytes; a (sparse) gigabyte one would be read into memory.
+MAX_META_BYTES = 2**20
 
 
 def seekable_kind(path: Path, kind: str) -> bool:
@@ -113,17 +117,34 @@ def _text(field: bytes) -> str:
 
 
 def _pax_path(data: bytes) -> tuple[str | None, int | None]:
+    """``path`` and ``size`` of a pax extended header; ValueError if it is malformed.
+
+    Each record is ``"LENGTH KEY=VALUE\\n"`` where LENGTH counts the whole
+    record. A record that does not cover its own length field (``0 ...``,
+    negative) or runs past the header is refused: walking by such a length
+    would never end.
+    """
     path = size = None
     pos = 0
     while pos < len(data):
+        if data[pos:] == bytes(len(data) - pos):
+            break  # NUL padding after the last record
         space = data.index(b" ", pos)
-        length = int(data[pos:space])
-        key, _, value = data[space + 1: pos + length - 1].partition(b"=")
+        digits = data[pos:space]
+        if not digits.isdigit():
+            raise ValueError(f"pax record length {digits[:20]!r} at byte {pos} is not a number")
+        length = int(digits)
+        end = pos + length
+        if end <= space + 1 or end > len(data) or data[end - 1:end] != b"\n":
+            raise ValueError(f"pax record at byte {pos} has a bad length {length}")
+        key, _, value = data[space + 1: end - 1].partition(b"=")
         if key == b"path":
             path = value.decode("utf-8", "surrogateescape")
         elif key == b"size":
+            if not value.isdigit():
+                raise ValueError(f"pax size {value[:20]!r} is not a number")
             size = int(value)
-        pos += length
+        pos = end
     return path, size
 
 
@@ -155,12 +176,19 @@ def _tar_refs(path: Path, limit: int) -> Iterator[MemberRef | Reject]:
                     f"is corrupt; re-create or re-download it")
             typ = header[156:157]
             data_at = offset + BLOCK
-            if pax_size is not None and typ not in (b"x", b"g", b"L"):
+            if pax_size is not None and typ not in _META:
                 size = pax_size
             offset = data_at + -(-size // BLOCK) * BLOCK
             if offset > end:
                 raise ArchiveError(f"tar archive {path} is truncated inside member {n + 1}")
-            if typ in (b"x", b"g", b"L"):
+            if typ in _META:
+                if size > MAX_META_BYTES:
+                    raise ArchiveError(
+                        f"tar archive {path}: extended header of {size} bytes at byte "
+                        f"{data_at - BLOCK} (more than {MAX_META_BYTES}): the archive is "
+                        f"corrupt or hostile; re-create it")
+                if typ == b"g":
+                    continue  # global pax header: nothing we use
                 meta = os.pread(fd, size, data_at)
                 if typ == b"L":
                     long_name = _text(meta)
