@@ -71,11 +71,10 @@ import datetime as _dt
 import json
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 
-from . import __version__, cluster
+from . import __version__, cluster, storage
 from .errors import JobFailedError
 from .jobspec import SCHEMA, STEPS, Job, describe, is_scoring_output, load_job, parse_override
 
@@ -90,7 +89,7 @@ log = logging.getLogger(__name__)
 
 def _given(params: dict, *drop: str) -> dict:
     """The keys the spec gave (library defaults for the rest), paths as strings."""
-    return {k: str(v) if isinstance(v, Path) else v for k, v in params.items() if k not in drop}
+    return {k: str(v) if storage.is_path(v) else v for k, v in params.items() if k not in drop}
 
 
 def _step_ingest(params: dict, scheduler) -> dict:
@@ -113,7 +112,7 @@ def _step_train(params: dict, scheduler) -> dict:
     if r.cv:
         result["cv"] = {k: r.cv[k] for k in ("k", "scores", "mean", "std")}
     return {"outputs": {"model": r.model_path}, "result": result,
-            "metrics": str(Path(r.model_path) / "manifest.json")}
+            "metrics": str(storage.to_path(r.model_path) / "manifest.json")}
 
 
 def _step_score(params: dict, scheduler) -> dict:
@@ -122,11 +121,11 @@ def _step_score(params: dict, scheduler) -> dict:
     out = params["out"]
     if params.get("overwrite") and out.exists():
         log.info("replacing the earlier scoring output %s", out)
-        shutil.rmtree(out)
+        storage.rmtree(out)
     kw = _given(params, "input", "out", "overwrite")
     r = score(params["input"], out=out, scheduler=scheduler, **kw)
     m = r.metrics
-    return {"outputs": {"predictions": r.out}, "metrics": str(Path(r.out) / METRICS_FILE),
+    return {"outputs": {"predictions": r.out}, "metrics": str(storage.to_path(r.out) / METRICS_FILE),
             "result": {k: m.get(k) for k in ("n_images", "n_scored_this_run", "accuracy",
                                              "images_per_second", "resumed")}}
 

@@ -16,7 +16,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import cluster
+from . import cluster, storage
 from .errors import JobSpecError
 
 STEPS = ("ingest", "train", "score", "report")
@@ -199,6 +199,8 @@ def _resolve(path: Path, raw: dict, where: dict, overrides: tuple, base: Path) -
         raise JobSpecError(f"job.date must be a date like 2026-11-24, got {date!r}") from None
 
     def absolute(value: str) -> Path:
+        if storage.is_url(value):  # s3://bucket/... : as given
+            return storage.to_path(value.replace("{date}", date))
         p = Path(value.replace("{date}", date)).expanduser()
         return Path(os.path.normpath(p if p.is_absolute() else base / p))
 
@@ -258,7 +260,10 @@ def _check_options(job: Job) -> None:
 def _check_files(job: Job, where: dict) -> None:
     """Inputs must exist unless an earlier step makes them; outputs must be writable."""
     p = job.params
-    made: set[Path] = set()
+    made: set = set()
+
+    def ident(path) -> object:
+        return path.resolve() if storage.is_local(path) else str(path)
 
     def need(section: str, key: str, *, optional: bool = False) -> None:
         value = p[section].get(key)
@@ -266,7 +271,7 @@ def _check_files(job: Job, where: dict) -> None:
             if not optional:
                 raise JobSpecError(f"[{section}] needs {key} in {job.path}: add {key} = \"...\"")
             return
-        if isinstance(value, Path) and value.resolve() not in made and not value.exists():
+        if not isinstance(value, str) and ident(value) not in made and not value.exists():
             w = where.get((section, key), "the default")
             raise JobSpecError(f"{section}.{key} = {str(value)!r} ({w}) does not exist: fix the "
                                f"path, or add the step that makes it to [job] steps")
@@ -288,11 +293,11 @@ def _check_files(job: Job, where: dict) -> None:
             raise JobSpecError("ingest.source = 'sample' needs the sample extra: "
                                "pip install 'digitbatch[sample]'")
         refuse_existing("ingest", "store")
-        made.add(p["ingest"]["out"].resolve())
+        made.add(ident(p["ingest"]["out"]))
     if "train" in job.steps:
         need("train", "store")
         refuse_existing("train", "model")
-        made.add(p["train"]["out"].resolve())
+        made.add(ident(p["train"]["out"]))
     if "score" in job.steps:
         sc = p["score"]
         need("score", "input")
@@ -306,7 +311,7 @@ def _check_files(job: Job, where: dict) -> None:
             if not is_scoring_output(sc["out"]):
                 raise JobSpecError(f"score.overwrite: {str(sc['out'])!r} is not a digitbatch "
                                    f"scoring output; it is not replaced. Choose another out")
-        made.add(sc["out"].resolve())
+        made.add(ident(sc["out"]))
     if "report" in job.steps:
         need("report", "predictions")
         need("report", "store", optional=True)
@@ -320,7 +325,7 @@ def is_scoring_output(path: Path) -> bool:
     from .predictions import ATTRS_KEY
 
     try:
-        meta = json.loads((Path(path) / "zarr.json").read_text())
+        meta = json.loads((storage.to_path(path) / "zarr.json").read_text())
     except (OSError, ValueError):
         return False
     return ATTRS_KEY in (meta.get("attributes") or {})

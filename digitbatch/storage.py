@@ -55,7 +55,7 @@ def storage_options(url: str) -> dict:
 
 def to_path(x: str | os.PathLike) -> Path:
     """A ``Path`` for a local path, a ``UPath`` for a URL (same API)."""
-    if isinstance(x, Path) or type(x).__module__.startswith("upath"):
+    if is_path(x):
         return x
     s = os.fspath(x)
     if s.startswith("file://"):
@@ -72,6 +72,11 @@ def to_path(x: str | os.PathLike) -> Path:
         proto = s.split("://", 1)[0]
         hint = " (pip install 'digitbatch[s3]')" if proto in ("s3", "s3a") else ""
         raise StorageError(f"cannot open {s}: {exc}{hint}") from exc
+
+
+def is_path(x: Any) -> bool:
+    """A ``Path`` or a ``UPath`` (what :func:`to_path` returns)."""
+    return isinstance(x, Path) or type(x).__module__.startswith("upath")
 
 
 def is_local(p: Path) -> bool:
