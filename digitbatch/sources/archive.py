@@ -395,6 +395,21 @@ def _read_dir_file(key: str, path: str, limit: int) -> Member | Reject:
 
 
 _TAR_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError)
+# tarfile reads a GNU long-name or pax header whole before we see it: a
+# gzip-compressed 1 GiB "name" is a memory bomb (3.1 GB peak, measured).
+_META_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE,
+               tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE)
+MAX_META_BYTES = 2**20
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """A TarInfo that refuses extended headers over :data:`MAX_META_BYTES`."""
+
+    def _proc_member(self, tf):
+        if self.type in _META_TYPES and self.size > MAX_META_BYTES:
+            raise tarfile.ReadError(f"extended header of {self.size} bytes "
+                                    f"(more than {MAX_META_BYTES})")
+        return super()._proc_member(tf)
 
 
 def _iter_tar(path: Path, limit: int) -> Iterator[Member | Reject]:
@@ -412,7 +427,7 @@ def _iter_tar(path: Path, limit: int) -> Iterator[Member | Reject]:
             gz = lambda f: gzip.GzipFile(fileobj=f, mode="rb")  # noqa: E731
             opener = {"gz": gz, "bz2": bz2.BZ2File, "xz": lzma.LZMAFile}.get(comp)
             stream = opener(raw) if opener else raw
-            with tarfile.open(fileobj=stream, mode="r|") as tf:
+            with tarfile.open(fileobj=stream, mode="r|", tarinfo=_BoundedTarInfo) as tf:
                 while (info := tf.next()) is not None:
                     tf.members.clear()  # stream mode keeps every header otherwise
                     n += 1
