@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import uuid
 import zipfile
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import sklearn
 
-from . import __version__
+from . import __version__, storage
 from .errors import ModelError
 from .layout import IMAGE_SHAPE
 from . import folding as FO
@@ -94,7 +95,14 @@ def _head_meta(model: CompactModel) -> dict:
 
 def save_model(model: CompactModel, out: str | os.PathLike, *, manifest: dict,
                overwrite: bool = False) -> Path:
-    """Write ``model`` and its manifest into directory ``out``, atomically."""
+    """Write ``model`` and its manifest into directory ``out``, atomically.
+
+    At a URL (``s3://bucket/models/m``) the directory is made locally and
+    uploaded: ``model.npz`` first, the manifest last, so a model that is
+    half uploaded has no manifest and does not load.
+    """
+    if storage.is_url(out):
+        return _save_remote(model, str(out), manifest=manifest, overwrite=overwrite)
     out = Path(out)
     if out.exists() and not overwrite:
         raise ModelError(f"{out} already exists: choose another --out or pass --overwrite")
@@ -132,8 +140,37 @@ def save_model(model: CompactModel, out: str | os.PathLike, *, manifest: dict,
     return out
 
 
+def _save_remote(model: CompactModel, out: str, *, manifest: dict, overwrite: bool):
+    dest = storage.to_path(out)
+    if dest.exists():
+        if not overwrite:
+            raise ModelError(f"{out} already exists: choose another --out or pass --overwrite")
+        storage.rmtree(dest)
+    with tempfile.TemporaryDirectory(prefix="digitbatch-model-") as d:
+        local = save_model(model, Path(d) / "model", manifest=manifest)
+        for name in (MODEL_FILE, MANIFEST_FILE):
+            dest.fs.put_file(str(local / name), (dest / name).path)
+    log.info("uploaded model %s to %s", model.name, out)
+    return dest
+
+
 def load_model(path: str | os.PathLike) -> LoadedModel:
-    """Load an artifact after checking its format, versions and hash."""
+    """Load an artifact after checking its format, versions and hash.
+
+    A model at a URL is downloaded to a temporary directory and checked
+    there, the same way.
+    """
+    if storage.is_url(path):
+        try:
+            with storage.fetched(str(path)) as local:
+                try:
+                    loaded = load_model(local)
+                except ModelError as exc:  # name the URL, not the temporary copy
+                    raise ModelError(str(exc).replace(str(local), str(path))) from None
+        except FileNotFoundError:
+            raise ModelError(f"model {path} does not exist: train one with `digitbatch train`") from None
+        return LoadedModel(model=loaded.model, manifest=loaded.manifest,
+                           path=storage.to_path(path))
     p = Path(path)
     if not p.exists():
         raise ModelError(f"model {p} does not exist: train one with `digitbatch train`")
