@@ -21,6 +21,7 @@ work, is a :class:`~digitbatch.errors.CrossValidationError`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -110,6 +111,24 @@ def _recoverable_backend(client, data: list):
             super().start_call()
             self.call_data_futures = None
 
+        async def _collect(self):
+            # joblib's own, except that a batch whose future erred (KilledWorker:
+            # its workers kept dying) also reaches its callback, which is where
+            # joblib registers a batch's outcome: without it Parallel waits for
+            # that batch forever (joblib#875; found by tests/faults).
+            while self._continue:
+                async for future, result in self.waiting_futures:
+                    cf_future = self._results.pop(future)
+                    callback = self._callbacks.pop(future)
+                    if future.status == "error":
+                        _typ, exc, _tb = result
+                        cf_future.set_exception(exc)
+                        callback(exc)  # (registers the error; Parallel raises it)
+                    else:
+                        cf_future.set_result(result)
+                        callback(result)
+                await asyncio.sleep(0.01)
+
         def stop_call(self):
             self.call_data_futures = {}  # (joblib clears it)
             super().stop_call()
@@ -122,7 +141,8 @@ def _lost_work(exc: BaseException) -> bool:
     from distributed import KilledWorker
     from distributed.comm import CommClosedError
 
-    return isinstance(exc, (KilledWorker, CommClosedError, CancelledError))  # (FutureCancelledError)
+    # (distributed's FutureCancelledError is a CancelledError)
+    return isinstance(exc, (KilledWorker, CommClosedError, CancelledError))
 
 
 @contextlib.contextmanager

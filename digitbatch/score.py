@@ -51,6 +51,8 @@ TASK_RETRIES = 2
 # minute, so only a wedged task (a decoder stuck on a hostile image, a hung
 # network read) gets near this.
 DEFAULT_TASK_TIMEOUT = 1800.0
+# How a chunk failed on the cluster (ChunkFailedError.failures[i]["kind"]).
+KILLED, TIMED_OUT, CANCELLED = "workers-died", "timed-out", "cancelled"
 # Image keys a ChunkFailedError lists per chunk; a longer chunk gives its first and last.
 _MAX_KEYS_LISTED = 20
 # Bumped when a field of metrics.json is renamed or changes meaning (docs/schemas.md).
@@ -198,6 +200,7 @@ def score(
         if missing:
             raise IncompleteOutputError(f"chunks {missing[:10]} of {out} were not committed")
         ordered = [records[i] for i in sorted(records)]
+        _sweep_temporaries(out)
         if plan.archive is not None:
             from .score_archive import compact
 
@@ -366,6 +369,31 @@ def _executing(dask_worker=None) -> dict:
             if k in tasks and tasks[k].start_time is not None}
 
 
+def _stuck_on(i: int) -> str | None:
+    """On a worker: the archive member chunk ``i`` is decoding now (None for store chunks)."""
+    from .score_archive import decoding
+
+    return decoding(i)
+
+
+def _sweep_temporaries(out: Path) -> int:
+    """Remove the temporary files of writers killed before their rename.
+
+    A chunk file or commit record is written to ``.NAME.tmp-ID`` and renamed;
+    a worker killed in between leaves the temporary behind (the rerun task
+    writes its own). Called when every chunk is committed, so no writer of
+    this run is left.
+    """
+    n = 0
+    for p in Path(out).rglob(".*.tmp-*"):
+        if p.is_file():
+            p.unlink(missing_ok=True)
+            n += 1
+    if n:
+        log.info("removed %d temporary files left by killed workers in %s", n, out)
+    return n
+
+
 def _run(todo, scheduler, fn, kwargs, *, broadcast, progress=None, task_timeout=None,
          describe=None) -> None:
     if not todo:
@@ -389,12 +417,29 @@ def _run(todo, scheduler, fn, kwargs, *, broadcast, progress=None, task_timeout=
         futures = client.map(fn, todo, **kwargs, **shared, pure=False, retries=TASK_RETRIES)
         failures = _gather_commits(client, futures, todo, progress=progress,
                                    task_timeout=task_timeout)
+        killed = [f for f in failures if f[2] == KILLED]
+        if len(killed) > 1:
+            # A worker's death counts against every task it held, queued ones too,
+            # so a chunk can be given up for dying beside the one that kills its
+            # workers. Run the given-up chunks again one at a time: alone, a chunk
+            # fails only by itself.
+            log.warning("%d chunks were given up after their workers died; running them "
+                        "again one at a time to find those that kill their workers",
+                        len(killed))
+            failures = [f for f in failures if f[2] != KILLED]
+            for task, _, _ in sorted(killed, key=lambda f: f[0][0]):
+                fut = client.submit(fn, task, **kwargs, **shared, pure=False,
+                                    retries=TASK_RETRIES)
+                failures += [(t, r + ", running alone too" if k == KILLED else r, k)
+                             for t, r, k in _gather_commits(client, [fut], [task],
+                                                            progress=progress,
+                                                            task_timeout=task_timeout)]
         if failures:
             raise _failed_error(failures, describe, n_tasks=len(todo))
 
 
 def _gather_commits(client, futures, todo, *, progress, task_timeout) -> list[tuple]:
-    """Wait for every chunk task; returns ``(task, reason, timed_out)`` of those that failed.
+    """Wait for every chunk task; returns ``(task, reason, kind)`` of those that failed.
 
     A task that raises re-raises here at once (a bug, or a bad input the
     task names itself). A task the scheduler gives up (KilledWorker: its
@@ -409,6 +454,7 @@ def _gather_commits(client, futures, todo, *, progress, task_timeout) -> list[tu
     failures: list[tuple] = []
     poll = None if task_timeout is None else min(max(task_timeout / 10, 0.2), 10.0)
     first_seen: dict[tuple, float] = {}  # (key, worker) -> when first seen processing there
+    next_check = 0.0
     while pending:
         try:
             done = wait(pending, timeout=poll, return_when="FIRST_COMPLETED").done
@@ -430,18 +476,23 @@ def _gather_commits(client, futures, todo, *, progress, task_timeout) -> list[tu
                           f"image that kills the decoder, or killed workers; "
                           f"distributed.scheduler.allowed-failures is {allowed})"
                           if allowed is not None else f"its workers died ({exc})")
+                kind = KILLED
             else:
-                reason = f"the scheduler {fut.status} it"
-            failures.append((task, reason, False))
-        if task_timeout is not None and pending:
+                reason, kind = f"the scheduler {fut.status} it", CANCELLED
+            failures.append((task, reason, kind))
+        if task_timeout is not None and pending and time.monotonic() >= next_check:
+            next_check = time.monotonic() + poll
             for fut, worker, secs in _overdue(client, pending, task_timeout, first_seen):
+                i = task_of[fut.key][0]
                 log.warning("chunk %d has run %.0f s on %s (task_timeout %g s): cancelling it",
-                            task_of[fut.key][0], secs, worker, task_timeout)
+                            i, secs, worker, task_timeout)
+                stuck = _ask(client, worker, _stuck_on, i)
                 fut.cancel()
                 pending.discard(fut)
                 failures.append((task_of[fut.key],
                                  f"it ran longer than task_timeout={task_timeout:g} s on worker "
-                                 f"{worker} and was cancelled", True))
+                                 f"{worker}" + (f", stuck decoding {stuck!r}," if stuck else "")
+                                 + " and was cancelled", TIMED_OUT))
                 _restart(client, worker)
     return failures
 
@@ -453,10 +504,8 @@ def _overdue(client, pending, task_timeout, first_seen) -> list[tuple]:
     does not answer (its event loop is blocked) is judged by when the
     scheduler was first seen to have handed it the task.
     """
-    import time as _time
-
     keys = {f.key: f for f in pending}
-    now = _time.monotonic()
+    now = time.monotonic()
     on = {}
     for worker, ks in client.processing().items():
         for k in ks:
@@ -484,6 +533,17 @@ def _overdue(client, pending, task_timeout, first_seen) -> list[tuple]:
     return out
 
 
+def _ask(client, worker: str, fn, *args):
+    """``fn(*args)`` run on ``worker``; None if it fails or does not answer in 10 s."""
+    try:
+        answer = client.run(fn, *args, workers=[worker], on_error="return",
+                            callback_timeout=10).get(worker)
+    except Exception as exc:
+        log.debug("worker %s did not answer: %s", worker, exc)
+        return None
+    return None if isinstance(answer, BaseException) else answer
+
+
 def _restart(client, worker: str) -> None:
     """Restart the worker of a cancelled, stuck task: cancelling does not stop its thread."""
     try:
@@ -494,12 +554,12 @@ def _restart(client, worker: str) -> None:
 
 def _failed_error(failures, describe, *, n_tasks: int) -> ChunkFailedError:
     items = []
-    for task, reason, timed_out in sorted(failures, key=lambda f: f[0][0]):
+    for task, reason, kind in sorted(failures, key=lambda f: f[0][0]):
         start = task[1]
         stop = start + _task_images(task)
         keys = describe(task) if describe is not None else []
         items.append({"chunk": int(task[0]), "start": int(start), "stop": int(stop),
-                      "keys": keys, "reason": reason, "timed_out": timed_out})
+                      "keys": keys, "reason": reason, "kind": kind})
 
     def one(f):
         n = f["stop"] - f["start"]
@@ -511,7 +571,7 @@ def _failed_error(failures, describe, *, n_tasks: int) -> ChunkFailedError:
             keys = ", keys " + ", ".join(repr(k) for k in f["keys"])
         return f"chunk {f['chunk']} (rows {f['start']}-{f['stop'] - 1}{keys}): {f['reason']}"
 
-    cls = ChunkTimeoutError if all(f["timed_out"] for f in items) else ChunkFailedError
+    cls = ChunkTimeoutError if all(f["kind"] == TIMED_OUT for f in items) else ChunkFailedError
     return cls(f"{len(items)} of {n_tasks} chunks failed on the cluster (the other "
                f"{n_tasks - len(items)} are committed): " + "; ".join(one(f) for f in items)
                + ". Remove or fix those images and rerun with --resume: only the failed "

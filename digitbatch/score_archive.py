@@ -38,6 +38,15 @@ from .sources.refs import iter_refs, read_refs, seekable_kind
 log = logging.getLogger(__name__)
 
 STAGING = "_staging"
+# Chunk index -> the key of the member a task of this worker process is
+# decoding now: what a chunk cancelled for running too long was stuck on
+# (read by digitbatch.score through Client.run).
+_DECODING: dict[int, str] = {}
+
+
+def decoding(i: int) -> str | None:
+    """The member key chunk ``i`` is decoding in this process, if it is decoding one."""
+    return _DECODING.get(i)
 
 
 def list_slots(path: Path, *, limit: int) -> tuple[str, bool, list]:
@@ -80,23 +89,28 @@ def score_slots(task: tuple[int, int, list], *, out_path: str, model, proba: boo
     lab = np.full(n, UNKNOWN_LABEL, LABEL_DTYPE)
     valid = np.zeros(n, bool)
     rejects: list[list[str]] = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        for j, e in enumerate(entries):
-            item = next(read) if isinstance(e, MemberRef) else e
-            if isinstance(item, Reject):
-                rejects.append([item.key, item.reason])
-                continue
-            out = decode_one(item.data)
-            if isinstance(out, str):
-                rejects.append([item.key, out])
-                continue
-            label = labels.labels.get(item.key, item.folder_label) if labels else item.folder_label
-            if isinstance(label, str):  # a bad label in the CSV
-                rejects.append([item.key, label])
-                continue
-            images[j], valid[j] = out, True
-            lab[j] = UNKNOWN_LABEL if label is None else label
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            for j, e in enumerate(entries):
+                item = next(read) if isinstance(e, MemberRef) else e
+                if isinstance(item, Reject):
+                    rejects.append([item.key, item.reason])
+                    continue
+                _DECODING[i] = item.key
+                out = decode_one(item.data)
+                if isinstance(out, str):
+                    rejects.append([item.key, out])
+                    continue
+                label = (labels.labels.get(item.key, item.folder_label) if labels
+                         else item.folder_label)
+                if isinstance(label, str):  # a bad label in the CSV
+                    rejects.append([item.key, label])
+                    continue
+                images[j], valid[j] = out, True
+                lab[j] = UNKNOWN_LABEL if label is None else label
+    finally:
+        _DECODING.pop(i, None)
     keys = np.array([e.key for e in entries], dtype=object)
     pred = np.full(n, PRED_FILL, np.int8)
     margin = np.full(n, np.nan, np.float32)
