@@ -206,16 +206,24 @@ def _print_train(r) -> None:
 @click.option("--resume", is_flag=True, help="Continue an interrupted run into OUT.")
 @click.option("--proba", is_flag=True, help="Also write class probabilities.")
 @click.option("--break-lock", is_flag=True, help="Remove the lock of a run that died.")
+@click.option("--labels", type=click.Path(),
+              help="CSV key,label giving (or replacing) the labels of an archive INPUT.")
+@click.option("--task-timeout", type=click.FloatRange(min=0), default=None,
+              help="On a Dask cluster, seconds a chunk may run before it is cancelled and "
+                   "its worker restarted (default 1800; 0: no limit).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 @cluster_options
-def score(store, model, out, resume, proba, break_lock, as_json, scheduler):
-    """Predict every image of STORE with MODEL into OUT, with metrics.json."""
+def score(store, model, out, resume, proba, break_lock, labels, task_timeout, as_json,
+          scheduler):
+    """Predict every image of STORE (a store, or an image archive or folder) with MODEL
+    into OUT, with metrics.json. Paths may be s3:// (fsspec) URLs."""
     from .metrics import format_confusion
     from .score import score as run
 
+    extra = {} if task_timeout is None else {"task_timeout": task_timeout or None}
     with _progress("score") as progress:
         r = run(store, model=model, out=out, scheduler=scheduler, resume=resume, proba=proba,
-                break_lock=break_lock, progress=progress)
+                break_lock=break_lock, labels=labels, progress=progress, **extra)
     if as_json:
         click.echo(json.dumps(r.metrics, indent=2))
         return

@@ -44,7 +44,8 @@ Sections and keys (all optional unless marked; anything else is an error):
 ``[score]``
     ``input`` (``[train] store``), ``model`` (``[train] out``), ``out``
     (``<workdir>/predictions.zarr``), ``resume``, ``overwrite`` (replace an
-    earlier scoring output), ``proba``, ``labels``.
+    earlier scoring output), ``proba``, ``labels``, ``task_timeout`` (seconds;
+    0: no limit).
 ``[report]``
     ``predictions`` (``[score] out``), ``out`` (``<workdir>/report``),
     ``store``, ``top``.

@@ -39,7 +39,7 @@ SCHEMA: dict[str, dict[str, tuple[str, object]]] = {
               "overwrite": ("bool", None)},
     "score": {"input": ("path", None), "model": ("path", None), "out": ("path", None),
               "resume": ("bool", None), "overwrite": ("bool", None), "proba": ("bool", None),
-              "labels": ("path", None)},
+              "labels": ("path", None), "task_timeout": ("int", (0, None))},
     "report": {"predictions": ("path", None), "out": ("path", None), "store": ("path", None),
                "top": ("int", (1, 400))},
 }
