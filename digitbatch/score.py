@@ -19,6 +19,7 @@ those.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -26,9 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import zarr
 
-from . import cluster, metrics
+from . import cluster, metrics, storage
 from .errors import ChunkFailedError, ChunkTimeoutError, ScoreError
 from .kernels import confusion_counts, prediction_histogram
 from .ingest import DEFAULT_MAX_MEMBER_BYTES
@@ -167,11 +167,21 @@ def score(
     m = loaded.model
     if proba and not m.has_proba:
         raise ScoreError(f"--proba: model {m.name!r} (loss {m.loss!r}) gives no probabilities")
-    out = Path(out)
+    out = storage.to_path(out)
     if out.exists() and not resume:
         raise ScoreError(f"output {out} already exists: choose another --out, or --resume it")
-    plan = _plan(Path(source), m, proba=proba, labels=labels, chunk_size=chunk_size,
-                 limit=max_member_bytes)
+    with contextlib.ExitStack() as stack:
+        return _score(stack, source, loaded, out, scheduler=scheduler, resume=resume,
+                      proba=proba, break_lock=break_lock, labels=labels,
+                      chunk_size=chunk_size, max_member_bytes=max_member_bytes,
+                      progress=progress, task_timeout=task_timeout)
+
+
+def _score(stack, source, loaded, out, *, scheduler, resume, proba, break_lock, labels,
+           chunk_size, max_member_bytes, progress, task_timeout) -> ScoreResult:
+    m = loaded.model
+    plan = _plan(storage.to_path(source), m, proba=proba, labels=labels,
+                 chunk_size=chunk_size, limit=max_member_bytes, stack=stack)
     spec = OutputSpec(n=plan.n, chunk_size=plan.chunk_size, n_classes=m.n_classes,
                       proba=bool(proba), model_sha256=loaded.sha256,
                       input_checksum=plan.checksum)
@@ -236,7 +246,7 @@ def score(
 def _has_spec(out: Path) -> bool:
     from .predictions import ATTRS_KEY
 
-    return ATTRS_KEY in zarr.open_group(str(out), mode="r").attrs
+    return ATTRS_KEY in storage.open_group(out, mode="r").attrs
 
 
 @dataclass
@@ -261,7 +271,8 @@ class _Plan:
         return self.tasks_of(done)
 
 
-def _plan(source: Path, model, *, proba, labels, chunk_size, limit) -> _Plan:
+def _plan(source: Path, model, *, proba, labels, chunk_size, limit, stack=None) -> _Plan:
+    """``stack``: an ExitStack that holds a remote archive's local copy for the run."""
     if (source / "zarr.json").exists() or not source.exists():
         if labels is not None:
             raise ScoreError("--labels applies to archives; a store already holds its labels")
@@ -281,8 +292,16 @@ def _plan(source: Path, model, *, proba, labels, chunk_size, limit) -> _Plan:
 
     chunk_size = validate_chunk_size(chunk_size)
     label_map = load_labels(labels) if labels is not None else None
-    kind, seekable, entries = list_slots(source, limit=limit)
-    checksum = fingerprint(source, entries)
+    origin, identity = str(source), None
+    if not storage.is_local(source):
+        # a copy in this process's temporary directory, which the workers
+        # cannot see: every member's bytes travel in its task (streamed)
+        identity = storage.identity(source)
+        if stack is None:
+            raise ScoreError(f"{origin}: a remote archive needs a run to hold its local copy")
+        source = stack.enter_context(storage.fetched(origin))
+    kind, seekable, entries = list_slots(source, limit=limit, stream=identity is not None)
+    checksum = fingerprint(source, entries, identity=identity)
     n_chunks = len(chunk_bounds(len(entries), chunk_size))
 
     def tasks_of(done):
@@ -290,7 +309,8 @@ def _plan(source: Path, model, *, proba, labels, chunk_size, limit) -> _Plan:
 
     plan = _Plan(
         n=len(entries), chunk_size=chunk_size, checksum=checksum,
-        input={"path": str(source.resolve()), "kind": f"archive ({kind})", "checksum": checksum,
+        input={"path": str(source.resolve()) if identity is None else origin,
+               "kind": f"archive ({kind})", "checksum": checksum,
                "n_members": len(entries), "labels_file": str(labels) if labels else None},
         n_rejected=0, fn=score_slots,
         kwargs={"proba": proba, "container": str(source), "kind": kind, "limit": limit},
@@ -306,7 +326,7 @@ def _plan(source: Path, model, *, proba, labels, chunk_size, limit) -> _Plan:
 def open_metrics(out: Path) -> dict:
     import json
 
-    return json.loads((Path(out) / SUCCESS).read_text())
+    return json.loads((storage.to_path(out) / SUCCESS).read_text())
 
 
 def deterministic_scores(model, images):
@@ -385,6 +405,8 @@ def _sweep_temporaries(out: Path) -> int:
     this run is left.
     """
     n = 0
+    if not storage.is_local(storage.to_path(out)):
+        return 0  # object stores publish each object whole: no temporaries
     for p in Path(out).rglob(".*.tmp-*"):
         if p.is_file():
             p.unlink(missing_ok=True)

@@ -16,19 +16,18 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shutil
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import zarr
 from PIL import Image
 
 from .errors import ScoreError
 from .kernels import confusion_counts, prediction_histogram
 from .layout import COMPRESSORS, IMAGE_SHAPE, LABEL_DTYPE, UNKNOWN_LABEL, chunk_bounds
-from .predictions import PRED_FILL, write_chunk
+from . import storage
+from .predictions import PRED_FILL, open_group_cached, write_chunk
 from .sources.archive import Member
 from .sources.base import MemberRef, Reject
 from .sources.images import decode_one, detect_image_source, iter_members
@@ -49,25 +48,31 @@ def decoding(i: int) -> str | None:
     return _DECODING.get(i)
 
 
-def list_slots(path: Path, *, limit: int) -> tuple[str, bool, list]:
+def list_slots(path: Path, *, limit: int, stream: bool = False) -> tuple[str, bool, list]:
     """``(container kind, seekable, entries)``: MemberRef / Member / Reject in source order.
 
     For a compressed tar the entries are Members holding their bytes, read
-    here as a stream (gzip cannot be entered in the middle).
+    here as a stream (gzip cannot be entered in the middle); ``stream``
+    reads every container so (a local copy the workers cannot see).
     """
     kind = detect_image_source(path)
     if kind is None:
         raise ScoreError(f"{path} is neither a digitbatch store nor an image directory, tar or zip")
-    seekable = seekable_kind(path, kind)
+    seekable = not stream and seekable_kind(path, kind)
     entries = list(iter_refs(path, kind, limit=limit) if seekable
                    else iter_members(path, kind=kind, max_member_bytes=limit))
     return kind, seekable, entries
 
 
-def fingerprint(path: Path, entries: list) -> str:
-    """Identity of an archive for --resume: size, mtime and the member listing."""
-    st = os.stat(path)
-    h = hashlib.sha256(f"{st.st_size}:{st.st_mtime_ns}:".encode())
+def fingerprint(path: Path, entries: list, identity: str | None = None) -> str:
+    """Identity of an archive for --resume: size, mtime and the member listing.
+
+    ``identity`` replaces size and mtime (a remote archive's size and ETag).
+    """
+    if identity is None:
+        st = os.stat(path)
+        identity = f"{st.st_size}:{st.st_mtime_ns}"
+    h = hashlib.sha256(f"{identity}:".encode())
     for e in entries:
         h.update(e.key.encode("utf-8", "surrogateescape") + b"\n")
     return "archive-sha256:" + h.hexdigest()
@@ -129,7 +134,7 @@ def score_slots(task: tuple[int, int, list], *, out_path: str, model, proba: boo
               "hist": prediction_histogram(pred[idx], k), "n": int(idx.size),
               "n_unlabeled": int(np.count_nonzero(target < 0)), "n_rejected": len(rejects),
               "rejects": rejects}
-    g = zarr.open_group(out_path, mode="r+")
+    g = open_group_cached(out_path)
     g[f"{STAGING}/valid"][start:start + n] = valid.astype(np.int8)
     g[f"{STAGING}/labels"][start:start + n] = lab
     write_chunk(out_path, i, start, start + n, pred=pred, margin=margin, proba=probs, keys=keys,
@@ -144,7 +149,7 @@ def tasks(entries: list, chunk_size: int, done: set[int]) -> Iterator[tuple[int,
 
 
 def create_staging(out: Path, *, n: int, chunk_size: int, n_classes: int, proba: bool) -> None:
-    g = zarr.open_group(str(out), mode="a")
+    g = storage.open_group(out, mode="a")
     st = g.require_group(STAGING)
     c = chunk_size
     for name, dtype, fill in (("pred", "int8", PRED_FILL), ("margin", "float32", np.nan),
@@ -161,7 +166,7 @@ def create_staging(out: Path, *, n: int, chunk_size: int, n_classes: int, proba:
 
 def compact(out: Path, *, chunk_size: int, n_classes: int, proba: bool) -> int:
     """Copy the valid staging rows, in order, into the output arrays; drop staging."""
-    g = zarr.open_group(str(out), mode="r+")
+    g = storage.open_group(out, mode="r+")
     st = g[STAGING]
     n_slots = st["valid"].shape[0]
     names = ["pred", "margin", "keys", "labels"] + (["proba"] if proba else [])
@@ -204,5 +209,5 @@ def compact(out: Path, *, chunk_size: int, n_classes: int, proba: bool) -> int:
     if pending:
         flush(pending)
     del g[STAGING]
-    shutil.rmtree(out / STAGING, ignore_errors=True)
+    storage.rmtree(storage.to_path(out) / STAGING)
     return written

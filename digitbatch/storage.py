@@ -208,3 +208,13 @@ def fetched(source: str) -> Iterator[Path]:
         else:
             fs.get_file(path, str(dest))
         yield dest
+
+
+def identity(p: Path) -> str:
+    """Size and version of a remote file (ETag or modification time), for --resume."""
+    fs, path = fs_of(p)
+    fs.invalidate_cache(path)
+    info = fs.info(path)
+    version = next((str(info[k]) for k in ("ETag", "etag", "LastModified", "mtime", "updated")
+                    if info.get(k) is not None), "")
+    return f"{info.get('size')}:{version}"

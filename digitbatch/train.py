@@ -12,7 +12,7 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import SGDClassifier
 
-from . import kernels, metrics
+from . import kernels, metrics, storage
 from .crossval import check_folds, client_or_none, run_cv, run_search
 from .errors import TrainingError
 from .layout import UNKNOWN_LABEL, open_store
@@ -64,8 +64,10 @@ def evaluate(model, store, split: str = "test") -> dict:
     k = model.n_classes
     cm = np.zeros((k, k), dtype=np.int64)
     for a, b in _split_chunks(store, split):
-        y = model.target(store.labels[a:b])
-        cm += kernels.confusion_counts(y, model.predict(store.images[a:b]).astype(np.int64), k)
+        rows = slice(a, b)
+        y = model.target(store.column("labels", rows))
+        cm += kernels.confusion_counts(
+            y, model.predict(store.column("images", rows)).astype(np.int64), k)
     return metrics.summarize(cm)
 
 
@@ -84,12 +86,12 @@ def _fit_incremental(pipe, store, split: str, spec, *, seed: int, epochs: int) -
     for epoch in range(epochs):
         for i in rng.permutation(len(chunks)):
             a, b = chunks[i]
-            labels = target(spec, store.labels[a:b])
+            labels = target(spec, store.column("labels", slice(a, b)))
             known = np.flatnonzero(labels != UNKNOWN_LABEL)
             if known.size == 0:
                 continue
             order = known[rng.permutation(known.size)]
-            X = kernels.flatten(store.images[a:b][order])
+            X = kernels.flatten(store.column("images", slice(a, b))[order])
             clf.partial_fit(features.transform(X), labels[order], classes=classes)
             n += known.size if epoch == 0 else 0
     return n
@@ -134,7 +136,7 @@ def train(
             raise TrainingError(f"epochs must be an integer >= 1, got {epochs!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise TrainingError(f"seed must be an integer >= 0, got {seed!r}")
-    if Path(out).exists() and not overwrite:
+    if storage.to_path(out).exists() and not overwrite:
         raise TrainingError(f"{out} already exists: choose another --out or pass --overwrite")
     s = open_store(store)
     train_split = "train" if "train" in s.splits else "all"
