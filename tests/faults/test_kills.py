@@ -5,6 +5,9 @@
   are byte-identical to an uninterrupted run's, no temporary files remain,
   and ``_SUCCESS`` exists only on complete outputs (3 trials here, 20 in
   ``make test-long``).
+- concurrent runs: a second `digitbatch score` into an output that a running
+  one holds is refused (even with --break-lock: the owner is alive), and the
+  running one finishes byte-identical.
 - worker death: one of three LocalCluster workers is SIGKILLed while a
   score runs; Dask reruns its tasks and the output is byte-identical.
 """
@@ -111,3 +114,33 @@ def test_worker_killed_mid_run(job, tmp_path):
     import json
     assert r.metrics["confusion_matrix"] == json.loads(ref)["confusion_matrix"]
     assert r.metrics["n_images"] == 24_000
+
+
+def test_concurrent_run_is_refused_and_the_running_one_is_unaffected(job, tmp_path):
+    """While one `digitbatch score` runs, a second into the same output is
+    refused (with --resume, and with --break-lock too: the owner is alive on
+    this host); the first finishes with the reference bytes."""
+    out = tmp_path / "busy.zarr"
+    first = subprocess.Popen(_cmd(job, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / ".lock").exists():
+            assert first.poll() is None, first.stderr.read()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        from digitbatch.predictions import OutputLockedError
+        from digitbatch.score import score
+
+        for break_lock in (False, True):
+            with pytest.raises(OutputLockedError, match="being written by another run"):
+                score(job / "s.zarr", model=job / "m", out=out, proba=True, resume=True,
+                      break_lock=break_lock, scheduler="synchronous")
+            if first.poll() is not None:
+                pytest.skip("the first run ended before the second was refused: too fast")
+        assert first.wait(timeout=300) == 0, first.stderr.read()
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert _files(out) == _files(job / "ref.zarr")
+    assert (out / "_SUCCESS").exists() and not (out / ".lock").exists()
