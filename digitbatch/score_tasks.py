@@ -1,0 +1,242 @@
+"""Running a scoring run's chunk tasks: inline, or on a Dask cluster.
+
+The Dask wiring of scoring lives here: the model (and labels) shared with
+the workers once as recomputable task results, retries, per-chunk time
+limits (``task_timeout``: a wedged decoder is cancelled and its worker
+restarted), and turning chunks the cluster gave up into one
+:class:`~digitbatch.errors.ChunkFailedError` that names them and their
+image keys, raised only after every other chunk has been committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+from . import cluster
+from .errors import ChunkFailedError, ChunkTimeoutError
+
+log = logging.getLogger(__name__)
+
+TASK_RETRIES = 2
+# Seconds a chunk may run on a worker before it is cancelled (None or 0: no limit).
+# A 32,768-image chunk scores in about a second and decodes from PNGs in about a
+# minute, so only a wedged task (a decoder stuck on a hostile image, a hung
+# network read) gets near this.
+DEFAULT_TASK_TIMEOUT = 1800.0
+# How a chunk failed on the cluster (ChunkFailedError.failures[i]["kind"]).
+KILLED, TIMED_OUT, CANCELLED = "workers-died", "timed-out", "cancelled"
+# Image keys a ChunkFailedError lists per chunk; a longer chunk gives its first and last.
+_MAX_KEYS_LISTED = 20
+
+
+def _hold(obj):
+    """A task that returns its argument: shared read-only data with lineage."""
+    return obj
+
+
+def _task_images(task) -> int:
+    """Images (or archive members) one task covers: what progress counts."""
+    return len(task[2]) if isinstance(task[2], list) else task[2] - task[1]
+
+
+def _executing(dask_worker=None) -> dict:
+    """On a worker: seconds each task it is executing has run (for ``task_timeout``)."""
+    from distributed.metrics import time as now
+
+    t = now()
+    tasks = dask_worker.state.tasks
+    return {str(k): t - tasks[k].start_time for k in list(dask_worker.active_keys)
+            if k in tasks and tasks[k].start_time is not None}
+
+
+def _stuck_on(i: int) -> str | None:
+    """On a worker: the archive member chunk ``i`` is decoding now (None for store chunks)."""
+    from .score_archive import decoding
+
+    return decoding(i)
+
+
+def _run(todo, scheduler, fn, kwargs, *, broadcast, progress=None, task_timeout=None,
+         describe=None) -> None:
+    if not todo:
+        return
+    with cluster.executor(scheduler) as ex:
+        if ex.client is None:
+            for task in todo:
+                fn(task, **kwargs, **broadcast)
+                if progress is not None:
+                    progress(_task_images(task))
+            return
+        client = ex.client
+        # The model (and labels) go to each worker once and tasks refer to them
+        # (dask-ml#842). Not with scatter: scattered data dies with the worker
+        # that holds it ("lost dependencies", found by tests/faults). As the
+        # result of a task, the scheduler can recompute it after a worker dies;
+        # other workers fetch it from a peer once.
+        shared = {k: client.submit(_hold, v, key=f"digitbatch-{k}-{uuid.uuid4().hex}",
+                                   pure=False) if v is not None else None
+                  for k, v in broadcast.items()}
+        futures = client.map(fn, todo, **kwargs, **shared, pure=False, retries=TASK_RETRIES)
+        failures = _gather_commits(client, futures, todo, progress=progress,
+                                   task_timeout=task_timeout)
+        killed = [f for f in failures if f[2] == KILLED]
+        if len(killed) > 1:
+            # A worker's death counts against every task it held, queued ones too,
+            # so a chunk can be given up for dying beside the one that kills its
+            # workers. Run the given-up chunks again one at a time: alone, a chunk
+            # fails only by itself.
+            log.warning("%d chunks were given up after their workers died; running them "
+                        "again one at a time to find those that kill their workers",
+                        len(killed))
+            failures = [f for f in failures if f[2] != KILLED]
+            for task, _, _ in sorted(killed, key=lambda f: f[0][0]):
+                fut = client.submit(fn, task, **kwargs, **shared, pure=False,
+                                    retries=TASK_RETRIES)
+                failures += [(t, r + ", running alone too" if k == KILLED else r, k)
+                             for t, r, k in _gather_commits(client, [fut], [task],
+                                                            progress=progress,
+                                                            task_timeout=task_timeout)]
+        if failures:
+            raise _failed_error(failures, describe, n_tasks=len(todo))
+
+
+def _gather_commits(client, futures, todo, *, progress, task_timeout) -> list[tuple]:
+    """Wait for every chunk task; returns ``(task, reason, kind)`` of those that failed.
+
+    A task that raises re-raises here at once (a bug, or a bad input the
+    task names itself). A task the scheduler gives up (KilledWorker: its
+    workers died ``allowed-failures`` + 1 times) or cancels, or one running
+    past ``task_timeout``, is recorded and the others are still waited for,
+    so every chunk that can be committed is.
+    """
+    from distributed import KilledWorker, wait
+
+    task_of = {f.key: t for f, t in zip(futures, todo)}
+    pending = set(futures)
+    failures: list[tuple] = []
+    poll = None if task_timeout is None else min(max(task_timeout / 10, 0.2), 10.0)
+    first_seen: dict[tuple, float] = {}  # (key, worker) -> when first seen processing there
+    next_check = 0.0
+    while pending:
+        try:
+            done = wait(pending, timeout=poll, return_when="FIRST_COMPLETED").done
+        except TimeoutError:
+            done = set()
+        for fut in done:
+            pending.discard(fut)
+            task = task_of[fut.key]
+            if fut.status == "finished":
+                if progress is not None:
+                    progress(_task_images(task))
+                continue
+            if fut.status == "error":
+                exc = fut.exception()
+                if not isinstance(exc, KilledWorker):
+                    fut.result()  # raises the task's own error, with its traceback
+                allowed = getattr(exc, "allowed_failures", None)
+                reason = (f"the workers running it died {allowed + 1} times (a crash, e.g. an "
+                          f"image that kills the decoder, or killed workers; "
+                          f"distributed.scheduler.allowed-failures is {allowed})"
+                          if allowed is not None else f"its workers died ({exc})")
+                kind = KILLED
+            else:
+                reason, kind = f"the scheduler {fut.status} it", CANCELLED
+            failures.append((task, reason, kind))
+        if task_timeout is not None and pending and time.monotonic() >= next_check:
+            next_check = time.monotonic() + poll
+            for fut, worker, secs in _overdue(client, pending, task_timeout, first_seen):
+                i = task_of[fut.key][0]
+                log.warning("chunk %d has run %.0f s on %s (task_timeout %g s): cancelling it",
+                            i, secs, worker, task_timeout)
+                stuck = _ask(client, worker, _stuck_on, i)
+                fut.cancel()
+                pending.discard(fut)
+                failures.append((task_of[fut.key],
+                                 f"it ran longer than task_timeout={task_timeout:g} s on worker "
+                                 f"{worker}" + (f", stuck decoding {stuck!r}," if stuck else "")
+                                 + " and was cancelled", TIMED_OUT))
+                _restart(client, worker)
+    return failures
+
+
+def _overdue(client, pending, task_timeout, first_seen) -> list[tuple]:
+    """``(future, worker, seconds)`` of pending tasks executing longer than ``task_timeout``.
+
+    The workers say how long each task has been executing; a worker that
+    does not answer (its event loop is blocked) is judged by when the
+    scheduler was first seen to have handed it the task.
+    """
+    keys = {f.key: f for f in pending}
+    now = time.monotonic()
+    on = {}
+    for worker, ks in client.processing().items():
+        for k in ks:
+            if k in keys:
+                on[k] = worker
+                first_seen.setdefault((k, worker), now)
+    # (a task cannot have executed for longer than it was seen processing)
+    if not any(now - first_seen[(k, w)] > task_timeout for k, w in on.items()):
+        return []
+    try:
+        running = client.run(_executing, workers=sorted(set(on.values())), on_error="return",
+                             callback_timeout=min(task_timeout, 30.0))
+    except Exception as exc:  # a worker does not answer
+        log.debug("workers did not say what they are executing: %s", exc)
+        running = {}
+    out = []
+    for k, w in on.items():
+        report = running.get(w)
+        if isinstance(report, dict):
+            secs = report.get(str(k))
+            if secs is not None and secs > task_timeout:
+                out.append((keys[k], w, secs))
+        elif now - first_seen[(k, w)] > task_timeout:
+            out.append((keys[k], w, now - first_seen[(k, w)]))
+    return out
+
+
+def _ask(client, worker: str, fn, *args):
+    """``fn(*args)`` run on ``worker``; None if it fails or does not answer in 10 s."""
+    try:
+        answer = client.run(fn, *args, workers=[worker], on_error="return",
+                            callback_timeout=10).get(worker)
+    except Exception as exc:
+        log.debug("worker %s did not answer: %s", worker, exc)
+        return None
+    return None if isinstance(answer, BaseException) else answer
+
+
+def _restart(client, worker: str) -> None:
+    """Restart the worker of a cancelled, stuck task: cancelling does not stop its thread."""
+    try:
+        client.restart_workers([worker], timeout=60, raise_for_error=False)
+    except Exception as exc:  # no nanny, or it is gone already: the task stays cancelled
+        log.warning("could not restart worker %s after cancelling its task: %s", worker, exc)
+
+
+def _failed_error(failures, describe, *, n_tasks: int) -> ChunkFailedError:
+    items = []
+    for task, reason, kind in sorted(failures, key=lambda f: f[0][0]):
+        start = task[1]
+        stop = start + _task_images(task)
+        keys = describe(task) if describe is not None else []
+        items.append({"chunk": int(task[0]), "start": int(start), "stop": int(stop),
+                      "keys": keys, "reason": reason, "kind": kind})
+
+    def one(f):
+        n = f["stop"] - f["start"]
+        if not f["keys"]:
+            keys = ""
+        elif len(f["keys"]) == 2 and n > _MAX_KEYS_LISTED:
+            keys = f", keys {f['keys'][0]!r} ... {f['keys'][1]!r}"
+        else:
+            keys = ", keys " + ", ".join(repr(k) for k in f["keys"])
+        return f"chunk {f['chunk']} (rows {f['start']}-{f['stop'] - 1}{keys}): {f['reason']}"
+
+    cls = ChunkTimeoutError if all(f["kind"] == TIMED_OUT for f in items) else ChunkFailedError
+    return cls(f"{len(items)} of {n_tasks} chunks failed on the cluster (the other "
+               f"{n_tasks - len(items)} are committed): " + "; ".join(one(f) for f in items)
+               + ". Remove or fix those images and rerun with --resume: only the failed "
+                 "chunks are redone", items)
