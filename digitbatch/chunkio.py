@@ -50,14 +50,30 @@ def _store_call(arr, method: str, *args):
     return sync(getattr(arr.store_path.store, method)(*args))
 
 
-def _get_chunk(arr, i: int) -> bytes | None:
-    """The stored bytes of chunk ``i`` (None when it is missing)."""
+def _get_chunk(arr, i: int, *, reuse: bool = False) -> bytes | memoryview | None:
+    """The stored bytes of chunk ``i`` (None when it is missing).
+
+    With ``reuse`` a local file is read into a per-thread buffer that the
+    next ``reuse`` read overwrites (no fresh pages per task).
+    """
     path = _chunk_file(arr, i)
     if path is not None:
         try:
-            return path.read_bytes()
+            if not reuse:
+                return path.read_bytes()
+            fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
             return None
+        try:
+            size = os.fstat(fd).st_size
+            buf = _buffer("read", size)
+            view = memoryview(buf)[:size]
+            got = 0
+            while got < size and (n := os.readv(fd, [view[got:]])) > 0:
+                got += n
+            return view[:got]
+        finally:
+            os.close(fd)
     from zarr.core.buffer import default_buffer_prototype
 
     buf = _store_call(arr, "get", _chunk_key(arr, i), default_buffer_prototype())
@@ -91,7 +107,21 @@ def _fast_codec(arr) -> bool:
             and isinstance(codecs[1], BloscCodec) and arr.dtype.kind in "uif")
 
 
-_BUFFERS: dict[tuple[int, int], np.ndarray] = {}
+_BUFFERS: dict[tuple, np.ndarray] = {}
+
+
+def _buffer(kind: str, nbytes: int) -> np.ndarray:
+    """A per-thread reusable byte buffer of at least ``nbytes`` (grown by doubling)."""
+    import threading
+
+    key = (threading.get_ident(), kind)
+    buf = _BUFFERS.get(key)
+    if buf is None or buf.nbytes < nbytes:
+        if len(_BUFFERS) > 16:
+            _BUFFERS.clear()
+        buf = _BUFFERS[key] = np.empty(max(nbytes, 2 * (buf.nbytes if buf is not None else 0)),
+                                       np.uint8)
+    return buf
 
 
 def _decode_buffer(nbytes: int) -> np.ndarray:
@@ -127,7 +157,7 @@ def read_rows(arr, i: int, *, reuse: bool = False) -> np.ndarray:
             raise _corrupt(arr, i, exc) from exc
     from numcodecs import Blosc
 
-    raw = _get_chunk(arr, i)
+    raw = _get_chunk(arr, i, reuse=reuse)
     if raw is None:
         raise _missing(arr, i, start, stop)
     try:

@@ -272,8 +272,10 @@ class CompactModel:
             raise TrainingError(f"model {self.name!r} (loss {self.loss!r}) gives no probabilities")
         return kernels.ovr_proba(self.decision_function(images))
 
-    def score_chunk(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """``(pred, margin, proba)`` of a chunk in one pass (proba None without probabilities).
+    def score_chunk(self, images: np.ndarray, *, proba: bool = True
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """``(pred, margin, proba)`` of a chunk in one pass (proba None without
+        probabilities, or when ``proba`` is false).
 
         The margin is top-1 minus top-2 probability, or of decision values
         for models without probabilities.
@@ -284,6 +286,8 @@ class CompactModel:
         else:
             d, idx = self._kernel_scores(np.asarray(images).reshape(-1, 28, 28))
         pred = self.classes[idx]
+        if self.has_proba and not proba:
+            return pred, kernels.ovr_margin(d), None
         # float64 probabilities: float32 sigmoids saturate at |d| > ~17, which
         # made most margins exactly 0 or 1 and the doubtful ranking useless.
         p64 = kernels.ovr_proba(d.astype(np.float64)) if self.has_proba else None

@@ -70,7 +70,7 @@ def score_chunk(task: tuple[int, int, int], *, store_path: str, out_path: str, m
     if images.shape[0] != stop - start:
         raise ScoreError(f"chunk {i} of {store_path}: {images.shape[0]} rows, expected {stop - start}")
     copy_chunk(src["keys"], open_group_cached(out_path)["keys"], i)
-    pred, margin, probs = deterministic_scores(model, images)
+    pred, margin, probs = deterministic_scores(model, images, proba=proba)
     pred = pred.astype(np.int8)
     k = model.n_classes
     counts = {"confusion": confusion_counts(labels, pred, k),
@@ -320,7 +320,10 @@ def open_metrics(out: Path) -> dict:
     return json.loads((storage.to_path(out) / SUCCESS).read_text())
 
 
-def deterministic_scores(model, images):
+_BLAS = None  # a ThreadpoolController, made once per process (its library scan is slow)
+
+
+def deterministic_scores(model, images, *, proba: bool = True):
     """``model.score_chunk`` with BLAS on one thread.
 
     OpenBLAS sums in a different order with more threads, which changes the
@@ -328,10 +331,13 @@ def deterministic_scores(model, images):
     (never ``pred``: close rows are rescored in float64). One thread makes
     the output bytes the same on every scheduler and machine size.
     """
-    from threadpoolctl import threadpool_limits
+    global _BLAS
+    if _BLAS is None:
+        from threadpoolctl import ThreadpoolController
 
-    with threadpool_limits(1, user_api="blas"):
-        return model.score_chunk(images)
+        _BLAS = ThreadpoolController()
+    with _BLAS.limit(limits=1, user_api="blas"):
+        return model.score_chunk(images, proba=proba)
 
 
 def _check_timeout(task_timeout) -> float | None:

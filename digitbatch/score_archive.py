@@ -124,7 +124,7 @@ def score_slots(task: tuple[int, int, list], *, out_path: str, model, proba: boo
     if idx.size:
         from .score import deterministic_scores
 
-        p, mg, pr = deterministic_scores(model, images[idx])
+        p, mg, pr = deterministic_scores(model, images[idx], proba=proba)
         pred[idx], margin[idx] = p, mg
         if proba:
             probs[idx] = pr

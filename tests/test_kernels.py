@@ -52,3 +52,17 @@ def test_confusion_counts_skip_unknown():
     known = y != UNKNOWN_LABEL
     np.testing.assert_array_equal(cm, confusion_matrix(y[known], p[known], labels=range(10)))
     assert kernels.prediction_histogram(p).tolist() == [1, 0, 2, 0, 0, 1, 0, 0, 0, 1]
+
+
+@pytest.mark.parametrize("k", [1, 2, 10])
+def test_ovr_margin_is_the_top2_margin_of_the_probabilities(k):
+    from digitbatch.kernels import ovr_margin, ovr_proba, top2_margin
+
+    rng = np.random.default_rng(k)
+    d = (rng.normal(size=(3001, k)) * 12).astype(np.float32)
+    d[:5] = 0.0  # ties
+    want = top2_margin(ovr_proba(d.astype(np.float64)))
+    got = ovr_margin(d)
+    assert got.dtype == np.float32 and got.shape == (3001,)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-12)
+    assert ovr_margin(d[:0]).shape == (0,)
