@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import sklearn
 
 from . import __version__, storage
 from .errors import ModelError
@@ -93,6 +92,14 @@ def _head_meta(model: CompactModel) -> dict:
     return meta
 
 
+def sklearn_version() -> str:
+    """The installed scikit-learn's version, without importing it (0.8 s: a
+    worker's first scoring task would pay it)."""
+    from importlib.metadata import version
+
+    return version("scikit-learn")
+
+
 def save_model(model: CompactModel, out: str | os.PathLike, *, manifest: dict,
                overwrite: bool = False) -> Path:
     """Write ``model`` and its manifest into directory ``out``, atomically.
@@ -123,7 +130,7 @@ def save_model(model: CompactModel, out: str | os.PathLike, *, manifest: dict,
             "classes": [int(c) for c in model.classes],
             "input": {"shape": list(IMAGE_SHAPE), "dtype": "uint8",
                       "preprocessing": _preprocessing(model)},
-            "versions": {"digitbatch": __version__, "scikit-learn": sklearn.__version__,
+            "versions": {"digitbatch": __version__, "scikit-learn": sklearn_version(),
                          "numpy": np.__version__},
             **manifest,
             "model_file": MODEL_FILE,
@@ -192,9 +199,9 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
             f"reads {FORMAT_VERSION}: retrain it"
         )
     want_sk = manifest.get("versions", {}).get("scikit-learn")
-    if want_sk != sklearn.__version__:
+    if want_sk != sklearn_version():
         raise ModelError(
-            f"model {p} was trained with scikit-learn {want_sk}, this is {sklearn.__version__}: "
+            f"model {p} was trained with scikit-learn {want_sk}, this is {sklearn_version()}: "
             f"retrain it, or install scikit-learn=={want_sk}"
         )
     if manifest.get("model_file", MODEL_FILE) != MODEL_FILE:
