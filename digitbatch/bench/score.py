@@ -107,13 +107,20 @@ def run(*, mnist_dir=None, workdir=None, n: int = 4_000_000, n_small: int = 1_00
             yield m.row(ceil)
 
         with cluster.client("local", n_workers=2) as cl:
-            out = work / "pred-warm.zarr"
-            shutil.rmtree(out, ignore_errors=True)
-            with measure("  same, cluster already running, 4M", big.n) as warm:
-                score(big.path, model=models["sgd"], out=out, scheduler=cl.scheduler.address)
+            # warm runs are short and this machine is noisy: the better of two,
+            # for dask-ml too
+            warm = None
+            for _ in range(2):
+                out = work / "pred-warm.zarr"
+                shutil.rmtree(out, ignore_errors=True)
+                with measure("  same, cluster already running, 4M (best of 2)", big.n) as m:
+                    score(big.path, model=models["sgd"], out=out, scheduler=cl.scheduler.address)
+                warm = m if warm is None or m.seconds < warm.seconds else warm
             yield warm.row(ceil)
+            dml = None
             if dask_ml:
-                yield _dask_ml_row(big, models["sgd"], ceil)
+                row, dml = _dask_ml_row(big, models["sgd"], ceil)
+                yield row
 
         # naive: everything in memory, one sklearn predict call
         pipe = _sklearn_pipeline(models["sgd"])
@@ -138,7 +145,10 @@ def run(*, mnist_dir=None, workdir=None, n: int = 4_000_000, n_small: int = 1_00
         yield ks.row(kc)
         yield ""
         yield (f"end to end / ceiling: {results['4M'].rate / ceil.rate:.2f} "
-               f"(warm cluster {warm.rate / ceil.rate:.2f}); vs naive numpy: "
+               f"(warm cluster {warm.rate / ceil.rate:.2f}; vs the naive-form ceiling "
+               f"{results['4M'].rate / naive_ceil.rate:.2f}, warm {warm.rate / naive_ceil.rate:.2f}); "
+               + (f"vs dask-ml (both on a running cluster): {warm.rate / dml.rate:.1f}x; "
+                  if dml is not None else "") + "vs naive numpy: "
                f"{results['4M'].rate / nv.rate:.1f}x; peak RSS 1M {results['1M'].peak_rss / 2**20:.0f}"
                f" MiB vs 4M {results['4M'].peak_rss / 2**20:.0f} MiB")
     finally:
@@ -169,9 +179,12 @@ def _dask_ml_row(store, model_path, ceil) -> str:
         import dask.array as da
         from dask_ml.wrappers import ParallelPostFit
     except ImportError:
-        return "dask-ml not installed: `make bench` installs it (pip install dask-ml)"
+        return "dask-ml not installed: `make bench` installs it (pip install dask-ml)", None
     clf = _sklearn_pipeline(model_path)
     x = da.from_zarr(store.images).reshape(store.n, 784)
-    with measure("dask-ml ParallelPostFit(model).predict, 4M", store.n) as m:
-        ParallelPostFit(estimator=clf).predict(x).compute()
-    return m.row(ceil)
+    best = None
+    for _ in range(2):
+        with measure("dask-ml ParallelPostFit(model).predict, 4M (best of 2)", store.n) as m:
+            ParallelPostFit(estimator=clf).predict(x).compute()
+        best = m if best is None or m.seconds < best.seconds else best
+    return best.row(ceil), best
