@@ -46,3 +46,18 @@ def test_resume_at_every_chunk_boundary(tmp_path, small_store):
         assert r.metrics["confusion_matrix"] == ref.metrics["confusion_matrix"]
         np.testing.assert_array_equal(zarr.open_group(str(out))["pred"][:],
                                       zarr.open_group(str(tmp_path / "ref.zarr"))["pred"][:])
+
+
+@pytest.mark.mnist
+@pytest.mark.timeout(1200)
+def test_bench_score_runs_end_to_end_at_small_scale(tmp_path, mnist_path):
+    """The scoring benchmark's code path (not its figures: no timed tests)."""
+    from digitbatch.bench.score import run
+
+    lines = list(run(mnist_dir=mnist_path, workdir=tmp_path, n=70_000, n_small=35_000,
+                     n_naive=35_000, n_kernel=8_192))
+    text = "\n".join(lines)
+    for row in ("ceiling, blocked form", "digitbatch score (CLI process), LocalCluster, 70k",
+                "cluster already running", "naive numpy", "sgd-kernel: digitbatch score",
+                "end to end / ceiling"):
+        assert row in text, row

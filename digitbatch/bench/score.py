@@ -94,7 +94,8 @@ def run(*, mnist_dir=None, workdir=None, n: int = 4_000_000, n_small: int = 1_00
 
         del mem
         results = {}
-        for label, store in (("4M", big), ("1M", small)):
+        for key, store in (("big", big), ("small", small)):
+            label = _size(store.n)
             out = work / f"pred-{label}.zarr"
             shutil.rmtree(out, ignore_errors=True)
             # the whole job as a user runs it: its own process, cluster start included
@@ -103,7 +104,7 @@ def run(*, mnist_dir=None, workdir=None, n: int = 4_000_000, n_small: int = 1_00
                 subprocess.run([sys.executable, "-m", "digitbatch", "-q", "score", str(store.path),
                                 "--model", str(models["sgd"]), "--out", str(out)], check=True,
                                stdout=subprocess.DEVNULL)
-            results[label] = m
+            results[key] = m
             yield m.row(ceil)
 
         with cluster.client("local", n_workers=2) as cl:
@@ -113,7 +114,8 @@ def run(*, mnist_dir=None, workdir=None, n: int = 4_000_000, n_small: int = 1_00
             for _ in range(2):
                 out = work / "pred-warm.zarr"
                 shutil.rmtree(out, ignore_errors=True)
-                with measure("  same, cluster already running, 4M (best of 2)", big.n) as m:
+                with measure(f"  same, cluster already running, {_size(big.n)} (best of 2)",
+                             big.n) as m:
                     score(big.path, model=models["sgd"], out=out, scheduler=cl.scheduler.address)
                 warm = m if warm is None or m.seconds < warm.seconds else warm
             yield warm.row(ceil)
@@ -124,7 +126,7 @@ def run(*, mnist_dir=None, workdir=None, n: int = 4_000_000, n_small: int = 1_00
 
         # naive: everything in memory, one sklearn predict call
         pipe = _sklearn_pipeline(models["sgd"])
-        with measure(f"naive numpy: load all + one predict ({n_naive / 1e6:.0f}M)", n_naive) as nv:
+        with measure(f"naive numpy: load all + one predict ({_size(n_naive)})", n_naive) as nv:
             x = small.images[:n_naive].reshape(n_naive, -1)
             pipe.predict(x)
             del x
@@ -144,16 +146,22 @@ def run(*, mnist_dir=None, workdir=None, n: int = 4_000_000, n_small: int = 1_00
             score(kern.path, model=models["sgd-kernel"], out=out, scheduler="local")
         yield ks.row(kc)
         yield ""
-        yield (f"end to end / ceiling: {results['4M'].rate / ceil.rate:.2f} "
+        yield (f"end to end / ceiling: {results['big'].rate / ceil.rate:.2f} "
                f"(warm cluster {warm.rate / ceil.rate:.2f}; vs the naive-form ceiling "
-               f"{results['4M'].rate / naive_ceil.rate:.2f}, warm {warm.rate / naive_ceil.rate:.2f}); "
+               f"{results['big'].rate / naive_ceil.rate:.2f}, warm {warm.rate / naive_ceil.rate:.2f}); "
                + (f"vs dask-ml (both on a running cluster): {warm.rate / dml.rate:.1f}x; "
                   if dml is not None else "") + "vs naive numpy: "
-               f"{results['4M'].rate / nv.rate:.1f}x; peak RSS 1M {results['1M'].peak_rss / 2**20:.0f}"
-               f" MiB vs 4M {results['4M'].peak_rss / 2**20:.0f} MiB")
+               f"{results['big'].rate / nv.rate:.1f}x; peak RSS {_size(small.n)} "
+               f"{results['small'].peak_rss / 2**20:.0f} MiB vs {_size(big.n)} "
+               f"{results['big'].peak_rss / 2**20:.0f} MiB")
     finally:
         if own_tmp:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _size(n: int) -> str:
+    """4,000,000 -> '4M', 70,000 -> '70k'."""
+    return f"{n / 1e6:g}M" if n >= 1_000_000 else f"{n / 1e3:g}k"
 
 
 def _du(path: Path) -> int:
@@ -184,7 +192,8 @@ def _dask_ml_row(store, model_path, ceil) -> str:
     x = da.from_zarr(store.images).reshape(store.n, 784)
     best = None
     for _ in range(2):
-        with measure("dask-ml ParallelPostFit(model).predict, 4M (best of 2)", store.n) as m:
+        with measure(f"dask-ml ParallelPostFit(model).predict, {_size(store.n)} (best of 2)",
+                     store.n) as m:
             ParallelPostFit(estimator=clf).predict(x).compute()
         best = m if best is None or m.seconds < best.seconds else best
     return best.row(ceil), best
