@@ -309,6 +309,13 @@ def client(scheduler: Scheduler = None, *, n_workers: int | None = None) -> Iter
         yield c
 
 
+def hold(obj):
+    """A task that returns its argument: data shared with the workers as a task
+    result, which the scheduler can recompute when the worker holding it dies
+    (scattered data dies with its worker)."""
+    return obj
+
+
 def _drop_half_made_client(exc: BaseException) -> None:
     """Close a Client whose ``__init__`` failed now, in this thread.
 

@@ -80,11 +80,6 @@ class CVResult:
                 "seconds": round(self.seconds, 3), "backend": self.backend}
 
 
-def _hold(obj):
-    """A task that returns its argument: shared read-only data with lineage."""
-    return obj
-
-
 def _recoverable_backend(client, data: list):
     """joblib's dask backend, with ``data`` shared as recomputable task results.
 
@@ -103,7 +98,7 @@ def _recoverable_backend(client, data: list):
                 # The arrays are in the graph on purpose, once (distributed warns over 10 MB).
                 warnings.filterwarnings("ignore", "Sending large graph", UserWarning)
                 self.data_futures = {
-                    id(x): client.submit(_hold, x, key=f"digitbatch-cv-data-{uuid.uuid4().hex}",
+                    id(x): client.submit(cluster.hold, x, key=f"digitbatch-cv-data-{uuid.uuid4().hex}",
                                          pure=False)
                     for x in data}
 

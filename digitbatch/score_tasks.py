@@ -31,9 +31,6 @@ KILLED, TIMED_OUT, CANCELLED = "workers-died", "timed-out", "cancelled"
 _MAX_KEYS_LISTED = 20
 
 
-def _hold(obj):
-    """A task that returns its argument: shared read-only data with lineage."""
-    return obj
 
 
 def _task_images(task) -> int:
@@ -75,7 +72,7 @@ def _run(todo, scheduler, fn, kwargs, *, broadcast, progress=None, task_timeout=
         # that holds it ("lost dependencies", found by tests/faults). As the
         # result of a task, the scheduler can recompute it after a worker dies;
         # other workers fetch it from a peer once.
-        shared = {k: client.submit(_hold, v, key=f"digitbatch-{k}-{uuid.uuid4().hex}",
+        shared = {k: client.submit(cluster.hold, v, key=f"digitbatch-{k}-{uuid.uuid4().hex}",
                                    pure=False) if v is not None else None
                   for k, v in broadcast.items()}
         futures = client.map(fn, todo, **kwargs, **shared, pure=False, retries=TASK_RETRIES)

@@ -72,3 +72,16 @@ def small_store(tmp_path, idx_dir):
     out = tmp_path / "small.zarr"
     ingest(idx_dir, out, chunk_size=256)
     return out
+
+
+def trained_model(tmp: Path, *, n: int = 600, n_train: int = 500, seed: int = 0,
+                  chunk_size: int = 256) -> Path:
+    """A small sgd model on synthetic digits (IDX -> store -> train) under ``tmp``."""
+    from digitbatch.ingest import ingest
+    from digitbatch.train import train
+
+    x, y = synthetic_digits(n, seed=seed)
+    write_idx(tmp / "idx", x[:n_train], y[:n_train])
+    write_idx(tmp / "idx", x[n_train:], y[n_train:], prefix="t10k")
+    ingest(tmp / "idx", tmp / "s.zarr", chunk_size=chunk_size)
+    return Path(train(tmp / "s.zarr", tmp / "model", seed=0).model_path)

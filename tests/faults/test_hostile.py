@@ -106,7 +106,7 @@ from digitbatch.layout import UNKNOWN_LABEL, open_store
 from digitbatch.score import score
 from digitbatch.train import train
 
-from ..conftest import synthetic_digits, write_idx
+from ..conftest import trained_model
 
 RSS_CAP_MB = 600
 GIB_MIB = 1024  # the bombs expand to 1 GiB
@@ -661,12 +661,7 @@ def _write(p: Path, text: str) -> Path:
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp("hostile_model")
-    x, y = synthetic_digits(600, seed=2)
-    write_idx(tmp / "idx", x[:500], y[:500])
-    write_idx(tmp / "idx", x[500:], y[500:], prefix="t10k")
-    ingest(tmp / "idx", tmp / "s.zarr", chunk_size=256)
-    return Path(train(tmp / "s.zarr", tmp / "model", seed=0).model_path)
+    return trained_model(tmp_path_factory.mktemp("hostile_model"), seed=2)
 
 
 def _tree(root: Path) -> set[str]:

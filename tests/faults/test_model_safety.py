@@ -40,11 +40,9 @@ import numpy as np
 import pytest
 
 from digitbatch.errors import ModelError
-from digitbatch.ingest import ingest
 from digitbatch.modelio import load_model
-from digitbatch.train import train
 
-from ..conftest import synthetic_digits, write_idx
+from ..conftest import trained_model
 
 SENTINEL = "PWNED_SENTINEL"
 
@@ -61,12 +59,7 @@ class _Payload:
 
 @pytest.fixture(scope="module")
 def good_model(tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp("model_safety")
-    x, y = synthetic_digits(600, seed=1)
-    write_idx(tmp / "idx", x[:500], y[:500])
-    write_idx(tmp / "idx", x[500:], y[500:], prefix="t10k")
-    ingest(tmp / "idx", tmp / "s.zarr", chunk_size=256)
-    return Path(train(tmp / "s.zarr", tmp / "model", seed=0).model_path)
+    return trained_model(tmp_path_factory.mktemp("model_safety"), seed=1)
 
 
 def _skops_zip(sentinel: Path) -> bytes:
