@@ -117,10 +117,13 @@ def score(
 
     Parameters
     ----------
-    source : path
+    source : path or URL
         A digitbatch store, or an image directory / tar / zip scored directly
         (decoded, normalised and labelled as ingest does, no store written).
-    model, out : paths
+        URLs (``s3://...``): see :mod:`digitbatch.storage`; an archive at a
+        URL is copied to a temporary directory and its members streamed to
+        the workers.
+    model, out : paths or URLs
         Model directory, output group to create.
     scheduler : str, optional
         See :mod:`digitbatch.cluster`.

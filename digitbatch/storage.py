@@ -198,13 +198,16 @@ def fetched(source: str) -> Iterator[Path]:
         dest = Path(d) / (p.name or "source")
         if fs.isdir(path):
             dest.mkdir()
+            remote, local = [], []
             for rel in sorted(fs.find(path)):
                 sub = rel[len(path.rstrip("/")) + 1:]
-                target = dest / sub
-                if ".." in Path(sub).parts or not sub:
+                if not sub or ".." in Path(sub).parts:
                     continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                fs.get_file(rel, str(target))
+                (dest / sub).parent.mkdir(parents=True, exist_ok=True)
+                remote.append(rel)
+                local.append(str(dest / sub))
+            if remote:
+                fs.get(remote, local)  # one call: async filesystems fetch concurrently
         else:
             fs.get_file(path, str(dest))
         yield dest
