@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, gallery
+from . import __version__, gallery, storage
 from .errors import DigitbatchError, StoreError, StoreNotFoundError
 from .layout import chunk_bounds, open_store
 from .metrics import format_confusion
@@ -140,6 +140,8 @@ def select_rows(p: Predictions, labels, *, k: int, digit: int | None) -> Selecti
 
 def _existing(path: str, beside: Path) -> Path:
     """``path`` as recorded, or relative to the output's folder when that is where it is."""
+    if storage.is_url(path):
+        return storage.to_path(path)
     p = Path(path)
     if not p.exists() and not p.is_absolute() and (beside / p).exists():
         return beside / p
@@ -161,7 +163,8 @@ def _open_input(p: Predictions, override) -> _Input:
     recorded = want.get("path")
     if override is None and recorded is None:
         raise StoreError(f"{p.path}/metrics.json records no input: pass --store")
-    path = Path(override) if override is not None else _existing(recorded, p.path.parent)
+    path = (storage.to_path(override) if override is not None
+            else _existing(recorded, storage.to_path(p.path).parent))
     if not path.exists():
         if override is not None:
             raise StoreNotFoundError(f"--store {path} does not exist")
@@ -196,9 +199,16 @@ def _archive_images(path: Path):
     from .sources.images import decode_one
     from .sources.refs import read_refs
 
-    kind, seekable, entries = list_slots(path, limit=limit)
+    identity = keep = None
+    if not storage.is_local(path):  # a local copy, kept as long as images_of is
+        import tempfile
 
-    def images_of(keys: list[str]) -> np.ndarray:
+        identity = storage.identity(path)
+        keep = tempfile.TemporaryDirectory(prefix="digitbatch-report-")
+        path = storage.download(path, Path(keep.name))
+    kind, seekable, entries = list_slots(path, limit=limit, stream=identity is not None)
+
+    def images_of(keys: list[str], _keep=keep) -> np.ndarray:
         out = np.zeros((len(keys), 28, 28), np.uint8)
         at = {k: i for i, k in enumerate(keys)}
         chosen = [e for e in entries if e.key in at and hasattr(e, "offset" if seekable else "data")]
@@ -209,7 +219,7 @@ def _archive_images(path: Path):
                 out[at[item.key]] = img
         return out
 
-    return fingerprint(path, entries), images_of
+    return fingerprint(path, entries, identity=identity), images_of
 
 
 def _model_summary(metrics: dict, beside: Path) -> tuple[list[tuple[str, str]], str]:

@@ -184,33 +184,39 @@ def parent_exists(p: Path) -> bool:
 
 @contextlib.contextmanager
 def fetched(source: str) -> Iterator[Path]:
-    """A local copy of a remote file or prefix, removed on exit.
+    """A local copy of a remote file or prefix (:func:`download`), removed on exit.
+
+    ``FileNotFoundError`` when nothing is there.
+    """
+    with tempfile.TemporaryDirectory(prefix="digitbatch-fetch-") as d:
+        yield download(to_path(source), Path(d))
+
+
+def download(p: Path, into: Path) -> Path:
+    """Copy the remote file or prefix ``p`` to ``into/NAME`` and return that path.
 
     Its name is the source's last component, so content detection and
     member keys (``archive.tar.gz!img/1.png``) are what the source's are.
-    ``FileNotFoundError`` when nothing is there.
     """
-    p = to_path(source)
     fs, path = fs_of(p)
     if not fs.exists(path):
-        raise FileNotFoundError(source)
-    with tempfile.TemporaryDirectory(prefix="digitbatch-fetch-") as d:
-        dest = Path(d) / (p.name or "source")
-        if fs.isdir(path):
-            dest.mkdir()
-            remote, local = [], []
-            for rel in sorted(fs.find(path)):
-                sub = rel[len(path.rstrip("/")) + 1:]
-                if not sub or ".." in Path(sub).parts:
-                    continue
-                (dest / sub).parent.mkdir(parents=True, exist_ok=True)
-                remote.append(rel)
-                local.append(str(dest / sub))
-            if remote:
-                fs.get(remote, local)  # one call: async filesystems fetch concurrently
-        else:
-            fs.get_file(path, str(dest))
-        yield dest
+        raise FileNotFoundError(str(p))
+    dest = into / (p.name or "source")
+    if fs.isdir(path):
+        dest.mkdir()
+        remote, local = [], []
+        for rel in sorted(fs.find(path)):
+            sub = rel[len(path.rstrip("/")) + 1:]
+            if not sub or ".." in Path(sub).parts:
+                continue
+            (dest / sub).parent.mkdir(parents=True, exist_ok=True)
+            remote.append(rel)
+            local.append(str(dest / sub))
+        if remote:
+            fs.get(remote, local)  # one call: async filesystems fetch concurrently
+    else:
+        fs.get_file(path, str(dest))
+    return dest
 
 
 def identity(p: Path) -> str:

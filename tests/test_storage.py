@@ -221,10 +221,14 @@ out = "{bucket}/job/s.zarr"
 out = "{bucket}/job/model"
 [score]
 out = "{bucket}/job/pred.zarr"
+[report]
+out = "{tmp_path / 'report'}"
 """)
     r = CliRunner().invoke(main, ["run", str(spec), "--scheduler", "synchronous"])
     assert r.exit_code == 0, r.output
     assert storage.to_path(f"{bucket}/job/pred.zarr/_SUCCESS").exists()
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert f"{bucket}/job/pred.zarr" in html and "confusion" in html.lower()
     # a missing input in the bucket is reported before any work starts
     spec.write_text(f"""
 [job]
@@ -271,6 +275,11 @@ def test_score_an_archive_in_a_bucket_directly(bucket, tmp_path):
     again = score(f"{bucket}/nightly/digits.tar.gz", model=tmp_path / "model", out=out,
                   chunk_size=256, resume=True, scheduler="synchronous")
     assert again.metrics == r.metrics  # complete: read back, nothing rescored
+    from digitbatch.report import write_report
+
+    write_report(out, out=tmp_path / "report")  # galleries decode from the bucket's archive
+    assert (tmp_path / "report" / "errors.png").stat().st_size > 0
+    assert f"{bucket}/nightly/digits.tar.gz" in (tmp_path / "report" / "report.html").read_text()
     # the CLI refuses an existing output without --resume, naming the fix
     res = CliRunner().invoke(main, ["-q", "score", f"{bucket}/nightly/digits.tar.gz", "--model",
                                     str(tmp_path / "model"), "--out", out,
