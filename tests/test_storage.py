@@ -164,6 +164,7 @@ def test_train_and_score_in_a_bucket_resume_exactly_once(bucket, tmp_path):
     assert load_model(model).path == storage.to_path(model)
     ref = score(store, model=model, out=tmp_path / "ref.zarr", proba=True,
                 scheduler="synchronous")
+    ref_pred = storage.open_group(str(tmp_path / "ref.zarr"))["pred"][:]
 
     # a run killed after committing chunks 0 and 3, with chunk 1 half written
     out = f"{bucket}/runs/pred.zarr"
@@ -197,6 +198,20 @@ def test_train_and_score_in_a_bucket_resume_exactly_once(bucket, tmp_path):
     from digitbatch.predictions import open_predictions
 
     assert open_predictions(out).metrics["n_images"] == 1500
+    # the person-facing commands take the URLs too
+    from click.testing import CliRunner
+
+    from digitbatch.cli import main
+
+    r = CliRunner().invoke(main, ["show", store, "--index", "3", "--out", str(tmp_path / "d.png")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "d.png").stat().st_size > 0
+    (tmp_path / "one.png").write_bytes(png_bytes(x[1203]))
+    r = CliRunner().invoke(main, ["predict", str(tmp_path / "one.png"), "--model", model, "--json"])
+    assert r.exit_code == 0, r.output
+    import json
+
+    assert json.loads(r.output)[0]["digit"] == int(ref_pred[1203])
 
 
 def test_a_job_spec_with_bucket_paths(bucket, tmp_path):
