@@ -52,7 +52,7 @@ class _Processes:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
                "MKL_NUM_THREADS": "1"}
         p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             start_new_session=True, env=env)
+                             start_new_session=True, env=env, preexec_fn=_die_with_parent)
         log.close()
         self.procs.append(p)
         return p
@@ -72,6 +72,17 @@ class _Processes:
                 pass
             _signal_group(p, signal.SIGKILL)
             p.wait(timeout=10)
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGTERM it when pytest dies, even by SIGKILL (no finalizer runs
+    then, and a scheduler with its workers would live on, polling each other)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: close() still ends them when the tests end normally
 
 
 def _signal_group(p: subprocess.Popen, sig: int) -> None:
