@@ -11,22 +11,15 @@ import zarr
 from digitbatch.ingest import ingest
 from digitbatch.predictions import commit_path, open_predictions
 from digitbatch.score import score
-from digitbatch.train import train
 
 from .test_ingest import digit_members, make_tar, make_zip, png_bytes
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    from .conftest import synthetic_digits, write_idx
+    from .conftest import trained_model
 
-    tmp = tmp_path_factory.mktemp("m")
-    x, y = synthetic_digits(900, seed=9)
-    write_idx(tmp / "idx", x[:700], y[:700])
-    write_idx(tmp / "idx", x[700:], y[700:], prefix="t10k")
-    ingest(tmp / "idx", tmp / "s.zarr")
-    train(tmp / "s.zarr", tmp / "model", seed=0)
-    return tmp / "model"
+    return trained_model(tmp_path_factory.mktemp("m"), n=900, n_train=700, seed=9)
 
 
 def _container(tmp_path, kind):

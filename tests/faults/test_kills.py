@@ -24,20 +24,14 @@ from pathlib import Path
 
 import pytest
 
-from digitbatch.ingest import ingest
-from digitbatch.train import train
 
-from ..conftest import synthetic_digits, write_idx
+from ..conftest import trained_model
 
 
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("kills")
-    x, y = synthetic_digits(24_000, seed=11)
-    write_idx(tmp / "idx", x[:20_000], y[:20_000])
-    write_idx(tmp / "idx", x[20_000:], y[20_000:], prefix="t10k")
-    ingest(tmp / "idx", tmp / "s.zarr", chunk_size=512)  # 47 chunks
-    train(tmp / "s.zarr", tmp / "m", seed=0)
+    trained_model(tmp, n=24_000, n_train=20_000, seed=11, chunk_size=512)  # 47 chunks
     ref = tmp / "ref.zarr"
     _score(tmp, ref).check_returncode()
     return tmp
@@ -45,7 +39,7 @@ def job(tmp_path_factory):
 
 def _cmd(tmp: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "digitbatch", "-q", "score", str(tmp / "s.zarr"),
-            "--model", str(tmp / "m"), "--out", str(out), "--scheduler", "synchronous",
+            "--model", str(tmp / "model"), "--out", str(out), "--scheduler", "synchronous",
             "--proba", *extra]
 
 
@@ -105,7 +99,7 @@ def test_worker_killed_mid_run(job, tmp_path):
         t = threading.Thread(target=kill_one)
         t.start()
         out = tmp_path / "w.zarr"
-        r = score(job / "s.zarr", model=job / "m", out=out, proba=True,
+        r = score(job / "s.zarr", model=job / "model", out=out, proba=True,
                   scheduler=c.scheduler.address)
         t.join()
     assert killed
@@ -134,7 +128,7 @@ def test_concurrent_run_is_refused_and_the_running_one_is_unaffected(job, tmp_pa
 
         for break_lock in (False, True):
             with pytest.raises(OutputLockedError, match="being written by another run"):
-                score(job / "s.zarr", model=job / "m", out=out, proba=True, resume=True,
+                score(job / "s.zarr", model=job / "model", out=out, proba=True, resume=True,
                       break_lock=break_lock, scheduler="synchronous")
             if first.poll() is not None:
                 pytest.skip("the first run ended before the second was refused: too fast")
