@@ -196,12 +196,17 @@ class DaskExecutor:
 
 
 @contextlib.contextmanager
-def executor(scheduler: Scheduler = None, *, n_workers: int | None = None) -> Iterator:
-    """An executor for ``scheduler`` (see module docstring); closes what it started."""
+def executor(scheduler: Scheduler = None, *, n_workers: int | None = None,
+             processes: bool = True) -> Iterator:
+    """An executor for ``scheduler`` (see module docstring); closes what it started.
+
+    ``processes=False``: a new LocalCluster's workers are threads of this
+    process (see :func:`client`).
+    """
     if resolve_scheduler(scheduler) in SYNCHRONOUS:
         yield InlineExecutor()
         return
-    with client(scheduler, n_workers=n_workers) as c:
+    with client(scheduler, n_workers=n_workers, processes=processes) as c:
         yield DaskExecutor(c)
 
 
@@ -214,28 +219,32 @@ def _quiet_distributed() -> None:
 
 
 @contextlib.contextmanager
-def _local_cluster(n_workers: int | None) -> Iterator:
-    """A LocalCluster of single-threaded worker processes, on 127.0.0.1 only."""
+def _local_cluster(n_workers: int | None, processes: bool = True) -> Iterator:
+    """A LocalCluster of single-threaded workers, on 127.0.0.1 only: worker
+    processes, or (``processes=False``) worker threads of this process."""
     from distributed import LocalCluster
 
     import dask
 
     workers = n_workers or n_cores()
+    # threads talk over Dask's in-process transport (inproc://: no sockets, no
+    # serialisation); processes over TCP on the loopback interface only
+    options = {"env": dict(WORKER_ENV), "host": "127.0.0.1"} if processes else {}
     try:
         with dask.config.set({"distributed.nanny.pre-spawn-environ": _pre_spawn_environ()}):
             cluster = LocalCluster(
                 n_workers=workers,
                 threads_per_worker=1,
-                processes=True,
-                host="127.0.0.1",
+                processes=processes,
                 dashboard_address="127.0.0.1:0",
-                env=dict(WORKER_ENV),
+                **options,
             )
     except Exception as exc:
         raise ClusterError(f"could not start a LocalCluster of {workers} workers: {exc}") from exc
     with cluster:
-        log.info("LocalCluster with %d workers at %s; dashboard %s",
-                 workers, cluster.scheduler_address, cluster.dashboard_link)
+        log.info("LocalCluster with %d worker %s at %s; dashboard %s", workers,
+                 "processes" if processes else "threads", cluster.scheduler_address,
+                 cluster.dashboard_link)
         yield cluster
 
 
@@ -271,7 +280,8 @@ def _connect_hint(address: str, spec: ClusterSpec) -> str:
 
 
 @contextlib.contextmanager
-def client(scheduler: Scheduler = None, *, n_workers: int | None = None) -> Iterator:
+def client(scheduler: Scheduler = None, *, n_workers: int | None = None,
+           processes: bool = True) -> Iterator:
     """A ``distributed.Client``: a new loopback LocalCluster, or the given address.
 
     Parameters
@@ -281,6 +291,12 @@ def client(scheduler: Scheduler = None, *, n_workers: int | None = None) -> Iter
         passed to the client as a ``Security`` requiring encryption.
     n_workers : int, optional
         Workers of a new LocalCluster (default: one per core).
+    processes : bool
+        Whether a new LocalCluster's workers are processes (the default:
+        a crash in third-party code, such as an image decoder, kills one
+        worker, which is restarted) or threads of this process (for work
+        that is our own numpy code and releases the GIL: no process start,
+        no imports in every worker, no copies between processes).
     """
     from distributed import Client
 
@@ -290,7 +306,7 @@ def client(scheduler: Scheduler = None, *, n_workers: int | None = None) -> Iter
     if address in SYNCHRONOUS:
         raise ClusterError("a Dask client was asked for with the synchronous scheduler")
     if address == "local":
-        with _local_cluster(n_workers) as cluster, Client(cluster) as c:
+        with _local_cluster(n_workers, processes) as cluster, Client(cluster) as c:
             yield c
         return
     security = spec.security()

@@ -14,7 +14,9 @@ import numpy as np
 
 from . import cluster, storage
 from .errors import SourceNotFoundError, TooManyRejectsError
-from .layout import DEFAULT_CHUNK_SIZE, StoreWriter, validate_chunk_size
+from .layout import (
+    DEFAULT_CHUNK_SIZE, DEFAULT_IMAGE_CODEC, StoreWriter, validate_chunk_size, validate_codec,
+)
 from .sources import Batch, Reject, resolve_kind
 from .sources.labels import LabelMap, load_labels
 
@@ -122,6 +124,7 @@ def ingest(
     decode_batch_size: int = DEFAULT_DECODE_BATCH,
     max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
     progress=None,
+    codec: str = DEFAULT_IMAGE_CODEC,
 ) -> IngestResult:
     """Read ``source`` into a new store at ``out``.
 
@@ -148,6 +151,10 @@ def ingest(
         scikit-learn's download cache for ``openml``.
     scheduler : str, optional
         Where image decoding runs (see :mod:`digitbatch.cluster`).
+    codec : {"lz4", "none"}
+        How image chunks are stored: LZ4-compressed (the default, a third
+        of the disk) or raw (``none``: scoring reads them in place, no decode;
+        for local stores scored often).
     progress : callable, optional
         ``progress(n)``: called with the images (and rejects) of each batch
         as it is written (the total is not known in advance for archives).
@@ -158,6 +165,7 @@ def ingest(
     """
     t0 = time.perf_counter()
     chunk_size = validate_chunk_size(chunk_size)
+    codec = validate_codec(codec)
     if isinstance(max_rejects, bool) or not isinstance(max_rejects, int) or max_rejects < 0:
         raise TooManyRejectsError(f"max_rejects must be an integer >= 0, got {max_rejects!r}")
     source = str(source)
@@ -173,18 +181,19 @@ def ingest(
                        chunk_size=chunk_size, overwrite=overwrite, max_rejects=max_rejects,
                        data_home=data_home, scheduler=scheduler,
                        decode_batch_size=decode_batch_size,
-                       max_member_bytes=max_member_bytes, progress=progress, t0=t0)
+                       max_member_bytes=max_member_bytes, progress=progress, t0=t0,
+                       codec=codec)
 
 
 def _ingest(source: str, out, *, origin: str | None, kind, labels, chunk_size, overwrite,
             max_rejects, data_home, scheduler, decode_batch_size, max_member_bytes, progress,
-            t0) -> IngestResult:
+            t0, codec=DEFAULT_IMAGE_CODEC) -> IngestResult:
     resolved = resolve_kind(source, kind)
     label_map: LabelMap | None = load_labels(labels) if labels is not None else None
     reasons: collections.Counter = collections.Counter()
 
     with StoreWriter(out, source={"kind": resolved}, chunk_size=chunk_size,
-                     overwrite=overwrite) as writer:
+                     overwrite=overwrite, codec=codec) as writer:
         splits: dict = {}
         with _batches(resolved, source, data_home=data_home, scheduler=scheduler,
                       chunk_size=chunk_size, decode_batch_size=decode_batch_size,

@@ -7,8 +7,6 @@ one chunk at a time.
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import expit
-
 from .layout import N_CLASSES, UNKNOWN_LABEL
 
 # Rows whose top-2 float32 decision values are closer than this are
@@ -49,31 +47,46 @@ def linear_decision(X: np.ndarray, weights: np.ndarray, intercept: np.ndarray,
     return out
 
 
-def linear_scores(X: np.ndarray, weights: np.ndarray,
-                  intercept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def expit(x: np.ndarray) -> np.ndarray:
+    """The logistic sigmoid ``1 / (1 + exp(-x))``, in numpy.
+
+    (scipy.special.expit gives the same values; importing scipy.special cost
+    0.2 s of every scoring job's start and of each worker's first task.)
+    """
+    x = np.asarray(x)
+    with np.errstate(over="ignore"):  # exp(-x) = inf for very negative x: sigmoid 0
+        e = np.exp(-x)
+    e += 1
+    return np.reciprocal(e, out=e)
+
+
+def linear_scores(X: np.ndarray, weights: np.ndarray, intercept: np.ndarray, *,
+                  with_top2: bool = False) -> tuple:
     """float32 decision values and the class index of each row, equal to float64's.
 
     The product runs in float32 (twice as fast); rows whose top two
     decision values (or whose binary decision and 0) are closer than float32
     can separate get their index from a float64 recomputation.
+    ``with_top2``: also return :func:`top2` of the decision values (None
+    for one column), for :func:`ovr_margin`.
     """
     d = linear_decision(X, weights, intercept)
     if d.shape[0] == 0:
-        return d, np.zeros(0, dtype=np.intp)
+        return (d, np.zeros(0, dtype=np.intp)) + ((None,) if with_top2 else ())
     if d.shape[1] == 1:  # binary: one decision column, positive class classes[1]
         idx = (d[:, 0] > 0).astype(np.intp)
         close = np.flatnonzero(np.abs(d[:, 0]) < TIE_TOLERANCE)
         if close.size:
             d64 = linear_decision(X[close], weights, intercept, dtype=np.float64)
             idx[close] = (d64[:, 0] > 0).astype(np.intp)
-        return d, idx
+        return (d, idx) + ((None,) if with_top2 else ())
     idx = np.argmax(d, axis=1)
-    top2 = np.partition(d, -2, axis=1)[:, -2:]
-    close = np.flatnonzero((top2[:, 1] - top2[:, 0]) < TIE_TOLERANCE * (1 + np.abs(top2[:, 1])))
+    first, second = top2(d)
+    close = np.flatnonzero((first - second) < TIE_TOLERANCE * (1 + np.abs(first)))
     if close.size:
         d64 = linear_decision(X[close], weights, intercept, dtype=np.float64)
         idx[close] = np.argmax(d64, axis=1)
-    return d, idx
+    return (d, idx) + (((first, second),) if with_top2 else ())
 
 
 def linear_predict_features(X: np.ndarray, weights: np.ndarray, intercept: np.ndarray,
@@ -98,13 +111,33 @@ def ovr_proba(d: np.ndarray) -> np.ndarray:
     return np.divide(p, s, out=np.full_like(p, 1.0 / p.shape[1]), where=s > 0)
 
 
-def ovr_margin(d: np.ndarray) -> np.ndarray:
+def top2(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The largest and second-largest value of each row of an (n, k>=2) array.
+
+    A running pair over the k columns: 3x faster than ``np.partition`` on a
+    32k x 10 chunk (0.7 vs 2.3 ms), and exact (no arithmetic, only max/min).
+    """
+    cols = np.ascontiguousarray(values.T)
+    first = cols[0].copy()
+    second = np.full_like(first, -np.inf)
+    for x in cols[1:]:
+        np.maximum(second, np.minimum(first, x), out=second)
+        np.maximum(first, x, out=first)
+    return first, second
+
+
+def ovr_margin(d: np.ndarray, top: tuple | None = None) -> np.ndarray:
     """float32 top-1 minus top-2 of :func:`ovr_proba`, without normalising every row.
 
     The sigmoid is monotonic and each row is divided by one sum, so the top
     two probabilities are those of the top two decision values:
-    ``(s1 - s2) / sum(s)`` with ``s = sigmoid(d)`` in float64 (float32
-    sigmoids saturate). Two columns fewer temporaries than the full proba.
+    ``(s1 - s2) / sum(s)`` with ``s = sigmoid(d)``. The difference is taken
+    in float64 (float32 sigmoids saturate, and both top values are often
+    near 1); the row sum of the k sigmoids in float32 summed in float64
+    (relative error ~1e-7, below the float32 result's own precision).
+    Measured on a 32k x 10 chunk: 4 ms instead of 14 ms for float64
+    sigmoids of every value; results within one float32 ulp. ``top``:
+    :func:`top2` of ``d`` when the caller has it already.
     """
     d = np.asarray(d)
     if d.ndim == 2 and d.shape[1] == 1:
@@ -113,10 +146,10 @@ def ovr_margin(d: np.ndarray) -> np.ndarray:
         return np.abs(2.0 * expit(d.astype(np.float64)) - 1.0).astype(np.float32)
     if d.shape[0] == 0:
         return np.zeros(0, np.float32)
-    s = expit(d.astype(np.float64))
-    total = s.sum(axis=1)
-    top2 = np.partition(s, -2, axis=1)[:, -2:]
-    out = np.divide(top2[:, 1] - top2[:, 0], total, out=np.zeros_like(total), where=total > 0)
+    first, second = top2(d) if top is None else top
+    total = expit(d.astype(np.float32, copy=False)).sum(axis=1, dtype=np.float64)
+    num = expit(first.astype(np.float64)) - expit(second.astype(np.float64))
+    out = np.divide(num, total, out=np.zeros_like(total), where=total > 0)
     return out.astype(np.float32)
 
 

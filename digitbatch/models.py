@@ -280,14 +280,16 @@ class CompactModel:
         The margin is top-1 minus top-2 probability, or of decision values
         for models without probabilities.
         """
+        top = None
         if self.kind == "linear":
             X = self.featurize(images)
-            d, idx = kernels.linear_scores(X, self.head.weights, self.head.intercept)
+            d, idx, top = kernels.linear_scores(X, self.head.weights, self.head.intercept,
+                                                with_top2=True)
         else:
             d, idx = self._kernel_scores(np.asarray(images).reshape(-1, 28, 28))
         pred = self.classes[idx]
         if self.has_proba and not proba:
-            return pred, kernels.ovr_margin(d), None
+            return pred, kernels.ovr_margin(d, top), None
         # float64 probabilities: float32 sigmoids saturate at |d| > ~17, which
         # made most margins exactly 0 or 1 and the doubtful ranking useless.
         p64 = kernels.ovr_proba(d.astype(np.float64)) if self.has_proba else None

@@ -199,16 +199,17 @@ def write_chunk(out_path: str, i: int, start: int, stop: int, *, pred: np.ndarra
                 margin: np.ndarray, proba: np.ndarray | None, keys: np.ndarray | None,
                 counts: dict, prefix: str = "") -> None:
     """Write one chunk's rows (arrays under ``prefix``), then (only then) its commit record."""
-    g = open_group_cached(out_path)
-    c = g[prefix + "pred"].chunks[0]
-    aligned = start % c == 0 and (stop - start == c or stop == g[prefix + "pred"].shape[0])
+    first = open_array_cached(out_path, prefix + "pred")
+    c = first.chunks[0]
+    aligned = start % c == 0 and (stop - start == c or stop == first.shape[0])
     for name, rows in (("pred", pred), ("margin", margin), ("proba", proba), ("keys", keys)):
         if rows is None:  # (keys None: the caller copied the keys chunk already)
             continue
+        arr = open_array_cached(out_path, prefix + name)
         if aligned and name != "keys":
-            write_rows(g[prefix + name], start // c, rows)
+            write_rows(arr, start // c, rows)
         else:
-            g[prefix + name][start:stop] = rows
+            arr[start:stop] = rows
     record = {"chunk": i, "start": start, "stop": stop,
               **{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in counts.items()}}
     _atomic_write(commit_path(out_path, i), json.dumps(record))
@@ -234,9 +235,31 @@ def open_group_cached(path: str, mode: str = "r+"):
     return _open_group(str(p), mode, stamp)
 
 
+def open_array_cached(path: str, name: str, mode: str = "r+"):
+    """A worker's handle on array ``name`` of the group at ``path``, opened once
+    per process like :func:`open_group_cached` (a zarr group lookup reads and
+    parses the array's metadata: 2 ms each, 13 ms of every scoring task)."""
+    group = open_group_cached(path, mode)
+    return _open_array(id(group), name, group)
+
+
 @functools.lru_cache(maxsize=16)
 def _open_group(path: str, mode: str, stamp) -> object:
     return storage.open_group(path, mode=mode)
+
+
+_ARRAYS: dict[tuple[int, str], tuple] = {}
+
+
+def _open_array(group_id: int, name: str, group) -> object:
+    hit = _ARRAYS.get((group_id, name))
+    if hit is not None and hit[0] is group:  # (an id is reused only once its group is gone)
+        return hit[1]
+    if len(_ARRAYS) > 64:
+        _ARRAYS.clear()
+    arr = group[name]
+    _ARRAYS[(group_id, name)] = (group, arr)
+    return arr
 
 
 def finalize(out: Path, metrics: dict) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,7 @@ from .layout import (
 from .modelio import load_model
 from .predictions import (
     METRICS, SUCCESS, IncompleteOutputError, OutputSpec, check_resume, committed, create_output,
-    finalize, open_group_cached, run_lock, write_chunk,
+    finalize, open_array_cached, run_lock, write_chunk,
 )
 
 from .score_tasks import _MAX_KEYS_LISTED, DEFAULT_TASK_TIMEOUT, _run, _task_images
@@ -64,12 +65,11 @@ def score_chunk(task: tuple[int, int, int], *, store_path: str, out_path: str, m
                 proba: bool) -> int:
     """Score rows ``[start, stop)`` of chunk ``i``: write them, then commit. Returns ``i``."""
     i, start, stop = task
-    src = open_group_cached(store_path, "r")
-    images = read_rows(src["images"], i, reuse=True)
-    labels = model.target(read_rows(src["labels"], i))
+    images = read_rows(open_array_cached(store_path, "images", "r"), i, reuse=True)
+    labels = model.target(read_rows(open_array_cached(store_path, "labels", "r"), i))
     if images.shape[0] != stop - start:
         raise ScoreError(f"chunk {i} of {store_path}: {images.shape[0]} rows, expected {stop - start}")
-    copy_chunk(src["keys"], open_group_cached(out_path)["keys"], i)
+    copy_chunk(open_array_cached(store_path, "keys", "r"), open_array_cached(out_path, "keys"), i)
     pred, margin, probs = deterministic_scores(model, images, proba=proba)
     pred = pred.astype(np.int8)
     k = model.n_classes
@@ -198,7 +198,7 @@ def _score(stack, source, loaded, out, *, scheduler, resume, proba, break_lock, 
         if progress is not None:
             progress(0, total=sum(_task_images(t) for t in todo))
         _run(todo, scheduler, plan.fn, plan.kwargs, broadcast=plan.broadcast, progress=progress,
-             task_timeout=task_timeout, describe=plan.describe)
+             task_timeout=task_timeout, describe=plan.describe, processes=plan.processes)
         records = committed(out)
         missing = sorted(set(range(plan.n_chunks)) - set(records))
         if missing:
@@ -260,6 +260,12 @@ class _Plan:
     archive: object = None
     prepare: object = None  # called with the output path before tasks run
     describe: object = None  # task -> the image keys it covers (for error messages)
+    # A LocalCluster started for the run has worker processes, or threads
+    # (store chunks: our numpy kernel only, which releases the GIL; a
+    # 4M-image run then saves 1.4 s of worker start and stop, 15% of it).
+    # Archives decode with Pillow, whose crash on a hostile image must kill
+    # only a worker process.
+    processes: bool = True
 
     def tasks(self, done: set[int]) -> list:
         return self.tasks_of(done)
@@ -279,7 +285,7 @@ def _plan(source: Path, model, *, proba, labels, chunk_size, limit, stack=None) 
             fn=score_chunk, kwargs={"store_path": str(s.path), "proba": proba},
             broadcast={"model": model}, n_chunks=len(chunks),
             tasks_of=lambda done: [(i, a, b) for i, (a, b) in enumerate(chunks) if i not in done],
-            describe=lambda task: _store_keys(s, task),
+            describe=lambda task: _store_keys(s, task), processes=False,
         )
     from .score_archive import create_staging, fingerprint, list_slots, score_slots, tasks
     from .sources.labels import load_labels
@@ -324,6 +330,9 @@ def open_metrics(out: Path) -> dict:
 
 
 _BLAS = None  # a ThreadpoolController, made once per process (its library scan is slow)
+_BLAS_LOCK = threading.Lock()
+_BLAS_USERS = 0  # threads of this process inside deterministic_scores
+_BLAS_LIMIT = None  # the one-thread limit they share, undone by the last to leave
 
 
 def deterministic_scores(model, images, *, proba: bool = True):
@@ -332,15 +341,28 @@ def deterministic_scores(model, images, *, proba: bool = True):
     OpenBLAS sums in a different order with more threads, which changes the
     last bits of float32 decision values, hence of ``proba`` and ``margin``
     (never ``pred``: close rows are rescored in float64). One thread makes
-    the output bytes the same on every scheduler and machine size.
+    the output bytes the same on every scheduler and machine size. The
+    limit is process-wide, so worker threads scoring at once share one:
+    set by the first in, undone by the last out (a per-call limit would be
+    undone by one thread while another still multiplies).
     """
-    global _BLAS
-    if _BLAS is None:
-        from threadpoolctl import ThreadpoolController
+    global _BLAS, _BLAS_USERS, _BLAS_LIMIT
+    with _BLAS_LOCK:
+        if _BLAS is None:
+            from threadpoolctl import ThreadpoolController
 
-        _BLAS = ThreadpoolController()
-    with _BLAS.limit(limits=1, user_api="blas"):
+            _BLAS = ThreadpoolController()
+        if _BLAS_USERS == 0:
+            _BLAS_LIMIT = _BLAS.limit(limits=1, user_api="blas")
+        _BLAS_USERS += 1
+    try:
         return model.score_chunk(images, proba=proba)
+    finally:
+        with _BLAS_LOCK:
+            _BLAS_USERS -= 1
+            if _BLAS_USERS == 0:
+                _BLAS_LIMIT.restore_original_limits()
+                _BLAS_LIMIT = None
 
 
 def _check_timeout(task_timeout) -> float | None:
