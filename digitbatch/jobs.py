@@ -36,7 +36,7 @@ Sections and keys (all optional unless marked; anything else is an error):
 ``[ingest]``
     ``source`` (required: a path, ``"sample"`` or ``"openml"``), ``out``
     (``<workdir>/store.zarr``), ``kind``, ``labels``, ``chunk_size``,
-    ``overwrite``, ``max_rejects``, ``data_home``.
+    ``overwrite``, ``max_rejects``, ``data_home``, ``codec``.
 ``[train]``
     ``store`` (``[ingest] out``), ``out`` (``<workdir>/model``), ``model``,
     ``features``, ``cv``, ``seed``, ``search``, ``incremental``, ``epochs``,

@@ -118,10 +118,9 @@ def _gather_commits(client, futures, todo, *, progress, task_timeout) -> list[tu
 
     task_of = {f.key: t for f, t in zip(futures, todo)}
     pending = {f.key: f for f in futures}
-    # Each future reports itself when done. (distributed.wait(FIRST_COMPLETED)
+    # Each future reports itself when done (distributed.wait(FIRST_COMPLETED)
     # in a loop re-registers every pending future on each call: quadratic in
-    # the chunks, 6 ms of the scheduler process's CPU per chunk at 122 chunks,
-    # taken from the workers on a 2-core machine.)
+    # the number of chunks).
     finished: queue.SimpleQueue = queue.SimpleQueue()
     for f in futures:
         f.add_done_callback(finished.put)

@@ -32,6 +32,15 @@ def test_ingest_train_score_show(tmp_path, idx_dir):
     assert (tmp_path / "d.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_ingest_codec_none(tmp_path, idx_dir):
+    r = run("ingest", idx_dir, "--out", tmp_path / "s.zarr", "--codec", "none")
+    assert r.exit_code == 0, r.output
+    meta = json.loads((tmp_path / "s.zarr" / "images" / "zarr.json").read_text())
+    assert [c.get("configuration", {}).get("clevel") for c in meta["codecs"]] == [None, 0]
+    r = run("ingest", idx_dir, "--out", tmp_path / "t.zarr", "--codec", "zip")
+    assert r.exit_code == 2 and "'zip' is not one of 'lz4', 'none'" in r.output
+
+
 def test_json_output(tmp_path, idx_dir):
     r = run("ingest", idx_dir, "--out", tmp_path / "s.zarr", "--json")
     assert r.exit_code == 0, r.output

@@ -44,10 +44,21 @@ def test_train_is_deterministic(tmp_path, small_store, model_dir):
     assert (model_dir / "model.npz").read_bytes() == (tmp_path / "again" / "model.npz").read_bytes()
 
 
-@pytest.mark.parametrize("scheduler", ["synchronous", "local"])
+def _score_on(scheduler, *args, **kwargs):
+    """score() on "synchronous", "local" (a LocalCluster of worker threads,
+    what a store gets) or "processes" (a LocalCluster of worker processes)."""
+    if scheduler != "processes":
+        return score(*args, scheduler=scheduler, **kwargs)
+    from digitbatch import cluster
+
+    with cluster.client("local", n_workers=2) as c:
+        return score(*args, scheduler=c.scheduler.address, **kwargs)
+
+
+@pytest.mark.parametrize("scheduler", ["synchronous", "local", "processes"])
 def test_score_equals_sklearn(tmp_path, small_store, trained, model_dir, scheduler):
     out = tmp_path / "pred.zarr"
-    r = score(small_store, model=model_dir, out=out, scheduler=scheduler)
+    r = _score_on(scheduler, small_store, model=model_dir, out=out)
     s = open_store(small_store)
     x, y, keys = s.read()
     expected = trained.pipeline.predict(x.reshape(len(x), -1))
@@ -320,3 +331,42 @@ def test_damaged_store_chunk_is_an_error(tmp_path, small_store, model_dir, damag
     with pytest.raises(StoreError, match=f"chunk 1 of .* is {damage}"):
         score(store, model=model_dir, out=tmp_path / "p.zarr", scheduler="synchronous")
     assert not (tmp_path / "p.zarr" / "_SUCCESS").exists()
+
+
+@pytest.mark.parametrize("scheduler", ["synchronous", "local", "processes"])
+def test_raw_codec_store_scores_byte_identically(tmp_path, idx_dir, small_store, model_dir,
+                                                 scheduler):
+    """A store written with codec "none" (chunks read in place) gives the same
+    output bytes as the LZ4 store, on every scheduler."""
+    from digitbatch.ingest import ingest
+
+    raw = tmp_path / "raw.zarr"
+    ingest(idx_dir, raw, chunk_size=256, codec="none")
+    chunk = raw / "images" / "c" / "0" / "0" / "0"
+    assert chunk.stat().st_size == 16 + 256 * 784  # Blosc header + the raw bytes
+    assert open_store(raw).checksum == open_store(small_store).checksum
+    a = score(small_store, model=model_dir, out=tmp_path / "a.zarr", scheduler="synchronous")
+    b = _score_on(scheduler, raw, model=model_dir, out=tmp_path / "b.zarr")
+    ga, gb = (zarr.open_group(str(tmp_path / n), mode="r") for n in ("a.zarr", "b.zarr"))
+    for name in ("pred", "margin", "keys"):
+        np.testing.assert_array_equal(ga[name][:], gb[name][:])
+    assert a.metrics["confusion_matrix"] == b.metrics["confusion_matrix"]
+
+
+def test_raw_codec_truncated_chunk_is_a_store_error(tmp_path, idx_dir, model_dir):
+    from digitbatch.ingest import ingest
+
+    raw = tmp_path / "raw.zarr"
+    ingest(idx_dir, raw, chunk_size=256, codec="none")
+    chunk = raw / "images" / "c" / "1" / "0" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:-784])
+    with pytest.raises(StoreError, match="chunk 1 .* is corrupt"):
+        score(raw, model=model_dir, out=tmp_path / "p.zarr", scheduler="synchronous")
+
+
+def test_ingest_refuses_unknown_codec(tmp_path, idx_dir):
+    from digitbatch.ingest import ingest
+
+    with pytest.raises(StoreError, match="codec 'zip' is not one of lz4, none"):
+        ingest(idx_dir, tmp_path / "s.zarr", codec="zip")
+    assert not (tmp_path / "s.zarr").exists()

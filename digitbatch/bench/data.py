@@ -27,18 +27,20 @@ def shift_images(images: np.ndarray, rng: np.random.Generator, max_shift: int = 
 
 
 def make_shifted_store(path: Path, *, n: int, mnist_dir: Path, seed: int = 0,
-                       chunk_size: int = DEFAULT_CHUNK_SIZE, train_fraction: float = 6 / 7):
-    """A store of ``n`` shifted MNIST images (reused when it exists with that size)."""
+                       chunk_size: int = DEFAULT_CHUNK_SIZE, train_fraction: float = 6 / 7,
+                       codec: str = "lz4"):
+    """A store of ``n`` shifted MNIST images (reused when it exists with that size
+    and codec)."""
     path = Path(path)
     if path.exists():
         s = open_store(path)
-        if s.n == n and s.chunk_size == chunk_size:
+        if s.n == n and s.chunk_size == chunk_size and _codec(s) == codec:
             return s
     data = load_idx(mnist_dir)
     rng = np.random.default_rng(seed)
     n_train = int(n * train_fraction)
     with StoreWriter(path, source={"kind": "bench-shifted-mnist", "n": n, "seed": seed},
-                     chunk_size=chunk_size, overwrite=True) as w:
+                     chunk_size=chunk_size, overwrite=True, codec=codec) as w:
         done = 0
         while done < n:
             take = min(chunk_size, n - done)
@@ -52,3 +54,9 @@ def make_shifted_store(path: Path, *, n: int, mnist_dir: Path, seed: int = 0,
         store = w.finish(splits={"train": (0, n_train), "test": (n_train, n)})
     log.info("made %s with %d shifted MNIST images", path, n)
     return store
+
+
+def _codec(store) -> str:
+    """The images codec a store was written with ("lz4" or "none")."""
+    codec = store.images.metadata.codecs[-1]
+    return "none" if getattr(codec, "clevel", None) == 0 else "lz4"

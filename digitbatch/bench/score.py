@@ -10,6 +10,8 @@ In one run, on a store of shifted MNIST images:
 - dask-ml's ``ParallelPostFit(model).predict`` on the same store (when
   dask-ml is installed: ``make bench`` installs it);
 - the same end-to-end run at 1M images, to show memory is flat in N;
+- the same at 4M from a store written with ``ingest --codec none`` (chunks
+  read in place instead of decoded);
 - ``sgd-kernel``: its bare kernel against digitbatch ``score``.
 """
 
@@ -70,6 +72,8 @@ def run(*, mnist_dir=None, workdir=None, n: int = 4_000_000, n_small: int = 1_00
         big = make_shifted_store(work / f"shifted-{n}.zarr", n=n, mnist_dir=mnist)
         small = make_shifted_store(work / f"shifted-{n_small}.zarr", n=n_small, mnist_dir=mnist)
         kern = make_shifted_store(work / f"shifted-{n_kernel}.zarr", n=n_kernel, mnist_dir=mnist)
+        raw = make_shifted_store(work / f"shifted-raw-{n}.zarr", n=n, mnist_dir=mnist,
+                                 codec="none")
         lin = load_model(models["sgd"]).model
         W = lin.head.weights.astype(np.float32)
         b = lin.head.intercept.astype(np.float32)
@@ -94,12 +98,13 @@ def run(*, mnist_dir=None, workdir=None, n: int = 4_000_000, n_small: int = 1_00
 
         del mem
         results = {}
-        for key, store in (("big", big), ("small", small)):
+        for key, store, note in (("big", big, ""), ("small", small, ""),
+                                 ("raw", raw, ", --codec none store")):
             label = _size(store.n)
-            out = work / f"pred-{label}.zarr"
+            out = work / f"pred-{key}.zarr"
             shutil.rmtree(out, ignore_errors=True)
             # the whole job as a user runs it: its own process, cluster start included
-            with measure(f"digitbatch score (CLI process), LocalCluster, {label}", store.n,
+            with measure(f"digitbatch score (CLI process), LocalCluster, {label}{note}", store.n,
                          include_self=False) as m:
                 subprocess.run([sys.executable, "-m", "digitbatch", "-q", "score", str(store.path),
                                 "--model", str(models["sgd"]), "--out", str(out)], check=True,
@@ -147,7 +152,8 @@ def run(*, mnist_dir=None, workdir=None, n: int = 4_000_000, n_small: int = 1_00
         yield ks.row(kc)
         yield ""
         yield (f"end to end / ceiling: {results['big'].rate / ceil.rate:.2f} "
-               f"(warm cluster {warm.rate / ceil.rate:.2f}; vs the naive-form ceiling "
+               f"(--codec none store {results['raw'].rate / ceil.rate:.2f}; "
+               f"warm cluster {warm.rate / ceil.rate:.2f}; vs the naive-form ceiling "
                f"{results['big'].rate / naive_ceil.rate:.2f}, warm {warm.rate / naive_ceil.rate:.2f}); "
                + (f"vs dask-ml (both on a running cluster): {warm.rate / dml.rate:.1f}x; "
                   if dml is not None else "") + "vs naive numpy: "
