@@ -197,8 +197,10 @@ def _score(stack, source, loaded, out, *, scheduler, resume, proba, break_lock, 
                  len(done))
         if progress is not None:
             progress(0, total=sum(_task_images(t) for t in todo))
-        _run(todo, scheduler, plan.fn, plan.kwargs, broadcast=plan.broadcast, progress=progress,
-             task_timeout=task_timeout, describe=plan.describe, processes=plan.processes)
+        with one_blas_thread():  # (for tasks that run in this process's threads)
+            _run(todo, scheduler, plan.fn, plan.kwargs, broadcast=plan.broadcast,
+                 progress=progress, task_timeout=task_timeout, describe=plan.describe,
+                 processes=plan.processes)
         records = committed(out)
         missing = sorted(set(range(plan.n_chunks)) - set(records))
         if missing:
@@ -331,8 +333,16 @@ def open_metrics(out: Path) -> dict:
 
 _BLAS = None  # a ThreadpoolController, made once per process (its library scan is slow)
 _BLAS_LOCK = threading.Lock()
-_BLAS_USERS = 0  # threads of this process inside deterministic_scores
-_BLAS_LIMIT = None  # the one-thread limit they share, undone by the last to leave
+_BLAS_PINNED = False  # BLAS is on one thread in this process (see deterministic_scores)
+
+
+def _blas():
+    global _BLAS
+    if _BLAS is None:
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS = ThreadpoolController()
+    return _BLAS
 
 
 def deterministic_scores(model, images, *, proba: bool = True):
@@ -341,28 +351,38 @@ def deterministic_scores(model, images, *, proba: bool = True):
     OpenBLAS sums in a different order with more threads, which changes the
     last bits of float32 decision values, hence of ``proba`` and ``margin``
     (never ``pred``: close rows are rescored in float64). One thread makes
-    the output bytes the same on every scheduler and machine size. The
-    limit is process-wide, so worker threads scoring at once share one:
-    set by the first in, undone by the last out (a per-call limit would be
-    undone by one thread while another still multiplies).
-    """
-    global _BLAS, _BLAS_USERS, _BLAS_LIMIT
-    with _BLAS_LOCK:
-        if _BLAS is None:
-            from threadpoolctl import ThreadpoolController
+    the output bytes the same on every scheduler and machine size.
 
-            _BLAS = ThreadpoolController()
-        if _BLAS_USERS == 0:
-            _BLAS_LIMIT = _BLAS.limit(limits=1, user_api="blas")
-        _BLAS_USERS += 1
+    The limit is process-wide and is set once, not per call: worker threads
+    score at once, and a limit undone by one thread while another still
+    multiplies (or toggled between 1 and n threads between calls, seen to
+    change the bytes) is not deterministic. In a worker process it stays
+    set, as Dask's own default worker environment has it
+    (``OPENBLAS_NUM_THREADS=1``); in the process that runs a scoring job,
+    :func:`one_blas_thread` holds it for the run and undoes it after.
+    """
+    global _BLAS_PINNED
+    if not _BLAS_PINNED:
+        with _BLAS_LOCK:
+            if not _BLAS_PINNED:
+                _blas().limit(limits=1, user_api="blas")
+                _BLAS_PINNED = True
+    return model.score_chunk(images, proba=proba)
+
+
+@contextlib.contextmanager
+def one_blas_thread():
+    """BLAS on one thread in this process for the block, restored after."""
+    global _BLAS_PINNED
+    with _BLAS_LOCK:
+        limiter = _blas().limit(limits=1, user_api="blas")
+        was, _BLAS_PINNED = _BLAS_PINNED, True
     try:
-        return model.score_chunk(images, proba=proba)
+        yield
     finally:
         with _BLAS_LOCK:
-            _BLAS_USERS -= 1
-            if _BLAS_USERS == 0:
-                _BLAS_LIMIT.restore_original_limits()
-                _BLAS_LIMIT = None
+            limiter.restore_original_limits()
+            _BLAS_PINNED = was
 
 
 def _check_timeout(task_timeout) -> float | None:

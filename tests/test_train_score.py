@@ -370,3 +370,31 @@ def test_ingest_refuses_unknown_codec(tmp_path, idx_dir):
     with pytest.raises(StoreError, match="codec 'zip' is not one of lz4, none"):
         ingest(idx_dir, tmp_path / "s.zarr", codec="zip")
     assert not (tmp_path / "s.zarr").exists()
+
+
+def test_concurrent_worker_threads_score_byte_identically(model_dir):
+    """Worker threads of one process share the process-wide BLAS limit: every
+    thread's margins and probabilities are those of a sequential run (a limit
+    set and undone per call changed their last bits)."""
+    import threading
+
+    from digitbatch.score import deterministic_scores, one_blas_thread
+
+    m = load_model(model_dir).model
+    x, _ = synthetic_digits(8192, seed=11)
+    with one_blas_thread():
+        want = deterministic_scores(m, x, proba=True)
+    same = []
+
+    def work():
+        for _ in range(4):
+            got = deterministic_scores(m, x, proba=True)
+            same.append(all(np.array_equal(a, b) for a, b in zip(got, want)))
+
+    with one_blas_thread():
+        threads = [threading.Thread(target=work) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert same == [True] * 8
