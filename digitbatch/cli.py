@@ -378,8 +378,39 @@ def run_cmd(job, overrides, check, as_json, scheduler):
     for step in summary["steps"]:
         metrics = f"; metrics {step['metrics']}" if step.get("metrics") else ""
         click.echo(f"{step['name']}: {step['outcome']} in {step['seconds']:.2f} s{metrics}")
+        for line in _step_lines(step["name"], step.get("result") or {}):
+            click.echo(f"  {line}")
     click.echo(f"job {summary['job']} succeeded in {summary['seconds']:.2f} s; "
                f"summary -> {spec.summary}")
+
+
+def _step_lines(name: str, r: dict) -> list[str]:
+    """What a person wants to see of a job step: its headline numbers."""
+    from .metrics import format_confusion
+
+    if name == "ingest" and "n_images" in r:
+        return [f"{r['n_images']} images ({r['n_labeled']} labelled, {r['n_rejects']} rejected)"]
+    if name == "train":
+        lines = []
+        cv = r.get("cv")
+        if cv:
+            folds = " ".join(f"{s:.4f}" for s in cv["scores"])
+            lines.append(f"{cv['k']}-fold CV accuracy on the cluster: {folds}; "
+                         f"mean {cv['mean']:.4f} +- {cv['std']:.4f}")
+        if r.get("test_accuracy") is not None:
+            lines.append(f"{r['model']} ({r['features']} features) test accuracy "
+                         f"{r['test_accuracy']:.4f}")
+        return lines
+    if name == "score" and "n_images" in r:
+        lines = []
+        if r.get("n_labeled") and r.get("confusion_matrix"):
+            lines += format_confusion(np.array(r["confusion_matrix"])).splitlines()
+        acc = r.get("accuracy")
+        lines.append(f"scored {r['n_images']} images"
+                     + (f"; accuracy {acc:.4f} on {r['n_labeled']} labelled" if acc is not None
+                        else "; no labels"))
+        return lines
+    return []
 
 
 @main.group()

@@ -127,8 +127,9 @@ def _step_score(params: dict, scheduler) -> dict:
     r = score(params["input"], out=out, scheduler=scheduler, **kw)
     m = r.metrics
     return {"outputs": {"predictions": r.out}, "metrics": str(storage.to_path(r.out) / METRICS_FILE),
-            "result": {k: m.get(k) for k in ("n_images", "n_scored_this_run", "accuracy",
-                                             "images_per_second", "resumed")}}
+            "result": {k: m.get(k) for k in ("n_images", "n_scored_this_run", "n_labeled",
+                                             "accuracy", "images_per_second", "resumed",
+                                             "confusion_matrix")}}
 
 
 def _step_report(params: dict, scheduler) -> dict:

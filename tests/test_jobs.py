@@ -54,6 +54,12 @@ top = 4
         result = _run([spec])
         assert result.exit_code == 0, result.output
     s = json.loads((tmp_path / "work" / "small.run.json").read_text())
+    # what a person sees: the fold scores, the confusion matrix and the accuracy
+    folds = " ".join(f"{v:.4f}" for v in s["steps"][0]["result"]["cv"]["scores"])
+    assert f"3-fold CV accuracy on the cluster: {folds}" in result.output
+    assert "true\\pred" in result.output and "total" in result.output
+    acc = s["steps"][1]["result"]["accuracy"]
+    assert f"scored 1000 images; accuracy {acc:.4f} on 1000 labelled" in result.output
     assert s["outcome"] == "succeeded" and s["error"] is None
     assert [(x["name"], x["outcome"]) for x in s["steps"]] == [
         ("train", "succeeded"), ("score", "succeeded"), ("report", "succeeded")]
