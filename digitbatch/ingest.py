@@ -74,7 +74,7 @@ def _image_batches(path: Path, ex, *, batch_size: int, max_member_bytes: int,
     container (a local copy of a remote source, which workers cannot see).
     """
     from .sources.images import Member, MemberRef, decode_batch, detect_image_source, iter_members
-    from .sources.refs import decode_refs, iter_refs, seekable_kind
+    from .sources.refs import decode_refs, iter_refs, pack_refs, seekable_kind
 
     container = detect_image_source(path)
     seekable = not stream and container is not None and seekable_kind(path, container)
@@ -95,10 +95,11 @@ def _image_batches(path: Path, ex, *, batch_size: int, max_member_bytes: int,
                 header_rejects.append(m)
                 continue
             if len(items) >= batch_size:
-                yield (str(path), container, items, max_member_bytes) if seekable else items
+                yield (str(path), container, pack_refs(items), max_member_bytes) \
+                    if seekable else items
                 items = []
         if items:
-            yield (str(path), container, items, max_member_bytes) if seekable else items
+            yield (str(path), container, pack_refs(items), max_member_bytes) if seekable else items
 
     fn = decode_refs if seekable else decode_batch
     for batch in ex.map_ordered(fn, groups()):

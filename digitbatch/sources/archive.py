@@ -232,6 +232,9 @@ def _is_junk(name: str) -> bool:
 
 def _check_name(raw: str) -> tuple[str, str | None]:
     """``(key, problem)``: the normalised key, and why it is unsafe if it is."""
+    if (raw and raw[0] not in "/." and raw[-1] != "/" and raw[1:2] != ":"
+            and "\\" not in raw and "//" not in raw and "/." not in raw):
+        return raw, None  # the common case: already normal, nothing to remove or refuse
     name = raw.replace("\\", "/")
     if name.startswith("/"):
         return raw, "unsafe-path: absolute path"
