@@ -3,7 +3,9 @@
 ``scheduler`` selects where work runs:
 
 - ``None`` / ``"local"``: a LocalCluster of worker processes (one per core,
-  one thread each, BLAS pinned to one thread), bound to 127.0.0.1 only;
+  one thread each, BLAS pinned to one thread), bound to 127.0.0.1 only; or,
+  where the caller asks for it (``processes=False``: scoring a store), of
+  worker threads of this process talking over Dask's in-process transport;
 - ``"synchronous"``: everything inline in this process (for debugging and
   for tests that need no cluster);
 - ``"tcp://host:port"``, ``"tls://host:port"`` (or any address Dask
