@@ -61,3 +61,17 @@ def test_train_bad_cv_writes_nothing(tmp_path, small_store):
     with pytest.raises(TrainingError, match="--cv 1"):
         train(small_store, tmp_path / "m", cv=1, scheduler="synchronous")
     assert not (tmp_path / "m").exists()
+
+
+def test_cluster_folds_use_two_threads_unless_chosen():
+    """On a cluster a fold's one-vs-rest fit gets FOLD_THREADS threads (a fold
+    alone in the last round still uses both cores); a caller's n_jobs stays."""
+    from digitbatch.crossval import FOLD_THREADS, _on_cluster
+    from digitbatch.models import build
+
+    est = build("sgd", seed=1)
+    assert _on_cluster(est, client=None) is est
+    on = _on_cluster(est, client=object())
+    assert on.steps[-1][1].n_jobs == FOLD_THREADS and est.steps[-1][1].n_jobs is None
+    est.steps[-1][1].set_params(n_jobs=1)
+    assert _on_cluster(est, client=object()).steps[-1][1].n_jobs == 1
