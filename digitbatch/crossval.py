@@ -166,17 +166,66 @@ def joblib_backend(client, X, y):
 
 # Threads a fold's one-vs-rest classifier may use on a cluster worker. 5 folds
 # on 2 single-threaded workers run in 3 rounds, the last with one worker
-# idle: at most 5/3 = 1.67x over n_jobs=1, 1.37-1.47x measured. With the
-# per-class fits of a fold in 2 threads, a fold alone on the cluster still
-# uses both cores (1.84x measured here; the fold scores are byte-identical:
-# scikit-learn draws the per-class seeds before it parallelises).
+# idle: at most 5/3 = 1.67x over n_jobs=1. With the per-class fits of a fold
+# in threads, a fold alone on the cluster still uses both cores; the fold
+# scores stay byte-identical (scikit-learn draws the per-class seeds before
+# it parallelises).
 FOLD_THREADS = 2
+
+
+class ThreadedFit:
+    """An estimator whose ``fit`` runs its inner joblib work on threads.
+
+    Inside a Dask worker joblib's active backend is still the dask one, under
+    which scikit-learn's ``Parallel(require="sharedmem")`` over the classes
+    runs one class after another; here it gets ``FOLD_THREADS`` threads.
+    """
+
+    def __init__(self, estimator, n_threads: int = FOLD_THREADS):
+        self.estimator = estimator
+        self.n_threads = n_threads
+
+    def get_params(self, deep: bool = True) -> dict:
+        out = {"estimator": self.estimator, "n_threads": self.n_threads}
+        if deep:
+            out.update({f"estimator__{k}": v for k, v in self.estimator.get_params().items()})
+        return out
+
+    def set_params(self, **params):
+        for k in ("estimator", "n_threads"):
+            if k in params:
+                setattr(self, k, params.pop(k))
+        # the inner estimator's own keys (a search grid's "clf__alpha"), with or
+        # without the "estimator__" prefix
+        inner = {k.removeprefix("estimator__"): v for k, v in params.items()}
+        if inner:
+            self.estimator.set_params(**inner)
+        return self
+
+    def fit(self, X, y):
+        with joblib.parallel_config(backend="threading", n_jobs=self.n_threads):
+            self.estimator.fit(X, y)
+        return self
+
+    def predict(self, X):
+        return self.estimator.predict(X)
+
+    def score(self, X, y):
+        return self.estimator.score(X, y)
+
+    @property
+    def classes_(self):
+        return self.estimator.classes_
+
+    def __sklearn_tags__(self):
+        return self.estimator.__sklearn_tags__()
 
 
 def _on_cluster(estimator, client):
     """``estimator`` for the fold tasks of a cluster: its final step's
     ``n_jobs`` (threads over the classes of a one-vs-rest fit) set to
-    :data:`FOLD_THREADS` unless the caller chose one."""
+    :data:`FOLD_THREADS` and its fit run on threads, unless the caller chose
+    an ``n_jobs``."""
     if client is None:
         return estimator
     from sklearn.base import clone
@@ -186,7 +235,7 @@ def _on_cluster(estimator, client):
     key = f"{last[0]}__n_jobs" if last is not None else "n_jobs"
     if key not in params or params[key] is not None:
         return estimator
-    return clone(estimator).set_params(**{key: FOLD_THREADS})
+    return ThreadedFit(clone(estimator).set_params(**{key: FOLD_THREADS}))
 
 
 def run_cv(estimator, X: np.ndarray, y: np.ndarray, *, k: int, client=None) -> CVResult:

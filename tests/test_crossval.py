@@ -25,15 +25,17 @@ def test_dask_cv_equals_sequential(data):
     seq = run_cv(build("sgd", seed=0), X, y, k=3, client=None)
     with cluster.client("local", n_workers=2) as c:
         dsk = run_cv(build("sgd", seed=0), X, y, k=3, client=c)
-        best, summary = run_search(build("sgd", seed=0), {"clf__alpha": [1e-4, 1e-3]}, X, y,
+        best, summary = run_search(build("sgd", seed=0), {"clf__alpha": [1e-4, 30.0]}, X, y,
                                    k=3, client=c)
     assert seq.backend == "sequential" and dsk.backend == "dask"
     assert seq.scores == dsk.scores  # byte-identical fold scores
     assert len(dsk.fit_times) == 3
-    best_seq, summary_seq = run_search(build("sgd", seed=0), {"clf__alpha": [1e-4, 1e-3]}, X, y,
+    best_seq, summary_seq = run_search(build("sgd", seed=0), {"clf__alpha": [1e-4, 30.0]}, X, y,
                                        k=3, client=None)
     assert best == best_seq
-    assert [c["mean"] for c in summary["candidates"]] == [c["mean"] for c in summary_seq["candidates"]]
+    means = [c["mean"] for c in summary["candidates"]]
+    assert means == [c["mean"] for c in summary_seq["candidates"]]
+    assert means[0] != means[1]  # the grid's alpha reached the folds' estimators
 
 
 @pytest.mark.parametrize("k, match", [
@@ -72,6 +74,7 @@ def test_cluster_folds_use_two_threads_unless_chosen():
     est = build("sgd", seed=1)
     assert _on_cluster(est, client=None) is est
     on = _on_cluster(est, client=object())
-    assert on.steps[-1][1].n_jobs == FOLD_THREADS and est.steps[-1][1].n_jobs is None
+    assert on.estimator.steps[-1][1].n_jobs == FOLD_THREADS and est.steps[-1][1].n_jobs is None
+    assert on.get_params()["estimator__clf__n_jobs"] == FOLD_THREADS
     est.steps[-1][1].set_params(n_jobs=1)
     assert _on_cluster(est, client=object()).steps[-1][1].n_jobs == 1
