@@ -103,6 +103,7 @@ def run(*, mnist_dir=None, workdir=None, n: int = 4_000_000, n_small: int = 1_00
             label = _size(store.n)
             out = work / f"pred-{key}.zarr"
             shutil.rmtree(out, ignore_errors=True)
+            _read_through(store.path)  # every store starts from the page cache
             # the whole job as a user runs it: its own process, cluster start included
             with measure(f"digitbatch score (CLI process), LocalCluster, {label}{note}", store.n,
                          include_self=False) as m:
@@ -163,6 +164,16 @@ def run(*, mnist_dir=None, workdir=None, n: int = 4_000_000, n_small: int = 1_00
     finally:
         if own_tmp:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _read_through(path: Path) -> None:
+    """Read every file of a store once, so that each case starts with it in the
+    page cache (a 2.9 GiB raw store read from this disk instead took 13 s)."""
+    for p in Path(path).rglob("*"):
+        if p.is_file():
+            with open(p, "rb") as fh:
+                while fh.read(1 << 24):
+                    pass
 
 
 def _size(n: int) -> str:
