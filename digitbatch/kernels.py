@@ -162,8 +162,8 @@ def top2_margin(values: np.ndarray) -> np.ndarray:
         return np.zeros(0, v.dtype)
     if v.shape[1] == 2:
         return np.abs(v[:, 1] - v[:, 0])
-    top2 = np.partition(v, -2, axis=1)[:, -2:]
-    return top2[:, 1] - top2[:, 0]
+    first, second = top2(v)
+    return first - second
 
 
 def linear_predict(images: np.ndarray, coef: np.ndarray, intercept: np.ndarray,
