@@ -119,6 +119,7 @@ def test_set_values_are_toml_scalars_else_strings(item, value):
     ("[train]\ncv = 1\n", [], r"train.cv must be an integer >= 2, got 1"),
     # a choice outside the allowed ones
     ('[ingest]\nsource = "sample"\nkind = "png"\n', [], r"ingest.kind must be one of"),
+    ('[ingest]\nsource = "sample"\ncodec = "zstd"\n', [], r"ingest.codec must be one of"),
     # steps naming a step without its section
     ('[job]\nsteps = ["train", "report"]\n[train]\n', [], r"no \[report\] section"),
     # steps naming something that is no step
