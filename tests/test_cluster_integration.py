@@ -342,6 +342,7 @@ def test_local_cluster_workers_keep_glibcs_adaptive_allocator(monkeypatch):
     """No MALLOC_TRIM_THRESHOLD_ in the workers (it cost 12% of a scoring task),
     even after an earlier Nanny copied Dask's value into this process's env."""
     import dask
+    import distributed  # noqa: F401  (its import loads its default config)
 
     value = dask.config.get("distributed.nanny.pre-spawn-environ").get("MALLOC_TRIM_THRESHOLD_")
     if value is not None:
@@ -350,3 +351,19 @@ def test_local_cluster_workers_keep_glibcs_adaptive_allocator(monkeypatch):
         envs = c.run(lambda: (os.environ.get("MALLOC_TRIM_THRESHOLD_"),
                               os.environ.get("OPENBLAS_NUM_THREADS")))
     assert list(envs.values()) == [(None, "1")]
+
+
+@pytest.mark.parametrize("processes", [True, False])
+def test_local_cluster_workers_run_without_the_statistical_profiler(processes):
+    """The worker profiler samples task stacks every 10 ms (about 6% of a core
+    per worker during a CV fold fit); our LocalClusters turn it off, in
+    worker processes (and after a restart) and in worker threads."""
+    def periodic(dask_worker):
+        return sorted(dask_worker.periodic_callbacks)
+
+    with cluster.client("local", n_workers=1, processes=processes) as c:
+        first = list(c.run(periodic).values())
+        if processes:
+            c.restart()
+            first += list(c.run(periodic).values())
+    assert first and all("heartbeat" in p and "profile" not in p for p in first)
