@@ -71,3 +71,22 @@ def test_feature_choices():
     with pytest.raises(TrainingError, match="choose one of"):
         resolve_features(get_spec("sgd"), "hog")
     assert resolve_features(get_spec("detect-3"), None) == "pixels"
+
+
+@pytest.mark.parametrize("shape", [(7, 28, 28), (5, 784), (0, 784)])
+def test_sparse_scaled_pixels_hold_the_dense_scaled_values(shape):
+    """sgd's features: a CSR matrix equal to pixels / 255 in float64, empty
+    and all-zero rows included, with the int32 indices SGD uses uncopied."""
+    from digitbatch.models import PIXEL_SCALE, pixels_scaled_sparse
+
+    rng = np.random.default_rng(3)
+    X = (rng.integers(0, 256, size=shape) * (rng.random(shape) < 0.2)).astype(np.uint8)
+    if shape[0]:
+        X[1] = 0  # an all-zero row
+    S = pixels_scaled_sparse(X)
+    dense = X.reshape(shape[0], 784).astype(np.float64) * PIXEL_SCALE
+    assert S.shape == dense.shape and S.dtype == np.float64
+    assert S.indices.dtype == np.int32 and S.indptr.dtype == np.int32
+    assert S.nnz == np.count_nonzero(X)
+    assert np.array_equal(S.toarray(), dense)
+    assert S.has_sorted_indices

@@ -122,8 +122,8 @@ def _cv_speedup(Xs, ys, rounds: int = 2) -> Iterator[str]:
 
     Each round runs the sequential CV, then the cluster's: a slow spell of
     this (noisy, shared) machine hits both sides of a round's ratio. The
-    cluster starts before the first round; its first CV is on fresh workers,
-    the later ones on a running cluster.
+    cluster starts before the first round, and its workers load the
+    libraries a fold runs before anything is timed.
     """
     from .. import cluster
     from ..crossval import run_cv
