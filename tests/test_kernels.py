@@ -66,3 +66,34 @@ def test_ovr_margin_is_the_top2_margin_of_the_probabilities(k):
     assert got.dtype == np.float32 and got.shape == (3001,)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-12)
     assert ovr_margin(d[:0]).shape == (0,)
+
+
+@pytest.mark.parametrize("n", [1, 511, 512, 2 * 512 + 37])
+def test_blocked_decision_equals_float64(n, monkeypatch):
+    # uneven row counts around the block size: the last block is a partial one
+    monkeypatch.setattr(kernels, "BLOCK_ROWS", 512)
+    rng = np.random.default_rng(n)
+    x = rng.integers(0, 256, (n, 784)).astype(np.uint8)
+    w = rng.normal(size=(784, 10))
+    b = rng.normal(size=10)
+    d = kernels.linear_decision(x, w, b)
+    assert d.dtype == np.float32 and d.shape == (n, 10)
+    want = x.astype(np.float64) @ w + b
+    np.testing.assert_allclose(d, want, rtol=1e-4, atol=1e-2)
+    _, idx = kernels.linear_scores(x, w, b)
+    np.testing.assert_array_equal(idx, np.argmax(want, axis=1))
+
+
+@pytest.mark.parametrize("k", [2, 3, 10])
+def test_top2_matches_argmax_and_sort_with_ties(k):
+    rng = np.random.default_rng(k)
+    v = rng.integers(-3, 4, size=(4099, k)).astype(np.float32)  # many ties
+    v[0] = 5.0  # every column ties: argmax takes the first
+    v[1, -1] = 9.0  # the last column wins
+    t = kernels.Top2.of(v)
+    np.testing.assert_array_equal(t.index, np.argmax(v, axis=1))
+    srt = np.sort(v, axis=1)
+    np.testing.assert_array_equal(t.first, srt[:, -1])
+    np.testing.assert_array_equal(t.second, srt[:, -2])
+    np.testing.assert_array_equal(t.columns, v.T)
+    assert t.index[0] == 0 and t.index[1] == k - 1

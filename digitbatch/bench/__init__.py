@@ -37,6 +37,7 @@ class Measure:
     n: int = 0
     seconds: float = 0.0
     peak_rss: int = 0
+    bracket: Measure | None = None  # the baseline measured around this case, if any
 
     @property
     def rate(self) -> float:

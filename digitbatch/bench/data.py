@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..layout import DEFAULT_CHUNK_SIZE, StoreWriter, open_store
+from ..layout import DEFAULT_CHUNK_SIZE, IMAGE_CODECS, StoreWriter, open_store
 from ..sources.idx import load_idx
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,12 @@ def make_shifted_store(path: Path, *, n: int, mnist_dir: Path, seed: int = 0,
     return store
 
 
-def _codec(store) -> str:
-    """The images codec a store was written with ("lz4" or "none")."""
-    codec = store.images.metadata.codecs[-1]
-    return "none" if getattr(codec, "clevel", None) == 0 else "lz4"
+def _codec(store) -> str | None:
+    """The name of the images codec a store was written with (None: another one,
+    e.g. an earlier default's level: such a store is made again)."""
+    def key(codecs):
+        return [(type(c).__name__, getattr(c, "cname", None), getattr(c, "clevel", None),
+                 getattr(c, "shuffle", None)) for c in codecs]
+
+    have = key(store.images.metadata.codecs[1:])
+    return next((name for name, want in IMAGE_CODECS.items() if key(want) == have), None)
