@@ -12,7 +12,14 @@ In one run, on a store of shifted MNIST images:
 - the same end-to-end run at 1M images, to show memory is flat in N;
 - the same at 4M from a store written with ``ingest --codec none`` (chunks
   read in place instead of decoded);
+- what bounds any job on these stores: reading and decoding the chunks plus
+  the kernel and margin in two threads of this process, with no Dask, no
+  output and no start-up, and the CLI's interpreter start and imports alone;
 - ``sgd-kernel``: its bare kernel against digitbatch ``score``.
+
+The machine's speed drifts during a run (the ceiling has moved from 2.3M to
+3.9M images/s within an hour here), so the ceiling is measured again just
+before and after every case, and each case is divided by the mean of the two.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -156,6 +164,24 @@ def run(*, mnist_dir=None, workdir=None, n: int = 4_000_000, n_small: int = 1_00
             if dask_ml:
                 row, dml = _dask_ml_row(big, models["sgd"], ceiling)
                 yield row
+        # What bounds any job on these stores: the chunks' reads and the kernel
+        # alone, in this process's threads (no Dask, no writes, no start-up)
+        for store, note in ((big, ""), (raw, ", --codec none store")):
+            before = ceiling()
+            with threadpool_limits(1), measure(
+                    f"  bound: read + kernel + margin only, {_size(store.n)}{note}",
+                    store.n) as m:
+                _threads(lambda i, a=store.images: _read_and_score(a, i, W, b),
+                         range(len(store.chunks)))
+            after = ceiling()
+            ceilings += [before, after]
+            m.bracket = _mean_rate(before, after)
+            yield m.row(m.bracket) + "  (2 threads, no Dask, no output)"
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import digitbatch.score, distributed"], check=True)
+        imports = time.perf_counter() - t0
+        yield (f"  the CLI's interpreter start and imports alone (numpy, zarr, dask, distributed): "
+               f"{imports:.2f} s, {imports / results['big'].seconds:.0%} of the 4M CLI run")
         del parts, mem
 
         # naive: everything in memory, one sklearn predict call
@@ -194,6 +220,16 @@ def run(*, mnist_dir=None, workdir=None, n: int = 4_000_000, n_small: int = 1_00
         shutil.rmtree(runs, ignore_errors=True)
         if own_tmp:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _read_and_score(images, i: int, W, b) -> None:
+    """A scoring task's reading and numpy work on chunk ``i``, nothing else."""
+    from ..chunkio import read_rows
+    from ..kernels import Top2, linear_decision, ovr_margin
+
+    x = read_rows(images, i, reuse=True)
+    d = linear_decision(x.reshape(x.shape[0], -1), W, b)
+    ovr_margin(d, Top2.of(d))
 
 
 def _mean_rate(*ms) -> Measure:
