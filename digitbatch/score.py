@@ -200,7 +200,8 @@ def _score(stack, source, loaded, out, *, scheduler, resume, proba, break_lock, 
         with one_blas_thread():  # (for tasks that run in this process's threads)
             _run(todo, scheduler, plan.fn, plan.kwargs, broadcast=plan.broadcast,
                  progress=progress, task_timeout=task_timeout, describe=plan.describe,
-                 processes=plan.processes)
+                 processes=plan.processes, batch=plan.batch,
+                 committed=lambda: set(committed(out)))
         records = committed(out)
         missing = sorted(set(range(plan.n_chunks)) - set(records))
         if missing:
@@ -268,6 +269,9 @@ class _Plan:
     # Archives decode with Pillow, whose crash on a hostile image must kill
     # only a worker process.
     processes: bool = True
+    # Several chunks may share a Dask task (score_tasks.batches): store chunks,
+    # each ~40 ms of numpy. Archive chunks decode images for a minute each.
+    batch: bool = False
 
     def tasks(self, done: set[int]) -> list:
         return self.tasks_of(done)
@@ -287,7 +291,7 @@ def _plan(source: Path, model, *, proba, labels, chunk_size, limit, stack=None) 
             fn=score_chunk, kwargs={"store_path": str(s.path), "proba": proba},
             broadcast={"model": model}, n_chunks=len(chunks),
             tasks_of=lambda done: [(i, a, b) for i, (a, b) in enumerate(chunks) if i not in done],
-            describe=lambda task: _store_keys(s, task), processes=False,
+            describe=lambda task: _store_keys(s, task), processes=False, batch=True,
         )
     from .score_archive import create_staging, fingerprint, list_slots, score_slots, tasks
     from .sources.labels import load_labels

@@ -55,9 +55,14 @@ def _score_on(scheduler, *args, **kwargs):
         return score(*args, scheduler=c.scheduler.address, **kwargs)
 
 
-@pytest.mark.parametrize("scheduler", ["synchronous", "local", "processes"])
-def test_score_equals_sklearn(tmp_path, small_store, trained, model_dir, scheduler):
+@pytest.mark.parametrize("scheduler", ["synchronous", "local", "processes", "local-batched"])
+def test_score_equals_sklearn(tmp_path, small_store, trained, model_dir, scheduler, monkeypatch):
     out = tmp_path / "pred.zarr"
+    if scheduler == "local-batched":  # two chunks per Dask task: (0, 1), (2, 3)
+        from digitbatch import score_tasks
+
+        monkeypatch.setattr(score_tasks, "MIN_BATCHES_PER_WORKER", 1)
+        scheduler = "local"
     r = _score_on(scheduler, small_store, model=model_dir, out=out)
     s = open_store(small_store)
     x, y, keys = s.read()
@@ -398,3 +403,37 @@ def test_concurrent_worker_threads_score_byte_identically(model_dir):
         for t in threads:
             t.join()
     assert same == [True] * 8
+
+
+@pytest.mark.timeout(60)
+def test_batch_timed_out_reports_only_its_uncommitted_chunks(tmp_path, small_store, model_dir,
+                                                             monkeypatch):
+    """Chunks 2 and 3 share a Dask task; chunk 3 hangs past task_timeout: the error
+    names chunk 3 only (chunk 2 was committed), and --resume scores chunk 3."""
+    import time
+
+    from digitbatch import score as score_mod
+    from digitbatch import score_tasks
+    from digitbatch.errors import ChunkTimeoutError
+    from digitbatch.predictions import committed
+
+    monkeypatch.setattr(score_tasks, "MIN_BATCHES_PER_WORKER", 1)  # batches (0, 1), (2, 3)
+    real = score_mod.score_chunk
+
+    def slow(task, **kw):
+        if task[0] == 3:
+            time.sleep(4)
+        return real(task, **kw)
+
+    monkeypatch.setattr(score_mod, "score_chunk", slow)
+    out = tmp_path / "p.zarr"
+    ref = score(small_store, model=model_dir, out=tmp_path / "ref.zarr", scheduler="synchronous")
+    with pytest.raises(ChunkTimeoutError) as err:
+        score(small_store, model=model_dir, out=out, scheduler="local", task_timeout=0.5)
+    assert err.value.chunks == [3], str(err.value)
+    assert "per chunk for its batch of 2 chunks" in str(err.value)
+    time.sleep(4)  # (a thread cannot be stopped: the cancelled batch's thread finishes)
+    monkeypatch.setattr(score_mod, "score_chunk", real)
+    r = score(small_store, model=model_dir, out=out, resume=True, scheduler="synchronous")
+    assert sorted(committed(out)) == [0, 1, 2, 3]
+    assert r.metrics["confusion_matrix"] == ref.metrics["confusion_matrix"]

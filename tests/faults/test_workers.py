@@ -91,7 +91,7 @@ def big(tmp_path_factory):
 
 def _busy_worker(c) -> str | None:
     """A worker the scheduler has chunk tasks on, preferring one executing them now."""
-    proc = {w: [k for k in ks if "score_chunk" in str(k)] for w, ks in c.processing().items()}
+    proc = {w: [k for k in ks if "run_batch" in str(k)] for w, ks in c.processing().items()}
     busy = [w for w, ks in proc.items() if ks]
     return busy[0] if busy else None
 
