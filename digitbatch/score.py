@@ -1,7 +1,9 @@
 """The scoring graph: map a saved model over store chunks; exactly-once, resumable.
 
-One task per store chunk. The model goes to each worker once (scattered,
-not embedded in every task: dask-ml#842). Each task reads its chunk,
+One task per store chunk, or per batch of up to 4 chunks when there are
+enough of them (:func:`digitbatch.score_tasks.batches`: fewer Dask tasks,
+less scheduler Python). The model goes to each worker once (a task result,
+not embedded in every task: dask-ml#842). Each chunk's work reads it,
 predicts with the model's numpy kernel, writes its chunk-aligned rows of
 the output and then commits them (see :mod:`digitbatch.predictions`); the
 metrics are reduced from the commit records, so predictions are never
