@@ -58,6 +58,7 @@ def test_bench_score_runs_end_to_end_at_small_scale(tmp_path, mnist_path):
                      n_naive=35_000, n_kernel=8_192))
     text = "\n".join(lines)
     for row in ("ceiling, blocked form", "digitbatch score (CLI process), LocalCluster, 70k",
-                "cluster already running", "naive numpy", "sgd-kernel: digitbatch score",
+                "cluster already running", "CLI process with --scheduler", "naive numpy",
+                "sgd-kernel: digitbatch score",
                 "end to end / ceiling"):
         assert row in text, row

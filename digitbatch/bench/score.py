@@ -160,6 +160,19 @@ def run(*, mnist_dir=None, workdir=None, n: int = 4_000_000, n_small: int = 1_00
                 warm = m if warm is None or m.rate / m.bracket.rate > warm.rate / warm.bracket.rate \
                     else warm
             yield warm.row(warm.bracket)
+            # a scheduled job: the CLI in its own process, on the running cluster
+            out = runs / "pred-warm-cli.zarr"
+            before = ceiling()
+            with measure(f"  same, CLI process with --scheduler, {_size(big.n)}", big.n) as m:
+                subprocess.run([sys.executable, "-m", "digitbatch", "-q", "score", str(big.path),
+                                "--model", str(models["sgd"]), "--out", str(out),
+                                "--scheduler", cl.scheduler.address], check=True,
+                               stdout=subprocess.DEVNULL)
+            after = ceiling()
+            ceilings += [before, after]
+            m.bracket = _mean_rate(before, after)
+            warm_cli = m
+            yield m.row(m.bracket)
             dml = None
             if dask_ml:
                 row, dml = _dask_ml_row(big, models["sgd"], ceiling)
@@ -209,7 +222,8 @@ def run(*, mnist_dir=None, workdir=None, n: int = 4_000_000, n_small: int = 1_00
         yield (f"end to end / ceiling (each against the ceilings around it; they ranged "
                f"{lo / 1e6:.2f}M-{hi / 1e6:.2f}M images/s in this run): "
                f"{_ratio(results['big'])} (--codec none store {_ratio(results['raw'])}; "
-               f"warm cluster {_ratio(warm)}; vs the naive-form ceiling "
+               f"running cluster: library call {_ratio(warm)}, CLI process "
+               f"{_ratio(warm_cli)}; vs the naive-form ceiling "
                f"{results['big'].rate / naive_ceil.rate:.2f}, warm {warm.rate / naive_ceil.rate:.2f}); "
                + (f"vs dask-ml (both on a running cluster): {warm.rate / dml.rate:.1f}x; "
                   if dml is not None else "") + "vs naive numpy: "
