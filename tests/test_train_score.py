@@ -206,10 +206,16 @@ def _chunk_files(out):
             for p in sorted(out.rglob("*")) if p.is_file() and "/c/" in p.as_posix()}
 
 
+@pytest.mark.parametrize("resume_on", ["synchronous", "local-batched"])
 @pytest.mark.parametrize("done_before", [[], [0], [1, 3], [0, 1, 2]])
-def test_resume_after_kill_is_byte_identical(tmp_path, small_store, model_dir, done_before):
+def test_resume_after_kill_is_byte_identical(tmp_path, small_store, model_dir, done_before,
+                                             resume_on, monkeypatch):
+    from digitbatch import score_tasks
     from digitbatch.predictions import OutputSpec, create_output, commit_path
     from digitbatch.score import score_chunk
+
+    if resume_on == "local-batched":  # the chunks left run two to a Dask task
+        monkeypatch.setattr(score_tasks, "MIN_BATCHES_PER_WORKER", 1)
 
     ref = score(small_store, model=model_dir, out=tmp_path / "ref.zarr", proba=True,
                 scheduler="synchronous")
@@ -230,7 +236,7 @@ def test_resume_after_kill_is_byte_identical(tmp_path, small_store, model_dir, d
     with pytest.raises(ScoreError, match="--resume"):
         score(small_store, model=model_dir, out=out, proba=True, scheduler="synchronous")
     r = score(small_store, model=model_dir, out=out, proba=True, resume=True,
-              scheduler="synchronous")
+              scheduler="synchronous" if resume_on == "synchronous" else "local")
     assert r.metrics["confusion_matrix"] == ref.metrics["confusion_matrix"]
     assert r.metrics["n_images"] == ref.metrics["n_images"] == 1000
     assert r.metrics["n_scored_this_run"] == 1000 - sum(s.chunks[i][1] - s.chunks[i][0]
