@@ -18,6 +18,7 @@ from .layout import (
     DEFAULT_CHUNK_SIZE, DEFAULT_IMAGE_CODEC, StoreWriter, validate_chunk_size, validate_codec,
 )
 from .sources import Batch, Reject, resolve_kind
+from .sources.archive import DEFAULT_MAX_MEMBER_BYTES
 from .sources.labels import LabelMap, load_labels
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,6 @@ SUMMARY_SCHEMA_VERSION = 1
 # Members per decode task: big enough to amortise scheduling (~1 ms a task),
 # small enough to keep both workers busy on a few thousand images.
 DEFAULT_DECODE_BATCH = 2048
-DEFAULT_MAX_MEMBER_BYTES = 16 * 2**20
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ one chunk at a time.
 from __future__ import annotations
 
 import numpy as np
-from .layout import N_CLASSES, UNKNOWN_LABEL
+from .digits import N_CLASSES, UNKNOWN_LABEL
 
 # Rows whose top-2 float32 decision values are closer than this are
 # recomputed in float64, so predictions equal scikit-learn's exactly.

@@ -38,15 +38,13 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from . import __version__, storage
+from .digits import IMAGE_SHAPE, LABEL_DTYPE, N_CLASSES, UNKNOWN_LABEL  # noqa: F401
 from .errors import StoreError, StoreExistsError, StoreNotFoundError
 
 log = logging.getLogger(__name__)
 
 LAYOUT_VERSION = 1
-IMAGE_SHAPE = (28, 28)
-LABEL_DTYPE = np.dtype("int8")
-UNKNOWN_LABEL = -1
-N_CLASSES = 10
+# (the digit constants live in digits.py, without Zarr; re-exported here)
 # 32,768 images = 25.7 MB raw per chunk: large enough that per-task overhead
 # is small against the work, small enough for two tasks per core in memory.
 DEFAULT_CHUNK_SIZE = 32_768

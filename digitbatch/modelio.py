@@ -29,7 +29,7 @@ import numpy as np
 
 from . import __version__, storage
 from .errors import ModelError
-from .layout import IMAGE_SHAPE
+from .digits import IMAGE_SHAPE
 from . import folding as FO
 from .models import CompactModel, get_spec
 

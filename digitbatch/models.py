@@ -21,7 +21,7 @@ from . import features as F
 from . import folding as FO
 from . import kernels
 from .errors import TrainingError
-from .layout import UNKNOWN_LABEL
+from .digits import UNKNOWN_LABEL
 
 PIXEL_SCALE = 1.0 / 255.0
 FEATURES = ("pixels", "deskew", "kernel")

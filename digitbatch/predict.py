@@ -12,9 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import SourceNotFoundError
-from .ingest import DEFAULT_MAX_MEMBER_BYTES
 from .modelio import load_model
-from .sources.images import decode_batch
+from .sources.images import DEFAULT_MAX_MEMBER_BYTES, decode_batch
 
 log = logging.getLogger(__name__)
 

@@ -53,3 +53,15 @@ def test_predict_cli(model_and_files):
 def test_predict_no_files(model_and_files):
     with pytest.raises(SourceNotFoundError):
         predict_files([], model=model_and_files[0])
+
+
+def test_predict_does_not_import_zarr_or_dask():
+    """`digitbatch predict` is for a person holding a few files: it starts without
+    importing Zarr (a third of a second) or Dask."""
+    import subprocess
+    import sys
+
+    code = ("import sys, digitbatch.predict; "
+            "print(sorted(m for m in ('zarr', 'dask', 'distributed') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

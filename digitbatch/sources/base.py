@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..layout import IMAGE_SHAPE, LABEL_DTYPE, UNKNOWN_LABEL
+from ..digits import IMAGE_SHAPE, LABEL_DTYPE, UNKNOWN_LABEL
 
 
 @dataclass(frozen=True)

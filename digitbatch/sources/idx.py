@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import IdxFormatError, SourceNotFoundError
-from ..layout import IMAGE_SHAPE, LABEL_DTYPE
+from ..digits import IMAGE_SHAPE, LABEL_DTYPE
 
 log = logging.getLogger(__name__)
 

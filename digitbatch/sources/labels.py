@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import LabelsFileError, SourceNotFoundError
-from ..layout import UNKNOWN_LABEL
+from ..digits import UNKNOWN_LABEL
 from .base import Batch, Reject
 
 log = logging.getLogger(__name__)

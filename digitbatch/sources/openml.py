@@ -22,7 +22,7 @@ from urllib.error import HTTPError, URLError
 import numpy as np
 
 from ..errors import OpenMLError
-from ..layout import IMAGE_SHAPE, LABEL_DTYPE, N_CLASSES
+from ..digits import IMAGE_SHAPE, LABEL_DTYPE, N_CLASSES
 from .base import Batch
 
 log = logging.getLogger(__name__)

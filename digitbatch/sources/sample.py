@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import SampleUnavailableError
-from ..layout import IMAGE_SHAPE, LABEL_DTYPE
+from ..digits import IMAGE_SHAPE, LABEL_DTYPE
 
 log = logging.getLogger(__name__)
 
