@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, storage
-from .errors import ModelError
+from .errors import ModelError, TrainingError
 from .digits import IMAGE_SHAPE
 from . import folding as FO
 from .models import CompactModel, get_spec
@@ -59,6 +59,12 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def _is_sha256(value) -> bool:
+    """A SHA-256 as :func:`sha256_file` writes it: 64 lowercase hex digits."""
+    return (isinstance(value, str) and len(value) == 64
+            and all(c in "0123456789abcdef" for c in value))
 
 
 @dataclass(frozen=True)
@@ -211,8 +217,15 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
     fpath = p / MODEL_FILE
     if fpath.is_symlink() or not fpath.is_file():
         raise ModelError(f"model {p}: {MODEL_FILE} is missing (or not a regular file)")
+    want = manifest.get("model_sha256")
+    if not _is_sha256(want):
+        # a missing or malformed hash must not mean "nothing to check"
+        raise ModelError(
+            f"model {p}: {MANIFEST_FILE} has model_sha256 {want!r}, not a SHA-256 (64 hex "
+            f"digits), so {MODEL_FILE} cannot be checked and is not loaded: retrain the model, "
+            f"or restore its manifest.json")
     digest = sha256_file(fpath)
-    if digest != manifest.get("model_sha256"):
+    if digest != want:
         raise ModelError(
             f"model {p}: {MODEL_FILE} has SHA-256 {digest[:16]}..., the manifest says "
             f"{str(manifest.get('model_sha256'))[:16]}...: the file was changed; retrain or restore it"
@@ -274,6 +287,12 @@ def _rebuild(p: Path, manifest: dict, arrays: dict[str, np.ndarray]) -> CompactM
         raise ModelError(f"model {p}: unsupported model kind {manifest.get('kind')!r}")
     try:
         spec = get_spec(manifest["name"])
+    except TrainingError as exc:
+        raise ModelError(f"model {p}: manifest names model {manifest.get('name')!r}, which this "
+                         f"digitbatch's catalogue does not have ({exc}): retrain it") from None
+    except KeyError as exc:
+        raise ModelError(f"model {p}: manifest or arrays incomplete ({exc}): retrain it") from exc
+    try:
         fields = {f: arrays.get(f) for f in cls.__dataclass_fields__ if f not in _HEAD_SCALARS}
         missing = [f for f, v in fields.items()
                    if v is None and f not in ("projection", "offset", "phase")]

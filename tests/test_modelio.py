@@ -1,0 +1,224 @@
+"""modelio: save_model / load_model round trip, and every manifest defect refused by name.
+
+The hash is the promise: model.npz is loaded only when the manifest carries
+its SHA-256 and the file has it. A manifest whose hash is missing or is not
+a SHA-256 is refused like one whose hash is wrong (a ModelError naming the
+bad value and what to do), never read as "nothing to check".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from digitbatch.errors import ModelError
+from digitbatch.modelio import (
+    MANIFEST_FILE, MODEL_FILE, load_model, save_model, sha256_file, sklearn_version,
+)
+
+from .conftest import synthetic_digits, trained_model
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory) -> Path:
+    return trained_model(tmp_path_factory.mktemp("modelio"), seed=3)
+
+
+@pytest.fixture
+def copy(model_path, tmp_path) -> Path:
+    dst = tmp_path / "m"
+    shutil.copytree(model_path, dst)
+    return dst
+
+
+def _manifest(p: Path) -> dict:
+    return json.loads((p / MANIFEST_FILE).read_text())
+
+
+def _write_manifest(p: Path, m: dict) -> None:
+    (p / MANIFEST_FILE).write_text(json.dumps(m))
+
+
+def _rewrite_npz(p: Path, **changes) -> None:
+    """Replace arrays of model.npz and put the matching hash in the manifest."""
+    with np.load(p / MODEL_FILE) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays.update(changes)
+    with open(p / MODEL_FILE, "wb") as fh:
+        np.savez(fh, **arrays)
+    m = _manifest(p)
+    m["model_sha256"] = sha256_file(p / MODEL_FILE)
+    _write_manifest(p, m)
+
+
+def test_sha256_file_is_hashlib_sha256(tmp_path):
+    f = tmp_path / "f.bin"
+    data = bytes(range(256)) * 5000  # > one 1 MiB read block
+    f.write_bytes(data)
+    assert sha256_file(f) == hashlib.sha256(data).hexdigest()
+
+
+def test_round_trip_predicts_as_before(model_path, tmp_path):
+    loaded = load_model(model_path)
+    m = _manifest(model_path)
+    assert loaded.sha256 == m["model_sha256"] == sha256_file(model_path / MODEL_FILE)
+    assert loaded.path == model_path
+    x, _ = synthetic_digits(300, seed=5)
+    again = load_model(save_model(loaded.model, tmp_path / "again", manifest={"extra": 1}))
+    np.testing.assert_array_equal(again.model.predict(x), loaded.model.predict(x))
+    assert again.manifest["extra"] == 1
+    assert again.manifest["classes"] == list(range(10))
+    assert again.manifest["versions"]["scikit-learn"] == sklearn_version()
+    assert again.manifest["model_file"] == MODEL_FILE
+    assert again.manifest["input"] == {"shape": [28, 28], "dtype": "uint8",
+                                       "preprocessing": "pixels / 255 (folded into the weights)"}
+
+
+def test_save_refuses_existing_unless_overwrite(model_path, tmp_path):
+    loaded = load_model(model_path)
+    out = tmp_path / "m"
+    save_model(loaded.model, out, manifest={})
+    with pytest.raises(ModelError, match="already exists: choose another --out or pass --overwrite"):
+        save_model(loaded.model, out, manifest={})
+    (out / "stray").write_text("x")
+    save_model(loaded.model, out, manifest={"second": True}, overwrite=True)
+    assert not (out / "stray").exists() and _manifest(out)["second"] is True
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no temporary left
+
+
+@pytest.mark.parametrize("value", [
+    "<missing>",            # the field deleted
+    None,                   # null
+    "",                     # empty
+    "abc123",               # too short
+    "A" * 64,               # 64 characters, but not lowercase hex
+    "g" * 64,               # 64 characters, not hex
+    12345,                  # not a string
+    ["0" * 64],             # a list holding a hash
+])
+def test_missing_or_malformed_hash_is_refused(copy, value):
+    m = _manifest(copy)
+    if value == "<missing>":
+        del m["model_sha256"]
+    else:
+        m["model_sha256"] = value
+    _write_manifest(copy, m)
+    shown = repr(None if value == "<missing>" else value)
+    with pytest.raises(ModelError, match="model_sha256") as info:
+        load_model(copy)
+    msg = str(info.value)
+    assert shown in msg, msg  # names the bad value
+    assert "retrain" in msg and "restore" in msg, msg  # and what to do
+
+
+def test_missing_hash_is_refused_before_the_arrays_are_read(copy, monkeypatch):
+    m = _manifest(copy)
+    del m["model_sha256"]
+    _write_manifest(copy, m)
+    read = []
+    real = np.load
+    monkeypatch.setattr(np, "load", lambda *a, **k: read.append(a) or real(*a, **k))
+    with pytest.raises(ModelError):
+        load_model(copy)
+    assert read == []
+
+
+def test_wrong_hash_is_refused_and_names_both(copy):
+    m = _manifest(copy)
+    m["model_sha256"] = "0" * 64
+    _write_manifest(copy, m)
+    with pytest.raises(ModelError, match=r"SHA-256 [0-9a-f]{16}\.\.\., the manifest says "
+                                         r"0{16}\.\.\.: the file was changed"):
+        load_model(copy)
+
+
+def test_a_changed_byte_is_refused(copy):
+    data = bytearray((copy / MODEL_FILE).read_bytes())
+    data[len(data) // 2] ^= 1
+    (copy / MODEL_FILE).write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="the file was changed"):
+        load_model(copy)
+
+
+@pytest.mark.parametrize("change, match", [
+    # (manifest key, new value or a function of the manifest) -> the error
+    (("format_version", 2), "format version 2; this digitbatch reads 1: retrain it"),
+    (("format_version", None), "format version None"),
+    (("versions", {"scikit-learn": "0.0.1"}), "trained with scikit-learn 0.0.1, this is .*"
+                                              "install scikit-learn==0.0.1"),
+    (("model_file", "../x.npz"), "names model file '../x.npz'; only model.npz"),
+    (("kind", "forest"), "unsupported model kind 'forest'"),
+    (("head", {"type": "forest"}), "unsupported model kind"),
+    (("classes", list(range(1, 11))), "differ from the manifest's"),
+    (("name", "no-such-model"), "no-such-model"),
+])
+def test_manifest_defects_are_named(copy, change, match):
+    key, value = change
+    m = _manifest(copy)
+    m[key] = value
+    _write_manifest(copy, m)
+    with pytest.raises(ModelError, match=match):
+        load_model(copy)
+
+
+def test_manifest_missing_field_is_refused(copy):
+    m = _manifest(copy)
+    del m["loss"]
+    _write_manifest(copy, m)
+    with pytest.raises(ModelError, match="manifest or arrays incomplete .*'loss'.*retrain it"):
+        load_model(copy)
+
+
+def test_missing_damaged_and_non_directory_models(copy, tmp_path):
+    with pytest.raises(ModelError, match="does not exist: train one"):
+        load_model(tmp_path / "nope")
+    f = tmp_path / "model.pkl"
+    f.write_bytes(b"x")
+    with pytest.raises(ModelError, match="is a file, not a digitbatch model directory"):
+        load_model(f)
+    (copy / MANIFEST_FILE).write_text("{not json")
+    with pytest.raises(ModelError, match="is not valid JSON .*: the artifact is damaged"):
+        load_model(copy)
+    (copy / MANIFEST_FILE).unlink()
+    with pytest.raises(ModelError, match="has no manifest.json"):
+        load_model(copy)
+
+
+def test_model_file_missing_or_a_link(copy, tmp_path):
+    real = tmp_path / "elsewhere.npz"
+    shutil.move(copy / MODEL_FILE, real)
+    with pytest.raises(ModelError, match="model.npz is missing"):
+        load_model(copy)
+    (copy / MODEL_FILE).symlink_to(real)
+    with pytest.raises(ModelError, match="model.npz is missing .or not a regular file"):
+        load_model(copy)
+
+
+def test_array_defects_are_named(copy):
+    with np.load(copy / MODEL_FILE) as z:
+        w = z["weights"]
+    good = copy.parent / "good"
+    shutil.copytree(copy, good)
+    _rewrite_npz(copy, weights=w.astype(np.float64) * np.nan)
+    with pytest.raises(ModelError, match="'weights' holds NaN or infinity: retrain it"):
+        load_model(copy)
+    shutil.rmtree(copy)
+    shutil.copytree(good, copy)
+    _rewrite_npz(copy, weights=w[:100])
+    with pytest.raises(ModelError, match=r"weights \(100, 10\) do not take 28x28 images"):
+        load_model(copy)
+    shutil.rmtree(copy)
+    shutil.copytree(good, copy)
+    _rewrite_npz(copy, weights=w[:, :9])
+    with pytest.raises(ModelError, match="do not fit together|9 outputs for 10 classes"):
+        load_model(copy)
+    shutil.rmtree(copy)
+    shutil.copytree(good, copy)
+    _rewrite_npz(copy, weights=np.array(["a"] * 10))
+    with pytest.raises(ModelError, match="'weights' is <U1, not numbers"):
+        load_model(copy)
