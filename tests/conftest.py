@@ -85,3 +85,48 @@ def trained_model(tmp: Path, *, n: int = 600, n_train: int = 500, seed: int = 0,
     write_idx(tmp / "idx", x[n_train:], y[n_train:], prefix="t10k")
     ingest(tmp / "idx", tmp / "s.zarr", chunk_size=chunk_size)
     return Path(train(tmp / "s.zarr", tmp / "model", seed=0).model_path)
+
+
+# --- stores of every chunk count (odd, even, one; ragged last or not) -------------
+
+# name: (images, chunk size). The chunk counts are odd and even, the last
+# chunk ragged or full, and one store is a single short chunk: a pairwise
+# reduction of commit records that drops an odd one out, an expected-chunk
+# count of n // chunk_size, or a ragged-chunk slip shows on some of them.
+STORE_SHAPES = {
+    "1-chunk-short": (100, 256),     # 1 chunk, shorter than chunk_size
+    "2-chunks-ragged": (300, 256),   # even
+    "3-chunks-ragged": (700, 256),   # odd: the last record carried once
+    "4-chunks-ragged": (1000, 256),  # even, as small_store
+    "5-chunks-full": (1280, 256),    # odd, no ragged chunk
+    "9-chunks-ragged": (2200, 256),  # odd at two levels of the tree (9 -> 5 -> 3)
+}
+
+
+def make_store(tmp: Path, n: int, *, chunk_size: int = 256, seed: int = 0,
+               n_test: int | None = None) -> Path:
+    """A store of ``n`` synthetic digits under ``tmp`` in chunks of ``chunk_size``."""
+    from digitbatch.ingest import ingest
+
+    x, y = synthetic_digits(n, seed=seed)
+    n_test = n // 5 if n_test is None else n_test
+    d = tmp / f"idx-{n}-{chunk_size}-{seed}"
+    write_idx(d, x[:n - n_test], y[:n - n_test], prefix="train")
+    write_idx(d, x[n - n_test:], y[n - n_test:], prefix="t10k")
+    out = tmp / f"store-{n}-{chunk_size}-{seed}.zarr"
+    ingest(d, out, chunk_size=chunk_size, scheduler="synchronous")
+    return out
+
+
+@pytest.fixture(scope="session")
+def shared_model(tmp_path_factory) -> Path:
+    """One small sgd model for the whole session (tests must not change it)."""
+    return trained_model(tmp_path_factory.mktemp("shared-model"), seed=7)
+
+
+@pytest.fixture(scope="session")
+def shaped_stores(tmp_path_factory) -> dict[str, Path]:
+    """A store of every :data:`STORE_SHAPES` shape, by name (tests must not change them)."""
+    tmp = tmp_path_factory.mktemp("shaped-stores")
+    return {name: make_store(tmp, n, chunk_size=c, seed=i)
+            for i, (name, (n, c)) in enumerate(STORE_SHAPES.items())}
