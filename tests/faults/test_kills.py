@@ -1,19 +1,32 @@
 """Killed jobs and killed workers: scoring output stays exactly-once.
 
-- job death: the whole ``digitbatch score`` process is SIGKILLed at random
-  points, then rerun with ``--resume --break-lock``: the output's chunk files
-  are byte-identical to an uninterrupted run's, no temporary files remain,
-  and ``_SUCCESS`` exists only on complete outputs (3 trials here, 20 in
-  ``make test-long``).
-- concurrent runs: a second `digitbatch score` into an output that a running
-  one holds is refused (even with --break-lock: the owner is alive), and the
-  running one finishes byte-identical.
-- worker death: one of three LocalCluster workers is SIGKILLed while a
-  score runs; Dask reruns its tasks and the output is byte-identical.
+Every kill here is triggered on progress, never on a clock: the test
+watches the output's commit records (``PRED.zarr/_commits/``) or the run's
+lock, or a worker's running chunk task, and kills when it sees the count it
+waits for. Each test then asserts that the kill landed while work was left
+(the process died by SIGKILL, fewer commit records than chunks, no
+``_SUCCESS``) and FAILS, never skips, when the run ended first.
+
+- job death (``digitbatch score`` of a store, 157 chunks of 256 images;
+  of a tar of PNGs scored directly, 13 slot chunks; and ``digitbatch run``
+  of the nightly job spec): the process is SIGKILLed once k commit records
+  exist (k = 0: as soon as it holds its lock), then rerun with ``--resume
+  --break-lock``: metrics.json says ``resumed`` (when anything had been
+  committed) and ``n_scored_this_run`` is exactly the rows of the chunks
+  that were not committed when it died; the chunk files are byte-identical
+  to an uninterrupted run's, no temporary file or lock remains (3 kill
+  points here, 20 in ``make test-long``).
+- concurrent runs: a second run into an output a running one holds is
+  refused (with --break-lock too: the owner is alive), while the first
+  still has chunks to commit; the first finishes byte-identical.
+- worker death: one of three LocalCluster workers, one that is running
+  chunk tasks, is SIGKILLed once a quarter of the images are committed;
+  Dask reruns its tasks and the output is byte-identical.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -24,20 +37,48 @@ from pathlib import Path
 
 import pytest
 
+from digitbatch.predictions import OutputLockedError, committed
+from digitbatch.score import score
 
-from ..conftest import trained_model
+from ..conftest import REPO, trained_model
+
+N_IMAGES = 40_000
+CHUNK = 256
+N_CHUNKS = -(-N_IMAGES // CHUNK)  # 157, the last one ragged (64 images)
+N_MEMBERS = 3_100  # the archive: 13 slot chunks of 256, the last ragged (28)
+# a guard against a hung run, never the trigger of a kill
+HANG = 240.0
 
 
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("kills")
-    trained_model(tmp, n=24_000, n_train=20_000, seed=11, chunk_size=512)  # 47 chunks
-    ref = tmp / "ref.zarr"
-    _score(tmp, ref).check_returncode()
+    trained_model(tmp, n=N_IMAGES, n_train=N_IMAGES - 4_000, seed=11, chunk_size=CHUNK)
+    _score(tmp, tmp / "ref.zarr").check_returncode()
     return tmp
 
 
-def _cmd(tmp: Path, out: Path, *extra: str) -> list[str]:
+@pytest.fixture(scope="module")
+def archive(job):
+    from ..test_ingest import digit_members, make_tar
+
+    members, _, _ = digit_members(N_MEMBERS, seed=12)
+    src = make_tar(job / "night.tar", members, mode="w")
+    ref = job / "archive-ref.zarr"
+    subprocess.run(_cmd(job, ref, src=src), capture_output=True, text=True,
+                   timeout=300).check_returncode()
+    return src, ref
+
+
+def _cmd(tmp: Path, out: Path, *extra: str, src: Path | None = None) -> list[str]:
+    if src is not None:
+        # an archive in slot chunks of CHUNK members: the library's score() in a
+        # process of its own (the CLI scores archives in chunks of 32,768)
+        kw = dict(model=str(tmp / "model"), out=str(out), proba=True, chunk_size=CHUNK,
+                  scheduler="synchronous", resume="--resume" in extra,
+                  break_lock="--break-lock" in extra)
+        return [sys.executable, "-c", "import sys; from digitbatch.score import score; "
+                f"score({str(src)!r}, **{kw!r})"]
     return [sys.executable, "-m", "digitbatch", "-q", "score", str(tmp / "s.zarr"),
             "--model", str(tmp / "model"), "--out", str(out), "--scheduler", "synchronous",
             "--proba", *extra]
@@ -54,87 +95,184 @@ def _files(out: Path) -> dict[str, bytes]:
             and "_commits" not in p.as_posix()}
 
 
-def _kill_trial(job: Path, out: Path, delay: float) -> None:
-    proc = subprocess.Popen(_cmd(job, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(delay)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    if proc.returncode == -signal.SIGKILL:
-        assert not (out / "_SUCCESS").exists() or (out / "metrics.json").exists()
-    r = _score(job, out, "--resume", "--break-lock")
-    assert r.returncode == 0, r.stderr
-    assert _files(out) == _files(job / "ref.zarr")
-    assert (out / "_SUCCESS").read_text() != ""
+def _n_commits(out: Path) -> int:
+    try:
+        return sum(1 for n in os.listdir(out / "_commits") if n.startswith("chunk-"))
+    except FileNotFoundError:
+        return 0
+
+
+def _rows(records: dict) -> int:
+    return sum(r["stop"] - r["start"] for r in records.values())
+
+
+def kill_on_progress(cmd: list[str], out: Path, *, at: int, total: int) -> dict:
+    """Run ``cmd``; SIGKILL it once ``out`` holds ``at`` commit records (0: once it
+    holds its lock). Fails unless the kill landed mid-work; returns the commit
+    records the dead run left."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + HANG
+    try:
+        while not ((out / ".lock").exists() if at == 0 else _n_commits(out) >= at):
+            if proc.poll() is not None:
+                pytest.fail(f"the run ended (exit {proc.returncode}) before {at} of {total} "
+                            f"commit records were seen: no kill landed mid-work; "
+                            f"{proc.stderr.read().decode()[-2000:]}")
+            assert time.monotonic() < deadline, f"no progress to {at} commits in {HANG} s"
+            time.sleep(0.001)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL, \
+        f"the run finished (exit {proc.returncode}) before the kill landed"
+    records = committed(out) if (out / "_commits").exists() else {}
+    assert at <= len(records) < total, (at, len(records), total)  # landed with work left
+    assert not (out / "_SUCCESS").exists() and not (out / "metrics.json").exists()
+    return records
+
+
+def _check_resumed(out: Path, ref: Path, before: dict, *, n: int, total: int) -> dict:
+    """The resumed run scored exactly the rows not committed before, to the reference bytes."""
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["n_scored_this_run"] == n - _rows(before), (m["n_scored_this_run"], _rows(before))
+    assert m["resumed"] is bool(before)
+    assert m["n_images"] == n
+    assert m["confusion_matrix"] == json.loads((ref / "metrics.json").read_text())[
+        "confusion_matrix"]
+    assert len(committed(out)) == total
+    assert _files(out) == _files(ref)
+    assert json.loads((out / "_SUCCESS").read_text()) == m
     assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
     assert not (out / ".lock").exists()
+    return m
 
 
-@pytest.mark.parametrize("trial", range(3))
-def test_job_killed_then_resumed(job, tmp_path, trial):
-    # the process needs ~1.5 s to import; kill between then and the end of the run
-    _kill_trial(job, tmp_path / "out.zarr", random.Random(trial).uniform(1.0, 4.0))
+def _kill_points(seed: int, count: int, total: int) -> list[int]:
+    """0 (at the lock), then commit counts spread over the run, leaving work after each."""
+    rng = random.Random(seed)
+    return [0] + sorted(rng.randint(1, total * 4 // 5) for _ in range(count - 1))
+
+
+def _store_trial(job: Path, out: Path, at: int) -> None:
+    before = kill_on_progress(_cmd(job, out), out, at=at, total=N_CHUNKS)
+    r = _score(job, out, "--resume", "--break-lock")
+    assert r.returncode == 0, r.stderr
+    _check_resumed(out, job / "ref.zarr", before, n=N_IMAGES, total=N_CHUNKS)
+
+
+@pytest.mark.parametrize("at", _kill_points(0, 3, N_CHUNKS))
+def test_job_killed_then_resumed(job, tmp_path, at):
+    _store_trial(job, tmp_path / "out.zarr", at)
 
 
 @pytest.mark.long
-@pytest.mark.parametrize("trial", range(20))
-def test_job_killed_then_resumed_long(job, tmp_path, trial):
-    _kill_trial(job, tmp_path / "out.zarr", random.Random(100 + trial).uniform(0.5, 6.0))
+@pytest.mark.parametrize("at", _kill_points(100, 20, N_CHUNKS))
+def test_job_killed_then_resumed_long(job, tmp_path, at):
+    _store_trial(job, tmp_path / "out.zarr", at)
+
+
+def test_job_killed_twice_then_resumed(job, tmp_path):
+    """Killed, resumed and killed again further on: the last resume scores only the rest."""
+    out = tmp_path / "out.zarr"
+    kill_on_progress(_cmd(job, out), out, at=N_CHUNKS // 4, total=N_CHUNKS)
+    before = kill_on_progress(_cmd(job, out, "--resume", "--break-lock"), out,
+                              at=N_CHUNKS // 2, total=N_CHUNKS)
+    r = _score(job, out, "--resume", "--break-lock")
+    assert r.returncode == 0, r.stderr
+    _check_resumed(out, job / "ref.zarr", before, n=N_IMAGES, total=N_CHUNKS)
+
+
+@pytest.mark.parametrize("at", [0, 5])  # at the lock; 5 of the 13 slot chunks
+def test_archive_job_killed_then_resumed(job, archive, tmp_path, at):
+    src, ref = archive
+    out = tmp_path / "a.zarr"
+    total = -(-N_MEMBERS // CHUNK)
+    before = kill_on_progress(_cmd(job, out, src=src), out, at=at, total=total)
+    r = subprocess.run(_cmd(job, out, "--resume", "--break-lock", src=src),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    _check_resumed(out, ref, before, n=N_MEMBERS, total=total)
+    assert not (out / "_staging").exists()
+
+
+def test_job_spec_killed_then_rerun_resumes(job, tmp_path):
+    """`digitbatch run jobs/nightly-score.toml`, killed mid-score, rerun as cron would."""
+    out = tmp_path / "pred-2026-11-24.zarr"
+    sets = ["cluster.scheduler=synchronous", "job.date=2026-11-24", 'job.steps=["score"]',
+            f"job.workdir={tmp_path}", f"job.summary={tmp_path}/run-{{date}}.json",
+            f"score.input={job / 's.zarr'}", f"score.model={job / 'model'}",
+            "score.proba=true", f"score.out={tmp_path}/pred-{{date}}.zarr"]
+    cmd = [sys.executable, "-m", "digitbatch", "-q", "run",
+           str(REPO / "jobs" / "nightly-score.toml"), *[f"--set={s}" for s in sets]]
+    before = kill_on_progress(cmd, out, at=N_CHUNKS // 3, total=N_CHUNKS)
+    (out / ".lock").unlink()  # the dead run's (the spec has no break_lock; a person removes it)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    _check_resumed(out, job / "ref.zarr", before, n=N_IMAGES, total=N_CHUNKS)
+    s = json.loads((tmp_path / "run-2026-11-24.json").read_text())
+    assert s["outcome"] == "succeeded"
 
 
 def test_worker_killed_mid_run(job, tmp_path):
-    import threading
-
     from digitbatch import cluster
-    from digitbatch.score import score
 
+    out = tmp_path / "w.zarr"
     with cluster.client("local", n_workers=3) as c:
-        pids = list(c.run(os.getpid).values())
-        killed = []
+        pids = c.run(os.getpid)
+        seen = {"total": None, "done": 0}
+        killed: list[tuple] = []
 
-        def kill_one():
-            time.sleep(0.4)
-            os.kill(pids[0], signal.SIGKILL)
-            killed.append(pids[0])
+        def progress(n, total=None):
+            if total is not None:
+                seen["total"] = total
+                return
+            seen["done"] += n
+            if not killed and seen["done"] >= seen["total"] // 4:
+                busy = [w for w, ks in c.processing().items()
+                        if w in pids and any("run_batch" in str(k) for k in ks)]
+                if busy:
+                    os.kill(pids[busy[0]], signal.SIGKILL)
+                    killed.append((busy[0], seen["done"], _n_commits(out)))
 
-        t = threading.Thread(target=kill_one)
-        t.start()
-        out = tmp_path / "w.zarr"
         r = score(job / "s.zarr", model=job / "model", out=out, proba=True,
-                  scheduler=c.scheduler.address)
-        t.join()
-    assert killed
+                  scheduler=c.scheduler.address, progress=progress)
+    assert killed, "no worker was running chunk tasks after a quarter of the images"
+    _, at_images, at_commits = killed[0]
+    assert at_images < N_IMAGES and at_commits < N_CHUNKS  # the kill landed with work left
     assert _files(out) == _files(job / "ref.zarr")
-    ref = (job / "ref.zarr" / "_SUCCESS").read_text()
-    import json
-    assert r.metrics["confusion_matrix"] == json.loads(ref)["confusion_matrix"]
-    assert r.metrics["n_images"] == 24_000
+    ref = json.loads((job / "ref.zarr" / "_SUCCESS").read_text())
+    assert r.metrics["confusion_matrix"] == ref["confusion_matrix"]
+    assert r.metrics["n_images"] == r.metrics["n_scored_this_run"] == N_IMAGES
+    assert sorted(committed(out)) == list(range(N_CHUNKS))
 
 
 def test_concurrent_run_is_refused_and_the_running_one_is_unaffected(job, tmp_path):
-    """While one `digitbatch score` runs, a second into the same output is
-    refused (with --resume, and with --break-lock too: the owner is alive on
-    this host); the first finishes with the reference bytes."""
+    """While one `digitbatch score` runs (a commit record seen, chunks left), a second
+    into the same output is refused (with --resume, and with --break-lock too: the
+    owner is alive on this host); the first finishes with the reference bytes."""
     out = tmp_path / "busy.zarr"
-    first = subprocess.Popen(_cmd(job, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                             text=True)
+    first = subprocess.Popen(_cmd(job, out), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while not (out / ".lock").exists():
+        deadline = time.monotonic() + HANG
+        while _n_commits(out) < 1:
             assert first.poll() is None, first.stderr.read()
             assert time.monotonic() < deadline
-            time.sleep(0.05)
-        from digitbatch.predictions import OutputLockedError
-        from digitbatch.score import score
-
+            time.sleep(0.001)
         for break_lock in (False, True):
             with pytest.raises(OutputLockedError, match="being written by another run"):
                 score(job / "s.zarr", model=job / "model", out=out, proba=True, resume=True,
                       break_lock=break_lock, scheduler="synchronous")
-            if first.poll() is not None:
-                pytest.skip("the first run ended before the second was refused: too fast")
+        left = N_CHUNKS - _n_commits(out)
+        assert first.poll() is None and left > 0, \
+            "the first run ended before the second was refused: the refusal was not mid-run"
         assert first.wait(timeout=300) == 0, first.stderr.read()
     finally:
         if first.poll() is None:
             first.kill()
+            first.wait()
     assert _files(out) == _files(job / "ref.zarr")
     assert (out / "_SUCCESS").exists() and not (out / ".lock").exists()
