@@ -103,12 +103,26 @@ STORE_SHAPES = {
 }
 
 
+def noisy_labels(y: np.ndarray, *, noise: float, seed: int) -> np.ndarray:
+    """``y`` with a share ``noise`` of its labels replaced at random, each by a
+    fixed wrong class (true k -> k + 1 + seed % 3): a model then has confusion
+    matrices that are not symmetric, so precision differs from recall."""
+    rng = np.random.default_rng(seed + 1000)
+    flip = rng.random(y.shape[0]) < noise
+    out = y.copy()
+    out[flip] = (y[flip].astype(np.int64) + 1 + seed % 3 + (y[flip] % 2)) % 10
+    return out.astype(y.dtype)
+
+
 def make_store(tmp: Path, n: int, *, chunk_size: int = 256, seed: int = 0,
-               n_test: int | None = None) -> Path:
-    """A store of ``n`` synthetic digits under ``tmp`` in chunks of ``chunk_size``."""
+               n_test: int | None = None, noise: float = 0.0) -> Path:
+    """A store of ``n`` synthetic digits under ``tmp`` in chunks of ``chunk_size``
+    (``noise``: that share of the labels wrong, see :func:`noisy_labels`)."""
     from digitbatch.ingest import ingest
 
     x, y = synthetic_digits(n, seed=seed)
+    if noise:
+        y = noisy_labels(y, noise=noise, seed=seed)
     n_test = n // 5 if n_test is None else n_test
     d = tmp / f"idx-{n}-{chunk_size}-{seed}"
     write_idx(d, x[:n - n_test], y[:n - n_test], prefix="train")
@@ -126,7 +140,8 @@ def shared_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def shaped_stores(tmp_path_factory) -> dict[str, Path]:
-    """A store of every :data:`STORE_SHAPES` shape, by name (tests must not change them)."""
+    """A store of every :data:`STORE_SHAPES` shape, by name, a fifth of the labels
+    wrong (tests must not change them)."""
     tmp = tmp_path_factory.mktemp("shaped-stores")
-    return {name: make_store(tmp, n, chunk_size=c, seed=i)
+    return {name: make_store(tmp, n, chunk_size=c, seed=i, noise=0.2)
             for i, (name, (n, c)) in enumerate(STORE_SHAPES.items())}

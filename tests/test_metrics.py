@@ -157,3 +157,48 @@ def test_format_confusion_names_and_narrow_counts():
     assert lines[0] == "true\\pred " + "not-2".rjust(5) + "2".rjust(5) + "total".rjust(6)
     assert lines[1] == "not-2     " + "1".rjust(5) + "0".rjust(5) + "1".rjust(6)
     assert lines[3] == "total     " + "1".rjust(5) + "1".rjust(5) + "2".rjust(6)
+
+
+def test_every_value_is_rounded_to_six_places():
+    # class 0: precision 1/3, recall 1/7, f1 1/5; class 1: precision 4/6... all non-terminating
+    cm = np.array([[1, 6], [2, 4]])
+    rec = summarize(cm)
+    assert rec["per_class"]["0"] == {"precision": 0.333333, "recall": 0.142857,
+                                     "f1": 0.2, "support": 7}
+    assert rec["per_class"]["1"] == {"precision": 0.4, "recall": 0.666667,
+                                     "f1": 0.5, "support": 6}
+    assert rec["accuracy"] == 5 / 13  # (the accuracy is not rounded)
+
+
+def test_empty_classes_raise_no_numpy_warning():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 0/0 for a class never predicted nor present
+        rec = summarize(np.array([[2, 0, 0], [0, 0, 0], [1, 0, 0]]))
+    assert rec["per_class"]["1"]["f1"] == 0.0 and rec["per_class"]["2"]["precision"] == 0.0
+
+
+def test_a_float_matrix_is_recorded_as_integer_counts():
+    rec = summarize(np.array([[3.0, 1.0], [2.0, 4.0]]))  # as np.loadtxt would give it
+    assert rec["confusion_matrix"] == [[3, 1], [2, 4]]
+    assert all(type(v) is int for row in rec["confusion_matrix"] for v in row)
+    assert type(rec["n_labeled"]) is int and rec["per_class"]["0"]["support"] == 4
+
+
+@pytest.mark.parametrize("cm, width", [
+    # the column width is the widest of 5, the largest count + 1, the grand total + 1
+    ([[1, 0], [0, 1]], 5),                      # 5
+    ([[50000, 1], [1, 1]], 6),                  # count and total both 5 digits: 6
+    ([[5000, 5000], [5000, 5000]], 6),          # counts 4 digits, total 20000: 6
+    ([[999999, 0], [0, 0]], 7),                 # 6-digit count and total: 7
+])
+def test_format_confusion_column_width(cm, width):
+    cm = np.array(cm)
+    lines = format_confusion(cm).splitlines()
+    assert lines[0] == "true\\pred ".ljust(10) + "0".rjust(width) + "1".rjust(width) \
+        + "total".rjust(width + 1)
+    assert lines[1] == "0".ljust(10) + str(cm[0, 0]).rjust(width) + str(cm[0, 1]).rjust(width) \
+        + str(cm[0].sum()).rjust(width + 1)
+    assert lines[3] == "total".ljust(10) + "".join(str(v).rjust(width) for v in cm.sum(axis=0)) \
+        + str(cm.sum()).rjust(width + 1)

@@ -37,6 +37,8 @@ def _check_run(out, labels: np.ndarray, *, n_chunks: int) -> dict:
     pred = zarr.open_group(str(out), mode="r")["pred"][:].astype(np.int64)
     assert pred.shape == labels.shape and (pred >= 0).all()  # every row written
     assert_matches_sklearn(m, labels, pred, 10)
+    cm = np.array(m["confusion_matrix"])
+    assert (cm != cm.T).any() and m["accuracy"] < 0.95  # (precision != recall: a swap shows)
     n = len(labels)
     assert m["n_images"] == m["n_scored"] == m["n_scored_this_run"] == n
     assert m["n_unlabeled"] == 0 and m["resumed"] is False
@@ -62,7 +64,7 @@ def test_store_metrics_equal_sklearn_batched(tmp_path, shared_model):
     """33 chunks on 2 worker threads: Dask tasks of 2 chunks, and the odd one out."""
     from .conftest import make_store
 
-    store = make_store(tmp_path, 33 * 256 - 7, seed=33)
+    store = make_store(tmp_path, 33 * 256 - 7, seed=33, noise=0.2)
     out = tmp_path / "p.zarr"
     score(store, model=shared_model, out=out, scheduler="local")
     _check_run(out, _labels_of_store(store), n_chunks=33)
@@ -78,9 +80,13 @@ ARCHIVE_SHAPES = {
 
 
 def _archive(tmp_path, n: int):
-    from .test_ingest import digit_members, make_tar
+    """A tar of ``n`` PNG digits labelled by folder, a fifth of the labels wrong."""
+    from .conftest import noisy_labels, synthetic_digits
+    from .test_ingest import make_tar, png_bytes
 
-    members, _, y = digit_members(n, seed=n)
+    x, y = synthetic_digits(n, seed=n)
+    y = noisy_labels(y, noise=0.2, seed=n)
+    members = {f"{int(y[i])}/img{i:04d}.png": png_bytes(x[i]) for i in range(n)}
     return make_tar(tmp_path / "a.tar", members, mode="w"), list(members), y
 
 
