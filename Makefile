@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 DEMO_DIR ?= demo-output
 
-.PHONY: demo test test-long bench clean venv
+.PHONY: demo test test-long bench clean venv mutants
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -42,3 +42,23 @@ bench: $(VENV)/.stamp-test
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) build *.egg-info
+
+# --- mutation testing (docs/mutation-testing.md) ------------------------------
+# The modules carrying the promises, and the tests that cover them. After the
+# scoring refactor: digitbatch/scoring/output.py digitbatch/scoring/record.py
+# in place of predictions.py and score.py.
+MUTATE_MODULES ?= digitbatch/modelio.py digitbatch/metrics.py digitbatch/kernels.py \
+                  digitbatch/predictions.py digitbatch/score.py digitbatch/sources/archive.py
+MUTATE_TESTS   ?= tests/test_modelio.py tests/test_metrics.py tests/test_kernels.py \
+                  tests/test_scoring_output.py tests/test_scoring_record.py \
+                  tests/faults/test_model_safety.py tests/test_score_archive.py \
+                  tests/test_sources_images.py
+MUTMUT_JOBS    ?= 2
+
+$(VENV)/.stamp-mutants: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[test,mutants]'
+	touch $@ $(VENV)/.stamp-test $(VENV)/.stamp-sample
+
+mutants: $(VENV)/.stamp-mutants
+	$(PY) tools/mutants.py --modules "$(MUTATE_MODULES)" --tests "$(MUTATE_TESTS)" \
+	    --jobs $(MUTMUT_JOBS)

@@ -222,3 +222,125 @@ def test_array_defects_are_named(copy):
     _rewrite_npz(copy, weights=np.array(["a"] * 10))
     with pytest.raises(ModelError, match="'weights' is <U1, not numbers"):
         load_model(copy)
+
+
+def test_manifest_on_disk_records_the_model(model_path, tmp_path):
+    import dataclasses
+
+    from digitbatch import __version__
+
+    loaded = load_model(model_path)
+    m = dataclasses.replace(loaded.model, params={"alpha": 0.5})
+    out = save_model(m, tmp_path / "m", manifest={"test": {"accuracy": 0.5}})
+    text = (out / MANIFEST_FILE).read_text()
+    man = json.loads(text)
+    # the file: indented, keys sorted, one trailing newline (diffable, stable bytes)
+    assert text == json.dumps(man, indent=2, sort_keys=True) + "\n"
+    assert man["binary_digit"] is None and man["params"] == {"alpha": 0.5}
+    assert man["versions"] == {"digitbatch": __version__, "scikit-learn": sklearn_version(),
+                               "numpy": np.__version__}
+    assert man["format_version"] == 1 and man["name"] == "sgd" and man["kind"] == "linear"
+    assert man["head"] == {"type": "linear"} and man["loss"] == m.loss
+    assert man["test"] == {"accuracy": 0.5}
+    assert man["model_sha256"] == sha256_file(out / MODEL_FILE)
+    assert load_model(out).model.params == {"alpha": 0.5}
+
+
+@pytest.mark.parametrize("name, binary_digit, features, text", [
+    ("detect-2", 2, "pixels", "raw 0-255 pixels, as the walk-through's detector"),
+    ("detect-2", 2, "deskew", "moment deskew, raw 0-255 scale"),
+    ("detect-2", 2, "kernel",
+     "moment deskew / 255 + HOG, PCA and Nystroem RBF (linear steps folded)"),
+    ("sgd", None, "deskew", "moment deskew, then / 255 (folded into the weights)"),
+    ("sgd", None, "pixels", "pixels / 255 (folded into the weights)"),
+])
+def test_manifest_names_the_preprocessing(model_path, tmp_path, name, binary_digit, features,
+                                          text):
+    import dataclasses
+
+    m = dataclasses.replace(load_model(model_path).model, name=name, features=features,
+                            binary_digit=binary_digit)
+    man = _manifest(save_model(m, tmp_path / "m", manifest={}))
+    assert man["input"]["preprocessing"] == text
+    assert man["binary_digit"] == binary_digit and man["features"] == features
+
+
+def _kernel_model(projection: bool):
+    from digitbatch import folding as FO
+    from digitbatch.models import CompactModel
+
+    rng = np.random.default_rng(0)
+    x, _ = synthetic_digits(4, seed=1)
+    probe = CompactModel(name="sgd-kernel", features="kernel", head=None, loss="hinge")
+    d = probe.featurize(x).shape[1]
+    z = 12 if projection else d
+    landmarks = rng.normal(size=(30, z))
+    head = FO.KernelPredictor(
+        projection=rng.normal(size=(d, z)) / d if projection else None,
+        offset=rng.normal(size=z) if projection else None,
+        landmarks=landmarks, landmark_sq_norms=(landmarks ** 2).sum(axis=1),
+        gamma=0.0625, weights=rng.normal(size=(30, 10)), intercept=rng.normal(size=10),
+        classes=np.arange(10))
+    return CompactModel(name="sgd-kernel", features="kernel", head=head, loss="hinge")
+
+
+@pytest.mark.parametrize("projection", [True, False])
+def test_kernel_head_round_trip(tmp_path, projection):
+    m = _kernel_model(projection)
+    loaded = load_model(save_model(m, tmp_path / "k", manifest={}))
+    assert loaded.manifest["head"] == {"type": "kernel", "gamma": 0.0625}
+    assert loaded.model.kind == "kernel" and loaded.model.head.gamma == 0.0625
+    assert (loaded.model.head.projection is None) is (not projection)
+    x, _ = synthetic_digits(50, seed=2)
+    f = m.featurize(x)
+    np.testing.assert_array_equal(loaded.model.head.decision_function(f),
+                                  m.head.decision_function(f))
+
+
+def test_kernel_head_shape_defects(tmp_path):
+    m = _kernel_model(True)
+    p = save_model(m, tmp_path / "k", manifest={})
+    _rewrite_npz(p, weights=np.ones((29, 10)))
+    with pytest.raises(ModelError, match=r"30 landmarks but weights \(29, 10\)"):
+        load_model(p)
+    m2 = save_model(m, tmp_path / "k2", manifest={})
+    with np.load(m2 / MODEL_FILE) as z:
+        arrays = {k: z[k] for k in z.files if k != "landmarks"}
+    with open(m2 / MODEL_FILE, "wb") as fh:
+        np.savez(fh, **arrays)
+    man = _manifest(m2)
+    man["model_sha256"] = sha256_file(m2 / MODEL_FILE)
+    _write_manifest(m2, man)
+    with pytest.raises(ModelError, match=r"lacks arrays \['landmarks'\]"):
+        load_model(m2)
+
+
+def test_model_at_a_url_round_trips_and_is_checked(model_path):
+    """memory:// stands for an object store (no network): upload, download, hash check."""
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    url = "memory://digitbatch-tests/models/m"
+    fs.rm("/digitbatch-tests", recursive=True) if fs.exists("/digitbatch-tests") else None
+    loaded = load_model(model_path)
+    save_model(loaded.model, url, manifest={"where": "bucket"})
+    assert sorted(p.rsplit("/", 1)[1] for p in fs.ls("/digitbatch-tests/models/m", detail=False)) \
+        == [MANIFEST_FILE, MODEL_FILE]
+    again = load_model(url)
+    assert str(again.path) == url and again.manifest["where"] == "bucket"
+    x, _ = synthetic_digits(100, seed=4)
+    np.testing.assert_array_equal(again.model.predict(x), loaded.model.predict(x))
+    with pytest.raises(ModelError, match="already exists"):
+        save_model(loaded.model, url, manifest={})
+    save_model(loaded.model, url, manifest={"where": "again"}, overwrite=True)
+    assert load_model(url).manifest["where"] == "again"
+    # a changed byte is refused, and the message names the URL, not a temporary copy
+    data = bytearray(fs.cat_file("/digitbatch-tests/models/m/" + MODEL_FILE))
+    data[100] ^= 1
+    fs.pipe_file("/digitbatch-tests/models/m/" + MODEL_FILE, bytes(data))
+    with pytest.raises(ModelError, match=rf"model {url}: model.npz has SHA-256") as info:
+        load_model(url)
+    assert "digitbatch-fetch-" not in str(info.value)
+    with pytest.raises(ModelError, match="does not exist: train one"):
+        load_model("memory://digitbatch-tests/models/none")
+    fs.rm("/digitbatch-tests", recursive=True)
