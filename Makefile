@@ -49,7 +49,7 @@ clean:
 # in place of predictions.py and score.py.
 MUTATE_MODULES ?= digitbatch/modelio.py digitbatch/metrics.py digitbatch/kernels.py \
                   digitbatch/predictions.py digitbatch/score.py digitbatch/sources/archive.py
-MUTATE_TESTS   ?= tests/test_modelio.py tests/test_metrics.py tests/test_kernels.py \
+MUTATE_TESTS   ?= tests/test_modelio.py tests/test_metrics.py tests/test_kernels.py tests/test_kernels_edges.py \
                   tests/test_scoring_output.py tests/test_scoring_record.py \
                   tests/faults/test_model_safety.py tests/test_score_archive.py \
                   tests/test_sources_images.py
