@@ -344,3 +344,28 @@ def test_model_at_a_url_round_trips_and_is_checked(model_path):
     with pytest.raises(ModelError, match="does not exist: train one"):
         load_model("memory://digitbatch-tests/models/none")
     fs.rm("/digitbatch-tests", recursive=True)
+
+
+def test_save_makes_missing_parents_and_logs(model_path, tmp_path, caplog):
+    import logging
+
+    loaded = load_model(model_path)
+    out = tmp_path / "a" / "b" / "m"
+    with caplog.at_level(logging.INFO, logger="digitbatch.modelio"):
+        save_model(loaded.model, out, manifest={})
+    assert load_model(out).sha256 == sha256_file(out / MODEL_FILE)
+    assert f"saved model sgd to {out}" in caplog.messages
+
+
+def test_a_failed_save_leaves_nothing_behind(model_path, tmp_path, monkeypatch):
+    import digitbatch.modelio as modelio
+
+    loaded = load_model(model_path)
+
+    def broken(path):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(modelio, "sha256_file", broken)
+    with pytest.raises(OSError, match="disk full"):
+        save_model(loaded.model, tmp_path / "m", manifest={})
+    assert list(tmp_path.iterdir()) == []  # neither the model nor its temporary
