@@ -295,7 +295,7 @@ def _rebuild(p: Path, manifest: dict, arrays: dict[str, np.ndarray]) -> CompactM
     try:
         fields = {f: arrays.get(f) for f in cls.__dataclass_fields__ if f not in _HEAD_SCALARS}
         missing = [f for f, v in fields.items()
-                   if v is None and f not in ("projection", "offset", "phase")]
+                   if v is None and f not in ("projection", "offset")]
         if missing:
             raise ModelError(f"model {p}: {MODEL_FILE} lacks arrays {missing}")
         scalars = {f: head_meta[f] for f in _HEAD_SCALARS if f in cls.__dataclass_fields__}

@@ -369,3 +369,105 @@ def test_a_failed_save_leaves_nothing_behind(model_path, tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         save_model(loaded.model, tmp_path / "m", manifest={})
     assert list(tmp_path.iterdir()) == []  # neither the model nor its temporary
+
+
+def _linear(tmp_path, *, weights, intercept, classes, name="detect-2", binary_digit=2):
+    from digitbatch import folding as FO
+    from digitbatch.models import CompactModel
+
+    head = FO.LinearPredictor(weights=weights, intercept=intercept, classes=np.asarray(classes))
+    m = CompactModel(name=name, features="pixels", head=head, loss="log_loss",
+                     binary_digit=binary_digit)
+    return m, save_model(m, tmp_path / f"m-{weights.shape[1]}-{len(classes)}", manifest={})
+
+
+def test_a_detector_round_trips(tmp_path):
+    rng = np.random.default_rng(0)
+    m, p = _linear(tmp_path, weights=rng.normal(size=(784, 1)), intercept=np.zeros(1),
+                   classes=[0, 1])
+    loaded = load_model(p)
+    assert loaded.model.binary_digit == 2 and loaded.model.n_classes == 2
+    x, _ = synthetic_digits(60, seed=3)
+    np.testing.assert_array_equal(loaded.model.predict(x), m.predict(x))
+
+
+@pytest.mark.parametrize("outputs, classes, match", [
+    (9, list(range(10)), "9 outputs for 10 classes: retrain it"),  # one column short
+    (1, [0], "1 outputs for 1 classes: retrain it"),                # a single class
+    (2, [0, 1, 2], "2 outputs for 3 classes"),
+])
+def test_outputs_must_fit_the_classes(tmp_path, outputs, classes, match):
+    _, p = _linear(tmp_path, weights=np.ones((784, outputs)), intercept=np.zeros(outputs),
+                   classes=classes, name="sgd", binary_digit=None)
+    with pytest.raises(ModelError, match=match):
+        load_model(p)
+
+
+@pytest.mark.parametrize("key, match", [
+    ("classes", r"classes \[0, 1, 2, 3, 4, 5, 6, 7, 8, 9\] differ from the manifest's None"),
+    ("name", r"manifest or arrays incomplete \('name'\): retrain it"),
+])
+def test_manifest_without_a_field_is_refused(copy, key, match):
+    m = _manifest(copy)
+    del m[key]
+    _write_manifest(copy, m)
+    with pytest.raises(ModelError, match=match):
+        load_model(copy)
+
+
+def test_manifest_naming_an_unknown_model(copy):
+    m = _manifest(copy)
+    m["name"] = "no-such-model"
+    _write_manifest(copy, m)
+    with pytest.raises(ModelError, match="manifest names model 'no-such-model', which this "
+                                         "digitbatch's catalogue does not have .*retrain it"):
+        load_model(copy)
+
+
+def test_manifest_classes_are_named_when_they_differ(copy):
+    m = _manifest(copy)
+    m["classes"] = list(range(1, 11))
+    _write_manifest(copy, m)
+    with pytest.raises(ModelError, match=r"differ from the manifest's \[1, 2, 3, 4, 5, 6, 7, 8, "
+                                         r"9, 10\]: retrain it"):
+        load_model(copy)
+
+
+def test_manifest_without_params_loads_empty_params(copy):
+    m = _manifest(copy)
+    del m["params"]
+    _write_manifest(copy, m)
+    assert load_model(copy).model.params == {}
+
+
+def _zip_members(p: Path, members: dict[str, bytes]) -> None:
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(p / MODEL_FILE, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    m = _manifest(p)
+    m["model_sha256"] = sha256_file(p / MODEL_FILE)
+    _write_manifest(p, m)
+
+
+def _npy(a) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, a)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("names, shown", [
+    (["weights.npy", "schema.json"], "['schema.json']"),         # not an array
+    (["weights.npy", "sub/intercept.npy"], "['sub/intercept.npy']"),  # in a folder
+    (["weights.npy", "a\\b.npy"], "['a\\\\b.npy']"),               # a Windows path
+    ([f"x{i}.txt" for i in range(7)], str([f"x{i}.txt" for i in range(5)])),  # first 5 named
+])
+def test_npz_members_other_than_plain_arrays_are_refused(copy, names, shown):
+    _zip_members(copy, {n: _npy(np.zeros(3)) for n in names})
+    with pytest.raises(ModelError) as info:
+        load_model(copy)
+    assert f"it holds {shown} (not .npy arrays): retrain it" in str(info.value)
