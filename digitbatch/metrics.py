@@ -33,7 +33,8 @@ def format_confusion(cm: np.ndarray, labels: list[str] | None = None) -> str:
     cm = np.asarray(cm, dtype=np.int64)
     k = cm.shape[0]
     labels = labels or [str(i) for i in range(k)]
-    width = max(5, len(str(int(cm.max(initial=0)))) + 1, len(str(int(cm.sum()))) + 1)
+    # (the grand total is the widest number: counts are never negative)
+    width = max(5, len(str(int(cm.sum()))) + 1)
     head = "true\\pred".ljust(10) + "".join(l.rjust(width) for l in labels) + "total".rjust(width + 1)
     lines = [head]
     for i in range(k):

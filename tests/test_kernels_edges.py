@@ -110,3 +110,62 @@ def test_prediction_histogram_has_every_class():
         [2, 1, 0, 0, 0, 0, 0, 0, 0, 0]
     assert kernels.prediction_histogram(np.array([1, 1], np.int8), 2).tolist() == [0, 2]
     assert kernels.prediction_histogram(np.zeros(0, np.int8)).tolist() == [0] * 10
+
+
+def test_binary_linear_scores_equal_float64_signs():
+    rng = np.random.default_rng(5)
+    X = rng.integers(0, 256, (300, 784)).astype(np.uint8)
+    w = rng.normal(size=(784, 1)) * 1e-3
+    b = np.array([-np.median(X @ w)])  # about half the rows on each side
+    d, idx = kernels.linear_scores(X, w, b)
+    want = (X.astype(np.float64) @ w + b)[:, 0] > 0
+    assert d.shape == (300, 1) and d.dtype == np.float32
+    np.testing.assert_array_equal(idx, want.astype(np.intp))
+    assert 50 < idx.sum() < 250
+    # a decision value of exactly 0 (and 0.5) is the negative (positive) class, as sklearn's
+    z = np.zeros((2, 784), np.uint8)
+    z[1, 0] = 1
+    _, idx = kernels.linear_scores(z, np.r_[[[0.5]], np.zeros((783, 1))], np.zeros(1))
+    assert idx.tolist() == [0, 1]
+
+
+def test_binary_ties_are_resolved_in_float64():
+    x = np.zeros((2, 784), np.uint8)
+    x[:, 0] = 200
+    w = np.zeros((784, 1))
+    w[0, 0] = 1e-12  # float32 decision 200e-12 + b rounds to b's float32
+    b = np.array([-200e-12 + 1e-13, -200e-12 - 1e-13])
+    for bi, want in zip(b, [1, 0]):
+        _, idx = kernels.linear_scores(x[:1], w, np.array([bi]))
+        assert idx.tolist() == [want]
+
+
+def test_linear_scores_with_top2():
+    rng = np.random.default_rng(6)
+    X = rng.integers(0, 256, (20, 784)).astype(np.uint8)
+    w = rng.normal(size=(784, 10))
+    d, idx, top = kernels.linear_scores(X, w, np.zeros(10), with_top2=True)
+    np.testing.assert_array_equal(top.first, d.max(axis=1))
+    assert len(kernels.linear_scores(X, w, np.zeros(10))) == 2
+    out = kernels.linear_scores(X, w[:, :1], np.zeros(1), with_top2=True)
+    assert len(out) == 3 and out[2] is None  # one column: no top-2
+    assert len(kernels.linear_scores(X, w[:, :1], np.zeros(1))) == 2
+    empty = kernels.linear_scores(X[:0], w, np.zeros(10), with_top2=True)
+    assert len(empty) == 3 and empty[2] is None and empty[1].shape == (0,)
+    assert len(kernels.linear_scores(X[:0], w, np.zeros(10))) == 2
+
+
+def test_close_rows_are_judged_relative_to_their_size():
+    """Decision values near 1e4 whose float32 rounding (~1e-3) exceeds their float64
+    gap: the tie margin grows with the values, so every row is recomputed in float64."""
+    rng = np.random.default_rng(7)
+    X = rng.integers(0, 256, (400, 784)).astype(np.uint8)
+    w0 = rng.normal(size=784) * 10
+    w = np.column_stack([w0, w0 + rng.normal(size=784) * 1e-5])
+    b = np.array([1e4, 1e4])
+    _, idx = kernels.linear_scores(X, w, b)
+    want = np.argmax(X.astype(np.float64) @ w + b, axis=1)
+    np.testing.assert_array_equal(idx, want)
+    # (the float32 product alone gets some of these rows wrong)
+    d32 = kernels.linear_decision(X, w, b)
+    assert (np.argmax(d32, axis=1) != want).any()

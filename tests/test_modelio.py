@@ -471,3 +471,60 @@ def test_npz_members_other_than_plain_arrays_are_refused(copy, names, shown):
     with pytest.raises(ModelError) as info:
         load_model(copy)
     assert f"it holds {shown} (not .npy arrays): retrain it" in str(info.value)
+
+
+def test_upload_is_logged(model_path, caplog):
+    import logging
+
+    import fsspec
+
+    url = "memory://digitbatch-tests-log/m"
+    with caplog.at_level(logging.INFO, logger="digitbatch.modelio"):
+        save_model(load_model(model_path).model, url, manifest={})
+    assert f"uploaded model sgd to {url}" in caplog.messages
+    fsspec.filesystem("memory").rm("/digitbatch-tests-log", recursive=True)
+
+
+def test_manifest_without_versions_or_model_file(copy):
+    m = _manifest(copy)
+    del m["model_file"]  # the default, model.npz
+    _write_manifest(copy, m)
+    assert load_model(copy).sha256 == m["model_sha256"]
+    del m["versions"]
+    _write_manifest(copy, m)
+    with pytest.raises(ModelError, match="trained with scikit-learn None"):
+        load_model(copy)
+
+
+def test_errors_name_the_model_directory(copy):
+    with np.load(copy / MODEL_FILE) as z:
+        w = z["weights"]
+    good = copy.parent / "good"
+    shutil.copytree(copy, good)
+    cases = [
+        (lambda: _rewrite_npz(copy, weights=w * np.nan), "holds NaN"),          # _read_arrays
+        (lambda: _rewrite_npz(copy, classes=np.arange(1, 11)), "differ from"),  # _check_shapes
+        (lambda: _write_manifest(copy, {**_manifest(copy), "kind": "forest"}), "unsupported"),
+    ]
+    for damage, what in cases:
+        shutil.rmtree(copy)
+        shutil.copytree(good, copy)
+        damage()
+        with pytest.raises(ModelError, match=what) as info:
+            load_model(copy)
+        assert str(info.value).startswith(f"model {copy}: "), str(info.value)
+
+
+def test_one_output_for_ten_classes_is_refused(tmp_path):
+    _, p = _linear(tmp_path, weights=np.ones((784, 1)), intercept=np.zeros(1),
+                   classes=list(range(10)), name="sgd", binary_digit=None)
+    with pytest.raises(ModelError, match="1 outputs for 10 classes"):
+        load_model(p)
+
+
+def test_hash_with_letters_past_f_is_refused(copy):
+    m = _manifest(copy)
+    m["model_sha256"] = "X" * 64
+    _write_manifest(copy, m)
+    with pytest.raises(ModelError, match="model_sha256 'XXXX"):
+        load_model(copy)
