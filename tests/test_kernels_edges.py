@@ -169,3 +169,21 @@ def test_close_rows_are_judged_relative_to_their_size():
     # (the float32 product alone gets some of these rows wrong)
     d32 = kernels.linear_decision(X, w, b)
     assert (np.argmax(d32, axis=1) != want).any()
+
+
+def test_binary_rows_near_zero_get_their_sign_from_float64():
+    """Decision values ~700 cancelled by the intercept to within 1e-5: float32 rounding
+    (~1e-4) picks the wrong sign for some rows; those are within the tie margin and
+    recomputed in float64."""
+    rng = np.random.default_rng(9)
+    X = rng.integers(0, 256, (200, 784)).astype(np.uint8)
+    w = rng.normal(size=(784, 1)) * 0.1
+    exact = (X.astype(np.float64) @ w)[:, 0]
+    wrong32 = 0
+    for i in range(200):
+        delta = 1e-5 if i % 2 else -1e-5
+        b = np.array([-exact[i] + delta])
+        d, idx = kernels.linear_scores(X[i:i + 1], w, b)
+        assert idx.tolist() == [int(delta > 0)], i
+        wrong32 += int((d[0, 0] > 0) != (delta > 0))
+    assert wrong32 > 0  # (float32 alone gets some signs wrong)
