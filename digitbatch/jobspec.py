@@ -40,7 +40,8 @@ SCHEMA: dict[str, dict[str, tuple[str, object]]] = {
               "overwrite": ("bool", None)},
     "score": {"input": ("path", None), "model": ("path", None), "out": ("path", None),
               "resume": ("bool", None), "overwrite": ("bool", None), "proba": ("bool", None),
-              "labels": ("path", None), "task_timeout": ("int", (0, None))},
+              "labels": ("path", None), "task_timeout": ("int", (0, None)),
+              "break_lock": ("bool", None)},
     "report": {"predictions": ("path", None), "out": ("path", None), "store": ("path", None),
                "top": ("int", (1, 400))},
 }

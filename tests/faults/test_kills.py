@@ -207,10 +207,6 @@ def _nightly(job: Path, tmp_path: Path, *extra_sets: str) -> list[str]:
             str(REPO / "jobs" / "nightly-score.toml"), *[f"--set={s}" for s in sets]]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a job spec cannot break a dead run's lock: jobspec.py's [score] keys lack "
-    "break_lock, so the rerun of a killed nightly job is refused (OutputLockedError) "
-    "until a person removes PRED.zarr/.lock"))
 def test_job_spec_killed_then_rerun_with_break_lock_resumes(job, tmp_path):
     """The cron rerun of a killed nightly job resumes by itself (score.break_lock = true)."""
     out = tmp_path / "pred-2026-11-24.zarr"
@@ -228,8 +224,8 @@ def test_job_spec_killed_then_rerun_resumes(job, tmp_path):
     cmd = _nightly(job, tmp_path)
     before = kill_on_progress(cmd, out, at=N_CHUNKS // 3, total=N_CHUNKS)
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 1 and "OutputLockedError" in r.stdout + r.stderr  # (see the xfail)
-    (out / ".lock").unlink()  # the dead run's: the spec cannot break it, a person removes it
+    assert r.returncode == 1 and "OutputLockedError" in r.stdout + r.stderr  # (without score.break_lock)
+    (out / ".lock").unlink()  # the dead run's lock, removed by hand here
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     _check_resumed(out, job / "ref.zarr", before, n=N_IMAGES, total=N_CHUNKS)
