@@ -87,9 +87,6 @@ def cluster_options(f=None, *, check: bool = True):
     return wrapper
 
 
-scheduler_option = cluster_options  # the older name
-
-
 @click.group(cls=_Group)
 @click.version_option(__version__, prog_name="digitbatch")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
@@ -222,7 +219,7 @@ def score(store, model, out, resume, proba, break_lock, labels, task_timeout, as
     from .metrics import format_confusion
     from .score import score as run
 
-    extra = {} if task_timeout is None else {"task_timeout": task_timeout or None}
+    extra = {} if task_timeout is None else {"task_timeout": task_timeout}
     with _progress("score") as progress:
         r = run(store, model=model, out=out, scheduler=scheduler, resume=resume, proba=proba,
                 break_lock=break_lock, labels=labels, progress=progress, **extra)
@@ -250,11 +247,12 @@ def predict(images, model, as_json):
     from .modelio import load_model
     from .predict import describe, predict_files
 
-    results = predict_files(list(images), model=model)
+    loaded = load_model(model)
+    results = predict_files(list(images), model=loaded)
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in results], indent=2))
     else:
-        digit = load_model(model).model.binary_digit
+        digit = loaded.model.binary_digit
         for r in results:
             click.echo(describe(r, binary_digit=digit))
     if any(r.error for r in results):

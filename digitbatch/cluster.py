@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import DigitbatchError
+from .errors import ClusterError  # noqa: F401  (raised here; callers import it from either)
 
 log = logging.getLogger(__name__)
 
@@ -50,16 +50,11 @@ WORKER_ENV = {
 
 # Dask config of the LocalClusters started here. The worker's statistical
 # profiler (the dashboard's "Profile" page) samples the task threads' stacks
-# every 10 ms on the worker's event loop: during a 10 s cross-validation fold
-# fit, the worker's other threads used 0.8-1.1 s of CPU with it and 0.3 s
-# without (measured: process time minus the fit thread's, 3 fits each), CPU
-# taken from the task threads of a 2-core machine. A user who wants the
+# on the worker's event loop, and during a cross-validation fold fit that
+# CPU is taken from the task threads of a small machine (README, "Measured
+# defaults"). A user who wants the
 # profile runs their own scheduler (--scheduler ADDRESS) with their config.
 LOCAL_CLUSTER_CONFIG = {"distributed.worker.profile.enabled": False}
-
-
-class ClusterError(DigitbatchError, RuntimeError):
-    """The Dask cluster could not be started or joined."""
 
 
 CONNECT_TIMEOUT = "20s"

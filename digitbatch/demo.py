@@ -1,4 +1,7 @@
-"""The main job end to end on the embedded sample: what `make demo` runs."""
+"""Ingest, train and score end to end on the embedded sample: ``digitbatch demo``.
+
+(`make demo` runs the same steps as a job spec, jobs/quickstart.toml.)
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Named exceptions: every error digitbatch raises on purpose.
+"""Named exceptions: every exception class of digitbatch is defined here.
 
 Each class also subclasses the builtin a caller would naturally catch
 (``ValueError``, ``FileExistsError`` ...), as scikit-learn's
@@ -83,8 +83,27 @@ class ScoreError(DigitbatchError, ValueError):
     """Scoring cannot proceed (bad input, existing output, ...)."""
 
 
+class OutputLockedError(ScoreError):
+    """Another run is writing this scoring output (or left a stale lock)."""
+
+
+class IncompleteOutputError(ScoreError):
+    """A scoring output is missing committed chunks or its _SUCCESS marker."""
+
+
+class ReportError(DigitbatchError, ValueError):
+    """A report cannot be written with these arguments."""
+
+
 class StorageError(DigitbatchError, OSError):
     """A URL's filesystem is unavailable or cannot give a needed guarantee."""
+
+
+# --- the cluster -------------------------------------------------------------
+
+
+class ClusterError(DigitbatchError, RuntimeError):
+    """The Dask cluster could not be started or joined."""
 
 
 # --- jobs -------------------------------------------------------------------

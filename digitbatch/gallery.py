@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .digits import IMAGE_SHAPE
+
 log = logging.getLogger(__name__)
 
 # Inches: the width of a gallery panel (its image is square) and the page heading.
@@ -44,7 +46,7 @@ def fetch_rows(images, labels, keys, rows: Sequence[int]) -> tuple[np.ndarray, n
     """Images, labels and keys of a few ``rows`` of Zarr arrays, read by orthogonal index."""
     rows = np.asarray(rows, dtype=np.int64)
     if rows.size == 0:
-        return np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.int8), []
+        return np.zeros((0, *IMAGE_SHAPE), np.uint8), np.zeros(0, np.int8), []
     return (np.asarray(images.oindex[rows]), np.asarray(labels.oindex[rows]),
             [str(k) for k in keys.oindex[rows]])
 

@@ -73,7 +73,8 @@ def _image_batches(path: Path, ex, *, batch_size: int, max_member_bytes: int,
     here and their bytes shipped to the tasks. ``stream`` streams every
     container (a local copy of a remote source, which workers cannot see).
     """
-    from .sources.images import Member, MemberRef, decode_batch, detect_image_source, iter_members
+    from .sources.base import MemberRef
+    from .sources.images import Member, decode_batch, detect_image_source, iter_members
     from .sources.refs import decode_refs, iter_refs, pack_refs, seekable_kind
 
     container = detect_image_source(path)

@@ -71,7 +71,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -149,9 +148,7 @@ _STEP_FUNCS = {"ingest": _step_ingest, "train": _step_train, "score": _step_scor
 
 def _write_summary(path: Path, summary: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    storage.write_atomic(path, json.dumps(summary, indent=2, default=str) + "\n")
 
 
 def run_job(job: Job, *, scheduler: cluster.Scheduler = None) -> dict:

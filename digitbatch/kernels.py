@@ -20,12 +20,10 @@ def flatten(images: np.ndarray) -> np.ndarray:
 
 
 # Rows converted and multiplied at a time: the float copy of a block stays in
-# cache, which made the product twice as fast as converting a whole 32k-image
-# chunk first. Per 32k chunk, one thread, on a 2 MiB-L2 machine: 128 rows
-# 17.3 ms, 256 16.1, 512 16.5, 1024 17.3, 2048 17.9, 4096 18.0; on a 512 KiB-L2
-# machine, two threads, images/s: 128 3.9M, 256 4.2M, 512 4.3M, 1024 4.5M,
-# 2048 4.4M. 512 is within 3% of the best on both, and each block is a few
-# GIL round trips, which scoring's worker threads share: fewer is better.
+# cache, which is much faster than converting a whole chunk first. 512 was
+# near the best on machines with 512 KiB and 2 MiB of L2 (README, "Measured
+# defaults"), and each block is a few GIL round trips, which scoring's worker
+# threads share: fewer is better.
 BLOCK_ROWS = 512
 
 

@@ -45,21 +45,20 @@ log = logging.getLogger(__name__)
 
 LAYOUT_VERSION = 1
 # (the digit constants live in digits.py, without Zarr; re-exported here)
-# 32,768 images = 25.7 MB raw per chunk: large enough that per-task overhead
-# is small against the work, small enough for two tasks per core in memory.
+# Large enough that per-task overhead is small against the work, small
+# enough for two tasks per core in memory.
 DEFAULT_CHUNK_SIZE = 32_768
 MIN_CHUNK_SIZE = 256
-# LZ4 decodes MNIST chunks about 3x faster than zstd (8 ms vs 26 ms per 32k
-# shifted images here) at a 3.5x instead of 4.8x ratio; scoring is
-# decode-bound, disk is cheap. Level 9 (Blosc: LZ4's slowest "fast" setting,
-# 256 KiB blocks) against 5: 3.49x instead of 3.14x, decodes 8-10% faster,
-# encodes at about the same speed (39 vs 34 ms). LZ4HC decodes faster still
-# (6.7 ms at 4.1x) but encodes 5x slower (196 ms per chunk), which ingest pays.
+# LZ4 decodes MNIST chunks several times faster than zstd at a somewhat lower
+# ratio; scoring is decode-bound, disk is cheap. Level 9 (Blosc: LZ4's slowest
+# "fast" setting) compresses better than 5 and decodes faster at about the
+# same encoding speed; LZ4HC decodes faster still but encodes several times
+# slower, which ingest pays (README, "Measured defaults").
 COMPRESSORS = (BloscCodec(cname="lz4", clevel=9, shuffle="noshuffle"),)
 # Codecs of the images array a store can be written with (``ingest --codec``).
-# "none" keeps Blosc's framing (header, checks) around the raw bytes: 3.1x the
-# disk, but a scoring task maps the chunk and reads it in place instead of
-# decoding it (LZ4: 9-14 ms of a ~50 ms task per 32k images here).
+# "none" keeps Blosc's framing (header, checks) around the raw bytes: several
+# times the disk, but a scoring task maps the chunk and reads it in place
+# instead of decoding it.
 IMAGE_CODECS = {
     "lz4": COMPRESSORS,
     "none": (BloscCodec(cname="lz4", clevel=0, shuffle="noshuffle"),),

@@ -202,9 +202,14 @@ def search_grid(name: str, features: str | None = None) -> dict:
 
 def target(spec: ModelSpec, labels: np.ndarray) -> np.ndarray:
     """What the model predicts: the digit, or 1/0 for 'is it DIGIT' (unknown stays unknown)."""
-    if spec.binary_digit is None:
+    return binary_target(labels, spec.binary_digit)
+
+
+def binary_target(labels: np.ndarray, digit: int | None) -> np.ndarray:
+    """``labels``, or 1/0 for 'is it ``digit``' when a digit is given (unknown stays unknown)."""
+    if digit is None:
         return labels
-    out = (labels == spec.binary_digit).astype(np.int8)
+    out = (labels == digit).astype(np.int8)
     out[labels == UNKNOWN_LABEL] = UNKNOWN_LABEL
     return out
 

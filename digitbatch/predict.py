@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import SourceNotFoundError
-from .modelio import load_model
+from .modelio import LoadedModel, load_model
 from .sources.images import DEFAULT_MAX_MEMBER_BYTES, decode_batch
 
 log = logging.getLogger(__name__)
@@ -43,12 +43,15 @@ def _read(path: Path, limit: int) -> bytes | str:
     return data
 
 
-def predict_files(paths: list[str | os.PathLike], *, model: str | os.PathLike,
+def predict_files(paths: list[str | os.PathLike], *, model: str | os.PathLike | LoadedModel,
                   max_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> list[Prediction]:
-    """Predict the digit of each image file; unreadable files get an ``error``."""
+    """Predict the digit of each image file; unreadable files get an ``error``.
+
+    ``model`` is a model directory, or a model :func:`~digitbatch.modelio.load_model` loaded.
+    """
     if not paths:
         raise SourceNotFoundError("no image files given: name at least one")
-    m = load_model(model).model
+    m = (model if isinstance(model, LoadedModel) else load_model(model)).model
     out: dict[int, Prediction] = {}
     items = []
     for i, p in enumerate(map(Path, paths)):

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ScoreError
+from .errors import IncompleteOutputError, OutputLockedError, ScoreError
 from . import storage
 from .layout import COMPRESSORS, chunk_bounds, write_rows
 
@@ -48,18 +48,6 @@ METRICS = "metrics.json"
 LOCK = ".lock"
 ATTRS_KEY = "digitbatch_predictions"
 OUTPUT_VERSION = 1
-
-
-class OutputLockedError(ScoreError):
-    """Another run is writing this output (or left a stale lock)."""
-
-
-class IncompleteOutputError(ScoreError):
-    """The output is missing chunks or its _SUCCESS marker."""
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    storage.write_atomic(path, text)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -212,7 +200,7 @@ def write_chunk(out_path: str, i: int, start: int, stop: int, *, pred: np.ndarra
             arr[start:stop] = rows
     record = {"chunk": i, "start": start, "stop": stop,
               **{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in counts.items()}}
-    _atomic_write(commit_path(out_path, i), json.dumps(record))
+    storage.write_atomic(commit_path(out_path, i), json.dumps(record))
 
 
 def open_group_cached(path: str, mode: str = "r+"):
@@ -265,8 +253,8 @@ def _open_array(group_id: int, name: str, group) -> object:
 def finalize(out: Path, metrics: dict) -> None:
     """metrics.json, then _SUCCESS (with the same metrics): the last writes of a run."""
     text = json.dumps(metrics, indent=2) + "\n"
-    _atomic_write(out / METRICS, text)
-    _atomic_write(out / SUCCESS, text)
+    storage.write_atomic(out / METRICS, text)
+    storage.write_atomic(out / SUCCESS, text)
 
 
 @dataclass(frozen=True)

@@ -30,9 +30,11 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, gallery, storage
-from .errors import DigitbatchError, StoreError, StoreNotFoundError
+from .errors import ReportError, StoreError, StoreNotFoundError
 from .layout import chunk_bounds, open_store
+from .digits import IMAGE_SHAPE
 from .metrics import format_confusion
+from .models import binary_target
 from .predictions import PRED_FILL, Predictions, open_predictions
 
 log = logging.getLogger(__name__)
@@ -41,10 +43,6 @@ DEFAULT_TOP_K = 36
 MAX_TOP_K = 400
 WRONG = "#b00020"
 UNKNOWN = "#555555"
-
-
-class ReportError(DigitbatchError, ValueError):
-    """A report cannot be written with these arguments."""
 
 
 class TopK:
@@ -110,10 +108,8 @@ def class_names(metrics: dict) -> list[str]:
 
 
 def _target(labels: np.ndarray, digit: int | None) -> np.ndarray:
-    """Store labels as the model's target (as :func:`digitbatch.models.target`)."""
-    if digit is None:
-        return labels.astype(np.int64)
-    return np.where(labels < 0, -1, (labels == digit).astype(np.int64))
+    """Store labels as the model's target (:func:`digitbatch.models.binary_target`)."""
+    return binary_target(np.asarray(labels), digit).astype(np.int64)
 
 
 def select_rows(p: Predictions, labels, *, k: int, digit: int | None) -> Selection:
@@ -209,7 +205,7 @@ def _archive_images(path: Path):
     kind, seekable, entries = list_slots(path, limit=limit, stream=identity is not None)
 
     def images_of(keys: list[str], _keep=keep) -> np.ndarray:
-        out = np.zeros((len(keys), 28, 28), np.uint8)
+        out = np.zeros((len(keys), *IMAGE_SHAPE), np.uint8)
         at = {k: i for i, k in enumerate(keys)}
         chosen = [e for e in entries if e.key in at and hasattr(e, "offset" if seekable else "data")]
         items = read_refs(str(path), kind, chosen, limit=limit) if seekable else chosen
@@ -455,9 +451,7 @@ def write_report(pred: str | os.PathLike, *, out: str | os.PathLike,
     page = _html(p, inp, store, m, names, files, sel, model_rows, note, confusion_text,
                  time.perf_counter() - t0)
     html_path = out / "report.html"
-    tmp = out / ".report.html.tmp"
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, html_path)
+    storage.write_atomic(html_path, page)
     files["html"] = html_path
     seconds = time.perf_counter() - t0
     log.info("wrote the report of %s to %s in %.2f s", p.path, out, seconds)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,16 +37,16 @@ from .layout import (
     DEFAULT_CHUNK_SIZE, chunk_bounds, copy_chunk, open_store, read_rows, validate_chunk_size,
 )
 from .modelio import load_model
-from .predictions import (
-    METRICS, SUCCESS, IncompleteOutputError, OutputSpec, check_resume, committed, create_output,
-    finalize, open_array_cached, run_lock, write_chunk,
+from .predictions import (  # noqa: F401  (PRED_FILL: re-exported)
+    METRICS, PRED_FILL, SUCCESS, IncompleteOutputError, OutputSpec, check_resume, committed,
+    create_output, finalize, open_array_cached, run_lock, write_chunk,
 )
 
-from .score_tasks import _MAX_KEYS_LISTED, DEFAULT_TASK_TIMEOUT, _run, _task_images
+from .determinism import deterministic_scores, one_blas_thread
+from .score_tasks import MAX_KEYS_LISTED, DEFAULT_TASK_TIMEOUT, run, task_images
 
 log = logging.getLogger(__name__)
 
-PRED_FILL = -1
 METRICS_FILE = METRICS
 # Bumped when a field of metrics.json is renamed or changes meaning (docs/schemas.md).
 METRICS_SCHEMA_VERSION = 1
@@ -198,11 +197,11 @@ def _score(stack, source, loaded, out, *, scheduler, resume, proba, break_lock, 
         log.info("scoring %d of %d chunks (%d committed before)", len(todo), plan.n_chunks,
                  len(done))
         if progress is not None:
-            progress(0, total=sum(_task_images(t) for t in todo))
+            progress(0, total=sum(task_images(t) for t in todo))
         with one_blas_thread():  # (for tasks that run in this process's threads)
-            _run(todo, scheduler, plan.fn, plan.kwargs, broadcast=plan.broadcast,
+            run(todo, scheduler, plan.fn, plan.kwargs, broadcast=plan.broadcast,
                  progress=progress, task_timeout=task_timeout, describe=plan.describe,
-                 processes=plan.processes, batch=plan.batch,
+                 processes=plan.processes, batch=plan.batch, stuck_on=plan.stuck_on,
                  committed=lambda: set(committed(out)))
         records = committed(out)
         missing = sorted(set(range(plan.n_chunks)) - set(records))
@@ -215,7 +214,7 @@ def _score(stack, source, loaded, out, *, scheduler, resume, proba, break_lock, 
 
             compact(out, chunk_size=plan.chunk_size, n_classes=m.n_classes, proba=proba)
         seconds = time.perf_counter() - t0
-        n_this_run = sum(_task_images(t) for t in todo)
+        n_this_run = sum(task_images(t) for t in todo)
         total = reduce_records(ordered, m.n_classes)
         rejects = [r for rec in ordered for r in rec.get("rejects", [])]
         result = metrics.summarize(total["confusion"])
@@ -265,14 +264,15 @@ class _Plan:
     archive: object = None
     prepare: object = None  # called with the output path before tasks run
     describe: object = None  # task -> the image keys it covers (for error messages)
+    stuck_on: object = None  # on a worker: chunk i -> the member it is decoding, or None
     # A LocalCluster started for the run has worker processes, or threads
-    # (store chunks: our numpy kernel only, which releases the GIL; a
-    # 4M-image run then saves 1.4 s of worker start and stop, 15% of it).
+    # (store chunks: our numpy kernel only, which releases the GIL; no
+    # worker processes to start and stop).
     # Archives decode with Pillow, whose crash on a hostile image must kill
     # only a worker process.
     processes: bool = True
-    # Several chunks may share a Dask task (score_tasks.batches): store chunks,
-    # each ~40 ms of numpy. Archive chunks decode images for a minute each.
+    # Several chunks may share a Dask task (score_tasks.batches): store chunks
+    # are short. Archive chunks decode images for a long time each.
     batch: bool = False
 
     def tasks(self, done: set[int]) -> list:
@@ -295,7 +295,7 @@ def _plan(source: Path, model, *, proba, labels, chunk_size, limit, stack=None) 
             tasks_of=lambda done: [(i, a, b) for i, (a, b) in enumerate(chunks) if i not in done],
             describe=lambda task: _store_keys(s, task), processes=False, batch=True,
         )
-    from .score_archive import create_staging, fingerprint, list_slots, score_slots, tasks
+    from .score_archive import create_staging, decoding, fingerprint, list_slots, score_slots, tasks
     from .sources.labels import load_labels
 
     chunk_size = validate_chunk_size(chunk_size)
@@ -326,7 +326,7 @@ def _plan(source: Path, model, *, proba, labels, chunk_size, limit, stack=None) 
         tasks_of=tasks_of, archive=(kind, seekable),
         prepare=lambda out: create_staging(out, n=len(entries), chunk_size=chunk_size,
                                            n_classes=model.n_classes, proba=proba),
-        describe=lambda task: _listed([e.key for e in task[2]]),
+        describe=lambda task: _listed([e.key for e in task[2]]), stuck_on=decoding,
     )
     return plan
 
@@ -335,60 +335,6 @@ def open_metrics(out: Path) -> dict:
     import json
 
     return json.loads((storage.to_path(out) / SUCCESS).read_text())
-
-
-_BLAS = None  # a ThreadpoolController, made once per process (its library scan is slow)
-_BLAS_LOCK = threading.Lock()
-_BLAS_PINNED = False  # BLAS is on one thread in this process (see deterministic_scores)
-
-
-def _blas():
-    global _BLAS
-    if _BLAS is None:
-        from threadpoolctl import ThreadpoolController
-
-        _BLAS = ThreadpoolController()
-    return _BLAS
-
-
-def deterministic_scores(model, images, *, proba: bool = True):
-    """``model.score_chunk`` with BLAS on one thread.
-
-    OpenBLAS sums in a different order with more threads, which changes the
-    last bits of float32 decision values, hence of ``proba`` and ``margin``
-    (never ``pred``: close rows are rescored in float64). One thread makes
-    the output bytes the same on every scheduler and machine size.
-
-    The limit is process-wide and is set once, not per call: worker threads
-    score at once, and a limit undone by one thread while another still
-    multiplies (or toggled between 1 and n threads between calls, seen to
-    change the bytes) is not deterministic. In a worker process it stays
-    set, as Dask's own default worker environment has it
-    (``OPENBLAS_NUM_THREADS=1``); in the process that runs a scoring job,
-    :func:`one_blas_thread` holds it for the run and undoes it after.
-    """
-    global _BLAS_PINNED
-    if not _BLAS_PINNED:
-        with _BLAS_LOCK:
-            if not _BLAS_PINNED:
-                _blas().limit(limits=1, user_api="blas")
-                _BLAS_PINNED = True
-    return model.score_chunk(images, proba=proba)
-
-
-@contextlib.contextmanager
-def one_blas_thread():
-    """BLAS on one thread in this process for the block, restored after."""
-    global _BLAS_PINNED
-    with _BLAS_LOCK:
-        limiter = _blas().limit(limits=1, user_api="blas")
-        was, _BLAS_PINNED = _BLAS_PINNED, True
-    try:
-        yield
-    finally:
-        with _BLAS_LOCK:
-            limiter.restore_original_limits()
-            _BLAS_PINNED = was
 
 
 def _check_timeout(task_timeout) -> float | None:
@@ -403,14 +349,14 @@ def _check_timeout(task_timeout) -> float | None:
 
 def _listed(keys: list[str]) -> list[str]:
     """``keys``, or its first and last when there are many."""
-    return list(keys) if len(keys) <= _MAX_KEYS_LISTED else [keys[0], keys[-1]]
+    return list(keys) if len(keys) <= MAX_KEYS_LISTED else [keys[0], keys[-1]]
 
 
 def _store_keys(store, task) -> list[str]:
     i, a, b = task
     try:
         keys = store.keys
-        return ([str(keys[a]), str(keys[b - 1])] if b - a > _MAX_KEYS_LISTED
+        return ([str(keys[a]), str(keys[b - 1])] if b - a > MAX_KEYS_LISTED
                 else [str(k) for k in keys[a:b]])
     except Exception as exc:  # the message must not fail because the store is unreadable
         log.debug("cannot read the keys of rows %d-%d: %s", a, b, exc)

@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .determinism import deterministic_scores
 from .errors import ScoreError
 from .kernels import confusion_counts, prediction_histogram
 from .layout import COMPRESSORS, IMAGE_SHAPE, LABEL_DTYPE, UNKNOWN_LABEL, chunk_bounds
 from . import storage
 from .predictions import PRED_FILL, open_group_cached, write_chunk
-from .sources.archive import Member
 from .sources.base import MemberRef, Reject
 from .sources.images import decode_one, detect_image_source, iter_members
 from .sources.labels import LabelMap
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 STAGING = "_staging"
 # Chunk index -> the key of the member a task of this worker process is
 # decoding now: what a chunk cancelled for running too long was stuck on
-# (read by digitbatch.score through Client.run).
+# (the runner, digitbatch.score_tasks, asks a worker through Client.run).
 _DECODING: dict[int, str] = {}
 
 
@@ -76,11 +76,6 @@ def fingerprint(path: Path, entries: list, identity: str | None = None) -> str:
     for e in entries:
         h.update(e.key.encode("utf-8", "surrogateescape") + b"\n")
     return "archive-sha256:" + h.hexdigest()
-
-
-def _folder_label(key: str) -> int | None:
-    parent = key.split("/")[-2:-1]
-    return int(parent[0]) if parent and len(parent[0]) == 1 and parent[0].isdigit() else None
 
 
 def score_slots(task: tuple[int, int, list], *, out_path: str, model, proba: bool,
@@ -122,8 +117,6 @@ def score_slots(task: tuple[int, int, list], *, out_path: str, model, proba: boo
     probs = np.full((n, model.n_classes), np.nan, np.float32) if proba else None
     idx = np.flatnonzero(valid)
     if idx.size:
-        from .score import deterministic_scores
-
         p, mg, pr = deterministic_scores(model, images[idx], proba=proba)
         pred[idx], margin[idx] = p, mg
         if proba:

@@ -29,7 +29,7 @@ DEFAULT_TASK_TIMEOUT = 1800.0
 # How a chunk failed on the cluster (ChunkFailedError.failures[i]["kind"]).
 KILLED, TIMED_OUT, CANCELLED = "workers-died", "timed-out", "cancelled"
 # Image keys a ChunkFailedError lists per chunk; a longer chunk gives its first and last.
-_MAX_KEYS_LISTED = 20
+MAX_KEYS_LISTED = 20
 
 
 
@@ -37,22 +37,21 @@ _MAX_KEYS_LISTED = 20
 # Store chunks go to Dask in batches of up to this many: each Dask task costs
 # the scheduler, worker and client a few ms of Python on their event loops,
 # and on a threaded LocalCluster that Python shares the GIL with the chunk
-# work (a worker thread coming back from numpy waits for it). Measured on 4M
-# images (123 chunks of 32k, 2 worker threads, in-process, 4 interleaved
-# rounds): 1 chunk per task 3.0-3.9 s, 2: 2.6-3.1 s, 3-4: 2.3-3.1 s.
+# work (a worker thread coming back from numpy waits for it). 3-4 chunks per
+# task scored fastest (README, "Measured defaults").
 MAX_CHUNKS_PER_BATCH = 4
 # ...but at least this many batches per worker, so that the last ones
 # still keep every worker busy (and progress still moves).
 MIN_BATCHES_PER_WORKER = 8
 
 
-def _task_images(task) -> int:
+def task_images(task) -> int:
     """Images (or archive members) one task covers: what progress counts."""
     return len(task[2]) if isinstance(task[2], list) else task[2] - task[1]
 
 
 def _batch_images(batch: list) -> int:
-    return sum(_task_images(t) for t in batch)
+    return sum(task_images(t) for t in batch)
 
 
 def batches(todo: list, n_workers: int, *, batch: bool = True) -> list[list]:
@@ -79,15 +78,8 @@ def _executing(dask_worker=None) -> dict:
             if k in tasks and tasks[k].start_time is not None}
 
 
-def _stuck_on(i: int) -> str | None:
-    """On a worker: the archive member chunk ``i`` is decoding now (None for store chunks)."""
-    from .score_archive import decoding
-
-    return decoding(i)
-
-
-def _run(todo, scheduler, fn, kwargs, *, broadcast, progress=None, task_timeout=None,
-         describe=None, processes=True, batch=False, committed=None) -> None:
+def run(todo, scheduler, fn, kwargs, *, broadcast, progress=None, task_timeout=None,
+        describe=None, processes=True, batch=False, committed=None, stuck_on=None) -> None:
     """Run ``fn(task, **kwargs, **broadcast)`` for every task (see the module docstring).
 
     ``processes``: whether a LocalCluster started here has worker processes
@@ -95,6 +87,8 @@ def _run(todo, scheduler, fn, kwargs, *, broadcast, progress=None, task_timeout=
     share a Dask task (:func:`batches`; ``task_timeout`` then applies per
     chunk of a batch). ``committed``: returns the chunk indices committed so
     far, so that a failed batch does not report its chunks that were.
+    ``stuck_on``: run on a worker, chunk index -> what that chunk is busy
+    with (the archive member it decodes), named when it is cancelled.
     """
     if not todo:
         return
@@ -103,7 +97,7 @@ def _run(todo, scheduler, fn, kwargs, *, broadcast, progress=None, task_timeout=
             for task in todo:
                 fn(task, **kwargs, **broadcast)
                 if progress is not None:
-                    progress(_task_images(task))
+                    progress(task_images(task))
             return
         client = ex.client
         # The model (and labels) go to each worker once and tasks refer to them
@@ -118,7 +112,7 @@ def _run(todo, scheduler, fn, kwargs, *, broadcast, progress=None, task_timeout=
         futures = client.map(run_batch, work, fn=fn, **kwargs, **shared, pure=False,
                              retries=TASK_RETRIES)
         failures = _gather_commits(client, futures, work, progress=progress,
-                                   task_timeout=task_timeout)
+                                   task_timeout=task_timeout, stuck_on=stuck_on)
         killed = [f for f in failures if f[2] == KILLED]
         if len(killed) > 1 or any(len(f[0]) > 1 for f in killed):
             # A worker's death counts against every task it held, queued ones too,
@@ -136,7 +130,8 @@ def _run(todo, scheduler, fn, kwargs, *, broadcast, progress=None, task_timeout=
                 failures += [(t, r + ", running alone too" if k == KILLED else r, k)
                              for t, r, k in _gather_commits(client, [fut], [[task]],
                                                             progress=progress,
-                                                            task_timeout=task_timeout)]
+                                                            task_timeout=task_timeout,
+                                                            stuck_on=stuck_on)]
         # one entry per chunk, less those of a failed batch that were committed
         done = committed() if committed is not None and failures else set()
         failures = [(t, r, k) for ts, r, k in failures for t in ts if t[0] not in done]
@@ -144,7 +139,7 @@ def _run(todo, scheduler, fn, kwargs, *, broadcast, progress=None, task_timeout=
             raise _failed_error(failures, describe, n_tasks=len(todo))
 
 
-def _gather_commits(client, futures, todo, *, progress, task_timeout) -> list[tuple]:
+def _gather_commits(client, futures, todo, *, progress, task_timeout, stuck_on=None) -> list[tuple]:
     """Wait for every batch; returns ``(batch, reason, kind)`` of those that failed.
 
     A task that raises re-raises here at once (a bug, or a bad input the
@@ -207,7 +202,7 @@ def _gather_commits(client, futures, todo, *, progress, task_timeout) -> list[tu
                 i = chunks[0]
                 log.warning("chunks %s have run %.0f s on %s (task_timeout %g s): cancelling "
                             "them", chunks, secs, worker, task_timeout)
-                stuck = _ask(client, worker, _stuck_on, i)
+                stuck = _ask(client, worker, stuck_on, i) if stuck_on is not None else None
                 pending.pop(fut.key, None)
                 fut.cancel()
                 n = len(task_of[fut.key])
@@ -280,7 +275,7 @@ def _failed_error(failures, describe, *, n_tasks: int) -> ChunkFailedError:
     items = []
     for task, reason, kind in sorted(failures, key=lambda f: f[0][0]):
         start = task[1]
-        stop = start + _task_images(task)
+        stop = start + task_images(task)
         keys = describe(task) if describe is not None else []
         items.append({"chunk": int(task[0]), "start": int(start), "stop": int(stop),
                       "keys": keys, "reason": reason, "kind": kind})
@@ -289,7 +284,7 @@ def _failed_error(failures, describe, *, n_tasks: int) -> ChunkFailedError:
         n = f["stop"] - f["start"]
         if not f["keys"]:
             keys = ""
-        elif len(f["keys"]) == 2 and n > _MAX_KEYS_LISTED:
+        elif len(f["keys"]) == 2 and n > MAX_KEYS_LISTED:
             keys = f", keys {f['keys'][0]!r} ... {f['keys'][1]!r}"
         else:
             keys = ", keys " + ", ".join(repr(k) for k in f["keys"])

@@ -22,7 +22,7 @@ from PIL import Image
 
 from digitbatch.errors import ArchiveError, SourceError, SourceNotFoundError, UnknownSourceError
 from digitbatch.layout import UNKNOWN_LABEL
-from digitbatch.sources import archive as archive_mod
+from digitbatch.sources import members as members_mod
 from digitbatch.sources.base import Batch, Reject
 from digitbatch.sources.images import (
     Member,
@@ -614,5 +614,5 @@ def test_unreadable_directory(tmp_path, monkeypatch):
 
 
 def test_looks_like_tar_rejects_noise():
-    assert not archive_mod._looks_like_tar(bytes(512))
-    assert not archive_mod._looks_like_tar(_png(_digit(0)))
+    assert not members_mod.looks_like_tar(bytes(512))
+    assert not members_mod.looks_like_tar(_png(_digit(0)))

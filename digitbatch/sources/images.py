@@ -1,7 +1,7 @@
 """Image files (directory, tar, zip) -> MNIST-form images.
 
-Reading the containers lives in :mod:`digitbatch.sources.archive` (re-exported
-here); this module decodes and normalises. :func:`decode_batch` is pure and
+Reading the containers lives in :mod:`digitbatch.sources.archive` (some of
+it re-exported here); this module decodes and normalises. :func:`decode_batch` is pure and
 runs on Dask workers. Its reject reason codes:
 
 ``decode-error``
@@ -25,16 +25,9 @@ import warnings
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .archive import (
-    DEFAULT_MAX_MEMBER_BYTES,
-    IMAGE_EXTENSIONS,
-    CONTAINER_KINDS,
-    Member,
-    detect_image_source,
-    iter_members,
-    open_formats,
-)
-from .base import Batch, MemberRef, Reject, label_array
+from .archive import CONTAINER_KINDS, detect_image_source, iter_members
+from .base import Batch, Reject, label_array
+from .members import DEFAULT_MAX_MEMBER_BYTES, IMAGE_EXTENSIONS, Member, open_formats
 
 __all__ = [
     "DEFAULT_MAX_MEMBER_BYTES",

@@ -8,7 +8,7 @@ directory) the client only lists where members are (:func:`iter_refs`), and
 each worker reads its batch itself (:func:`read_refs`). Compressed tars
 still stream, since gzip cannot be entered in the middle.
 
-The per-member safety checks are the ones of :mod:`.archive`: names,
+The per-member safety checks are the ones of :mod:`.members`: names,
 member types, sizes and content are judged by the same functions, so a
 member gets the same reject reason whichever path read it.
 """
@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import ArchiveError
-from . import archive
+from . import archive, members
 from .base import Batch, MemberRef, Reject
 
 BLOCK = 512
@@ -41,7 +41,7 @@ def seekable_kind(path: Path, kind: str) -> bool:
     if kind in ("dir", "zip"):
         return True
     with open(path, "rb") as fh:
-        return archive._compression(fh.read(6)) is None
+        return members.compression(fh.read(6)) is None
 
 
 def iter_refs(path: Path, kind: str, *, limit: int) -> Iterator[MemberRef | Reject]:
@@ -55,23 +55,23 @@ def iter_refs(path: Path, kind: str, *, limit: int) -> Iterator[MemberRef | Reje
 
 
 def read_refs(path: str, kind: str, refs: list[MemberRef], *,
-              limit: int) -> list[archive.Member | Reject]:
+              limit: int) -> list[members.Member | Reject]:
     """Read the referenced members (on a worker) and apply the content checks."""
-    out: list[archive.Member | Reject] = []
+    out: list[members.Member | Reject] = []
     if kind == "dir":
         root = Path(path)
-        return [archive._read_dir_file(r.key, str(root / r.key), limit) for r in refs]
+        return [archive.read_dir_file(r.key, str(root / r.key), limit) for r in refs]
     if kind == "zip":
         zf = _open_zip(path, os.stat(path).st_mtime_ns)
         infos = zf.infolist()
-        return [archive._read_zip_member(zf, infos[r.offset], r.key, limit) for r in refs]
+        return [archive.read_zip_member(zf, infos[r.offset], r.key, limit) for r in refs]
     fd = os.open(path, os.O_RDONLY)
     try:
         for r in refs:
             data = os.pread(fd, r.size, r.offset)
             if len(data) != r.size:
                 raise ArchiveError(f"tar archive {path} changed or was truncated while reading")
-            out.append(archive._finish(r.key, data, limit))
+            out.append(members.finish_member(r.key, data, limit))
     finally:
         os.close(fd)
     return out
@@ -87,7 +87,7 @@ def _open_zip(path: str, mtime_ns: int) -> zipfile.ZipFile:
 
 
 def _dir_refs(root: Path, limit: int) -> Iterator[MemberRef | Reject]:
-    yield from archive._iter_dir(root, limit, read=False)
+    yield from archive.iter_dir(root, limit, read=False)
 
 
 # --- zip --------------------------------------------------------------------
@@ -210,7 +210,7 @@ def _tar_refs(path: Path, limit: int) -> Iterator[MemberRef | Reject]:
             long_name, pax_size = None, None
             if typ == b"5" or (typ in _REGULAR and name.endswith("/")):
                 continue  # a directory entry
-            key, problem = archive._check_name(name)
+            key, problem = members.check_name(name)
             if problem:
                 yield Reject(key, problem)
             elif typ in _LINKS or typ in _SPECIAL:
@@ -218,10 +218,10 @@ def _tar_refs(path: Path, limit: int) -> Iterator[MemberRef | Reject]:
                 yield Reject(key, f"not-regular-file: {what}")
             elif typ not in _REGULAR:
                 yield Reject(key, f"not-regular-file: tar member type {typ!r}")
-            elif archive._is_junk(key):
+            elif members.is_junk(key):
                 yield Reject(key, "not-an-image: OS metadata file")
             elif size > limit:
-                yield archive._too_large(key, size, limit)
+                yield members.too_large(key, size, limit)
             else:
                 yield MemberRef(key, data_at, size)
     finally:
@@ -254,8 +254,8 @@ def decode_refs(task: tuple[str, str, bytes | list[MemberRef], int]) -> Batch:
     path, kind, refs, limit = task
     if isinstance(refs, bytes):
         refs = unpack_refs(refs)
-    members = read_refs(path, kind, refs, limit=limit)
-    batch = decode_batch([(m.key, m.data, m.folder_label) for m in members
-                          if isinstance(m, archive.Member)])
-    batch.rejects[:0] = [m for m in members if isinstance(m, Reject)]
+    items = read_refs(path, kind, refs, limit=limit)
+    batch = decode_batch([(m.key, m.data, m.folder_label) for m in items
+                          if isinstance(m, members.Member)])
+    batch.rejects[:0] = [m for m in items if isinstance(m, Reject)]
     return batch

@@ -1,0 +1,175 @@
+"""One archive member: its key, and the safety checks every reader applies to it.
+
+Whichever path reads a member (streamed by :mod:`.archive`, read at random
+by :mod:`.refs`), it is judged by these functions, so it gets the same
+reject reason. A member comes out either as a :class:`Member` (its bytes)
+or as a :class:`~digitbatch.sources.base.Reject` whose reason starts with a
+stable code:
+
+``unsafe-path``
+    absolute path, ``..`` component or drive letter.
+``not-regular-file``
+    symlink, hardlink, device, FIFO, socket (symlinks are never followed).
+``too-large``
+    more than ``max_member_bytes`` (never more than that plus one byte is
+    read, whatever a zip header claims).
+``nested-archive``
+    the member is itself a tar, zip, gzip, bzip2, xz, 7z or rar file.
+``not-an-image``
+    OS junk (``__MACOSX/``, ``.DS_Store``, ``._*``, ``Thumbs.db``), or an
+    unknown extension whose content Pillow does not recognise as an image.
+``unreadable-member``
+    the container is fine but this member's bytes cannot be read (zip CRC
+    error, encrypted or unsupported zip member, permission denied).
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import posixpath
+import re
+import warnings
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from PIL import Image
+
+from .base import Reject
+
+DEFAULT_MAX_MEMBER_BYTES = 16 * 2**20
+IMAGE_EXTENSIONS = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".pgm", ".ppm"}
+)
+# The only Pillow formats digitbatch opens: plain raster codecs. Leaving out
+# the rest keeps e.g. EPS (which runs Ghostscript) away from untrusted input.
+# (JPEG's opener also returns MPO, the multi-picture JPEG of cameras.)
+PIL_FORMATS = ("PNG", "JPEG", "BMP", "DIB", "TIFF", "GIF", "WEBP", "PPM")
+_JUNK_NAMES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
+_DIGITS = frozenset("0123456789")
+_DRIVE = re.compile(r"^[A-Za-z]:")
+_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")
+_OTHER_ARCHIVE_MAGICS = (b"7z\xbc\xaf\x27\x1c", b"Rar!\x1a\x07")
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """One file read from a source: its key, bytes and folder label."""
+
+    key: str
+    data: bytes = field(repr=False)
+    folder_label: int | None
+
+
+# --- detection --------------------------------------------------------------
+
+def looks_like_tar(head: bytes) -> bool:
+    """True if ``head`` starts with a tar header (ustar magic or valid checksum)."""
+    if len(head) < 512:
+        return False
+    if head[257:262] == b"ustar":
+        return True
+    try:  # old v7 tars have no magic: check the header checksum instead
+        stored = int(head[148:156].replace(b"\x00", b" ").strip() or b"x", 8)
+    except ValueError:
+        return False
+    return stored == sum(head[:148]) + 8 * 32 + sum(head[156:512])
+
+def compression(head: bytes) -> str | None:
+    if head.startswith(b"\x1f\x8b"):
+        return "gz"
+    if head.startswith(b"BZh") and head[3:4].isdigit():
+        return "bz2"
+    return "xz" if head.startswith(b"\xfd7zXZ\x00") else None
+
+def archive_magic(data: bytes) -> str | None:
+    """Name of the archive/compression format ``data`` starts with, if any."""
+    if data.startswith(_ZIP_MAGICS):
+        return "zip"
+    if comp := compression(data):
+        return comp
+    if data.startswith(_OTHER_ARCHIVE_MAGICS):
+        return "7z/rar"
+    if looks_like_tar(data[:512]):
+        return "tar"
+    return None
+
+@functools.cache
+def open_formats() -> tuple[str, ...]:
+    """The :data:`PIL_FORMATS` this Pillow can open, for ``Image.open(formats=...)``."""
+    Image.init()  # Image.open(formats=...) does not load TIFF and WEBP by itself
+    return tuple(f for f in PIL_FORMATS if f in Image.OPEN)
+
+def is_image_content(data: bytes) -> bool:
+    """True if Pillow identifies ``data`` (or its start) as an allowed format."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data), formats=open_formats()):
+                return True
+    except Image.DecompressionBombError:
+        return True  # an image, if a hostile one: decoding rejects it
+    except Exception:  # any parser failure means "not an image we read"
+        return False
+
+
+# --- members ----------------------------------------------------------------
+
+def is_junk(name: str) -> bool:
+    base = name.rsplit("/", 1)[-1]
+    junk_folder = "__MACOSX" in name.split("/")[:-1]
+    return junk_folder or base.lower() in _JUNK_NAMES or base.startswith("._")
+
+def check_name(raw: str) -> tuple[str, str | None]:
+    """``(key, problem)``: the normalised key, and why it is unsafe if it is."""
+    if (raw and raw[0] not in "/." and raw[-1] != "/" and raw[1:2] != ":"
+            and "\\" not in raw and "//" not in raw and "/." not in raw):
+        return raw, None  # the common case: already normal, nothing to remove or refuse
+    name = raw.replace("\\", "/")
+    if name.startswith("/"):
+        return raw, "unsafe-path: absolute path"
+    if _DRIVE.match(name):
+        return raw, "unsafe-path: drive letter"
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        return raw, "unsafe-path: member escapes the archive root"
+    if not parts:
+        return raw, "unsafe-path: empty member name"
+    return "/".join(parts), None
+
+def folder_label(key: str) -> int | None:
+    parent = key.split("/")[-2:-1]
+    return int(parent[0]) if parent and parent[0] in _DIGITS else None
+
+def content_reject(key: str, data: bytes) -> Reject | None:
+    if (kind := archive_magic(data)) is not None:
+        return Reject(key, f"nested-archive: member is a {kind} file")
+    if posixpath.splitext(key)[1].lower() not in IMAGE_EXTENSIONS and not is_image_content(data):
+        return Reject(key, "not-an-image: unknown extension and content is not an image")
+    return None
+
+def read_capped(f: BinaryIO, cap: int, hint: int) -> bytes:
+    """At most ``cap`` bytes of ``f``; the declared size ``hint`` sizes the first read.
+
+    ``f.read(cap)`` would allocate ``cap`` bytes up front on every member.
+    """
+    parts: list[bytes] = []
+    got = 0
+    want = max(0, min(cap, hint + 1))
+    while got < cap:
+        chunk = f.read(max(1, min(want, cap - got)))
+        if not chunk:
+            break
+        parts.append(chunk)
+        got += len(chunk)
+        want = 65536
+    return b"".join(parts)
+
+def too_large(key: str, size: int | None, limit: int) -> Reject:
+    what = f"{size} bytes" if size is not None else "more than its declared size"
+    return Reject(key, f"too-large: {what}, over the {limit}-byte limit")
+
+def finish_member(key: str, data: bytes, limit: int) -> Member | Reject:
+    if len(data) > limit:
+        return too_large(key, None, limit)
+    return content_reject(key, data) or Member(key, data, folder_label(key))
