@@ -199,11 +199,17 @@ def test_model_file_missing_or_a_link(copy, tmp_path):
         load_model(copy)
 
 
-def test_array_defects_are_named(copy):
+def _weights_and_a_good_copy(copy):
+    """The model's weights, and an untouched copy of its directory beside it."""
     with np.load(copy / MODEL_FILE) as z:
         w = z["weights"]
     good = copy.parent / "good"
     shutil.copytree(copy, good)
+    return w, good
+
+
+def test_array_defects_are_named(copy):
+    w, good = _weights_and_a_good_copy(copy)
     _rewrite_npz(copy, weights=w.astype(np.float64) * np.nan)
     with pytest.raises(ModelError, match="'weights' holds NaN or infinity: retrain it"):
         load_model(copy)
@@ -441,7 +447,6 @@ def test_manifest_without_params_loads_empty_params(copy):
 
 
 def _zip_members(p: Path, members: dict[str, bytes]) -> None:
-    import io
     import zipfile
 
     with zipfile.ZipFile(p / MODEL_FILE, "w") as zf:
@@ -497,10 +502,7 @@ def test_manifest_without_versions_or_model_file(copy):
 
 
 def test_errors_name_the_model_directory(copy):
-    with np.load(copy / MODEL_FILE) as z:
-        w = z["weights"]
-    good = copy.parent / "good"
-    shutil.copytree(copy, good)
+    w, good = _weights_and_a_good_copy(copy)
     cases = [
         (lambda: _rewrite_npz(copy, weights=w * np.nan), "holds NaN"),          # _read_arrays
         (lambda: _rewrite_npz(copy, classes=np.arange(1, 11)), "differ from"),  # _check_shapes

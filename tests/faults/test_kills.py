@@ -1,8 +1,8 @@
-"""Killed jobs and killed workers: scoring output stays exactly-once.
+"""Killed jobs: scoring output stays exactly-once.
 
 Every kill here is triggered on progress, never on a clock: the test
 watches the output's commit records (``PRED.zarr/_commits/``) or the run's
-lock, or a worker's running chunk task, and kills when it sees the count it
+lock, and kills when it sees the count it
 waits for. Each test then asserts that the kill landed while work was left
 (the process died by SIGKILL, fewer commit records than chunks, no
 ``_SUCCESS``) and FAILS, never skips, when the run ended first.
@@ -19,9 +19,9 @@ waits for. Each test then asserts that the kill landed while work was left
 - concurrent runs: a second run into an output a running one holds is
   refused (with --break-lock too: the owner is alive), while the first
   still has chunks to commit; the first finishes byte-identical.
-- worker death: one of three LocalCluster workers, one that is running
-  chunk tasks, is SIGKILLed once a quarter of the images are committed;
-  Dask reruns its tasks and the output is byte-identical.
+
+A worker killed mid-run (at a quarter, half and three quarters of the
+images) is tests/faults/test_workers.py's ``test_worker_killed_while_scoring``.
 """
 
 from __future__ import annotations
@@ -231,39 +231,6 @@ def test_job_spec_killed_then_rerun_resumes(job, tmp_path):
     _check_resumed(out, job / "ref.zarr", before, n=N_IMAGES, total=N_CHUNKS)
     s = json.loads((tmp_path / "run-2026-11-24.json").read_text())
     assert s["outcome"] == "succeeded"
-
-
-def test_worker_killed_mid_run(job, tmp_path):
-    from digitbatch import cluster
-
-    out = tmp_path / "w.zarr"
-    with cluster.client("local", n_workers=3) as c:
-        pids = c.run(os.getpid)
-        seen = {"total": None, "done": 0}
-        killed: list[tuple] = []
-
-        def progress(n, total=None):
-            if total is not None:
-                seen["total"] = total
-                return
-            seen["done"] += n
-            if not killed and seen["done"] >= seen["total"] // 4:
-                busy = [w for w, ks in c.processing().items()
-                        if w in pids and any("run_batch" in str(k) for k in ks)]
-                if busy:
-                    os.kill(pids[busy[0]], signal.SIGKILL)
-                    killed.append((busy[0], seen["done"], _n_commits(out)))
-
-        r = score(job / "s.zarr", model=job / "model", out=out, proba=True,
-                  scheduler=c.scheduler.address, progress=progress)
-    assert killed, "no worker was running chunk tasks after a quarter of the images"
-    _, at_images, at_commits = killed[0]
-    assert at_images < N_IMAGES and at_commits < N_CHUNKS  # the kill landed with work left
-    assert _files(out) == _files(job / "ref.zarr")
-    ref = json.loads((job / "ref.zarr" / "_SUCCESS").read_text())
-    assert r.metrics["confusion_matrix"] == ref["confusion_matrix"]
-    assert r.metrics["n_images"] == r.metrics["n_scored_this_run"] == N_IMAGES
-    assert sorted(committed(out)) == list(range(N_CHUNKS))
 
 
 def test_concurrent_run_is_refused_and_the_running_one_is_unaffected(job, tmp_path):
