@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import ClusterError  # noqa: F401  (raised here; callers import it from either)
+from .errors import ClusterError
 
 log = logging.getLogger(__name__)
 
