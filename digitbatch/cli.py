@@ -8,10 +8,10 @@ import logging
 import sys
 
 import click
-import numpy as np
 
-from . import __version__
+from . import summaries
 from .errors import DigitbatchError
+from .version import __version__
 
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -101,6 +101,15 @@ def main(ctx: click.Context, verbose: int, quiet: bool, log_file: str | None) ->
     ctx.obj = {"quiet": quiet}
 
 
+def _echo(result: dict, lines, as_json: bool = False) -> None:
+    """Print a result: as JSON, or as the lines its summaries formatter makes."""
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    for line in lines(result):
+        click.echo(line)
+
+
 def _progress(label: str):
     """A progress display counted in images: on a terminal only, never with --quiet."""
     from .progressbar import Progress
@@ -134,7 +143,7 @@ def ingest(source, out, kind, labels, chunk_size, codec, overwrite, max_rejects,
     images, or a named source: 'sample' (5,000 embedded digits) or 'openml'
     (fetch_openml('mnist_784')).
     """
-    from .ingest import DEFAULT_MAX_REJECTS, ingest as run
+    from .ingestion import DEFAULT_MAX_REJECTS, ingest as run
     from .layout import DEFAULT_CHUNK_SIZE
 
     with _progress("ingest") as progress:
@@ -142,14 +151,7 @@ def ingest(source, out, kind, labels, chunk_size, codec, overwrite, max_rejects,
                 chunk_size=chunk_size or DEFAULT_CHUNK_SIZE, overwrite=overwrite,
                 max_rejects=DEFAULT_MAX_REJECTS if max_rejects is None else max_rejects,
                 data_home=data_home, scheduler=scheduler, progress=progress, codec=codec)
-    if as_json:
-        click.echo(json.dumps(r.to_dict(), indent=2))
-        return
-    click.echo(f"ingested {r.n_images} images ({r.n_labeled} labelled, {r.n_rejects} rejected) "
-               f"into {r.path} in {r.seconds:.2f} s ({r.images_per_second:,.0f} images/s)")
-    if r.rejects_by_reason:
-        click.echo("rejects: " + ", ".join(f"{k} {v}" for k, v in sorted(r.rejects_by_reason.items())))
-    click.echo("label counts: " + " ".join(str(c) for c in r.label_counts))
+    _echo(r.to_dict(), summaries.ingest_lines, as_json)
 
 
 @main.command()
@@ -172,30 +174,12 @@ def ingest(source, out, kind, labels, chunk_size, codec, overwrite, max_rejects,
 def train(store, out, name, features, seed, cv, search, incremental, epochs, overwrite, as_json,
           scheduler):
     """Fit a catalogue model on STORE's train rows and test it on its test rows."""
-    from .train import train as run
+    from .training import train as run
 
     r = run(store, out, model=name, features=features, seed=seed, cv=cv, search=search,
             incremental=incremental, epochs=epochs, scheduler=scheduler,
             overwrite=overwrite)
-    if as_json:
-        click.echo(json.dumps(r.to_dict(), indent=2))
-        return
-    _print_train(r)
-
-
-def _print_train(r) -> None:
-    if r.search:
-        click.echo(f"search: best {r.search['best_params']} "
-                   f"(CV accuracy {r.search['best_mean']:.4f})")
-    if r.cv:
-        folds = " ".join(f"{s:.4f}" for s in r.cv["scores"])
-        click.echo(f"{r.cv['k']}-fold CV accuracy: {folds}; mean {r.cv['mean']:.4f} "
-                   f"+- {r.cv['std']:.4f} (fit {r.cv['fit_time_mean']:.2f} s a fold, "
-                   f"{r.cv['backend']})")
-    line = f"trained {r.name} on {r.n_train} images in {r.fit_seconds:.2f} s -> {r.model_path}"
-    if r.test:
-        line += f"; test accuracy {r.test['accuracy']:.4f} on {r.n_test} images"
-    click.echo(line)
+    _echo(r.to_dict(), summaries.train_lines, as_json)
 
 
 @main.command()
@@ -216,26 +200,13 @@ def score(store, model, out, resume, proba, break_lock, labels, task_timeout, as
           scheduler):
     """Predict every image of STORE (a store, or an image archive or folder) with MODEL
     into OUT, with metrics.json. Paths may be s3:// (fsspec) URLs."""
-    from .metrics import format_confusion
-    from .score import score as run
+    from .scoring.api import score as run
 
     extra = {} if task_timeout is None else {"task_timeout": task_timeout}
     with _progress("score") as progress:
         r = run(store, model=model, out=out, scheduler=scheduler, resume=resume, proba=proba,
                 break_lock=break_lock, labels=labels, progress=progress, **extra)
-    if as_json:
-        click.echo(json.dumps(r.metrics, indent=2))
-        return
-    _print_score(r.metrics, format_confusion)
-
-
-def _print_score(m: dict, format_confusion) -> None:
-    if m.get("n_labeled"):
-        click.echo(format_confusion(np.array(m["confusion_matrix"])))
-    acc = m.get("accuracy")
-    acc_text = f"accuracy {acc:.4f} on {m['n_labeled']} labelled" if acc is not None else "no labels"
-    click.echo(f"scored {m['n_images']} images in {m['seconds']:.2f} s "
-               f"({m['images_per_second']:,.0f} images/s); {acc_text}")
+    _echo(r.metrics, summaries.score_lines, as_json)
 
 
 @main.command()
@@ -328,15 +299,14 @@ def models():
 def demo(workdir, scheduler):
     """The main job end to end on the embedded sample: ingest, train, score."""
     from .demo import run_demo
-    from .metrics import format_confusion
 
     r = run_demo(workdir, scheduler=scheduler)
     ing, tr, sc = r["ingest"], r["train"], r["score"]
     click.echo(f"1. ingest: {ing.n_images} sample images -> {ing.path}")
     click.echo("2. train:")
-    _print_train(tr)
+    _echo(tr.to_dict(), summaries.train_lines)
     click.echo(f"3. score: every row, train and test -> {sc.out}")
-    _print_score(sc.metrics, format_confusion)
+    _echo(sc.metrics, summaries.score_lines)
 
 
 @main.command("run")
@@ -376,39 +346,10 @@ def run_cmd(job, overrides, check, as_json, scheduler):
     for step in summary["steps"]:
         metrics = f"; metrics {step['metrics']}" if step.get("metrics") else ""
         click.echo(f"{step['name']}: {step['outcome']} in {step['seconds']:.2f} s{metrics}")
-        for line in _step_lines(step["name"], step.get("result") or {}):
+        for line in summaries.step_lines(step["name"], step.get("result") or {}):
             click.echo(f"  {line}")
     click.echo(f"job {summary['job']} succeeded in {summary['seconds']:.2f} s; "
                f"summary -> {spec.summary}")
-
-
-def _step_lines(name: str, r: dict) -> list[str]:
-    """What a person wants to see of a job step: its headline numbers."""
-    from .metrics import format_confusion
-
-    if name == "ingest" and "n_images" in r:
-        return [f"{r['n_images']} images ({r['n_labeled']} labelled, {r['n_rejects']} rejected)"]
-    if name == "train":
-        lines = []
-        cv = r.get("cv")
-        if cv:
-            folds = " ".join(f"{s:.4f}" for s in cv["scores"])
-            lines.append(f"{cv['k']}-fold CV accuracy on the cluster: {folds}; "
-                         f"mean {cv['mean']:.4f} +- {cv['std']:.4f}")
-        if r.get("test_accuracy") is not None:
-            lines.append(f"{r['model']} ({r['features']} features) test accuracy "
-                         f"{r['test_accuracy']:.4f}")
-        return lines
-    if name == "score" and "n_images" in r:
-        lines = []
-        if r.get("n_labeled") and r.get("confusion_matrix"):
-            lines += format_confusion(np.array(r["confusion_matrix"])).splitlines()
-        acc = r.get("accuracy")
-        lines.append(f"scored {r['n_images']} images"
-                     + (f"; accuracy {acc:.4f} on {r['n_labeled']} labelled" if acc is not None
-                        else "; no labels"))
-        return lines
-    return []
 
 
 @main.group()

@@ -11,7 +11,7 @@ A worker may die mid-search (tests/faults/test_workers.py). joblib's own
 fold's index arrays (any argument over 1 kB) to a single worker: data with
 no lineage, so the death of the worker holding it cancels every fold that
 needs it (a raw ``FutureCancelledError``; joblib#875). Here X and y are the
-results of tasks instead (as score.py shares its model), which the
+results of tasks instead (as scoring shares its model), which the
 scheduler recomputes after a worker dies, and the fold indices travel
 inside their tasks; Dask then reruns the dead worker's folds and the
 results equal a fault-free run. A fold whose workers keep dying is given up

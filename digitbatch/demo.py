@@ -9,9 +9,9 @@ import logging
 import shutil
 from pathlib import Path
 
-from .ingest import ingest
-from .score import score
-from .train import train
+from .ingestion import ingest
+from .scoring.api import score
+from .training import train
 
 log = logging.getLogger(__name__)
 

@@ -74,11 +74,13 @@ import logging
 import time
 from pathlib import Path
 
-from . import __version__, cluster, storage
+from . import cluster, storage
+from .version import __version__
 from .errors import JobFailedError
-from .jobspec import SCHEMA, STEPS, Job, describe, is_scoring_output, load_job, parse_override
+from .jobspec import SCHEMA, STEPS, Job, describe, load_job, parse_override
+from .modelio import manifest_path
 
-__all__ = ["SCHEMA", "STEPS", "Job", "describe", "is_scoring_output", "load_job",
+__all__ = ["SCHEMA", "STEPS", "Job", "describe", "load_job",
            "parse_override", "run_job"]
 
 log = logging.getLogger(__name__)
@@ -93,7 +95,7 @@ def _given(params: dict, *drop: str) -> dict:
 
 
 def _step_ingest(params: dict, scheduler) -> dict:
-    from .ingest import ingest
+    from .ingestion import ingest
 
     kw = _given(params, "source", "out")
     r = ingest(str(params["source"]), params["out"], scheduler=scheduler, **kw)
@@ -103,7 +105,7 @@ def _step_ingest(params: dict, scheduler) -> dict:
 
 
 def _step_train(params: dict, scheduler) -> dict:
-    from .train import train
+    from .training import train
 
     kw = _given(params, "store", "out")
     r = train(params["store"], params["out"], scheduler=scheduler, **kw)
@@ -112,11 +114,12 @@ def _step_train(params: dict, scheduler) -> dict:
     if r.cv:
         result["cv"] = {k: r.cv[k] for k in ("k", "scores", "mean", "std")}
     return {"outputs": {"model": r.model_path}, "result": result,
-            "metrics": str(storage.to_path(r.model_path) / "manifest.json")}
+            "metrics": str(manifest_path(r.model_path))}
 
 
 def _step_score(params: dict, scheduler) -> dict:
-    from .score import METRICS_FILE, score
+    from .scoring.api import score
+    from .scoring.output import metrics_path
 
     out = params["out"]
     if params.get("overwrite") and out.exists():
@@ -125,7 +128,7 @@ def _step_score(params: dict, scheduler) -> dict:
     kw = _given(params, "input", "out", "overwrite")
     r = score(params["input"], out=out, scheduler=scheduler, **kw)
     m = r.metrics
-    return {"outputs": {"predictions": r.out}, "metrics": str(storage.to_path(r.out) / METRICS_FILE),
+    return {"outputs": {"predictions": r.out}, "metrics": str(metrics_path(r.out)),
             "result": {k: m.get(k) for k in ("n_images", "n_scored_this_run", "n_labeled",
                                              "accuracy", "images_per_second", "resumed",
                                              "confusion_matrix")}}

@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as _dt
 import difflib
 import importlib.util
-import json
 import os
 import tomllib
 from dataclasses import dataclass
@@ -310,7 +309,9 @@ def _check_files(job: Job, where: dict) -> None:
                 raise JobSpecError(
                     f"score.out {str(sc['out'])!r} exists: set resume = true to continue it, "
                     f"overwrite = true to replace it, or choose another out")
-            if not is_scoring_output(sc["out"]):
+            from .scoring.output import is_output
+
+            if not is_output(sc["out"]):
                 raise JobSpecError(f"score.overwrite: {str(sc['out'])!r} is not a digitbatch "
                                    f"scoring output; it is not replaced. Choose another out")
         made.add(ident(sc["out"]))
@@ -321,16 +322,6 @@ def _check_files(job: Job, where: dict) -> None:
             raise JobSpecError("the report step is not available in this digitbatch "
                                "(no digitbatch.report): drop 'report' from [job] steps")
 
-
-def is_scoring_output(path: Path) -> bool:
-    """Whether ``path`` is a digitbatch scoring output group (complete or not)."""
-    from .predictions import ATTRS_KEY
-
-    try:
-        meta = json.loads((storage.to_path(path) / "zarr.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return ATTRS_KEY in (meta.get("attributes") or {})
 
 
 def describe(job: Job) -> list[str]:

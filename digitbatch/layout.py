@@ -37,7 +37,8 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-from . import __version__, storage
+from . import storage
+from .version import __version__
 from .digits import IMAGE_SHAPE, LABEL_DTYPE, N_CLASSES, UNKNOWN_LABEL  # noqa: F401
 from .errors import StoreError, StoreExistsError, StoreNotFoundError
 

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, storage
+from . import storage
+from .version import __version__
 from .errors import ModelError, TrainingError
 from .digits import IMAGE_SHAPE
 from . import folding as FO
@@ -167,6 +168,30 @@ def _save_remote(model: CompactModel, out: str, *, manifest: dict, overwrite: bo
     return dest
 
 
+def manifest_path(model: str | os.PathLike) -> Path:
+    """Where the manifest of the model directory ``model`` lies (a path or URL)."""
+    return storage.to_path(model) / MANIFEST_FILE
+
+
+def read_manifest(model: str | os.PathLike) -> dict:
+    """The manifest of the model directory ``model``, as JSON, unchecked.
+
+    For describing a model (report, job summaries); :func:`load_model`
+    checks it before anything is used.
+    """
+    mpath = manifest_path(model)
+    try:
+        manifest = json.loads(mpath.read_text())
+    except FileNotFoundError:
+        raise ModelError(f"model {model} has no {MANIFEST_FILE}: is it a digitbatch model?") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{mpath} is not valid JSON ({exc}): the artifact is damaged") from exc
+    if not isinstance(manifest, dict):
+        raise ModelError(f"{mpath} holds {type(manifest).__name__}, not a manifest object: "
+                         f"the artifact is damaged")
+    return manifest
+
+
 def load_model(path: str | os.PathLike) -> LoadedModel:
     """Load an artifact after checking its format, versions and hash.
 
@@ -192,13 +217,7 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
             f"model {p} is a file, not a digitbatch model directory; pickle/joblib files are "
             f"never loaded (they can run code): retrain with `digitbatch train`"
         )
-    mpath = p / MANIFEST_FILE
-    try:
-        manifest = json.loads(mpath.read_text())
-    except FileNotFoundError:
-        raise ModelError(f"model {p} has no {MANIFEST_FILE}: is it a digitbatch model?") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{mpath} is not valid JSON ({exc}): the artifact is damaged") from exc
+    manifest = read_manifest(p)
     if manifest.get("format_version") != FORMAT_VERSION:
         raise ModelError(
             f"model {p} has format version {manifest.get('format_version')!r}; this digitbatch "

@@ -1,6 +1,6 @@
 """The report of a scoring output: figures and one self-contained HTML page.
 
-:func:`write_report` reads ``PRED.zarr`` (see :mod:`digitbatch.predictions`)
+:func:`write_report` reads ``PRED.zarr`` (see :mod:`digitbatch.scoring.output`)
 and the input it was scored from (a store, or an image archive scored
 directly), and writes into a directory::
 
@@ -19,23 +19,23 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import html
-import json
 import logging
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from . import __version__, gallery, storage
-from .errors import ReportError, StoreError, StoreNotFoundError
-from .layout import chunk_bounds, open_store
-from .digits import IMAGE_SHAPE
+from . import gallery, storage
+from .version import __version__
+from .errors import ModelError, ReportError
+from .layout import chunk_bounds
 from .metrics import format_confusion
+from .modelio import manifest_path, read_manifest
 from .models import binary_target
-from .predictions import PRED_FILL, Predictions, open_predictions
+from .report_input import ScoredInput, existing, open_input
+from .scoring.output import PRED_FILL, Predictions, open_predictions
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def select_rows(p: Predictions, labels, *, k: int, digit: int | None) -> Selecti
     ``labels`` is the (N,) label array of the scored rows (a Zarr array is
     read a slice at a time).
     """
-    pred_a, margin_a = p.group["pred"], p.group["margin"]
+    pred_a, margin_a = p.pred, p.margin
     sel = Selection(TopK(k, largest=True), TopK(k, largest=False))
     for a, b in chunk_bounds(pred_a.shape[0], int(pred_a.chunks[0])):
         pred = pred_a[a:b].astype(np.int64)
@@ -134,103 +134,19 @@ def select_rows(p: Predictions, labels, *, k: int, digit: int | None) -> Selecti
     return sel
 
 
-def _existing(path: str, beside: Path) -> Path:
-    """``path`` as recorded, or relative to the output's folder when that is where it is."""
-    if storage.is_url(path):
-        return storage.to_path(path)
-    p = Path(path)
-    if not p.exists() and not p.is_absolute() and (beside / p).exists():
-        return beside / p
-    return p
-
-
-@dataclass
-class _Input:
-    """Where the galleries' labels and pixels come from."""
-
-    path: Path
-    labels: object  # (N,) int8, sliceable: the store's, or the output's for archive runs
-    fetch: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, list[str]]]
-
-
-def _open_input(p: Predictions, override) -> _Input:
-    """The run's input (a store, or the archive scored directly), checked against its checksum."""
-    want = p.metrics.get("input") or {}
-    recorded = want.get("path")
-    if override is None and recorded is None:
-        raise StoreError(f"{p.path}/metrics.json records no input: pass --store")
-    path = (storage.to_path(override) if override is not None
-            else _existing(recorded, storage.to_path(p.path).parent))
-    if not path.exists():
-        if override is not None:
-            raise StoreNotFoundError(f"--store {path} does not exist")
-        raise StoreNotFoundError(f"the input {recorded} recorded in {p.path}/metrics.json does "
-                                 f"not exist (moved?): pass --store with its path")
-    checksum = want.get("checksum")
-    hint = "pass --store with the input this run scored"
-    if str(want.get("kind", "store")).startswith("archive"):
-        got, images_of = _archive_images(path)
-        if checksum and got != checksum:
-            raise StoreError(f"{path} is not the archive {p.path} was scored from (its listing, "
-                             f"size or time changed): {hint}")
-        g = p.group
-
-        def fetch(rows):
-            keys = [str(k) for k in g["keys"].oindex[rows]] if len(rows) else []
-            labels = np.asarray(g["labels"].oindex[rows]) if len(rows) else np.zeros(0, np.int8)
-            return images_of(keys), labels, keys
-
-        return _Input(path, g["labels"], fetch)
-    s = open_store(path)
-    if checksum and s.checksum != checksum:
-        raise StoreError(f"store {s.path} has checksum {s.checksum[:23]}..., but {p.path} was "
-                         f"scored from {checksum[:23]}...: {hint}")
-    return _Input(s.path, s.labels, lambda rows: gallery.fetch_rows(s.images, s.labels, s.keys, rows))
-
-
-def _archive_images(path: Path):
-    """The archive's fingerprint, and a function decoding members by key (as score does)."""
-    from .ingest import DEFAULT_MAX_MEMBER_BYTES as limit
-    from .score_archive import fingerprint, list_slots
-    from .sources.images import decode_one
-    from .sources.refs import read_refs
-
-    identity = keep = None
-    if not storage.is_local(path):  # a local copy, kept as long as images_of is
-        import tempfile
-
-        identity = storage.identity(path)
-        keep = tempfile.TemporaryDirectory(prefix="digitbatch-report-")
-        path = storage.download(path, Path(keep.name))
-    kind, seekable, entries = list_slots(path, limit=limit, stream=identity is not None)
-
-    def images_of(keys: list[str], _keep=keep) -> np.ndarray:
-        out = np.zeros((len(keys), *IMAGE_SHAPE), np.uint8)
-        at = {k: i for i, k in enumerate(keys)}
-        chosen = [e for e in entries if e.key in at and hasattr(e, "offset" if seekable else "data")]
-        items = read_refs(str(path), kind, chosen, limit=limit) if seekable else chosen
-        for item in items:
-            img = decode_one(item.data) if hasattr(item, "data") else None
-            if isinstance(img, np.ndarray):
-                out[at[item.key]] = img
-        return out
-
-    return fingerprint(path, entries, identity=identity), images_of
-
-
 def _model_summary(metrics: dict, beside: Path) -> tuple[list[tuple[str, str]], str]:
     """Rows describing the model (from its manifest when the directory still exists), and a note."""
     m = metrics.get("model") or {}
     rows = [("name", m.get("name", "?")), ("path", m.get("path", "?")),
             ("model.npz SHA-256", m.get("sha256", "?")), ("target", metrics.get("target", "?")),
             ("margin", metrics.get("margin", "?"))]
-    mf = _existing(str(m.get("path", "")), beside) / "manifest.json"
-    if not m.get("path") or not mf.is_file():
+    mdir = existing(str(m.get("path", "")), beside)
+    if not m.get("path") or not manifest_path(mdir).is_file():
         return rows, f"The model directory {m.get('path')} no longer exists: no manifest summary."
     try:
-        man = json.loads(mf.read_text())
-    except (OSError, ValueError) as exc:
-        return rows, f"The model's manifest {mf} is unreadable ({exc})."
+        man = read_manifest(mdir)
+    except (OSError, ModelError) as exc:
+        return rows, f"The model's manifest {manifest_path(mdir)} is unreadable ({exc})."
     train, cv, test = man.get("train") or {}, man.get("cv") or {}, man.get("test") or {}
     rows += [("features", man.get("features", "?")),
              ("train store", f"{train.get('store', '?')} ({train.get('n_rows', '?')} rows, "
@@ -248,14 +164,14 @@ def _model_summary(metrics: dict, beside: Path) -> tuple[list[tuple[str, str]], 
     return rows, note
 
 
-def _gallery_pages(p, inp: _Input, sel, names, proba_kind, out: Path) -> dict[str, Path]:
+def _gallery_pages(p, inp: ScoredInput, sel, names, proba_kind, out: Path) -> dict[str, Path]:
     digit = binary_digit(p.metrics)
 
     def name(v: int) -> str:
         return "?" if v < 0 else (names[v] if v < len(names) else str(v))
 
     files = {}
-    proba_a = p.group["proba"] if "proba" in p.group else None
+    proba_a = p.proba
     for which, top in (("errors", sel.errors), ("doubtful", sel.doubtful)):
         if which == "errors" and not p.metrics.get("n_labeled"):
             continue
@@ -265,7 +181,7 @@ def _gallery_pages(p, inp: _Input, sel, names, proba_kind, out: Path) -> dict[st
         back = np.argsort(order)
         images, labels, keys = images[back], labels[back], [keys[i] for i in back]
         y = _target(labels, digit)
-        pred = np.asarray(p.group["pred"].oindex[rows], np.int64) if rows.size else rows
+        pred = np.asarray(p.pred.oindex[rows], np.int64) if rows.size else rows
         conf = None
         if proba_a is not None and rows.size:
             col = np.searchsorted(np.asarray(p.metrics.get("classes") or range(len(names))), pred)
@@ -426,7 +342,7 @@ def write_report(pred: str | os.PathLike, *, out: str | os.PathLike,
     t0 = time.perf_counter()
     p = open_predictions(pred)
     m = p.metrics
-    inp = _open_input(p, store)
+    inp = open_input(p, store)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ReportError(f"--out {out} is a file: give a directory for the report")

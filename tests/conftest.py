@@ -67,7 +67,7 @@ def idx_dir(tmp_path) -> Path:
 @pytest.fixture
 def small_store(tmp_path, idx_dir):
     """A 1,000-image store with uneven chunks (256, 256, 256, 232)."""
-    from digitbatch.ingest import ingest
+    from digitbatch.ingestion import ingest
 
     out = tmp_path / "small.zarr"
     ingest(idx_dir, out, chunk_size=256)
@@ -77,8 +77,8 @@ def small_store(tmp_path, idx_dir):
 def trained_model(tmp: Path, *, n: int = 600, n_train: int = 500, seed: int = 0,
                   chunk_size: int = 256) -> Path:
     """A small sgd model on synthetic digits (IDX -> store -> train) under ``tmp``."""
-    from digitbatch.ingest import ingest
-    from digitbatch.train import train
+    from digitbatch.ingestion import ingest
+    from digitbatch.training import train
 
     x, y = synthetic_digits(n, seed=seed)
     write_idx(tmp / "idx", x[:n_train], y[:n_train])
@@ -118,7 +118,7 @@ def make_store(tmp: Path, n: int, *, chunk_size: int = 256, seed: int = 0,
                n_test: int | None = None, noise: float = 0.0) -> Path:
     """A store of ``n`` synthetic digits under ``tmp`` in chunks of ``chunk_size``
     (``noise``: that share of the labels wrong, see :func:`noisy_labels`)."""
-    from digitbatch.ingest import ingest
+    from digitbatch.ingestion import ingest
 
     x, y = synthetic_digits(n, seed=seed)
     if noise:
@@ -145,3 +145,17 @@ def shaped_stores(tmp_path_factory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("shaped-stores")
     return {name: make_store(tmp, n, chunk_size=c, seed=i, noise=0.2)
             for i, (name, (n, c)) in enumerate(STORE_SHAPES.items())}
+
+
+@pytest.fixture
+def trained(tmp_path, small_store):
+    """An sgd model trained on :func:`small_store` (seed 3): the TrainResult."""
+    from digitbatch.training import train
+
+    return train(small_store, tmp_path / "model", seed=3)
+
+
+@pytest.fixture
+def model_dir(trained) -> Path:
+    """The directory of :func:`trained`."""
+    return Path(trained.model_path)

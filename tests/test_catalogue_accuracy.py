@@ -14,7 +14,7 @@ import json
 
 import pytest
 
-from digitbatch.train import train
+from digitbatch.training import train
 
 pytestmark = pytest.mark.mnist
 
@@ -34,7 +34,7 @@ LONG = {
 
 @pytest.fixture(scope="module")
 def mnist_store(tmp_path_factory, mnist_path):
-    from digitbatch.ingest import ingest
+    from digitbatch.ingestion import ingest
 
     out = tmp_path_factory.mktemp("mnist") / "mnist.zarr"
     ingest(mnist_path, out, scheduler="synchronous")

@@ -24,8 +24,8 @@ from click.testing import CliRunner
 
 from digitbatch import cluster
 from digitbatch.cli import main
-from digitbatch.score import score
-from digitbatch.train import train
+from digitbatch.scoring.api import score
+from digitbatch.training import train
 
 STARTUP_S = 60
 # a hang fails the test well before pytest's global timeout

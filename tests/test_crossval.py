@@ -9,7 +9,7 @@ from digitbatch import cluster
 from digitbatch.crossval import check_folds, run_cv, run_search
 from digitbatch.errors import TrainingError
 from digitbatch.models import build
-from digitbatch.train import train
+from digitbatch.training import train
 
 from .conftest import synthetic_digits
 

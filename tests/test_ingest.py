@@ -35,7 +35,7 @@ from digitbatch.errors import (
     ArchiveError, IdxFormatError, LabelsFileError, SourceNotFoundError, StoreExistsError,
     TooManyRejectsError, UnknownSourceError,
 )
-from digitbatch.ingest import ingest
+from digitbatch.ingestion import ingest
 from digitbatch.layout import UNKNOWN_LABEL, open_store
 
 from .conftest import synthetic_digits, write_idx
@@ -325,3 +325,11 @@ def test_mnist_png_archives_round_trip(tmp_path, mnist_path, container, mode):
     assert s.n == 300
     assert np.abs(s.images[:].astype(int) - x.astype(int)).max() <= 1
     np.testing.assert_array_equal(s.labels[:], y)
+
+
+def test_ingest_refuses_unknown_codec(tmp_path, idx_dir):
+    from digitbatch.errors import StoreError
+
+    with pytest.raises(StoreError, match="codec 'zip' is not one of lz4, none"):
+        ingest(idx_dir, tmp_path / "s.zarr", codec="zip")
+    assert not (tmp_path / "s.zarr").exists()

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from digitbatch import cluster, jobs
 from digitbatch.cli import main
 from digitbatch.errors import JobFailedError, JobSpecError
-from digitbatch.train import train
+from digitbatch.training import train
 
 REPO = Path(__file__).resolve().parents[1]
 

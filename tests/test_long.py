@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from digitbatch.ingest import ingest
+from digitbatch.ingestion import ingest
 from digitbatch.layout import open_store
-from digitbatch.score import score
-from digitbatch.train import train
+from digitbatch.scoring.api import score
+from digitbatch.training import train
 
 pytestmark = pytest.mark.long
 
@@ -25,8 +25,9 @@ def test_full_mnist_sgd_meets_its_target(tmp_path, mnist_path):
 
 def test_resume_at_every_chunk_boundary(tmp_path, small_store):
     from digitbatch.modelio import load_model
-    from digitbatch.predictions import OutputSpec, create_output
-    from digitbatch.score import score_chunk
+    from digitbatch.scoring.chunks import score_store_chunk
+    from digitbatch.scoring.output import OutputSpec, create_output
+    from digitbatch.scoring.tasks import ChunkTask
     import zarr
 
     train(small_store, tmp_path / "m", seed=0)
@@ -39,7 +40,7 @@ def test_resume_at_every_chunk_boundary(tmp_path, small_store):
         out.mkdir()
         create_output(out, OutputSpec(s.n, s.chunk_size, 10, False, loaded.sha256, s.checksum))
         for i, (a, b) in enumerate(s.chunks[:k]):
-            score_chunk((i, a, b), store_path=str(small_store), out_path=str(out),
+            score_store_chunk(ChunkTask(i, a, b), store_path=str(small_store), out_path=str(out),
                         model=loaded.model, proba=False)
         r = score(small_store, model=tmp_path / "m", out=out, resume=True,
                   scheduler="synchronous")

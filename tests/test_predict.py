@@ -12,7 +12,7 @@ from digitbatch.cli import main
 from digitbatch.errors import SourceNotFoundError
 from digitbatch.layout import open_store
 from digitbatch.predict import predict_files
-from digitbatch.train import train
+from digitbatch.training import train
 
 from .test_ingest import png_bytes
 

@@ -54,7 +54,7 @@ def _run_on_tty(args, cwd):
 
 @pytest.mark.parametrize("quiet", [False, True])
 def test_cli_progress_on_tty(tmp_path, small_store, quiet):
-    from digitbatch.train import train
+    from digitbatch.training import train
 
     train(small_store, tmp_path / "m", seed=0)
     args = (["-q"] if quiet else []) + ["score", str(small_store), "--model", str(tmp_path / "m"),

@@ -15,12 +15,13 @@ from click.testing import CliRunner
 
 from digitbatch.cli import main
 from digitbatch.errors import StoreError, StoreNotFoundError
-from digitbatch.ingest import ingest
+from digitbatch.ingestion import ingest
 from digitbatch.layout import UNKNOWN_LABEL, StoreWriter
-from digitbatch.predictions import IncompleteOutputError, open_predictions
+from digitbatch.errors import IncompleteOutputError
+from digitbatch.scoring.output import open_predictions
 from digitbatch.report import ReportError, TopK, class_names, select_rows, write_report
-from digitbatch.score import score
-from digitbatch.train import train
+from digitbatch.scoring.api import score
+from digitbatch.training import train
 
 from .conftest import synthetic_digits, write_idx
 from .test_plots import PNG_SIGNATURE, check_png

@@ -22,8 +22,9 @@ import numpy as np
 import pytest
 import zarr
 
-from digitbatch.predictions import IncompleteOutputError, committed, open_predictions
-from digitbatch.score import score
+from digitbatch.errors import IncompleteOutputError
+from digitbatch.scoring.output import committed, open_predictions
+from digitbatch.scoring.api import score
 
 from .conftest import STORE_SHAPES
 

@@ -76,7 +76,7 @@ PINNED = {
 
 @pytest.mark.parametrize("case", list(PINNED))
 def test_scoring_output_is_pinned(tmp_path, case):
-    from digitbatch.score import score
+    from digitbatch.scoring.api import score
 
     kind, loss = case.split("-", 1)
     model = _model(tmp_path, loss)

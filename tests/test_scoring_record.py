@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 import zarr
 
-from digitbatch.predictions import committed, open_predictions
-from digitbatch.score import reduce_records, score
+from digitbatch.scoring.api import score
+from digitbatch.scoring.output import committed, open_predictions
+from digitbatch.scoring.record import reduce_records
 
 from .conftest import STORE_SHAPES
 from .test_metrics import assert_matches_sklearn

@@ -12,7 +12,7 @@ import pytest
 
 from digitbatch import storage
 from digitbatch.errors import SourceNotFoundError, StoreError, StoreExistsError
-from digitbatch.ingest import ingest
+from digitbatch.ingestion import ingest
 from digitbatch.layout import open_store
 
 from .s3server import s3_server
@@ -147,10 +147,14 @@ def test_train_and_score_in_a_bucket_resume_exactly_once(bucket, tmp_path):
     """Store, model and output all in the bucket; a run killed after some chunks
     resumes on a LocalCluster (worker processes reach S3 themselves) to the
     same bytes as a local run."""
-    from digitbatch.predictions import OutputLockedError, OutputSpec, create_output, run_lock
-    from digitbatch.score import score, score_chunk
+    from digitbatch.errors import OutputLockedError
+    from digitbatch.scoring.api import score
+    from digitbatch.scoring.chunks import score_store_chunk
+    from digitbatch.scoring.lock import run_lock
+    from digitbatch.scoring.output import OutputSpec, create_output
+    from digitbatch.scoring.tasks import ChunkTask
     from digitbatch.modelio import load_model
-    from digitbatch.train import train
+    from digitbatch.training import train
 
     from .conftest import synthetic_digits, write_idx
 
@@ -174,7 +178,7 @@ def test_train_and_score_in_a_bucket_resume_exactly_once(bucket, tmp_path):
                       OutputSpec(s.n, s.chunk_size, 10, True, loaded.sha256, s.checksum))
         for i in (0, 3):
             a, b = s.chunks[i]
-            score_chunk((i, a, b), store_path=store, out_path=out, model=loaded.model,
+            score_store_chunk(ChunkTask(i, a, b), store_path=store, out_path=out, model=loaded.model,
                         proba=True)
         storage.open_group(out, mode="r+")["pred"][256:266] = 7
         with pytest.raises(OutputLockedError):  # the lock is a conditional PUT
@@ -195,7 +199,7 @@ def test_train_and_score_in_a_bucket_resume_exactly_once(bucket, tmp_path):
     names = storage.listdir(storage.to_path(out))
     assert "_SUCCESS" in names and ".lock" not in names
     assert not [n for n in names if ".tmp-" in n]
-    from digitbatch.predictions import open_predictions
+    from digitbatch.scoring.output import open_predictions
 
     assert open_predictions(out).metrics["n_images"] == 1500
     # the person-facing commands take the URLs too
@@ -263,8 +267,8 @@ def test_score_an_archive_in_a_bucket_directly(bucket, tmp_path):
     from click.testing import CliRunner
 
     from digitbatch.cli import main
-    from digitbatch.score import score
-    from digitbatch.train import train
+    from digitbatch.scoring.api import score
+    from digitbatch.training import train
 
     from .conftest import synthetic_digits, write_idx
 

@@ -55,7 +55,7 @@ def pillow_baseline(path: Path) -> np.ndarray:
 
 def run(*, mnist_dir=None, workdir=None, n_png: int = 70_000) -> Iterator[str]:
     from .. import cluster
-    from ..ingest import ingest
+    from ..ingestion import ingest
     from ..sources.idx import load_idx
 
     mnist = find_mnist(mnist_dir)

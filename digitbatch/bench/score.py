@@ -62,12 +62,12 @@ def run(*, mnist_dir=None, workdir=None, n: int = 4_000_000, n_small: int = 1_00
     from threadpoolctl import threadpool_limits
 
     from .. import cluster
-    from ..ingest import ingest
+    from ..ingestion import ingest
     from ..layout import open_store
     from ..kernels import linear_decision
     from ..modelio import load_model
-    from ..score import score
-    from ..train import train
+    from ..scoring.api import score
+    from ..training import train
     from .data import make_shifted_store
 
     mnist = find_mnist(mnist_dir)
@@ -191,7 +191,7 @@ def run(*, mnist_dir=None, workdir=None, n: int = 4_000_000, n_small: int = 1_00
             m.bracket = _mean_rate(before, after)
             yield m.row(m.bracket) + "  (2 threads, no Dask, no output)"
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "import digitbatch.score, distributed"], check=True)
+        subprocess.run([sys.executable, "-c", "import digitbatch.scoring.api, distributed"], check=True)
         imports = time.perf_counter() - t0
         yield (f"  the CLI's interpreter start and imports alone (numpy, zarr, dask, distributed): "
                f"{imports:.2f} s, {imports / results['big'].seconds:.0%} of the 4M CLI run")

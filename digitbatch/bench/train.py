@@ -37,10 +37,10 @@ def run(*, mnist_dir=None, workdir=None, cv: int = 3, reference: bool = True,
 
     from .. import cluster
     from ..crossval import run_cv
-    from ..ingest import ingest
+    from ..ingestion import ingest
     from ..layout import open_store
     from ..models import build
-    from ..train import train
+    from ..training import train
     from .data import make_shifted_store
 
     mnist = find_mnist(mnist_dir)

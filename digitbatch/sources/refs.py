@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import functools
 import os
-import pickle
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import ArchiveError
 from . import archive, members
-from .base import Batch, MemberRef, Reject
+from .base import MemberRef, Reject
 
 BLOCK = 512
 _REGULAR = (b"0", b"\x00", b"7")
@@ -226,36 +225,3 @@ def _tar_refs(path: Path, limit: int) -> Iterator[MemberRef | Reject]:
                 yield MemberRef(key, data_at, size)
     finally:
         os.close(fd)
-
-
-def pack_refs(refs: list[MemberRef]) -> bytes:
-    """``refs`` as one opaque blob for a task. As 2,048 objects in a task's
-    arguments they cost the client process ~1.5 s of CPU in a 70,000-PNG
-    ingest: pickled by the client and again by the scheduler for the workers,
-    and walked element by element by Dask looking for futures."""
-    return pickle.dumps(([r.key for r in refs], [r.offset for r in refs],
-                         [r.size for r in refs]), protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def unpack_refs(packed: bytes) -> list[MemberRef]:
-    """The refs of :func:`pack_refs` (a blob our own client made for the task)."""
-    keys, offsets, sizes = pickle.loads(packed)
-    return [MemberRef(k, o, n) for k, o, n in zip(keys, offsets, sizes)]
-
-
-def decode_refs(task: tuple[str, str, bytes | list[MemberRef], int]) -> Batch:
-    """One worker task: read a batch of referenced members and decode them.
-
-    ``task`` is ``(container path, kind, refs, limit)``; refs as
-    :func:`pack_refs` packs them, or a list of :class:`MemberRef`.
-    """
-    from .images import decode_batch
-
-    path, kind, refs, limit = task
-    if isinstance(refs, bytes):
-        refs = unpack_refs(refs)
-    items = read_refs(path, kind, refs, limit=limit)
-    batch = decode_batch([(m.key, m.data, m.folder_label) for m in items
-                          if isinstance(m, members.Member)])
-    batch.rejects[:0] = [m for m in items if isinstance(m, Reject)]
-    return batch

@@ -101,10 +101,10 @@ from digitbatch.errors import (
     ArchiveError, DigitbatchError, IdxFormatError, LabelsFileError, StoreError,
     TooManyRejectsError,
 )
-from digitbatch.ingest import ingest
+from digitbatch.ingestion import ingest
 from digitbatch.layout import UNKNOWN_LABEL, open_store
-from digitbatch.score import score
-from digitbatch.train import train
+from digitbatch.scoring.api import score
+from digitbatch.training import train
 
 from ..conftest import trained_model
 

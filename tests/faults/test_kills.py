@@ -37,8 +37,9 @@ from pathlib import Path
 
 import pytest
 
-from digitbatch.predictions import OutputLockedError, committed
-from digitbatch.score import score
+from digitbatch.errors import OutputLockedError
+from digitbatch.scoring.output import committed
+from digitbatch.scoring.api import score
 
 from ..conftest import REPO, trained_model
 
@@ -77,7 +78,7 @@ def _cmd(tmp: Path, out: Path, *extra: str, src: Path | None = None) -> list[str
         kw = dict(model=str(tmp / "model"), out=str(out), proba=True, chunk_size=CHUNK,
                   scheduler="synchronous", resume="--resume" in extra,
                   break_lock="--break-lock" in extra)
-        return [sys.executable, "-c", "import sys; from digitbatch.score import score; "
+        return [sys.executable, "-c", "import sys; from digitbatch.scoring.api import score; "
                 f"score({str(src)!r}, **{kw!r})"]
     return [sys.executable, "-m", "digitbatch", "-q", "score", str(tmp / "s.zarr"),
             "--model", str(tmp / "model"), "--out", str(out), "--scheduler", "synchronous",

@@ -54,11 +54,11 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 
 from digitbatch import cluster
 from digitbatch.errors import ChunkFailedError, ChunkTimeoutError, CrossValidationError
-from digitbatch.ingest import ingest
+from digitbatch.ingestion import ingest
 from digitbatch.layout import open_store
-from digitbatch.predictions import committed
-from digitbatch.score import score
-from digitbatch.train import train
+from digitbatch.scoring.output import committed
+from digitbatch.scoring.api import score
+from digitbatch.training import train
 
 from ..conftest import synthetic_digits, write_idx
 from .test_kills import _files
@@ -291,8 +291,8 @@ PNG_CHUNK = 256  # (the smallest chunk size): chunks of 256, 256 and 88 members
 @pytest.fixture(scope="module")
 def poison_dir(tmp_path_factory, big):
     """600 digit PNGs in label folders, one of them marked; and a fault-free scoring of it."""
-    from digitbatch.score_archive import list_slots
     from digitbatch.sources.archive import DEFAULT_MAX_MEMBER_BYTES
+    from digitbatch.sources.listing import list_archive
 
     tmp = tmp_path_factory.mktemp("poison")
     root = tmp / "pngs"
@@ -301,7 +301,7 @@ def poison_dir(tmp_path_factory, big):
     for img, p in zip(x, paths):
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(_png(img))
-    _, _, entries = list_slots(root, limit=DEFAULT_MAX_MEMBER_BYTES)
+    entries = list_archive(root, "dir", limit=DEFAULT_MAX_MEMBER_BYTES).entries
     order = [e.key for e in entries]
     poison_key = order[300]  # in chunk 1
     poisoned = root / poison_key

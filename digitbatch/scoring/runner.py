@@ -1,6 +1,9 @@
 """Running a scoring run's chunk tasks: inline, or on a Dask cluster.
 
-The Dask wiring of scoring lives here: the model (and labels) shared with
+The runner executes a :class:`~digitbatch.scoring.tasks.Work` over
+:class:`~digitbatch.scoring.tasks.ChunkTask` s through
+:func:`digitbatch.cluster.executor` and knows nothing of what a task
+reads. The Dask wiring of scoring lives here: the model (and labels) shared with
 the workers once as recomputable task results, retries, per-chunk time
 limits (``task_timeout``: a wedged decoder is cancelled and its worker
 restarted), and turning chunks the cluster gave up into one
@@ -15,8 +18,9 @@ import queue
 import time
 import uuid
 
-from . import cluster
-from .errors import ChunkFailedError, ChunkTimeoutError
+from .. import cluster
+from ..errors import ChunkFailedError, ChunkTimeoutError
+from .tasks import MAX_KEYS_LISTED, ChunkTask, Work, batches, images_of, run_batch
 
 log = logging.getLogger(__name__)
 
@@ -28,44 +32,6 @@ TASK_RETRIES = 2
 DEFAULT_TASK_TIMEOUT = 1800.0
 # How a chunk failed on the cluster (ChunkFailedError.failures[i]["kind"]).
 KILLED, TIMED_OUT, CANCELLED = "workers-died", "timed-out", "cancelled"
-# Image keys a ChunkFailedError lists per chunk; a longer chunk gives its first and last.
-MAX_KEYS_LISTED = 20
-
-
-
-
-# Store chunks go to Dask in batches of up to this many: each Dask task costs
-# the scheduler, worker and client a few ms of Python on their event loops,
-# and on a threaded LocalCluster that Python shares the GIL with the chunk
-# work (a worker thread coming back from numpy waits for it). 3-4 chunks per
-# task scored fastest (README, "Measured defaults").
-MAX_CHUNKS_PER_BATCH = 4
-# ...but at least this many batches per worker, so that the last ones
-# still keep every worker busy (and progress still moves).
-MIN_BATCHES_PER_WORKER = 8
-
-
-def task_images(task) -> int:
-    """Images (or archive members) one task covers: what progress counts."""
-    return len(task[2]) if isinstance(task[2], list) else task[2] - task[1]
-
-
-def _batch_images(batch: list) -> int:
-    return sum(task_images(t) for t in batch)
-
-
-def batches(todo: list, n_workers: int, *, batch: bool = True) -> list[list]:
-    """``todo`` in order, as lists of up to :data:`MAX_CHUNKS_PER_BATCH` tasks,
-    with at least :data:`MIN_BATCHES_PER_WORKER` lists per worker where
-    there are enough tasks (one task per list with ``batch`` false)."""
-    size = max(1, min(MAX_CHUNKS_PER_BATCH,
-                      len(todo) // (MIN_BATCHES_PER_WORKER * max(1, n_workers)))) if batch else 1
-    return [list(todo[a:a + size]) for a in range(0, len(todo), size)]
-
-
-def run_batch(batch: list, fn, **kwargs) -> list:
-    """Run ``fn(task, **kwargs)`` for each task of a batch, in order (one Dask task)."""
-    return [fn(task, **kwargs) for task in batch]
 
 
 def _executing(dask_worker=None) -> dict:
@@ -78,26 +44,25 @@ def _executing(dask_worker=None) -> dict:
             if k in tasks and tasks[k].start_time is not None}
 
 
-def run(todo, scheduler, fn, kwargs, *, broadcast, progress=None, task_timeout=None,
-        describe=None, processes=True, batch=False, committed=None, stuck_on=None) -> None:
-    """Run ``fn(task, **kwargs, **broadcast)`` for every task (see the module docstring).
+def run(todo: list[ChunkTask], work: Work, *, scheduler=None, progress=None,
+        task_timeout: float | None = None, committed=None) -> None:
+    """Run ``work.fn(task, **work.kwargs, **work.broadcast)`` for every task.
 
-    ``processes``: whether a LocalCluster started here has worker processes
-    or threads (:func:`digitbatch.cluster.client`). ``batch``: tasks may
-    share a Dask task (:func:`batches`; ``task_timeout`` then applies per
-    chunk of a batch). ``committed``: returns the chunk indices committed so
-    far, so that a failed batch does not report its chunks that were.
-    ``stuck_on``: run on a worker, chunk index -> what that chunk is busy
-    with (the archive member it decodes), named when it is cancelled.
+    See the module docstring. ``task_timeout`` applies per chunk (a batch
+    of chunks gets that many times it). ``committed``: returns the chunk
+    indices committed so far, so that a failed batch does not report its
+    chunks that were.
     """
     if not todo:
         return
-    with cluster.executor(scheduler, processes=processes) as ex:
+    fn, kwargs, broadcast = work.fn, work.kwargs, work.broadcast
+    stuck_on = work.stuck_on
+    with cluster.executor(scheduler, processes=work.processes) as ex:
         if ex.client is None:
             for task in todo:
                 fn(task, **kwargs, **broadcast)
                 if progress is not None:
-                    progress(task_images(task))
+                    progress(task.n_images)
             return
         client = ex.client
         # The model (and labels) go to each worker once and tasks refer to them
@@ -108,10 +73,10 @@ def run(todo, scheduler, fn, kwargs, *, broadcast, progress=None, task_timeout=N
         shared = {k: client.submit(cluster.hold, v, key=f"digitbatch-{k}-{uuid.uuid4().hex}",
                                    pure=False) if v is not None else None
                   for k, v in broadcast.items()}
-        work = batches(todo, ex.n_workers, batch=batch)
-        futures = client.map(run_batch, work, fn=fn, **kwargs, **shared, pure=False,
+        grouped = batches(todo, ex.n_workers, batch=work.batch)
+        futures = client.map(run_batch, grouped, fn=fn, **kwargs, **shared, pure=False,
                              retries=TASK_RETRIES)
-        failures = _gather_commits(client, futures, work, progress=progress,
+        failures = _gather_commits(client, futures, grouped, progress=progress,
                                    task_timeout=task_timeout, stuck_on=stuck_on)
         killed = [f for f in failures if f[2] == KILLED]
         if len(killed) > 1 or any(len(f[0]) > 1 for f in killed):
@@ -119,7 +84,7 @@ def run(todo, scheduler, fn, kwargs, *, broadcast, progress=None, task_timeout=N
             # so a chunk can be given up for dying beside the one that kills its
             # workers (or in its batch). Run the given-up chunks again one at a
             # time: alone, a chunk fails only by itself.
-            retry = sorted((t for f in killed for t in f[0]), key=lambda t: t[0])
+            retry = sorted((t for f in killed for t in f[0]), key=lambda t: t.index)
             log.warning("%d chunks were given up after their workers died; running them "
                         "again one at a time to find those that kill their workers",
                         len(retry))
@@ -134,9 +99,9 @@ def run(todo, scheduler, fn, kwargs, *, broadcast, progress=None, task_timeout=N
                                                             stuck_on=stuck_on)]
         # one entry per chunk, less those of a failed batch that were committed
         done = committed() if committed is not None and failures else set()
-        failures = [(t, r, k) for ts, r, k in failures for t in ts if t[0] not in done]
+        failures = [(t, r, k) for ts, r, k in failures for t in ts if t.index not in done]
         if failures:
-            raise _failed_error(failures, describe, n_tasks=len(todo))
+            raise _failed_error(failures, work.describe, n_tasks=len(todo))
 
 
 def _gather_commits(client, futures, todo, *, progress, task_timeout, stuck_on=None) -> list[tuple]:
@@ -178,7 +143,7 @@ def _gather_commits(client, futures, todo, *, progress, task_timeout, stuck_on=N
             task = task_of[fut.key]
             if fut.status == "finished":
                 if progress is not None:
-                    progress(_batch_images(task))
+                    progress(images_of(task))
                 continue
             if fut.status == "error":
                 exc = fut.exception()
@@ -198,7 +163,7 @@ def _gather_commits(client, futures, todo, *, progress, task_timeout, stuck_on=N
             limits = {k: task_timeout * len(task_of[k]) for k in pending}
             for fut, worker, secs in _overdue(client, set(pending.values()), limits,
                                               first_seen):
-                chunks = [t[0] for t in task_of[fut.key]]
+                chunks = [t.index for t in task_of[fut.key]]
                 i = chunks[0]
                 log.warning("chunks %s have run %.0f s on %s (task_timeout %g s): cancelling "
                             "them", chunks, secs, worker, task_timeout)
@@ -273,11 +238,9 @@ def _restart(client, worker: str) -> None:
 
 def _failed_error(failures, describe, *, n_tasks: int) -> ChunkFailedError:
     items = []
-    for task, reason, kind in sorted(failures, key=lambda f: f[0][0]):
-        start = task[1]
-        stop = start + task_images(task)
+    for task, reason, kind in sorted(failures, key=lambda f: f[0].index):
         keys = describe(task) if describe is not None else []
-        items.append({"chunk": int(task[0]), "start": int(start), "stop": int(stop),
+        items.append({"chunk": task.index, "start": task.start, "stop": task.stop,
                       "keys": keys, "reason": reason, "kind": kind})
 
     def one(f):

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import zarr
 
-from digitbatch.ingest import ingest
-from digitbatch.predictions import commit_path, open_predictions
-from digitbatch.score import score
+from digitbatch.ingestion import ingest
+from digitbatch.scoring.output import commit_path, open_predictions
+from digitbatch.scoring.api import score
 
 from .test_ingest import digit_members, make_tar, make_zip, png_bytes
 
@@ -86,22 +86,24 @@ def test_archive_on_local_cluster_with_labels_csv(tmp_path, model):
 
 @pytest.mark.parametrize("kill_after", [0, 1, 2])
 def test_archive_resume_is_identical(tmp_path, model, kill_after):
-    from digitbatch.score import _plan
+    import contextlib
+
     from digitbatch.modelio import load_model
-    from digitbatch.predictions import OutputSpec, create_output
-    from digitbatch.score_archive import create_staging, score_slots, tasks
+    from digitbatch.scoring.output import OutputSpec, create_output
+    from digitbatch.scoring.plan import make_plan
 
     src = _container(tmp_path, "tar")
     score(src, model=model, out=tmp_path / "ref.zarr", chunk_size=256, scheduler="synchronous")
     loaded = load_model(model)
-    plan = _plan(src, loaded.model, proba=False, labels=None, chunk_size=256, limit=1 << 24)
     out = tmp_path / "k.zarr"
+    plan = make_plan(src, loaded.model, out_path=str(out), proba=False, labels=None,
+                     chunk_size=256, limit=1 << 24, stack=contextlib.ExitStack())
     out.mkdir()
     create_output(out, OutputSpec(plan.n, 256, 10, False, loaded.sha256, plan.checksum),
                   arrays=False)
     plan.prepare(out)
     for t in plan.tasks(set())[:kill_after]:
-        score_slots(t, out_path=str(out), model=loaded.model, labels=None, **plan.kwargs)
+        plan.work.fn(t, model=loaded.model, labels=None, **plan.work.kwargs)
     r = score(src, model=model, out=out, chunk_size=256, resume=True, scheduler="synchronous")
     ref = json.loads((tmp_path / "ref.zarr" / "_SUCCESS").read_text())
     assert r.metrics["confusion_matrix"] == ref["confusion_matrix"]

@@ -68,14 +68,16 @@ def _image_batches(path: Path, ex, *, batch_size: int, max_member_bytes: int,
                    stream: bool = False) -> Iterator[Batch]:
     """Decode the members of an image container on the executor, in source order.
 
-    Seekable containers (directory, zip, uncompressed tar) are only listed
-    here and each task reads its own members; compressed tars are streamed
-    here and their bytes shipped to the tasks. ``stream`` streams every
-    container (a local copy of a remote source, which workers cannot see).
+    The container is listed here (:func:`~digitbatch.sources.listing.iter_entries`)
+    and cut into packed tasks of ``batch_size`` members: references that each
+    task reads itself where the container is seekable, members with their
+    bytes where it is streamed (a compressed tar; every container with
+    ``stream``: a local copy of a remote source, which workers cannot see).
+    Members refused from their headers alone stay here and join the next batch.
     """
-    from .sources.base import MemberRef
-    from .sources.images import Member, decode_batch, detect_image_source, iter_members
-    from .sources.refs import decode_refs, iter_refs, pack_refs, seekable_kind
+    from .sources.images import detect_image_source
+    from .sources.listing import decode_packed, iter_entries, pack
+    from .sources.refs import seekable_kind
 
     container = detect_image_source(path)
     seekable = not stream and container is not None and seekable_kind(path, container)
@@ -83,27 +85,18 @@ def _image_batches(path: Path, ex, *, batch_size: int, max_member_bytes: int,
 
     def groups() -> Iterator:
         items: list = []
-        if seekable:
-            members = iter_refs(path, container, limit=max_member_bytes)
-        else:
-            members = iter_members(path, kind=container, max_member_bytes=max_member_bytes)
-        for m in members:
-            if isinstance(m, MemberRef):
-                items.append(m)
-            elif isinstance(m, Member):
-                items.append((m.key, m.data, m.folder_label))
-            else:
+        for m in iter_entries(path, container, limit=max_member_bytes, seekable=seekable):
+            if isinstance(m, Reject):
                 header_rejects.append(m)
                 continue
+            items.append(m)
             if len(items) >= batch_size:
-                yield (str(path), container, pack_refs(items), max_member_bytes) \
-                    if seekable else items
+                yield (str(path), container, pack(items), max_member_bytes)
                 items = []
         if items:
-            yield (str(path), container, pack_refs(items), max_member_bytes) if seekable else items
+            yield (str(path), container, pack(items), max_member_bytes)
 
-    fn = decode_refs if seekable else decode_batch
-    for batch in ex.map_ordered(fn, groups()):
+    for batch in ex.map_ordered(decode_packed, groups()):
         if header_rejects:
             batch.rejects.extend(header_rejects)
             header_rejects.clear()

@@ -1,6 +1,6 @@
-"""The layout of a scoring output, its commit manifest, and its run lock.
+"""PRED.zarr, the scoring output: its arrays, staging, commit records, metrics and markers.
 
-::
+This module is the only one that reads or writes an output's files::
 
     PRED.zarr/
       pred     (N,) int8, fill -1 (not a label): rows of uncommitted chunks read -1
@@ -8,36 +8,40 @@
                models without probabilities), for finding doubtful images
       proba    (N, k) float32, only with --proba
       keys     (N,) string, copied from the input
+      labels   (N,) int8, archive inputs only (a store holds its own)
+      _staging/                    archive inputs: one row per member slot (see below)
       _commits/chunk-000012.json   one per chunk, written (atomically) only after
                the chunk's rows are completely written: its counts live here
       metrics.json, _SUCCESS       written last, from the commit records
-      .lock                        while a run writes: owner pid, host, time
+      .lock                        while a run writes (digitbatch.scoring.lock)
 
 A chunk's rows are deterministic, so a retried or resumed task rewrites the
 same bytes; a chunk counts once because its commit record has one name.
 :func:`open_predictions` refuses an output without ``_SUCCESS`` or with a
 missing commit, so rows never written are never read as predictions.
+
+An archive is scored into ``_staging/`` first: one row per member slot,
+with a ``valid`` flag (rejected members stay unset). When every slot chunk
+is committed, :func:`compact` copies the valid rows, in order, into the
+output arrays, so the result equals ingest-then-score row for row; the
+staging group is then removed. A run killed while compacting compacts again.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import datetime as _dt
 import json
 import logging
 import os
-import socket
-import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .errors import IncompleteOutputError, OutputLockedError, ScoreError
-from . import storage
-from .layout import COMPRESSORS, chunk_bounds, write_rows
+from .. import storage
+from ..digits import UNKNOWN_LABEL
+from ..errors import IncompleteOutputError, ScoreError
+from ..layout import COMPRESSORS, chunk_bounds, write_rows
 
 log = logging.getLogger(__name__)
 
@@ -45,57 +49,9 @@ PRED_FILL = -1
 COMMITS = "_commits"
 SUCCESS = "_SUCCESS"
 METRICS = "metrics.json"
-LOCK = ".lock"
+STAGING = "_staging"
 ATTRS_KEY = "digitbatch_predictions"
 OUTPUT_VERSION = 1
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-@contextlib.contextmanager
-def run_lock(out: Path, *, break_lock: bool = False) -> Iterator[dict]:
-    """Hold ``out/.lock`` for the duration of a run; refuse if another run holds it."""
-    out = storage.to_path(out)
-    storage.mkdir(out)
-    lock = out / LOCK
-    me = {"pid": os.getpid(), "host": socket.gethostname(),
-          "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-          "token": uuid.uuid4().hex}
-    for _ in range(2):
-        try:
-            storage.create_exclusive(lock, json.dumps(me))
-        except FileExistsError:
-            try:
-                owner = json.loads(lock.read_text() or "{}")
-            except (OSError, json.JSONDecodeError):
-                owner = {}
-            same_host = owner.get("host") == me["host"]
-            stale = same_host and isinstance(owner.get("pid"), int) and not _pid_alive(owner["pid"])
-            if break_lock and (stale or not same_host):
-                log.warning("breaking lock %s held by %s", lock, owner)
-                lock.unlink(missing_ok=True)
-                continue
-            hint = ("its process is gone: rerun with --break-lock" if stale else
-                    "wait for it to finish" + ("" if same_host else
-                                               ", or --break-lock if that host is down"))
-            raise OutputLockedError(
-                f"{out} is being written by another run (pid {owner.get('pid')} on "
-                f"{owner.get('host')}, since {owner.get('started')}): {hint}")
-        break
-    try:
-        yield me
-    finally:
-        with contextlib.suppress(OSError, json.JSONDecodeError):
-            if json.loads(lock.read_text()).get("token") == me["token"]:
-                lock.unlink()
 
 
 @dataclass(frozen=True)
@@ -257,6 +213,137 @@ def finalize(out: Path, metrics: dict) -> None:
     storage.write_atomic(out / SUCCESS, text)
 
 
+def metrics_path(out: Path) -> Path:
+    """Where an output's metrics.json lies."""
+    return storage.to_path(out) / METRICS
+
+
+def is_output(path: Path) -> bool:
+    """Whether ``path`` is a digitbatch scoring output (complete or not)."""
+    try:
+        meta = json.loads((storage.to_path(path) / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and ATTRS_KEY in (meta.get("attributes") or {})
+
+
+def is_complete(out: Path) -> bool:
+    """Whether the run into ``out`` finished (its ``_SUCCESS`` marker exists)."""
+    return (storage.to_path(out) / SUCCESS).exists()
+
+
+def open_metrics(out: Path) -> dict:
+    """The metrics of a finished output (as its ``_SUCCESS`` marker holds them)."""
+    return json.loads((storage.to_path(out) / SUCCESS).read_text())
+
+
+def has_spec(out: Path) -> bool:
+    """Whether ``out`` is an output whose settings were written (see :func:`create_output`)."""
+    out = storage.to_path(out)
+    return (out / "zarr.json").exists() and ATTRS_KEY in storage.open_group(out, mode="r").attrs
+
+
+def sweep_temporaries(out: Path) -> int:
+    """Remove the temporary files of writers killed before their rename.
+
+    A chunk file or commit record is written to ``.NAME.tmp-ID`` and renamed;
+    a worker killed in between leaves the temporary behind (the rerun task
+    writes its own). Called when every chunk is committed, so no writer of
+    this run is left.
+    """
+    n = 0
+    if not storage.is_local(storage.to_path(out)):
+        return 0  # object stores publish each object whole: no temporaries
+    for p in Path(out).rglob(".*.tmp-*"):
+        if p.is_file():
+            p.unlink(missing_ok=True)
+            n += 1
+    if n:
+        log.info("removed %d temporary files left by killed workers in %s", n, out)
+    return n
+
+
+# --- archive inputs: staging and compaction -------------------------------------------
+
+
+def create_staging(out: Path, *, n: int, chunk_size: int, n_classes: int, proba: bool) -> None:
+    """The staging arrays of an archive input: one row per member slot."""
+    g = storage.open_group(out, mode="a")
+    st = g.require_group(STAGING)
+    c = chunk_size
+    for name, dtype, fill in (("pred", "int8", PRED_FILL), ("margin", "float32", np.nan),
+                              ("valid", "int8", 0), ("labels", "int8", UNKNOWN_LABEL)):
+        if name not in st:
+            st.create_array(name, shape=(n,), chunks=(c,), dtype=dtype, fill_value=fill,
+                            compressors=COMPRESSORS)
+    if proba and "proba" not in st:
+        st.create_array("proba", shape=(n, n_classes), chunks=(c, n_classes), dtype="float32",
+                        fill_value=np.nan, compressors=COMPRESSORS)
+    if "keys" not in st:
+        st.create_array("keys", shape=(n,), chunks=(c,), dtype=str)
+
+
+def write_slots(out_path: str, i: int, start: int, *, valid: np.ndarray, labels: np.ndarray,
+                pred: np.ndarray, margin: np.ndarray, proba: np.ndarray | None,
+                keys: np.ndarray, counts: dict) -> None:
+    """Write one archive slot chunk into staging, then (only then) commit it."""
+    n = valid.shape[0]
+    g = open_group_cached(out_path)
+    g[f"{STAGING}/valid"][start:start + n] = valid.astype(np.int8)
+    g[f"{STAGING}/labels"][start:start + n] = labels
+    write_chunk(out_path, i, start, start + n, pred=pred, margin=margin, proba=proba, keys=keys,
+                counts=counts, prefix=f"{STAGING}/")
+
+
+def compact(out: Path, *, chunk_size: int, n_classes: int, proba: bool) -> int:
+    """Copy the valid staging rows, in order, into the output arrays; drop staging."""
+    g = storage.open_group(out, mode="r+")
+    st = g[STAGING]
+    n_slots = st["valid"].shape[0]
+    names = ["pred", "margin", "keys", "labels"] + (["proba"] if proba else [])
+    for name in names:
+        if name in g:
+            del g[name]
+    c = chunk_size
+    shapes = {"proba": (0, n_classes)}
+    for name in names:
+        src = st[name]
+        kw = {"dtype": str} if name == "keys" else {
+            "dtype": src.dtype, "fill_value": src.fill_value, "compressors": COMPRESSORS}
+        g.create_array(name, shape=shapes.get(name, (0,)),
+                       chunks=(c, n_classes) if name == "proba" else (c,), **kw)
+    buf: dict[str, list] = {name: [] for name in names}
+    written = pending = 0
+
+    def flush(count: int) -> None:
+        nonlocal written, pending
+        for name in names:
+            arr = np.concatenate(buf[name]) if buf[name] else None
+            head, rest = arr[:count], arr[count:]
+            buf[name] = [rest] if len(rest) else []
+            dst = g[name]
+            dst.resize((written + count, *dst.shape[1:]))
+            dst[written:written + count] = head
+        written += count
+        pending -= count
+
+    for a, b in chunk_bounds(n_slots, c):
+        keep = st["valid"][a:b].astype(bool)
+        if not keep.any():
+            continue
+        for name in names:
+            vals = st[name][a:b]
+            buf[name].append(np.asarray(vals, dtype=object)[keep] if name == "keys" else vals[keep])
+        pending += int(keep.sum())
+        while pending >= c:
+            flush(c)
+    if pending:
+        flush(pending)
+    del g[STAGING]
+    storage.rmtree(storage.to_path(out) / STAGING)
+    return written
+
+
 @dataclass(frozen=True)
 class Predictions:
     path: Path
@@ -268,8 +355,22 @@ class Predictions:
         return self.group["pred"]
 
     @property
+    def margin(self):
+        return self.group["margin"]
+
+    @property
     def keys(self):
         return self.group["keys"]
+
+    @property
+    def proba(self):
+        """The (N, k) probabilities, or None when the run was not asked for them."""
+        return self.group["proba"] if "proba" in self.group else None
+
+    @property
+    def labels(self):
+        """The labels an archive input was scored with (a store input holds its own: None)."""
+        return self.group["labels"] if "labels" in self.group else None
 
 
 def open_predictions(out: str | os.PathLike) -> Predictions:

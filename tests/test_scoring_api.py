@@ -1,4 +1,4 @@
-"""train -> model artifact -> score, against plain scikit-learn."""
+"""score(): a store or archive scored end to end, against plain scikit-learn; resume, refusals, codecs."""
 
 from __future__ import annotations
 
@@ -10,38 +10,14 @@ import pytest
 import zarr
 from sklearn.metrics import confusion_matrix
 
-from digitbatch.errors import ModelError, ScoreError, StoreError, TrainingError
+from digitbatch.errors import ModelError, ScoreError, StoreError
 from digitbatch.layout import StoreWriter, UNKNOWN_LABEL, open_store
 from digitbatch.modelio import load_model
-from digitbatch.score import PRED_FILL, score
-from digitbatch.train import train
+from digitbatch.scoring.api import score
+from digitbatch.scoring.output import PRED_FILL
+from digitbatch.training import train
 
 from .conftest import synthetic_digits
-
-
-@pytest.fixture
-def trained(tmp_path, small_store):
-    return train(small_store, tmp_path / "model", seed=3)
-
-
-@pytest.fixture
-def model_dir(trained):
-    from pathlib import Path
-    return Path(trained.model_path)
-
-
-def test_train_writes_manifest(tmp_path, small_store, model_dir):
-    m = json.loads((model_dir / "manifest.json").read_text())
-    assert m["name"] == "sgd" and m["seed"] == 3
-    assert m["train"]["store_checksum"] == open_store(small_store).checksum
-    assert m["train"]["n_rows"] == 700
-    assert 0.9 <= m["test"]["accuracy"] <= 1.0
-    assert len(m["test"]["confusion_matrix"]) == 10
-
-
-def test_train_is_deterministic(tmp_path, small_store, model_dir):
-    train(small_store, tmp_path / "again", seed=3)
-    assert (model_dir / "model.npz").read_bytes() == (tmp_path / "again" / "model.npz").read_bytes()
 
 
 def _score_on(scheduler, *args, **kwargs):
@@ -59,7 +35,7 @@ def _score_on(scheduler, *args, **kwargs):
 def test_score_equals_sklearn(tmp_path, small_store, trained, model_dir, scheduler, monkeypatch):
     out = tmp_path / "pred.zarr"
     if scheduler == "local-batched":  # two chunks per Dask task: (0, 1), (2, 3)
-        from digitbatch import score_tasks
+        from digitbatch.scoring import tasks as score_tasks
 
         monkeypatch.setattr(score_tasks, "MIN_BATCHES_PER_WORKER", 1)
         scheduler = "local"
@@ -138,53 +114,6 @@ def test_pickle_payload_never_runs(tmp_path, model_dir, monkeypatch):
     assert not (tmp_path / "SENTINEL_SHOULD_NOT_EXIST").exists()
 
 
-def test_train_errors(tmp_path):
-    x, y = synthetic_digits(300)
-    with StoreWriter(tmp_path / "nolabels.zarr", source={}) as w:
-        w.append(x, np.full(300, UNKNOWN_LABEL, np.int8), [str(i) for i in range(300)])
-        w.finish()
-    with pytest.raises(TrainingError, match="no labelled rows"):
-        train(tmp_path / "nolabels.zarr", tmp_path / "m")
-    with StoreWriter(tmp_path / "one.zarr", source={}) as w:
-        w.append(x, np.full(300, 4, np.int8), [str(i) for i in range(300)])
-        w.finish()
-    with pytest.raises(TrainingError, match="single class"):
-        train(tmp_path / "one.zarr", tmp_path / "m")
-    with pytest.raises(TrainingError, match="unknown model"):
-        train(tmp_path / "one.zarr", tmp_path / "m", model="resnet")
-    with pytest.raises(StoreError):
-        train(tmp_path / "missing.zarr", tmp_path / "m")
-    assert not (tmp_path / "m").exists()
-
-
-def test_incremental_matches_chunks_and_is_bounded(tmp_path, small_store):
-    r = train(small_store, tmp_path / "inc", incremental=True, epochs=3, seed=1)
-    assert r.n_train == 700 and r.test["accuracy"] > 0.8
-    m = json.loads((tmp_path / "inc" / "manifest.json").read_text())
-    assert m["train"]["incremental"] is True and m["train"]["epochs"] == 3
-    again = train(small_store, tmp_path / "inc2", incremental=True, epochs=3, seed=1)
-    assert (tmp_path / "inc" / "model.npz").read_bytes() == (tmp_path / "inc2" / "model.npz").read_bytes()
-    assert again.test == r.test
-
-
-@pytest.mark.parametrize("kw, match", [
-    ({"model": "sgd-kernel"}, "--incremental trains the sgd model"),
-    ({"features": "kernel"}, "--incremental trains the sgd model"),
-    ({"cv": 3}, "cannot be combined"),
-    ({"epochs": 0}, "epochs must be"),
-])
-def test_incremental_errors(tmp_path, small_store, kw, match):
-    with pytest.raises(TrainingError, match=match):
-        train(small_store, tmp_path / "m", incremental=True, **kw)
-
-
-def test_same_model_bytes_local_cluster_and_threads(tmp_path, small_store):
-    a = train(small_store, tmp_path / "a", cv=2, scheduler="local", seed=5)
-    b = train(small_store, tmp_path / "b", cv=2, scheduler="synchronous", seed=5)
-    assert (tmp_path / "a" / "model.npz").read_bytes() == (tmp_path / "b" / "model.npz").read_bytes()
-    assert a.cv["scores"] == b.cv["scores"] and a.test == b.test
-
-
 def test_detector_scoring_confusion_is_binary(tmp_path, small_store):
     train(small_store, tmp_path / "d", model="detect-2")
     r = score(small_store, model=tmp_path / "d", out=tmp_path / "p.zarr", scheduler="synchronous")
@@ -193,8 +122,6 @@ def test_detector_scoring_confusion_is_binary(tmp_path, small_store):
     labels = open_store(small_store).labels[:]
     assert cm[1].sum() == int((labels == 2).sum())
 
-
-# --- exactly-once, resumable output ------------------------------------------------
 
 def _arrays(out):
     g = zarr.open_group(str(out), mode="r")
@@ -210,9 +137,10 @@ def _chunk_files(out):
 @pytest.mark.parametrize("done_before", [[], [0], [1, 3], [0, 1, 2]])
 def test_resume_after_kill_is_byte_identical(tmp_path, small_store, model_dir, done_before,
                                              resume_on, monkeypatch):
-    from digitbatch import score_tasks
-    from digitbatch.predictions import OutputSpec, create_output, commit_path
-    from digitbatch.score import score_chunk
+    from digitbatch.scoring import tasks as score_tasks
+    from digitbatch.scoring.chunks import score_store_chunk
+    from digitbatch.scoring.output import OutputSpec, commit_path, create_output
+    from digitbatch.scoring.tasks import ChunkTask
 
     if resume_on == "local-batched":  # the chunks left run two to a Dask task
         monkeypatch.setattr(score_tasks, "MIN_BATCHES_PER_WORKER", 1)
@@ -227,7 +155,7 @@ def test_resume_after_kill_is_byte_identical(tmp_path, small_store, model_dir, d
     create_output(out, OutputSpec(s.n, s.chunk_size, 10, True, loaded.sha256, s.checksum))
     for i in done_before:
         a, b = s.chunks[i]
-        score_chunk((i, a, b), store_path=str(small_store), out_path=str(out),
+        score_store_chunk(ChunkTask(i, a, b), store_path=str(small_store), out_path=str(out),
                     model=loaded.model, proba=True)
     half = [i for i in range(len(s.chunks)) if i not in done_before][0]
     a, b = s.chunks[half]
@@ -269,43 +197,9 @@ def test_resume_refuses_other_model(tmp_path, small_store, model_dir):
               scheduler="synchronous")
 
 
-def test_overlapping_runs_refused(tmp_path, small_store, model_dir):
-    from digitbatch.predictions import OutputLockedError, run_lock
-
-    out = tmp_path / "p.zarr"
-    with run_lock(out):
-        with pytest.raises(OutputLockedError, match="being written by another run"):
-            score(small_store, model=model_dir, out=out, resume=True, scheduler="synchronous")
-    r = score(small_store, model=model_dir, out=out, resume=True, scheduler="synchronous")
-    assert r.metrics["n_images"] == 1000
-
-
-def test_stale_lock_needs_break_lock(tmp_path, small_store, model_dir):
-    import socket
-    from digitbatch.predictions import OutputLockedError
-
-    out = tmp_path / "p.zarr"
-    out.mkdir()
-    dead = subprocess_dead_pid()
-    (out / ".lock").write_text(json.dumps({"pid": dead, "host": socket.gethostname(),
-                                           "started": "then"}))
-    with pytest.raises(OutputLockedError, match="--break-lock"):
-        score(small_store, model=model_dir, out=out, resume=True, scheduler="synchronous")
-    r = score(small_store, model=model_dir, out=out, resume=True, break_lock=True,
-              scheduler="synchronous")
-    assert r.metrics["n_images"] == 1000
-
-
-def subprocess_dead_pid() -> int:
-    import subprocess
-    import sys
-    p = subprocess.Popen([sys.executable, "-c", "pass"])
-    p.wait()
-    return p.pid
-
-
 def test_incomplete_output_is_refused_when_read(tmp_path, small_store, model_dir):
-    from digitbatch.predictions import IncompleteOutputError, commit_path, open_predictions
+    from digitbatch.errors import IncompleteOutputError
+    from digitbatch.scoring.output import commit_path, open_predictions
 
     out = tmp_path / "p.zarr"
     score(small_store, model=model_dir, out=out, scheduler="synchronous")
@@ -349,7 +243,7 @@ def test_raw_codec_store_scores_byte_identically(tmp_path, idx_dir, small_store,
                                                  scheduler):
     """A store written with codec "none" (chunks read in place) gives the same
     output bytes as the LZ4 store, on every scheduler."""
-    from digitbatch.ingest import ingest
+    from digitbatch.ingestion import ingest
 
     raw = tmp_path / "raw.zarr"
     ingest(idx_dir, raw, chunk_size=256, codec="none")
@@ -365,7 +259,7 @@ def test_raw_codec_store_scores_byte_identically(tmp_path, idx_dir, small_store,
 
 
 def test_raw_codec_truncated_chunk_is_a_store_error(tmp_path, idx_dir, model_dir):
-    from digitbatch.ingest import ingest
+    from digitbatch.ingestion import ingest
 
     raw = tmp_path / "raw.zarr"
     ingest(idx_dir, raw, chunk_size=256, codec="none")
@@ -373,73 +267,3 @@ def test_raw_codec_truncated_chunk_is_a_store_error(tmp_path, idx_dir, model_dir
     chunk.write_bytes(chunk.read_bytes()[:-784])
     with pytest.raises(StoreError, match="chunk 1 .* is corrupt"):
         score(raw, model=model_dir, out=tmp_path / "p.zarr", scheduler="synchronous")
-
-
-def test_ingest_refuses_unknown_codec(tmp_path, idx_dir):
-    from digitbatch.ingest import ingest
-
-    with pytest.raises(StoreError, match="codec 'zip' is not one of lz4, none"):
-        ingest(idx_dir, tmp_path / "s.zarr", codec="zip")
-    assert not (tmp_path / "s.zarr").exists()
-
-
-def test_concurrent_worker_threads_score_byte_identically(model_dir):
-    """Worker threads of one process share the process-wide BLAS limit: every
-    thread's margins and probabilities are those of a sequential run (a limit
-    set and undone per call changed their last bits)."""
-    import threading
-
-    from digitbatch.score import deterministic_scores, one_blas_thread
-
-    m = load_model(model_dir).model
-    x, _ = synthetic_digits(8192, seed=11)
-    with one_blas_thread():
-        want = deterministic_scores(m, x, proba=True)
-    same = []
-
-    def work():
-        for _ in range(4):
-            got = deterministic_scores(m, x, proba=True)
-            same.append(all(np.array_equal(a, b) for a, b in zip(got, want)))
-
-    with one_blas_thread():
-        threads = [threading.Thread(target=work) for _ in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    assert same == [True] * 8
-
-
-@pytest.mark.timeout(60)
-def test_batch_timed_out_reports_only_its_uncommitted_chunks(tmp_path, small_store, model_dir,
-                                                             monkeypatch):
-    """Chunks 2 and 3 share a Dask task; chunk 3 hangs past task_timeout: the error
-    names chunk 3 only (chunk 2 was committed), and --resume scores chunk 3."""
-    import time
-
-    from digitbatch import score as score_mod
-    from digitbatch import score_tasks
-    from digitbatch.errors import ChunkTimeoutError
-    from digitbatch.predictions import committed
-
-    monkeypatch.setattr(score_tasks, "MIN_BATCHES_PER_WORKER", 1)  # batches (0, 1), (2, 3)
-    real = score_mod.score_chunk
-
-    def slow(task, **kw):
-        if task[0] == 3:
-            time.sleep(4)
-        return real(task, **kw)
-
-    monkeypatch.setattr(score_mod, "score_chunk", slow)
-    out = tmp_path / "p.zarr"
-    ref = score(small_store, model=model_dir, out=tmp_path / "ref.zarr", scheduler="synchronous")
-    with pytest.raises(ChunkTimeoutError) as err:
-        score(small_store, model=model_dir, out=out, scheduler="local", task_timeout=0.5)
-    assert err.value.chunks == [3], str(err.value)
-    assert "per chunk for its batch of 2 chunks" in str(err.value)
-    time.sleep(4)  # (a thread cannot be stopped: the cancelled batch's thread finishes)
-    monkeypatch.setattr(score_mod, "score_chunk", real)
-    r = score(small_store, model=model_dir, out=out, resume=True, scheduler="synchronous")
-    assert sorted(committed(out)) == [0, 1, 2, 3]
-    assert r.metrics["confusion_matrix"] == ref.metrics["confusion_matrix"]

@@ -1,15 +1,15 @@
-"""Batching store chunks into Dask tasks (score_tasks.batches, run_batch)."""
+"""Batching store chunks into Dask tasks (digitbatch.scoring.tasks)."""
 
 from __future__ import annotations
 
 import pytest
 
-from digitbatch import score_tasks
-from digitbatch.score_tasks import batches, run_batch
+from digitbatch.scoring import tasks as score_tasks
+from digitbatch.scoring.tasks import ChunkTask, batches, run_batch
 
 
 def _tasks(n, c=256):
-    return [(i, i * c, (i + 1) * c) for i in range(n)]
+    return [ChunkTask(i, i * c, (i + 1) * c) for i in range(n)]
 
 
 @pytest.mark.parametrize("n, workers, size", [
@@ -26,7 +26,7 @@ def test_batches_cover_every_task_once_in_order(n, workers, size):
 
 
 def test_batches_off_and_resumed_todo():
-    todo = [t for t in _tasks(200) if t[0] % 3]  # a resumed run: some chunks committed
+    todo = [t for t in _tasks(200) if t.index % 3]  # a resumed run: some chunks committed
     assert batches(todo, 2, batch=False) == [[t] for t in todo]
     assert [t for b in batches(todo, 2) for t in b] == todo
     assert batches(todo, 0)  # a cluster that reports no workers yet: still batches
@@ -34,5 +34,20 @@ def test_batches_off_and_resumed_todo():
 
 def test_run_batch_runs_each_task_in_order():
     seen = []
-    assert run_batch(_tasks(3), lambda t, k: seen.append((t[0], k)) or t[0], k="x") == [0, 1, 2]
+    assert run_batch(_tasks(3), lambda t, k: seen.append((t.index, k)) or t.index, k="x") == [0, 1, 2]
     assert seen == [(0, "x"), (1, "x"), (2, "x")]
+
+
+def test_a_task_counts_its_rows_and_keeps_its_entries_out_of_its_repr():
+    t = ChunkTask(3, 768, 1000, b"x" * 10_000)
+    assert t.n_images == 232 and score_tasks.images_of([t, ChunkTask(0, 0, 256)]) == 488
+    assert "xxxx" not in repr(t)
+
+
+@pytest.mark.parametrize("n, want", [(0, 0), (1, 1), (20, 20), (21, 2)])
+def test_listed_keys_are_all_or_first_and_last(n, want):
+    keys = [f"k{i}" for i in range(n)]
+    got = score_tasks.listed(keys)
+    assert len(got) == want
+    if n > score_tasks.MAX_KEYS_LISTED:
+        assert got == [keys[0], keys[-1]]

@@ -1,0 +1,183 @@
+"""``score()``: the one public entry of the scoring stage.
+
+It validates its arguments, makes the plan (:mod:`.plan`), takes the
+output's run lock (:mod:`.lock`), creates or checks the output
+(:mod:`.output`), runs the chunks that are not committed yet (:mod:`.runner`
+over :mod:`.chunks`), and finally builds the metrics record from the commit
+records (:mod:`.record`) and finalises the output. Predictions are never
+gathered in one place, and a resumed run counts every chunk exactly once.
+
+Faults on the cluster (tests/faults): a killed worker's chunks are rerun
+by Dask (a chunk rewrites the same bytes); a chunk whose workers keep dying
+(an image that crashes the decoder) is given up after Dask's
+``distributed.scheduler.allowed-failures``, and a chunk running longer than
+``task_timeout`` is cancelled; either way the other chunks are still
+scored and committed, then :class:`~digitbatch.errors.ChunkFailedError`
+names the failed chunks and their image keys, and ``--resume`` redoes only
+those.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import storage
+from ..determinism import one_blas_thread
+from ..errors import IncompleteOutputError, ScoreError
+from ..layout import DEFAULT_CHUNK_SIZE
+from ..modelio import load_model
+from ..sources.members import DEFAULT_MAX_MEMBER_BYTES
+from .lock import run_lock
+from .output import (
+    OutputSpec, check_resume, committed, compact, create_output, finalize, has_spec, is_complete,
+    open_metrics, sweep_temporaries,
+)
+from .plan import make_plan
+from .record import build_record
+from .runner import DEFAULT_TASK_TIMEOUT, run
+from .tasks import images_of
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    out: str
+    metrics: dict
+
+    @property
+    def accuracy(self):
+        return self.metrics.get("accuracy")
+
+
+def score(
+    source: str | Path,
+    *,
+    model: str | Path,
+    out: str | Path,
+    scheduler: str | None = None,
+    resume: bool = False,
+    proba: bool = False,
+    break_lock: bool = False,
+    labels: str | Path | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
+    progress=None,
+    task_timeout: float | None = DEFAULT_TASK_TIMEOUT,
+) -> ScoreResult:
+    """Predict every image of ``source`` with ``model`` into the output group ``out``.
+
+    Parameters
+    ----------
+    source : path or URL
+        A digitbatch store, or an image directory / tar / zip scored directly
+        (decoded, normalised and labelled as ingest does, no store written).
+        URLs (``s3://...``): see :mod:`digitbatch.storage`; an archive at a
+        URL is copied to a temporary directory and its members streamed to
+        the workers.
+    model, out : paths or URLs
+        Model directory, output group to create.
+    scheduler : str, optional
+        See :mod:`digitbatch.cluster`.
+    resume : bool
+        Continue an interrupted run into ``out`` (same model, input and
+        options), scoring only the chunks it had not committed. Without it
+        an existing ``out`` is refused.
+    proba : bool
+        Also write the (N, k) class probabilities.
+    break_lock : bool
+        Remove a lock left by a run that died.
+    labels : path, optional
+        For archives: a key,label CSV, as ``ingest --labels``.
+    chunk_size : int
+        For archives: members per task and rows per output chunk.
+    progress : callable, optional
+        ``progress(n, total=None)``: called with ``total`` once, then with the
+        images of each chunk as it is committed (for a progress bar).
+    task_timeout : float, optional
+        On a Dask cluster, seconds a chunk may run on a worker; a chunk
+        running longer is cancelled (and its worker restarted, when it has a
+        nanny, to free the stuck thread). None or 0: no limit.
+
+    Raises
+    ------
+    ChunkFailedError
+        Chunks failed on the cluster: their workers died too often while
+        running them (``distributed.scheduler.allowed-failures``), or they
+        ran past ``task_timeout`` (:class:`~digitbatch.errors.ChunkTimeoutError`).
+        Every other chunk is scored and committed first, so ``resume``
+        redoes only the failed ones.
+    """
+    task_timeout = _check_timeout(task_timeout)
+    loaded = load_model(model)
+    m = loaded.model
+    if proba and not m.has_proba:
+        raise ScoreError(f"--proba: model {m.name!r} (loss {m.loss!r}) gives no probabilities")
+    out = storage.to_path(out)
+    if out.exists() and not resume:
+        raise ScoreError(f"output {out} already exists: choose another --out, or --resume it")
+    with contextlib.ExitStack() as stack:
+        return _score(stack, source, loaded, out, scheduler=scheduler, resume=resume,
+                      proba=proba, break_lock=break_lock, labels=labels,
+                      chunk_size=chunk_size, max_member_bytes=max_member_bytes,
+                      progress=progress, task_timeout=task_timeout)
+
+
+def _score(stack, source, loaded, out, *, scheduler, resume, proba, break_lock, labels,
+           chunk_size, max_member_bytes, progress, task_timeout) -> ScoreResult:
+    m = loaded.model
+    plan = make_plan(storage.to_path(source), m, out_path=str(out), proba=proba, labels=labels,
+                     chunk_size=chunk_size, limit=max_member_bytes, stack=stack)
+    spec = OutputSpec(n=plan.n, chunk_size=plan.chunk_size, n_classes=m.n_classes,
+                      proba=bool(proba), model_sha256=loaded.sha256,
+                      input_checksum=plan.checksum)
+    t0 = time.perf_counter()
+    with run_lock(out, break_lock=break_lock):
+        if resume and has_spec(out):
+            check_resume(out, spec)
+        else:
+            create_output(out, spec, arrays=not plan.archive, partial_ok=resume)
+        if is_complete(out):
+            log.info("%s is already complete", out)
+            return ScoreResult(str(out), open_metrics(out))
+        if plan.prepare is not None:
+            plan.prepare(out)
+        done = committed(out)
+        todo = plan.tasks(set(done))
+        log.info("scoring %d of %d chunks (%d committed before)", len(todo), plan.n_chunks,
+                 len(done))
+        if progress is not None:
+            progress(0, total=images_of(todo))
+        with one_blas_thread():  # (for tasks that run in this process's threads)
+            run(todo, plan.work, scheduler=scheduler, progress=progress,
+                task_timeout=task_timeout, committed=lambda: set(committed(out)))
+        records = committed(out)
+        missing = sorted(set(range(plan.n_chunks)) - set(records))
+        if missing:
+            raise IncompleteOutputError(f"chunks {missing[:10]} of {out} were not committed")
+        sweep_temporaries(out)
+        if plan.archive:
+            compact(out, chunk_size=plan.chunk_size, n_classes=m.n_classes, proba=proba)
+        seconds = time.perf_counter() - t0
+        n_this_run = images_of(todo)
+        result = build_record([records[i] for i in sorted(records)], model=m,
+                              model_path=str(loaded.path), model_sha256=loaded.sha256,
+                              input=plan.input, n_rejected_before=plan.n_rejected,
+                              seconds=seconds, n_this_run=n_this_run, resumed=bool(done))
+        finalize(out, result)
+    log.info("scored %d images in %.2f s (accuracy %s)", n_this_run, seconds, result["accuracy"])
+    return ScoreResult(str(out), result)
+
+
+def _check_timeout(task_timeout) -> float | None:
+    if task_timeout is None:
+        return None
+    if isinstance(task_timeout, bool) or not isinstance(task_timeout, (int, float)) \
+            or task_timeout != task_timeout or task_timeout < 0:
+        raise ScoreError(f"task_timeout must be a number of seconds >= 0 (0: no limit), "
+                         f"got {task_timeout!r}")
+    return float(task_timeout) or None

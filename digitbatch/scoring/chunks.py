@@ -1,0 +1,109 @@
+"""The per-chunk worker functions of scoring: read, predict, write, commit.
+
+Each function scores one :class:`~digitbatch.scoring.tasks.ChunkTask` on a
+worker and returns its index: the rows go to the output first and the
+commit record last (:func:`digitbatch.scoring.output.write_chunk`), with
+the chunk's counts (:func:`digitbatch.scoring.record.chunk_counts`).
+Predictions come from :func:`digitbatch.determinism.deterministic_scores`
+(BLAS on one thread), so a retried or resumed chunk rewrites the same bytes.
+
+- :func:`score_store_chunk`: one chunk of a store (the keys chunk is copied as stored).
+- :func:`score_archive_chunk`: one slot chunk of an archive: its members are
+  read (where the task holds references), decoded and normalised as ingest
+  does, labelled (folder or CSV), predicted and written to staging, one row
+  per member slot.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from PIL import Image
+
+from ..determinism import deterministic_scores
+from ..digits import IMAGE_SHAPE, LABEL_DTYPE, UNKNOWN_LABEL
+from ..errors import ScoreError
+from ..layout import copy_chunk, read_rows
+from ..sources.base import Reject
+from ..sources.images import decode_one
+from ..sources.labels import LabelMap
+from ..sources.listing import read_entries, unpack
+from .output import PRED_FILL, open_array_cached, write_chunk, write_slots
+from .record import chunk_counts
+from .tasks import ChunkTask
+
+# Chunk index -> the key of the member a task of this worker process is
+# decoding now: what a chunk cancelled for running too long was stuck on
+# (the runner asks a worker through Client.run, see decoding).
+_DECODING: dict[int, str] = {}
+
+
+def decoding(i: int) -> str | None:
+    """The member key chunk ``i`` is decoding in this process, if it is decoding one."""
+    return _DECODING.get(i)
+
+
+def score_store_chunk(task: ChunkTask, *, store_path: str, out_path: str, model,
+                      proba: bool) -> int:
+    """Score rows ``[start, stop)`` of store chunk ``index``: write them, then commit."""
+    i, start, stop = task.index, task.start, task.stop
+    images = read_rows(open_array_cached(store_path, "images", "r"), i, reuse=True)
+    labels = model.target(read_rows(open_array_cached(store_path, "labels", "r"), i))
+    if images.shape[0] != stop - start:
+        raise ScoreError(f"chunk {i} of {store_path}: {images.shape[0]} rows, expected {stop - start}")
+    copy_chunk(open_array_cached(store_path, "keys", "r"), open_array_cached(out_path, "keys"), i)
+    pred, margin, probs = deterministic_scores(model, images, proba=proba)
+    pred = pred.astype(np.int8)
+    write_chunk(out_path, i, start, stop, pred=pred, margin=margin,
+                proba=probs if proba else None, keys=None,
+                counts=chunk_counts(labels, pred, model.n_classes))
+    return i
+
+
+def score_archive_chunk(task: ChunkTask, *, out_path: str, model, proba: bool,
+                        container: str, kind: str, limit: int, labels: LabelMap | None) -> int:
+    """Decode, label, predict and write one archive slot chunk, then commit it."""
+    i, start = task.index, task.start
+    entries = unpack(task.packed)
+    n = len(entries)
+    images = np.zeros((n, *IMAGE_SHAPE), np.uint8)
+    lab = np.full(n, UNKNOWN_LABEL, LABEL_DTYPE)
+    valid = np.zeros(n, bool)
+    rejects: list[list[str]] = []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            for j, item in enumerate(read_entries(container, kind, entries, limit=limit)):
+                if isinstance(item, Reject):
+                    rejects.append([item.key, item.reason])
+                    continue
+                _DECODING[i] = item.key
+                out = decode_one(item.data)
+                if isinstance(out, str):
+                    rejects.append([item.key, out])
+                    continue
+                label = (labels.labels.get(item.key, item.folder_label) if labels
+                         else item.folder_label)
+                if isinstance(label, str):  # a bad label in the CSV
+                    rejects.append([item.key, label])
+                    continue
+                images[j], valid[j] = out, True
+                lab[j] = UNKNOWN_LABEL if label is None else label
+    finally:
+        _DECODING.pop(i, None)
+    keys = np.array([e.key for e in entries], dtype=object)
+    pred = np.full(n, PRED_FILL, np.int8)
+    margin = np.full(n, np.nan, np.float32)
+    probs = np.full((n, model.n_classes), np.nan, np.float32) if proba else None
+    idx = np.flatnonzero(valid)
+    if idx.size:
+        p, mg, pr = deterministic_scores(model, images[idx], proba=proba)
+        pred[idx], margin[idx] = p, mg
+        if proba:
+            probs[idx] = pr
+    target = model.target(lab[idx])
+    write_slots(out_path, i, start, valid=valid, labels=lab, pred=pred, margin=margin,
+                proba=probs, keys=keys,
+                counts=chunk_counts(target, pred[idx], model.n_classes, rejects=rejects))
+    return i

@@ -1,0 +1,83 @@
+"""The counts a chunk commits, their reduction, and the whole metrics.json record.
+
+Every field of ``metrics.json`` is made here (docs/schemas.md describes
+them; :mod:`digitbatch.scoring.output` writes the file): each chunk's
+commit record carries its confusion counts and prediction histogram
+(:func:`chunk_counts`), the run sums them pairwise (:func:`reduce_records`)
+without ever gathering predictions, and :func:`build_record` turns the
+total into the record, per-class figures by :func:`digitbatch.metrics.summarize`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import metrics
+from ..kernels import confusion_counts, prediction_histogram
+
+# Bumped when a field of metrics.json is renamed or changes meaning (docs/schemas.md).
+SCHEMA_VERSION = 1
+# metrics.json lists at most this many rejects (n_rejected counts them all)
+MAX_REJECTS_LISTED = 1000
+
+
+def chunk_counts(target: np.ndarray, pred: np.ndarray, n_classes: int, *,
+                 rejects: list[list[str]] | None = None) -> dict:
+    """What one chunk commits: confusion counts against ``target`` (rows with an
+    unknown label skipped), the prediction histogram, its row counts, and for
+    archive slot chunks its rejected members (``[key, reason]``)."""
+    counts = {"confusion": confusion_counts(target, pred, n_classes),
+              "hist": prediction_histogram(pred, n_classes),
+              "n": int(pred.shape[0]), "n_unlabeled": int(np.count_nonzero(target < 0))}
+    if rejects is not None:
+        counts.update({"n_rejected": len(rejects), "rejects": rejects})
+    return counts
+
+
+def reduce_records(records: list[dict], k: int) -> dict:
+    """Sum the commit records pairwise (a tree sum), as one would across workers."""
+    parts = [(np.asarray(r["confusion"], np.int64), np.asarray(r["hist"], np.int64),
+              int(r["n"]), int(r["n_unlabeled"])) for r in records]
+    if not parts:
+        return {"confusion": np.zeros((k, k), np.int64), "hist": np.zeros(k, np.int64),
+                "n": 0, "n_unlabeled": 0}
+    while len(parts) > 1:
+        nxt = [tuple(a + b for a, b in zip(parts[j], parts[j + 1]))
+               for j in range(0, len(parts) - 1, 2)]
+        if len(parts) % 2:
+            nxt.append(parts[-1])
+        parts = nxt
+    cm, hist, n, n_unl = parts[0]
+    return {"confusion": cm, "hist": hist, "n": n, "n_unlabeled": n_unl}
+
+
+def build_record(records: list[dict], *, model, model_path: str, model_sha256: str,
+                 input: dict, n_rejected_before: int, seconds: float, n_this_run: int,
+                 resumed: bool) -> dict:
+    """The metrics.json record of a run from its commit records, in chunk order.
+
+    ``n_rejected_before``: members refused before scoring (by ingest, for a
+    store input). ``n_this_run``: images of the chunks this run scored.
+    """
+    total = reduce_records(records, model.n_classes)
+    rejects = [r for rec in records for r in rec.get("rejects", [])]
+    result = metrics.summarize(total["confusion"])
+    result.update({
+        "schema_version": SCHEMA_VERSION,
+        "n_images": total["n"],
+        "n_scored": total["n"],
+        "n_rejected": n_rejected_before + len(rejects),
+        "n_unlabeled": total["n_unlabeled"],
+        "rejects": rejects[:MAX_REJECTS_LISTED],
+        "prediction_histogram": total["hist"].tolist(),
+        "classes": [int(c) for c in model.classes],
+        "target": "multiclass" if model.binary_digit is None else f"is-{model.binary_digit}",
+        "margin": "probability" if model.has_proba else "decision value",
+        "seconds": round(seconds, 3),
+        "n_scored_this_run": n_this_run,
+        "images_per_second": round(n_this_run / seconds, 1) if seconds > 0 else None,
+        "resumed": resumed,
+        "model": {"path": model_path, "name": model.name, "sha256": model_sha256},
+        "input": input,
+    })
+    return result

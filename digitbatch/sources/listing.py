@@ -1,0 +1,134 @@
+"""The one listing of an image container, shared by ingest, scoring and report.
+
+An image directory, tar or zip is listed once, in source order, as
+*entries*: a :class:`~.base.MemberRef` where a worker can read the member
+itself (a directory, a zip, an uncompressed tar: :mod:`.refs` knows where
+its bytes lie), a :class:`~.members.Member` holding its bytes where the
+container can only be streamed (a compressed tar, or a local copy of a
+remote archive the workers cannot see), or a :class:`~.base.Reject` judged
+from the header alone. Ingest streams the entries into tasks
+(:func:`iter_entries`); scoring and report hold the whole :class:`Listing`
+(scoring cuts it into slot chunks; report finds members by key).
+
+A task's entries travel as one blob (:func:`pack`): thousands of small
+objects in a task's arguments are pickled by the client, again by the
+scheduler, and walked one by one by Dask looking for futures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .archive import iter_members
+from .base import Batch, MemberRef, Reject
+from .images import decode_batch
+from .members import Member
+from .refs import iter_refs, read_refs, seekable_kind
+
+__all__ = ["Entry", "Listing", "decode_packed", "fingerprint", "iter_entries", "list_archive",
+           "pack", "read_entries", "unpack"]
+
+Entry = MemberRef | Member | Reject
+
+# pack's tags, one per entry kind
+_REF, _MEMBER, _REJECT = 0, 1, 2
+
+
+def iter_entries(path: Path, kind: str, *, limit: int, seekable: bool) -> Iterator[Entry]:
+    """The entries of ``path`` in source order: references where ``seekable``,
+    else members with their bytes (at most ``limit`` bytes each are read)."""
+    if seekable:
+        return iter_refs(path, kind, limit=limit)
+    return iter_members(path, kind=kind, max_member_bytes=limit)
+
+
+@dataclass(frozen=True)
+class Listing:
+    """A container's entries, in source order, and what it is."""
+
+    path: Path
+    kind: str
+    seekable: bool
+    entries: list = field(repr=False)
+    identity: str | None = None  # a remote archive's size and ETag (see fingerprint)
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.path, self.entries, identity=self.identity)
+
+
+def list_archive(path: Path, kind: str, *, limit: int, identity: str | None = None) -> Listing:
+    """List every entry of the container at ``path`` (``kind`` as
+    :func:`~.archive.detect_image_source` tells).
+
+    ``identity`` (a remote archive's size and ETag) says ``path`` is a local
+    copy the workers cannot see: every member is then read here, with its
+    bytes, as for a compressed tar (gzip cannot be entered in the middle).
+    """
+    seekable = identity is None and seekable_kind(path, kind)
+    entries = list(iter_entries(path, kind, limit=limit, seekable=seekable))
+    return Listing(path, kind, seekable, entries, identity)
+
+
+def fingerprint(path: Path, entries: Iterable[Entry], identity: str | None = None) -> str:
+    """Identity of an archive for --resume and report: size, mtime and the member listing.
+
+    ``identity`` replaces size and mtime (a remote archive's size and ETag).
+    """
+    if identity is None:
+        st = os.stat(path)
+        identity = f"{st.st_size}:{st.st_mtime_ns}"
+    h = hashlib.sha256(f"{identity}:".encode())
+    for e in entries:
+        h.update(e.key.encode("utf-8", "surrogateescape") + b"\n")
+    return "archive-sha256:" + h.hexdigest()
+
+
+def pack(entries: Iterable[Entry]) -> bytes:
+    """``entries`` as one opaque blob for a task (see the module docstring)."""
+    tags, keys, a, b = [], [], [], []
+    for e in entries:
+        keys.append(e.key)
+        if isinstance(e, MemberRef):
+            tags.append(_REF), a.append(e.offset), b.append(e.size)
+        elif isinstance(e, Member):
+            tags.append(_MEMBER), a.append(e.data), b.append(e.folder_label)
+        else:
+            tags.append(_REJECT), a.append(e.reason), b.append(None)
+    return pickle.dumps((tags, keys, a, b), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def unpack(packed: bytes) -> list[Entry]:
+    """The entries of :func:`pack` (a blob our own client made for the task)."""
+    tags, keys, a, b = pickle.loads(packed)
+    make = {_REF: MemberRef, _MEMBER: Member, _REJECT: lambda k, r, _: Reject(k, r)}
+    return [make[t](k, x, y) for t, k, x, y in zip(tags, keys, a, b)]
+
+
+def read_entries(path: str, kind: str, entries: list[Entry], *, limit: int) -> list[Member | Reject]:
+    """``entries`` with every reference read (on a worker) and content-checked, in order."""
+    refs = [e for e in entries if isinstance(e, MemberRef)]
+    if not refs:
+        return list(entries)
+    read = iter(read_refs(path, kind, refs, limit=limit))
+    return [next(read) if isinstance(e, MemberRef) else e for e in entries]
+
+
+def decode_packed(task: tuple[str, str, bytes, int]) -> Batch:
+    """One ingest task: read and decode packed entries into a :class:`~.base.Batch`.
+
+    ``task`` is ``(container path, kind, pack(entries), limit)``. Members
+    rejected while reading come first among the batch's rejects, then
+    those the decoder refused.
+    """
+    path, kind, packed, limit = task
+    items = read_entries(path, kind, unpack(packed), limit=limit)
+    batch = decode_batch([(m.key, m.data, m.folder_label) for m in items
+                          if isinstance(m, Member)])
+    batch.rejects[:0] = [m for m in items if isinstance(m, Reject)]
+    return batch

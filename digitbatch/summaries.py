@@ -1,0 +1,83 @@
+"""How a run's result reads to a person: the lines printed after ingest, train and score.
+
+One formatter per step, used by the standalone commands and by ``digitbatch
+run`` alike. Each takes the step's result as a dict (``to_dict()`` of an
+ingest or train result, a scoring run's metrics, or a job step's
+``result``) and skips what the dict does not hold.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .metrics import format_confusion
+
+
+def ingest_lines(r: dict) -> list[str]:
+    """``ingested N images (L labelled, R rejected)`` and, where known, where, how fast,
+    the rejects by reason and the label counts."""
+    head = f"ingested {r['n_images']} images ({r['n_labeled']} labelled, {r['n_rejects']} rejected)"
+    if "path" in r and "seconds" in r:
+        head += (f" into {r['path']} in {r['seconds']:.2f} s "
+                 f"({r['images_per_second']:,.0f} images/s)")
+    lines = [head]
+    if r.get("rejects_by_reason"):
+        lines.append("rejects: " + ", ".join(f"{k} {v}"
+                                             for k, v in sorted(r["rejects_by_reason"].items())))
+    if r.get("label_counts") is not None:
+        lines.append("label counts: " + " ".join(str(c) for c in r["label_counts"]))
+    return lines
+
+
+def train_lines(r: dict) -> list[str]:
+    """The search, the CV folds and the test accuracy of a training run."""
+    lines = []
+    search = r.get("search")
+    if search:
+        lines.append(f"search: best {search['best_params']} "
+                     f"(CV accuracy {search['best_mean']:.4f})")
+    cv = r.get("cv")
+    if cv:
+        folds = " ".join(f"{s:.4f}" for s in cv["scores"])
+        line = (f"{cv['k']}-fold CV accuracy on the cluster: {folds}; mean {cv['mean']:.4f} "
+                f"+- {cv['std']:.4f}")
+        if "fit_time_mean" in cv:
+            line += f" (fit {cv['fit_time_mean']:.2f} s a fold, {cv['backend']})"
+        lines.append(line)
+    name = r.get("name") or r.get("model")
+    line = f"trained {name} ({r['features']} features) on {r['n_train']} images"
+    if "fit_seconds" in r:
+        line += f" in {r['fit_seconds']:.2f} s"
+    if r.get("model_path"):
+        line += f" -> {r['model_path']}"
+    test = r.get("test")
+    accuracy = test["accuracy"] if test else r.get("test_accuracy")
+    if accuracy is not None:
+        n_test = f" on {r['n_test']} images" if "n_test" in r else ""
+        line += f"; test accuracy {accuracy:.4f}{n_test}"
+    lines.append(line)
+    return lines
+
+
+def score_lines(m: dict) -> list[str]:
+    """The confusion matrix (when labelled) and the headline of a scoring run."""
+    lines = []
+    if m.get("n_labeled") and m.get("confusion_matrix"):
+        lines += format_confusion(np.array(m["confusion_matrix"])).splitlines()
+    line = f"scored {m['n_images']} images"
+    if m.get("seconds") is not None and m.get("images_per_second") is not None:
+        line += f" in {m['seconds']:.2f} s ({m['images_per_second']:,.0f} images/s)"
+    acc = m.get("accuracy")
+    line += (f"; accuracy {acc:.4f} on {m['n_labeled']} labelled" if acc is not None
+             else "; no labels")
+    lines.append(line)
+    return lines
+
+
+STEP_LINES = {"ingest": ingest_lines, "train": train_lines, "score": score_lines}
+
+
+def step_lines(name: str, r: dict) -> list[str]:
+    """The lines of job step ``name`` from its result (none for a step without one)."""
+    fn = STEP_LINES.get(name)
+    return fn(r) if fn is not None and r else []

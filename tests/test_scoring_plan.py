@@ -1,0 +1,108 @@
+"""The scoring plan (digitbatch.scoring.plan): store chunks or archive slot chunks, typed."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from digitbatch.errors import ScoreError
+from digitbatch.layout import open_store
+from digitbatch.modelio import load_model
+from digitbatch.scoring.chunks import decoding, score_archive_chunk, score_store_chunk
+from digitbatch.scoring.plan import make_plan
+from digitbatch.scoring.tasks import ChunkTask
+from digitbatch.sources.base import MemberRef, Reject
+from digitbatch.sources.listing import unpack
+
+from .conftest import synthetic_digits
+
+
+def _plan(source, model, **kw):
+    args = {"out_path": "unused", "proba": False, "labels": None, "chunk_size": 256,
+            "limit": 1 << 24, "stack": contextlib.ExitStack()}
+    return make_plan(source, model, **{**args, **kw})
+
+
+def _tar(tmp_path, n: int, bad: tuple[int, ...] = ()) -> str:
+    x, y = synthetic_digits(n, seed=2)
+    p = tmp_path / "a.tar"
+    with tarfile.open(p, "w") as tf:
+        for i in range(n):
+            buf = io.BytesIO()
+            Image.fromarray(x[i]).save(buf, format="PNG")
+            info = tarfile.TarInfo(f"{y[i]}/{i:04d}.png")
+            if i in bad:  # a link: refused from its header alone
+                info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+                tf.addfile(info)
+                continue
+            data = buf.getvalue()
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return str(p)
+
+
+@pytest.mark.parametrize("name", ["1-chunk-short", "4-chunks-ragged", "5-chunks-full"])
+def test_store_plan_has_a_task_per_chunk_and_skips_the_done(shaped_stores, shared_model, name):
+    s = open_store(shaped_stores[name])
+    m = load_model(shared_model).model
+    plan = _plan(shaped_stores[name], m, out_path="/out")
+    assert plan.n == s.n and plan.n_chunks == len(s.chunks) and not plan.archive
+    assert plan.checksum == s.checksum and plan.input["kind"] == "store"
+    assert [(t.index, t.start, t.stop) for t in plan.tasks(set())] == [
+        (i, a, b) for i, (a, b) in enumerate(s.chunks)]
+    assert [t.index for t in plan.tasks({0})] == list(range(1, len(s.chunks)))
+    w = plan.work
+    assert w.fn is score_store_chunk and w.batch and not w.processes
+    assert w.kwargs["out_path"] == "/out" and w.broadcast == {"model": m}
+    last = plan.tasks(set())[-1]
+    keys = w.describe(last)
+    assert keys[-1] == str(s.keys[last.stop - 1])  # the ragged last chunk's last key
+
+
+def test_store_plan_refuses_labels(small_store, shared_model):
+    with pytest.raises(ScoreError, match="--labels applies to archives"):
+        _plan(small_store, load_model(shared_model).model, labels="x.csv")
+
+
+def test_archive_plan_packs_each_slot_chunk(tmp_path, shared_model):
+    src = _tar(tmp_path, 600, bad=(5, 300))
+    m = load_model(shared_model).model
+    plan = _plan(tmp_path / "a.tar", m)
+    assert plan.archive and plan.n == 600 and plan.n_chunks == 3  # 256, 256, 88 slots
+    assert plan.checksum.startswith("archive-sha256:") and plan.input["n_members"] == 600
+    tasks = plan.tasks({1})
+    assert [(t.index, t.start, t.stop) for t in tasks] == [(0, 0, 256), (2, 512, 600)]
+    entries = unpack(tasks[0].packed)
+    assert len(entries) == 256 and isinstance(entries[5], Reject)
+    assert all(isinstance(e, MemberRef) for i, e in enumerate(entries) if i != 5)
+    assert [e.key for e in entries] == [e.key for e in plan.listing.entries[:256]]
+    w = plan.work
+    assert w.fn is score_archive_chunk and w.processes and not w.batch
+    assert w.stuck_on is decoding and w.kwargs["container"] == src
+    assert w.describe(ChunkTask(2, 512, 600)) == [plan.listing.entries[512].key,
+                                                 plan.listing.entries[599].key]
+
+
+def test_archive_plan_prepares_staging(tmp_path, shared_model):
+    import zarr
+
+    _tar(tmp_path, 300)
+    out = tmp_path / "o.zarr"
+    zarr.open_group(str(out), mode="w")
+    plan = _plan(tmp_path / "a.tar", load_model(shared_model).model, proba=True)
+    plan.prepare(out)
+    st = zarr.open_group(str(out), mode="r")["_staging"]
+    assert st["valid"].shape == (300,) and st["proba"].shape == (300, 10)
+    assert np.all(st["valid"][:] == 0)
+
+
+def test_not_a_store_nor_an_archive(tmp_path, shared_model):
+    p = tmp_path / "notes.txt"
+    p.write_text("hello")
+    with pytest.raises(ScoreError, match="neither a digitbatch store nor an image"):
+        _plan(p, load_model(shared_model).model)

@@ -1,0 +1,60 @@
+"""The scoring runner on a Dask cluster (digitbatch.scoring.runner): time limits and failed batches."""
+
+from __future__ import annotations
+
+import pytest
+
+from digitbatch.scoring.api import score
+
+
+@pytest.mark.timeout(60)
+def test_batch_timed_out_reports_only_its_uncommitted_chunks(tmp_path, small_store, model_dir,
+                                                             monkeypatch):
+    """Chunks 2 and 3 share a Dask task; chunk 3 hangs past task_timeout: the error
+    names chunk 3 only (chunk 2 was committed), and --resume scores chunk 3."""
+    import time
+
+    from digitbatch.errors import ChunkTimeoutError
+    from digitbatch.scoring import plan as plan_mod
+    from digitbatch.scoring import tasks as score_tasks
+    from digitbatch.scoring.output import committed
+
+    monkeypatch.setattr(score_tasks, "MIN_BATCHES_PER_WORKER", 1)  # batches (0, 1), (2, 3)
+    real = plan_mod.score_store_chunk
+
+    def slow(task, **kw):
+        if task.index == 3:
+            time.sleep(4)
+        return real(task, **kw)
+
+    monkeypatch.setattr(plan_mod, "score_store_chunk", slow)
+    out = tmp_path / "p.zarr"
+    ref = score(small_store, model=model_dir, out=tmp_path / "ref.zarr", scheduler="synchronous")
+    with pytest.raises(ChunkTimeoutError) as err:
+        score(small_store, model=model_dir, out=out, scheduler="local", task_timeout=0.5)
+    assert err.value.chunks == [3], str(err.value)
+    assert "per chunk for its batch of 2 chunks" in str(err.value)
+    time.sleep(4)  # (a thread cannot be stopped: the cancelled batch's thread finishes)
+    monkeypatch.setattr(plan_mod, "score_store_chunk", real)
+    r = score(small_store, model=model_dir, out=out, resume=True, scheduler="synchronous")
+    assert sorted(committed(out)) == [0, 1, 2, 3]
+    assert r.metrics["confusion_matrix"] == ref.metrics["confusion_matrix"]
+
+
+def test_inline_runner_runs_every_task_in_order_and_counts_progress():
+    from digitbatch.scoring.runner import run
+    from digitbatch.scoring.tasks import ChunkTask, Work
+
+    seen, progress = [], []
+
+    def fn(task, *, tag, model):
+        seen.append((task.index, tag, model))
+        return task.index
+
+    todo = [ChunkTask(0, 0, 256), ChunkTask(2, 512, 700)]
+    work = Work(fn=fn, kwargs={"tag": "t"}, broadcast={"model": "M"}, describe=lambda t: [])
+    run(todo, work, scheduler="synchronous", progress=lambda n, **kw: progress.append(n))
+    assert seen == [(0, "t", "M"), (2, "t", "M")]
+    assert progress == [256, 188]
+    run([], work, scheduler="synchronous")  # nothing to do: no executor is even made
+    assert len(seen) == 2
