@@ -55,8 +55,8 @@ def _get_chunk(arr, i: int, *, reuse: bool = False) -> bytes | mmap.mmap | None:
     """The stored bytes of chunk ``i`` (None when it is missing).
 
     With ``reuse`` a local file is mapped read-only instead of read: the
-    decoder reads the page cache directly (measured per 8 MB compressed
-    chunk here: read into a buffer + decode 14 ms, map + decode 8-9 ms).
+    decoder reads the page cache directly, with no copy into a buffer
+    (README, "Measured defaults").
     """
     path = _chunk_file(arr, i)
     if path is not None:
@@ -184,8 +184,9 @@ def _check_chunk(arr, i: int, raw: bytes) -> None:
     """Raise StoreError unless ``raw`` is an intact chunk ``i`` of ``arr``.
 
     Keys chunks (vlen-utf8 + zstd) are checked cheaply: the zstd frame
-    decompresses and its item count is the chunk's (a full decode of 32k
-    strings costs 8 ms, a sixth of a scoring task); other codecs decode.
+    decompresses and its item count is the chunk's (a full decode of a
+    chunk's strings would cost a large share of a scoring task); other
+    codecs decode.
     """
     from numcodecs import Zstd
     from zarr.codecs import VLenUTF8Codec, ZstdCodec

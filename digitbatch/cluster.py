@@ -264,8 +264,8 @@ def _pre_spawn_environ() -> dict:
 
     Dask sets glibc's trim threshold to 64 KiB so workers hand freed memory
     back at once; that also turns off glibc's adaptive mmap threshold, so
-    every array over 128 KiB is a fresh mmap whose pages fault in again: 6 ms
-    of a 47 ms scoring task (measured: 53.7 vs 47.4 ms per 32k-image chunk).
+    every array over 128 KiB is a fresh mmap whose pages fault in again, a
+    measurable share of every scoring task (README, "Measured defaults").
     Our tasks reuse their big buffers and hold at most a chunk, so memory
     stays bounded without it (peak RSS in `digitbatch bench score`).
     """

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_REJECTS = 10
 # Bumped when a field of the --json summary is renamed or changes meaning.
 SUMMARY_SCHEMA_VERSION = 1
-# Members per decode task: big enough to amortise scheduling (~1 ms a task),
+# Members per decode task: big enough to amortise each task's scheduling,
 # small enough to keep both workers busy on a few thousand images.
 DEFAULT_DECODE_BATCH = 2048
 

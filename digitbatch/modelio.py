@@ -100,8 +100,8 @@ def _head_meta(model: CompactModel) -> dict:
 
 
 def sklearn_version() -> str:
-    """The installed scikit-learn's version, without importing it (0.8 s: a
-    worker's first scoring task would pay it)."""
+    """The installed scikit-learn's version, without importing it (a slow
+    import that a worker's first scoring task would pay)."""
     from importlib.metadata import version
 
     return version("scikit-learn")

@@ -267,7 +267,7 @@ def test_bad_data_is_refused(serve, tmp_path, pixels, labels, match):
 
 
 def test_pixel_check_counts_rows_across_blocks(monkeypatch):
-    monkeypatch.setattr(openml_source, "_CHECK_ROWS", 5)  # blocks [0, 5), [5, 10), [10, 12)
+    monkeypatch.setattr(openml_source, "CHECK_ROWS", 5)  # blocks [0, 5), [5, 10), [10, 12)
     X = _pixels().astype(np.float64)
     np.testing.assert_array_equal(_convert_pixels(X, "data set").reshape(N_ROWS, -1), X)
     X[7, 3] = 256

@@ -26,9 +26,8 @@ log = logging.getLogger(__name__)
 
 TASK_RETRIES = 2
 # Seconds a chunk may run on a worker before it is cancelled (None or 0: no limit).
-# A 32,768-image chunk scores in about a second and decodes from PNGs in about a
-# minute, so only a wedged task (a decoder stuck on a hostile image, a hung
-# network read) gets near this.
+# Far above what scoring or decoding a chunk takes, so only a wedged task (a
+# decoder stuck on a hostile image, a hung network read) gets near this.
 DEFAULT_TASK_TIMEOUT = 1800.0
 # How a chunk failed on the cluster (ChunkFailedError.failures[i]["kind"]).
 KILLED, TIMED_OUT, CANCELLED = "workers-died", "timed-out", "cancelled"

@@ -35,7 +35,7 @@ MNIST_N = 70_000
 MNIST_N_TRAIN = 60_000
 # Pixels are checked this many rows at a time: the temporaries for all of
 # MNIST at once would add about 0.7 GB to the 0.44 GB of float64 pixels.
-_CHECK_ROWS = 8192
+CHECK_ROWS = 8192
 OFFLINE_HINT = (
     "to work offline, pass --data-home pointing at a directory that already "
     "holds a cached copy (scikit-learn keeps it in DATA_HOME/openml), or ingest the "
@@ -230,8 +230,8 @@ def _convert_pixels(X: Any, where: str, feature_names: Any = None) -> np.ndarray
         )
     if X.dtype.kind not in "biuf":
         raise OpenMLError(f"{where} has non-numeric pixel columns (dtype {X.dtype})")
-    for start in range(0, X.shape[0], _CHECK_ROWS):
-        _check_pixel_block(X[start:start + _CHECK_ROWS], start, where, feature_names)
+    for start in range(0, X.shape[0], CHECK_ROWS):
+        _check_pixel_block(X[start:start + CHECK_ROWS], start, where, feature_names)
     return X.astype(np.uint8).reshape(X.shape[0], *IMAGE_SHAPE)
 
 

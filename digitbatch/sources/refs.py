@@ -2,7 +2,7 @@
 
 Streaming a container member by member (:func:`~.archive.iter_members`)
 keeps the client process busy reading and pickling bytes while the workers
-wait; on 2 cores that alone cost more than half the ingest time. For
+wait; on 2 cores that alone was most of the ingest time. For
 containers that can be read at random (an uncompressed tar, a zip, a
 directory) the client only lists where members are (:func:`iter_refs`), and
 each worker reads its batch itself (:func:`read_refs`). Compressed tars
