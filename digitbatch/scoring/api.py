@@ -136,7 +136,7 @@ def _score(stack, source, loaded, out, *, scheduler, resume, proba, break_lock, 
                       proba=bool(proba), model_sha256=loaded.sha256,
                       input_checksum=plan.checksum)
     t0 = time.perf_counter()
-    with run_lock(out, break_lock=break_lock):
+    with run_lock(out, break_lock=break_lock) as lock:
         if resume and has_spec(out):
             check_resume(out, spec)
         else:
@@ -167,7 +167,8 @@ def _score(stack, source, loaded, out, *, scheduler, resume, proba, break_lock, 
         result = build_record([records[i] for i in sorted(records)], model=m,
                               model_path=str(loaded.path), model_sha256=loaded.sha256,
                               input=plan.input, n_rejected_before=plan.n_rejected,
-                              seconds=seconds, n_this_run=n_this_run, resumed=bool(done))
+                              seconds=seconds, n_this_run=n_this_run, resumed=bool(done),
+                              run_id=lock["token"])
         finalize(out, result)
     log.info("scored %d images in %.2f s (accuracy %s)", n_this_run, seconds, result["accuracy"])
     return ScoreResult(str(out), result)

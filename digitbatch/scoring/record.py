@@ -53,7 +53,7 @@ def reduce_records(records: list[dict], k: int) -> dict:
 
 def build_record(records: list[dict], *, model, model_path: str, model_sha256: str,
                  input: dict, n_rejected_before: int, seconds: float, n_this_run: int,
-                 resumed: bool) -> dict:
+                 resumed: bool, run_id: str) -> dict:
     """The metrics.json record of a run from its commit records, in chunk order.
 
     ``n_rejected_before``: members refused before scoring (by ingest, for a
@@ -77,6 +77,7 @@ def build_record(records: list[dict], *, model, model_path: str, model_sha256: s
         "n_scored_this_run": n_this_run,
         "images_per_second": round(n_this_run / seconds, 1) if seconds > 0 else None,
         "resumed": resumed,
+        "run_id": run_id,
         "model": {"path": model_path, "name": model.name, "sha256": model_sha256},
         "input": input,
     })
