@@ -5,12 +5,14 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import signal
 import sys
+import threading
 
 import click
 
 from . import summaries
-from .errors import DigitbatchError
+from .errors import DigitbatchError, RunTerminated
 from .version import __version__
 
 
@@ -36,13 +38,22 @@ def _setup_logging(verbose: int, quiet: bool, log_file: str | None = None) -> No
 
 
 class _Group(click.Group):
-    """Turns library errors into clean one-line failures (exit code 1)."""
+    """Turns library errors into clean one-line failures (exit code 1), and SIGTERM
+    into a clean stop (exit code 143)."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except DigitbatchError as exc:
             raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+        except RunTerminated as exc:
+            click.echo(f"Terminated: {exc or 'SIGTERM'}; what was committed stays "
+                       f"(rerun with --resume to continue)", err=True)
+            ctx.exit(RunTerminated.exit_code)
+
+
+def _terminate(signum, frame) -> None:
+    raise RunTerminated(f"signal {signal.Signals(signum).name}")
 
 
 _PEM = click.Path(exists=True, dir_okay=False)
@@ -99,6 +110,10 @@ def main(ctx: click.Context, verbose: int, quiet: bool, log_file: str | None) ->
     """Handwritten-digit recognition at archive scale: ingest, train, score."""
     _setup_logging(verbose, quiet, log_file)
     ctx.obj = {"quiet": quiet}
+    if threading.current_thread() is threading.main_thread():
+        # Kubernetes, SLURM and docker stop send SIGTERM before SIGKILL: unwind
+        # (release the lock, keep what was committed, write the run summary)
+        signal.signal(signal.SIGTERM, _terminate)
 
 
 def _echo(result: dict, lines, as_json: bool = False) -> None:
@@ -194,15 +209,20 @@ def train(store, out, name, features, seed, cv, search, incremental, epochs, ove
 @click.option("--task-timeout", type=click.FloatRange(min=0), default=None,
               help="On a Dask cluster, seconds a chunk may run before it is cancelled and "
                    "its worker restarted (default 1800; 0: no limit).")
+@click.option("--lock-ttl", type=click.FloatRange(min=1), default=None,
+              help="Seconds of this run's lease on OUT (renewed every quarter of it); a lock "
+                   "not renewed for this long is taken over by the next run (default 120).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 @cluster_options
-def score(store, model, out, resume, proba, break_lock, labels, task_timeout, as_json,
+def score(store, model, out, resume, proba, break_lock, labels, task_timeout, lock_ttl, as_json,
           scheduler):
     """Predict every image of STORE (a store, or an image archive or folder) with MODEL
     into OUT, with metrics.json. Paths may be s3:// (fsspec) URLs."""
     from .scoring.api import score as run
 
     extra = {} if task_timeout is None else {"task_timeout": task_timeout}
+    if lock_ttl is not None:
+        extra["lock_ttl"] = lock_ttl
     with _progress("score") as progress:
         r = run(store, model=model, out=out, scheduler=scheduler, resume=resume, proba=proba,
                 break_lock=break_lock, labels=labels, progress=progress, **extra)
@@ -315,9 +335,11 @@ def demo(workdir, scheduler):
               help="Replace or add one key of the spec, e.g. --set train.cv=3 (VALUE is read "
                    "as TOML, else as a string). Repeatable.")
 @click.option("--check", is_flag=True, help="Check the spec and print the plan; run nothing.")
+@click.option("--break-lock", is_flag=True,
+              help="The score step takes its output's lock even from a run that looks live.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
 @cluster_options(check=False)
-def run_cmd(job, overrides, check, as_json, scheduler):
+def run_cmd(job, overrides, check, break_lock, as_json, scheduler):
     """Run the job spec JOB (TOML): its ingest, train, score and report steps.
 
     The whole spec is checked before anything runs: an invalid spec exits
@@ -328,6 +350,8 @@ def run_cmd(job, overrides, check, as_json, scheduler):
     from .errors import JobSpecError
     from .jobs import describe, load_job, run_job
 
+    if break_lock:
+        overrides = (*overrides, "score.break_lock=true")
     try:
         spec = load_job(job, overrides)
     except JobSpecError as exc:

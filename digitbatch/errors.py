@@ -87,6 +87,11 @@ class OutputLockedError(ScoreError):
     """Another run is writing this scoring output (or left a stale lock)."""
 
 
+class LeaseLostError(ScoreError):
+    """This run lost its output's lock to another run (it was paused or cut off
+    past the lock's ttl, and the other run took over): it commits nothing more."""
+
+
 class IncompleteOutputError(ScoreError):
     """A scoring output is missing committed chunks or its _SUCCESS marker."""
 
@@ -148,3 +153,14 @@ class CrossValidationError(TrainingError, RuntimeError):
     Raised instead of a raw ``distributed`` error when workers died while
     running folds (a task given up after repeated worker deaths, or cancelled).
     """
+
+
+class RunTerminated(BaseException):
+    """The process was asked to stop (SIGTERM: Kubernetes, SLURM, ``docker stop``).
+
+    A ``BaseException``, like ``KeyboardInterrupt``: no ``except Exception``
+    swallows it, so a run unwinds (releasing its lock, keeping what it
+    committed) and the command exits with 143 (128 + SIGTERM).
+    """
+
+    exit_code = 143

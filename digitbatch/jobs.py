@@ -76,7 +76,7 @@ from pathlib import Path
 
 from . import cluster, storage
 from .version import __version__
-from .errors import JobFailedError
+from .errors import JobFailedError, RunTerminated
 from .jobspec import SCHEMA, STEPS, Job, describe, load_job, parse_override
 from .modelio import manifest_path
 
@@ -122,10 +122,8 @@ def _step_score(params: dict, scheduler) -> dict:
     from .scoring.output import metrics_path
 
     out = params["out"]
-    if params.get("overwrite") and out.exists():
-        log.info("replacing the earlier scoring output %s", out)
-        storage.rmtree(out)
-    kw = _given(params, "input", "out", "overwrite")
+    # (overwrite replaces the output under its lock: never under a live run)
+    kw = _given(params, "input", "out")
     r = score(params["input"], out=out, scheduler=scheduler, **kw)
     m = r.metrics
     return {"outputs": {"predictions": r.out}, "metrics": str(metrics_path(r.out)),
@@ -212,9 +210,13 @@ def run_job(job: Job, *, scheduler: cluster.Scheduler = None) -> dict:
     for record in summary["steps"]:
         if record["outcome"] == "pending":
             record["outcome"] = "skipped"
+        elif (record["outcome"] == "failed" and record["name"] == where
+              and isinstance(failure, RunTerminated)):
+            record["outcome"] = "terminated"
     summary["seconds"] = round(time.perf_counter() - t0, 3)
     summary["outcome"] = ("succeeded" if failure is None else
-                          "failed" if isinstance(failure, Exception) else "interrupted")
+                          "failed" if isinstance(failure, Exception) else
+                          "terminated" if isinstance(failure, RunTerminated) else "interrupted")
     _write_summary(job.summary, summary)
     if failure is None:
         log.info("job %s succeeded in %.1f s; summary %s", job.name, summary["seconds"],

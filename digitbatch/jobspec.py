@@ -40,7 +40,7 @@ SCHEMA: dict[str, dict[str, tuple[str, object]]] = {
     "score": {"input": ("path", None), "model": ("path", None), "out": ("path", None),
               "resume": ("bool", None), "overwrite": ("bool", None), "proba": ("bool", None),
               "labels": ("path", None), "task_timeout": ("int", (0, None)),
-              "break_lock": ("bool", None)},
+              "break_lock": ("bool", None), "lock_ttl": ("int", (1, None))},
     "report": {"predictions": ("path", None), "out": ("path", None), "store": ("path", None),
                "top": ("int", (1, 400))},
 }

@@ -20,6 +20,7 @@ those.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -31,10 +32,10 @@ from ..errors import IncompleteOutputError, ScoreError
 from ..layout import DEFAULT_CHUNK_SIZE
 from ..modelio import load_model
 from ..sources.members import DEFAULT_MAX_MEMBER_BYTES
-from .lock import run_lock
+from .lock import DEFAULT_TTL, check_ttl, run_lock
 from .output import (
-    OutputSpec, check_resume, committed, compact, create_output, finalize, has_spec, is_complete,
-    open_metrics, sweep_temporaries,
+    OutputSpec, check_resume, clear_output, committed, compact, create_output, finalize, has_spec,
+    is_complete, is_output, open_metrics, sweep_temporaries,
 )
 from .plan import make_plan
 from .record import build_record
@@ -68,6 +69,8 @@ def score(
     max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
     progress=None,
     task_timeout: float | None = DEFAULT_TASK_TIMEOUT,
+    lock_ttl: float = DEFAULT_TTL,
+    overwrite: bool = False,
 ) -> ScoreResult:
     """Predict every image of ``source`` with ``model`` into the output group ``out``.
 
@@ -90,7 +93,9 @@ def score(
     proba : bool
         Also write the (N, k) class probabilities.
     break_lock : bool
-        Remove a lock left by a run that died.
+        Take the output's lock even from a run whose lease looks live
+        (a lock left by a run that died is taken over without it: see
+        :mod:`digitbatch.scoring.lock`).
     labels : path, optional
         For archives: a key,label CSV, as ``ingest --labels``.
     chunk_size : int
@@ -102,6 +107,13 @@ def score(
         On a Dask cluster, seconds a chunk may run on a worker; a chunk
         running longer is cancelled (and its worker restarted, when it has a
         nanny, to free the stuck thread). None or 0: no limit.
+    lock_ttl : float
+        Seconds of the run's lease on ``out``: renewed every quarter of it;
+        a lock not renewed for this long is taken over by another run.
+    overwrite : bool
+        Replace an existing output (only a digitbatch scoring output, or an
+        empty directory), under its lock: an output a live run holds is
+        refused, not deleted under it.
 
     Raises
     ------
@@ -113,22 +125,33 @@ def score(
         redoes only the failed ones.
     """
     task_timeout = _check_timeout(task_timeout)
+    lock_ttl = check_ttl(lock_ttl)
+    if resume and overwrite:
+        raise ScoreError("resume and overwrite exclude each other: resume continues an "
+                         "output, overwrite replaces it")
     loaded = load_model(model)
     m = loaded.model
     if proba and not m.has_proba:
         raise ScoreError(f"--proba: model {m.name!r} (loss {m.loss!r}) gives no probabilities")
     out = storage.to_path(out)
     if out.exists() and not resume:
-        raise ScoreError(f"output {out} already exists: choose another --out, or --resume it")
+        if not overwrite:
+            raise ScoreError(f"output {out} already exists: choose another --out, or --resume it")
+        if not (is_output(out) or (storage.is_local(out) and out.is_dir()
+                                   and not any(out.iterdir()))):
+            raise ScoreError(f"overwrite: {out} is not a digitbatch scoring output; it is not "
+                             f"replaced: choose another --out")
     with contextlib.ExitStack() as stack:
         return _score(stack, source, loaded, out, scheduler=scheduler, resume=resume,
                       proba=proba, break_lock=break_lock, labels=labels,
                       chunk_size=chunk_size, max_member_bytes=max_member_bytes,
-                      progress=progress, task_timeout=task_timeout)
+                      progress=progress, task_timeout=task_timeout, lock_ttl=lock_ttl,
+                      overwrite=overwrite)
 
 
 def _score(stack, source, loaded, out, *, scheduler, resume, proba, break_lock, labels,
-           chunk_size, max_member_bytes, progress, task_timeout) -> ScoreResult:
+           chunk_size, max_member_bytes, progress, task_timeout, lock_ttl,
+           overwrite) -> ScoreResult:
     m = loaded.model
     plan = make_plan(storage.to_path(source), m, out_path=str(out), proba=proba, labels=labels,
                      chunk_size=chunk_size, limit=max_member_bytes, stack=stack)
@@ -136,7 +159,9 @@ def _score(stack, source, loaded, out, *, scheduler, resume, proba, break_lock, 
                       proba=bool(proba), model_sha256=loaded.sha256,
                       input_checksum=plan.checksum)
     t0 = time.perf_counter()
-    with run_lock(out, break_lock=break_lock) as lock:
+    with run_lock(out, break_lock=break_lock, ttl=lock_ttl) as lease:
+        if overwrite and clear_output(out):
+            log.info("replaced the earlier scoring output %s", out)
         if resume and has_spec(out):
             check_resume(out, spec)
         else:
@@ -152,9 +177,17 @@ def _score(stack, source, loaded, out, *, scheduler, resume, proba, break_lock, 
                  len(done))
         if progress is not None:
             progress(0, total=images_of(todo))
-        with one_blas_thread():  # (for tasks that run in this process's threads)
-            run(todo, plan.work, scheduler=scheduler, progress=progress,
-                task_timeout=task_timeout, committed=lambda: set(committed(out)))
+        work = dataclasses.replace(plan.work, kwargs={**plan.work.kwargs, "lease": lease.token})
+        try:
+            with one_blas_thread():  # (for tasks that run in this process's threads)
+                run(todo, work, scheduler=scheduler, progress=progress,
+                    task_timeout=task_timeout, committed=lambda: set(committed(out)))
+        except Exception:
+            # what a run that lost its lease trips over (its temporaries swept by
+            # the run that took over, say) is that loss
+            lease.check(now=True)
+            raise
+        lease.check()
         records = committed(out)
         missing = sorted(set(range(plan.n_chunks)) - set(records))
         if missing:
@@ -168,7 +201,8 @@ def _score(stack, source, loaded, out, *, scheduler, resume, proba, break_lock, 
                               model_path=str(loaded.path), model_sha256=loaded.sha256,
                               input=plan.input, n_rejected_before=plan.n_rejected,
                               seconds=seconds, n_this_run=n_this_run, resumed=bool(done),
-                              run_id=lock["token"])
+                              run_id=lease.token)
+        lease.check()
         finalize(out, result)
     log.info("scored %d images in %.2f s (accuracy %s)", n_this_run, seconds, result["accuracy"])
     return ScoreResult(str(out), result)

@@ -3,7 +3,8 @@
 Each function scores one :class:`~digitbatch.scoring.tasks.ChunkTask` on a
 worker and returns its index: the rows go to the output first and the
 commit record last (:func:`digitbatch.scoring.output.write_chunk`), with
-the chunk's counts (:func:`digitbatch.scoring.record.chunk_counts`).
+the chunk's counts (:func:`digitbatch.scoring.record.chunk_counts`), and only
+while the run still holds its lease (``lease``: its lock's token).
 Predictions come from :func:`digitbatch.determinism.deterministic_scores`
 (BLAS on one thread), so a retried or resumed chunk rewrites the same bytes.
 
@@ -45,7 +46,7 @@ def decoding(i: int) -> str | None:
 
 
 def score_store_chunk(task: ChunkTask, *, store_path: str, out_path: str, model,
-                      proba: bool) -> int:
+                      proba: bool, lease: str | None = None) -> int:
     """Score rows ``[start, stop)`` of store chunk ``index``: write them, then commit."""
     i, start, stop = task.index, task.start, task.stop
     images = read_rows(open_array_cached(store_path, "images", "r"), i, reuse=True)
@@ -57,12 +58,13 @@ def score_store_chunk(task: ChunkTask, *, store_path: str, out_path: str, model,
     pred = pred.astype(np.int8)
     write_chunk(out_path, i, start, stop, pred=pred, margin=margin,
                 proba=probs if proba else None, keys=None,
-                counts=chunk_counts(labels, pred, model.n_classes))
+                counts=chunk_counts(labels, pred, model.n_classes), lease=lease)
     return i
 
 
 def score_archive_chunk(task: ChunkTask, *, out_path: str, model, proba: bool,
-                        container: str, kind: str, limit: int, labels: LabelMap | None) -> int:
+                        container: str, kind: str, limit: int, labels: LabelMap | None,
+                        lease: str | None = None) -> int:
     """Decode, label, predict and write one archive slot chunk, then commit it."""
     i, start = task.index, task.start
     entries = unpack(task.packed)
@@ -105,5 +107,6 @@ def score_archive_chunk(task: ChunkTask, *, out_path: str, model, proba: bool,
     target = model.target(lab[idx])
     write_slots(out_path, i, start, valid=valid, labels=lab, pred=pred, margin=margin,
                 proba=probs, keys=keys,
-                counts=chunk_counts(target, pred[idx], model.n_classes, rejects=rejects))
+                counts=chunk_counts(target, pred[idx], model.n_classes, rejects=rejects),
+                lease=lease)
     return i

@@ -13,7 +13,7 @@ This module is the only one that reads or writes an output's files::
       _commits/chunk-000012.json   one per chunk, written (atomically) only after
                the chunk's rows are completely written: its counts live here
       metrics.json, _SUCCESS       written last, from the commit records
-      .lock                        while a run writes (digitbatch.scoring.lock)
+      .lock                        while a run writes: its lease (digitbatch.scoring.lock)
 
 A chunk's rows are deterministic, so a retried or resumed task rewrites the
 same bytes; a chunk counts once because its commit record has one name.
@@ -29,6 +29,7 @@ staging group is then removed. A run killed while compacting compacts again.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -42,6 +43,7 @@ from .. import storage
 from ..digits import UNKNOWN_LABEL
 from ..errors import IncompleteOutputError, ScoreError
 from ..layout import COMPRESSORS, chunk_bounds, write_rows
+from .lock import LOCK, check_owner
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +143,13 @@ def committed(out: Path) -> dict[int, dict]:
 
 def write_chunk(out_path: str, i: int, start: int, stop: int, *, pred: np.ndarray,
                 margin: np.ndarray, proba: np.ndarray | None, keys: np.ndarray | None,
-                counts: dict, prefix: str = "") -> None:
-    """Write one chunk's rows (arrays under ``prefix``), then (only then) its commit record."""
+                counts: dict, prefix: str = "", lease: str | None = None) -> None:
+    """Write one chunk's rows (arrays under ``prefix``), then (only then) its commit record.
+
+    ``lease``: the token of the run's lock, checked just before the commit
+    (:func:`digitbatch.scoring.lock.check_owner`): a run that lost its
+    lease to another commits nothing more.
+    """
     first = open_array_cached(out_path, prefix + "pred")
     c = first.chunks[0]
     aligned = start % c == 0 and (stop - start == c or stop == first.shape[0])
@@ -156,6 +163,7 @@ def write_chunk(out_path: str, i: int, start: int, stop: int, *, pred: np.ndarra
             arr[start:stop] = rows
     record = {"chunk": i, "start": start, "stop": stop,
               **{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in counts.items()}}
+    check_owner(out_path, lease)
     storage.write_atomic(commit_path(out_path, i), json.dumps(record))
 
 
@@ -211,6 +219,29 @@ def finalize(out: Path, metrics: dict) -> None:
     text = json.dumps(metrics, indent=2) + "\n"
     storage.write_atomic(out / METRICS, text)
     storage.write_atomic(out / SUCCESS, text)
+
+
+def clear_output(out: Path) -> int:
+    """Remove everything of an output but its lock (the caller holds it): an
+    overwrite. Returns the entries removed."""
+    out = storage.to_path(out)
+    n = 0
+    for name in storage.listdir(out):
+        if name == LOCK or name.startswith(LOCK + "."):
+            continue
+        p = out / name
+        if storage.is_local(out) and p.is_file() and not p.is_symlink():
+            p.unlink()
+        elif storage.is_local(out) and p.is_symlink():
+            p.unlink()
+        else:
+            storage.rmtree(p)
+            if not storage.is_local(out):
+                with contextlib.suppress(FileNotFoundError):
+                    p.fs.rm_file(p.path)
+        n += 1
+    _open_group.cache_clear()
+    return n
 
 
 def metrics_path(out: Path) -> Path:
@@ -285,14 +316,14 @@ def create_staging(out: Path, *, n: int, chunk_size: int, n_classes: int, proba:
 
 def write_slots(out_path: str, i: int, start: int, *, valid: np.ndarray, labels: np.ndarray,
                 pred: np.ndarray, margin: np.ndarray, proba: np.ndarray | None,
-                keys: np.ndarray, counts: dict) -> None:
+                keys: np.ndarray, counts: dict, lease: str | None = None) -> None:
     """Write one archive slot chunk into staging, then (only then) commit it."""
     n = valid.shape[0]
     g = open_group_cached(out_path)
     g[f"{STAGING}/valid"][start:start + n] = valid.astype(np.int8)
     g[f"{STAGING}/labels"][start:start + n] = labels
     write_chunk(out_path, i, start, start + n, pred=pred, margin=margin, proba=proba, keys=keys,
-                counts=counts, prefix=f"{STAGING}/")
+                counts=counts, prefix=f"{STAGING}/", lease=lease)
 
 
 def compact(out: Path, *, chunk_size: int, n_classes: int, proba: bool) -> int:

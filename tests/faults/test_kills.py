@@ -10,15 +10,18 @@ waits for. Each test then asserts that the kill landed while work was left
 - job death (``digitbatch score`` of a store, 157 chunks of 256 images;
   of a tar of PNGs scored directly, 13 slot chunks; and ``digitbatch run``
   of the nightly job spec): the process is SIGKILLed once k commit records
-  exist (k = 0: as soon as it holds its lock), then rerun with ``--resume
-  --break-lock``: metrics.json says ``resumed`` (when anything had been
+  exist (k = 0: as soon as it holds its lock), then rerun with ``--resume``
+  and no other flag (the dead run's lock is taken over: its process is
+  gone): metrics.json says ``resumed`` (when anything had been
   committed) and ``n_scored_this_run`` is exactly the rows of the chunks
   that were not committed when it died; the chunk files are byte-identical
   to an uninterrupted run's, no temporary file or lock remains (3 kill
   points here, 20 in ``make test-long``).
 - concurrent runs: a second run into an output a running one holds is
-  refused (with --break-lock too: the owner is alive), while the first
-  still has chunks to commit; the first finishes byte-identical.
+  refused while the first still has chunks to commit; the first finishes
+  byte-identical. With --break-lock the second takes over: the first stops
+  at its next commit (its lease is lost) and the second finishes the
+  output byte-identical.
 
 A worker killed mid-run (at a quarter, half and three quarters of the
 images) is tests/faults/test_workers.py's ``test_worker_killed_while_scoring``.
@@ -159,7 +162,7 @@ def _kill_points(seed: int, count: int, total: int) -> list[int]:
 
 def _store_trial(job: Path, out: Path, at: int) -> None:
     before = kill_on_progress(_cmd(job, out), out, at=at, total=N_CHUNKS)
-    r = _score(job, out, "--resume", "--break-lock")
+    r = _score(job, out, "--resume")
     assert r.returncode == 0, r.stderr
     _check_resumed(out, job / "ref.zarr", before, n=N_IMAGES, total=N_CHUNKS)
 
@@ -179,9 +182,9 @@ def test_job_killed_twice_then_resumed(job, tmp_path):
     """Killed, resumed and killed again further on: the last resume scores only the rest."""
     out = tmp_path / "out.zarr"
     kill_on_progress(_cmd(job, out), out, at=N_CHUNKS // 4, total=N_CHUNKS)
-    before = kill_on_progress(_cmd(job, out, "--resume", "--break-lock"), out,
+    before = kill_on_progress(_cmd(job, out, "--resume"), out,
                               at=N_CHUNKS // 2, total=N_CHUNKS)
-    r = _score(job, out, "--resume", "--break-lock")
+    r = _score(job, out, "--resume")
     assert r.returncode == 0, r.stderr
     _check_resumed(out, job / "ref.zarr", before, n=N_IMAGES, total=N_CHUNKS)
 
@@ -192,7 +195,7 @@ def test_archive_job_killed_then_resumed(job, archive, tmp_path, at):
     out = tmp_path / "a.zarr"
     total = -(-N_MEMBERS // CHUNK)
     before = kill_on_progress(_cmd(job, out, src=src), out, at=at, total=total)
-    r = subprocess.run(_cmd(job, out, "--resume", "--break-lock", src=src),
+    r = subprocess.run(_cmd(job, out, "--resume", src=src),
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     _check_resumed(out, ref, before, n=N_MEMBERS, total=total)
@@ -220,13 +223,11 @@ def test_job_spec_killed_then_rerun_with_break_lock_resumes(job, tmp_path):
 
 
 def test_job_spec_killed_then_rerun_resumes(job, tmp_path):
-    """`digitbatch run jobs/nightly-score.toml`, killed mid-score, rerun as cron would."""
+    """`digitbatch run jobs/nightly-score.toml`, killed mid-score, rerun as cron would,
+    with no flag and no manual step: the dead run's lock is taken over."""
     out = tmp_path / "pred-2026-11-24.zarr"
     cmd = _nightly(job, tmp_path)
     before = kill_on_progress(cmd, out, at=N_CHUNKS // 3, total=N_CHUNKS)
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 1 and "OutputLockedError" in r.stdout + r.stderr  # (without score.break_lock)
-    (out / ".lock").unlink()  # the dead run's lock, removed by hand here
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     _check_resumed(out, job / "ref.zarr", before, n=N_IMAGES, total=N_CHUNKS)
@@ -247,10 +248,9 @@ def test_concurrent_run_is_refused_and_the_running_one_is_unaffected(job, tmp_pa
             assert first.poll() is None, first.stderr.read()
             assert time.monotonic() < deadline
             time.sleep(0.001)
-        for break_lock in (False, True):
-            with pytest.raises(OutputLockedError, match="being written by another run"):
-                score(job / "s.zarr", model=job / "model", out=out, proba=True, resume=True,
-                      break_lock=break_lock, scheduler="synchronous")
+        with pytest.raises(OutputLockedError, match="being written by another run"):
+            score(job / "s.zarr", model=job / "model", out=out, proba=True, resume=True,
+                  scheduler="synchronous")
         left = N_CHUNKS - _n_commits(out)
         assert first.poll() is None and left > 0, \
             "the first run ended before the second was refused: the refusal was not mid-run"
@@ -261,3 +261,198 @@ def test_concurrent_run_is_refused_and_the_running_one_is_unaffected(job, tmp_pa
             first.wait()
     assert _files(out) == _files(job / "ref.zarr")
     assert (out / "_SUCCESS").exists() and not (out / ".lock").exists()
+
+
+def test_break_lock_takes_over_a_live_run_which_then_commits_nothing(job, tmp_path):
+    """--break-lock forces: the second run takes the lock of a live first run (held
+    still by SIGSTOP, its lease fresh), which stops at its next commit
+    (LeaseLostError, exit 1) instead of writing on; the second finishes the output
+    byte-identical."""
+    out = tmp_path / "forced.zarr"
+    first = subprocess.Popen(_cmd(job, out), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_commits(first, out, N_CHUNKS // 4)
+        first.send_signal(signal.SIGSTOP)
+        assert _score(job, out, "--resume").returncode == 1  # live: refused without the flag
+        r = _score(job, out, "--resume", "--break-lock")
+        assert r.returncode == 0, r.stderr
+        records = _snapshot(out)
+        first.send_signal(signal.SIGCONT)
+        assert first.wait(timeout=300) == 1
+        assert "LeaseLostError" in first.stderr.read()
+    finally:
+        if first.poll() is None:
+            first.send_signal(signal.SIGCONT)
+            first.kill()
+            first.wait()
+    assert _snapshot(out) == records
+    assert _files(out) == _files(job / "ref.zarr")
+    assert (out / "_SUCCESS").exists() and not (out / ".lock").exists()
+
+
+# --- SIGTERM, pauses, pid namespaces, other hosts: the lease (scoring/lock.py) ---------
+
+
+def _wait_commits(proc: subprocess.Popen, out: Path, at: int) -> None:
+    deadline = time.monotonic() + HANG
+    while _n_commits(out) < at:
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended (exit {proc.returncode}) before {at} commit records: "
+                        f"no signal landed mid-work; {proc.stderr.read()[-2000:]}")
+        assert time.monotonic() < deadline, f"no progress to {at} commits in {HANG} s"
+        time.sleep(0.001)
+
+
+def _snapshot(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((out / "_commits").iterdir())}
+
+
+def test_sigterm_stops_cleanly_and_the_rerun_completes(job, tmp_path):
+    """SIGTERM (Kubernetes, SLURM, docker stop) mid-run: exit 143, one line, the lock
+    released, what was committed kept; the same command again resumes the rest."""
+    out = tmp_path / "out.zarr"
+    proc = subprocess.Popen(_cmd(job, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        _wait_commits(proc, out, N_CHUNKS // 3)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 143
+        err = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "Terminated" in err and "Traceback" not in err, err
+    before = committed(out)
+    assert N_CHUNKS // 3 <= len(before) < N_CHUNKS  # it stopped with work left
+    assert not (out / ".lock").exists() and not (out / "_SUCCESS").exists()
+    r = _score(job, out, "--resume")
+    assert r.returncode == 0, r.stderr
+    _check_resumed(out, job / "ref.zarr", before, n=N_IMAGES, total=N_CHUNKS)
+
+
+def test_sigterm_of_a_job_writes_a_terminated_summary(job, tmp_path):
+    out = tmp_path / "pred-2026-11-24.zarr"
+    cmd = _nightly(job, tmp_path)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_commits(proc, out, N_CHUNKS // 3)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 143, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    s = json.loads((tmp_path / "run-2026-11-24.json").read_text())
+    assert s["outcome"] == "terminated" and s["steps"][0]["outcome"] == "terminated"
+    assert s["error"]["type"] == "RunTerminated"
+    before = committed(out)
+    assert len(before) < N_CHUNKS and not (out / ".lock").exists()
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    _check_resumed(out, job / "ref.zarr", before, n=N_IMAGES, total=N_CHUNKS)
+
+
+def test_a_paused_run_that_lost_its_lease_commits_nothing_more(job, tmp_path):
+    """SIGSTOP past the lease's ttl: the rerun takes over (no flag) and finishes; the
+    paused run, continued, stops at its next commit (LeaseLostError, exit 1) and the
+    output stays byte-identical, with the records the rerun wrote."""
+    out = tmp_path / "out.zarr"
+    first = subprocess.Popen(_cmd(job, out, "--lock-ttl", "1"), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_commits(first, out, N_CHUNKS // 4)
+        first.send_signal(signal.SIGSTOP)
+        lock = json.loads((out / ".lock").read_text())
+        assert lock["pid"] == first.pid
+        # the pause lasts past the ttl: the lease (renewed every 0.25 s until the
+        # stop) runs out; watched on the lock's own timestamp
+        import datetime as dt
+
+        renewed = dt.datetime.fromisoformat(lock["renewed"])
+        while (dt.datetime.now(dt.timezone.utc) - renewed).total_seconds() <= 1.2:
+            time.sleep(0.05)
+        assert json.loads((out / ".lock").read_text()) == lock  # the paused run renewed nothing
+        r = _score(job, out, "--resume", "--lock-ttl", "1")  # waits out the lease if needed
+        assert r.returncode == 0, r.stderr
+        records = _snapshot(out)
+        assert len(records) == N_CHUNKS
+        first.send_signal(signal.SIGCONT)
+        assert first.wait(timeout=60) == 1
+        assert "LeaseLostError" in first.stderr.read()
+    finally:
+        if first.poll() is None:
+            first.send_signal(signal.SIGCONT)
+            first.kill()
+            first.wait()
+    assert _snapshot(out) == records  # nothing committed after the lease was lost
+    assert _files(out) == _files(job / "ref.zarr")
+    assert (out / "_SUCCESS").exists() and not (out / ".lock").exists()
+
+
+def test_overwrite_of_an_output_a_live_run_holds_is_refused(job, tmp_path):
+    """score.overwrite = true must not delete an output under a live run: refused by
+    its lock; the live run then finishes byte-identical."""
+    out = tmp_path / "pred-2026-11-24.zarr"
+    first = subprocess.Popen(_nightly(job, tmp_path), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_commits(first, out, N_CHUNKS // 4)
+        first.send_signal(signal.SIGSTOP)
+        before = _snapshot(out)
+        r = subprocess.run(_nightly(job, tmp_path, "score.overwrite=true", "score.resume=false",
+                                    f"job.summary={tmp_path}/other.json"),
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 1 and "OutputLockedError" in r.stdout + r.stderr, r.stderr
+        assert _snapshot(out) == before and (out / "pred").exists()  # nothing deleted
+        first.send_signal(signal.SIGCONT)
+        assert first.wait(timeout=300) == 0, first.stderr.read()
+    finally:
+        if first.poll() is None:
+            first.send_signal(signal.SIGCONT)
+            first.kill()
+            first.wait()
+    assert _files(out) == _files(job / "ref.zarr")
+
+
+def _unshare(*flags: str) -> list[str]:
+    probe = subprocess.run(["unshare", *flags, "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"unshare {' '.join(flags)} is not permitted here (needs root): "
+                    f"{probe.stderr.strip()}")
+    return ["unshare", *flags]
+
+
+def test_killed_as_pid_1_of_its_own_namespace_then_rerun_as_pid_1_completes(job, tmp_path):
+    """A container's entrypoint is pid 1 in every run: the killed run's lock names pid
+    1, and so does the rerun. The owner is told apart by its token, machine and start
+    time; the lease runs out and the rerun takes over without a flag."""
+    ns = _unshare("--pid", "--fork", "--mount-proc", "--kill-child")
+    out = tmp_path / "out.zarr"
+    cmd = [*ns, *_cmd(job, out, "--lock-ttl", "2")]
+    before = kill_on_progress(cmd, out, at=N_CHUNKS // 3, total=N_CHUNKS)
+    lock = json.loads((out / ".lock").read_text())
+    assert lock["pid"] == 1  # (the dead run's lock is still there)
+    r = subprocess.run([*ns, *_cmd(job, out, "--resume", "--lock-ttl", "2")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    _check_resumed(out, job / "ref.zarr", before, n=N_IMAGES, total=N_CHUNKS)
+
+
+def test_killed_on_one_host_then_rerun_on_another_completes(job, tmp_path):
+    """Each run with a host name of its own (unshare --uts), as pods on nodes."""
+    uts = _unshare("--uts", "--fork", "--kill-child")
+    out = tmp_path / "out.zarr"
+
+    def on(host: str, *extra: str) -> list[str]:
+        inner = " ".join(f"'{a}'" for a in _cmd(job, out, *extra))
+        return [*uts, "sh", "-c", f"hostname {host} && exec {inner}"]
+
+    before = kill_on_progress(on("node-a", "--lock-ttl", "2"), out, at=N_CHUNKS // 3,
+                              total=N_CHUNKS)
+    assert json.loads((out / ".lock").read_text())["host"] == "node-a"
+    r = subprocess.run(on("node-b", "--resume", "--lock-ttl", "2"), capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    _check_resumed(out, job / "ref.zarr", before, n=N_IMAGES, total=N_CHUNKS)
