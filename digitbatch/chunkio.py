@@ -225,6 +225,10 @@ def write_rows(arr, i: int, rows: np.ndarray) -> None:
     """Write the rows of chunk ``i`` (the whole chunk), directly when the codec allows."""
     c = arr.chunks[0]
     start, stop = i * c, min((i + 1) * c, arr.shape[0])
+    if np.shape(rows)[:1] != (stop - start,):
+        raise StoreError(f"{_where(arr)}: chunk {i} holds rows {start}-{stop - 1} "
+                         f"({stop - start} rows), got {np.shape(rows)[0] if np.ndim(rows) else 0} "
+                         f"rows to write: write a whole chunk")
     if not _fast_codec(arr):
         arr[start:stop] = rows
         return

@@ -49,17 +49,16 @@ def iter_entries(path: Path, kind: str, *, limit: int, seekable: bool) -> Iterat
 
 @dataclass(frozen=True)
 class Listing:
-    """A container's entries, in source order, and what it is."""
+    """A container's entries, in source order, what it is, and its fingerprint
+    (size and mtime, or a remote archive's size and ETag, as they were when it
+    was listed, and the entries' keys)."""
 
     path: Path
     kind: str
     seekable: bool
     entries: list = field(repr=False)
-    identity: str | None = None  # a remote archive's size and ETag (see fingerprint)
-
-    @property
-    def fingerprint(self) -> str:
-        return fingerprint(self.path, self.entries, identity=self.identity)
+    fingerprint: str
+    identity: str | None = None  # a remote archive's size and ETag, when it is one
 
 
 def list_archive(path: Path, kind: str, *, limit: int, identity: str | None = None) -> Listing:
@@ -71,8 +70,13 @@ def list_archive(path: Path, kind: str, *, limit: int, identity: str | None = No
     bytes, as for a compressed tar (gzip cannot be entered in the middle).
     """
     seekable = identity is None and seekable_kind(path, kind)
+    stamp = identity
+    if stamp is None:  # the file as it is listed, not as it is when asked later
+        st = os.stat(path)
+        stamp = f"{st.st_size}:{st.st_mtime_ns}"
     entries = list(iter_entries(path, kind, limit=limit, seekable=seekable))
-    return Listing(path, kind, seekable, entries, identity)
+    return Listing(path, kind, seekable, entries, fingerprint(path, entries, identity=stamp),
+                   identity)
 
 
 def fingerprint(path: Path, entries: Iterable[Entry], identity: str | None = None) -> str:
