@@ -12,6 +12,7 @@ import threading
 import click
 
 from . import summaries
+from .bench import commands as bench_commands
 from .errors import DigitbatchError, RunTerminated
 from .version import __version__
 
@@ -212,17 +213,44 @@ def train(store, out, name, features, seed, cv, search, incremental, epochs, ove
 @click.option("--lock-ttl", type=click.FloatRange(min=1), default=None,
               help="Seconds of this run's lease on OUT (renewed every quarter of it); a lock "
                    "not renewed for this long is taken over by the next run (default 120).")
+@click.option("--ledger", type=click.Path(), default=None,
+              help="With {input} in OUT: the ledger of inputs scored (default _ledger.jsonl "
+                   "beside the outputs).")
+@click.option("--max-inputs", type=click.IntRange(min=1), default=None,
+              help="With {input} in OUT: score at most this many new inputs this run.")
+@click.option("--rescore-changed", is_flag=True,
+              help="With {input} in OUT: score an input that changed since it was scored "
+                   "again, into a new output (default: name it and leave it).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 @cluster_options
-def score(store, model, out, resume, proba, break_lock, labels, task_timeout, lock_ttl, as_json,
-          scheduler):
+def score(store, model, out, resume, proba, break_lock, labels, task_timeout, lock_ttl, ledger,
+          max_inputs, rescore_changed, as_json, scheduler):
     """Predict every image of STORE (a store, or an image archive or folder) with MODEL
-    into OUT, with metrics.json. Paths may be s3:// (fsspec) URLs."""
+    into OUT, with metrics.json. Paths may be s3:// (fsspec) URLs.
+
+    With {input} in OUT, STORE is a glob ('incoming/*.tar') and only the inputs the
+    ledger does not hold yet are scored, each into OUT with {input} replaced by its
+    name: a nightly run over a folder or bucket that archives keep landing in.
+    """
     from .scoring.api import score as run
 
     extra = {} if task_timeout is None else {"task_timeout": task_timeout}
     if lock_ttl is not None:
         extra["lock_ttl"] = lock_ttl
+    if "{input}" in out:
+        from .errors import InputsFailedError
+        from .incremental import score_inputs
+
+        r = score_inputs(store, model=model, out=out, ledger_path=ledger, max_inputs=max_inputs,
+                         rescore_changed=rescore_changed, scheduler=scheduler, proba=proba,
+                         break_lock=break_lock, labels=labels, **extra)
+        _echo(r.to_dict(), summaries.inputs_lines, as_json)
+        if r.failed:
+            raise InputsFailedError(f"{len(r.failed)} inputs failed (recorded in {r.ledger}; "
+                                    f"tried again next run): "
+                                    + "; ".join(f"{f['input']}: {f['error']['type']}"
+                                                for f in r.failed))
+        return
     with _progress("score") as progress:
         r = run(store, model=model, out=out, scheduler=scheduler, resume=resume, proba=proba,
                 break_lock=break_lock, labels=labels, progress=progress, **extra)
@@ -376,59 +404,7 @@ def run_cmd(job, overrides, check, break_lock, as_json, scheduler):
                f"summary -> {spec.summary}")
 
 
-@main.group()
-def bench():
-    """Benchmarks: images/s and peak memory beside a baseline, in one run."""
-
-
-@bench.command("ingest")
-@click.option("--mnist-dir", default=None, type=click.Path(),
-              help="MNIST IDX directory (default $DIGITBATCH_MNIST_DIR or ../shared/data/mnist).")
-@click.option("--workdir", default=None, type=click.Path(), help="Scratch directory (default: a temp dir).")
-@click.option("--n-png", default=70_000, show_default=True, type=int, help="Images in the PNG tar.")
-def bench_ingest(mnist_dir, workdir, n_png):
-    """IDX -> Zarr and PNG tar -> Zarr, beside a single-process Pillow loop."""
-    from .bench.ingest import run
-
-    for line in run(mnist_dir=mnist_dir, workdir=workdir, n_png=n_png):
-        click.echo(line)
-
-
-@bench.command("train")
-@click.option("--mnist-dir", default=None, type=click.Path(), help="MNIST IDX directory.")
-@click.option("--workdir", default=None, type=click.Path(), help="Scratch directory (default: a temp dir).")
-@click.option("--cv", default=3, show_default=True, type=int, help="CV folds per catalogue model (0: none).")
-@click.option("--no-reference", is_flag=True, help="Skip the walk-through's own runs (110 s).")
-@click.option("--incremental-n", default=4_000_000, show_default=True, type=int,
-              help="Images in the --incremental store (0: skip).")
-@click.option("--models", "model_list", default=None,
-              help="Comma-separated NAME[:FEATURES] to run (default: the whole catalogue).")
-@click.option("--no-cv-speedup", is_flag=True, help="Skip the 5-fold CV speed-up measurement.")
-def bench_train(mnist_dir, workdir, cv, no_reference, incremental_n, model_list, no_cv_speedup):
-    """The catalogue on full MNIST beside the walk-through; CV speed-up; --incremental memory."""
-    from .bench.train import run
-
-    models = None
-    if model_list:
-        models = [(m.split(":")[0], (m.split(":") + [None])[1]) for m in model_list.split(",")]
-    for line in run(mnist_dir=mnist_dir, workdir=workdir, cv=cv, reference=not no_reference,
-                    incremental_n=incremental_n, models=models, cv_speedup=not no_cv_speedup):
-        click.echo(line)
-
-
-@bench.command("score")
-@click.option("--mnist-dir", default=None, type=click.Path(), help="MNIST IDX directory.")
-@click.option("--workdir", default=None, type=click.Path(), help="Scratch directory (default: a temp dir).")
-@click.option("--n", "n", default=4_000_000, show_default=True, type=int, help="Images in the big store.")
-@click.option("--n-small", default=1_000_000, show_default=True, type=int,
-              help="Images in the small store (memory flat in N; also the ceiling's input).")
-def bench_score(mnist_dir, workdir, n, n_small):
-    """Scoring against the bare-kernel ceiling, naive numpy and dask-ml."""
-    from .bench.score import run
-
-    for line in run(mnist_dir=mnist_dir, workdir=workdir, n=n, n_small=n_small,
-                    n_naive=min(n_small, 1_000_000)):
-        click.echo(line)
+main.add_command(bench_commands.bench)
 
 
 if __name__ == "__main__":  # pragma: no cover

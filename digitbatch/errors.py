@@ -92,6 +92,14 @@ class LeaseLostError(ScoreError):
     past the lock's ttl, and the other run took over): it commits nothing more."""
 
 
+class LedgerError(ScoreError):
+    """The ledger of incremental scoring (``_ledger.jsonl``) is damaged or unreadable."""
+
+
+class InputsFailedError(ScoreError):
+    """Some inputs of an incremental run failed (the others were scored)."""
+
+
 class IncompleteOutputError(ScoreError):
     """A scoring output is missing committed chunks or its _SUCCESS marker."""
 

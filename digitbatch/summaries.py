@@ -74,6 +74,29 @@ def score_lines(m: dict) -> list[str]:
     return lines
 
 
+def inputs_lines(r: dict) -> list[str]:
+    """What an incremental run did: inputs scored, skipped, changed, failed, left."""
+    if not (r["scored"] or r["failed"] or r["not_this_run"]):
+        return [f"nothing new: {len(r['skipped'])} inputs already scored"
+                + (f", {len(r['changed'])} changed since (not scored again)" if r["changed"]
+                   else "") + f" (ledger {r['ledger']})"]
+    lines = []
+    for s in r["scored"]:
+        acc = s.get("accuracy")
+        lines.append(f"scored {s['input']} -> {s['out']}: {s['n_images']} images"
+                     + (f", {s['n_rejected']} rejected" if s.get("n_rejected") else "")
+                     + (f", accuracy {acc:.4f}" if acc is not None else ""))
+    for f in r["failed"]:
+        lines.append(f"FAILED {f['input']}: {f['error']['type']}: {f['error']['message']}")
+    for c in r["changed"]:
+        lines.append(f"changed since it was scored: {c}")
+    lines.append(f"inputs: {len(r['scored'])} scored, {len(r['skipped'])} skipped, "
+                 f"{len(r['changed'])} changed, {len(r['failed'])} failed"
+                 + (f", {len(r['not_this_run'])} left for the next run" if r["not_this_run"]
+                    else "") + f" (ledger {r['ledger']})")
+    return lines
+
+
 STEP_LINES = {"ingest": ingest_lines, "train": train_lines, "score": score_lines}
 
 

@@ -1,0 +1,61 @@
+"""``digitbatch bench ...``: the benchmark commands (each prints its figures beside a
+baseline measured in the same run)."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.group()
+def bench():
+    """Benchmarks: images/s and peak memory beside a baseline, in one run."""
+
+
+@bench.command("ingest")
+@click.option("--mnist-dir", default=None, type=click.Path(),
+              help="MNIST IDX directory (default $DIGITBATCH_MNIST_DIR or ../shared/data/mnist).")
+@click.option("--workdir", default=None, type=click.Path(), help="Scratch directory (default: a temp dir).")
+@click.option("--n-png", default=70_000, show_default=True, type=int, help="Images in the PNG tar.")
+def bench_ingest(mnist_dir, workdir, n_png):
+    """IDX -> Zarr and PNG tar -> Zarr, beside a single-process Pillow loop."""
+    from .bench.ingest import run
+
+    for line in run(mnist_dir=mnist_dir, workdir=workdir, n_png=n_png):
+        click.echo(line)
+
+
+@bench.command("train")
+@click.option("--mnist-dir", default=None, type=click.Path(), help="MNIST IDX directory.")
+@click.option("--workdir", default=None, type=click.Path(), help="Scratch directory (default: a temp dir).")
+@click.option("--cv", default=3, show_default=True, type=int, help="CV folds per catalogue model (0: none).")
+@click.option("--no-reference", is_flag=True, help="Skip the walk-through's own runs (110 s).")
+@click.option("--incremental-n", default=4_000_000, show_default=True, type=int,
+              help="Images in the --incremental store (0: skip).")
+@click.option("--models", "model_list", default=None,
+              help="Comma-separated NAME[:FEATURES] to run (default: the whole catalogue).")
+@click.option("--no-cv-speedup", is_flag=True, help="Skip the 5-fold CV speed-up measurement.")
+def bench_train(mnist_dir, workdir, cv, no_reference, incremental_n, model_list, no_cv_speedup):
+    """The catalogue on full MNIST beside the walk-through; CV speed-up; --incremental memory."""
+    from .bench.train import run
+
+    models = None
+    if model_list:
+        models = [(m.split(":")[0], (m.split(":") + [None])[1]) for m in model_list.split(",")]
+    for line in run(mnist_dir=mnist_dir, workdir=workdir, cv=cv, reference=not no_reference,
+                    incremental_n=incremental_n, models=models, cv_speedup=not no_cv_speedup):
+        click.echo(line)
+
+
+@bench.command("score")
+@click.option("--mnist-dir", default=None, type=click.Path(), help="MNIST IDX directory.")
+@click.option("--workdir", default=None, type=click.Path(), help="Scratch directory (default: a temp dir).")
+@click.option("--n", "n", default=4_000_000, show_default=True, type=int, help="Images in the big store.")
+@click.option("--n-small", default=1_000_000, show_default=True, type=int,
+              help="Images in the small store (memory flat in N; also the ceiling's input).")
+def bench_score(mnist_dir, workdir, n, n_small):
+    """Scoring against the bare-kernel ceiling, naive numpy and dask-ml."""
+    from .bench.score import run
+
+    for line in run(mnist_dir=mnist_dir, workdir=workdir, n=n, n_small=n_small,
+                    n_naive=min(n_small, 1_000_000)):
+        click.echo(line)
