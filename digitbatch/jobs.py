@@ -76,7 +76,7 @@ from pathlib import Path
 
 from . import cluster, storage
 from .version import __version__
-from .errors import JobFailedError, RunTerminated
+from .errors import InputsFailedError, JobFailedError, RunTerminated
 from .jobspec import SCHEMA, STEPS, Job, describe, load_job, parse_override
 from .modelio import manifest_path
 
@@ -94,7 +94,7 @@ def _given(params: dict, *drop: str) -> dict:
     return {k: str(v) if storage.is_path(v) else v for k, v in params.items() if k not in drop}
 
 
-def _step_ingest(params: dict, scheduler) -> dict:
+def _step_ingest(params: dict, scheduler, done: dict) -> dict:
     from .ingestion import ingest
 
     kw = _given(params, "source", "out")
@@ -104,7 +104,7 @@ def _step_ingest(params: dict, scheduler) -> dict:
                                                     "checksum", "images_per_second")}}
 
 
-def _step_train(params: dict, scheduler) -> dict:
+def _step_train(params: dict, scheduler, done: dict) -> dict:
     from .training import train
 
     kw = _given(params, "store", "out")
@@ -117,10 +117,12 @@ def _step_train(params: dict, scheduler) -> dict:
             "metrics": str(manifest_path(r.model_path))}
 
 
-def _step_score(params: dict, scheduler) -> dict:
+def _step_score(params: dict, scheduler, done: dict) -> dict:
     from .scoring.api import score
     from .scoring.output import metrics_path
 
+    if params.get("inputs") is not None:
+        return _score_inputs(params, scheduler)
     out = params["out"]
     # (overwrite replaces the output under its lock: never under a live run)
     kw = _given(params, "input", "out")
@@ -132,18 +134,50 @@ def _step_score(params: dict, scheduler) -> dict:
                                              "confusion_matrix")}}
 
 
-def _step_report(params: dict, scheduler) -> dict:
+def _score_inputs(params: dict, scheduler) -> dict:
+    """[score] inputs: every new input of a glob, each into its own output."""
+    from .incremental import score_inputs
+
+    kw = _given(params, "input", "inputs", "out", "ledger", "max_inputs", "rescore_changed",
+                "resume", "overwrite")
+    r = score_inputs(str(params["inputs"]), out=str(params["out"]),
+                     ledger_path=params.get("ledger"), max_inputs=params.get("max_inputs"),
+                     rescore_changed=bool(params.get("rescore_changed")), scheduler=scheduler,
+                     **kw)
+    return {"outputs": {"predictions": [s["out"] for s in r.scored]}, "metrics": r.ledger,
+            "result": {"inputs": r.to_dict()}}
+
+
+def _step_report(params: dict, scheduler, done: dict) -> dict:
+    from .incremental import PLACEHOLDER, input_name
     from .report import write_report
 
-    kw = _given(params, "predictions", "top")
+    kw = _given(params, "predictions", "top", "out")
     if "top" in params:
         kw["top_k"] = params["top"]
-    r = write_report(params["predictions"], **kw)
-    return {"outputs": {"report": r.out, "html": r.html}, "metrics": r.html,
-            "result": {"n_wrong": r.n_wrong}}
+    if PLACEHOLDER not in str(params["predictions"]):
+        r = write_report(params["predictions"], out=params["out"], **kw)
+        return {"outputs": {"report": r.out, "html": r.html}, "metrics": r.html,
+                "result": {"n_wrong": r.n_wrong}}
+    # one report per input the score step scored in this run
+    scored = (((done.get("score") or {}).get("result") or {}).get("inputs") or {}).get("scored", [])
+    reports = []
+    for s in scored:
+        name = input_name(s["input"]) if ".rescore-" not in s["out"] else \
+            storage.to_path(s["out"]).name.rsplit(".", 1)[0]
+        out = str(params["out"])
+        out = out.replace(PLACEHOLDER, name) if PLACEHOLDER in out else \
+            str(storage.to_path(out) / name)
+        r = write_report(s["out"], out=out, **kw)
+        reports.append({"input": s["input"], "report": r.out, "html": r.html,
+                        "n_wrong": r.n_wrong})
+    return {"outputs": {"reports": [x["report"] for x in reports]},
+            "metrics": reports[0]["html"] if len(reports) == 1 else None,
+            "result": {"reports": reports}}
 
 
-_STEP_FUNCS = {"ingest": _step_ingest, "train": _step_train, "score": _step_score,
+# step -> fn(params, scheduler, done): done holds the records of the steps run before
+STEP_FUNCS = {"ingest": _step_ingest, "train": _step_train, "score": _step_score,
                "report": _step_report}
 
 
@@ -186,6 +220,7 @@ def run_job(job: Job, *, scheduler: cluster.Scheduler = None) -> dict:
     t0 = time.perf_counter()
     failure: BaseException | None = None
     where = "setup"
+    done: dict[str, dict] = {}
     try:
         job.workdir.mkdir(parents=True, exist_ok=True)
         where = "cluster"
@@ -196,13 +231,22 @@ def run_job(job: Job, *, scheduler: cluster.Scheduler = None) -> dict:
                 log.info("job %s: %s", job.name, where)
                 t = time.perf_counter()
                 try:
-                    record.update(_STEP_FUNCS[where](job.params[where], sched))
+                    record.update(STEP_FUNCS[where](job.params[where], sched, done))
                     record["outcome"] = "succeeded"
+                    done[where] = record
                 finally:
                     record["seconds"] = round(time.perf_counter() - t, 3)
                     if record["outcome"] != "succeeded":
                         record["outcome"] = "failed"
             where = "cluster"
+        failed = ((done.get("score") or {}).get("result") or {}).get("inputs", {}).get("failed")
+        if failed:  # after every other input and step: the run fails
+            where = "score"
+            done["score"]["outcome"] = "failed"
+            raise InputsFailedError(
+                f"{len(failed)} inputs failed (recorded in the ledger, tried again next run): "
+                + "; ".join(f"{f['input']}: {f['error']['type']}: {f['error']['message']}"
+                            for f in failed))
     except BaseException as exc:  # the summary says what happened, then it propagates
         failure = exc
         summary["error"] = {"step": where, "type": type(exc).__name__,

@@ -40,7 +40,9 @@ SCHEMA: dict[str, dict[str, tuple[str, object]]] = {
     "score": {"input": ("path", None), "model": ("path", None), "out": ("path", None),
               "resume": ("bool", None), "overwrite": ("bool", None), "proba": ("bool", None),
               "labels": ("path", None), "task_timeout": ("int", (0, None)),
-              "break_lock": ("bool", None), "lock_ttl": ("int", (1, None))},
+              "break_lock": ("bool", None), "lock_ttl": ("int", (1, None)),
+              "inputs": ("path", None), "ledger": ("path", None),
+              "max_inputs": ("int", (1, None)), "rescore_changed": ("bool", None)},
     "report": {"predictions": ("path", None), "out": ("path", None), "store": ("path", None),
                "top": ("int", (1, 400))},
 }
@@ -301,10 +303,16 @@ def _check_files(job: Job, where: dict) -> None:
         made.add(ident(p["train"]["out"]))
     if "score" in job.steps:
         sc = p["score"]
-        need("score", "input")
+        many = sc.get("inputs") is not None
+        if many and "{input}" not in str(sc["out"]):
+            raise JobSpecError(f"score.out = {str(sc['out'])!r}: with score.inputs each input "
+                               f"gets its own output: put {{input}} in it, e.g. "
+                               f"\"/data/predictions/{{input}}.zarr\"")
+        if not many:
+            need("score", "input")
         need("score", "model")
         need("score", "labels", optional=True)
-        if sc["out"].exists() and not sc.get("resume"):
+        if not many and sc["out"].exists() and not sc.get("resume"):
             if not sc.get("overwrite"):
                 raise JobSpecError(
                     f"score.out {str(sc['out'])!r} exists: set resume = true to continue it, "
@@ -315,8 +323,9 @@ def _check_files(job: Job, where: dict) -> None:
                 raise JobSpecError(f"score.overwrite: {str(sc['out'])!r} is not a digitbatch "
                                    f"scoring output; it is not replaced. Choose another out")
         made.add(ident(sc["out"]))
-    if "report" in job.steps:
+    if "report" in job.steps and "{input}" not in str(p["report"]["predictions"]):
         need("report", "predictions")
+    if "report" in job.steps:
         need("report", "store", optional=True)
         if importlib.util.find_spec("digitbatch.report") is None:
             raise JobSpecError("the report step is not available in this digitbatch "
@@ -332,8 +341,12 @@ def describe(job: Job) -> list[str]:
         "train": f"train: {p['train'].get('model', 'sgd')} on {p['train']['store']} -> "
                  f"{p['train']['out']}" + (f" ({p['train']['cv']}-fold CV)"
                                            if p["train"].get("cv") else ""),
-        "score": f"score: {p['score']['input']} with {p['score']['model']} -> {p['score']['out']}"
-                 + (" (resume)" if p["score"].get("resume") else ""),
+        "score": (f"score: the new inputs of {p['score']['inputs']} with {p['score']['model']} "
+                  f"-> {p['score']['out']} (ledger "
+                  f"{p['score'].get('ledger') or 'beside the outputs'})"
+                  if p["score"].get("inputs") is not None else
+                  f"score: {p['score']['input']} with {p['score']['model']} -> {p['score']['out']}"
+                  + (" (resume)" if p["score"].get("resume") else "")),
         "report": f"report: {p['report']['predictions']} -> {p['report']['out']}",
     }
     return [lines[s] for s in job.steps]

@@ -102,5 +102,7 @@ STEP_LINES = {"ingest": ingest_lines, "train": train_lines, "score": score_lines
 
 def step_lines(name: str, r: dict) -> list[str]:
     """The lines of job step ``name`` from its result (none for a step without one)."""
+    if name == "score" and "inputs" in r:
+        return inputs_lines(r["inputs"])
     fn = STEP_LINES.get(name)
     return fn(r) if fn is not None and r else []

@@ -204,3 +204,48 @@ def test_killed_mid_input_then_rerun_every_output_identical_ledger_once(tmp_path
         assert _arrays(out / f"n{i}.zarr") == _arrays(ref / f"n{i}.zarr")
     lines = [json.loads(line) for line in (out / "_ledger.jsonl").read_text().splitlines()]
     assert sorted(os.path.basename(x["input"]) for x in lines) == ["n0.tar", "n1.tar", "n2.tar"]
+
+
+def test_nightly_job_over_a_folder_of_archives(tmp_path, shared_model):
+    """[score] inputs in a job spec: new archives scored, one report each, the summary
+    lists what was scored, skipped and failed, and a failed input fails the run (exit 1)
+    after the others are scored and reported."""
+    from digitbatch.cli import main as cli
+
+    inc = tmp_path / "in"
+    _land(inc, "a.tar")
+    _land(inc, "b.tar", seed=1)
+    spec = tmp_path / "nightly.toml"
+    spec.write_text(f"""
+[job]
+name = "nightly"
+workdir = "{tmp_path}"
+steps = ["score", "report"]
+[cluster]
+scheduler = "synchronous"
+[score]
+inputs = "{inc}/*.tar"
+model = "{shared_model}"
+out = "{tmp_path}/pred/{{input}}.zarr"
+[report]
+out = "{tmp_path}/reports/{{input}}"
+""")
+    r = CliRunner().invoke(cli, ["run", str(spec)])
+    assert r.exit_code == 0, r.output
+    assert "2 scored, 0 skipped" in r.output
+    assert (tmp_path / "reports" / "a" / "report.html").exists()
+    assert (tmp_path / "reports" / "b" / "report.html").exists()
+    s = json.loads((tmp_path / "nightly.run.json").read_text())
+    assert len(s["steps"][0]["result"]["inputs"]["scored"]) == 2
+    (inc / "c.tar").write_bytes(b"junk" * 300)
+    _land(inc, "d.tar", seed=3)
+    r = CliRunner().invoke(cli, ["run", str(spec)])
+    assert r.exit_code == 1 and "InputsFailedError" in r.output
+    s = json.loads((tmp_path / "nightly.run.json").read_text())
+    got = s["steps"][0]["result"]["inputs"]
+    assert [os.path.basename(x["input"]) for x in got["scored"]] == ["d.tar"]
+    assert [os.path.basename(x["input"]) for x in got["failed"]] == ["c.tar"]
+    assert len(got["skipped"]) == 2 and s["outcome"] == "failed"
+    assert (tmp_path / "reports" / "d" / "report.html").exists()  # reported before failing
+    r = CliRunner().invoke(cli, ["run", str(spec), "--check"])
+    assert r.exit_code == 0 and "the new inputs of" in r.output

@@ -255,10 +255,10 @@ def test_a_cluster_failure_and_an_interrupt_are_summarised(small_store, tmp_path
     s = json.loads((tmp_path / "run.json").read_text())
     assert s["error"]["step"] == "cluster" and s["steps"][0]["outcome"] == "skipped"
 
-    def interrupted(params, scheduler):
+    def interrupted(params, scheduler, done):
         raise KeyboardInterrupt
 
-    monkeypatch.setitem(jobs._STEP_FUNCS, "train", interrupted)
+    monkeypatch.setitem(jobs.STEP_FUNCS, "train", interrupted)
     with pytest.raises(KeyboardInterrupt):
         jobs.run_job(job, scheduler="synchronous")
     s = json.loads((tmp_path / "run.json").read_text())
