@@ -304,3 +304,41 @@ def test_score_an_archive_in_a_bucket_directly(bucket, tmp_path):
                                     str(tmp_path / "model"), "--out", out,
                                     "--scheduler", "synchronous"])
     assert res.exit_code == 1 and "--resume" in res.output
+
+
+def test_the_lease_in_a_bucket(bucket):
+    """The lease on object storage: taken with a conditional PUT, renewed by PUTs,
+    aged by the lock's own timestamp; an expired foreign lease is taken over and
+    the run it was taken from notices."""
+    import datetime as dt
+    import json
+    import time
+
+    from digitbatch.errors import LeaseLostError, OutputLockedError
+    from digitbatch.scoring.lock import check_owner, run_lock
+
+    out = storage.to_path(f"{bucket}/lease/pred.zarr")
+    lock = out / ".lock"
+
+    def foreign(age: float, ttl: float = 60.0) -> None:
+        t = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=age)).isoformat()
+        lock.write_text(json.dumps({"token": "e" * 32, "host": "node-b", "machine": "b",
+                                    "pid": 1, "pid_start": 1.0, "started": t, "renewed": t,
+                                    "ttl": ttl}))
+
+    foreign(age=0)
+    with pytest.raises(OutputLockedError, match="run eeeeeeee .* on node-b"):
+        with run_lock(out, wait=False):
+            pass
+    foreign(age=300)  # expired by its own timestamp, whatever the object's mtime says
+    with run_lock(out, ttl=1) as lease:
+        held = json.loads(lock.read_text())
+        assert held["token"] == lease.token
+        deadline = time.monotonic() + 10
+        while json.loads(lock.read_text())["renewed"] == held["renewed"]:
+            assert time.monotonic() < deadline, "never renewed"
+            time.sleep(0.05)
+        foreign(age=0)  # taken over in turn
+        with pytest.raises(LeaseLostError):
+            check_owner(str(out), lease.token)
+    assert json.loads(lock.read_text())["token"] == "e" * 32  # the new owner's, untouched
