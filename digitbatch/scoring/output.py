@@ -345,10 +345,47 @@ def compact(out: Path, *, chunk_size: int, n_classes: int, proba: bool) -> int:
 
 
 @dataclass(frozen=True)
+class PredictionChunk:
+    """Rows ``[start, stop)`` of a finished output, read whole (see :meth:`Predictions.chunks`)."""
+
+    start: int
+    stop: int
+    pred: np.ndarray
+    margin: np.ndarray
+    keys: np.ndarray
+    proba: np.ndarray | None
+    labels: np.ndarray | None
+
+
+@dataclass(frozen=True)
 class Predictions:
     path: Path
     group: object
     metrics: dict
+
+    @property
+    def n(self) -> int:
+        """Rows of the output (an archive's decoded members)."""
+        return int(self.group["pred"].shape[0])
+
+    def chunk_bounds(self) -> list[tuple[int, int]]:
+        """The rows ``[start, stop)`` of each chunk of the arrays, the last one ragged."""
+        return chunk_bounds(self.n, int(self.group["pred"].chunks[0]))
+
+    def chunks(self, *, proba: bool = False):
+        """The output a chunk at a time, in row order: memory is one chunk.
+
+        Yields :class:`PredictionChunk`; ``proba`` also reads the probabilities
+        (None when the run wrote none); ``labels`` are an archive output's own
+        (None for a store input, whose labels are in the store).
+        """
+        g = self.group
+        arrays = {name: g[name] for name in ("pred", "margin", "keys", "labels") if name in g}
+        pr = g["proba"] if proba and "proba" in g else None
+        for a, b in self.chunk_bounds():
+            got = {name: arr[a:b] for name, arr in arrays.items()}
+            yield PredictionChunk(a, b, got["pred"], got["margin"], got["keys"],
+                                  None if pr is None else pr[a:b], got.get("labels"))
 
     @property
     def pred(self):
