@@ -184,6 +184,7 @@ def export_predictions(pred: str | os.PathLike, *, out: str | os.PathLike, proba
     schema = _schema(columns)
     batches = (_batch(ch, labels_of, schema, escape=fmt == "csv")
                for ch in p.chunks(proba=proba))
+    storage.mkdir(dest.parent)  # (as score and report make their outputs' folders)
     with _staged(dest) as tmp:
         if fmt == "parquet":
             n_rows, n_escaped = _write_parquet(tmp, batches, schema.with_metadata(_kv(meta)))
@@ -246,8 +247,6 @@ def _check_out(src: Path, dest: Path, overwrite: bool) -> None:
         if not overwrite:
             raise ExportExistsError(f"{dest} exists: pass --overwrite to replace it, or "
                                     f"choose another --out")
-    elif not storage.parent_exists(dest):
-        raise ExportError(f"the folder of {dest} does not exist: create it first")
 
 
 def _labels(p: Predictions, override):
@@ -289,35 +288,70 @@ def _labels(p: Predictions, override):
 
 
 def _batch(ch: PredictionChunk, labels_of, schema, *, escape: bool):
-    """One chunk as an Arrow record batch (and how many keys were escaped)."""
+    """One chunk as an Arrow record batch (and how many keys were escaped).
+
+    The arrays are made from the numpy buffers (``pa.Array.from_buffers``):
+    ``pa.array`` and Python scalars make pyarrow import pandas when it is
+    installed, a second of start-up and tens of MB for nothing here.
+    """
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    keys = pa.array(ch.keys, pa.string())
+    keys = _strings(ch.keys)
     n_escaped = 0
     if escape:
         bad = pc.match_substring_regex(keys, pattern=_FORMULA_PATTERN)
-        n_escaped = pc.sum(bad).as_py() or 0
+        n_escaped = bad.true_count
         if n_escaped:
-            keys = pc.if_else(bad, pc.binary_join_element_wise("'", keys, ""), keys)
+            keys = pc.if_else(bad, pc.utf8_replace_slice(keys, start=0, stop=0,
+                                                         replacement="'"), keys)
     columns = schema.names
-    cols = {"key": keys, "pred": pa.array(ch.pred, pa.int8()),
+    cols = {"key": keys, "pred": _numbers(ch.pred, pa.int8()),
             "margin": _floats(ch.margin, escape)}
     if "label" in columns:
         lab = np.asarray(labels_of(ch))
-        cols["label"] = pa.array(lab, pa.int8(), mask=lab == UNKNOWN_LABEL)
+        cols["label"] = _numbers(lab, pa.int8(), valid=lab != UNKNOWN_LABEL)
     for j, name in enumerate(c for c in columns if c.startswith("proba_")):
         cols[name] = _floats(ch.proba[:, j], escape)
     return pa.RecordBatch.from_arrays([cols[c] for c in columns], schema=schema), n_escaped
 
 
-def _floats(x: np.ndarray, null_non_finite: bool):
+def _numbers(x: np.ndarray, type_, valid: np.ndarray | None = None):
+    """A numeric Arrow array over ``x``'s bytes; null where ``valid`` is False."""
     import pyarrow as pa
 
-    x = np.ascontiguousarray(x, np.float32)
-    finite = np.isfinite(x)
-    return pa.array(x, pa.float32(), mask=None if not null_non_finite or finite.all()
-                    else ~finite)
+    x = np.ascontiguousarray(x, {"int8": np.int8, "float": np.float32}[str(type_)])
+    bitmap = None
+    if valid is not None and not valid.all():
+        bitmap = pa.py_buffer(np.packbits(valid, bitorder="little"))
+    return pa.Array.from_buffers(type_, x.shape[0], [bitmap, pa.py_buffer(x)])
+
+
+def _floats(x: np.ndarray, null_non_finite: bool):
+    """float32 values; for CSV, a non-finite one is null (an empty cell)."""
+    import pyarrow as pa
+
+    return _numbers(x, pa.float32(), np.isfinite(x) if null_non_finite else None)
+
+
+def _strings(keys: np.ndarray):
+    """An Arrow string array of ``keys`` (UTF-8 bytes and offsets)."""
+    import pyarrow as pa
+
+    items = np.asarray(keys).tolist()
+    text = "".join(items)
+    data = text.encode("utf-8")
+    if len(data) != len(text):  # not all ASCII: lengths in bytes, one key at a time
+        items = [k.encode("utf-8") for k in items]
+        data = b"".join(items)
+    if len(data) >= 2**31:
+        raise ExportError(f"the keys of one chunk hold {len(data):,} bytes, more than a "
+                          f"string column takes: score with a smaller chunk size")
+    offsets = np.zeros(len(items) + 1, np.int32)
+    np.cumsum(np.fromiter(map(len, items), np.int64, len(items)), out=offsets[1:],
+              dtype=np.int32)
+    return pa.Array.from_buffers(pa.string(), len(items),
+                                 [None, pa.py_buffer(offsets), pa.py_buffer(data)])
 
 
 def _schema(columns: list[str]):
