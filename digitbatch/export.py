@@ -48,7 +48,9 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -60,7 +62,7 @@ import numpy as np
 from . import storage
 from .digits import UNKNOWN_LABEL
 from .errors import DigitbatchError, ExportError, ExportExistsError
-from .layout import open_store
+from .layout import open_store, read_rows
 from .report_input import existing
 from .scoring.output import PredictionChunk, Predictions, is_output, open_predictions
 from .version import __version__
@@ -182,8 +184,8 @@ def export_predictions(pred: str | os.PathLike, *, out: str | os.PathLike, proba
     log.info("exporting %s (%d rows, %d chunks) to %s (%s)", src, p.n, len(p.chunk_bounds()),
              dest, fmt)
     schema = _schema(columns)
-    batches = (_batch(ch, labels_of, schema, escape=fmt == "csv")
-               for ch in p.chunks(proba=proba))
+    batches = _ahead(_batch(ch, labels_of, schema, escape=fmt == "csv")
+                     for ch in p.chunks(proba=proba))
     storage.mkdir(dest.parent)  # (as score and report make their outputs' folders)
     with _staged(dest) as tmp:
         if fmt == "parquet":
@@ -281,6 +283,9 @@ def _labels(p: Predictions, override):
         raise ExportError(f"store {s.path} ({s.n} rows, checksum {s.checksum[:23]}...) is not "
                           f"the store {p.path} was scored from ({p.n} rows, "
                           f"{str(want)[:23]}...): pass --store with that store, or --no-labels")
+    arr = s.labels  # (one handle: a group lookup per chunk costs more than the read)
+    if s.chunk_size == p.pred.chunks[0]:  # (always, for outputs of this digitbatch)
+        return "store", lambda ch: read_rows(arr, ch.start // s.chunk_size)
     return "store", lambda ch: s.column("labels", slice(ch.start, ch.stop))
 
 
@@ -374,7 +379,11 @@ def _write_parquet(path: Path, batches, schema) -> tuple[int, int]:
     import pyarrow.parquet as pq
 
     n = 0
-    with pq.ParquetWriter(str(path), schema, compression=PARQUET_COMPRESSION) as w:
+    # dictionaries only where values repeat: a dictionary of the (unique) keys
+    # costs a third of the writing and makes the file larger
+    small = [c for c in ("pred", "label") if c in schema.names]
+    with pq.ParquetWriter(str(path), schema, compression=PARQUET_COMPRESSION,
+                          use_dictionary=small) as w:
         for batch, _ in batches:
             w.write_batch(batch, row_group_size=max(batch.num_rows, 1))  # a row group a chunk
             n += batch.num_rows
@@ -391,6 +400,51 @@ def _write_csv(path: Path, batches, schema) -> tuple[int, int]:
             n += batch.num_rows
             escaped += k
     return n, escaped
+
+
+def _ahead(items: Iterator, depth: int = 2) -> Iterator:
+    """``items``, made by a thread up to ``depth`` ahead of the consumer.
+
+    The next chunk is read and converted while this one is compressed and
+    written (which releases the GIL): memory is ``depth + 1`` chunks. An
+    error in the thread is raised here; a consumer that stops early stops
+    the thread.
+    """
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((done, None))
+        except BaseException as exc:  # handed to the consumer
+            q.put((done, exc))
+
+    thread = threading.Thread(target=produce, name="export-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, exc = q.get()
+            if item is done:
+                if exc is not None:
+                    raise exc
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a put waiting on a full queue
+            with contextlib.suppress(queue.Empty):
+                q.get(timeout=0.1)
+        thread.join()
 
 
 def _sha256(path: Path) -> str:

@@ -7,9 +7,10 @@ In one run, on the output of scoring a store of shifted MNIST images with
 
 - the read rate: the output's chunks (``Predictions.chunks``) and the store's
   labels, read and dropped, no writing: what bounds any export;
-- the baseline, per format: every column read whole into memory (``pred[:]``,
-  ``keys[:]`` ..., the store's labels) and written by pyarrow in one call
-  (``pq.write_table``, ``pyarrow.csv.write_csv``), as a notebook would;
+- the baseline, per format (and for Parquet with the probabilities): every
+  column read whole into memory (``pred[:]``, ``keys[:]`` ..., the store's
+  labels) and written by pyarrow in one call (``pq.write_table``,
+  ``pyarrow.csv.write_csv``), as a notebook would;
 - ``digitbatch export`` to Parquet, to CSV, and to Parquet with ``--proba``.
 
 Each case runs in a process of its own (the interpreter, imports and
@@ -41,13 +42,13 @@ CASES = (
     ("read", "read only: output chunks + store labels", None),
     ("baseline-parquet", "baseline: whole columns, pq.write_table", "parquet"),
     ("export-parquet", "digitbatch export -> Parquet", "parquet"),
+    ("baseline-parquet-proba", "baseline with proba, pq.write_table", "parquet"),
     ("export-parquet-proba", "digitbatch export --proba -> Parquet", "parquet"),
     ("baseline-csv", "baseline: whole columns, pyarrow write_csv", "csv"),
     ("export-csv", "digitbatch export -> CSV", "csv"),
 )
-BASELINE_OF = {"export-parquet": "baseline-parquet", "export-parquet-proba": "baseline-parquet",
-               "export-csv": "baseline-csv", "read": None, "baseline-parquet": None,
-               "baseline-csv": None}
+BASELINE_OF = {"export-parquet": "baseline-parquet",
+               "export-parquet-proba": "baseline-parquet-proba", "export-csv": "baseline-csv"}
 
 
 def run(*, mnist_dir=None, workdir=None, n: int = 4_000_000) -> Iterator[str]:
@@ -89,7 +90,7 @@ def run(*, mnist_dir=None, workdir=None, n: int = 4_000_000) -> Iterator[str]:
                 best = {**r, "peak": max(r["peak"], best["peak"]) if best else r["peak"]}
         best["bytes"] = out.stat().st_size if out is not None else 0
         results[key] = best
-        base = results.get(BASELINE_OF[key])
+        base = results.get(BASELINE_OF.get(key))
         ratio = (f"  {base['seconds'] / best['seconds']:5.2f}x, {best['peak'] / base['peak']:4.2f}x"
                  if base else "")
         yield (f"{label:42s} {best['n']:>10,d} {best['seconds']:6.2f} s {best['n'] / best['seconds']:>11,.0f} "
@@ -153,7 +154,7 @@ def case(key: str, pred: str, out: str, result: str) -> None:
     elif key.startswith("export"):
         n = export_predictions(pred, out=out, proba=key.endswith("proba"), overwrite=True).n_rows
     else:
-        n = _baseline(pred, out, key.split("-")[1])
+        n = _baseline(pred, out, key.split("-")[1], proba=key.endswith("proba"))
     seconds = time.perf_counter() - t0
     Path(result).write_text(json.dumps({"n": n, "seconds": seconds, "peak": _peak_rss()}))
 
@@ -169,7 +170,7 @@ def _peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _baseline(pred: str, out: str, fmt: str) -> int:
+def _baseline(pred: str, out: str, fmt: str, *, proba: bool = False) -> int:
     """Every column read whole, one table, one write: what a notebook does."""
     import numpy as np
     import pyarrow as pa
@@ -185,6 +186,10 @@ def _baseline(pred: str, out: str, fmt: str) -> int:
                       "pred": pa.array(p.pred[:], pa.int8()),
                       "margin": pa.array(p.margin[:], pa.float32()),
                       "label": pa.array(labels, pa.int8(), mask=labels == np.int8(-1))})
+    if proba:
+        pr = p.proba[:]
+        for j, c in enumerate(p.metrics["classes"]):
+            table = table.append_column(f"proba_{c}", pa.array(pr[:, j], pa.float32()))
     if fmt == "parquet":
         pq.write_table(table, out, compression="zstd")
     else:

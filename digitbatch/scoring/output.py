@@ -39,8 +39,9 @@ from pathlib import Path
 import numpy as np
 
 from .. import storage
+from ..chunkio import read_rows, read_strings, stored
 from ..digits import UNKNOWN_LABEL
-from ..errors import IncompleteOutputError, ScoreError
+from ..errors import IncompleteOutputError, ScoreError, StoreError
 from ..layout import COMPRESSORS, chunk_bounds, write_rows
 
 log = logging.getLogger(__name__)
@@ -380,12 +381,26 @@ class Predictions:
         (None for a store input, whose labels are in the store).
         """
         g = self.group
-        arrays = {name: g[name] for name in ("pred", "margin", "keys", "labels") if name in g}
-        pr = g["proba"] if proba and "proba" in g else None
-        for a, b in self.chunk_bounds():
-            got = {name: arr[a:b] for name, arr in arrays.items()}
+        names = ["pred", "margin", "keys"] + (["labels"] if "labels" in g else []) + (
+            ["proba"] if proba and "proba" in g else [])
+        arrays = {name: g[name] for name in names}
+        for i, (a, b) in enumerate(self.chunk_bounds()):
+            got = {name: self._chunk(arr, name, i, b - a) for name, arr in arrays.items()}
             yield PredictionChunk(a, b, got["pred"], got["margin"], got["keys"],
-                                  None if pr is None else pr[a:b], got.get("labels"))
+                                  got.get("proba"), got.get("labels"))
+
+    def _chunk(self, arr, name: str, i: int, n: int) -> np.ndarray:
+        """Chunk ``i`` of one array (chunkio's direct reads: zarr's path costs several times more)."""
+        try:
+            if name == "keys":
+                return read_strings(arr, i)
+            if name == "labels" and not stored(arr, i):  # all unknown: left out by zarr
+                return np.full(n, arr.fill_value, arr.dtype)
+            return read_rows(arr, i)
+        except StoreError as exc:
+            raise IncompleteOutputError(f"{self.path}: {name} cannot be read ({exc}); the "
+                                        f"output is damaged: score again into a new "
+                                        f"--out") from exc
 
     @property
     def pred(self):
