@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from digitbatch import export as export_mod
+from digitbatch import tables
 from digitbatch.cli import main
 from digitbatch.digits import UNKNOWN_LABEL
 from digitbatch.errors import ExportError, ExportExistsError, IncompleteOutputError, JobSpecError
@@ -321,7 +321,7 @@ def test_a_failure_midway_leaves_no_file_and_the_old_one_intact(scored, tmp_path
     before = out.read_bytes()
     side = tmp_path / "p.csv.json"
     side_before = side.read_bytes() if fmt == "csv" else None
-    real = export_mod._batch
+    real = tables.record_batch
     calls = []
 
     def fail_on_third(*a, **k):
@@ -330,7 +330,7 @@ def test_a_failure_midway_leaves_no_file_and_the_old_one_intact(scored, tmp_path
             raise OSError("disk full (injected)")
         return real(*a, **k)
 
-    monkeypatch.setattr(export_mod, "_batch", fail_on_third)
+    monkeypatch.setattr(tables, "record_batch", fail_on_third)
     with pytest.raises(OSError, match="injected"):
         export_predictions(scored, out=out, overwrite=True)
     assert out.read_bytes() == before
@@ -457,3 +457,19 @@ def test_export_job_step_is_checked_before_anything_runs(shaped_stores, shared_m
     with pytest.raises(JobSpecError, match=message):
         load_job(spec)
     assert not (tmp_path / "work").exists()
+
+
+def test_export_to_a_url_is_uploaded_whole(scored, tmp_path):
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    r = export_predictions(scored, out="memory://exports/t/p.csv")
+    assert r.sidecar is not None and str(r.sidecar) == "memory://exports/t/p.csv.json"
+    local = tmp_path / "p.csv"
+    local.write_bytes(fs.cat("/exports/t/p.csv"))
+    assert len(_table(local)["key"]) == 1000
+    side = json.loads(fs.cat("/exports/t/p.csv.json"))
+    assert side["sha256"] == hashlib.sha256(local.read_bytes()).hexdigest()
+    with pytest.raises(ExportExistsError):
+        export_predictions(scored, out="memory://exports/t/p.csv")
+    fs.rm("/exports", recursive=True)

@@ -93,7 +93,8 @@ def run(*, mnist_dir=None, workdir=None, n: int = 4_000_000) -> Iterator[str]:
         base = results.get(BASELINE_OF.get(key))
         ratio = (f"  {base['seconds'] / best['seconds']:5.2f}x, {best['peak'] / base['peak']:4.2f}x"
                  if base else "")
-        yield (f"{label:42s} {best['n']:>10,d} {best['seconds']:6.2f} s {best['n'] / best['seconds']:>11,.0f} "
+        rate = best["n"] / best["seconds"]
+        yield (f"{label:42s} {best['n']:>10,d} {best['seconds']:6.2f} s {rate:>11,.0f} "
                f"{best['wall']:6.2f} s {best['peak'] / 1e6:6.0f} MB "
                f"{best['bytes'] / 1e6:6.0f} MB{ratio}")
         if out is not None:

@@ -390,7 +390,8 @@ class Predictions:
                                   got.get("proba"), got.get("labels"))
 
     def _chunk(self, arr, name: str, i: int, n: int) -> np.ndarray:
-        """Chunk ``i`` of one array (chunkio's direct reads: zarr's path costs several times more)."""
+        """Chunk ``i`` of one array, through chunkio's direct reads (zarr's read path costs
+        several times more)."""
         try:
             if name == "keys":
                 return read_strings(arr, i)
