@@ -183,6 +183,8 @@ def export_predictions(pred: str | os.PathLike, *, out: str | os.PathLike, proba
         else:
             n_rows, n_escaped = tables.write_csv(tmp, batches, schema)
             digest = tables.sha256_file(tmp)
+        if n_rows != p.n:  # (a defect, never a user error: the chunks must cover the output)
+            raise ExportError(f"wrote {n_rows} rows of {p.n} from {src}: report this defect")
         n_bytes = tmp.stat().st_size
         side = None
         if fmt == "csv":
@@ -199,8 +201,6 @@ def export_predictions(pred: str | os.PathLike, *, out: str | os.PathLike, proba
                                           f"one leading ' to read it"}}
         storage.write_atomic(side, json.dumps(body, indent=2) + "\n")
     seconds = time.perf_counter() - t0
-    if n_rows != p.n:  # (a defect, never a user error: the chunks must cover the output)
-        raise ExportError(f"wrote {n_rows} rows of {p.n} from {src}: report this defect")
     if n_escaped:
         log.warning("%d keys of %s start with a formula character (=, +, -, @ ...): written "
                     "with a leading ' in %s", n_escaped, src, dest)

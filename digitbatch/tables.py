@@ -105,6 +105,7 @@ def _strings(keys: np.ndarray):
 
 
 def schema_of(columns: list[str]):
+    """The Arrow schema of an export's columns (``proba_C`` float32)."""
     import pyarrow as pa
 
     types = {"key": pa.string(), "pred": pa.int8(), "margin": pa.float32(), "label": pa.int8()}
@@ -121,6 +122,7 @@ def parquet_kv(meta: dict) -> dict[str, str]:
 
 
 def write_parquet(path: Path, batches, schema) -> tuple[int, int]:
+    """Write ``(batch, n_escaped)`` items as one Parquet row group each; rows written, 0."""
     import pyarrow.parquet as pq
 
     n = 0
@@ -136,6 +138,7 @@ def write_parquet(path: Path, batches, schema) -> tuple[int, int]:
 
 
 def write_csv(path: Path, batches, schema) -> tuple[int, int]:
+    """Write ``(batch, n_escaped)`` items as CSV under one header; rows and escaped keys."""
     import pyarrow.csv as pcsv
 
     n = escaped = 0
@@ -193,6 +196,7 @@ def read_ahead(items: Iterator, depth: int = 2) -> Iterator:
 
 
 def sha256_file(path: Path) -> str:
+    """The hex SHA-256 of a local file, read a MiB at a time."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(1 << 20):
