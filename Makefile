@@ -39,6 +39,7 @@ bench: $(VENV)/.stamp-test
 	$(BIN)/digitbatch bench ingest
 	$(BIN)/digitbatch bench train
 	$(BIN)/digitbatch bench score
+	$(BIN)/digitbatch bench export
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) build *.egg-info

@@ -332,6 +332,32 @@ def report(pred, out, store, top):
 
 
 @main.command()
+@click.argument("pred", type=click.Path())
+@click.option("--out", required=True, type=click.Path(),
+              help="FILE.parquet or FILE.csv to write: the suffix chooses the format.")
+@click.option("--proba", is_flag=True,
+              help="Also the columns proba_0 .. proba_K-1 (PRED must have been scored with --proba).")
+@click.option("--store", type=click.Path(), default=None,
+              help="The store a store input's labels come from, when it moved (default: the "
+                   "path in metrics.json; its checksum must match).")
+@click.option("--no-labels", is_flag=True, help="Leave the label column out; the input is not read.")
+@click.option("--overwrite", is_flag=True, help="Replace FILE (once the new one is complete).")
+def export(pred, out, proba, store, no_labels, overwrite):
+    """Write the finished scoring output PRED as a table for pandas, DuckDB or a
+    warehouse: columns key, pred, margin, label; the run id, model SHA-256 and
+    input checksum as Parquet metadata, or in FILE.csv.json beside a CSV.
+
+    Exit status: 0 written; 1 a failure (an unfinished PRED, FILE exists, the
+    labels' store missing: nothing is written); 2 bad usage.
+    """
+    from .export import export_predictions
+
+    r = export_predictions(pred, out=out, proba=proba, store=store, labels=not no_labels,
+                           overwrite=overwrite)
+    click.echo(summaries.export_lines(r.to_dict())[0])
+
+
+@main.command()
 def models():
     """List the model catalogue."""
     from .models import CATALOGUE
@@ -405,6 +431,20 @@ def run_cmd(job, overrides, check, break_lock, as_json, scheduler):
 
 
 main.add_command(bench_commands.bench)
+
+
+@bench.command("export")
+@click.option("--mnist-dir", default=None, type=click.Path(), help="MNIST IDX directory.")
+@click.option("--workdir", default=None, type=click.Path(),
+              help="Where the store, model and scored output are made once and kept "
+                   "(default: $TMPDIR/digitbatch-bench-export).")
+@click.option("--n", "n", default=4_000_000, show_default=True, type=int, help="Rows of the output.")
+def bench_export(mnist_dir, workdir, n):
+    """export to Parquet and CSV: rows/s and peak RSS beside whole-column pyarrow writes."""
+    from .bench.export import run
+
+    for line in run(mnist_dir=mnist_dir, workdir=workdir, n=n):
+        click.echo(line)
 
 
 if __name__ == "__main__":  # pragma: no cover

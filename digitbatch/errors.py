@@ -108,6 +108,14 @@ class ReportError(DigitbatchError, ValueError):
     """A report cannot be written with these arguments."""
 
 
+class ExportError(DigitbatchError, ValueError):
+    """Predictions cannot be exported as asked (format, missing probabilities or labels ...)."""
+
+
+class ExportExistsError(ExportError, FileExistsError):
+    """The export file exists and ``overwrite`` was not given."""
+
+
 class StorageError(DigitbatchError, OSError):
     """A URL's filesystem is unavailable or cannot give a needed guarantee."""
 

@@ -25,7 +25,7 @@ Sections and keys (all optional unless marked; anything else is an error):
 ``[job]``
     ``name`` (the file's stem), ``workdir`` (``"."``), ``summary``
     (``<workdir>/<name>.run.json``), ``steps`` (a list of ``"ingest"``,
-    ``"train"``, ``"score"``, ``"report"``; default: the step sections the
+    ``"train"``, ``"score"``, ``"report"``, ``"export"``; default: the step sections the
     spec has; steps always run in that order), ``date`` (``YYYY-MM-DD``,
     default today: what ``{date}`` in a path becomes, so a nightly job
     writes each night's output apart and a rerun for a past night can say
@@ -49,6 +49,10 @@ Sections and keys (all optional unless marked; anything else is an error):
 ``[report]``
     ``predictions`` (``[score] out``), ``out`` (``<workdir>/report``),
     ``store``, ``top``.
+``[export]``
+    ``predictions`` (``[score] out``), ``out`` (``<workdir>/predictions.parquet``;
+    ``.parquet`` or ``.csv``), ``proba``, ``store``, ``labels`` (false: no
+    label column), ``overwrite``.
 
 Relative paths, in the file and in ``--set`` values alike, resolve against
 the current directory, as a command's arguments do: run jobs from the
@@ -176,9 +180,20 @@ def _step_report(params: dict, scheduler, done: dict) -> dict:
             "result": {"reports": reports}}
 
 
+def _step_export(params: dict, scheduler, done: dict) -> dict:
+    from .export import export_predictions
+
+    r = export_predictions(params["predictions"], **_given(params, "predictions"))
+    d = r.to_dict()
+    return {"outputs": {"export": r.out, **({"sidecar": r.sidecar} if r.sidecar else {})},
+            "metrics": None, "result": {k: d[k] for k in ("n_rows", "format", "n_bytes",
+                                                          "seconds", "rows_per_second",
+                                                          "n_escaped", "labels")}}
+
+
 # step -> fn(params, scheduler, done): done holds the records of the steps run before
 STEP_FUNCS = {"ingest": _step_ingest, "train": _step_train, "score": _step_score,
-               "report": _step_report}
+              "report": _step_report, "export": _step_export}
 
 
 def _write_summary(path: Path, summary: dict) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from . import cluster, storage
 from .errors import JobSpecError
 
-STEPS = ("ingest", "train", "score", "report")
+STEPS = ("ingest", "train", "score", "report", "export")
 NAMED_SOURCES = ("sample", "openml")
 # key -> (kind, extra): kind is str | path | int | bool | date | steps; extra is the
 # allowed choices (str) or the (minimum, maximum) range (int).
@@ -45,9 +45,11 @@ SCHEMA: dict[str, dict[str, tuple[str, object]]] = {
               "max_inputs": ("int", (1, None)), "rescore_changed": ("bool", None)},
     "report": {"predictions": ("path", None), "out": ("path", None), "store": ("path", None),
                "top": ("int", (1, 400))},
+    "export": {"predictions": ("path", None), "out": ("path", None), "proba": ("bool", None),
+               "store": ("path", None), "labels": ("bool", None), "overwrite": ("bool", None)},
 }
 DEFAULT_OUTPUTS = {"ingest": "store.zarr", "train": "model", "score": "predictions.zarr",
-                   "report": "report"}
+                   "report": "report", "export": "predictions.parquet"}
 _TYPE_NAMES = {"str": "a string", "path": "a path (a string)", "int": "an integer",
                "bool": "true or false", "date": "a date (2026-11-24)",
                "steps": f"a list of step names from {list(STEPS)}"}
@@ -226,13 +228,14 @@ def _resolve(path: Path, raw: dict, where: dict, overrides: tuple, base: Path) -
         params[section] = {k: (absolute(v) if SCHEMA[section][k][0] == "path" else v)
                            for k, v in body.items()}
         params[section].setdefault("out", workdir / DEFAULT_OUTPUTS[section])
-    ing, tr, sc, rep = (params[s] for s in STEPS)
+    ing, tr, sc, rep = (params[s] for s in STEPS[:4])
     if ing.get("source") is not None and ing["source"] not in NAMED_SOURCES:
         ing["source"] = absolute(ing["source"])
     tr.setdefault("store", ing["out"])
     sc.setdefault("input", tr["store"])
     sc.setdefault("model", tr["out"])
     rep.setdefault("predictions", sc["out"])
+    params["export"].setdefault("predictions", sc["out"])
     cl = raw.get("cluster", {})
     tls = {k: str(absolute(cl[k])) for k in ("tls_ca_file", "tls_cert", "tls_key") if k in cl}
     spec = cluster.ClusterSpec(cl.get("scheduler"), **tls)
@@ -255,6 +258,18 @@ def _check_options(job: Job) -> None:
         if tr.get("incremental") and (tr.get("cv") is not None or tr.get("search")):
             raise JobSpecError("train.incremental cannot be combined with train.cv or "
                                "train.search: remove one")
+    ex = job.params["export"]
+    if "export" in job.steps:
+        from .errors import ExportError
+        from .export import export_format
+
+        try:
+            export_format(ex["out"])
+        except ExportError as exc:
+            raise JobSpecError(f"export.out: {exc}") from exc
+        if ex.get("labels") is False and ex.get("store") is not None:
+            raise JobSpecError("export.store is only read for the label column, which "
+                               "export.labels = false leaves out: drop one of the two")
     if "score" in job.steps and sc.get("resume") and sc.get("overwrite"):
         raise JobSpecError("score.resume and score.overwrite contradict each other: "
                            "resume continues an output, overwrite replaces it; keep one")
@@ -330,6 +345,13 @@ def _check_files(job: Job, where: dict) -> None:
         if importlib.util.find_spec("digitbatch.report") is None:
             raise JobSpecError("the report step is not available in this digitbatch "
                                "(no digitbatch.report): drop 'report' from [job] steps")
+    if "export" in job.steps:
+        need("export", "predictions")
+        need("export", "store", optional=True)
+        out = p["export"]["out"]
+        if out.exists() and out.is_dir():
+            raise JobSpecError(f"export.out {str(out)!r} is a directory: give a file name")
+        refuse_existing("export", "export file")
 
 
 
@@ -348,5 +370,7 @@ def describe(job: Job) -> list[str]:
                   f"score: {p['score']['input']} with {p['score']['model']} -> {p['score']['out']}"
                   + (" (resume)" if p["score"].get("resume") else "")),
         "report": f"report: {p['report']['predictions']} -> {p['report']['out']}",
+        "export": f"export: {p['export']['predictions']} -> {p['export']['out']}"
+                  + (" (with proba)" if p["export"].get("proba") else ""),
     }
     return [lines[s] for s in job.steps]

@@ -97,7 +97,24 @@ def inputs_lines(r: dict) -> list[str]:
     return lines
 
 
-STEP_LINES = {"ingest": ingest_lines, "train": train_lines, "score": score_lines}
+def export_lines(r: dict) -> list[str]:
+    """``exported N rows -> FILE (format, size) in S s (R rows/s)`` and where its metadata is."""
+    line = f"exported {r['n_rows']:,} rows -> {r['out']}" if "out" in r else \
+        f"exported {r['n_rows']:,} rows"
+    if "format" in r:
+        line += f" ({r['format']}"
+        line += f", {r['n_bytes'] / 2**20:.1f} MiB)" if "n_bytes" in r else ")"
+    if r.get("rows_per_second"):
+        line += f" in {r['seconds']:.2f} s ({r['rows_per_second']:,.0f} rows/s)"
+    if r.get("sidecar"):
+        line += f"; metadata in {r['sidecar']}"
+    if r.get("n_escaped"):
+        line += f"; {r['n_escaped']:,} keys escaped against formulas"
+    return [line]
+
+
+STEP_LINES = {"ingest": ingest_lines, "train": train_lines, "score": score_lines,
+              "export": export_lines}
 
 
 def step_lines(name: str, r: dict) -> list[str]:

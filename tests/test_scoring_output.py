@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import zarr
 
-from digitbatch.errors import IncompleteOutputError
+from digitbatch.errors import IncompleteOutputError, StoreError
 from digitbatch.scoring.output import committed, open_predictions
 from digitbatch.scoring.api import score
 
@@ -173,3 +173,69 @@ def test_output_without_success_is_refused(shaped_stores, shared_model, tmp_path
     (out / "_SUCCESS").unlink()
     with pytest.raises(IncompleteOutputError, match="has no _SUCCESS marker: .*--resume"):
         open_predictions(out)
+
+
+# --- reading a finished output a chunk at a time (Predictions.chunks) ---------------
+
+
+@pytest.mark.parametrize("name", ["1-chunk-short", "4-chunks-ragged", "5-chunks-full"])
+def test_chunks_cover_the_output_in_order(tmp_path, shaped_stores, shared_model, name):
+    out = tmp_path / "p.zarr"
+    score(shaped_stores[name], model=shared_model, out=out, proba=True, scheduler="synchronous")
+    p = open_predictions(out)
+    n, c = STORE_SHAPES[name]
+    chunks = list(p.chunks(proba=True))
+    assert [(ch.start, ch.stop) for ch in chunks] == p.chunk_bounds()
+    assert p.chunk_bounds() == [(a, min(a + c, n)) for a in range(0, n, c)]
+    g = zarr.open_group(str(out), mode="r")
+    for field in ("pred", "margin", "proba"):
+        np.testing.assert_array_equal(np.concatenate([getattr(ch, field) for ch in chunks]),
+                                      g[field][:])
+    assert [str(k) for ch in chunks for k in ch.keys] == [str(k) for k in g["keys"][:]]
+    assert all(ch.labels is None for ch in chunks)  # a store input: labels in the store
+    assert all(ch.proba is None for ch in p.chunks())
+
+
+def test_chunks_of_an_archive_output_read_its_labels_even_a_chunk_left_out(tmp_path,
+                                                                           shared_model):
+    from .test_ingest import digit_members, make_tar
+
+    members, _, _ = digit_members(600, seed=4)
+    # the first 256 members at the top level: no folder, no label: an all-unknown
+    # labels chunk, which zarr does not store
+    members = {(f"top{i:03d}.png" if i < 256 else k): v
+               for i, (k, v) in enumerate(members.items())}
+    src = make_tar(tmp_path / "a.tar", members, mode="w")
+    out = tmp_path / "p.zarr"
+    score(src, model=shared_model, out=out, chunk_size=256, scheduler="synchronous")
+    assert not (out / "labels" / "c" / "0").exists()  # (the case this is about)
+    p = open_predictions(out)
+    labels = np.concatenate([ch.labels for ch in p.chunks()])
+    np.testing.assert_array_equal(labels, zarr.open_group(str(out), mode="r")["labels"][:])
+    assert (labels[:256] == -1).all() and (labels[256:] >= 0).all()
+
+
+def test_a_damaged_chunk_is_named_not_read_as_fill(tmp_path, shaped_stores, shared_model):
+    out = tmp_path / "p.zarr"
+    score(shaped_stores["3-chunks-ragged"], model=shared_model, out=out,
+          scheduler="synchronous")
+    (out / "keys" / "c" / "2").write_bytes(b"not zstd")
+    with pytest.raises(IncompleteOutputError, match=r"keys cannot be read .*chunk 2.*corrupt"):
+        list(open_predictions(out).chunks())
+    (out / "margin" / "c" / "1").unlink()
+    with pytest.raises(IncompleteOutputError, match=r"margin cannot be read .*chunk 1.*missing"):
+        list(open_predictions(out).chunks())
+
+
+def test_read_strings_of_other_codecs_goes_through_zarr(tmp_path):
+    from digitbatch.chunkio import read_strings, stored
+
+    g = zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
+    arr = g.create_array("k", shape=(5,), chunks=(2,), dtype=str, compressors=None)
+    arr[:] = np.array(["a", "=b", "c", "dé", "e"])
+    assert [list(read_strings(arr, i)) for i in range(3)] == [["a", "=b"], ["c", "dé"], ["e"]]
+    assert stored(arr, 2)
+    (tmp_path / "g.zarr" / "k" / "c" / "2").unlink()
+    assert not stored(arr, 2)
+    with pytest.raises(StoreError, match="missing"):
+        read_strings(arr, 2)

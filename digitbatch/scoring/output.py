@@ -40,8 +40,9 @@ from pathlib import Path
 import numpy as np
 
 from .. import storage
+from ..chunkio import read_rows, read_strings, stored
 from ..digits import UNKNOWN_LABEL
-from ..errors import IncompleteOutputError, ScoreError
+from ..errors import IncompleteOutputError, ScoreError, StoreError
 from ..layout import COMPRESSORS, chunk_bounds, write_rows
 from .lock import LOCK, check_owner
 
@@ -376,10 +377,62 @@ def compact(out: Path, *, chunk_size: int, n_classes: int, proba: bool) -> int:
 
 
 @dataclass(frozen=True)
+class PredictionChunk:
+    """Rows ``[start, stop)`` of a finished output, read whole (see :meth:`Predictions.chunks`)."""
+
+    start: int
+    stop: int
+    pred: np.ndarray
+    margin: np.ndarray
+    keys: np.ndarray
+    proba: np.ndarray | None
+    labels: np.ndarray | None
+
+
+@dataclass(frozen=True)
 class Predictions:
     path: Path
     group: object
     metrics: dict
+
+    @property
+    def n(self) -> int:
+        """Rows of the output (an archive's decoded members)."""
+        return int(self.group["pred"].shape[0])
+
+    def chunk_bounds(self) -> list[tuple[int, int]]:
+        """The rows ``[start, stop)`` of each chunk of the arrays, the last one ragged."""
+        return chunk_bounds(self.n, int(self.group["pred"].chunks[0]))
+
+    def chunks(self, *, proba: bool = False):
+        """The output a chunk at a time, in row order: memory is one chunk.
+
+        Yields :class:`PredictionChunk`; ``proba`` also reads the probabilities
+        (None when the run wrote none); ``labels`` are an archive output's own
+        (None for a store input, whose labels are in the store).
+        """
+        g = self.group
+        names = ["pred", "margin", "keys"] + (["labels"] if "labels" in g else []) + (
+            ["proba"] if proba and "proba" in g else [])
+        arrays = {name: g[name] for name in names}
+        for i, (a, b) in enumerate(self.chunk_bounds()):
+            got = {name: self._chunk(arr, name, i, b - a) for name, arr in arrays.items()}
+            yield PredictionChunk(a, b, got["pred"], got["margin"], got["keys"],
+                                  got.get("proba"), got.get("labels"))
+
+    def _chunk(self, arr, name: str, i: int, n: int) -> np.ndarray:
+        """Chunk ``i`` of one array, through chunkio's direct reads (zarr's read path costs
+        several times more)."""
+        try:
+            if name == "keys":
+                return read_strings(arr, i)
+            if name == "labels" and not stored(arr, i):  # all unknown: left out by zarr
+                return np.full(n, arr.fill_value, arr.dtype)
+            return read_rows(arr, i)
+        except StoreError as exc:
+            raise IncompleteOutputError(f"{self.path}: {name} cannot be read ({exc}); the "
+                                        f"output is damaged: score again into a new "
+                                        f"--out") from exc
 
     @property
     def pred(self):
