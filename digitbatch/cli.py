@@ -433,19 +433,5 @@ def run_cmd(job, overrides, check, break_lock, as_json, scheduler):
 main.add_command(bench_commands.bench)
 
 
-@bench.command("export")
-@click.option("--mnist-dir", default=None, type=click.Path(), help="MNIST IDX directory.")
-@click.option("--workdir", default=None, type=click.Path(),
-              help="Where the store, model and scored output are made once and kept "
-                   "(default: $TMPDIR/digitbatch-bench-export).")
-@click.option("--n", "n", default=4_000_000, show_default=True, type=int, help="Rows of the output.")
-def bench_export(mnist_dir, workdir, n):
-    """export to Parquet and CSV: rows/s and peak RSS beside whole-column pyarrow writes."""
-    from .bench.export import run
-
-    for line in run(mnist_dir=mnist_dir, workdir=workdir, n=n):
-        click.echo(line)
-
-
 if __name__ == "__main__":  # pragma: no cover
     main()
