@@ -254,7 +254,8 @@ def score(store, model, out, resume, proba, break_lock, labels, task_timeout, lo
     with _progress("score") as progress:
         r = run(store, model=model, out=out, scheduler=scheduler, resume=resume, proba=proba,
                 break_lock=break_lock, labels=labels, progress=progress, **extra)
-    _echo(r.metrics, summaries.score_lines, as_json)
+    _echo(r.metrics, functools.partial(summaries.score_lines,
+                                       already_complete=r.already_complete), as_json)
 
 
 @main.command()

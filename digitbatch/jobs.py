@@ -133,7 +133,8 @@ def _step_score(params: dict, scheduler, done: dict) -> dict:
     r = score(params["input"], out=out, scheduler=scheduler, **kw)
     m = r.metrics
     return {"outputs": {"predictions": r.out}, "metrics": str(metrics_path(r.out)),
-            "result": {k: m.get(k) for k in ("n_images", "n_scored_this_run", "n_labeled",
+            "result": {k: m.get(k) for k in ("n_images", "n_scored_this_run", "n_rejected",
+                                             "n_labeled",
                                              "accuracy", "images_per_second", "resumed",
                                              "confusion_matrix")}}
 

@@ -59,13 +59,25 @@ def train_lines(r: dict) -> list[str]:
     return lines
 
 
-def score_lines(m: dict) -> list[str]:
-    """The confusion matrix (when labelled) and the headline of a scoring run."""
+def score_lines(m: dict, *, already_complete: bool = False) -> list[str]:
+    """The confusion matrix (when labelled) and the headline of a scoring run: what
+    this run scored and at what rate, what an earlier run of a resumed output did,
+    the rejects."""
     lines = []
+    if already_complete:
+        lines.append("already complete: nothing was scored now; the figures below are of "
+                     "the run that finished it")
     if m.get("n_labeled") and m.get("confusion_matrix"):
         lines += format_confusion(np.array(m["confusion_matrix"])).splitlines()
-    line = f"scored {m['n_images']} images"
-    if m.get("seconds") is not None and m.get("images_per_second") is not None:
+    n, n_now = m["n_images"], m.get("n_scored_this_run")
+    if m.get("resumed") and n_now is not None and n_now != n and not already_complete:
+        line = f"scored {n_now} of {n} images this run (resumed: the rest were committed before)"
+    else:
+        line = f"scored {n} images"
+    if m.get("n_rejected"):
+        line += f" ({m['n_rejected']} rejected)"
+    if m.get("seconds") is not None and m.get("images_per_second") is not None \
+            and not already_complete:
         line += f" in {m['seconds']:.2f} s ({m['images_per_second']:,.0f} images/s)"
     acc = m.get("accuracy")
     line += (f"; accuracy {acc:.4f} on {m['n_labeled']} labelled" if acc is not None

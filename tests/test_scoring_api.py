@@ -267,3 +267,34 @@ def test_raw_codec_truncated_chunk_is_a_store_error(tmp_path, idx_dir, model_dir
     chunk.write_bytes(chunk.read_bytes()[:-784])
     with pytest.raises(StoreError, match="chunk 1 .* is corrupt"):
         score(raw, model=model_dir, out=tmp_path / "p.zarr", scheduler="synchronous")
+
+
+def test_run_figures_say_what_they_count(tmp_path, small_store, model_dir):
+    """A resumed run counts the images it scored itself, and its rate from them; a
+    finished output resumed again says so instead of replaying the old run as new."""
+    from click.testing import CliRunner
+
+    from digitbatch.cli import main
+    from digitbatch.layout import open_store
+    from digitbatch.scoring.chunks import score_store_chunk
+    from digitbatch.scoring.output import OutputSpec, create_output
+    from digitbatch.scoring.tasks import ChunkTask
+
+    s, loaded = open_store(small_store), load_model(model_dir)
+    out = tmp_path / "p.zarr"
+    out.mkdir()
+    create_output(out, OutputSpec(s.n, s.chunk_size, 10, False, loaded.sha256, s.checksum))
+    a, b = s.chunks[0]
+    score_store_chunk(ChunkTask(0, a, b), store_path=str(small_store), out_path=str(out),
+                      model=loaded.model, proba=False)
+    args = ["score", str(small_store), "--model", str(model_dir), "--out", str(out),
+            "--resume", "--scheduler", "synchronous"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["n_scored_this_run"] == 1000 - 256 and m["resumed"] is True
+    assert m["images_per_second"] == pytest.approx(744 / m["seconds"], rel=0.02)
+    assert "scored 744 of 1000 images this run (resumed" in r.output
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0 and "already complete: nothing was scored now" in r.output
+    assert "images/s" not in r.output  # no rate for a run that scored nothing

@@ -111,3 +111,16 @@ def test_archive_resume_is_identical(tmp_path, model, kill_after):
         got = _outputs(out)[name]
         assert list(got) == list(want) if name == "keys" else np.array_equal(got, want,
                                                                                 equal_nan=True)
+
+
+def test_archive_rejects_are_counted_apart_from_the_images_scored(tmp_path, model):
+    """n_scored_this_run and the rate count images, never rejected members, and the
+    summary line names the rejects."""
+    from digitbatch.summaries import score_lines
+
+    src = _container(tmp_path, "tar")
+    r = score(src, model=model, out=tmp_path / "p.zarr", chunk_size=256, scheduler="synchronous")
+    m = r.metrics
+    assert m["n_rejected"] > 0
+    assert m["n_scored_this_run"] == m["n_images"]  # rejected members are not images
+    assert f"({m['n_rejected']} rejected)" in score_lines(m)[-1]

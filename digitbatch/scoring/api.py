@@ -47,8 +47,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ScoreResult:
+    """The output written and its metrics.json record. ``already_complete``: the
+    output was finished by an earlier run and nothing was scored now (the
+    metrics are that run's)."""
+
     out: str
     metrics: dict
+    already_complete: bool = False
 
     @property
     def accuracy(self):
@@ -168,7 +173,7 @@ def _score(stack, source, loaded, out, *, scheduler, resume, proba, break_lock, 
             create_output(out, spec, arrays=not plan.archive, partial_ok=resume)
         if is_complete(out):
             log.info("%s is already complete", out)
-            return ScoreResult(str(out), open_metrics(out))
+            return ScoreResult(str(out), open_metrics(out), already_complete=True)
         if plan.prepare is not None:
             plan.prepare(out)
         done = committed(out)
@@ -196,7 +201,10 @@ def _score(stack, source, loaded, out, *, scheduler, resume, proba, break_lock, 
         if plan.archive:
             compact(out, chunk_size=plan.chunk_size, n_classes=m.n_classes, proba=proba)
         seconds = time.perf_counter() - t0
-        n_this_run = images_of(todo)
+        # the images this run scored: its chunks' committed rows (an archive's
+        # rejected members are slots, not images)
+        mine = {t.index for t in todo}
+        n_this_run = sum(int(records[i]["n"]) for i in mine if i in records)
         result = build_record([records[i] for i in sorted(records)], model=m,
                               model_path=str(loaded.path), model_sha256=loaded.sha256,
                               input=plan.input, n_rejected_before=plan.n_rejected,
