@@ -4,43 +4,31 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import signal
 import sys
 import threading
 
 import click
 
-from . import summaries
+from . import logs, summaries
 from .bench import commands as bench_commands
+from .cli_observe import observed
 from .errors import DigitbatchError, RunTerminated
+from .progressbar import DEFAULT_INTERVAL
 from .version import __version__
 
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-
-def _setup_logging(verbose: int, quiet: bool, log_file: str | None = None) -> None:
-    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
-    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
-    logging.getLogger("digitbatch").setLevel(logging.INFO if log_file and level > logging.INFO
-                                             else level)
-    if log_file:
-        # the file keeps INFO even with --quiet: scheduled runs leave a record
-        handler = logging.FileHandler(log_file)
-        handler.setFormatter(logging.Formatter(LOG_FORMAT))
-        handler.setLevel(min(level, logging.INFO))
-        logging.getLogger().addHandler(handler)
-        for h in logging.getLogger().handlers:
-            if h is not handler:
-                h.setLevel(level)
-    for noisy in ("distributed", "tornado", "asyncio", "bokeh", "numba", "matplotlib"):
-        logging.getLogger(noisy).setLevel(logging.ERROR if quiet else logging.WARNING)
+EXIT_STATUS = """\b
+Exit status (every command):
+  0    success
+  1    a failure (a named error, printed on one line; a failed job step)
+  2    bad usage: an unknown option, a bad value, an invalid job spec
+  3    reserved: quality alarms (a later release)
+  130  interrupted (Ctrl-C);  143: terminated (SIGTERM)"""
 
 
 class _Group(click.Group):
-    """Turns library errors into clean one-line failures (exit code 1), and SIGTERM
-    into a clean stop (exit code 143)."""
+    """Turns library errors into clean one-line failures (exit code 1), SIGTERM into a
+    clean stop (exit code 143) and Ctrl-C into exit code 130."""
 
     def invoke(self, ctx):
         try:
@@ -51,6 +39,9 @@ class _Group(click.Group):
             click.echo(f"Terminated: {exc or 'SIGTERM'}; what was committed stays "
                        f"(rerun with --resume to continue)", err=True)
             ctx.exit(RunTerminated.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
 
 
 def _terminate(signum, frame) -> None:
@@ -99,18 +90,24 @@ def cluster_options(f=None, *, check: bool = True):
     return wrapper
 
 
-@click.group(cls=_Group)
+@click.group(cls=_Group, epilog=EXIT_STATUS)
 @click.version_option(__version__, prog_name="digitbatch")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 @click.option("-q", "--quiet", is_flag=True,
               help="Only warnings and errors on stderr, and no progress bar (scheduled runs).")
 @click.option("--log-file", type=click.Path(dir_okay=False), default=None,
               help="Also write the log (INFO and up, even with --quiet) to this file.")
+@click.option("--log-format", type=click.Choice(logs.FORMATS), default="text",
+              show_default=True, envvar="DIGITBATCH_LOG_FORMAT",
+              help="json: one JSON object per line (time, level, logger, message, run_id, "
+                   "step, input, images, rate ...). Env: DIGITBATCH_LOG_FORMAT.")
 @click.pass_context
-def main(ctx: click.Context, verbose: int, quiet: bool, log_file: str | None) -> None:
+def main(ctx: click.Context, verbose: int, quiet: bool, log_file: str | None,
+         log_format: str) -> None:
     """Handwritten-digit recognition at archive scale: ingest, train, score."""
-    _setup_logging(verbose, quiet, log_file)
-    ctx.obj = {"quiet": quiet}
+    logs.setup(verbose=verbose, quiet=quiet, log_file=log_file, fmt=log_format)
+    ctx.with_resource(logs.log_context(run_id=logs.new_run_id()))
+    ctx.obj = {"quiet": quiet, "log_format": log_format}
     if threading.current_thread() is threading.main_thread():
         # Kubernetes, SLURM and docker stop send SIGTERM before SIGKILL: unwind
         # (release the lock, keep what was committed, write the run summary)
@@ -126,12 +123,14 @@ def _echo(result: dict, lines, as_json: bool = False) -> None:
         click.echo(line)
 
 
-def _progress(label: str):
-    """A progress display counted in images: on a terminal only, never with --quiet."""
+def _progress(label: str, unit: str = "images"):
+    """Progress: a bar on a terminal (not with --quiet or JSON logs), else log lines."""
     from .progressbar import Progress
 
-    quiet = (click.get_current_context().find_root().obj or {}).get("quiet", False)
-    return Progress(label, enabled=None if not quiet else False)
+    obj = click.get_current_context().find_root().obj or {}
+    tty = sys.stderr.isatty() and not obj.get("quiet") and obj.get("log_format") != "json"
+    return Progress(label, mode="bar" if tty else "log", unit=unit,
+                    interval=obj.get("progress_interval", DEFAULT_INTERVAL))
 
 
 @main.command()
@@ -151,6 +150,7 @@ def _progress(label: str):
               help="Download cache for the openml source.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @cluster_options
+@observed("ingest")
 def ingest(source, out, kind, labels, chunk_size, codec, overwrite, max_rejects, data_home,
            as_json, scheduler):
     """Read SOURCE into a chunked Zarr store.
@@ -168,6 +168,7 @@ def ingest(source, out, kind, labels, chunk_size, codec, overwrite, max_rejects,
                 max_rejects=DEFAULT_MAX_REJECTS if max_rejects is None else max_rejects,
                 data_home=data_home, scheduler=scheduler, progress=progress, codec=codec)
     _echo(r.to_dict(), summaries.ingest_lines, as_json)
+    return r
 
 
 @main.command()
@@ -187,15 +188,18 @@ def ingest(source, out, kind, labels, chunk_size, codec, overwrite, max_rejects,
 @click.option("--overwrite", is_flag=True, help="Replace an existing model directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @cluster_options
+@observed("train")
 def train(store, out, name, features, seed, cv, search, incremental, epochs, overwrite, as_json,
           scheduler):
     """Fit a catalogue model on STORE's train rows and test it on its test rows."""
     from .training import train as run
 
-    r = run(store, out, model=name, features=features, seed=seed, cv=cv, search=search,
-            incremental=incremental, epochs=epochs, scheduler=scheduler,
-            overwrite=overwrite)
+    with _progress("train", "chunks" if incremental else "fits") as progress:
+        r = run(store, out, model=name, features=features, seed=seed, cv=cv, search=search,
+                incremental=incremental, epochs=epochs, scheduler=scheduler,
+                overwrite=overwrite, progress=progress)
     _echo(r.to_dict(), summaries.train_lines, as_json)
+    return r
 
 
 @main.command()
@@ -223,6 +227,7 @@ def train(store, out, name, features, seed, cv, search, incremental, epochs, ove
                    "again, into a new output (default: name it and leave it).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 @cluster_options
+@observed("score")
 def score(store, model, out, resume, proba, break_lock, labels, task_timeout, lock_ttl, ledger,
           max_inputs, rescore_changed, as_json, scheduler):
     """Predict every image of STORE (a store, or an image archive or folder) with MODEL
@@ -241,21 +246,26 @@ def score(store, model, out, resume, proba, break_lock, labels, task_timeout, lo
         from .errors import InputsFailedError
         from .incremental import score_inputs
 
-        r = score_inputs(store, model=model, out=out, ledger_path=ledger, max_inputs=max_inputs,
-                         rescore_changed=rescore_changed, scheduler=scheduler, proba=proba,
-                         break_lock=break_lock, labels=labels, **extra)
+        with _progress("score") as progress:
+            r = score_inputs(store, model=model, out=out, ledger_path=ledger,
+                             max_inputs=max_inputs, rescore_changed=rescore_changed,
+                             scheduler=scheduler, proba=proba, break_lock=break_lock,
+                             labels=labels, progress=progress, **extra)
         _echo(r.to_dict(), summaries.inputs_lines, as_json)
         if r.failed:
-            raise InputsFailedError(f"{len(r.failed)} inputs failed (recorded in {r.ledger}; "
+            err = InputsFailedError(f"{len(r.failed)} inputs failed (recorded in {r.ledger}; "
                                     f"tried again next run): "
                                     + "; ".join(f"{f['input']}: {f['error']['type']}"
                                                 for f in r.failed))
-        return
+            err.result = r  # (for the metrics file: the inputs scored and failed)
+            raise err
+        return r
     with _progress("score") as progress:
         r = run(store, model=model, out=out, scheduler=scheduler, resume=resume, proba=proba,
                 break_lock=break_lock, labels=labels, progress=progress, **extra)
     _echo(r.metrics, functools.partial(summaries.score_lines,
                                        already_complete=r.already_complete), as_json)
+    return r
 
 
 @main.command()
@@ -394,7 +404,8 @@ def demo(workdir, scheduler):
               help="The score step takes its output's lock even from a run that looks live.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
 @cluster_options(check=False)
-def run_cmd(job, overrides, check, break_lock, as_json, scheduler):
+@observed("run")
+def run_cmd(job, overrides, check, break_lock, as_json, scheduler, metrics_file):
     """Run the job spec JOB (TOML): its ingest, train, score and report steps.
 
     The whole spec is checked before anything runs: an invalid spec exits
@@ -407,18 +418,22 @@ def run_cmd(job, overrides, check, break_lock, as_json, scheduler):
 
     if break_lock:
         overrides = (*overrides, "score.break_lock=true")
+    if metrics_file is not None:  # (as [job] metrics_file; run_job writes it)
+        overrides = (*overrides, f"job.metrics_file={metrics_file}")
     try:
         spec = load_job(job, overrides)
     except JobSpecError as exc:
         err = click.ClickException(f"JobSpecError: {exc}")
         err.exit_code = 2
         raise err from exc
+    click.get_current_context().find_root().obj["metrics_by_job"] = True  # (or none: --check)
     if check:
         for line in describe(spec):
             click.echo(line)
-        click.echo(f"{job}: spec OK; the run summary would go to {spec.summary}")
+        click.echo(f"{job}: spec OK; the run summary would go to {spec.summary}"
+                   + (f", the metrics file to {spec.metrics_file}" if spec.metrics_file else ""))
         return
-    summary = run_job(spec, scheduler=scheduler)
+    summary = run_job(spec, scheduler=scheduler, progress=_progress)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ClusterError
+from .logs import worker_environ
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +242,8 @@ def _local_cluster(n_workers: int | None, processes: bool = True) -> Iterator:
     options = ({"env": dict(WORKER_ENV), "host": "127.0.0.1", "config": LOCAL_CLUSTER_CONFIG}
                if processes else {})
     try:
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": _pre_spawn_environ(),
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": {
+                **_pre_spawn_environ(), **worker_environ()},  # (JSON logs in workers too)
                               **LOCAL_CLUSTER_CONFIG}):
             cluster = LocalCluster(
                 n_workers=workers,

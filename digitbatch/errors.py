@@ -130,6 +130,10 @@ class ClusterError(DigitbatchError, RuntimeError):
 # --- jobs -------------------------------------------------------------------
 
 
+class MetricsFileError(DigitbatchError, OSError):
+    """The metrics file (``--metrics-file``, ``[job] metrics_file``) cannot be written there."""
+
+
 class JobSpecError(DigitbatchError, ValueError):
     """A job spec is invalid (unknown key, wrong type, missing input ...); nothing ran."""
 

@@ -151,8 +151,9 @@ def ingest(
         of the disk) or raw (``none``: scoring reads them in place, no decode;
         for local stores scored often).
     progress : callable, optional
-        ``progress(n)``: called with the images (and rejects) of each batch
-        as it is written (the total is not known in advance for archives).
+        ``progress(n, total=None)``: called with the total first (None for
+        an image container: it is not listed in advance), then with the
+        images (and rejects) of each batch as it is written.
 
     Returns
     -------
@@ -193,6 +194,8 @@ def _ingest(source: str, out, *, origin: str | None, kind, labels, chunk_size, o
         with _batches(resolved, source, data_home=data_home, scheduler=scheduler,
                       chunk_size=chunk_size, decode_batch_size=decode_batch_size,
                       max_member_bytes=max_member_bytes, origin=origin) as (batches, meta):
+            if progress is not None:
+                progress(0, total=meta.get("total"))  # (None for image containers)
             for batch in batches:
                 if label_map is not None:
                     batch = label_map.apply(batch)
@@ -258,7 +261,8 @@ class _batches:
             description = dict(data.description)
             if self.origin:
                 description["url"] = self.origin
-            meta = {"description": description, "splits": data.splits}
+            meta = {"description": description, "splits": data.splits,
+                    "total": int(data.images.shape[0])}
             return _array_batches(data.images, data.labels, data.keys, self.chunk_size), meta
         path = Path(self.source)
         self._ex = cluster.executor(self.scheduler)

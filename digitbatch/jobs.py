@@ -29,7 +29,9 @@ Sections and keys (all optional unless marked; anything else is an error):
     spec has; steps always run in that order), ``date`` (``YYYY-MM-DD``,
     default today: what ``{date}`` in a path becomes, so a nightly job
     writes each night's output apart and a rerun for a past night can say
-    ``--set job.date=2026-11-24``).
+    ``--set job.date=2026-11-24``), ``metrics_file`` (a Prometheus text file
+    for node_exporter's textfile collector, written at the end of every run,
+    success or failure: :mod:`digitbatch.metricsfile`).
 ``[cluster]``
     ``scheduler``, ``tls_ca_file``, ``tls_cert``, ``tls_key``: as the
     commands' ``--scheduler`` and ``--tls-*`` options, which override them.
@@ -72,13 +74,15 @@ JSON (see docs/schemas.md) whether it succeeds or fails.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import logging
 import time
 from pathlib import Path
 
-from . import cluster, storage
+from . import cluster, metricsfile, storage
+from .logs import context_fields, log_context, new_run_id
 from .version import __version__
 from .errors import InputsFailedError, JobFailedError, RunTerminated
 from .jobspec import SCHEMA, STEPS, Job, describe, load_job, parse_override
@@ -202,7 +206,28 @@ def _write_summary(path: Path, summary: dict) -> None:
     storage.write_atomic(path, json.dumps(summary, indent=2, default=str) + "\n")
 
 
-def run_job(job: Job, *, scheduler: cluster.Scheduler = None) -> dict:
+def progress_unit(step: str, params: dict) -> str | None:
+    """What a step's progress counts (None: it takes no ``progress=``); see training.train."""
+    if step == "train":
+        return "chunks" if params.get("incremental") else "fits"
+    return "images" if step in ("ingest", "score") else None
+
+
+def _write_metrics(job: Job, summary: dict, failure: BaseException | None) -> None:
+    """``[job] metrics_file``, if any; a failure to write it fails a run that succeeded."""
+    if job.metrics_file is None:
+        return
+    status = metricsfile.exit_status(failure)
+    try:
+        metricsfile.write(job.metrics_file, metricsfile.job_figures(
+            summary, name=job.name, ended=time.time(), status=status))
+    except Exception:
+        if failure is None:
+            raise
+        log.exception("job %s: the metrics file %s was not written", job.name, job.metrics_file)
+
+
+def run_job(job: Job, *, scheduler: cluster.Scheduler = None, progress=None) -> dict:
     """Run ``job``'s steps in order on one cluster and write its run summary.
 
     Parameters
@@ -212,6 +237,11 @@ def run_job(job: Job, *, scheduler: cluster.Scheduler = None) -> dict:
     scheduler : str or ClusterSpec, optional
         Overrides the spec's ``[cluster]``, setting by setting (the
         command line's ``--scheduler`` and ``--tls-*``).
+    progress : callable, optional
+        ``progress(step, unit)`` -> a context manager giving the step's
+        ``progress(n, total=None)`` callback (the CLI's
+        :class:`~digitbatch.progressbar.Progress`), for the steps of
+        :func:`progress_unit`.
 
     Returns
     -------
@@ -221,9 +251,17 @@ def run_job(job: Job, *, scheduler: cluster.Scheduler = None) -> dict:
     Raises
     ------
     JobFailedError
-        When a step (or the cluster) fails, after the summary is written;
-        the step's own exception is its ``__cause__``.
+        When a step (or the cluster) fails, after the summary is written
+        (and ``job.metrics_file``); the step's own exception is its ``__cause__``.
     """
+    fields = {"job": job.name}
+    if "run_id" not in context_fields():  # (the CLI names its runs itself)
+        fields["run_id"] = new_run_id()
+    with log_context(**fields):
+        return _run_job(job, scheduler=scheduler, progress=progress)
+
+
+def _run_job(job: Job, *, scheduler, progress) -> dict:
     spec = cluster.merge(scheduler, job.cluster)
     summary = {
         "job": job.name, "spec": str(job.path), "overrides": list(job.overrides),
@@ -247,7 +285,13 @@ def run_job(job: Job, *, scheduler: cluster.Scheduler = None) -> dict:
                 log.info("job %s: %s", job.name, where)
                 t = time.perf_counter()
                 try:
-                    record.update(STEP_FUNCS[where](job.params[where], sched, done))
+                    params = job.params[where]
+                    with log_context(step=where), contextlib.ExitStack() as stack:
+                        unit = progress_unit(where, params)
+                        if progress is not None and unit is not None:
+                            params = {**params, "progress": stack.enter_context(
+                                progress(where, unit))}
+                        record.update(STEP_FUNCS[where](params, sched, done))
                     record["outcome"] = "succeeded"
                     done[where] = record
                 finally:
@@ -278,6 +322,7 @@ def run_job(job: Job, *, scheduler: cluster.Scheduler = None) -> dict:
                           "failed" if isinstance(failure, Exception) else
                           "terminated" if isinstance(failure, RunTerminated) else "interrupted")
     _write_summary(job.summary, summary)
+    _write_metrics(job, summary, failure)
     if failure is None:
         log.info("job %s succeeded in %.1f s; summary %s", job.name, summary["seconds"],
                  job.summary)

@@ -24,7 +24,7 @@ NAMED_SOURCES = ("sample", "openml")
 # allowed choices (str) or the (minimum, maximum) range (int).
 SCHEMA: dict[str, dict[str, tuple[str, object]]] = {
     "job": {"name": ("str", None), "workdir": ("path", None), "summary": ("path", None),
-            "steps": ("steps", None), "date": ("date", None)},
+            "steps": ("steps", None), "date": ("date", None), "metrics_file": ("path", None)},
     "cluster": {"scheduler": ("str", None), "tls_ca_file": ("path", None),
                 "tls_cert": ("path", None), "tls_key": ("path", None)},
     "ingest": {"source": ("str", None), "out": ("path", None),
@@ -67,6 +67,7 @@ class Job:
     cluster: cluster.ClusterSpec
     params: dict
     overrides: tuple[str, ...] = ()
+    metrics_file: Path | None = None  # [job] metrics_file: Prometheus text (metricsfile.py)
 
 
 def parse_override(item: str) -> tuple[str, str, object]:
@@ -240,8 +241,9 @@ def _resolve(path: Path, raw: dict, where: dict, overrides: tuple, base: Path) -
     tls = {k: str(absolute(cl[k])) for k in ("tls_ca_file", "tls_cert", "tls_key") if k in cl}
     spec = cluster.ClusterSpec(cl.get("scheduler"), **tls)
     summary = absolute(job["summary"]) if "summary" in job else workdir / f"{name}.run.json"
+    metrics_file = absolute(job["metrics_file"]) if "metrics_file" in job else None
     return Job(name=name, path=path.resolve(), workdir=workdir, summary=summary, steps=steps,
-               cluster=spec, params=params, overrides=overrides)
+               cluster=spec, params=params, overrides=overrides, metrics_file=metrics_file)
 
 
 def _check_options(job: Job) -> None:
@@ -352,6 +354,14 @@ def _check_files(job: Job, where: dict) -> None:
         if out.exists() and out.is_dir():
             raise JobSpecError(f"export.out {str(out)!r} is a directory: give a file name")
         refuse_existing("export", "export file")
+    if job.metrics_file is not None:
+        from .errors import MetricsFileError
+        from .metricsfile import check_path
+
+        try:
+            check_path(job.metrics_file)
+        except MetricsFileError as exc:
+            raise JobSpecError(f"job.metrics_file: {exc}") from exc
 
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import SGDClassifier
+from sklearn.model_selection import ParameterGrid
 
 from . import kernels, metrics, storage
 from .crossval import check_folds, client_or_none, run_cv, run_search
@@ -71,7 +72,8 @@ def evaluate(model, store, split: str = "test") -> dict:
     return metrics.summarize(cm)
 
 
-def _fit_incremental(pipe, store, split: str, spec, *, seed: int, epochs: int) -> int:
+def _fit_incremental(pipe, store, split: str, spec, *, seed: int, epochs: int,
+                     progress=None) -> int:
     """``partial_fit`` over the split's chunks, shuffled (seeded) each epoch.
 
     Only one chunk is in memory at a time, so a store larger than memory
@@ -82,6 +84,8 @@ def _fit_incremental(pipe, store, split: str, spec, *, seed: int, epochs: int) -
     classes = np.array([0, 1]) if spec.binary_digit is not None else np.arange(10)
     rng = np.random.default_rng(seed)
     chunks = _split_chunks(store, split)
+    if progress is not None:
+        progress(0, total=epochs * len(chunks))
     n = 0
     for epoch in range(epochs):
         for i in rng.permutation(len(chunks)):
@@ -89,11 +93,15 @@ def _fit_incremental(pipe, store, split: str, spec, *, seed: int, epochs: int) -
             labels = target(spec, store.column("labels", slice(a, b)))
             known = np.flatnonzero(labels != UNKNOWN_LABEL)
             if known.size == 0:
+                if progress is not None:
+                    progress(1)
                 continue
             order = known[rng.permutation(known.size)]
             X = kernels.flatten(store.column("images", slice(a, b))[order])
             clf.partial_fit(features.transform(X), labels[order], classes=classes)
             n += known.size if epoch == 0 else 0
+            if progress is not None:
+                progress(1)
     return n
 
 
@@ -110,6 +118,7 @@ def train(
     epochs: int = 5,
     scheduler: str | None = None,
     overwrite: bool = False,
+    progress=None,
 ) -> TrainResult:
     """Fit catalogue model ``model`` on ``store``'s train rows; save it to ``out``.
 
@@ -121,6 +130,12 @@ def train(
     ``incremental`` the ``sgd`` model is fitted by ``partial_fit`` over the
     store's chunks in shuffled order for ``epochs`` passes, for stores
     larger than memory (no CV or search then: they need the rows in memory).
+
+    ``progress(n, total=None)``, optional, counts what can be counted
+    honestly: with ``incremental``, store chunks fitted (``epochs`` x the
+    split's chunks); otherwise model fits (the search's candidates x folds,
+    the CV folds, then the final fit), each phase's fits added when the
+    phase ends (CV folds run together on the cluster and finish together).
     """
     spec = get_spec(model)
     feats = resolve_features(spec, features)
@@ -143,7 +158,8 @@ def train(
     if incremental:
         pipe = build(model, seed=seed, features=feats)
         t0 = time.perf_counter()
-        n_train = _fit_incremental(pipe, s, train_split, spec, seed=seed, epochs=epochs)
+        n_train = _fit_incremental(pipe, s, train_split, spec, seed=seed, epochs=epochs,
+                                   progress=progress)
         fit_seconds = time.perf_counter() - t0
         if n_train == 0:
             raise TrainingError(f"store {s.path} has no labelled rows in split {train_split!r}")
@@ -151,7 +167,7 @@ def train(
     else:
         pipe, n_train, fit_seconds, cv_result, search_result = _fit_in_memory(
             s, train_split, spec, model, feats, seed=seed, cv=cv, search=search,
-            scheduler=scheduler)
+            scheduler=scheduler, progress=progress)
     cm_model = compact(model, pipe, features=feats)
     log.info("fitted %s (%s features) on %d rows in %.2f s", model, feats, n_train, fit_seconds)
 
@@ -175,7 +191,8 @@ def train(
                        cv_result.to_dict() if cv_result else None, search_result, pipe)
 
 
-def _fit_in_memory(s, train_split, spec, model, feats, *, seed, cv, search, scheduler):
+def _fit_in_memory(s, train_split, spec, model, feats, *, seed, cv, search, scheduler,
+                   progress=None):
     X, labels = _labeled_rows(s, train_split)
     if X.shape[0] == 0:
         raise TrainingError(
@@ -196,17 +213,25 @@ def _fit_in_memory(s, train_split, spec, model, feats, *, seed, cv, search, sche
     X, y = kernels.flatten(X[order]), y[order]
     pipe = build(model, seed=seed, features=feats)
     cv_result = search_result = None
+    grid = search_grid(model, feats) if search else None
+    search_fits = len(ParameterGrid(grid)) * (cv or 5) if search else 0
+    if progress is not None:
+        progress(0, total=search_fits + (cv or 0) + 1)
     with warnings.catch_warnings():
         # A fixed epoch budget is part of a catalogue model's definition.
         warnings.simplefilter("ignore", ConvergenceWarning)
         if cv is not None or search:
             with client_or_none(scheduler) as client:
                 if search:
-                    best, search_result = run_search(pipe, search_grid(model, feats), X, y, k=cv or 5,
+                    best, search_result = run_search(pipe, grid, X, y, k=cv or 5,
                                                      client=client)
                     pipe.set_params(**best)
+                    if progress is not None:
+                        progress(search_fits)
                 if cv is not None:
                     cv_result = run_cv(pipe, X, y, k=cv, client=client)
+                    if progress is not None:
+                        progress(cv)
         # The final fit runs here, not on the cluster: let one-vs-rest SGD use
         # every core (its per-class seeds do not depend on n_jobs).
         clf = pipe.steps[-1][1]
@@ -215,6 +240,8 @@ def _fit_in_memory(s, train_split, spec, model, feats, *, seed, cv, search, sche
         t0 = time.perf_counter()
         pipe.fit(X, y)
         fit_seconds = time.perf_counter() - t0
+        if progress is not None:
+            progress(1)
         if isinstance(clf, SGDClassifier):
             clf.set_params(n_jobs=None)
     return pipe, int(X.shape[0]), fit_seconds, cv_result, search_result

@@ -1,10 +1,13 @@
-"""Progress in images: shown on a terminal, absent with --quiet and in pipes."""
+"""Progress in images: a bar on a terminal (none with --quiet), log lines in pipes
+(tests/test_observability.py has the scheduled runs' progress lines)."""
 
 from __future__ import annotations
 
 import io
+import logging
 import os
 import pty
+import re
 import subprocess
 import sys
 
@@ -24,11 +27,16 @@ def test_progress_counts_images():
     assert "1,000/1,000 images (100%)" in text and "images/s" in text
 
 
-def test_progress_off_when_not_a_tty():
+def test_no_bar_when_not_a_tty_but_log_lines(caplog):
     out = io.StringIO()
-    with Progress("ingest", stream=out) as p:
-        p(10)
+    with caplog.at_level(logging.INFO, logger="digitbatch.progress"):
+        with Progress("ingest", stream=out) as p:
+            assert p.mode == "log"
+            p(10)
     assert out.getvalue() == ""
+    assert "ingest: 10 images (total not known yet)" in caplog.text
+    with Progress("ingest", stream=out, enabled=False) as p:
+        assert p.mode == "off"
 
 
 def _run_on_tty(args, cwd):
@@ -65,3 +73,9 @@ def test_cli_progress_on_tty(tmp_path, small_store, quiet):
         assert "images/s" not in err
     else:
         assert "1,000/1,000 images (100%)" in err
+        # a log record never lands on the bar's line (issue 18): the bar is cleared first
+        assert " INFO digitbatch.scoring.api: scored 1000 images" in err
+        for line in err.split("\n"):
+            shown = line.rstrip("\r").split("\r")[-1]  # (a pty ends lines with \\r\\n)
+            if " INFO " in shown:
+                assert re.match(r"(\x1b\[K)?\d{4}-\d\d-\d\d ", shown), repr(line)

@@ -30,6 +30,7 @@ from .. import storage
 from ..determinism import one_blas_thread
 from ..errors import IncompleteOutputError, ScoreError
 from ..layout import DEFAULT_CHUNK_SIZE
+from ..logs import log_context
 from ..modelio import load_model
 from ..sources.members import DEFAULT_MAX_MEMBER_BYTES
 from .lock import DEFAULT_TTL, check_ttl, run_lock
@@ -165,6 +166,8 @@ def _score(stack, source, loaded, out, *, scheduler, resume, proba, break_lock, 
                       input_checksum=plan.checksum)
     t0 = time.perf_counter()
     with run_lock(out, break_lock=break_lock, ttl=lock_ttl) as lease:
+        # from here on the run is named by its lock token, as metrics.json names it
+        stack.enter_context(log_context(run_id=lease.token, input=str(source)))
         if overwrite and clear_output(out):
             log.info("replaced the earlier scoring output %s", out)
         if resume and has_spec(out):
@@ -212,7 +215,8 @@ def _score(stack, source, loaded, out, *, scheduler, resume, proba, break_lock, 
                               run_id=lease.token)
         lease.check()
         finalize(out, result)
-    log.info("scored %d images in %.2f s (accuracy %s)", n_this_run, seconds, result["accuracy"])
+    log.info("scored %d images in %.2f s (accuracy %s)", n_this_run, seconds, result["accuracy"],
+             extra={"images": n_this_run, "rate": result["images_per_second"]})
     return ScoreResult(str(out), result)
 
 
