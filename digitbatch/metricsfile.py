@@ -1,4 +1,4 @@
-"""The metrics file: a run's figures in Prometheus text format, for node_exporter's textfile collector.
+"""The metrics file: a run's figures in Prometheus text format, for node_exporter.
 
 ``--metrics-file PATH`` (``ingest``, ``train``, ``score``, ``run``) and
 ``[job] metrics_file`` name it; it is (re)written at the end of every run,

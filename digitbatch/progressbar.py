@@ -166,7 +166,8 @@ class Progress:
         """Log the figures now (the timer thread calls this every ``interval``)."""
         now = time.perf_counter()
         f = self.figures(now)
-        fields = {"step": self.label, "unit": self.unit, "progress": "ended" if final else "running",
+        fields = {"step": self.label, "unit": self.unit,
+                  "progress": "ended" if final else "running",
                   **{k: (round(v, 3) if isinstance(v, float) else v) for k, v in f.items()}}
         if self.unit == "images":
             fields["images"] = f["done"]

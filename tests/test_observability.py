@@ -463,3 +463,26 @@ def test_worker_processes_log_json_lines_too(tmp_path):
     assert {(d["logger"], d["message"]) for d in docs} >= {
         ("distributed.worker", "from a worker"),
         ("digitbatch.scoring.chunks", "a task's warning")}
+
+
+def test_incremental_score_counts_its_inputs(tmp_path, model):
+    """score 'GLOB' --out '...{input}...': inputs scored and failed, their images summed,
+    progress over every input, and exit 1 with the file still written."""
+    from .test_incremental import _land
+
+    inc = tmp_path / "incoming"
+    _land(inc, "night-0.tar", n=40, seed=0)
+    _land(inc, "night-1.tar", n=30, seed=1)
+    (inc / "night-2.tar").write_bytes(b"not a tar archive")
+    prom = tmp_path / "inc.prom"
+    r = cli("score", inc / "*.tar", "--model", model, "--out", tmp_path / "pred" / "{input}.zarr",
+            "--scheduler", "synchronous", "--metrics-file", prom, "--progress-interval", "0.05")
+    assert r.returncode == 1 and "InputsFailedError" in r.stderr
+    f = figures(prom, "score", "inc")
+    assert (f["exit_status"], f["inputs_scored"], f["inputs_failed"]) == (1, 2, 1)
+    scored = [json.loads((tmp_path / "pred" / f"night-{i}.zarr" / "metrics.json").read_text())
+              for i in range(2)]
+    assert f["images_scored"] == sum(m["n_scored_this_run"] for m in scored) == 70
+    assert f["images_rejected"] == sum(m["n_rejected"] for m in scored)
+    assert "accuracy" not in f  # two inputs: no one accuracy for both
+    assert "score: 70/70 images (100%)" in r.stderr  # each input's images join the total
