@@ -486,3 +486,31 @@ def test_incremental_score_counts_its_inputs(tmp_path, model):
     assert f["images_rejected"] == sum(m["n_rejected"] for m in scored)
     assert "accuracy" not in f  # two inputs: no one accuracy for both
     assert "score: 70/70 images (100%)" in r.stderr  # each input's images join the total
+
+
+def test_job_scoring_new_inputs_counts_them(tmp_path, model):
+    """[score] inputs = a glob in a job spec: the job's metrics file counts the inputs."""
+    from .test_incremental import _land
+
+    inc = tmp_path / "in"
+    _land(inc, "a.tar", n=20)
+    _land(inc, "b.tar", n=25, seed=1)
+    (inc / "c.tar").write_bytes(b"\x00" * 2000)
+    spec = tmp_path / "nightly.toml"
+    spec.write_text(f"""
+[job]
+name = "nightly"
+workdir = "{tmp_path}"
+metrics_file = "{tmp_path / 'job.prom'}"
+[cluster]
+scheduler = "synchronous"
+[score]
+inputs = "{inc}/*.tar"
+model = "{model}"
+out = "{tmp_path}/pred/{{input}}.zarr"
+""")
+    r = CliRunner().invoke(main, ["run", str(spec)])
+    assert r.exit_code == 1, r.output
+    f = figures(tmp_path / "job.prom", "run", "nightly")
+    assert (f["exit_status"], f["inputs_scored"], f["inputs_failed"]) == (1, 2, 1)
+    assert f["images_scored"] == 45
