@@ -12,19 +12,10 @@ import click
 
 from . import logs, summaries
 from .bench import commands as bench_commands
-from .cli_observe import observed
+from .cli_observe import EXIT_STATUS, observed
 from .errors import DigitbatchError, RunTerminated
 from .progressbar import DEFAULT_INTERVAL
 from .version import __version__
-
-EXIT_STATUS = """\b
-Exit status (every command):
-  0    success
-  1    a failure (a named error, printed on one line; a failed job step)
-  2    bad usage: an unknown option, a bad value, an invalid job spec
-  3    reserved: quality alarms (a later release)
-  130  interrupted (Ctrl-C);  143: terminated (SIGTERM)"""
-
 
 class _Group(click.Group):
     """Turns library errors into clean one-line failures (exit code 1), SIGTERM into a

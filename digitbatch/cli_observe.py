@@ -1,4 +1,5 @@
-"""The options of the commands a scheduler runs: ``--progress-interval`` and ``--metrics-file``.
+"""The options of the commands a scheduler runs (``--progress-interval``, ``--metrics-file``)
+and the exit statuses they end with.
 
 :func:`observed` adds both to ``ingest``, ``train``, ``score`` and ``run``;
 it keeps the interval for the CLI's progress display and writes the metrics
@@ -20,6 +21,15 @@ from .logs import log_context
 from .progressbar import DEFAULT_INTERVAL
 
 log = logging.getLogger(__name__)
+
+# the main group's --help epilog; the README's "Exit status" table says the same
+EXIT_STATUS = """\b
+Exit status (every command):
+  0    success
+  1    a failure (a named error, printed on one line; a failed job step)
+  2    bad usage: an unknown option, a bad value, an invalid job spec
+  3    reserved: quality alarms (a later release)
+  130  interrupted (Ctrl-C);  143: terminated (SIGTERM)"""
 
 
 def observed(command: str):

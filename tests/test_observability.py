@@ -514,3 +514,27 @@ out = "{tmp_path}/pred/{{input}}.zarr"
     f = figures(tmp_path / "job.prom", "run", "nightly")
     assert (f["exit_status"], f["inputs_scored"], f["inputs_failed"]) == (1, 2, 1)
     assert f["images_scored"] == 45
+
+
+def test_sigterm_still_writes_the_metrics_file(tmp_path, model):
+    """SIGTERM (Kubernetes, SLURM) once a progress line shows images scored: exit 143,
+    and the metrics file says so."""
+    import signal
+
+    store = repeated_store(tmp_path / "s.zarr", 300_000)
+    prom = tmp_path / "t.prom"
+    proc = subprocess.Popen([sys.executable, "-m", "digitbatch", "score", str(store), "--model",
+                             str(model), "--out", str(tmp_path / "p.zarr"), "--scheduler",
+                             "synchronous", "--progress-interval", "0.02", "--metrics-file",
+                             str(prom)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            text=True)
+    for line in proc.stderr:  # trigger on progress, not on a clock
+        m = PROGRESS.search(line)
+        if m and int(m[1].replace(",", "")) > 0:
+            proc.send_signal(signal.SIGTERM)
+            break
+    proc.stderr.read()
+    assert proc.wait(timeout=120) == 143
+    f = figures(prom, "score", "t")
+    assert (f["exit_status"], f["inputs_scored"], f["inputs_failed"]) == (143, 0, 1)
+    assert "last_success_timestamp_seconds" not in f
