@@ -260,6 +260,8 @@ def command_figures(command: str, result, *, path: Path, status: int, started: f
     elif command == "score":
         values = score_values(result.metrics if result is not None else None,
                               failed=result is None)
+        if getattr(result, "already_complete", False):  # finished earlier: nothing scored now
+            values.update(images_scored=0, images_per_second=None)
     elif result is not None and command in ("ingest", "train"):
         values = (ingest_values if command == "ingest" else train_values)(result.to_dict())
     else:

@@ -538,3 +538,16 @@ def test_sigterm_still_writes_the_metrics_file(tmp_path, model):
     f = figures(prom, "score", "t")
     assert (f["exit_status"], f["inputs_scored"], f["inputs_failed"]) == (143, 0, 1)
     assert "last_success_timestamp_seconds" not in f
+
+
+def test_an_output_already_complete_scores_nothing_now(tmp_path, model, small_store):
+    prom = tmp_path / "again.prom"
+    args = ["score", str(small_store), "--model", str(model), "--out", str(tmp_path / "p.zarr"),
+            "--scheduler", "synchronous", "--metrics-file", str(prom)]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    assert figures(prom, "score", "again")["images_scored"] == 1000
+    r = CliRunner().invoke(main, [*args, "--resume"])
+    assert r.exit_code == 0, r.output
+    f = figures(prom, "score", "again")
+    assert f["images_scored"] == 0 and "images_per_second" not in f
+    assert (f["exit_status"], f["inputs_scored"]) == (0, 1) and f["accuracy"] > 0
