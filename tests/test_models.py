@@ -18,7 +18,8 @@ CASES = [
     ("sgd", "pixels"),        # the walk-through's multiclass model
     ("sgd", "deskew"),
     ("sgd", "kernel"),
-    ("sgd-kernel", None),     # the flagship
+    ("sgd-kernel", None),
+    ("sgd-patches", None),    # the flagship: learned patch filters, kernel head
     ("detect-2", "pixels"),   # the walk-through's binary detector
     ("detect-7", "kernel"),
 ]
