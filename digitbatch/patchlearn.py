@@ -8,6 +8,8 @@ folded in, are plain (patch * patch, K) filters and a bias that
 :class:`PatchFeatures` is the scikit-learn transformer a pipeline fits
 (each CV fold learns its own filters from its own training rows);
 :mod:`digitbatch.models` folds it into arrays after fitting.
+:class:`AugmentedPipeline` adds distorted copies of the training rows to
+the classifier's fit, a chunk at a time.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import logging
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.pipeline import Pipeline
 
 from . import patchfeatures as PF
 from .features import deskew
@@ -150,20 +153,77 @@ class PatchFeatures(TransformerMixin, BaseEstimator):
         return self._features(X, np.float64)
 
 
+class AugmentedPipeline(Pipeline):
+    """A Pipeline whose last step also learns from distorted copies of the training rows.
+
+    ``fit`` fits the steps before the classifier on the training rows as
+    given (the filters, PCA and landmarks describe real digits), then
+    builds the classifier's training matrix a chunk of ``chunk`` rows at a
+    time: each chunk and ``copies`` distortions of it
+    (:func:`digitbatch.augment.distort` with ``rotate``, ``scale`` and
+    ``elastic``, seeded by ``random_state``) through those steps. Only the
+    transformed rows are kept, never the distorted images. Scoring is the
+    plain pipeline's: the copies exist at fit time only.
+    """
+
+    def __init__(self, steps, *, copies: int = 0, rotate: float = 10.0, scale: float = 0.1,
+                 elastic: float = 2.0, chunk: int = 8192, random_state: int = 0,
+                 transform_input=None, memory=None, verbose=False):
+        super().__init__(steps, transform_input=transform_input, memory=memory,
+                         verbose=verbose)
+        self.copies = copies
+        self.rotate = rotate
+        self.scale = scale
+        self.elastic = elastic
+        self.chunk = chunk
+        self.random_state = random_state
+
+    def fit(self, X, y=None, **params):
+        if isinstance(self.copies, bool) or not isinstance(self.copies, (int, np.integer)) \
+                or self.copies < 0:
+            raise ValueError(f"copies must be an integer >= 0; got {self.copies!r}")
+        if self.copies == 0:
+            return super().fit(X, y, **params)
+        from .augment import distort
+
+        X, y = np.asarray(X), np.asarray(y)
+        before = Pipeline(self.steps[:-1]).fit(X, y)
+        n, reps = X.shape[0], self.copies + 1
+        rng = np.random.default_rng(self.random_state)
+        Z = None
+        for a in range(0, n, self.chunk):
+            x = X[a:a + self.chunk]
+            for j in range(reps):
+                part = x if j == 0 else distort(x, rng, rotate=self.rotate, scale=self.scale,
+                                                 elastic=self.elastic)
+                z = before.transform(part)
+                if Z is None:
+                    Z = np.empty((n * reps, z.shape[1]), np.float64)
+                Z[j * n + a:j * n + a + x.shape[0]] = z
+        log.info("fitting the classifier on %d rows (%d distorted copies of each of %d)",
+                 n * reps, self.copies, n)
+        self.steps[-1][1].fit(Z, np.tile(y, reps))
+        return self
+
+
 def make_patch_pipeline(*, random_state: int = 0, pca_components: int = 100,
                         n_components: int = 2000, gamma: float = 0.1, alpha: float = 1e-6,
-                        max_iter: int = 60, **features):
+                        max_iter: int = 60, copies: int = 0, rotate: float = 10.0,
+                        scale: float = 0.1, elastic: float = 2.0, **features):
     """The unfitted ``sgd-patches`` pipeline on (n, 784) uint8 images.
 
     :class:`PatchFeatures` (``features``: its parameters) -> ``PCA`` ->
     ``Nystroem(kernel="rbf")`` -> hinge ``SGDClassifier`` (``tol=None``:
     exactly ``max_iter`` epochs), the head of
-    :func:`digitbatch.features.make_kernel_pipeline`.
+    :func:`digitbatch.features.make_kernel_pipeline`; an
+    :class:`AugmentedPipeline` that adds ``copies`` distortions of each
+    training row (``rotate``, ``scale``, ``elastic``) to the classifier's fit.
     """
     from .features import make_kernel_pipeline
 
     pipe = make_kernel_pipeline(random_state=random_state, features=False,
                                 pca_components=pca_components, n_components=n_components,
                                 gamma=gamma, alpha=alpha, max_iter=max_iter)
-    pipe.steps.insert(0, ("features", PatchFeatures(random_state=random_state, **features)))
-    return pipe
+    steps = [("features", PatchFeatures(random_state=random_state, **features)), *pipe.steps]
+    return AugmentedPipeline(steps, copies=copies, rotate=rotate, scale=scale, elastic=elastic,
+                             random_state=random_state)

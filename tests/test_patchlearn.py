@@ -79,3 +79,85 @@ def test_pipeline_predicts_the_synthetic_classes(digits):
     pipe.fit(X[:250], y[:250])
     assert [n for n, _ in pipe.steps] == ["features", "pca", "nystroem", "sgd"]
     assert pipe.score(X[250:], y[250:]) > 0.9
+
+
+def _small(copies=0, **kw):
+    return make_patch_pipeline(random_state=0, n_filters=8, n_components=60, max_iter=5,
+                               copies=copies, **kw)
+
+
+def test_augmented_fit_adds_distorted_rows(digits, monkeypatch):
+    """The classifier sees each row and its copies, transformed by the steps
+    fitted on the rows as given; with copies=0 the fit is the plain Pipeline's."""
+    from sklearn.linear_model import SGDClassifier
+    from sklearn.pipeline import Pipeline
+
+    X, y = digits
+    seen = {}
+    fit = SGDClassifier.fit
+
+    def spy(self, Z, t, *a, **kw):
+        seen["Z"], seen["y"] = Z, t
+        return fit(self, Z, t, *a, **kw)
+
+    monkeypatch.setattr(SGDClassifier, "fit", spy)
+    pipe = _small(copies=2)
+    pipe.set_params(chunk=64)  # uneven chunks: 64, 64, 64, 58
+    pipe.fit(X[:250], y[:250])
+    Z, t = seen["Z"], seen["y"]
+    assert Z.shape[0] == 750 and Z.dtype == np.float64
+    np.testing.assert_array_equal(t, np.tile(y[:250], 3))
+    before = Pipeline(pipe.steps[:-1])
+    np.testing.assert_allclose(Z[:250], before.transform(X[:250]))
+    assert not np.allclose(Z[250:500], Z[:250])  # copies differ from the rows
+    plain = _small(copies=0).fit(X[:250], y[:250])
+    ref = Pipeline([(n, s) for n, s in _small().steps]).fit(X[:250], y[:250])
+    np.testing.assert_array_equal(plain.predict(X[250:]), ref.predict(X[250:]))
+    with pytest.raises(ValueError, match="copies must be an integer >= 0"):
+        _small(copies=-1).fit(X[:50], y[:50])
+
+
+def test_cv_on_the_cluster_equals_sequential(digits):
+    from digitbatch import cluster
+    from digitbatch.crossval import run_cv
+
+    X, y = digits
+    seq = run_cv(_small(copies=1), X, y, k=3, client=None)
+    with cluster.client("local", n_workers=2) as c:
+        dsk = run_cv(_small(copies=1), X, y, k=3, client=c)
+    assert dsk.backend == "dask" and seq.scores == dsk.scores and min(seq.scores) > 0.8
+
+
+def test_train_score_predict_end_to_end(tmp_path, small_store, monkeypatch):
+    """sgd-patches through train (with --cv), the score CLI and predict, like any
+    model (a small head and few filters: the wiring is tested here, the
+    catalogue settings' accuracy in test_catalogue_accuracy.py)."""
+    import json
+
+    from digitbatch import models
+
+    from click.testing import CliRunner
+
+    from digitbatch.cli import main
+    from digitbatch.layout import open_store
+    from digitbatch.modelio import load_model
+    from digitbatch.models import PATCH_FEATURES
+    from digitbatch.train import train
+
+    monkeypatch.setitem(models.PATCH_PARAMS, "n_filters", 8)
+    monkeypatch.setattr(models, "PATCH_HEAD", {**models.PATCH_HEAD, "n_components": 60,
+                                                "max_iter": 5})
+    r = train(small_store, tmp_path / "m", model="sgd-patches", cv=2, scheduler="synchronous")
+    assert r.features == PATCH_FEATURES and r.cv["k"] == 2 and r.test["accuracy"] > 0.9
+    loaded = load_model(tmp_path / "m")
+    assert loaded.manifest["params"]["patch_grid"] == 4
+    assert loaded.manifest["input"]["preprocessing"].startswith("moment deskew, learned")
+    res = CliRunner().invoke(main, ["score", str(small_store), "--model", str(tmp_path / "m"),
+                                    "--out", str(tmp_path / "p.zarr"), "--json",
+                                    "--scheduler", "synchronous"])
+    assert res.exit_code == 0, res.output
+    s = open_store(small_store)
+    images, labels, _ = s.read()
+    pred = loaded.model.predict(images)
+    metrics = json.loads(res.output[res.output.index("{"):])
+    assert metrics["accuracy"] == pytest.approx((pred == labels).mean())
