@@ -31,8 +31,8 @@ from digitbatch.patchlearn import make_patch_pipeline
 CANDIDATES = {
     "k128-s2-g4-gamma0.02": {"gamma": 0.02},
     "k128-s2-g4-gamma0.05": {"gamma": 0.05},
-    "k128-s2-g4": {},  # gamma 0.1
-    "k128-s2-g4-gamma0.2": {"gamma": 0.2},
+    "k128-s2-g4-gamma0.1": {"gamma": 0.1},
+    "k128-s2-g4": {},  # the catalogue: gamma 0.2
     "k64-s1-g5": {"n_filters": 64, "stride": 1, "grid": 5},
     "k128-s2-g4-aug2": {"copies": 2, "max_iter": 20},
     "k128-s2-g4-aug1": {"copies": 1, "max_iter": 30},

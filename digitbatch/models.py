@@ -37,7 +37,7 @@ KERNEL_PARAMS = {"hog_weight": 7.0, "pca_components": 80, "n_components": 2000, 
 # (benchmarks/explore_patches.py; docs/patch-model.md has the measurements).
 PATCH_PARAMS = {"n_filters": 128, "patch": 5, "stride": 2, "grid": 4, "threshold": 1.0,
                 "whiten_eps": 0.1, "norm": 3.0}
-PATCH_HEAD = {"pca_components": 100, "n_components": 2000, "gamma": 0.1, "alpha": 1e-6,
+PATCH_HEAD = {"pca_components": 100, "n_components": 2000, "gamma": 0.2, "alpha": 1e-6,
               "max_iter": 60}
 
 

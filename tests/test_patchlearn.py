@@ -161,3 +161,18 @@ def test_train_score_predict_end_to_end(tmp_path, small_store, monkeypatch):
     pred = loaded.model.predict(images)
     metrics = json.loads(res.output[res.output.index("{"):])
     assert metrics["accuracy"] == pytest.approx((pred == labels).mean())
+
+
+def test_bench_breaks_down_each_scoring_step(digits):
+    """bench/featurecost.py: every patch step and the kernel head's parts, for the
+    compact model scoring uses (figures only in bench output, never asserted)."""
+    from digitbatch.bench import featurecost
+    from digitbatch.models import compact
+
+    X, y = digits
+    m = compact("sgd-patches", _small().fit(X[:200], y[:200]))
+    steps = featurecost.breakdown(m, X[:70].reshape(-1, 28, 28), repeats=1)
+    assert list(steps) == [f"features: {s}" for s in PF.STEPS] + [
+        "head: projection (folded PCA)", "head: RBF kernel", "head: weights + argmax"]
+    text = "\n".join(featurecost.lines(m, X[:70].reshape(-1, 28, 28), repeats=1))
+    assert "sgd-patches per chunk of 70 images" in text and "features: filters" in text
