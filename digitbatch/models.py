@@ -109,8 +109,8 @@ CATALOGUE = {
     ),
     "sgd-kernel": ModelSpec(
         "sgd-kernel",
-        "the accuracy flagship: deskew + HOG -> PCA(80) -> Nystroem RBF (2000) -> hinge "
-        "SGDClassifier",
+        "deskew + HOG -> PCA(80) -> Nystroem RBF (2000) -> hinge SGDClassifier (the "
+        "flagship before sgd-patches; scores about 1.5x faster)",
         default_features="kernel", feature_choices=("kernel",),
     ),
     "sgd-patches": ModelSpec(
