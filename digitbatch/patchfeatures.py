@@ -113,32 +113,33 @@ def patch_features(images: np.ndarray, filters: np.ndarray, bias: np.ndarray, *,
     w = np.empty((d + 1, k), np.float32)
     w[:d] = np.asarray(filters, np.float32) * np.float32(1.0 / 255.0)
     w[d] = np.asarray(bias, np.float32) - np.float32(threshold)
-    # both poolings as one (grid * grid, s * s) matrix: with the windows in
-    # position-major order, pooling a block is one large matrix product
+    # both poolings as one (grid * grid, s * s) matrix, with scale**2 folded
+    # in (sqrt(scale**2 * x) = scale * sqrt(x))
     tents = pool_weights(s, grid)
     pool = np.einsum("ia,jb->abij", tents, tents).reshape(grid * grid, s * s)
-    out = np.empty((n, grid * grid * k), dtype)
+    pool *= np.float32(scale) ** 2
+    out = np.empty((n, grid * grid * k), np.float32)
     m0 = min(n, BLOCK_ROWS)
-    cols = np.ones((s * s * m0, d + 1), np.float32)
+    cols = np.ones((m0 * s * s, d + 1), np.float32)
+    resp = np.empty((m0 * s * s, k), np.float32)
     for a in range(0, n, BLOCK_ROWS):
         x = straight[a:a + BLOCK_ROWS]
         m = x.shape[0]
         win = sliding_window_view(x, (patch, patch), axis=(1, 2))[:, ::stride, ::stride]
-        c = cols[:s * s * m]
-        # im2col, straight into the buffer's pixel columns: row (i, j, image)
-        np.copyto(c[:, :d].reshape(s, s, m, patch, patch), win.transpose(1, 2, 0, 3, 4))
+        c, r = cols[:m * s * s], resp[:m * s * s]
+        # im2col, straight into the buffer's pixel columns: row (image, i, j)
+        np.copyto(c[:, :d].reshape(m, s, s, patch, patch), win)
         clock.lap("patches")
-        r = c @ w  # (s * s * m, k)
+        np.matmul(c, w, out=r)
         clock.lap("filters")
         np.maximum(r, 0.0, out=r)
         clock.lap("threshold")
-        cells = pool @ r.reshape(s * s, m * k)  # (grid * grid, m * k)
+        cells = out[a:a + m].reshape(m, grid * grid, k)
+        np.matmul(pool, r.reshape(m, s * s, k), out=cells)
         clock.lap("pool")
         np.sqrt(cells, out=cells)
-        cells *= np.float32(scale)
-        out[a:a + m].reshape(m, grid * grid, k)[...] = cells.reshape(grid * grid, m, k).transpose(1, 0, 2)
         clock.lap("sqrt")
-    return out
+    return out if out.dtype == dtype else out.astype(dtype)
 
 
 class _Clock:
