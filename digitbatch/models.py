@@ -110,7 +110,7 @@ CATALOGUE = {
     "sgd-kernel": ModelSpec(
         "sgd-kernel",
         "deskew + HOG -> PCA(80) -> Nystroem RBF (2000) -> hinge SGDClassifier (the "
-        "flagship before sgd-patches; scores about 1.5x faster)",
+        "flagship before sgd-patches, which it outscores in images/s)",
         default_features="kernel", feature_choices=("kernel",),
     ),
     "sgd-patches": ModelSpec(

@@ -176,3 +176,37 @@ def test_bench_breaks_down_each_scoring_step(digits):
         "head: projection (folded PCA)", "head: RBF kernel", "head: weights + argmax"]
     text = "\n".join(featurecost.lines(m, X[:70].reshape(-1, 28, 28), repeats=1))
     assert "sgd-patches per chunk of 70 images" in text and "features: filters" in text
+
+
+@pytest.mark.parametrize("defect, match", [
+    ({"features_filters": np.zeros((25, 7), np.float32)}, r"bias \(8,\) do not fit"),
+    ({"features_filters": np.zeros((36, 8), np.float32)}, r"must be \(25, K\)"),
+    ({"features_bias": None}, r"need \['bias'\]"),
+])
+def test_damaged_feature_arrays_do_not_load(tmp_path, digits, defect, match):
+    """modelio checks the filters against the settings and the head, by name."""
+    import hashlib
+    import json
+
+    from digitbatch.errors import ModelError
+    from digitbatch.modelio import load_model, save_model
+    from digitbatch.models import compact
+
+    X, y = digits
+    path = save_model(compact("sgd-patches", _small().fit(X[:200], y[:200])), tmp_path / "m",
+                      manifest={})
+    with np.load(path / "model.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    for k, v in defect.items():
+        if v is None:
+            del arrays[k]
+        else:
+            arrays[k] = v
+    with open(path / "model.npz", "wb") as fh:
+        np.savez(fh, **arrays)
+    man = json.loads((path / "manifest.json").read_text())
+    man["model_sha256"] = hashlib.sha256((path / "model.npz").read_bytes()).hexdigest()
+    (path / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(ModelError, match="feature step does not fit its arrays") as e:
+        load_model(path)
+    assert e.match(match)
