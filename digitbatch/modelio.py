@@ -32,7 +32,7 @@ from .version import __version__
 from .errors import ModelError, TrainingError
 from .digits import IMAGE_SHAPE
 from . import folding as FO
-from .models import CompactModel, get_spec
+from .models import CompactModel, check_feature_arrays, get_spec
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,11 @@ _PREPROCESSING = {
     "pixels": "pixels / 255 (folded into the weights)",
     "deskew": "moment deskew, then / 255 (folded into the weights)",
     "kernel": "moment deskew / 255 + HOG, PCA and Nystroem RBF (linear steps folded)",
+    "patches": "moment deskew, learned 5x5 patch filters (features_filters, features_bias), "
+               "soft threshold, pooling; PCA and Nystroem RBF (linear steps folded)",
 }
+# model.npz names of a feature step's own arrays (CompactModel.feature_arrays)
+FEATURE_PREFIX = "features_"
 
 
 def _preprocessing(model: CompactModel) -> str:
@@ -124,7 +128,8 @@ def save_model(model: CompactModel, out: str | os.PathLike, *, manifest: dict,
     tmp.mkdir(parents=True)
     try:
         with open(tmp / MODEL_FILE, "wb") as fh:
-            np.savez(fh, **_head_arrays(model))
+            np.savez(fh, **_head_arrays(model),
+                     **{FEATURE_PREFIX + k: v for k, v in model.feature_arrays.items()})
         full = {
             "format_version": FORMAT_VERSION,
             "name": model.name,
@@ -321,7 +326,9 @@ def _rebuild(p: Path, manifest: dict, arrays: dict[str, np.ndarray]) -> CompactM
         head = cls(**fields, **scalars)
         model = CompactModel(name=manifest["name"], features=manifest["features"], head=head,
                              loss=manifest["loss"], binary_digit=spec.binary_digit,
-                             params=manifest.get("params", {}))
+                             params=manifest.get("params", {}),
+                             feature_arrays={k[len(FEATURE_PREFIX):]: v for k, v in arrays.items()
+                                             if k.startswith(FEATURE_PREFIX)})
     except (KeyError, TypeError) as exc:
         raise ModelError(f"model {p}: manifest or arrays incomplete ({exc}): retrain it") from exc
     _check_shapes(p, manifest, head)
@@ -330,4 +337,9 @@ def _rebuild(p: Path, manifest: dict, arrays: dict[str, np.ndarray]) -> CompactM
         raise ModelError(f"model {p}: weights {head.weights.shape} do not take 28x28 images")
     if cls is FO.KernelPredictor and n_in != head.weights.shape[0]:
         raise ModelError(f"model {p}: {n_in} landmarks but weights {head.weights.shape}")
+    try:
+        check_feature_arrays(model)
+    except ValueError as exc:
+        raise ModelError(f"model {p}: its feature step does not fit its arrays ({exc}): "
+                         f"retrain it") from None
     return model

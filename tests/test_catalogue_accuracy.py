@@ -16,6 +16,9 @@ import pytest
 
 from digitbatch.training import train
 
+# sgd-patches: issue 17's target, 99.3% (at most 70 errors in 10,000)
+PATCH_FLOOR = 0.993
+
 pytestmark = pytest.mark.mnist
 
 # (model, features): the test-row accuracy it must reach. A comment per case
@@ -28,7 +31,8 @@ CHEAP = {
 LONG = {
     ("sgd-kernel", "kernel"): 0.987,  # 98.89%, fit 68 s
     ("detect-2", "kernel"): 0.995,    # 99.63%
-    ("sgd", "kernel"): 0.975,         # the flagship's features under the log-loss head
+    ("sgd", "kernel"): 0.975,         # sgd-kernel's features under the log-loss head
+    ("sgd-patches", "patches"): PATCH_FLOOR,  # the flagship (README figure)
 }
 
 
@@ -57,7 +61,7 @@ def test_cheap_catalogue_model_meets_its_accuracy(mnist_store, tmp_path, name, f
 
 
 @pytest.mark.long
-@pytest.mark.timeout(1200)
+@pytest.mark.timeout(2400)
 @pytest.mark.parametrize("name, features", list(LONG))
 def test_catalogue_model_meets_its_accuracy(mnist_store, tmp_path, name, features):
     _check(mnist_store, tmp_path, name, features, LONG[(name, features)])

@@ -60,6 +60,7 @@ def test_bench_score_runs_end_to_end_at_small_scale(tmp_path, mnist_path):
     text = "\n".join(lines)
     for row in ("ceiling, blocked form", "digitbatch score (CLI process), LocalCluster, 70k",
                 "cluster already running", "CLI process with --scheduler", "naive numpy",
-                "sgd-kernel: digitbatch score",
+                "sgd-kernel: digitbatch score", "sgd-patches: digitbatch score",
+                "sgd-patches per chunk of", "features: filters",
                 "end to end / ceiling"):
         assert row in text, row

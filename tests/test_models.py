@@ -18,7 +18,8 @@ CASES = [
     ("sgd", "pixels"),        # the walk-through's multiclass model
     ("sgd", "deskew"),
     ("sgd", "kernel"),
-    ("sgd-kernel", None),     # the flagship
+    ("sgd-kernel", None),
+    ("sgd-patches", None),    # the flagship: learned patch filters, kernel head
     ("detect-2", "pixels"),   # the walk-through's binary detector
     ("detect-7", "kernel"),
 ]
@@ -30,8 +31,19 @@ def data():
     return x.reshape(500, -1), y
 
 
+@pytest.fixture
+def small_patch_settings(monkeypatch):
+    """sgd-patches with 16 filters and 100 landmarks: the fold and round trip
+    are what is tested here (its accuracy: test_catalogue_accuracy.py)."""
+    from digitbatch import models
+
+    monkeypatch.setitem(models.PATCH_PARAMS, "n_filters", 16)
+    monkeypatch.setattr(models, "PATCH_HEAD", {**models.PATCH_HEAD, "n_components": 100})
+
+
 @pytest.mark.parametrize("name, feats", CASES)
-def test_compact_equals_pipeline_and_round_trips(tmp_path, data, name, feats):
+def test_compact_equals_pipeline_and_round_trips(tmp_path, data, name, feats,
+                                                  small_patch_settings):
     X, y = data
     spec = get_spec(name)
     yt = target(spec, y)

@@ -15,7 +15,9 @@ In one run, on a store of shifted MNIST images:
 - what bounds any job on these stores: reading and decoding the chunks plus
   the kernel and margin in two threads of this process, with no Dask, no
   output and no start-up, and the CLI's interpreter start and imports alone;
-- ``sgd-kernel``: its bare kernel against digitbatch ``score``.
+- ``sgd-kernel`` and ``sgd-patches``: each one's bare kernel against
+  digitbatch ``score``; for ``sgd-patches`` also the cost of each step of a
+  chunk (:mod:`digitbatch.bench.featurecost`).
 
 The machine's speed drifts during a run (the ceiling has moved from 2.3M to
 3.9M images/s within an hour here), so the ceiling is measured again just
@@ -84,7 +86,7 @@ def run(*, mnist_dir=None, workdir=None, n: int = 4_000_000, n_small: int = 1_00
         if not (work / "mnist.zarr").exists():
             ingest(mnist, work / "mnist.zarr")
         models = {}
-        for name in ("sgd", "sgd-kernel"):
+        for name in ("sgd", "sgd-kernel", "sgd-patches"):
             path = work / f"score-model-{name}"
             if not path.exists():
                 train(work / "mnist.zarr", path, model=name)
@@ -217,6 +219,7 @@ def run(*, mnist_dir=None, workdir=None, n: int = 4_000_000, n_small: int = 1_00
         with measure("sgd-kernel: digitbatch score, LocalCluster", kern.n) as ks:
             score(kern.path, model=models["sgd-kernel"], out=out, scheduler="local")
         yield ks.row(kc)
+        yield from _kernel_rows("sgd-patches", models["sgd-patches"], kern, kmem, runs)
         yield ""
         lo, hi = min(m.rate for m in ceilings), max(m.rate for m in ceilings)
         yield (f"end to end / ceiling (each against the ceilings around it; they ranged "
@@ -234,6 +237,26 @@ def run(*, mnist_dir=None, workdir=None, n: int = 4_000_000, n_small: int = 1_00
         shutil.rmtree(runs, ignore_errors=True)
         if own_tmp:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _kernel_rows(name, model_path, store, kmem, runs) -> Iterator[str]:
+    """A kernel model's bare kernel, digitbatch score, and per-chunk step costs."""
+    from threadpoolctl import threadpool_limits
+
+    from ..modelio import load_model
+    from ..score import score
+    from . import featurecost
+
+    m = load_model(model_path).model
+    kparts = [kmem[a:a + 8192] for a in range(0, kmem.shape[0], 8192)]
+    with threadpool_limits(1):
+        with measure(f"{name} ceiling: features + kernel, 2 threads", kmem.shape[0]) as kc:
+            _threads(lambda p: m.head.predict(m.featurize(p)), kparts)
+    yield kc.row()
+    with measure(f"{name}: digitbatch score, LocalCluster", store.n) as ks:
+        score(store.path, model=model_path, out=runs / f"pred-{name}.zarr", scheduler="local")
+    yield ks.row(kc)
+    yield from featurecost.lines(m, kmem[:store.chunk_size])
 
 
 def _read_and_score(images, i: int, W, b) -> None:

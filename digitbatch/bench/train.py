@@ -71,7 +71,7 @@ def run(*, mnist_dir=None, workdir=None, cv: int = 3, reference: bool = True,
                 yield _row("walk-through: SGD (raw)", ref.score(Xte, yte), None, m,
                            "in memory, raw 0-255 pixels")
         cases = models or [("detect-2", "pixels"), ("detect-2", "kernel"), ("sgd", "pixels"),
-                           ("sgd", "deskew"), ("sgd-kernel", None)]
+                           ("sgd", "deskew"), ("sgd-kernel", None), ("sgd-patches", None)]
         for name, feats in cases:
             out = work / f"model-{name}-{feats}"
             shutil.rmtree(out, ignore_errors=True)
@@ -81,21 +81,8 @@ def run(*, mnist_dir=None, workdir=None, cv: int = 3, reference: bool = True,
             yield _row(f"digitbatch {name} ({r.features})", r.test["accuracy"],
                        r.cv["mean"] if r.cv else None, m,
                        f"final fit {fit:.1f} s; total incl. CV on LocalCluster")
-            if name == "sgd-kernel":
-                from ..modelio import load_model
-
-                from concurrent.futures import ThreadPoolExecutor
-
-                from threadpoolctl import threadpool_limits
-
-                model = load_model(out).model
-                parts = [Xte[a:a + 2500].reshape(-1, 28, 28) for a in range(0, 10000, 2500)]
-                with threadpool_limits(1), ThreadPoolExecutor(2) as pool:
-                    list(pool.map(model.predict, parts[:2]))  # warm up
-                    with measure("score") as sm:
-                        list(pool.map(model.predict, parts))
-                yield (f"  sgd-kernel scoring in memory, 2 threads: {10000 / sm.seconds:,.0f} "
-                       f"images/s (10,000 test images, features + kernel + predict)")
+            if name in ("sgd-kernel", "sgd-patches"):
+                yield from _kernel_model_lines(name, out, r, Xte)
 
         # 5-fold CV of sgd: 2-worker LocalCluster against n_jobs=1
         if cv_speedup:
@@ -115,6 +102,33 @@ def run(*, mnist_dir=None, workdir=None, cv: int = 3, reference: bool = True,
     finally:
         if own_tmp:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _kernel_model_lines(name, out, r, Xte) -> Iterator[str]:
+    """A kernel model's errors, confusion matrix, in-memory scoring rate and
+    (sgd-patches) the per-chunk cost of each scoring step."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    from ..metrics import format_confusion
+    from ..modelio import load_model
+    from . import featurecost
+
+    model = load_model(out).model
+    cm = np.asarray(r.test["confusion_matrix"])
+    yield (f"  {name} test errors: {int(cm.sum() - np.trace(cm))} of {int(cm.sum()):,}; "
+           f"confusion matrix (rows: true digit):")
+    yield from ("    " + line for line in format_confusion(cm).splitlines())
+    parts = [Xte[a:a + 2500].reshape(-1, 28, 28) for a in range(0, 10000, 2500)]
+    with threadpool_limits(1), ThreadPoolExecutor(2) as pool:
+        list(pool.map(model.predict, parts[:2]))  # warm up
+        with measure("score") as sm:
+            list(pool.map(model.predict, parts))
+    yield (f"  {name} scoring in memory, 2 threads: {10000 / sm.seconds:,.0f} "
+           f"images/s (10,000 test images, features + kernel + predict)")
+    if name == "sgd-patches":
+        yield from featurecost.lines(model, Xte[:8192].reshape(-1, 28, 28))
 
 
 def _cv_speedup(Xs, ys, rounds: int = 2) -> Iterator[str]:
