@@ -166,8 +166,10 @@ def ingest(source, out, kind, labels, chunk_size, codec, overwrite, max_rejects,
 @click.argument("store", type=click.Path())
 @click.option("--out", required=True, type=click.Path(), help="Model directory to create.")
 @click.option("--model", "name", default="sgd", show_default=True,
-              help="Catalogue model: sgd, sgd-kernel, detect-0 ... detect-9 (see `digitbatch models`).")
-@click.option("--features", type=click.Choice(["pixels", "deskew", "kernel"]), default=None,
+              help="Catalogue model: sgd, sgd-kernel, sgd-patches, detect-0 ... detect-9 "
+                   "(see `digitbatch models`).")
+@click.option("--features", type=click.Choice(["pixels", "deskew", "kernel", "patches"]),
+              default=None,
               help="Feature step for sgd and detect-DIGIT (default pixels).")
 @click.option("--seed", default=42, show_default=True, type=int, help="Shuffle and model seed.")
 @click.option("--cv", type=int, default=None, help="Also cross-validate with K folds on the cluster.")
