@@ -114,8 +114,9 @@ def _scalers(steps: list[object], scale: float | np.ndarray, d: int, where: str)
     for step in steps:
         if not isinstance(step, StandardScaler):
             raise ValueError(f"cannot fold {type(step).__name__} {where}: only StandardScaler steps can be folded")
-        inv = 1.0 / (np.ones(d) if step.scale_ is None else step.scale_)
-        mean = np.zeros(d) if step.mean_ is None else step.mean_
+        # (scikit-learn fits mean_ even with with_mean=False, and does not subtract it)
+        inv = 1.0 / (np.ones(d) if step.scale_ is None or not step.with_std else step.scale_)
+        mean = np.zeros(d) if step.mean_ is None or not step.with_mean else step.mean_
         a, c = a * inv, (c - mean) * inv
     return a, c
 

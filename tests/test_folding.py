@@ -92,8 +92,6 @@ def test_fold_linear_with_a_per_feature_scale(digits):
     _check(FO.fold_linear(model, scale=scale), model, x[260:], x[260:] * scale)
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: _scalers subtracts StandardScaler.mean_ even "
-                   "when with_mean=False (sklearn still fits mean_ then, but does not centre)")
 def test_fold_linear_with_an_uncentred_scaler(digits):
     x, y = digits
     model = make_pipeline(StandardScaler(with_mean=False), _sgd()).fit(x[:260] / 255, y[:260])
