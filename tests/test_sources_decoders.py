@@ -50,9 +50,9 @@ def _spy(monkeypatch) -> list:
     calls: list = []
     real = D.pillow_grey
 
-    def spy(data):
+    def spy(data, full_size=False):
         calls.append(data)
-        return real(data)
+        return real(data, full_size)
 
     monkeypatch.setattr(D, "pillow_grey", spy)
     return calls
@@ -176,9 +176,9 @@ def test_jpeg_cases_left_to_pillow(monkeypatch):
 
 def test_jpeg_reduction():
     assert D.jpeg_reduction(28, 28) == 1
-    assert D.jpeg_reduction(95, 200) == 1
-    assert D.jpeg_reduction(96, 96) == 2
-    assert D.jpeg_reduction(112, 112) == 2
+    assert D.jpeg_reduction(112, 112) == 1
+    assert D.jpeg_reduction(223, 500) == 1
+    assert D.jpeg_reduction(224, 224) == 2
     assert D.jpeg_reduction(4000, 3000) == 8
     smallest = D.JPEG_MIN_SIDE
     for side in range(1, 1000, 7):

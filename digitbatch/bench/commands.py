@@ -73,3 +73,22 @@ def bench_export(mnist_dir, workdir, n):
 
     for line in run(mnist_dir=mnist_dir, workdir=workdir, n=n):
         click.echo(line)
+
+
+@bench.command("archive")
+@click.option("--mnist-dir", default=None, type=click.Path(), help="MNIST IDX directory.")
+@click.option("--workdir", default=None, type=click.Path(),
+              help="Where archives and models are kept between runs "
+                   "(default $DIGITBATCH_BENCH_CACHE or a folder in the temp dir).")
+@click.option("--png-sizes", default="70000,210000", show_default=True,
+              help="Members of the small and big PNG tar.")
+@click.option("--jpeg-sizes", default="20000,60000", show_default=True,
+              help="Members of the small and big JPEG-scan tar.")
+def bench_archive(mnist_dir, workdir, png_sizes, jpeg_sizes):
+    """Ingest and score ARCHIVE on PNG and JPEG tars against the Pillow decode ceiling."""
+    from .archive import run
+
+    sizes = [tuple(int(x) for x in s.split(",")) for s in (png_sizes, jpeg_sizes)]
+    for line in run(mnist_dir=mnist_dir, workdir=workdir, png_sizes=sizes[0],
+                    jpeg_sizes=sizes[1]):
+        click.echo(line)

@@ -58,10 +58,11 @@ def normalise(greys: list[np.ndarray]) -> np.ndarray:
     for i, g in enumerate(greys):
         groups.setdefault(g.shape, []).append(i)
     for (h, w), idx in groups.items():
-        stack = np.stack([greys[i] for i in idx]) if len(idx) > 1 else greys[idx[0]][None]
         step = max(1, FIT_PIXELS // (h * w))
         for a in range(0, len(idx), step):
-            out[idx[a:a + step]] = normalise_group(stack[a:a + step])
+            part = idx[a:a + step]
+            stack = np.stack([greys[i] for i in part]) if len(part) > 1 else greys[part[0]][None]
+            out[part] = normalise_group(stack)
     return out
 
 
@@ -102,7 +103,8 @@ def fit(grey: np.ndarray, edge: np.ndarray) -> np.ndarray:
     live = np.flatnonzero(peak >= MIN_CONTRAST)
     if not live.size:
         return out
-    ink, peak = ink[live], peak[live]
+    if live.size < g:
+        ink, peak = ink[live], peak[live]
     # ink > 25 * peak / 255 in integers (the float quotient is never within
     # rounding of an integer it is not equal to)
     inked = ink > ((INK_THRESHOLD * peak) // 255).astype(np.uint8)[:, None, None]
