@@ -181,12 +181,12 @@ def _run_case(case: str, archive: str, out: str, model: str | None, conn) -> Non
             first.append(time.perf_counter() - t0)
 
     if case == "ingest":
-        from ..ingest import ingest
+        from ..ingestion import ingest
 
         r = ingest(archive, out, progress=ingest_progress)
         n = r.n_images
     else:
-        from ..score import score
+        from ..scoring.api import score
 
         r = score(archive, model=model, out=out, progress=score_progress)
         n = r.metrics["n_images"]
@@ -228,8 +228,8 @@ def run_case(case: str, archive: Path, out: Path, model: Path | None) -> Run:
 
 
 def _models(cache: Path, mnist: Path) -> dict[str, Path]:
-    from ..ingest import ingest
-    from ..train import train
+    from ..ingestion import ingest
+    from ..training import train
 
     store = cache / "mnist.zarr"
     if not store.exists():
