@@ -181,3 +181,30 @@ def test_normalise_empty_and_order():
     out = N.normalise([b, a, b])
     assert np.array_equal(out[1], a) and np.array_equal(out[0], out[2])
     assert out[0].any()
+
+
+def test_decode_stream_blocks_keep_order_and_results(monkeypatch):
+    from digitbatch.sources import images
+
+    files = _file_corpus()[:40]
+    files.insert(3, ("bad.png", b"not an image"))
+    files.insert(20, ("empty.png", b""))
+    whole = list(images.decode_stream((k, d) for k, d in files))
+    monkeypatch.setattr(images, "PENDING_PIXELS", 1)  # a block every image
+    taken: list[str] = []
+
+    def feed():
+        for k, d in files:
+            taken.append(k)
+            yield k, d
+
+    blocks = []
+    for key, out in images.decode_stream(feed()):
+        blocks.append((key, out))
+        assert len(taken) - len(blocks) <= 2  # decoded as taken, normalised soon after
+    assert [k for k, _ in blocks] == [k for k, _ in files] == [k for k, _ in whole]
+    for (key, a), (_, b) in zip(blocks, whole):
+        if isinstance(b, str):
+            assert a == b and key in ("bad.png", "empty.png")
+        else:
+            assert np.array_equal(a, b) and np.array_equal(a, ref.decode_one(dict(files)[key]))

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image
@@ -42,12 +44,18 @@ __all__ = [
     "Member",
     "decode_batch",
     "decode_one",
+    "decode_stream",
     "detect_image_source",
     "iter_members",
     "to_mnist",
 ]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+# Grey pixels decoded and waiting to be normalised, at most (16 MiB of them):
+# a batch of large scans is normalised in blocks.
+PENDING_PIXELS = 2**24
 
 
 def decode_batch(items: list[tuple[str, bytes, int | None]]) -> Batch:
@@ -65,29 +73,57 @@ def decode_batch(items: list[tuple[str, bytes, int | None]]) -> Batch:
         :class:`~digitbatch.sources.base.Reject` for each item that could
         not be decoded (see the module docstring for the reason codes).
     """
-    greys: list[np.ndarray] = []
+    images: list[np.ndarray] = []
     labels: list[int | None] = []
     keys: list[str] = []
     rejects: list[Reject] = []
-    fast = fast_enabled()
     with warnings.catch_warnings():
         # Pillow only warns between MAX_IMAGE_PIXELS and twice that. The
         # explicit size checks of the decoders decide even where another
         # thread's catch_warnings has changed the filters under us.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        for key, data, label in items:
-            out = decode_grey(data, fast=fast)
+        for (key, label), out in decode_stream(((key, label), data) for key, data, label in items):
             if isinstance(out, str):
                 rejects.append(Reject(key, out))
             else:
-                greys.append(out)
+                images.append(out)
                 labels.append(label)
                 keys.append(key)
     if rejects:
         log.debug("decode_batch: %d of %d items rejected", len(rejects), len(items))
     if not keys:
         return Batch.empty(rejects)
-    return Batch(normalise(greys), label_array(labels, len(keys)), keys, rejects)
+    return Batch(np.stack(images), label_array(labels, len(keys)), keys, rejects)
+
+
+def decode_stream(items: Iterable[tuple[T, bytes]]) -> Iterator[tuple[T, np.ndarray | str]]:
+    """``(tag, digit or reject reason)`` for each ``(tag, file bytes)``, in order.
+
+    Files are decoded one at a time (a caller can tell which one is being
+    decoded: the last it handed over) and normalised together in blocks of
+    at most :data:`PENDING_PIXELS` grey pixels, which bounds the memory of
+    large scans. The caller sets the warning filters (see :func:`decode_batch`).
+    """
+    fast = fast_enabled()
+    pending: list[tuple[T, np.ndarray | str]] = []
+    greys: list[np.ndarray] = []
+    pixels = 0
+    for tag, data in items:
+        out = decode_grey(data, fast=fast)
+        pending.append((tag, out))
+        if not isinstance(out, str):
+            greys.append(out)
+            pixels += out.size
+            if pixels >= PENDING_PIXELS:
+                yield from _normalised(pending, greys)
+                pending, greys, pixels = [], [], 0
+    yield from _normalised(pending, greys)
+
+
+def _normalised(pending: list, greys: list[np.ndarray]) -> Iterator:
+    digits = iter(normalise(greys)) if greys else iter(())
+    for tag, out in pending:
+        yield tag, out if isinstance(out, str) else next(digits)
 
 
 def decode_one(data: bytes) -> np.ndarray | str:
