@@ -50,9 +50,9 @@ def _spy(monkeypatch) -> list:
     calls: list = []
     real = D.pillow_grey
 
-    def spy(data, full_size=False):
+    def spy(data, reduction=None):
         calls.append(data)
-        return real(data, full_size)
+        return real(data, reduction)
 
     monkeypatch.setattr(D, "pillow_grey", spy)
     return calls
@@ -387,3 +387,10 @@ def test_header_parsers_never_raise(blob):
         png_header(prefix + blob)
         jpeg_header(prefix + blob)
         exif_orientation(prefix + blob)
+
+
+def test_forced_reduction_same_on_both_paths():
+    data = _save(Image.fromarray(_figure(112, 112, 3)), "JPEG", quality=90)
+    for r in (1, 2, 4, 8):
+        fast, slow = D.decode_grey(data, reduction=r), D.decode_grey(data, fast=False, reduction=r)
+        assert fast.shape == (-(-112 // r),) * 2 and np.array_equal(fast, slow)

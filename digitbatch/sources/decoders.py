@@ -68,12 +68,13 @@ def fast_enabled() -> bool:
     return os.environ.get("DIGITBATCH_FAST_DECODE", "1") != "0"
 
 
-def decode_grey(data: bytes, *, fast: bool = True, full_size: bool = False) -> np.ndarray | str:
+def decode_grey(data: bytes, *, fast: bool = True, reduction: int | None = None
+                ) -> np.ndarray | str:
     """The upright grey pixels of an image file, or a reject reason.
 
     ``fast=False`` decodes with Pillow only (the reference path);
-    ``full_size`` decodes JPEGs without reduction (to measure what the
-    reduction costs in accuracy).
+    ``reduction`` (1, 2, 4 or 8) overrides :func:`jpeg_reduction` for JPEGs
+    (to measure what a reduction costs in accuracy).
     """
     if fast and len(data) > 8:
         head = data[:2]
@@ -81,10 +82,10 @@ def decode_grey(data: bytes, *, fast: bool = True, full_size: bool = False) -> n
         if head == b"\x89P" and pyspng is not None:
             out = _png_fast(data)
         elif head == b"\xff\xd8" and simplejpeg is not None:
-            out = _jpeg_fast(data, full_size)
+            out = _jpeg_fast(data, reduction)
         if out is not None:
             return out
-    return pillow_grey(data, full_size)
+    return pillow_grey(data, reduction)
 
 
 def jpeg_reduction(width: int, height: int) -> int:
@@ -126,11 +127,11 @@ def rgb_to_l(rgb: np.ndarray) -> np.ndarray:
         np.uint8)
 
 
-def _jpeg_fast(data: bytes, full_size: bool = False) -> np.ndarray | None:
+def _jpeg_fast(data: bytes, reduction: int | None = None) -> np.ndarray | None:
     hdr = jpeg_header(data)
     if hdr is None or not within_limits(hdr.width, hdr.height):
         return None
-    d = 1 if full_size else jpeg_reduction(hdr.width, hdr.height)
+    d = reduction or jpeg_reduction(hdr.width, hdr.height)
     want = (-(-hdr.height // d), -(-hdr.width // d))
     try:
         arr = simplejpeg.decode_jpeg(data, "GRAY", min_height=want[0], min_width=want[1],
@@ -170,17 +171,17 @@ def detail(exc: BaseException) -> str:
     return text if len(text) <= MAX_DETAIL else text[: MAX_DETAIL - 3] + "..."
 
 
-def pillow_grey(data: bytes, full_size: bool = False) -> np.ndarray | str:
+def pillow_grey(data: bytes, reduction: int | None = None) -> np.ndarray | str:
     """Decode with Pillow (every check, every reject reason lives here)."""
     if not data:
         return "empty-image: zero-byte file"
     with warnings.catch_warnings():
         # Pillow's UserWarnings ("Corrupt EXIF data", ...): nothing a user can act on
         warnings.simplefilter("ignore", UserWarning)
-        return _pillow_grey(data, full_size)
+        return _pillow_grey(data, reduction)
 
 
-def _pillow_grey(data: bytes, full_size: bool) -> np.ndarray | str:
+def _pillow_grey(data: bytes, reduction: int | None) -> np.ndarray | str:
     try:
         img = Image.open(io.BytesIO(data), formats=open_formats())
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -200,7 +201,7 @@ def _pillow_grey(data: bytes, full_size: bool) -> np.ndarray | str:
             return f"bad-dimensions: {w}x{h} (at most {MAX_SIDE} a side, {MAX_PIXELS} pixels)"
         try:
             if img.format in ("JPEG", "MPO"):
-                d = 1 if full_size else jpeg_reduction(w, h)
+                d = reduction or jpeg_reduction(w, h)
                 img.draft("L", (w // d, h // d))
             img.load()
             method = _transpose_method(img)
