@@ -106,3 +106,38 @@ def test_not_a_store_nor_an_archive(tmp_path, shared_model):
     p.write_text("hello")
     with pytest.raises(ScoreError, match="neither a digitbatch store nor an image"):
         _plan(p, load_model(shared_model).model)
+
+
+@pytest.mark.parametrize("n,chunk_size,slot", [
+    (100, 32_768, 1024),     # small archive: MIN_SLOT (a task per worker at least)
+    (20_000, 32_768, 1250),  # ~ARCHIVE_TASKS tasks
+    (210_000, 32_768, 8192),  # MAX_SLOT
+    (20_000, 256, 256),      # never more than chunk_size
+])
+def test_archive_slot_size(n, chunk_size, slot):
+    from digitbatch.scoring.plan import ARCHIVE_TASKS, slot_size
+
+    assert slot_size(n, chunk_size) == slot
+    assert -(-n // slot) <= max(ARCHIVE_TASKS, -(-n // 8192)) or slot == chunk_size
+
+
+def test_archive_slot_chunks_smaller_than_output_chunks(tmp_path, shared_model):
+    """Slots of 1,024 members for 2,500 members and the default 32,768-row output
+    chunks: 3 tasks; the spec records the slot size, so an output cut into
+    other slots (as before slots could be smaller) is not resumed."""
+    from digitbatch.scoring.api import score
+    from digitbatch.scoring.output import OutputSpec, check_resume
+
+    model = load_model(shared_model).model
+    src = tmp_path / "a.tar"
+    _tar(tmp_path, 2500)
+    plan = _plan(src, model, chunk_size=32_768)
+    assert plan.slot_size == 1024 and plan.chunk_size == 32_768
+    assert [(t.start, t.stop) for t in plan.tasks(set())] == [(0, 1024), (1024, 2048),
+                                                              (2048, 2500)]
+    out = tmp_path / "out.zarr"
+    r = score(src, model=shared_model, out=out, scheduler="synchronous")
+    assert r.metrics["n_images"] == 2500
+    spec = OutputSpec(2500, 32_768, 10, False, load_model(shared_model).sha256, plan.checksum)
+    with pytest.raises(ScoreError, match="slot_size"):
+        check_resume(out, spec)

@@ -18,7 +18,7 @@ def bench():
 @click.option("--n-png", default=70_000, show_default=True, type=int, help="Images in the PNG tar.")
 def bench_ingest(mnist_dir, workdir, n_png):
     """IDX -> Zarr and PNG tar -> Zarr, beside a single-process Pillow loop."""
-    from .bench.ingest import run
+    from .ingest import run
 
     for line in run(mnist_dir=mnist_dir, workdir=workdir, n_png=n_png):
         click.echo(line)
@@ -36,7 +36,7 @@ def bench_ingest(mnist_dir, workdir, n_png):
 @click.option("--no-cv-speedup", is_flag=True, help="Skip the 5-fold CV speed-up measurement.")
 def bench_train(mnist_dir, workdir, cv, no_reference, incremental_n, model_list, no_cv_speedup):
     """The catalogue on full MNIST beside the walk-through; CV speed-up; --incremental memory."""
-    from .bench.train import run
+    from .train import run
 
     models = None
     if model_list:
@@ -54,7 +54,7 @@ def bench_train(mnist_dir, workdir, cv, no_reference, incremental_n, model_list,
               help="Images in the small store (memory flat in N; also the ceiling's input).")
 def bench_score(mnist_dir, workdir, n, n_small):
     """Scoring against the bare-kernel ceiling, naive numpy and dask-ml."""
-    from .bench.score import run
+    from .score import run
 
     for line in run(mnist_dir=mnist_dir, workdir=workdir, n=n, n_small=n_small,
                     n_naive=min(n_small, 1_000_000)):
@@ -72,4 +72,23 @@ def bench_export(mnist_dir, workdir, n):
     from .export import run
 
     for line in run(mnist_dir=mnist_dir, workdir=workdir, n=n):
+        click.echo(line)
+
+
+@bench.command("archive")
+@click.option("--mnist-dir", default=None, type=click.Path(), help="MNIST IDX directory.")
+@click.option("--workdir", default=None, type=click.Path(),
+              help="Where archives and models are kept between runs "
+                   "(default $DIGITBATCH_BENCH_CACHE or a folder in the temp dir).")
+@click.option("--png-sizes", default="70000,210000", show_default=True,
+              help="Members of the small and big PNG tar.")
+@click.option("--jpeg-sizes", default="20000,60000", show_default=True,
+              help="Members of the small and big JPEG-scan tar.")
+def bench_archive(mnist_dir, workdir, png_sizes, jpeg_sizes):
+    """Ingest and score ARCHIVE on PNG and JPEG tars against the Pillow decode ceiling."""
+    from .archive import run
+
+    sizes = [tuple(int(x) for x in s.split(",")) for s in (png_sizes, jpeg_sizes)]
+    for line in run(mnist_dir=mnist_dir, workdir=workdir, png_sizes=sizes[0],
+                    jpeg_sizes=sizes[1]):
         click.echo(line)

@@ -11,8 +11,9 @@ Predictions come from :func:`digitbatch.determinism.deterministic_scores`
 - :func:`score_store_chunk`: one chunk of a store (the keys chunk is copied as stored).
 - :func:`score_archive_chunk`: one slot chunk of an archive: its members are
   read (where the task holds references), decoded and normalised as ingest
-  does, labelled (folder or CSV), predicted and written to staging, one row
-  per member slot.
+  does (a block at a time, :func:`~digitbatch.sources.images.decode_stream`),
+  labelled (folder or CSV), predicted and written to staging, one row per
+  member slot.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from ..digits import IMAGE_SHAPE, LABEL_DTYPE, UNKNOWN_LABEL
 from ..errors import ScoreError
 from ..layout import copy_chunk, read_rows
 from ..sources.base import Reject
-from ..sources.images import decode_one
+from ..sources.images import decode_stream
 from ..sources.labels import LabelMap
 from ..sources.listing import read_entries, unpack
 from .output import PRED_FILL, open_array_cached, write_chunk, write_slots
@@ -72,28 +73,33 @@ def score_archive_chunk(task: ChunkTask, *, out_path: str, model, proba: bool,
     images = np.zeros((n, *IMAGE_SHAPE), np.uint8)
     lab = np.full(n, UNKNOWN_LABEL, LABEL_DTYPE)
     valid = np.zeros(n, bool)
-    rejects: list[list[str]] = []
+    rejects: list[tuple[int, list[str]]] = []  # (slot, [key, reason]), put in slot order
+
+    def files():
+        for j, item in enumerate(read_entries(container, kind, entries, limit=limit)):
+            if isinstance(item, Reject):
+                rejects.append((j, [item.key, item.reason]))
+                continue
+            _DECODING[i] = item.key  # (decode_stream decodes each file as it takes it)
+            yield (j, item), item.data
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            for j, item in enumerate(read_entries(container, kind, entries, limit=limit)):
-                if isinstance(item, Reject):
-                    rejects.append([item.key, item.reason])
-                    continue
-                _DECODING[i] = item.key
-                out = decode_one(item.data)
+            for (j, item), out in decode_stream(files()):
                 if isinstance(out, str):
-                    rejects.append([item.key, out])
+                    rejects.append((j, [item.key, out]))
                     continue
                 label = (labels.labels.get(item.key, item.folder_label) if labels
                          else item.folder_label)
                 if isinstance(label, str):  # a bad label in the CSV
-                    rejects.append([item.key, label])
+                    rejects.append((j, [item.key, label]))
                     continue
                 images[j], valid[j] = out, True
                 lab[j] = UNKNOWN_LABEL if label is None else label
     finally:
         _DECODING.pop(i, None)
+    rejects = [r for _, r in sorted(rejects, key=lambda r: r[0])]
     keys = np.array([e.key for e in entries], dtype=object)
     pred = np.full(n, PRED_FILL, np.int8)
     margin = np.full(n, np.nan, np.float32)

@@ -67,9 +67,16 @@ class OutputSpec:
     proba: bool
     model_sha256: str
     input_checksum: str
+    # An archive's members per slot chunk, when not chunk_size (commit records
+    # count slot chunks; outputs written before slots could be smaller have
+    # no such key, and a run cutting slots differently cannot resume them).
+    slot_size: int | None = None
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        d = dict(self.__dict__)
+        if d["slot_size"] in (None, self.chunk_size):
+            del d["slot_size"]
+        return d
 
 
 def create_output(out: Path, spec: OutputSpec, *, arrays: bool = True,
@@ -116,7 +123,8 @@ def check_resume(out: Path, spec: OutputSpec) -> None:
     except Exception as exc:
         raise ScoreError(f"cannot resume {out}: it is not a digitbatch output ({exc})") from exc
     want = {"version": OUTPUT_VERSION, **spec.to_dict()}
-    diff = {k: (have.get(k), v) for k, v in want.items() if have.get(k) != v}
+    keys = list(want) + [k for k in have if k not in want]  # (a slot_size only one side has)
+    diff = {k: (have.get(k), want.get(k)) for k in keys if have.get(k) != want.get(k)}
     if diff:
         detail = "; ".join(f"{k}: output has {a!r}, this run {b!r}" for k, (a, b) in diff.items())
         raise ScoreError(f"cannot resume {out} with different settings ({detail}): "

@@ -29,6 +29,18 @@ from .tasks import MAX_KEYS_LISTED, ChunkTask, Work, listed
 
 log = logging.getLogger(__name__)
 
+# An archive's slot chunks (one task each) hold at most chunk_size members,
+# and fewer in a small archive, so that every worker has work from the
+# start and the first chunk commits early: about ARCHIVE_TASKS tasks, of
+# MIN_SLOT to MAX_SLOT members (a task costs a few writes and a commit).
+ARCHIVE_TASKS = 16
+MIN_SLOT, MAX_SLOT = 1024, 8192
+
+
+def slot_size(n: int, chunk_size: int) -> int:
+    """Members per archive slot chunk for ``n`` members and output chunks of ``chunk_size``."""
+    return min(chunk_size, max(MIN_SLOT, min(MAX_SLOT, -(-n // ARCHIVE_TASKS))))
+
 
 @dataclass
 class ScorePlan:
@@ -44,6 +56,7 @@ class ScorePlan:
     # called with the output path before tasks run (archive staging)
     prepare: Callable[[Path], None] | None = field(default=None, repr=False)
     listing: Listing | None = field(default=None, repr=False)
+    slot_size: int | None = None  # an archive's members per task (its staging chunks)
 
     @property
     def n_chunks(self) -> int:
@@ -121,6 +134,7 @@ def _archive_plan(source: Path, model, *, out_path: str, proba: bool, labels, ch
     entries = listing.entries
     checksum = listing.fingerprint
     n = len(entries)
+    slot = slot_size(n, chunk_size)
 
     def describe(task: ChunkTask) -> list[str]:
         return listed([e.key for e in entries[task.start:task.stop]])
@@ -130,13 +144,13 @@ def _archive_plan(source: Path, model, *, out_path: str, proba: bool, labels, ch
         input={"path": str(source.resolve()) if identity is None else origin,
                "kind": f"archive ({kind})", "checksum": checksum,
                "n_members": n, "labels_file": str(labels) if labels else None},
-        n_rejected=0, bounds=chunk_bounds(n, chunk_size),
+        n_rejected=0, bounds=chunk_bounds(n, slot), slot_size=slot,
         work=Work(fn=score_archive_chunk,
                   kwargs={"proba": proba, "container": str(source), "kind": kind,
                           "limit": limit, "out_path": out_path},
                   broadcast={"model": model, "labels": label_map}, describe=describe,
                   stuck_on=decoding, processes=True, batch=False),
-        prepare=lambda out: create_staging(out, n=n, chunk_size=chunk_size,
+        prepare=lambda out: create_staging(out, n=n, chunk_size=slot,
                                            n_classes=model.n_classes, proba=proba),
         listing=listing,
     )

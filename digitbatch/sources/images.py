@@ -1,8 +1,11 @@
-"""Image files (directory, tar, zip) -> MNIST-form images.
+"""Image files (directory, tar, zip) -> MNIST-form images: the public entry points.
 
 Reading the containers lives in :mod:`digitbatch.sources.archive` (some of
-it re-exported here); this module decodes and normalises. :func:`decode_batch` is pure and
-runs on Dask workers. Its reject reason codes:
+it re-exported here); decoding in :mod:`.decoders` (fast decoders, Pillow
+for the rest and for every reject, EXIF orientation applied) and the MNIST
+normalisation in :mod:`.normalise` (a batch at a time, grouped by size).
+:func:`decode_batch` is pure and runs on Dask workers. Its reject reason
+codes:
 
 ``decode-error``
     Pillow cannot read the bytes (truncated, corrupt, not an allowed format).
@@ -18,16 +21,19 @@ runs on Dask workers. Its reject reason codes:
 
 from __future__ import annotations
 
-import io
 import logging
 import warnings
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from .archive import CONTAINER_KINDS, detect_image_source, iter_members
 from .base import Batch, Reject, label_array
-from .members import DEFAULT_MAX_MEMBER_BYTES, IMAGE_EXTENSIONS, Member, open_formats
+from .decoders import MAX_PIXELS, MAX_SIDE, decode_grey, fast_enabled, grey
+from .members import DEFAULT_MAX_MEMBER_BYTES, IMAGE_EXTENSIONS, Member
+from .normalise import normalise
 
 __all__ = [
     "DEFAULT_MAX_MEMBER_BYTES",
@@ -38,6 +44,7 @@ __all__ = [
     "Member",
     "decode_batch",
     "decode_one",
+    "decode_stream",
     "detect_image_source",
     "iter_members",
     "to_mnist",
@@ -45,18 +52,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-MAX_SIDE = 16384
-MAX_PIXELS = 2**24  # a 4096x4096 scan; far more than a digit needs
-BOX = 20  # MNIST fits each digit's longer side to 20 px ...
-SIZE = 28  # ... and centres its mass in a 28x28 field
-CENTRE = 14.0
-# Below this peak (after removing the paper level) an image counts as blank,
-# so that paper noise is not stretched into a digit.
-MIN_CONTRAST = 32
-INK_THRESHOLD = 25  # ~10% of full ink: what counts for the bounding box
-_WIDE_MODES = frozenset({"I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
-_ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
-_MAX_DETAIL = 160
+T = TypeVar("T")
+# Grey pixels decoded and waiting to be normalised, at most (16 MiB of them):
+# a batch of large scans is normalised in blocks.
+PENDING_PIXELS = 2**24
 
 
 def decode_batch(items: list[tuple[str, bytes, int | None]]) -> Batch:
@@ -80,11 +79,10 @@ def decode_batch(items: list[tuple[str, bytes, int | None]]) -> Batch:
     rejects: list[Reject] = []
     with warnings.catch_warnings():
         # Pillow only warns between MAX_IMAGE_PIXELS and twice that. The
-        # explicit size check in decode_one decides even where another
+        # explicit size checks of the decoders decide even where another
         # thread's catch_warnings has changed the filters under us.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        for key, data, label in items:
-            out = decode_one(data)
+        for (key, label), out in decode_stream(((key, label), data) for key, data, label in items):
             if isinstance(out, str):
                 rejects.append(Reject(key, out))
             else:
@@ -98,44 +96,42 @@ def decode_batch(items: list[tuple[str, bytes, int | None]]) -> Batch:
     return Batch(np.stack(images), label_array(labels, len(keys)), keys, rejects)
 
 
-def _detail(exc: BaseException) -> str:
-    """One short, reproducible line about ``exc``."""
-    if isinstance(exc, UnidentifiedImageError):  # its text holds a memory address
-        return "not a PNG, JPEG, BMP, TIFF, GIF, WebP or PNM image"
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= _MAX_DETAIL else text[: _MAX_DETAIL - 3] + "..."
+def decode_stream(items: Iterable[tuple[T, bytes]]) -> Iterator[tuple[T, np.ndarray | str]]:
+    """``(tag, digit or reject reason)`` for each ``(tag, file bytes)``, in order.
+
+    Files are decoded one at a time (a caller can tell which one is being
+    decoded: the last it handed over) and normalised together in blocks of
+    at most :data:`PENDING_PIXELS` grey pixels, which bounds the memory of
+    large scans. The caller sets the warning filters (see :func:`decode_batch`).
+    """
+    fast = fast_enabled()
+    pending: list[tuple[T, np.ndarray | str]] = []
+    greys: list[np.ndarray] = []
+    pixels = 0
+    for tag, data in items:
+        out = decode_grey(data, fast=fast)
+        pending.append((tag, out))
+        if not isinstance(out, str):
+            greys.append(out)
+            pixels += out.size
+            if pixels >= PENDING_PIXELS:
+                yield from _normalised(pending, greys)
+                pending, greys, pixels = [], [], 0
+    yield from _normalised(pending, greys)
+
+
+def _normalised(pending: list, greys: list[np.ndarray]) -> Iterator:
+    digits = iter(normalise(greys)) if greys else iter(())
+    for tag, out in pending:
+        yield tag, out if isinstance(out, str) else next(digits)
 
 
 def decode_one(data: bytes) -> np.ndarray | str:
-    """The MNIST-form image, or a reject reason."""
-    if not data:
-        return "empty-image: zero-byte file"
-    try:
-        img = Image.open(io.BytesIO(data), formats=open_formats())
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        return f"decompression-bomb: {_detail(exc)}"
-    except MemoryError:
-        raise
-    except Exception as exc:  # untrusted input: any parser failure is a reject
-        return f"decode-error: {_detail(exc)}"
-    with img:
-        w, h = img.size
-        if w <= 0 or h <= 0:
-            return f"empty-image: size {w}x{h}"
-        limit = Image.MAX_IMAGE_PIXELS
-        if limit is not None and w * h > limit:
-            return f"decompression-bomb: {w}x{h} is over Pillow's {limit}-pixel limit"
-        if w > MAX_SIDE or h > MAX_SIDE or w * h > MAX_PIXELS:
-            return f"bad-dimensions: {w}x{h} (at most {MAX_SIDE} a side, {MAX_PIXELS} pixels)"
-        try:
-            img.load()
-            return to_mnist(img)
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            return f"decompression-bomb: {_detail(exc)}"
-        except MemoryError:
-            raise
-        except Exception as exc:
-            return f"decode-error: {_detail(exc)}"
+    """The MNIST-form image of one file, or a reject reason (as :func:`decode_batch`)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        out = decode_grey(data, fast=fast_enabled())
+    return out if isinstance(out, str) else normalise([out])[0]
 
 
 def to_mnist(img: Image.Image) -> np.ndarray:
@@ -161,122 +157,6 @@ def to_mnist(img: Image.Image) -> np.ndarray:
     cropped to the bounding box of its ink, resized (Lanczos, aspect kept)
     so that its longer side is 20 px, and pasted into a 28x28 field with
     its centre of mass at (14, 14). An image without ink becomes all zeros.
+    (:func:`decode_batch` does the same for many images at once.)
     """
-    grey = _ink_on_dark(_grey(img))
-    if grey.shape == (SIZE, SIZE):
-        return np.array(grey, dtype=np.uint8, order="C")
-    return _fit(grey)
-
-
-def _grey(img: Image.Image) -> np.ndarray:
-    """2-D uint8 luminance, alpha composited onto the paper colour."""
-    mode = img.mode
-    if mode == "L":  # the common case; tobytes is faster than __array_interface__
-        return np.frombuffer(img.tobytes(), np.uint8).reshape(img.height, img.width)
-    if mode in _WIDE_MODES:
-        return _to_8bit(np.asarray(img), mode)
-    if mode in _ALPHA_MODES or (mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        alpha = np.asarray(rgba.getchannel("A"))
-        lum = np.asarray(rgba.convert("L"))
-        return _composite(lum, alpha)
-    try:
-        return np.asarray(img.convert("L"))
-    except ValueError:  # a mode Pillow cannot turn into L directly (LAB, HSV)
-        return np.asarray(img.convert("RGB").convert("L"))
-
-
-def _to_8bit(arr: np.ndarray, mode: str) -> np.ndarray:
-    """Scale 16-bit, 32-bit integer or float pixels to 0..255."""
-    if mode == "F":
-        arr = np.nan_to_num(arr.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-    else:
-        arr = arr.astype(np.int64)
-    lo, hi = arr.min(), arr.max()
-    if mode.startswith("I;16"):
-        return ((arr * 255 + 32767) // 65535).astype(np.uint8)
-    if mode == "F" and lo >= 0 and hi <= 1:  # float images in [0, 1]
-        return np.rint(arr * 255).astype(np.uint8)
-    if lo >= 0 and hi <= 255:  # 8-bit data in a wide container
-        return np.rint(arr).astype(np.uint8)
-    if mode == "I" and lo >= 0 and hi <= 65535:  # how Pillow often holds 16-bit data
-        return ((arr * 255 + 32767) // 65535).astype(np.uint8)
-    if hi == lo:
-        return np.zeros(arr.shape, np.uint8)
-    return np.rint((arr - lo) * (255.0 / (hi - lo))).astype(np.uint8)
-
-
-def _composite(lum: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """Fill transparency with paper: white behind dark ink, black behind light."""
-    if alpha.min() == 255:
-        return lum
-    a = alpha.astype(np.float32) / 255.0
-    weight = float(a.sum())
-    if weight == 0.0:
-        return np.zeros(lum.shape, np.uint8)
-    mean = float((lum * a).sum()) / weight
-    # Mostly transparent: what shows is the ink, so paper is its opposite.
-    # Mostly opaque: what shows is mostly paper, so transparency matches it.
-    if a.mean() < 0.5:
-        paper = 255.0 if mean < 128 else 0.0
-    else:
-        paper = 255.0 if mean >= 128 else 0.0
-    return np.rint(lum * a + paper * (1.0 - a)).astype(np.uint8)
-
-
-def _frame_mask_28() -> np.ndarray:
-    mask = np.ones((SIZE, SIZE), bool)
-    mask[2:-2, 2:-2] = False
-    return mask
-
-
-_FRAME_28 = _frame_mask_28()
-
-
-def _frame(grey: np.ndarray) -> np.ndarray:
-    """The outer 2-pixel frame (1 pixel for tiny images), flattened."""
-    if grey.shape == (SIZE, SIZE):
-        return grey[_FRAME_28]
-    k = 2 if min(grey.shape) > 4 else 1
-    return np.concatenate(
-        [grey[:k].ravel(), grey[-k:].ravel(), grey[k:-k, :k].ravel(), grey[k:-k, -k:].ravel()]
-    )
-
-
-def _ink_on_dark(grey: np.ndarray) -> np.ndarray:
-    """Invert dark-on-light images (a mostly bright border means paper)."""
-    frame = _frame(grey)
-    if np.count_nonzero(frame > 127) * 2 > frame.size:
-        return 255 - grey
-    return grey
-
-
-def _fit(grey: np.ndarray) -> np.ndarray:
-    """Crop to the ink, fit to 20 px, centre the mass in 28x28 (as MNIST)."""
-    out = np.zeros((SIZE, SIZE), np.uint8)
-    paper = int(np.median(_frame(grey)))
-    ink = np.clip(grey.astype(np.int16) - paper, 0, None)
-    peak = int(ink.max())
-    if peak < MIN_CONTRAST:
-        return out
-    rows = np.flatnonzero((ink > INK_THRESHOLD * peak / 255).any(axis=1))
-    cols = np.flatnonzero((ink > INK_THRESHOLD * peak / 255).any(axis=0))
-    crop = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-    crop = np.rint(crop * (255.0 / peak)).astype(np.uint8)
-    h, w = crop.shape
-    scale = BOX / max(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    small = Image.fromarray(crop).resize(
-        size, Image.Resampling.LANCZOS, reducing_gap=3.0
-    )
-    digit = np.asarray(small)
-    total = float(digit.sum())
-    if total == 0.0:
-        return out
-    h, w = digit.shape
-    cy = float(digit.sum(axis=1) @ np.arange(h)) / total
-    cx = float(digit.sum(axis=0) @ np.arange(w)) / total
-    top = min(max(int(np.floor(CENTRE - cy + 0.5)), 0), SIZE - h)
-    left = min(max(int(np.floor(CENTRE - cx + 0.5)), 0), SIZE - w)
-    out[top : top + h, left : left + w] = digit
-    return out
+    return normalise([grey(img)])[0]

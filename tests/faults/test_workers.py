@@ -246,7 +246,8 @@ POISON = b"digitbatch-fault"
 
 class PoisonPNG(WorkerPlugin):
     """A Dask WorkerPlugin: in each worker, PNGs carrying a ``POISON`` text chunk
-    crash the process (``mode='crash'``) or hang the decoder (``'hang'``)."""
+    crash the process (``mode='crash'``) or hang the decoder (``'hang'``),
+    in Pillow's PNG opener and in libspng's (the fast path) alike."""
 
     name = "digitbatch-poison-png"
 
@@ -270,6 +271,20 @@ class PoisonPNG(WorkerPlugin):
             return factory(fp, filename)
 
         Image.register_open(PngImagePlugin.PngImageFile.format, poisoned, accept)
+        try:
+            import pyspng
+        except ImportError:
+            return
+        load = pyspng.load
+
+        def poisoned_load(data, *args, **kwargs):
+            if POISON in data:
+                if mode == "crash":
+                    os._exit(71)
+                time.sleep(3600)
+            return load(data, *args, **kwargs)
+
+        pyspng.load = poisoned_load
 
 
 def _png(img: np.ndarray, text: bytes | None = None) -> bytes:
