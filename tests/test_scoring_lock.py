@@ -142,7 +142,7 @@ def test_a_lease_of_another_machine_is_watched_until_it_runs_out(tmp_path, caplo
     t0 = time.monotonic()
     with caplog.at_level("INFO"), run_lock(out):
         waited = time.monotonic() - t0
-    assert 1.0 < waited < 5, waited
+    assert waited > 1.0, waited  # it waited the lease out (an upper bound would be a clock test)
     assert "ran out while waiting" in caplog.text and "its lease expired" in caplog.text
 
 
@@ -157,9 +157,9 @@ def test_a_renewed_lease_of_another_machine_is_refused(tmp_path):
 
     def renew():  # the other node's run, alive
         while not stop.wait(0.2):
-            _foreign(out, age=0, ttl=2)
+            _foreign(out, age=0, ttl=10)
 
-    _foreign(out, age=0, ttl=2)
+    _foreign(out, age=0, ttl=10)
     t = threading.Thread(target=renew)
     t.start()
     try:
