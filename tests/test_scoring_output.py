@@ -307,8 +307,7 @@ def test_check_resume_same_settings_pass_different_ones_are_named(tmp_path):
         O.check_resume(out, _spec(chunk_size=5, proba=False))
     msg = str(e.value)
     assert "cannot resume" in msg and "with different settings" in msg
-    assert "chunk_size: output has 4, this run 5" in msg
-    assert "proba: output has True, this run False" in msg
+    assert "(chunk_size: output has 4, this run 5; proba: output has True, this run False)" in msg
     assert "n:" not in msg and msg.endswith("score into a new --out")
     with pytest.raises(ScoreError, match="model_sha256: output has 'abab"):
         O.check_resume(out, _spec(model_sha256="cd" * 32))
@@ -443,7 +442,7 @@ def test_sweep_temporaries_removes_only_temporary_files(tmp_path, caplog):
     keep = sorted(p for p in out.rglob("*") if p not in tmps)
     with caplog.at_level("INFO", logger="digitbatch.scoring.output"):
         assert O.sweep_temporaries(out) == 2
-    assert "removed 2 temporary files left by killed workers" in caplog.text
+    assert caplog.messages == [f"removed 2 temporary files left by killed workers in {out}"]
     assert sorted(out.rglob("*")) == keep
     caplog.clear()
     with caplog.at_level("INFO", logger="digitbatch.scoring.output"):

@@ -273,3 +273,9 @@ def test_build_record_counts_every_reject_and_lists_the_first_thousand():
     assert m["rejects"][600:] == records[1]["rejects"][:400]
     few = _build(records[1:], n_rejected_before=3)
     assert few["n_rejected"] == 503 and few["rejects"] == records[1]["rejects"]
+
+
+def test_build_record_of_no_chunks():
+    m = _build([], model=_model(classes=range(4)))
+    assert m["confusion_matrix"] == [[0] * 4] * 4 and m["accuracy"] is None
+    assert m["n_images"] == 0 and m["prediction_histogram"] == [0] * 4

@@ -73,6 +73,7 @@ def test_magic_alone_makes_a_tar_even_with_a_bad_checksum():
     None,                 # tar's own "%06o\0 "
     "spaces",             # the checksum padded with spaces, no NUL
     "leading-nul",        # NUL-padded on the left ("\0" counts as a blank)
+    "left-aligned",       # no leading zeros: the first digit is the field's first byte
 ])
 def test_v7_header_is_a_tar_by_its_checksum(field):
     h = _v7(_tar_header())
@@ -81,8 +82,12 @@ def test_v7_header_is_a_tar_by_its_checksum(field):
         h = _v7(h, checksum_field=b"%7o " % total)
     elif field == "leading-nul":
         h = _v7(h, checksum_field=b"\x00" + b"%06o" % total + b"\x00")
+    elif field == "left-aligned":
+        assert len(b"%o" % total) >= 4 and not (b"%o" % total).startswith(b"0")
+        h = _v7(h, checksum_field=(b"%o" % total).ljust(7, b"\x00") + b" ")
     assert h[257:262] != b"ustar"
     assert M.looks_like_tar(h)
+    assert M.looks_like_tar(h + b"\xff" * 100)  # what follows the header is not summed
 
 
 @pytest.mark.parametrize("where", [0, 100, 147, 156, 300, 511])
@@ -111,6 +116,7 @@ def test_compression_by_magic():
     assert M.compression(lzma.compress(b"x")) == "xz"
     assert M.compression(b"\x1f\x8b") == "gz"
     assert M.compression(b"BZh9") == "bz2"
+    assert M.compression(bz2.compress(b"")) == "bz2"  # level digit, then no block: "BZh9\x17"
     assert M.compression(b"BZhx rest") is None  # bzip2's block size is a digit
     assert M.compression(b"BZh") is None
     assert M.compression(b"\xfd7zXZ") is None   # xz's magic is six bytes
@@ -212,6 +218,7 @@ def test_is_image_content_is_quiet_about_pillow_warnings(monkeypatch):
     ("desktop.ini", True),
     ("a/Desktop.INI", True),
     ("a/._b.png", True),
+    ("a/b/._c.png", True),
     ("._b.png", True),
     ("a._b.png", False),
     ("._/b.png", False),              # only the base name counts
@@ -230,6 +237,7 @@ def test_is_junk(name, junk):
     ("a/./b.png", "a/b.png"),
     ("a//b.png", "a/b.png"),
     ("a/b/", "a/b"),
+    ("abc/", "abc"),
     ("a\\b.png", "a/b.png"),          # Windows separators
     (".hidden.png", ".hidden.png"),
     ("a/.hidden.png", "a/.hidden.png"),
