@@ -672,3 +672,26 @@ def test_open_predictions_refuses_an_output_without_success(tmp_path):
                              r"`digitbatch score` with --resume"):
         O.open_predictions(out)
     assert O.SUCCESS == "_SUCCESS"
+
+
+def test_open_predictions_refuses_what_is_not_an_output(tmp_path):
+    """A _SUCCESS marker alone does not make an output: without the settings there is
+    no count of chunks to check, so nothing would be refused as incomplete."""
+    from digitbatch.errors import NotAnOutputError
+
+    g = zarr.open_group(str(tmp_path / "other.zarr"), mode="w")
+    g.create_array("pred", shape=(4,), chunks=(2,), dtype="int8")
+    (tmp_path / "other.zarr" / "_SUCCESS").write_text("{}")
+    with pytest.raises(NotAnOutputError, match=r"other\.zarr has a _SUCCESS marker but no "
+                                               r"digitbatch output settings .*: it is not the "
+                                               r"--out of a `digitbatch score` run"):
+        O.open_predictions(tmp_path / "other.zarr")
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "_SUCCESS").write_text("{}")
+    with pytest.raises(NotAnOutputError, match="score into a new --out"):
+        O.open_predictions(tmp_path / "plain")  # not even a Zarr group
+    out = _finished(tmp_path)
+    g = zarr.open_group(str(out), mode="r+")
+    g.attrs[O.ATTRS_KEY] = {k: v for k, v in g.attrs[O.ATTRS_KEY].items() if k != "n"}
+    with pytest.raises(NotAnOutputError, match="KeyError"):
+        O.open_predictions(out)  # settings without the row count
