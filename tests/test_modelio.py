@@ -541,3 +541,9 @@ def test_hash_with_letters_past_f_is_refused(copy):
     _write_manifest(copy, m)
     with pytest.raises(ModelError, match="model_sha256 'XXXX"):
         load_model(copy)
+
+
+def test_manifest_that_is_not_an_object_is_named(copy):
+    (copy / MANIFEST_FILE).write_text("[1, 2]")
+    with pytest.raises(ModelError, match=r"manifest\.json holds list, not a manifest object"):
+        load_model(copy)
