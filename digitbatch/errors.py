@@ -104,6 +104,10 @@ class IncompleteOutputError(ScoreError):
     """A scoring output is missing committed chunks or its _SUCCESS marker."""
 
 
+class NotAnOutputError(ScoreError):
+    """A path opened as a scoring output holds no digitbatch output (no settings)."""
+
+
 class ReportError(DigitbatchError, ValueError):
     """A report cannot be written with these arguments."""
 

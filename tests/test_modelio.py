@@ -21,12 +21,23 @@ from digitbatch.modelio import (
     MANIFEST_FILE, MODEL_FILE, load_model, save_model, sha256_file, sklearn_version,
 )
 
-from .conftest import synthetic_digits, trained_model
+from .conftest import synthetic_digits
 
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory) -> Path:
-    return trained_model(tmp_path_factory.mktemp("modelio"), seed=3)
+    """A 10-class sgd model saved as training saves one, seeded weights instead of a fit:
+    these tests are about the files (tests/test_training.py loads trained ones), and
+    `make mutants` sets this fixture up again for every mutant."""
+    from digitbatch import folding as FO
+    from digitbatch.models import CompactModel
+
+    rng = np.random.default_rng(3)
+    head = FO.LinearPredictor(weights=rng.normal(size=(784, 10)) / 255,
+                              intercept=rng.normal(size=10), classes=np.arange(10))
+    m = CompactModel(name="sgd", features="pixels", head=head, loss="log_loss")
+    return save_model(m, tmp_path_factory.mktemp("modelio") / "model",
+                      manifest={"test": {"accuracy": 0.5}})
 
 
 @pytest.fixture
@@ -529,4 +540,10 @@ def test_hash_with_letters_past_f_is_refused(copy):
     m["model_sha256"] = "X" * 64
     _write_manifest(copy, m)
     with pytest.raises(ModelError, match="model_sha256 'XXXX"):
+        load_model(copy)
+
+
+def test_manifest_that_is_not_an_object_is_named(copy):
+    (copy / MANIFEST_FILE).write_text("[1, 2]")
+    with pytest.raises(ModelError, match=r"manifest\.json holds list, not a manifest object"):
         load_model(copy)

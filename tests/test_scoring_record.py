@@ -21,7 +21,7 @@ import zarr
 
 from digitbatch.scoring.api import score
 from digitbatch.scoring.output import committed, open_predictions
-from digitbatch.scoring.record import reduce_records
+from digitbatch.scoring.record import build_record, chunk_counts, reduce_records
 
 from .conftest import STORE_SHAPES
 from .test_metrics import assert_matches_sklearn
@@ -52,6 +52,7 @@ def _check_run(out, labels: np.ndarray, *, n_chunks: int) -> dict:
     return m
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("scheduler", ["synchronous", "local"])
 @pytest.mark.parametrize("shape", list(STORE_SHAPES))
 def test_store_metrics_equal_sklearn(shape, scheduler, shaped_stores, shared_model, tmp_path):
@@ -61,6 +62,7 @@ def test_store_metrics_equal_sklearn(shape, scheduler, shaped_stores, shared_mod
     _check_run(out, _labels_of_store(shaped_stores[shape]), n_chunks=math.ceil(n / c))
 
 
+@pytest.mark.e2e
 def test_store_metrics_equal_sklearn_batched(tmp_path, shared_model):
     """33 chunks on 2 worker threads: Dask tasks of 2 chunks, and the odd one out."""
     from .conftest import make_store
@@ -91,6 +93,7 @@ def _archive(tmp_path, n: int):
     return make_tar(tmp_path / "a.tar", members, mode="w"), list(members), y
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("shape", list(ARCHIVE_SHAPES))
 def test_archive_metrics_equal_sklearn(shape, shared_model, tmp_path):
     n = ARCHIVE_SHAPES[shape]
@@ -102,6 +105,7 @@ def test_archive_metrics_equal_sklearn(shape, shared_model, tmp_path):
     _check_run(out, np.array([label_of[k] for k in got_keys]), n_chunks=math.ceil(n / 256))
 
 
+@pytest.mark.e2e
 def test_archive_metrics_equal_sklearn_on_worker_processes(shared_model, tmp_path):
     src, keys, y = _archive(tmp_path, 600)  # 3 chunks, the last ragged
     out = tmp_path / "p.zarr"
@@ -130,3 +134,148 @@ def test_reduce_records_is_the_plain_sum(count):
     assert total["n"] == sum(r["n"] for r in records)
     assert total["n_unlabeled"] == sum(r["n_unlabeled"] for r in records)
     assert total["confusion"].shape == (10, 10) and total["hist"].shape == (10,)
+
+
+# --- the functions of record.py on their own (fast: `make mutants` runs these) ------
+
+
+def test_reduce_records_of_nothing_is_zero_of_the_model_size():
+    total = reduce_records([], 3)
+    assert total["confusion"].dtype == np.int64 and total["confusion"].shape == (3, 3)
+    assert total["hist"].dtype == np.int64 and total["hist"].shape == (3,)
+    assert not total["confusion"].any() and not total["hist"].any()
+    assert total["n"] == 0 and total["n_unlabeled"] == 0
+
+
+def test_reduce_records_of_one_record_is_that_record_as_int64():
+    rec = {"confusion": [[1, 2], [3, 4]], "hist": [4, 6], "n": 10, "n_unlabeled": 1,
+           "chunk": 0, "start": 0, "stop": 10}
+    total = reduce_records([rec], 2)
+    assert total["confusion"].dtype == np.int64 and total["hist"].dtype == np.int64
+    assert total["confusion"].tolist() == [[1, 2], [3, 4]] and total["hist"].tolist() == [4, 6]
+    assert total["n"] == 10 and total["n_unlabeled"] == 1
+    assert set(total) == {"confusion", "hist", "n", "n_unlabeled"}
+
+
+def test_chunk_counts_against_sklearn_with_unknown_labels_skipped():
+    from sklearn.metrics import confusion_matrix
+
+    rng = np.random.default_rng(5)
+    target = rng.integers(-1, 4, 57).astype(np.int8)  # -1: unknown label
+    pred = rng.integers(0, 4, 57).astype(np.int8)
+    counts = chunk_counts(target, pred, 4)
+    known = target >= 0
+    want = confusion_matrix(target[known], pred[known], labels=range(4))
+    np.testing.assert_array_equal(counts["confusion"], want)
+    np.testing.assert_array_equal(counts["hist"], np.bincount(pred, minlength=4))
+    assert counts["n"] == 57 and type(counts["n"]) is int
+    assert counts["n_unlabeled"] == int((~known).sum()) > 0
+    assert type(counts["n_unlabeled"]) is int
+    assert set(counts) == {"confusion", "hist", "n", "n_unlabeled"}  # no rejects for a store
+
+
+def test_chunk_counts_of_an_archive_slot_chunk_carry_its_rejects():
+    rejects = [["a.txt", "not-an-image: ..."], ["../b.png", "unsafe-path: ..."]]
+    counts = chunk_counts(np.array([1, 0], np.int8), np.array([1, 1], np.int8), 2,
+                          rejects=rejects)
+    assert counts["n_rejected"] == 2 and counts["rejects"] == rejects
+    assert counts["confusion"].tolist() == [[0, 1], [0, 1]]
+    none = chunk_counts(np.array([], np.int8), np.array([], np.int8), 2, rejects=[])
+    assert none["n_rejected"] == 0 and none["rejects"] == []  # a chunk without rejects says so
+    assert none["n"] == 0 and none["hist"].tolist() == [0, 0]
+
+
+def _model(*, classes=range(10), loss="log_loss", binary_digit=None, name="sgd"):
+    from digitbatch import folding as FO
+    from digitbatch.models import CompactModel
+
+    classes = np.asarray(list(classes))
+    k = 1 if len(classes) == 2 else len(classes)
+    head = FO.LinearPredictor(weights=np.zeros((784, k)), intercept=np.zeros(k), classes=classes)
+    return CompactModel(name=name, features="pixels", head=head, loss=loss,
+                        binary_digit=binary_digit)
+
+
+def _build(records, model=None, **kw):
+    args = dict(model=model or _model(), model_path="/m", model_sha256="ab" * 32,
+                input={"path": "/in.zarr", "checksum": "x"}, n_rejected_before=0, seconds=2.0,
+                n_this_run=sum(r["n"] for r in records), resumed=False)
+    args.update(kw)
+    return build_record(records, **args)
+
+
+def _records(rng, n_chunks, k=10):
+    out = []
+    for i in range(n_chunks):
+        t = rng.integers(-1, k, 40).astype(np.int8)
+        p = rng.integers(0, k, 40).astype(np.int8)
+        rec = chunk_counts(t, p, k)
+        out.append({"chunk": i, "start": 40 * i, "stop": 40 * i + 40,
+                    **{a: (b.tolist() if isinstance(b, np.ndarray) else b) for a, b in rec.items()},
+                    "_t": t, "_p": p})
+    return out
+
+
+@pytest.mark.parametrize("n_chunks", [1, 2, 3])
+def test_build_record_fields_and_per_class_figures_against_sklearn(n_chunks):
+    from digitbatch.scoring.record import SCHEMA_VERSION
+
+    records = _records(np.random.default_rng(n_chunks), n_chunks)
+    t = np.concatenate([r["_t"] for r in records])
+    p = np.concatenate([r["_p"] for r in records])
+    m = _build(records, seconds=0.4567891, n_this_run=40, resumed=True)
+    known = t >= 0
+    assert_matches_sklearn(m, t[known], p[known], 10)
+    assert m["schema_version"] == SCHEMA_VERSION == 1
+    assert m["n_images"] == m["n_scored"] == 40 * n_chunks
+    assert m["n_unlabeled"] == int((~known).sum())
+    assert m["n_rejected"] == 0 and m["rejects"] == []
+    assert m["prediction_histogram"] == np.bincount(p, minlength=10).tolist()
+    assert m["classes"] == list(range(10)) and all(type(c) is int for c in m["classes"])
+    assert m["target"] == "multiclass" and m["margin"] == "probability"
+    assert m["seconds"] == 0.457
+    assert m["n_scored_this_run"] == 40
+    assert m["images_per_second"] == round(40 / 0.4567891, 1) == 87.6
+    assert m["resumed"] is True
+    assert m["model"] == {"path": "/m", "name": "sgd", "sha256": "ab" * 32}
+    assert m["input"] == {"path": "/in.zarr", "checksum": "x"}
+    json.dumps(m)  # every field is JSON
+
+
+def test_build_record_of_a_detector_with_decision_values():
+    records = _records(np.random.default_rng(0), 2, k=2)
+    model = _model(classes=[0, 1], loss="hinge", binary_digit=7, name="detect-7")
+    m = _build(records, model=model)
+    assert m["target"] == "is-7" and m["margin"] == "decision value"
+    assert m["classes"] == [0, 1] and len(m["confusion_matrix"]) == 2
+    assert m["model"]["name"] == "detect-7"
+    assert m["images_per_second"] == 40.0 and m["resumed"] is False
+
+
+def test_build_record_of_a_run_that_took_no_time():
+    records = _records(np.random.default_rng(1), 1)
+    assert _build(records, seconds=0.0)["images_per_second"] is None
+    assert _build(records, seconds=1e-9)["images_per_second"] == round(40 / 1e-9, 1)
+    assert _build(records, seconds=0.0)["seconds"] == 0.0
+
+
+def test_build_record_counts_every_reject_and_lists_the_first_thousand():
+    from digitbatch.scoring.record import MAX_REJECTS_LISTED
+
+    assert MAX_REJECTS_LISTED == 1000
+    records = _records(np.random.default_rng(2), 2)
+    records[0]["rejects"] = [[f"a{i}", "not-an-image: x"] for i in range(600)]
+    records[1]["rejects"] = [[f"b{i}", "too-large: x"] for i in range(500)]
+    m = _build(records, n_rejected_before=7)
+    assert m["n_rejected"] == 7 + 1100
+    assert len(m["rejects"]) == 1000
+    assert m["rejects"][:600] == records[0]["rejects"]  # in chunk order
+    assert m["rejects"][600:] == records[1]["rejects"][:400]
+    few = _build(records[1:], n_rejected_before=3)
+    assert few["n_rejected"] == 503 and few["rejects"] == records[1]["rejects"]
+
+
+def test_build_record_of_no_chunks():
+    m = _build([], model=_model(classes=range(4)))
+    assert m["confusion_matrix"] == [[0] * 4] * 4 and m["accuracy"] is None
+    assert m["n_images"] == 0 and m["prediction_histogram"] == [0] * 4

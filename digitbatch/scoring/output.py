@@ -42,7 +42,7 @@ import numpy as np
 from .. import storage
 from ..chunkio import read_rows, read_strings, stored
 from ..digits import UNKNOWN_LABEL
-from ..errors import IncompleteOutputError, ScoreError, StoreError
+from ..errors import IncompleteOutputError, NotAnOutputError, ScoreError, StoreError
 from ..layout import COMPRESSORS, chunk_bounds, write_rows
 from .lock import LOCK, check_owner
 
@@ -466,15 +466,23 @@ class Predictions:
 
 
 def open_predictions(out: str | os.PathLike) -> Predictions:
-    """Open a complete output; refuse one with missing chunks or no _SUCCESS."""
+    """Open a complete output; refuse one with missing chunks or no _SUCCESS, and
+    anything that is not a digitbatch output (its settings say how many chunks to expect)."""
     p = storage.to_path(out)
     if not (p / SUCCESS).exists():
         raise IncompleteOutputError(
             f"{p} has no {SUCCESS} marker: the run did not finish; rerun `digitbatch score` "
             f"with --resume")
-    g = storage.open_group(p, mode="r")
-    spec = dict(g.attrs.get(ATTRS_KEY) or {})
-    expected = len(chunk_bounds(spec.get("n", 0), spec.get("chunk_size", 1)))
+    try:
+        g = storage.open_group(p, mode="r")
+        spec = dict(g.attrs[ATTRS_KEY])
+        n, chunk_size = int(spec["n"]), int(spec["chunk_size"])
+    except Exception as exc:  # not a Zarr group, no settings, or settings without the counts
+        raise NotAnOutputError(
+            f"{p} has a {SUCCESS} marker but no digitbatch output settings ({exc!r}): it is not "
+            f"the --out of a `digitbatch score` run, or it was damaged; score into a new --out"
+        ) from exc
+    expected = len(chunk_bounds(n, chunk_size))
     # (for archive inputs n counts member slots: commits are per slot chunk)
     missing = sorted(set(range(expected)) - set(committed(p)))
     if missing:

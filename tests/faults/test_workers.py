@@ -11,8 +11,10 @@
    with no gap and no overlap (0 lost, 0 duplicated rows); the output keys
    equal the store's keys.
 2. **Worker death during cross-validation** (joblib's dask backend;
-   ``test_worker_killed_during_cv``). A worker running a fold is SIGKILLed
-   mid-CV of ``train(..., cv=4)``. Pass: the CV scores equal a fault-free
+   ``test_worker_killed_during_cv``). Once one fold of ``train(..., cv=4)``
+   has finished (a scheduler plugin records fold results), a worker that is
+   executing another fold is SIGKILLed. Pass: that fold finishes only after
+   the kill (rerun on another worker), the CV scores equal a fault-free
    run's, within the test's time limit (never a hang, joblib#875).
    ``test_cv_fold_that_kills_its_workers`` makes every fold kill its worker:
    pass is a :class:`~digitbatch.errors.CrossValidationError` (a named error,
@@ -47,6 +49,7 @@ from pathlib import Path
 
 import cloudpickle
 import numpy as np
+import psutil
 import pytest
 import zarr
 from distributed import WorkerPlugin
@@ -171,37 +174,76 @@ def cv_store(tmp_path_factory):
     return tmp, ref.cv
 
 
+def _record_folds_done(dask_scheduler) -> None:
+    """Install, on the scheduler, a record of every fold task that finished (in order)."""
+    from distributed.diagnostics.plugin import SchedulerPlugin
+
+    class FoldsDone(SchedulerPlugin):
+        name = "digitbatch-test-folds-done"
+
+        def __init__(self):
+            self.keys: list[str] = []
+
+        def transition(self, key, start, finish, *args, **kwargs):
+            if finish == "memory" and "fit_and_score" in str(key):
+                self.keys.append(str(key))
+
+    dask_scheduler.add_plugin(FoldsDone())
+
+
+def _folds_done(dask_scheduler) -> list[str]:
+    return list(dask_scheduler.plugins["digitbatch-test-folds-done"].keys)
+
+
+def _folds_executing(dask_worker) -> list[str]:
+    """The fold tasks this worker has started (running in its thread now)."""
+    return [str(ts.key) for ts in dask_worker.state.executing if "fit_and_score" in str(ts.key)]
+
+
 @pytest.mark.timeout(120)
 def test_worker_killed_during_cv(cv_store, tmp_path):
+    """Killed on progress: once a fold has finished and another has started on a worker.
+
+    4 folds on 3 workers: the trigger is a fold result in memory (work done)
+    while a fold task executes on a worker (work left); that worker is
+    SIGKILLed. The fold it ran must then finish only after the kill (it was
+    not done: the kill landed mid-fold) and be rerun elsewhere.
+    """
     store, ref = cv_store
     with cluster.client("local", n_workers=3) as c:
         pids = c.run(os.getpid)
+        c.run_on_scheduler(_record_folds_done)
         stop = threading.Event()
         killed: list[tuple] = []
 
         def killer():
-            t0 = time.monotonic()
-            while not stop.is_set() and time.monotonic() - t0 < 60:
-                busy = [w for w, ks in c.processing().items()
-                        if any("fit_and_score" in str(k) for k in ks)]
-                if busy:
-                    time.sleep(0.3)  # into the fit
-                    os.kill(pids[busy[0]], signal.SIGKILL)
-                    killed.append((busy[0], time.monotonic()))
-                    return
-                time.sleep(0.02)
+            while not stop.is_set():
+                done = c.run_on_scheduler(_folds_done)
+                if done:
+                    running = {w: ks for w, ks in c.run(_folds_executing).items() if ks}
+                    if running:
+                        victim, keys = next(iter(running.items()))
+                        os.kill(pids[victim], signal.SIGKILL)
+                        killed.append((victim, keys[0], len(done)))
+                        return
+                stop.wait(0.02)  # (a polling interval, not the trigger)
 
         th = threading.Thread(target=killer, daemon=True)
         th.start()
         try:
             r = train(store / "s.zarr", tmp_path / "m", seed=0, cv=4,
                       scheduler=c.scheduler.address)
-            finished = time.monotonic()
         finally:
             stop.set()
             th.join(10)
-    assert killed, "no fold was seen running"
-    assert killed[0][1] < finished  # the kill landed mid-CV
+        done = c.run_on_scheduler(_folds_done)
+    assert killed, "no fold was seen running after another had finished"
+    victim, key, done_at_kill = killed[0]
+    assert 1 <= done_at_kill < 4  # work done and work left when the kill fired
+    assert key not in done[:done_at_kill], "the killed fold had finished before the kill"
+    assert key in done[done_at_kill:], "the killed fold was never rerun to the end"
+    assert not psutil.pid_exists(pids[victim]) or (
+        psutil.Process(pids[victim]).status() == psutil.STATUS_ZOMBIE)  # the worker is gone
     assert r.cv["backend"] == "dask"
     assert r.cv["scores"] == ref["scores"]  # identical to the fault-free run
     assert len(set(r.cv["scores"])) > 1  # (not trivially all equal)
