@@ -521,38 +521,6 @@ def test_sweep_temporaries_of_an_object_store_does_nothing():
     assert O.sweep_temporaries("memory://sweep/p.zarr") == 0
 
 
-def test_open_array_cached_reopens_a_group_made_again(tmp_path):
-    out = _new(tmp_path)
-    a = O.open_array_cached(str(out), "pred")
-    assert O.open_array_cached(str(out), "pred") is a  # once per process
-    assert O.open_group_cached(str(out)) is O.open_group_cached(str(out))
-    assert O.open_array_cached(str(out), "margin") is not a
-    import shutil
-
-    shutil.rmtree(out)
-    out.mkdir()
-    O.create_output(out, _spec(n=3))
-    b = O.open_array_cached(str(out), "pred")
-    assert b is not a and b.shape == (3,)  # a new output at the same path: opened afresh
-
-
-def test_open_group_cached_of_an_object_store():
-    url = "memory://cached/p.zarr"
-    g = zarr.open_group(url, mode="w")
-    g.create_array("pred", shape=(4,), chunks=(2,), dtype="int8", fill_value=-1)
-    a = O.open_array_cached(url, "pred")
-    assert O.open_array_cached(url, "pred") is a and a.shape == (4,)
-    g = zarr.open_group(url, mode="w")  # made again, its metadata (size) changed
-    g.attrs["note"] = "made again"
-    g.create_array("pred", shape=(6,), chunks=(2,), dtype="int8")
-    assert O.open_array_cached(url, "pred").shape == (6,)
-
-
-def test_open_group_cached_of_a_group_not_there_yet(tmp_path):
-    with pytest.raises(FileNotFoundError):
-        O.open_group_cached(str(tmp_path / "absent.zarr"), mode="r")
-
-
 # --- staging and compaction (archive inputs) -----------------------------------------
 
 

@@ -31,7 +31,8 @@ from ..sources.base import Reject
 from ..sources.images import decode_stream
 from ..sources.labels import LabelMap
 from ..sources.listing import read_entries, unpack
-from .output import PRED_FILL, open_array_cached, write_chunk, write_slots
+from .handles import open_array_cached
+from .output import PRED_FILL, write_chunk, write_slots
 from .record import chunk_counts
 from .tasks import ChunkTask
 

@@ -30,7 +30,6 @@ staging group is then removed. A run killed while compacting compacts again.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import os
@@ -44,6 +43,7 @@ from ..chunkio import read_rows, read_strings, stored
 from ..digits import UNKNOWN_LABEL
 from ..errors import IncompleteOutputError, NotAnOutputError, ScoreError, StoreError
 from ..layout import COMPRESSORS, chunk_bounds, write_rows
+from .handles import forget_handles, open_array_cached, open_group_cached
 from .lock import LOCK, check_owner
 
 log = logging.getLogger(__name__)
@@ -176,53 +176,6 @@ def write_chunk(out_path: str, i: int, start: int, stop: int, *, pred: np.ndarra
     storage.write_atomic(commit_path(out_path, i), json.dumps(record))
 
 
-def open_group_cached(path: str, mode: str = "r+"):
-    """A worker's handle on a group, opened once per process (metadata read once).
-
-    Keyed on the group metadata file's identity and mtime too, so a group
-    deleted and made again at the same path (a long-lived cluster scoring
-    into the same output every night) is opened afresh.
-    """
-    p = storage.to_path(path)
-    try:
-        if storage.is_local(p):
-            st = os.stat(p / "zarr.json")
-            stamp = (st.st_ino, st.st_mtime_ns)
-        else:
-            info = p.fs.info((p / "zarr.json").path)
-            stamp = tuple(str(info.get(k)) for k in ("ETag", "LastModified", "mtime", "size"))
-    except FileNotFoundError:
-        stamp = None
-    return _open_group(str(p), mode, stamp)
-
-
-def open_array_cached(path: str, name: str, mode: str = "r+"):
-    """A worker's handle on array ``name`` of the group at ``path``, opened once
-    per process like :func:`open_group_cached` (a zarr group lookup reads and
-    parses the array's metadata, for every array of every task otherwise)."""
-    group = open_group_cached(path, mode)
-    return _open_array(id(group), name, group)
-
-
-@functools.lru_cache(maxsize=16)
-def _open_group(path: str, mode: str, stamp) -> object:
-    return storage.open_group(path, mode=mode)
-
-
-_ARRAYS: dict[tuple[int, str], tuple] = {}
-
-
-def _open_array(group_id: int, name: str, group) -> object:
-    hit = _ARRAYS.get((group_id, name))
-    if hit is not None and hit[0] is group:  # (an id is reused only once its group is gone)
-        return hit[1]
-    if len(_ARRAYS) > 64:
-        _ARRAYS.clear()
-    arr = group[name]
-    _ARRAYS[(group_id, name)] = (group, arr)
-    return arr
-
-
 def finalize(out: Path, metrics: dict) -> None:
     """metrics.json, then _SUCCESS (with the same metrics): the last writes of a run."""
     text = json.dumps(metrics, indent=2) + "\n"
@@ -249,7 +202,7 @@ def clear_output(out: Path) -> int:
                 with contextlib.suppress(FileNotFoundError):
                     p.fs.rm_file(p.path)
         n += 1
-    _open_group.cache_clear()
+    forget_handles()
     return n
 
 
