@@ -195,7 +195,7 @@ def hog(images: np.ndarray) -> np.ndarray:
     imgs = _check_images(images)
     n = imgs.shape[0]
     x = np.zeros((n, HALF + 2, HALF + 2), np.float32)
-    # Slice sums: numpy's multi-axis .sum() over the small axes is 10x slower.
+    # Slice sums: numpy's multi-axis .sum() over the small axes is several times slower.
     pairs = imgs[:, 0::2].astype(np.float32) + imgs[:, 1::2]
     np.add(pairs[:, :, 0::2], pairs[:, :, 1::2], out=x[:, 1:-1, 1:-1])
     proj = np.empty((4, n, HALF, HALF), np.float32)

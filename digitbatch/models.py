@@ -46,10 +46,10 @@ def pixels_scaled_sparse(X: np.ndarray):
     matrix: the values of ``X.astype(float64) * PIXEL_SCALE``, stored for the
     nonzero pixels only (about 19% of MNIST's).
 
-    SGD's sparse path visits each row's nonzeros only: on full MNIST the
-    ``sgd`` fit took 3.5 s instead of 11.0 s dense (test accuracy 91.68%
-    against 91.58%: scikit-learn's sparse SGD also damps the intercept's
-    step, SPARSE_INTERCEPT_DECAY, so the two fits differ slightly).
+    SGD's sparse path visits each row's nonzeros only, several times faster
+    than the dense fit (README, "Measured defaults"); scikit-learn's sparse
+    SGD also damps the intercept's step, SPARSE_INTERCEPT_DECAY, so the two
+    fits differ slightly.
     """
     from scipy.sparse import csr_matrix
 
@@ -202,8 +202,8 @@ def build(name: str, *, seed: int, features: str | None = None):
     elif spec.binary_digit is not None:
         clf = LogisticRegression(tol=0.1, solver="lbfgs", max_iter=70000)
     else:
-        # Averaged SGD, a fixed 6 epochs: 91.7% on MNIST in ~2.5 s (tuned on a
-        # validation split; the walk-through's defaults: 88.7% in 110 s).
+        # Averaged SGD, a fixed 6 epochs, tuned on a validation split (its
+        # accuracy and fit time beside the walk-through's: README, Models).
         clf = SGDClassifier(loss="log_loss", alpha=1e-5, average=True, max_iter=6, tol=None,
                             random_state=seed)
     return Pipeline([*_feature_steps(feats, seed, pixel_scale(spec)), ("clf", clf)])
@@ -281,7 +281,7 @@ class CompactModel:
     def _kernel_scores(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Kernel-head decision values (float32) and class indices equal to float64's.
 
-        The float32 copy of the head scores about 1.5-2x faster; rows whose
+        The float32 copy of the head scores faster (README, "Measured defaults"); rows whose
         top two values are closer than its rounding (~1e-3) are rescored in
         float64.
         """
