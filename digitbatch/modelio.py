@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -30,7 +31,7 @@ import numpy as np
 from . import storage
 from .version import __version__
 from .errors import ModelError, TrainingError
-from .digits import IMAGE_SHAPE
+from .digits import IMAGE_SHAPE, N_CLASSES
 from . import folding as FO
 from .models import CompactModel, check_feature_arrays, get_spec
 
@@ -56,6 +57,12 @@ def _preprocessing(model: CompactModel) -> str:
     return _PREPROCESSING[model.features]
 MODEL_FILE = "model.npz"
 MANIFEST_FILE = "manifest.json"
+# The most bytes the arrays of a model may declare in all (the kernel head,
+# the largest of the catalogue, holds a few tens of MB), and the largest
+# manifest read: anything beyond is damage or an attack, refused before
+# memory is allocated for it.
+MAX_MODEL_BYTES = 1 << 30
+MAX_MANIFEST_BYTES = 1 << 20
 
 
 def sha256_file(path: Path) -> str:
@@ -186,6 +193,10 @@ def read_manifest(model: str | os.PathLike) -> dict:
     """
     mpath = manifest_path(model)
     try:
+        size = mpath.stat().st_size
+        if size > MAX_MANIFEST_BYTES:
+            raise ModelError(f"{mpath} is {size:,} bytes, more than the {MAX_MANIFEST_BYTES:,} a "
+                             f"digitbatch manifest may be: the artifact is damaged; retrain it")
         manifest = json.loads(mpath.read_text())
     except FileNotFoundError:
         raise ModelError(f"model {model} has no {MANIFEST_FILE}: is it a digitbatch model?") from None
@@ -271,9 +282,10 @@ def _read_arrays(p: Path, fpath: Path) -> dict[str, np.ndarray]:
     try:
         with zipfile.ZipFile(fpath) as zf:
             names = zf.namelist()
-        bad = [n for n in names if not n.endswith(".npy") or "/" in n or "\\" in n]
-        if bad:
-            raise ModelError(f"{what}: it holds {bad[:5]} (not .npy arrays): retrain it")
+            bad = [n for n in names if not n.endswith(".npy") or "/" in n or "\\" in n]
+            if bad:
+                raise ModelError(f"{what}: it holds {bad[:5]} (not .npy arrays): retrain it")
+            check_array_sizes(p, zf)
         with np.load(fpath, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
@@ -289,6 +301,71 @@ def _read_arrays(p: Path, fpath: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
+def _npy_header(fh) -> tuple[tuple, np.dtype, int]:
+    """(shape, dtype, header length) of the ``.npy`` stream ``fh``, read without
+    allocating anything (``ValueError`` for a header numpy would not read)."""
+    version = np.lib.format.read_magic(fh)
+    if version == (1, 0):
+        shape, _fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+    elif version == (2, 0):
+        shape, _fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+    else:
+        raise ValueError(f".npy format version {version[0]}.{version[1]} (digitbatch writes 1.0)")
+    return tuple(int(d) for d in shape), dtype, fh.tell()
+
+
+def check_array_sizes(p: Path, zf: zipfile.ZipFile, *,
+                      max_bytes: int | None = None) -> dict[str, int]:
+    """Check what each ``.npy`` member of ``zf`` declares against what it holds.
+
+    numpy allocates an array from the shape its header declares before it
+    reads a byte of data, so a header claiming hundreds of GiB over a few
+    bytes would end in a bare ``MemoryError``. Here every header is read
+    alone; its dtype must be numbers, its size (shape x item size) at most
+    :data:`MAX_MODEL_BYTES` in all (or ``max_bytes``), and the member must
+    really hold that many bytes after its header: they are counted by
+    streaming through it (a zip header's sizes can lie too), never by
+    allocating. Returns the declared bytes of each member; a
+    :class:`ModelError` naming the member and the sizes otherwise.
+    """
+    limit = MAX_MODEL_BYTES if max_bytes is None else max_bytes
+    total = 0
+    sizes: dict[str, int] = {}
+    for info in zf.infolist():
+        name = info.filename.removesuffix(".npy")
+        with zf.open(info) as fh:
+            try:
+                shape, dtype, header = _npy_header(fh)
+            except (ValueError, EOFError) as exc:
+                raise ModelError(f"model {p}: array {name!r} of {MODEL_FILE} has a header numpy "
+                                 f"cannot read ({exc}): retrain the model") from None
+            if dtype.kind not in "biuf" or dtype.hasobject:
+                raise ModelError(f"model {p}: {MODEL_FILE} is not a plain numpy archive: array "
+                                 f"{name!r} is {dtype}, not numbers: retrain it")
+            if any(d < 0 for d in shape):
+                raise ModelError(f"model {p}: array {name!r} has shape {shape}: retrain it")
+            declared = dtype.itemsize * math.prod(shape)
+            total += declared
+            if total > limit:
+                raise ModelError(
+                    f"model {p}: array {name!r} of {MODEL_FILE} declares shape {shape} "
+                    f"({declared:,} bytes), beyond the {limit:,} bytes a digitbatch model may "
+                    f"hold: the file is damaged or not a digitbatch model; retrain it")
+            held = 0
+            while held < declared:  # bounded blocks: nothing is allocated from the header
+                block = fh.read(min(1 << 20, declared - held))
+                if not block:
+                    break
+                held += len(block)
+            if held < declared:
+                raise ModelError(
+                    f"model {p}: array {name!r} of {MODEL_FILE} declares shape {shape} "
+                    f"({declared:,} bytes) but holds {held:,} bytes after its {header}-byte "
+                    f"header: the file is damaged or was edited; retrain the model")
+        sizes[name] = declared
+    return sizes
+
+
 def _check_shapes(p: Path, manifest: dict, head) -> None:
     """Shapes that agree with each other and with the manifest, or a named error."""
     w, b, c = head.weights, head.intercept, head.classes
@@ -301,6 +378,43 @@ def _check_shapes(p: Path, manifest: dict, head) -> None:
     if [int(v) for v in c] != list(manifest.get("classes", [])):
         raise ModelError(f"model {p}: classes {c.tolist()} differ from the manifest's "
                          f"{manifest.get('classes')}: retrain it")
+    values = [int(v) for v in c]
+    allowed = range(2) if manifest.get("binary_digit") is not None else range(N_CLASSES)
+    if c.dtype.kind not in "iu" or values != sorted(set(values)) or \
+            any(v not in allowed for v in values):
+        raise ModelError(f"model {p}: classes {values} are not distinct digits "
+                         f"{allowed[0]}-{allowed[-1]} in order (they index the confusion "
+                         f"matrix): retrain the model on a store with labels 0-9")
+
+
+def check_model_for_store(loaded: "LoadedModel | CompactModel", store) -> None:
+    """Refuse to score ``store`` with a model that cannot count its labels.
+
+    A multi-class model's classes must include every digit that labels rows
+    of the store (its attributes' ``label_counts``, checked when the store
+    was opened): a model trained on 0-2 only cannot fill a confusion matrix
+    of a store labelled 0-9. A detector (``detect-D``) answers "D or not" for
+    any label. Unlabelled stores fit every model. Scoring calls this once,
+    after loading the model and opening the store and before any output is
+    created; a :class:`ModelError` naming both and the missing digits
+    otherwise.
+    """
+    model = loaded.model if isinstance(loaded, LoadedModel) else loaded
+    where = getattr(loaded, "path", None) or model.name
+    classes = [int(v) for v in model.classes]
+    if model.binary_digit is not None:
+        if classes != [0, 1]:
+            raise ModelError(f"model {where}: detector classes {classes}, not [0, 1]: retrain it")
+        return
+    counts = list(store.meta.get("label_counts") or [])
+    present = [d for d, k in enumerate(counts) if k]
+    missing = [d for d in present if d not in classes]
+    if missing:
+        raise ModelError(
+            f"model {where} was trained on digits {classes} but store {store.path} has rows "
+            f"labelled {missing} too ({sum(counts[d] for d in missing):,} rows): its confusion "
+            f"matrix cannot count them. Score with a model trained on every digit of the store "
+            f"(digitbatch train on a store with labels {present}), or a store of those digits")
 
 
 def _rebuild(p: Path, manifest: dict, arrays: dict[str, np.ndarray]) -> CompactModel:
