@@ -129,8 +129,10 @@ def save_model(model: CompactModel, out: str | os.PathLike, *, manifest: dict,
     if storage.is_url(out):
         return _save_remote(model, str(out), manifest=manifest, overwrite=overwrite)
     out = Path(out)
-    if out.exists() and not overwrite:
+    if (out.exists() or out.is_symlink()) and not overwrite:
         raise ModelError(f"{out} already exists: choose another --out or pass --overwrite")
+    if overwrite:
+        storage.check_replaceable(out, "model")
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:12]}"
     tmp.mkdir(parents=True)
     try:
@@ -156,7 +158,10 @@ def save_model(model: CompactModel, out: str | os.PathLike, *, manifest: dict,
             "model_sha256": sha256_file(tmp / MODEL_FILE),
         }
         (tmp / MANIFEST_FILE).write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
-        if out.exists():
+        if out.exists() or out.is_symlink():
+            if not overwrite:
+                raise ModelError(f"{out} appeared while training: not overwriting it")
+            storage.check_replaceable(out, "model")  # only a digitbatch model is replaced
             shutil.rmtree(out)
         os.rename(tmp, out)
     except BaseException:
@@ -171,6 +176,7 @@ def _save_remote(model: CompactModel, out: str, *, manifest: dict, overwrite: bo
     if dest.exists():
         if not overwrite:
             raise ModelError(f"{out} already exists: choose another --out or pass --overwrite")
+        storage.check_replaceable(dest, "model")
         storage.rmtree(dest)
     with tempfile.TemporaryDirectory(prefix="digitbatch-model-") as d:
         local = save_model(model, Path(d) / "model", manifest=manifest)
