@@ -261,16 +261,18 @@ KINDS = {"store": "a digitbatch store", "model": "a digitbatch model",
 _MAX_META_BYTES = 16 << 20
 
 
-def _head(p: Path, limit: int = _MAX_META_BYTES) -> bytes | None:
-    """The first ``limit`` bytes of file ``p``, or None (absent, unreadable, too big)."""
+def _head(p: Path, limit: int = _MAX_META_BYTES, *, whole: bool = True) -> bytes | None:
+    """File ``p``'s bytes, or None (absent, unreadable, or ``whole`` and over
+    ``limit`` bytes); with ``whole=False`` its first ``limit`` bytes."""
     try:
         if is_local(p):
-            if not p.is_file() or p.stat().st_size > limit:
+            if not p.is_file() or (whole and p.stat().st_size > limit):
                 return None
             with open(p, "rb") as fh:
                 return fh.read(limit)
-        data = p.read_bytes()
-        return data if len(data) <= limit else None
+        with p.open("rb") as fh:
+            data = fh.read(limit + 1)
+        return None if whole and len(data) > limit else data[:limit]
     except (OSError, ValueError):
         return None
 
@@ -314,7 +316,7 @@ def made_by_digitbatch(path: str | os.PathLike) -> str | None:
             {"format_version", "model_sha256"} <= set(manifest):
         return "model"
     if REPORT_PAGE in names and names <= REPORT_FILES:
-        page = _head(p / REPORT_PAGE, 4096)
+        page = _head(p / REPORT_PAGE, 4096, whole=False)
         if page is not None and REPORT_SIGNATURE in page:
             return "report"
     return None
