@@ -342,7 +342,7 @@ def check_array_sizes(p: Path, zf: zipfile.ZipFile, *,
         with zf.open(info) as fh:
             try:
                 shape, dtype, header = _npy_header(fh)
-            except (ValueError, EOFError) as exc:
+            except Exception as exc:  # numpy's parser raises ValueError, EOFError, TokenError...
                 raise ModelError(f"model {p}: array {name!r} of {MODEL_FILE} has a header numpy "
                                  f"cannot read ({exc}): retrain the model") from None
             if dtype.kind not in "biuf" or dtype.hasobject:

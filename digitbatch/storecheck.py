@@ -85,7 +85,6 @@ def validate_arrays(store) -> None:
     for name, (start, stop) in store.splits.items():
         if not 0 <= start <= stop <= n:
             raise StoreError(f"store {p}: split {name!r} rows [{start}, {stop}) outside [0, {n})")
-    _check_label_counts(store)
     if not MIN_CHUNK_SIZE <= c <= MAX_CHUNK_SIZE:
         raise StoreError(f"store {p}: chunks of {c:,} rows, outside {MIN_CHUNK_SIZE}-"
                          f"{MAX_CHUNK_SIZE:,} (a chunk is read whole into memory): the metadata is "
@@ -95,6 +94,7 @@ def validate_arrays(store) -> None:
                          f"{MAX_IMAGES:,} a store may hold: the metadata is damaged; re-ingest it")
     for name in ("images", "labels", "keys"):
         _check_chunks_exist(store, name)
+    _check_label_counts(store)
 
 
 def _check_label_counts(store) -> None:
