@@ -313,6 +313,7 @@ def _check_files(job: Job, where: dict) -> None:
         if kind and p[section].get("overwrite"):
             _replaceable(section, out, kind)
 
+    check_outputs(job)  # first: a collision explains the other refusals it would cause
     for key in ("tls_ca_file", "tls_cert", "tls_key"):
         if getattr(job.cluster, key) and not Path(getattr(job.cluster, key)).is_file():
             raise JobSpecError(f"cluster.{key} = {getattr(job.cluster, key)!r} does not exist")
@@ -375,7 +376,6 @@ def _check_files(job: Job, where: dict) -> None:
             raise JobSpecError(f"report.out {str(out)!r} is a folder digitbatch did not make (it "
                                f"is not a report): the report is not written into it. Choose "
                                f"another out")
-    check_outputs(job)
 
 
 def _replaceable(section: str, out, kind: str) -> None:
