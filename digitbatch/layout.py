@@ -291,8 +291,9 @@ class StoreWriter:
         g = storage.open_group(self.tmp, mode="w-")
         # first of all: whose it is, so a rerun after this process is killed
         # can prove the temporary store is a dead run's and remove it
+        self._owner = owner_record(self.path, self.token)
         g.attrs[ATTRS_KEY] = {"layout_version": LAYOUT_VERSION, "complete": False,
-                              "writer": owner_record(self.path, self.token)}
+                              "writer": self._owner}
         c = self.chunk_size
         # Every chunk is written, even one equal to the fill value, so that a
         # missing chunk file always means damage (see read_rows).
@@ -397,6 +398,8 @@ class StoreWriter:
             "n_rejects": len(self._rejects),
             "splits": {k: [int(a), int(b)] for k, (a, b) in splits.items()},
             "complete": True,
+            # (kept: a run killed after this write but before its rename is still known)
+            "writer": self._owner if self.local else None,
             **(extra or {}),
         }
         g.attrs[ATTRS_KEY] = meta

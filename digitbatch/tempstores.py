@@ -55,7 +55,7 @@ def stale_temp_owner(tmp: Path, target: Path) -> dict | None:
     except Exception:  # not a group, unreadable: nothing proves it is ours
         return None
     rec = meta.get("writer") if isinstance(meta, dict) else None
-    if not isinstance(rec, dict) or meta.get("complete") is not False:
+    if not isinstance(rec, dict):
         return None
     pid, started = rec.get("pid"), rec.get("started")
     if (rec.get("target") != str(target.absolute()) or rec.get("host") != socket.gethostname()

@@ -153,3 +153,26 @@ def test_a_reused_pid_does_not_keep_a_temp_alive(src, tmp_path):
     _edit_writer(tmp, pid=os.getpid(), started=1_000_000_000.0)  # 2001: not this process
     assert remove_stale_temps(out) == [tmp]
     assert not tmp.exists()
+
+
+FINISHED_NOT_RENAMED = textwrap.dedent("""
+    import os, signal, sys
+    from digitbatch import layout
+    from digitbatch.ingestion import ingest
+    def killed(self):  # the attributes are written (complete), the rename never happens
+        os.kill(os.getpid(), signal.SIGKILL)
+    layout.StoreWriter._commit = killed
+    ingest(sys.argv[1], sys.argv[2], chunk_size=256, scheduler="synchronous")
+""")
+
+
+def test_a_run_killed_between_finishing_and_renaming_is_cleaned_up(src, tmp_path):
+    out = tmp_path / "s.zarr"
+    r = subprocess.run([sys.executable, "-c", FINISHED_NOT_RENAMED, str(src), str(out)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+    (name,) = _tmps(tmp_path, "s.zarr")
+    meta = json.loads((tmp_path / name / "zarr.json").read_text())["attributes"]["digitbatch"]
+    assert meta["complete"] is True and meta["writer"]["token"] in name
+    ingest(src, out, chunk_size=256, scheduler="synchronous")
+    assert _tmps(tmp_path, "s.zarr") == [] and open_store(out).meta["writer"]["pid"] == os.getpid()
