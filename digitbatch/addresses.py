@@ -3,13 +3,24 @@
 Pure string checks (no Dask import, no network): :func:`address_problem`
 says what is wrong with an address, :func:`valid_host` whether a host is a
 host name or an IP address. :func:`digitbatch.cluster.check_address` uses
-them on the effective ``--scheduler``.
+them on the effective ``--scheduler``, and :func:`local_host` on the
+interface a LocalCluster listens on.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
+import os
 import re
+
+from .errors import SchedulerAddressError
+
+log = logging.getLogger(__name__)
+
+# What a LocalCluster listens on; the environment may name another interface.
+LOCAL_HOST_ENV = "DIGITBATCH_LOCAL_HOST"
+LOCAL_HOST = "127.0.0.1"
 
 # Dask's transports that take HOST:PORT (and inproc://, the in-process one).
 HOST_SCHEMES = ("tcp", "tls", "ws", "wss", "ucx")
@@ -57,3 +68,15 @@ def address_problem(address: str) -> str | None:
     if scheme not in HOST_SCHEMES:
         return f"{scheme + '://'!r} is not one of Dask's transports ({', '.join(HOST_SCHEMES)})"
     return _host_port_problem(location)
+
+
+def local_host() -> str:
+    """The interface a LocalCluster listens on: loopback, or ``$DIGITBATCH_LOCAL_HOST``."""
+    host = os.environ.get(LOCAL_HOST_ENV, "").strip() or LOCAL_HOST
+    if not valid_host(host):
+        raise SchedulerAddressError(f"${LOCAL_HOST_ENV} {host!r} is not a host name or IP "
+                                    f"address: unset it to listen on {LOCAL_HOST} only")
+    if host != LOCAL_HOST:
+        log.warning("the LocalCluster listens on %s ($%s), not only on %s", host,
+                    LOCAL_HOST_ENV, LOCAL_HOST)
+    return host

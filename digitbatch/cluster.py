@@ -41,16 +41,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .addresses import address_problem, valid_host
+from .addresses import (  # noqa: F401  (re-exported: where a LocalCluster listens)
+    LOCAL_HOST, LOCAL_HOST_ENV, address_problem, local_host,
+)
 from .errors import ClusterError, SchedulerAddressError
 from .logs import worker_environ
 
 log = logging.getLogger(__name__)
 
 SCHEDULER_ENV = "DIGITBATCH_SCHEDULER"
-# What a LocalCluster listens on; the environment may name another interface.
-LOCAL_HOST_ENV = "DIGITBATCH_LOCAL_HOST"
-LOCAL_HOST = "127.0.0.1"
 SYNCHRONOUS = ("synchronous", "sync", "inline")
 # One BLAS thread per worker process: workers = cores, so more would oversubscribe.
 WORKER_ENV = {
@@ -287,18 +286,6 @@ def _quiet_distributed() -> None:
 
     if not logging.getLogger("digitbatch").isEnabledFor(logging.DEBUG):
         logging.getLogger("distributed").setLevel(logging.WARNING)
-
-
-def local_host() -> str:
-    """The interface a LocalCluster listens on: loopback, or ``$DIGITBATCH_LOCAL_HOST``."""
-    host = os.environ.get(LOCAL_HOST_ENV, "").strip() or LOCAL_HOST
-    if not valid_host(host):
-        raise SchedulerAddressError(f"${LOCAL_HOST_ENV} {host!r} is not a host name or IP "
-                                    f"address: unset it to listen on {LOCAL_HOST} only")
-    if host != LOCAL_HOST:
-        log.warning("the LocalCluster listens on %s ($%s), not only on %s", host,
-                    LOCAL_HOST_ENV, LOCAL_HOST)
-    return host
 
 
 @contextlib.contextmanager

@@ -252,6 +252,7 @@ STORE_ATTRS = "digitbatch"
 PREDICTIONS_ATTRS = "digitbatch_predictions"
 MODEL_MANIFEST = "manifest.json"
 MODEL_FILES = frozenset({"model.npz", MODEL_MANIFEST})
+STORE_ENTRIES = frozenset({"zarr.json", "images", "labels", "keys", "rejects"})
 REPORT_PAGE = "report.html"
 REPORT_SIGNATURE = b"<title>digitbatch report: "
 REPORT_FILES = frozenset({REPORT_PAGE, "confusion.png", "per_class.png", "errors.png",
@@ -297,7 +298,9 @@ def made_by_digitbatch(path: str | os.PathLike) -> str | None:
     written) or a scoring output's; a folder holding only ``model.npz`` and a
     ``manifest.json`` with a format version and the model's SHA-256; a folder
     holding only report files whose ``report.html`` is a digitbatch report.
-    A symbolic link, a plain file or a folder of anything else is None.
+    A store, model or report folder that also holds anything its writer does
+    not put there (a user's notes) is None, as are a symbolic link, a plain
+    file and a folder of anything else.
     """
     p = to_path(path)
     if is_local(p) and (p.is_symlink() or not p.is_dir()):
@@ -307,7 +310,8 @@ def made_by_digitbatch(path: str | os.PathLike) -> str | None:
         attrs = group.get("attributes") or {}
         if isinstance(attrs.get(PREDICTIONS_ATTRS), dict):
             return "predictions"
-        if isinstance(attrs.get(STORE_ATTRS), dict) and "layout_version" in attrs[STORE_ATTRS]:
+        if isinstance(attrs.get(STORE_ATTRS), dict) and "layout_version" in attrs[STORE_ATTRS] \
+                and set(listdir(p)) <= STORE_ENTRIES:
             return "store"
         return None
     names = set(listdir(p))

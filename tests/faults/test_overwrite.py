@@ -194,3 +194,13 @@ def test_the_recogniser_knows_each_writers_output(tmp_path, small_store, shared_
     with StoreWriter(tmp_path / "w.zarr", source={"kind": "test"}, chunk_size=256) as w:
         assert storage.made_by_digitbatch(w.tmp) == "store"  # being written: its owner record
     assert storage.check_replaceable(tmp_path / "absent", "store") is None
+
+
+def test_a_store_holding_a_users_file_is_not_replaced(tmp_path, small_store, idx_dir):
+    store = tmp_path / "s.zarr"
+    shutil.copytree(small_store, store)
+    (store / "my-notes.txt").write_text("notes kept with the data")
+    before = tree(tmp_path)
+    with pytest.raises(OverwriteRefusedError, match="s.zarr is a folder digitbatch did not make"):
+        ingest(idx_dir, store, overwrite=True, scheduler="synchronous")
+    assert_unchanged(before, tmp_path)
