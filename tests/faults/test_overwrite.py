@@ -26,7 +26,7 @@ from click.testing import CliRunner
 
 from digitbatch import jobs, storage
 from digitbatch.cli import main
-from digitbatch.errors import JobFailedError, JobSpecError, OverwriteRefusedError
+from digitbatch.errors import JobFailedError, JobSpecError, OverwriteRefusedError, ScoreError
 from digitbatch.ingestion import ingest
 from digitbatch.jobspec import load_job
 from digitbatch.layout import StoreWriter
@@ -174,7 +174,9 @@ def test_job_score_overwrite_of_a_foreign_folder_is_refused(tmp_path, small_stor
     job = load_job(spec, check_files=False)
     with pytest.raises(JobFailedError) as info:
         jobs.run_job(job)
-    assert isinstance(info.value.__cause__, OverwriteRefusedError)
+    # (scoring's own overwrite check, under its lock: a named error either way)
+    assert isinstance(info.value.__cause__, (OverwriteRefusedError, ScoreError))
+    assert "not a digitbatch scoring output" in str(info.value.__cause__)
     assert_unchanged(before, tmp_path, "w")
 
 
