@@ -73,9 +73,9 @@ def _check_writable(key: str, out, *, file: bool) -> None:
     if not storage.is_local(out):
         return
     if file and (out.is_dir() or (out.exists() and not out.is_file())):
-        raise JobSpecError(f"{key} {str(out)!r} is a folder (or not a regular file): the run "
-                           f"summary is a JSON file; give a file path, e.g. "
-                           f"{str(out / 'run.json')!r}")
+        raise JobSpecError(f"{key} {str(out)!r} is a directory (or not a regular file): "
+                           f"{key} is written as one file; give a file name, e.g. "
+                           f"{str(out / ('run.json' if key == 'job.summary' else out.name))!r}")
     if not file and out.exists() and not out.is_dir():
         raise JobSpecError(f"{key} {str(out)!r} is a file: the step writes a folder there; "
                            f"choose another out")

@@ -129,11 +129,11 @@ def test_outputs_over_inputs_are_refused_by_check(case, tmp_path, src, shared_mo
 def test_summary_that_is_a_folder_is_refused_before_any_step(tmp_path, src):
     (tmp_path / "work" / "j.run.json").mkdir(parents=True)
     spec = _spec(tmp_path, f'[ingest]\nsource = "{src}"\n')
-    _check(tmp_path, spec, r"job.summary .* is a folder")
+    _check(tmp_path, spec, r"job.summary .* is a directory")
     # a job checked elsewhere (check_files=False) is refused by the run itself, before any step
     job = load_job(spec, check_files=False)
     before = tree(tmp_path)
-    with pytest.raises(JobSpecError, match="is a folder"):
+    with pytest.raises(JobSpecError, match="is a directory"):
         jobs.run_job(job)
     assert_unchanged(before, tmp_path)
 
