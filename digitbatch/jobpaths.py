@@ -16,7 +16,7 @@ from . import storage
 from .errors import JobSpecError
 
 # Outputs that are one file (the others are folders).
-FILE_OUTPUTS = ("job.summary", "export.out", "score.ledger")
+FILE_OUTPUTS = ("job.summary", "job.metrics_file", "export.out", "score.ledger")
 
 
 def _ident(path) -> tuple[bool, object]:

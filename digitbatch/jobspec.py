@@ -412,6 +412,8 @@ def job_paths(job: Job) -> tuple[list, list]:
             if fixed(value) and not (step == "ingest" and value in NAMED_SOURCES):
                 inputs.append((i, f"{step}.{key}", value))
     outputs.append((len(STEPS), "job.summary", job.summary))
+    if job.metrics_file is not None:
+        outputs.append((len(STEPS), "job.metrics_file", job.metrics_file))
     for key in ("tls_ca_file", "tls_cert", "tls_key"):
         if getattr(job.cluster, key):
             inputs.append((-1, f"cluster.{key}", Path(getattr(job.cluster, key))))
