@@ -47,7 +47,7 @@ KILLER = textwrap.dedent("""
     from digitbatch.ingestion import ingest
     src, out, sig, at = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     seen = 0
-    def progress(n):
+    def progress(n=0, total=None):
         global seen
         seen += n
         if seen >= at:  # killed on progress, with work left
