@@ -11,6 +11,12 @@
 - ``"tcp://host:port"``, ``"tls://host:port"`` (or any address Dask
   accepts): join that cluster.
 
+Every listener of a LocalCluster started here (scheduler, workers, nannies,
+dashboards, the workers' HTTP servers) binds the loopback interface only,
+unless ``$DIGITBATCH_LOCAL_HOST`` names another interface to listen on.
+An address is checked (:func:`check_address`) before anything is started
+or created.
+
 When no address is passed, ``$DIGITBATCH_SCHEDULER`` gives it, then Dask's
 own ``scheduler-address`` config (``$DASK_SCHEDULER_ADDRESS``, as the Dask
 Kubernetes operator and dask-jobqueue set it), then ``"local"``.
@@ -25,15 +31,20 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import difflib
 import gc
 import logging
 import os
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import ClusterError
+from .addresses import (  # noqa: F401  (re-exported: where a LocalCluster listens)
+    LOCAL_HOST, LOCAL_HOST_ENV, address_problem, local_host,
+)
+from .errors import ClusterError, SchedulerAddressError
 from .logs import worker_environ
 
 log = logging.getLogger(__name__)
@@ -147,14 +158,43 @@ def _config_address() -> str | None:
     return dask.config.get("scheduler-address", None)
 
 
-def resolve_scheduler(scheduler: Scheduler) -> str:
-    """The effective address: the option, else the environment, else Dask's config, else local."""
+def check_address(scheduler: Scheduler) -> str:
+    """The effective scheduler address (see :func:`resolve_scheduler`) if it is
+    one Dask can use: ``"local"``, ``"synchronous"`` (or ``"sync"``, ``"inline"``),
+    ``SCHEME://HOST:PORT`` for Dask's transports (tcp, tls, ws, wss, ucx),
+    ``HOST:PORT`` (tcp), or ``inproc://...``. Anything else (``lokal``, a
+    missing or out-of-range port, a path, a bad host) is a
+    :class:`SchedulerAddressError` naming it, raised before anything is
+    started or created: call it at the top of any command that connects.
+    """
     spec = as_spec(scheduler)
-    address = spec.address or os.environ.get(SCHEDULER_ENV) or _config_address() or "local"
-    if not isinstance(address, str) or not address.strip():
-        raise ClusterError(
-            f"scheduler must be an address, 'local' or 'synchronous', got {address!r}")
-    address = address.strip()
+    given = spec.address or os.environ.get(SCHEDULER_ENV) or _config_address() or "local"
+    source = ("--scheduler" if spec.address else f"${SCHEDULER_ENV}"
+              if os.environ.get(SCHEDULER_ENV) else "Dask's scheduler-address config")
+    if not isinstance(given, str) or not given.strip():
+        raise SchedulerAddressError(
+            f"{source} must be an address, 'local' or 'synchronous', got {given!r}")
+    address = given.strip()
+    if address == "local" or address in SYNCHRONOUS:
+        return address
+    problem = address_problem(address)
+    if problem is None:
+        return address
+    hint = difflib.get_close_matches(address.lower(), ["local", *SYNCHRONOUS], n=1, cutoff=0.6)
+    fix = (f"did you mean {hint[0]!r}?" if hint else
+           "give 'local' (a cluster on this machine), 'synchronous' (no cluster), or the "
+           "scheduler's address as tcp://HOST:PORT (tls://HOST:PORT with TLS)")
+    raise SchedulerAddressError(f"{source} {given!r} is not a scheduler address ({problem}): "
+                                f"{fix}")
+
+
+def resolve_scheduler(scheduler: Scheduler) -> str:
+    """The effective address: the option, else the environment, else Dask's config, else local.
+
+    It is checked first (:func:`check_address`).
+    """
+    spec = as_spec(scheduler)
+    address = check_address(spec)
     if spec.tls and (address == "local" or address in SYNCHRONOUS):
         raise ClusterError(
             f"TLS files were given but the scheduler is {address!r}: TLS is for joining a "
@@ -182,13 +222,31 @@ class InlineExecutor:
 
 
 class DaskExecutor:
-    """Runs tasks on a Dask client, a bounded window in flight, results in order."""
+    """Runs tasks on a Dask client, a bounded window in flight, results in order.
+
+    :meth:`close` (called by :func:`executor` before its client closes)
+    finishes any :meth:`map_ordered` iteration left suspended (the caller
+    raised, say): its pending futures are cancelled while the client's event
+    loop still runs, not when the generator is collected later ("Exception
+    ignored ... IOLoop is closed").
+    """
 
     def __init__(self, client: Any):
         self.client = client
         self.n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+        self._live: weakref.WeakSet = weakref.WeakSet()
+
+    def close(self) -> None:
+        for gen in list(self._live):
+            gen.close()
+        self._live.clear()
 
     def map_ordered(self, fn: Callable, items: Iterable, *, window: int | None = None) -> Iterator:
+        gen = self._map_ordered(fn, items, window=window)
+        self._live.add(gen)
+        return gen
+
+    def _map_ordered(self, fn: Callable, items: Iterable, *, window: int | None) -> Iterator:
         window = window or 2 * self.n_workers + 2
         pending: collections.deque = collections.deque()
         try:
@@ -215,7 +273,11 @@ def executor(scheduler: Scheduler = None, *, n_workers: int | None = None,
         yield InlineExecutor()
         return
     with client(scheduler, n_workers=n_workers, processes=processes) as c:
-        yield DaskExecutor(c)
+        ex = DaskExecutor(c)
+        try:
+            yield ex
+        finally:
+            ex.close()
 
 
 def _quiet_distributed() -> None:
@@ -239,8 +301,12 @@ def _local_cluster(n_workers: int | None, processes: bool = True) -> Iterator:
     # serialisation); processes over TCP on the loopback interface only
     # (config= too: a worker process the cluster starts again later, e.g. after
     # Client.restart, gets it from its Nanny, not from this block's dask.config)
-    options = ({"env": dict(WORKER_ENV), "host": "127.0.0.1", "config": LOCAL_CLUSTER_CONFIG}
-               if processes else {})
+    host = local_host()
+    options = ({"env": dict(WORKER_ENV), "host": host, "config": LOCAL_CLUSTER_CONFIG}
+               if processes else
+               # in-process workers still start an HTTP server (/metrics, /health),
+               # on every interface unless told where
+               {"worker_dashboard_address": f"{host}:0"})
     try:
         with dask.config.set({"distributed.nanny.pre-spawn-environ": {
                 **_pre_spawn_environ(), **worker_environ()},  # (JSON logs in workers too)
@@ -249,7 +315,7 @@ def _local_cluster(n_workers: int | None, processes: bool = True) -> Iterator:
                 n_workers=workers,
                 threads_per_worker=1,
                 processes=processes,
-                dashboard_address="127.0.0.1:0",
+                dashboard_address=f"{host}:0",
                 **options,
             )
     except Exception as exc:

@@ -221,16 +221,23 @@ class ThreadedFit:
         return self.estimator.__sklearn_tags__()
 
 
-def _on_cluster(estimator, client):
+def _on_cluster(estimator, client, y: np.ndarray | None = None):
     """``estimator`` for the fold tasks of a cluster: its final step's
     ``n_jobs`` (threads over the classes of a one-vs-rest fit) set to
     :data:`FOLD_THREADS` and its fit run on threads, unless the caller chose
-    an ``n_jobs``."""
+    an ``n_jobs``. Only a one-vs-rest SGD over more than two classes has
+    per-class fits to share out: a binary problem is one fit, and
+    LogisticRegression's ``n_jobs`` does nothing since scikit-learn 1.8 (it
+    warns in every fold), so those are left as they are."""
     if client is None:
         return estimator
     from sklearn.base import clone
+    from sklearn.linear_model import SGDClassifier
 
     last = estimator.steps[-1] if hasattr(estimator, "steps") else None
+    final = last[1] if last is not None else estimator
+    if not isinstance(final, SGDClassifier) or (y is not None and np.unique(y).size <= 2):
+        return estimator
     params = estimator.get_params()
     key = f"{last[0]}__n_jobs" if last is not None else "n_jobs"
     if key not in params or params[key] is not None:
@@ -241,7 +248,7 @@ def _on_cluster(estimator, client):
 def run_cv(estimator, X: np.ndarray, y: np.ndarray, *, k: int, client=None) -> CVResult:
     """K-fold accuracy (stratified, unshuffled: rows arrive shuffled with the seed)."""
     k = check_folds(k, y)
-    estimator = _on_cluster(estimator, client)
+    estimator = _on_cluster(estimator, client, y)
     t0 = time.perf_counter()
     with joblib_backend(client, X, y) as (backend, n_jobs):
         res = cross_validate(estimator, X, y, cv=StratifiedKFold(n_splits=k), scoring="accuracy",
@@ -257,7 +264,7 @@ def run_search(estimator, grid: dict, X: np.ndarray, y: np.ndarray, *, k: int,
                client=None) -> tuple[object, dict]:
     """Grid search (K-fold accuracy) on the cluster; returns (best estimator, summary)."""
     k = check_folds(k, y)
-    estimator = _on_cluster(estimator, client)
+    estimator = _on_cluster(estimator, client, y)
     t0 = time.perf_counter()
     with joblib_backend(client, X, y) as (backend, n_jobs):
         gs = GridSearchCV(estimator, grid, cv=StratifiedKFold(n_splits=k), scoring="accuracy",

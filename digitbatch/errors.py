@@ -29,6 +29,10 @@ class StoreExistsError(StoreError, FileExistsError):
     """The output store exists and ``overwrite`` was not given."""
 
 
+class OverwriteRefusedError(DigitbatchError, FileExistsError):
+    """``--overwrite`` names something digitbatch did not make (or not this kind): kept."""
+
+
 # --- sources ----------------------------------------------------------------
 
 
@@ -129,6 +133,10 @@ class StorageError(DigitbatchError, OSError):
 
 class ClusterError(DigitbatchError, RuntimeError):
     """The Dask cluster could not be started or joined."""
+
+
+class SchedulerAddressError(ClusterError, ValueError):
+    """A ``--scheduler`` value is not ``local``, ``synchronous`` or a scheduler address."""
 
 
 # --- jobs -------------------------------------------------------------------

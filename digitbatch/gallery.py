@@ -7,6 +7,8 @@ they know nothing of stores or predictions, so :mod:`digitbatch.plots` (the
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import math
 from collections.abc import Sequence
@@ -36,9 +38,44 @@ def pyplot():
     return plt
 
 
+def _literal(draw):
+    """Run a drawing function inside :func:`literal_text`."""
+    @functools.wraps(draw)
+    def wrapper(*args, **kwargs):
+        with literal_text():
+            return draw(*args, **kwargs)
+    return wrapper
+
+
+@contextlib.contextmanager
+def literal_text():
+    """Every text drawn inside is drawn literally.
+
+    Keys, file names and model names come from users' archives: ``$x^$`` in
+    one would be parsed as mathtext (a ``ParseFatalException`` at save) and,
+    with a user's ``text.usetex``, handed to LaTeX. Text objects take these
+    settings when they are made, and the figure is saved inside too.
+    """
+    import matplotlib
+
+    with matplotlib.rc_context({"text.usetex": False, "text.parse_math": False}):
+        yield
+
+
+def printable(text: str) -> str:
+    """``text`` with its control characters (newlines, tabs, escapes) shown as
+    ``\\n``-style escapes, so an untrusted string is one line, drawn as it is."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in text)
+
+
 def short_key(key: str, width: int = 24) -> str:
-    """``key`` cut to ``width`` characters, keeping its end (the file name)."""
-    key = str(key)
+    """``key`` cut to ``width`` characters, keeping its end (the file name), on
+    one line (:func:`printable`)."""
+    key = printable(key)
     return key if len(key) <= width else "\u2026" + key[-(width - 1):]
 
 
@@ -51,6 +88,7 @@ def fetch_rows(images, labels, keys, rows: Sequence[int]) -> tuple[np.ndarray, n
             [str(k) for k in keys.oindex[rows]])
 
 
+@_literal
 def draw_gallery(images: np.ndarray, titles: Sequence[str], out: str | Path, *, title: str,
                  colors: Sequence[str] | None = None, ncols: int | None = None,
                  empty_text: str = "nothing to show") -> Path:
@@ -75,8 +113,10 @@ def draw_gallery(images: np.ndarray, titles: Sequence[str], out: str | Path, *, 
         fig = plt.figure(figsize=(6, 1.6), dpi=DPI)
         fig.text(0.5, 0.7, title, ha="center", va="center", fontsize=11, weight="bold")
         fig.text(0.5, 0.35, empty_text, ha="center", va="center", fontsize=10, color="0.3")
-        fig.savefig(out)
-        plt.close(fig)
+        try:
+            fig.savefig(out)
+        finally:
+            plt.close(fig)
         return Path(out)
     ncols = max(1, min(n, ncols or min(MAX_COLS, math.ceil(math.sqrt(n)))))
     nrows = math.ceil(n / ncols)
@@ -103,12 +143,15 @@ def draw_gallery(images: np.ndarray, titles: Sequence[str], out: str | Path, *, 
         ax.imshow(images[i], cmap="binary", interpolation="nearest", vmin=0, vmax=255)
         ax.set_title(titles[i], fontsize=TITLE_FONT, color=(colors[i] if colors else "black"),
                      linespacing=1.15, pad=2)
-    fig.savefig(out)
-    plt.close(fig)
+    try:
+        fig.savefig(out)
+    finally:
+        plt.close(fig)
     log.debug("drew %d digits to %s", n, out)
     return Path(out)
 
 
+@_literal
 def draw_confusion(cm: np.ndarray, names: Sequence[str], out: str | Path, *, title: str) -> Path:
     """Heatmap of ``cm`` (rows true, columns predicted): counts in the cells, row-normalised shading."""
     plt = pyplot()
@@ -136,11 +179,14 @@ def draw_confusion(cm: np.ndarray, names: Sequence[str], out: str | Path, *, tit
     ax.set_title(title, fontsize=10)
     ax.tick_params(length=0)
     fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
+    try:
+        fig.savefig(out)
+    finally:
+        plt.close(fig)
     return Path(out)
 
 
+@_literal
 def draw_per_class(per_class: dict, names: Sequence[str], out: str | Path, *, title: str) -> Path:
     """Grouped bars of precision, recall and F1 per class; support under each class name."""
     plt = pyplot()
@@ -163,6 +209,8 @@ def draw_per_class(per_class: dict, names: Sequence[str], out: str | Path, *, ti
     ax.legend(fontsize=8, ncols=3, loc="upper center", frameon=False)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
+    try:
+        fig.savefig(out)
+    finally:
+        plt.close(fig)
     return Path(out)

@@ -164,6 +164,9 @@ def ingest(
     codec = validate_codec(codec)
     if isinstance(max_rejects, bool) or not isinstance(max_rejects, int) or max_rejects < 0:
         raise TooManyRejectsError(f"max_rejects must be an integer >= 0, got {max_rejects!r}")
+    if overwrite:  # before any work: only a digitbatch store is ever replaced
+        storage.check_replaceable(out, "store")
+    cluster.check_address(scheduler)
     source = str(source)
     with contextlib.ExitStack() as stack:
         origin = None

@@ -85,10 +85,10 @@ from . import cluster, metricsfile, storage
 from .logs import context_fields, log_context, new_run_id
 from .version import __version__
 from .errors import InputsFailedError, JobFailedError, RunTerminated
-from .jobspec import SCHEMA, STEPS, Job, describe, load_job, parse_override
+from .jobspec import SCHEMA, STEPS, Job, check_outputs, describe, load_job, parse_override
 from .modelio import manifest_path
 
-__all__ = ["SCHEMA", "STEPS", "Job", "describe", "load_job",
+__all__ = ["SCHEMA", "STEPS", "Job", "check_outputs", "describe", "load_job",
            "parse_override", "run_job"]
 
 log = logging.getLogger(__name__)
@@ -262,7 +262,9 @@ def run_job(job: Job, *, scheduler: cluster.Scheduler = None, progress=None) -> 
 
 
 def _run_job(job: Job, *, scheduler, progress) -> dict:
+    check_outputs(job)  # (again: a spec checked elsewhere, or things moved since)
     spec = cluster.merge(scheduler, job.cluster)
+    cluster.check_address(spec)
     summary = {
         "job": job.name, "spec": str(job.path), "overrides": list(job.overrides),
         "workdir": str(job.workdir), "digitbatch_version": __version__,

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import cluster, storage
-from .errors import JobSpecError
+from .errors import ClusterError, JobSpecError
+from .jobpaths import check_paths
 
 STEPS = ("ingest", "train", "score", "report", "export")
 NAMED_SOURCES = ("sample", "openml")
@@ -191,6 +192,12 @@ def load_job(path: str | os.PathLike, overrides=(), *, cwd: str | os.PathLike | 
         _check_value(section, key, raw[section][key], w)
     job = _resolve(path, raw, where, overrides, Path(cwd or os.getcwd()))
     _check_options(job)
+    if job.cluster.address is not None:
+        try:
+            cluster.check_address(job.cluster.address)
+        except ClusterError as exc:
+            raise JobSpecError(f"cluster.scheduler ({where.get(('cluster', 'scheduler'))}): "
+                               f"{exc}") from None
     if check_files:
         _check_files(job, where)
     return job
@@ -302,7 +309,11 @@ def _check_files(job: Job, where: dict) -> None:
             raise JobSpecError(f"{section}.out {str(out)!r} exists: set overwrite = true in "
                                f"[{section}] (or --set {section}.overwrite=true) to replace the "
                                f"{what}, or choose another out")
+        kind = {"ingest": "store", "train": "model"}.get(section)
+        if kind and p[section].get("overwrite"):
+            _replaceable(section, out, kind)
 
+    check_outputs(job)  # first: a collision explains the other refusals it would cause
     for key in ("tls_ca_file", "tls_cert", "tls_key"):
         if getattr(job.cluster, key) and not Path(getattr(job.cluster, key)).is_file():
             raise JobSpecError(f"cluster.{key} = {getattr(job.cluster, key)!r} does not exist")
@@ -334,11 +345,7 @@ def _check_files(job: Job, where: dict) -> None:
                 raise JobSpecError(
                     f"score.out {str(sc['out'])!r} exists: set resume = true to continue it, "
                     f"overwrite = true to replace it, or choose another out")
-            from .scoring.output import is_output
-
-            if not is_output(sc["out"]):
-                raise JobSpecError(f"score.overwrite: {str(sc['out'])!r} is not a digitbatch "
-                                   f"scoring output; it is not replaced. Choose another out")
+            _replaceable("score", sc["out"], "predictions")
         made.add(ident(sc["out"]))
     if "report" in job.steps and "{input}" not in str(p["report"]["predictions"]):
         need("report", "predictions")
@@ -362,7 +369,62 @@ def _check_files(job: Job, where: dict) -> None:
             check_path(job.metrics_file)
         except MetricsFileError as exc:
             raise JobSpecError(f"job.metrics_file: {exc}") from exc
+    if "report" in job.steps:
+        out = p["report"]["out"]
+        if "{input}" not in str(out) and storage.is_local(out) and out.is_dir() \
+                and any(out.iterdir()) and storage.made_by_digitbatch(out) != "report":
+            raise JobSpecError(f"report.out {str(out)!r} is a folder digitbatch did not make (it "
+                               f"is not a report): the report is not written into it. Choose "
+                               f"another out")
 
+
+def _replaceable(section: str, out, kind: str) -> None:
+    """``overwrite = true`` replaces only a digitbatch output of the step's kind."""
+    from .errors import OverwriteRefusedError
+
+    try:
+        storage.check_replaceable(out, kind, option=f"{section}.overwrite")
+    except OverwriteRefusedError as exc:
+        raise JobSpecError(str(exc).replace("choose another --out", "choose another out")) from None
+
+
+def job_paths(job: Job) -> tuple[list, list]:
+    """``(outputs, inputs)`` of the steps that run: ``(step index, "section.key", path)``
+    each; the run summary is an output of a last, extra step."""
+    p = job.params
+    reads = {"ingest": ("source", "labels"), "train": ("store",),
+             "score": ("input", "model", "labels"), "report": ("predictions", "store"),
+             "export": ("predictions", "store")}
+    writes = {"score": ("out", "ledger")}
+
+    def fixed(value) -> bool:  # (a glob or an {input} template names many paths: not compared)
+        return value is not None and not any(c in str(value) for c in "{}*?[")
+
+    outputs, inputs = [], []
+    for i, step in enumerate(STEPS):
+        if step not in job.steps:
+            continue
+        for key in writes.get(step, ("out",)):
+            if fixed(p[step].get(key)):
+                outputs.append((i, f"{step}.{key}", p[step][key]))
+        for key in reads[step]:
+            value = p[step].get(key)
+            if fixed(value) and not (step == "ingest" and value in NAMED_SOURCES):
+                inputs.append((i, f"{step}.{key}", value))
+    outputs.append((len(STEPS), "job.summary", job.summary))
+    if job.metrics_file is not None:
+        outputs.append((len(STEPS), "job.metrics_file", job.metrics_file))
+    for key in ("tls_ca_file", "tls_cert", "tls_key"):
+        if getattr(job.cluster, key):
+            inputs.append((-1, f"cluster.{key}", Path(getattr(job.cluster, key))))
+    return outputs, inputs
+
+
+def check_outputs(job: Job) -> None:
+    """Every path the run will write, checked before any work starts
+    (:func:`digitbatch.jobpaths.check_paths`); a :class:`JobSpecError` naming
+    the keys otherwise."""
+    check_paths(*job_paths(job))
 
 
 def describe(job: Job) -> list[str]:

@@ -41,6 +41,10 @@ from . import storage
 from .version import __version__
 from .digits import IMAGE_SHAPE, LABEL_DTYPE, N_CLASSES, UNKNOWN_LABEL  # noqa: F401
 from .errors import StoreError, StoreExistsError, StoreNotFoundError
+from .storecheck import (  # noqa: F401  (re-exported: the store's limits and label check)
+    MAX_CHUNK_SIZE, MAX_IMAGES, MIN_CHUNK_SIZE, check_labels, validate_arrays,
+)
+from .tempstores import TEMP_INFIX, owner_record, remove_stale_temps
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +53,6 @@ LAYOUT_VERSION = 1
 # Large enough that per-task overhead is small against the work, small
 # enough for two tasks per core in memory.
 DEFAULT_CHUNK_SIZE = 32_768
-MIN_CHUNK_SIZE = 256
 # LZ4 decodes MNIST chunks several times faster than zstd at a somewhat lower
 # ratio; scoring is decode-bound, disk is cheap. Level 9 (Blosc: LZ4's slowest
 # "fast" setting) compresses better than 5 and decodes faster at about the
@@ -65,7 +68,7 @@ IMAGE_CODECS = {
     "none": (BloscCodec(cname="lz4", clevel=0, shuffle="noshuffle"),),
 }
 DEFAULT_IMAGE_CODEC = "lz4"
-ATTRS_KEY = "digitbatch"
+ATTRS_KEY = storage.STORE_ATTRS  # "digitbatch"
 
 
 def validate_chunk_size(chunk_size: int) -> int:
@@ -76,6 +79,11 @@ def validate_chunk_size(chunk_size: int) -> int:
         raise StoreError(
             f"chunk_size {chunk_size} is too small: use at least {MIN_CHUNK_SIZE} "
             f"(default {DEFAULT_CHUNK_SIZE})"
+        )
+    if chunk_size > MAX_CHUNK_SIZE:
+        raise StoreError(
+            f"chunk_size {chunk_size} is too large: a chunk is read whole into memory; use at "
+            f"most {MAX_CHUNK_SIZE} (default {DEFAULT_CHUNK_SIZE})"
         )
     return int(chunk_size)
 
@@ -156,7 +164,10 @@ class Store:
         c = self.chunk_size
         parts = [read_rows(arr, i)[max(start - i * c, 0): stop - i * c]
                  for i in range(start // c, -(-stop // c))] if stop > start else []
-        return np.concatenate(parts) if parts else arr[0:0]
+        out = np.concatenate(parts) if parts else arr[0:0]
+        if name == "labels":
+            check_labels(out, where=f"store {self.path}, rows {start}-{stop - 1}")
+        return out
 
     def read(self, rows: slice = slice(None)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Images, labels and keys of ``rows``, in memory (damage is a StoreError)."""
@@ -180,7 +191,6 @@ class Store:
             da.from_zarr(self.labels),
         )
 
-
 def open_store(path: str | os.PathLike) -> Store:
     """Open and validate a store; raise :class:`StoreError` naming the fault."""
     p = storage.to_path(path)
@@ -202,41 +212,8 @@ def open_store(path: str | os.PathLike) -> Store:
     if meta.get("complete") is not True:
         raise StoreError(f"store {p} is incomplete (an interrupted write?): ingest it again")
     store = Store(path=p, group=group, meta=meta)
-    _validate_arrays(store)
+    validate_arrays(store)
     return store
-
-
-def _validate_arrays(store: Store) -> None:
-    p = store.path
-    members = set(store.group.array_keys())
-    for name in ("images", "labels", "keys"):
-        if name not in members:
-            raise StoreError(f"store {p} has no '{name}' array: re-ingest it")
-    images, labels, keys = store.images, store.labels, store.keys
-    if images.dtype != np.uint8 or images.ndim != 3 or tuple(images.shape[1:]) != IMAGE_SHAPE:
-        raise StoreError(
-            f"store {p}: images must be (N, 28, 28) uint8, got {images.shape} {images.dtype}"
-        )
-    n = images.shape[0]
-    if labels.dtype != LABEL_DTYPE or labels.shape != (n,):
-        raise StoreError(f"store {p}: labels must be ({n},) int8, got {labels.shape} {labels.dtype}")
-    if keys.shape != (n,) or keys.dtype.kind not in "TUO":
-        raise StoreError(f"store {p}: keys must be ({n},) strings, got {keys.shape} {keys.dtype}")
-    if tuple(images.chunks[1:]) != IMAGE_SHAPE:
-        raise StoreError(f"store {p}: images must be chunked along N only, got chunks {images.chunks}")
-    c = images.chunks[0]
-    if labels.chunks[0] != c or keys.chunks[0] != c:
-        raise StoreError(
-            f"store {p}: arrays are not chunk-aligned (images {c}, labels {labels.chunks[0]}, "
-            f"keys {keys.chunks[0]}): re-ingest it"
-        )
-    if meta_n := store.meta.get("n_images"):
-        if meta_n != n:
-            raise StoreError(f"store {p}: attributes say {meta_n} images but arrays hold {n}")
-    for name, (start, stop) in store.splits.items():
-        if not 0 <= start <= stop <= n:
-            raise StoreError(f"store {p}: split {name!r} rows [{start}, {stop}) outside [0, {n})")
-
 
 @dataclass
 class _Buffer:
@@ -272,15 +249,20 @@ class StoreWriter:
         self.chunk_size = validate_chunk_size(chunk_size)
         self.codec = validate_codec(codec)
         self.overwrite = overwrite
+        if self.local and storage.parent_exists(self.path):
+            remove_stale_temps(self.path)
         if self.path.exists() and not overwrite:
             raise StoreExistsError(
                 f"{self.path} already exists: choose another --out or pass --overwrite"
             )
+        if overwrite:
+            storage.check_replaceable(self.path, "store")
         if not storage.parent_exists(self.path):
             raise StoreError(f"parent directory {self.path.parent} of {self.path} does not exist")
         # object stores cannot rename: there the store is written in place
         # (invalid until ``complete``); an overwritten one is removed first
-        self.tmp = (self.path.parent / f".{self.path.name}.tmp-{uuid.uuid4().hex[:12]}"
+        self.token = uuid.uuid4().hex[:12]
+        self.tmp = (self.path.parent / f".{self.path.name}{TEMP_INFIX}{self.token}"
                     if self.local else self.path)
         self._buf = _Buffer()
         self._written = 0
@@ -303,9 +285,15 @@ class StoreWriter:
         if self._group is not None:
             return
         if not self.local and self.path.exists():
+            storage.check_replaceable(self.path, "store")
             log.warning("removing %s to overwrite it", self.path)
             storage.rmtree(self.path)
         g = storage.open_group(self.tmp, mode="w-")
+        # first of all: whose it is, so a rerun after this process is killed
+        # can prove the temporary store is a dead run's and remove it
+        self._owner = owner_record(self.path, self.token)
+        g.attrs[ATTRS_KEY] = {"layout_version": LAYOUT_VERSION, "complete": False,
+                              "writer": self._owner}
         c = self.chunk_size
         # Every chunk is written, even one equal to the fill value, so that a
         # missing chunk file always means damage (see read_rows).
@@ -410,6 +398,8 @@ class StoreWriter:
             "n_rejects": len(self._rejects),
             "splits": {k: [int(a), int(b)] for k, (a, b) in splits.items()},
             "complete": True,
+            # (kept: a run killed after this write but before its rename is still known)
+            "writer": self._owner if self.local else None,
             **(extra or {}),
         }
         g.attrs[ATTRS_KEY] = meta
@@ -425,6 +415,7 @@ class StoreWriter:
         if self.path.exists():
             if not self.overwrite:
                 raise StoreExistsError(f"{self.path} appeared while writing: not overwriting it")
+            storage.check_replaceable(self.path, "store")  # (it may have changed meanwhile)
             trash = self.path.parent / f".{self.path.name}.old-{uuid.uuid4().hex[:12]}"
             os.rename(self.path, trash)
         os.rename(self.tmp, self.path)

@@ -30,9 +30,10 @@ import numpy as np
 from . import storage
 from .version import __version__
 from .errors import ModelError, TrainingError
-from .digits import IMAGE_SHAPE
+from .digits import IMAGE_SHAPE, N_CLASSES
 from . import folding as FO
 from .models import CompactModel, check_feature_arrays, get_spec
+from .npycheck import MAX_MODEL_BYTES, check_array_sizes  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,8 @@ def _preprocessing(model: CompactModel) -> str:
     return _PREPROCESSING[model.features]
 MODEL_FILE = "model.npz"
 MANIFEST_FILE = "manifest.json"
+# The largest manifest read: anything beyond is damage or an attack.
+MAX_MANIFEST_BYTES = 1 << 20
 
 
 def sha256_file(path: Path) -> str:
@@ -122,8 +125,10 @@ def save_model(model: CompactModel, out: str | os.PathLike, *, manifest: dict,
     if storage.is_url(out):
         return _save_remote(model, str(out), manifest=manifest, overwrite=overwrite)
     out = Path(out)
-    if out.exists() and not overwrite:
+    if (out.exists() or out.is_symlink()) and not overwrite:
         raise ModelError(f"{out} already exists: choose another --out or pass --overwrite")
+    if overwrite:
+        storage.check_replaceable(out, "model")
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:12]}"
     tmp.mkdir(parents=True)
     try:
@@ -149,7 +154,10 @@ def save_model(model: CompactModel, out: str | os.PathLike, *, manifest: dict,
             "model_sha256": sha256_file(tmp / MODEL_FILE),
         }
         (tmp / MANIFEST_FILE).write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
-        if out.exists():
+        if out.exists() or out.is_symlink():
+            if not overwrite:
+                raise ModelError(f"{out} appeared while training: not overwriting it")
+            storage.check_replaceable(out, "model")  # only a digitbatch model is replaced
             shutil.rmtree(out)
         os.rename(tmp, out)
     except BaseException:
@@ -164,6 +172,7 @@ def _save_remote(model: CompactModel, out: str, *, manifest: dict, overwrite: bo
     if dest.exists():
         if not overwrite:
             raise ModelError(f"{out} already exists: choose another --out or pass --overwrite")
+        storage.check_replaceable(dest, "model")
         storage.rmtree(dest)
     with tempfile.TemporaryDirectory(prefix="digitbatch-model-") as d:
         local = save_model(model, Path(d) / "model", manifest=manifest)
@@ -186,6 +195,10 @@ def read_manifest(model: str | os.PathLike) -> dict:
     """
     mpath = manifest_path(model)
     try:
+        size = mpath.stat().st_size
+        if size > MAX_MANIFEST_BYTES:
+            raise ModelError(f"{mpath} is {size:,} bytes, more than the {MAX_MANIFEST_BYTES:,} a "
+                             f"digitbatch manifest may be: the artifact is damaged; retrain it")
         manifest = json.loads(mpath.read_text())
     except FileNotFoundError:
         raise ModelError(f"model {model} has no {MANIFEST_FILE}: is it a digitbatch model?") from None
@@ -271,9 +284,10 @@ def _read_arrays(p: Path, fpath: Path) -> dict[str, np.ndarray]:
     try:
         with zipfile.ZipFile(fpath) as zf:
             names = zf.namelist()
-        bad = [n for n in names if not n.endswith(".npy") or "/" in n or "\\" in n]
-        if bad:
-            raise ModelError(f"{what}: it holds {bad[:5]} (not .npy arrays): retrain it")
+            bad = [n for n in names if not n.endswith(".npy") or "/" in n or "\\" in n]
+            if bad:
+                raise ModelError(f"{what}: it holds {bad[:5]} (not .npy arrays): retrain it")
+            check_array_sizes(p, zf)
         with np.load(fpath, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
@@ -301,6 +315,43 @@ def _check_shapes(p: Path, manifest: dict, head) -> None:
     if [int(v) for v in c] != list(manifest.get("classes", [])):
         raise ModelError(f"model {p}: classes {c.tolist()} differ from the manifest's "
                          f"{manifest.get('classes')}: retrain it")
+    values = [int(v) for v in c]
+    allowed = range(2) if manifest.get("binary_digit") is not None else range(N_CLASSES)
+    if c.dtype.kind not in "iu" or values != sorted(set(values)) or \
+            any(v not in allowed for v in values):
+        raise ModelError(f"model {p}: classes {values} are not distinct digits "
+                         f"{allowed[0]}-{allowed[-1]} in order (they index the confusion "
+                         f"matrix): retrain the model on a store with labels 0-9")
+
+
+def check_model_for_store(loaded: "LoadedModel | CompactModel", store) -> None:
+    """Refuse to score ``store`` with a model that cannot count its labels.
+
+    A multi-class model's classes must include every digit that labels rows
+    of the store (its attributes' ``label_counts``, checked when the store
+    was opened): a model trained on 0-2 only cannot fill a confusion matrix
+    of a store labelled 0-9. A detector (``detect-D``) answers "D or not" for
+    any label. Unlabelled stores fit every model. Scoring calls this once,
+    after loading the model and opening the store and before any output is
+    created; a :class:`ModelError` naming both and the missing digits
+    otherwise.
+    """
+    model = loaded.model if isinstance(loaded, LoadedModel) else loaded
+    where = getattr(loaded, "path", None) or model.name
+    classes = [int(v) for v in model.classes]
+    if model.binary_digit is not None:
+        if classes != [0, 1]:
+            raise ModelError(f"model {where}: detector classes {classes}, not [0, 1]: retrain it")
+        return
+    counts = list(store.meta.get("label_counts") or [])
+    present = [d for d, k in enumerate(counts) if k]
+    missing = [d for d in present if d not in classes]
+    if missing:
+        raise ModelError(
+            f"model {where} was trained on digits {classes} but store {store.path} has rows "
+            f"labelled {missing} too ({sum(counts[d] for d in missing):,} rows): its confusion "
+            f"matrix cannot count them. Score with a model trained on every digit of the store "
+            f"(digitbatch train on a store with labels {present}), or a store of those digits")
 
 
 def _rebuild(p: Path, manifest: dict, arrays: dict[str, np.ndarray]) -> CompactModel:

@@ -35,14 +35,17 @@ def show_digit(store: str | Path, *, index: int, out: str | Path) -> dict:
     label = int(s.labels[index])
     key = str(s.keys[index])
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(3, 3.3), dpi=100)
-    ax.imshow(image, cmap="binary", interpolation="nearest")
-    ax.axis("off")
-    shown = "?" if label == UNKNOWN_LABEL else str(label)
-    ax.set_title(f"row {index}: label {shown}\n{key}", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
+    with gallery.literal_text():  # the key is drawn as it is, never as mathtext
+        fig, ax = plt.subplots(figsize=(3, 3.3), dpi=100)
+        ax.imshow(image, cmap="binary", interpolation="nearest")
+        ax.axis("off")
+        shown = "?" if label == UNKNOWN_LABEL else str(label)
+        ax.set_title(f"row {index}: label {shown}\n{gallery.printable(key)}", fontsize=8)
+        fig.tight_layout()
+        try:
+            fig.savefig(out)
+        finally:
+            plt.close(fig)
     log.info("drew row %d of %s to %s", index, s.path, out)
     return {"index": index, "label": None if label == UNKNOWN_LABEL else label, "key": key,
             "out": str(out)}
@@ -101,10 +104,11 @@ def show_grid(store: str | Path, *, out: str | Path, index: int = 0, label: int 
     titles = [f"row {r}: {'?' if lab == UNKNOWN_LABEL else int(lab)}\n{gallery.short_key(k)}"
               for r, lab, k in zip(rows.tolist(), labels.tolist(), keys)]
     if label is None:
-        heading = f"{s.path.name}: rows {rows[0]}-{rows[-1]}"
+        heading = f"{gallery.printable(s.path.name)}: rows {rows[0]}-{rows[-1]}"
     else:
         what = "unlabelled rows" if label == UNKNOWN_LABEL else f"rows labelled {label}"
-        heading = f"{s.path.name}: the first {len(rows)} {what} from row {index}"
+        heading = (f"{gallery.printable(s.path.name)}: the first {len(rows)} {what} "
+                   f"from row {index}")
     gallery.draw_gallery(images, titles, out, title=heading)
     log.info("drew %d rows of %s to %s", len(rows), s.path, out)
     return {"rows": int(len(rows)), "first": int(rows[0]), "last": int(rows[-1]),

@@ -8,6 +8,10 @@ that knows the difference:
   ``universal_pathlib`` ``UPath`` (the pathlib API over fsspec) for a URL, so
   the rest of the code uses one vocabulary (``/``, ``exists``, ``read_text``).
 - :func:`open_group` opens a Zarr group at either.
+- :func:`made_by_digitbatch` recognises what digitbatch wrote (a store, a
+  model, a scoring output, a report) by its own metadata, and
+  :func:`check_replaceable` is what every ``--overwrite`` asks before it
+  removes anything: whatever else is at the path is refused by name.
 - :func:`write_atomic` and :func:`create_exclusive` give the two guarantees
   the exactly-once output needs: a reader sees a file whole or not at all
   (local: temporary file + rename; object stores: a single PUT), and a lock
@@ -34,7 +38,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import StorageError
+from .errors import OverwriteRefusedError, StorageError
 
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 # never cache directory listings: commit records appear while we run
@@ -110,11 +114,19 @@ def write_atomic(p: Path, data: bytes | str) -> None:
         p.write_bytes(data)  # one PUT: object stores publish objects whole
         return
     tmp = p.parent / f".{p.name}.tmp-{uuid.uuid4().hex[:8]}"
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, p)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # disk full, say: nothing half-written is left
+        raise
+    try:
+        os.replace(tmp, p)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # (a directory at ``p``, say): no stray temporary file
+        raise
 
 
 def create_exclusive(p: Path, data: bytes | str) -> None:
@@ -227,3 +239,122 @@ def identity(p: Path) -> str:
     version = next((str(info[k]) for k in ("ETag", "etag", "LastModified", "mtime", "updated")
                     if info.get(k) is not None), "")
     return f"{info.get('size')}:{version}"
+
+
+# --- what digitbatch made ---------------------------------------------------------
+#
+# The metadata each format's owner writes, by which its outputs are known
+# (the owners: layout.ATTRS_KEY, predictions.ATTRS_KEY, modelio.MANIFEST_FILE
+# and the report's page; tests/faults/test_overwrite.py makes each for real
+# and checks that it is recognised). Kept here, not imported from the
+# owners, because every one of them imports this module.
+STORE_ATTRS = "digitbatch"
+PREDICTIONS_ATTRS = "digitbatch_predictions"
+MODEL_MANIFEST = "manifest.json"
+MODEL_FILES = frozenset({"model.npz", MODEL_MANIFEST})
+STORE_ENTRIES = frozenset({"zarr.json", "images", "labels", "keys", "rejects"})
+REPORT_PAGE = "report.html"
+REPORT_SIGNATURE = b"<title>digitbatch report: "
+REPORT_FILES = frozenset({REPORT_PAGE, "confusion.png", "per_class.png", "errors.png",
+                          "doubtful.png"})
+KINDS = {"store": "a digitbatch store", "model": "a digitbatch model",
+         "predictions": "a digitbatch scoring output", "report": "a digitbatch report folder"}
+_MAX_META_BYTES = 16 << 20
+
+
+def _head(p: Path, limit: int = _MAX_META_BYTES, *, whole: bool = True) -> bytes | None:
+    """File ``p``'s bytes, or None (absent, unreadable, or ``whole`` and over
+    ``limit`` bytes); with ``whole=False`` its first ``limit`` bytes."""
+    try:
+        if is_local(p):
+            if not p.is_file() or (whole and p.stat().st_size > limit):
+                return None
+            with open(p, "rb") as fh:
+                return fh.read(limit)
+        with p.open("rb") as fh:
+            data = fh.read(limit + 1)
+        return None if whole and len(data) > limit else data[:limit]
+    except (OSError, ValueError):
+        return None
+
+
+def _json_object(p: Path) -> dict | None:
+    import json
+
+    data = _head(p)
+    try:
+        value = json.loads(data) if data is not None else None
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def made_by_digitbatch(path: str | os.PathLike) -> str | None:
+    """What digitbatch output is at ``path``: ``"store"``, ``"model"``,
+    ``"predictions"``, ``"report"``, or None (nothing there, or anything else).
+
+    Each is recognised by the metadata its writer puts there: a Zarr group
+    whose attributes hold a digitbatch store's (also while it is being
+    written) or a scoring output's; a folder holding only ``model.npz`` and a
+    ``manifest.json`` with a format version and the model's SHA-256; a folder
+    holding only report files whose ``report.html`` is a digitbatch report.
+    A store, model or report folder that also holds anything its writer does
+    not put there (a user's notes) is None, as are a symbolic link, a plain
+    file and a folder of anything else.
+    """
+    p = to_path(path)
+    if is_local(p) and (p.is_symlink() or not p.is_dir()):
+        return None
+    group = _json_object(p / "zarr.json")
+    if group is not None and group.get("node_type") == "group":
+        attrs = group.get("attributes") or {}
+        if isinstance(attrs.get(PREDICTIONS_ATTRS), dict):
+            return "predictions"
+        if isinstance(attrs.get(STORE_ATTRS), dict) and "layout_version" in attrs[STORE_ATTRS] \
+                and set(listdir(p)) <= STORE_ENTRIES:
+            return "store"
+        return None
+    names = set(listdir(p))
+    manifest = _json_object(p / MODEL_MANIFEST) if MODEL_MANIFEST in names else None
+    if manifest is not None and names <= MODEL_FILES and \
+            {"format_version", "model_sha256"} <= set(manifest):
+        return "model"
+    if REPORT_PAGE in names and names <= REPORT_FILES:
+        page = _head(p / REPORT_PAGE, 4096, whole=False)
+        if page is not None and REPORT_SIGNATURE in page:
+            return "report"
+    return None
+
+
+def check_replaceable(path: str | os.PathLike, kinds: tuple[str, ...] | str, *,
+                      option: str = "--overwrite") -> str | None:
+    """What ``option`` may replace at ``path``, or :class:`OverwriteRefusedError`.
+
+    Returns None when nothing is at ``path``, the kind (one of ``kinds``) when
+    it is a digitbatch output of that kind; anything else (a user's folder or
+    file, a link, a digitbatch output of another kind) is refused by name and
+    left as it is. Call it before any work, and again just before removing.
+    """
+    kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
+    p = to_path(path)
+    local = is_local(p)
+    if local and not p.is_symlink() and not p.exists():
+        return None
+    if not local and not p.exists():
+        return None
+    kind = made_by_digitbatch(p)
+    if kind in kinds:
+        return kind
+    wanted = " or ".join(KINDS[k] for k in kinds)
+    if kind is not None:
+        what = KINDS[kind]
+    elif local and p.is_symlink():
+        what = "a symbolic link"
+    elif local and not p.is_dir():
+        what = "a file"
+    else:
+        what = "a folder digitbatch did not make"
+    raise OverwriteRefusedError(
+        f"{option}: {p} is {what}, not {wanted}; {option} only replaces what digitbatch itself "
+        f"wrote (recognised by its metadata), so it is left as it is. Move it away, or choose "
+        f"another --out")

@@ -13,7 +13,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import SGDClassifier
 from sklearn.model_selection import ParameterGrid
 
-from . import kernels, metrics, storage
+from . import cluster, kernels, metrics, storage
 from .crossval import check_folds, client_or_none, run_cv, run_search
 from .errors import TrainingError
 from .layout import UNKNOWN_LABEL, open_store
@@ -53,6 +53,15 @@ def _labeled_rows(store, split: str) -> tuple[np.ndarray, np.ndarray]:
     return images[known], labels[known]
 
 
+def check_classes(classes, where) -> None:
+    """A model is only ever built for digit classes 0-9 (a detector's 0/1 are
+    digits too): any other label value is a :class:`TrainingError` naming it."""
+    bad = [int(c) for c in np.asarray(classes).ravel() if not 0 <= int(c) <= 9]
+    if bad:
+        raise TrainingError(f"store {where} has training labels {bad[:10]}, not digits 0-9: a "
+                            f"model is not built from them; re-ingest the store")
+
+
 def _split_chunks(store, split: str) -> list[tuple[int, int]]:
     """The store chunks clipped to a split's rows: reads stay chunk-aligned."""
     rows = store.split_rows(split)
@@ -90,7 +99,7 @@ def _fit_incremental(pipe, store, split: str, spec, *, seed: int, epochs: int,
     for epoch in range(epochs):
         for i in rng.permutation(len(chunks)):
             a, b = chunks[i]
-            labels = target(spec, store.column("labels", slice(a, b)))
+            labels = target(spec, store.column("labels", slice(a, b)))  # (checked 0-9 as read)
             known = np.flatnonzero(labels != UNKNOWN_LABEL)
             if known.size == 0:
                 if progress is not None:
@@ -153,6 +162,10 @@ def train(
         raise TrainingError(f"seed must be an integer >= 0, got {seed!r}")
     if storage.to_path(out).exists() and not overwrite:
         raise TrainingError(f"{out} already exists: choose another --out or pass --overwrite")
+    if overwrite:  # before any work: only a digitbatch model is ever replaced
+        storage.check_replaceable(out, "model")
+    if cv is not None or search:
+        cluster.check_address(scheduler)
     s = open_store(store)
     train_split = "train" if "train" in s.splits else "all"
     if incremental:
@@ -201,6 +214,7 @@ def _fit_in_memory(s, train_split, spec, model, feats, *, seed, cv, search, sche
         )
     y = target(spec, labels)
     classes = np.unique(y)
+    check_classes(classes, s.path)
     if classes.size < 2:
         raise TrainingError(
             f"store {s.path} has a single class ({classes.tolist()}) in its train rows"
@@ -234,14 +248,16 @@ def _fit_in_memory(s, train_split, spec, model, feats, *, seed, cv, search, sche
                         progress(cv)
         # The final fit runs here, not on the cluster: let one-vs-rest SGD use
         # every core (its per-class seeds do not depend on n_jobs).
+        # (one-vs-rest only: a binary SGD has one problem, nothing to share out)
         clf = pipe.steps[-1][1]
-        if isinstance(clf, SGDClassifier):
+        threaded = isinstance(clf, SGDClassifier) and classes.size > 2
+        if threaded:
             clf.set_params(n_jobs=-1)
         t0 = time.perf_counter()
         pipe.fit(X, y)
         fit_seconds = time.perf_counter() - t0
         if progress is not None:
             progress(1)
-        if isinstance(clf, SGDClassifier):
+        if threaded:
             clf.set_params(n_jobs=None)
     return pipe, int(X.shape[0]), fit_seconds, cv_result, search_result

@@ -300,6 +300,13 @@ def test_existing_outputs_need_overwrite_or_resume(tmp_path):
     with pytest.raises(JobSpecError, match=r"ingest.out '.*store.zarr' exists: set overwrite = true in "
                                            r"\[ingest\] \(or --set ingest.overwrite=true\) to replace the store"):
         _load(tmp_path, '[ingest]\nsource = "idx"\n')
+    # overwrite replaces only a digitbatch store: not an empty (or a user's) folder
+    with pytest.raises(JobSpecError, match=r"ingest.overwrite: .*store.zarr is a folder "
+                                           r"digitbatch did not make"):
+        _load(tmp_path, '[ingest]\nsource = "idx"\n', ["ingest.overwrite=true"])
+    (tmp_path / "store.zarr" / "zarr.json").write_text(
+        '{"zarr_format": 3, "node_type": "group", "attributes": '
+        '{"digitbatch": {"layout_version": 1, "complete": true}}}')
     _load(tmp_path, '[ingest]\nsource = "idx"\n', ["ingest.overwrite=true"])
     (tmp_path / "m").mkdir()
     (tmp_path / "predictions.zarr").mkdir()

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from digitbatch.errors import ModelError
+from digitbatch.errors import ModelError, OverwriteRefusedError
 from digitbatch.modelio import (
     MANIFEST_FILE, MODEL_FILE, load_model, save_model, sha256_file, sklearn_version,
 )
@@ -96,9 +96,13 @@ def test_save_refuses_existing_unless_overwrite(model_path, tmp_path):
     save_model(loaded.model, out, manifest={})
     with pytest.raises(ModelError, match="already exists: choose another --out or pass --overwrite"):
         save_model(loaded.model, out, manifest={})
-    (out / "stray").write_text("x")
+    (out / "stray").write_text("x")  # a user's file in the model folder: never removed
+    with pytest.raises(OverwriteRefusedError, match="m is a folder digitbatch did not make"):
+        save_model(loaded.model, out, manifest={"second": True}, overwrite=True)
+    assert (out / "stray").read_text() == "x"
+    (out / "stray").unlink()
     save_model(loaded.model, out, manifest={"second": True}, overwrite=True)
-    assert not (out / "stray").exists() and _manifest(out)["second"] is True
+    assert _manifest(out)["second"] is True
     assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no temporary left
 
 

@@ -1,17 +1,22 @@
 """``--labels FILE.csv``: attach labels to images by key.
 
 The file has a header with the columns ``key`` and ``label`` (others are
-ignored). A label that is not a digit 0-9 does not fail the file: the image
-with that key is rejected with reason ``bad-label`` (a label that is empty
-means "unknown"). A malformed file (no header, missing columns, duplicate
-keys) raises :class:`~digitbatch.errors.LabelsFileError`.
+ignored); it is UTF-8, with or without the byte-order mark spreadsheet
+programs write. A label is exactly one ASCII digit ``0``-``9``, or that
+digit float-formatted as a spreadsheet exports a number column (``9.0``);
+spaces around it are fine. Anything else (``10``, ``2.5``, ``1e0``, ``+3``,
+``03``, the Arabic-Indic ``٣`` or full-width ``３`` that ``int()`` takes)
+does not fail the file: the image with that key is rejected with reason
+``bad-label`` (a label that is empty means "unknown"). A malformed file (no
+header, missing columns, duplicate keys) raises
+:class:`~digitbatch.errors.LabelsFileError`.
 """
 
 from __future__ import annotations
 
 import csv
-import math
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +27,9 @@ from ..digits import UNKNOWN_LABEL
 from .base import Batch, Reject
 
 log = logging.getLogger(__name__)
+
+# One ASCII digit, or that digit float-formatted ("9.0", as spreadsheets export).
+_LABEL = re.compile(r"[0-9](\.0+)?", re.ASCII)
 
 
 @dataclass
@@ -62,16 +70,12 @@ class LabelMap:
 
 def parse_label(text: str) -> int | str:
     """A CSV label cell -> 0-9, UNKNOWN_LABEL for empty, or a ``bad-label`` reason."""
-    t = text.strip()
+    t = text.strip(" \t\r\n")
     if t == "":
         return UNKNOWN_LABEL
-    try:
-        value = float(t)
-    except ValueError:
-        return f"bad-label: {t!r} is not a digit 0-9"
-    if not math.isfinite(value) or value != int(value) or not 0 <= value <= 9:
-        return f"bad-label: {t!r} is not a digit 0-9"
-    return int(value)
+    if _LABEL.fullmatch(t):  # (int() and float() also take "٣", "３", "1e0")
+        return int(t[0])
+    return f"bad-label: {t!r} is not a digit 0-9"
 
 
 def load_labels(path: str | Path) -> LabelMap:
@@ -80,7 +84,7 @@ def load_labels(path: str | Path) -> LabelMap:
     if not p.is_file():
         raise SourceNotFoundError(f"labels file {p} does not exist")
     try:
-        with open(p, newline="", encoding="utf-8") as fh:
+        with open(p, newline="", encoding="utf-8-sig") as fh:  # (a leading BOM is dropped)
             reader = csv.DictReader(fh)
             fields = [f.strip().lower() for f in (reader.fieldnames or [])]
             if "key" not in fields or "label" not in fields:
@@ -98,7 +102,8 @@ def load_labels(path: str | Path) -> LabelMap:
                     raise LabelsFileError(f"labels file {p}, line {lineno}: key {key!r} appears twice")
                 out[key] = parse_label(row.get("label") or "")
     except UnicodeDecodeError as exc:
-        raise LabelsFileError(f"labels file {p} is not UTF-8 text: {exc}") from exc
+        raise LabelsFileError(f"labels file {p} is not UTF-8 text ({exc}): save it as UTF-8 "
+                              f"(a spreadsheet's 'CSV UTF-8')") from exc
     except csv.Error as exc:
         raise LabelsFileError(f"labels file {p} is not valid CSV: {exc}") from exc
     log.info("read %d labels from %s", len(out), p)
