@@ -34,7 +34,7 @@ SCHEMA: dict[str, dict[str, tuple[str, object]]] = {
                "max_rejects": ("int", (0, None)), "data_home": ("path", None),
                "codec": ("str", ("lz4", "none"))},
     "train": {"store": ("path", None), "out": ("path", None), "model": ("str", None),
-              "features": ("str", ("pixels", "deskew", "kernel", "patches")), "cv": ("int", (2, None)),
+              "features": ("str", ("pixels", "deskew", "patches", "kernel")), "cv": ("int", (2, None)),
               "seed": ("int", (0, None)), "search": ("bool", None),
               "incremental": ("bool", None), "epochs": ("int", (1, None)),
               "overwrite": ("bool", None)},

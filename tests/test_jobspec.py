@@ -196,7 +196,7 @@ def test_overrides_apply_in_order_and_replace_the_files_values(tmp_path):
     ('[job]\nname = "a/b"\n[score]\n', r"job.name 'a/b' must not contain a path separator"),
     ("[report]\ntop = 0\n", r"report.top must be an integer from 1 to 400, got 0"),
     ("[report]\ntop = 401\n", r"report.top must be an integer from 1 to 400, got 401"),
-    ('[train]\nfeatures = "hog"\n', r"train.features must be one of \['pixels', 'deskew', 'kernel'\], got 'hog'"),
+    ('[train]\nfeatures = "hog"\n', r"train.features must be one of \['pixels', 'deskew', 'patches', 'kernel'\], got 'hog'"),
     ("[train]\nepochs = 0\n", r"train.epochs must be an integer >= 1"),
     ("[score]\ntask_timeout = -1\n", r"score.task_timeout must be an integer >= 0"),
     ("[train]\ncv = 3\n[train.extra]\nx = 1\n", r"unknown key train.extra"),

@@ -142,7 +142,7 @@ def test_train_score_predict_end_to_end(tmp_path, small_store, monkeypatch):
     from digitbatch.layout import open_store
     from digitbatch.modelio import load_model
     from digitbatch.models import PATCH_FEATURES
-    from digitbatch.train import train
+    from digitbatch.training import train
 
     monkeypatch.setitem(models.PATCH_PARAMS, "n_filters", 8)
     monkeypatch.setattr(models, "PATCH_HEAD", {**models.PATCH_HEAD, "n_components": 60,

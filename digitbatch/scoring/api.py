@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import storage
+from .. import cluster, storage
 from ..determinism import one_blas_thread
 from ..errors import IncompleteOutputError, ScoreError
 from ..layout import DEFAULT_CHUNK_SIZE
@@ -36,7 +36,7 @@ from ..sources.members import DEFAULT_MAX_MEMBER_BYTES
 from .lock import DEFAULT_TTL, check_ttl, run_lock
 from .output import (
     OutputSpec, check_resume, clear_output, committed, compact, create_output, finalize, has_spec,
-    is_complete, is_output, open_metrics, sweep_temporaries,
+    is_complete, open_metrics, sweep_temporaries,
 )
 from .plan import make_plan
 from .record import build_record
@@ -132,6 +132,7 @@ def score(
     """
     task_timeout = _check_timeout(task_timeout)
     lock_ttl = check_ttl(lock_ttl)
+    cluster.check_address(scheduler)  # (before anything is created)
     if resume and overwrite:
         raise ScoreError("resume and overwrite exclude each other: resume continues an "
                          "output, overwrite replaces it")
@@ -143,10 +144,8 @@ def score(
     if out.exists() and not resume:
         if not overwrite:
             raise ScoreError(f"output {out} already exists: choose another --out, or --resume it")
-        if not (is_output(out) or (storage.is_local(out) and out.is_dir()
-                                   and not any(out.iterdir()))):
-            raise ScoreError(f"overwrite: {out} is not a digitbatch scoring output; it is not "
-                             f"replaced: choose another --out")
+        # only a scoring output is replaced (a user's folder never): one rule for all
+        storage.check_replaceable(out, "predictions", option="overwrite")
     with contextlib.ExitStack() as stack:
         return _score(stack, source, loaded, out, scheduler=scheduler, resume=resume,
                       proba=proba, break_lock=break_lock, labels=labels,

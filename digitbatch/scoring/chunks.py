@@ -26,7 +26,7 @@ from PIL import Image
 from ..determinism import deterministic_scores
 from ..digits import IMAGE_SHAPE, LABEL_DTYPE, UNKNOWN_LABEL
 from ..errors import ScoreError
-from ..layout import copy_chunk, read_rows
+from ..layout import check_labels, copy_chunk, read_rows
 from ..sources.base import Reject
 from ..sources.images import decode_stream
 from ..sources.labels import LabelMap
@@ -52,7 +52,8 @@ def score_store_chunk(task: ChunkTask, *, store_path: str, out_path: str, model,
     """Score rows ``[start, stop)`` of store chunk ``index``: write them, then commit."""
     i, start, stop = task.index, task.start, task.stop
     images = read_rows(open_array_cached(store_path, "images", "r"), i, reuse=True)
-    labels = model.target(read_rows(open_array_cached(store_path, "labels", "r"), i))
+    labels = model.target(check_labels(read_rows(open_array_cached(store_path, "labels", "r"), i),
+                                       where=f"store {store_path}, chunk {i}"))
     if images.shape[0] != stop - start:
         raise ScoreError(f"chunk {i} of {store_path}: {images.shape[0]} rows, expected {stop - start}")
     copy_chunk(open_array_cached(store_path, "keys", "r"), open_array_cached(out_path, "keys"), i)

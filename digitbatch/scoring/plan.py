@@ -20,6 +20,7 @@ from pathlib import Path
 from .. import storage
 from ..errors import ScoreError
 from ..layout import chunk_bounds, open_store, validate_chunk_size
+from ..modelio import check_model_for_store
 from ..sources.archive import detect_image_source
 from ..sources.labels import load_labels
 from ..sources.listing import Listing, list_archive, pack
@@ -96,6 +97,7 @@ def make_plan(source: Path, model, *, out_path: str, proba: bool, labels, chunk_
 
 def _store_plan(source: Path, model, *, out_path: str, proba: bool) -> ScorePlan:
     s = open_store(source)
+    check_model_for_store(model, s)  # its classes can count the store's labels
 
     def describe(task: ChunkTask) -> list[str]:
         a, b = task.start, task.stop

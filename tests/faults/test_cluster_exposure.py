@@ -143,8 +143,6 @@ def test_cli_bad_address_exits_1_and_creates_nothing(tmp_path, idx_dir):
     assert_unchanged(before, tmp_path)
 
 
-@pytest.mark.xfail(strict=True, reason="scoring.api.score must call cluster.check_address before "
-                   "create_output (issue 18: connect before creating any output)")
 def test_score_with_a_bad_address_creates_no_output(small_store, shared_model, tmp_path):
     from digitbatch.scoring.api import score
 

@@ -343,8 +343,6 @@ def test_detector_and_unlabelled_store_fit_any_model(subset_model, base, tmp_pat
     check_model_for_store(load_model(det.model_path), open_store(base / "s.zarr"))
 
 
-@pytest.mark.xfail(strict=True, reason="scoring must call modelio.check_model_for_store after "
-                   "loading the model and opening the store (the scoring refactor, issue 18)")
 def test_scoring_a_store_with_a_model_of_fewer_digits_is_a_named_error(subset_model, base,
                                                                         tmp_path):
     from digitbatch.scoring.api import score
@@ -356,8 +354,6 @@ def test_scoring_a_store_with_a_model_of_fewer_digits_is_a_named_error(subset_mo
     assert_unchanged(before, tmp_path)
 
 
-@pytest.mark.xfail(strict=True, reason="scoring tasks must pass each labels chunk through "
-                   "layout.check_labels (the scoring refactor, issue 18)")
 def test_scoring_a_store_with_labels_outside_0_9_is_a_named_error(store, model, tmp_path):
     from digitbatch.scoring.api import score
 
