@@ -225,3 +225,29 @@ def machine_id() -> str:
     from digitbatch.scoring.lock import current_machine
 
     return current_machine()
+
+
+def test_a_dead_owner_not_reaped_yet_is_gone(tmp_path, caplog):
+    """A killed run's process can linger as a zombie until its parent reaps it: dead."""
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    from digitbatch.scoring.lock import run_lock
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    start = psutil.Process(child.pid).create_time()
+    deadline = time.monotonic() + 30
+    while psutil.Process(child.pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    try:
+        _foreign(tmp_path / "p.zarr", machine=machine_id(), pid=child.pid, pid_start=start,
+                 ttl=3600)
+        with caplog.at_level("WARNING"), run_lock(tmp_path / "p.zarr"):
+            pass
+        assert "its process is gone" in caplog.text
+    finally:
+        child.wait()

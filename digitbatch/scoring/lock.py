@@ -85,7 +85,10 @@ def _start_time(pid: int) -> float | None:
     import psutil
 
     try:
-        return psutil.Process(pid).create_time()
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:  # dead, not reaped yet
+            return None
+        return proc.create_time()
     except psutil.NoSuchProcess:
         return None
     except psutil.Error:  # exists, but not ours to inspect: alive
