@@ -199,7 +199,7 @@ def _model(*, classes=range(10), loss="log_loss", binary_digit=None, name="sgd")
 def _build(records, model=None, **kw):
     args = dict(model=model or _model(), model_path="/m", model_sha256="ab" * 32,
                 input={"path": "/in.zarr", "checksum": "x"}, n_rejected_before=0, seconds=2.0,
-                n_this_run=sum(r["n"] for r in records), resumed=False)
+                n_this_run=sum(r["n"] for r in records), resumed=False, run_id="c0ffee" * 5 + "ab")
     args.update(kw)
     return build_record(records, **args)
 
@@ -238,6 +238,7 @@ def test_build_record_fields_and_per_class_figures_against_sklearn(n_chunks):
     assert m["images_per_second"] == round(40 / 0.4567891, 1) == 87.6
     assert m["resumed"] is True
     assert m["model"] == {"path": "/m", "name": "sgd", "sha256": "ab" * 32}
+    assert m["run_id"] == "c0ffee" * 5 + "ab"  # the run that finished the output
     assert m["input"] == {"path": "/in.zarr", "checksum": "x"}
     json.dumps(m)  # every field is JSON
 

@@ -222,12 +222,13 @@ def test_job_spec_killed_then_rerun_with_break_lock_resumes(job, tmp_path):
     _check_resumed(out, job / "ref.zarr", before, n=N_IMAGES, total=N_CHUNKS)
 
 
-def test_job_spec_killed_then_rerun_resumes(job, tmp_path):
+@pytest.mark.parametrize("at", [0, N_CHUNKS // 3, N_CHUNKS * 3 // 4])
+def test_job_spec_killed_then_rerun_resumes(job, tmp_path, at):
     """`digitbatch run jobs/nightly-score.toml`, killed mid-score, rerun as cron would,
     with no flag and no manual step: the dead run's lock is taken over."""
     out = tmp_path / "pred-2026-11-24.zarr"
     cmd = _nightly(job, tmp_path)
-    before = kill_on_progress(cmd, out, at=N_CHUNKS // 3, total=N_CHUNKS)
+    before = kill_on_progress(cmd, out, at=at, total=N_CHUNKS)
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     _check_resumed(out, job / "ref.zarr", before, n=N_IMAGES, total=N_CHUNKS)
