@@ -293,7 +293,8 @@ def test_run_figures_say_what_they_count(tmp_path, small_store, model_dir):
     assert r.exit_code == 0, r.output
     m = json.loads((out / "metrics.json").read_text())
     assert m["n_scored_this_run"] == 1000 - 256 and m["resumed"] is True
-    assert m["images_per_second"] == pytest.approx(744 / m["seconds"], rel=0.02)
+    # the rate is of the 744 images this run scored (seconds are rounded to 1 ms)
+    assert abs(m["images_per_second"] * m["seconds"] - 744) <= m["images_per_second"] * 5e-4 + 1
     assert "scored 744 of 1000 images this run (resumed" in r.output
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0 and "already complete: nothing was scored now" in r.output
