@@ -106,11 +106,17 @@ def _age(owner: dict) -> float | None:
 
 def _read(lock: Path) -> dict | None:
     """The lock's owner; None if there is no lock; {} if it is unreadable."""
-    try:
-        text = lock.read_text()
-    except FileNotFoundError:
-        return None
-    except OSError:
+    import time
+
+    for attempt in range(3):  # (an object store may expire a read the owner's renewal overtook)
+        try:
+            text = lock.read_text()
+            break
+        except FileNotFoundError:
+            return None
+        except OSError:
+            time.sleep(0.05 * (attempt + 1))
+    else:
         return {}
     try:
         owner = json.loads(text or "{}")
@@ -185,6 +191,8 @@ def check_owner(out_path: str, token: str | None) -> None:
     if token is None:
         return
     have = _read(storage.to_path(out_path) / LOCK)
+    if have == {}:  # unreadable right now: not proof of a loss (the renewal catches one)
+        return
     if not have or have.get("token") != token:
         raise LeaseLostError(
             f"{out_path} is no longer locked by run {token[:8]} (now: "
