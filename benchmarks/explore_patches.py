@@ -36,6 +36,11 @@ CANDIDATES = {
     "k64-s1-g5": {"n_filters": 64, "stride": 1, "grid": 5},
     "k128-s2-g4-aug2": {"copies": 2, "max_iter": 20},
     "k128-s2-g4-aug1": {"copies": 1, "max_iter": 30},
+    # cheaper points for the scoring target (fewer filters, fewer landmarks)
+    "k96-s2-g4": {"n_filters": 96},
+    "k64-s2-g4": {"n_filters": 64},
+    "k128-s2-g4-l1500": {"n_components": 1500},
+    "k64-s2-g4-l1500": {"n_filters": 64, "n_components": 1500},
 }
 
 
