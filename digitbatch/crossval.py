@@ -221,7 +221,7 @@ class ThreadedFit:
         return self.estimator.__sklearn_tags__()
 
 
-def _on_cluster(estimator, client, y: np.ndarray | None = None):
+def on_cluster(estimator, client, y: np.ndarray | None = None):
     """``estimator`` for the fold tasks of a cluster: its final step's
     ``n_jobs`` (threads over the classes of a one-vs-rest fit) set to
     :data:`FOLD_THREADS` and its fit run on threads, unless the caller chose
@@ -248,7 +248,7 @@ def _on_cluster(estimator, client, y: np.ndarray | None = None):
 def run_cv(estimator, X: np.ndarray, y: np.ndarray, *, k: int, client=None) -> CVResult:
     """K-fold accuracy (stratified, unshuffled: rows arrive shuffled with the seed)."""
     k = check_folds(k, y)
-    estimator = _on_cluster(estimator, client, y)
+    estimator = on_cluster(estimator, client, y)
     t0 = time.perf_counter()
     with joblib_backend(client, X, y) as (backend, n_jobs):
         res = cross_validate(estimator, X, y, cv=StratifiedKFold(n_splits=k), scoring="accuracy",
@@ -264,7 +264,7 @@ def run_search(estimator, grid: dict, X: np.ndarray, y: np.ndarray, *, k: int,
                client=None) -> tuple[object, dict]:
     """Grid search (K-fold accuracy) on the cluster; returns (best estimator, summary)."""
     k = check_folds(k, y)
-    estimator = _on_cluster(estimator, client, y)
+    estimator = on_cluster(estimator, client, y)
     t0 = time.perf_counter()
     with joblib_backend(client, X, y) as (backend, n_jobs):
         gs = GridSearchCV(estimator, grid, cv=StratifiedKFold(n_splits=k), scoring="accuracy",

@@ -68,13 +68,13 @@ def test_train_bad_cv_writes_nothing(tmp_path, small_store):
 def test_cluster_folds_use_two_threads_unless_chosen():
     """On a cluster a fold's one-vs-rest fit gets FOLD_THREADS threads (a fold
     alone in the last round still uses both cores); a caller's n_jobs stays."""
-    from digitbatch.crossval import FOLD_THREADS, _on_cluster
+    from digitbatch.crossval import FOLD_THREADS, on_cluster
     from digitbatch.models import build
 
     est = build("sgd", seed=1)
-    assert _on_cluster(est, client=None) is est
-    on = _on_cluster(est, client=object())
+    assert on_cluster(est, client=None) is est
+    on = on_cluster(est, client=object())
     assert on.estimator.steps[-1][1].n_jobs == FOLD_THREADS and est.steps[-1][1].n_jobs is None
     assert on.get_params()["estimator__clf__n_jobs"] == FOLD_THREADS
     est.steps[-1][1].set_params(n_jobs=1)
-    assert _on_cluster(est, client=object()).steps[-1][1].n_jobs == 1
+    assert on_cluster(est, client=object()).steps[-1][1].n_jobs == 1
