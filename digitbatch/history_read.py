@@ -265,13 +265,18 @@ def summary_row(path: str) -> dict:
         return _row(**base, outputs=[], seconds=_number(doc.get("seconds")))
     outs = (step.get("outputs") or {}).get("predictions")
     outs = [outs] if isinstance(outs, str) else list(outs or [])
-    parts = []
+    parts, rewritten = [], []
+    written = storage.to_path(path).stat().st_mtime
     for out in outs:
         p = storage.to_path(out)
         if is_output(p) and is_complete(p):
+            if metrics_path(p).stat().st_mtime > written + 1:
+                rewritten.append(out)  # a later run replaced it: not this run's figures
+                continue
             parts.append(metrics_figures(open_metrics(p)))
+    outs = [o for o in outs if o not in rewritten]
     result = step.get("result") if isinstance(step.get("result"), dict) else {}
-    if len(parts) == 1 and len(outs) == 1:
+    if len(parts) == 1 and len(outs) == 1 and not rewritten:
         fig = parts[0]
     elif parts:
         fig = _combine(parts)
