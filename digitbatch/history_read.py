@@ -123,16 +123,28 @@ _INCOMPLETE = ("incomplete scoring output (no _SUCCESS): a run is writing it or 
                "finish it with `digitbatch score --resume`")
 
 
+def _entries(folder: Path) -> list[tuple[Path, bool]]:
+    """(path, is a folder) of ``folder``'s entries, by name; a local folder is read with
+    ``os.scandir`` (no stat per entry: an archive of a million images beside the runs
+    is listed, not examined)."""
+    if storage.is_local(folder):
+        with os.scandir(folder) as it:
+            got = [(Path(e.path), e.is_dir(follow_symlinks=False)) for e in it]
+    else:
+        got = [(e, e.is_dir()) for e in folder.iterdir()]
+    return sorted(got, key=lambda x: x[0].name)
+
+
 def _walk(folder: Path, depth: int, add, found: Found) -> None:
     try:
-        entries = sorted(folder.iterdir(), key=lambda e: e.name)
+        entries = _entries(folder)
     except OSError as exc:
         found.skipped.append({"path": str(folder), "reason": f"folder not readable: {exc}"})
         return
-    for e in entries:
+    for e, is_dir in entries:
         if e.name.startswith("."):
             continue
-        if e.name.endswith(".json") and not e.is_dir():
+        if e.name.endswith(".json") and not is_dir:
             try:
                 doc = _read_json(e)
             except (OSError, ValueError) as exc:
@@ -142,7 +154,7 @@ def _walk(folder: Path, depth: int, add, found: Found) -> None:
                 continue
             if is_summary(doc):
                 add("summaries", e)
-        elif e.is_dir() and not (storage.is_local(e) and e.is_symlink()):
+        elif is_dir:
             if is_output(e):
                 if is_complete(e):
                     add("outputs", e)
@@ -169,6 +181,13 @@ def _drift(m: dict) -> tuple[float | None, str | None, float | None]:
     status = overall.get("status")
     return (_number(overall.get("psi")), status if isinstance(status, str) else None,
             _number(drift.get("expected_accuracy")))
+
+
+def _mtime(p: Path) -> float:
+    try:
+        return p.stat().st_mtime
+    except (OSError, AttributeError):
+        return float("-inf")
 
 
 def _iso(t: float) -> str:
@@ -266,11 +285,14 @@ def summary_row(path: str) -> dict:
     outs = (step.get("outputs") or {}).get("predictions")
     outs = [outs] if isinstance(outs, str) else list(outs or [])
     parts, rewritten = [], []
-    written = storage.to_path(path).stat().st_mtime
+    try:
+        written = storage.to_path(path).stat().st_mtime
+    except (OSError, AttributeError):
+        written = float("inf")  # (a store that keeps no times: every output counts)
     for out in outs:
         p = storage.to_path(out)
         if is_output(p) and is_complete(p):
-            if metrics_path(p).stat().st_mtime > written + 1:
+            if _mtime(metrics_path(p)) > written + 1:
                 rewritten.append(out)  # a later run replaced it: not this run's figures
                 continue
             parts.append(metrics_figures(open_metrics(p)))

@@ -225,6 +225,27 @@ def test_run_summaries_and_their_outputs_count_once(nights, scored, tmp_path):
         os.utime(metrics_path(out), (t, t))
 
 
+def test_a_run_that_scored_several_inputs(nights, tmp_path):
+    """A ``[score] inputs`` run: its outputs' figures summed, accuracy weighted by labelled
+    rows, the largest PSI."""
+    outs = [nights / "2026-12-01" / "p.zarr", nights / "2026-12-03" / "p.zarr"]
+    ms = [open_metrics(o) for o in outs]
+    s = tmp_path / "many.run.json"
+    s.write_text(json.dumps({
+        "job": "many", "started": "2026-12-08T01:00:00+00:00", "outcome": "succeeded",
+        "seconds": 9.0, "error": None,
+        "steps": [{"name": "score", "outcome": "succeeded", "seconds": 8.0,
+                   "outputs": {"predictions": [str(o) for o in outs]}, "result": {}}]}))
+    (row,) = history([s]).rows
+    assert row["input"] == "2 inputs" and row["outputs"] == [str(o) for o in outs]
+    assert row["n_images"] == 1400 and row["n_rejected"] == 0
+    assert row["accuracy"] == pytest.approx(
+        sum(m["accuracy"] * m["n_labeled"] for m in ms) / sum(m["n_labeled"] for m in ms))
+    assert row["psi"] == 0.03 and row["drift_status"] == "ok"
+    assert row["images_per_second"] == pytest.approx(1400 / sum(m["seconds"] for m in ms))
+    assert row["seconds"] == 9.0 and row["model_sha256"] == ms[0]["model"]["sha256"]
+
+
 def test_failed_run_and_skipped_output(nights, tmp_path):
     d = tmp_path / "more"
     d.mkdir()
