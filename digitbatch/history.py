@@ -29,7 +29,7 @@ import statistics
 from dataclasses import dataclass, field
 
 from .errors import HistoryError
-from .history_read import ROW_FIELDS, find_runs, read_rows
+from .history_read import ROW_FIELDS, find_runs, read_rows, run_label
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ def _cells(r: dict) -> list[str]:
     acc = (_num(r["accuracy"], ".4f") if r["accuracy"] is not None else
            "~" + _num(r["expected_accuracy"], ".4f") if r["expected_accuracy"] is not None
            else "-")
-    run = r["job"] or "/".join(str(r["source"]).rstrip("/").split("/")[-2:])
+    run = run_label(r)
     if r["outcome"] not in (None, "succeeded"):
         run = f"{run} ({r['outcome']})"
     flags = ", ".join(f"{f['label']} {f['direction']}" for f in r["flags"])

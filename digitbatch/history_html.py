@@ -24,6 +24,7 @@ from pathlib import Path
 
 from . import gallery, storage
 from .errors import HistoryError
+from .history_read import run_label
 from .version import __version__
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ def _runs_table(rows: list[dict]) -> str:
                        f'the {f["n_previous"]} runs before"')
             return f"<td class={cls or 'txt'}{tip}>{e(str(v))}</td>"
 
-        run = r.get("job") or Path(str(r["source"]).rstrip("/")).name
+        run = run_label(r)
         cls = "" if r.get("outcome") in (None, "succeeded") else " class=failed"
         out.append(
             f"<tr{cls}>" + cell((r["date"] or "-").replace("T", " "), num=False)

@@ -167,6 +167,11 @@ def _walk(folder: Path, depth: int, add, found: Found) -> None:
 # --- rows ---------------------------------------------------------------------
 
 
+def run_label(row: dict) -> str:
+    """What names a run in a table: its job, else the output's folder and name."""
+    return row.get("job") or "/".join(str(row["source"]).rstrip("/").split("/")[-2:])
+
+
 def _number(v) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
