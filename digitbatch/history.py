@@ -24,6 +24,7 @@ so one bad night does not hide the next.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import statistics
 from dataclasses import dataclass, field
@@ -50,7 +51,7 @@ FIGURES = {
 
 def _check(name: str, value, lo, *, integer: bool):
     ok = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok or value < lo:
+    if isinstance(value, bool) or not ok or not math.isfinite(value) or value < lo:
         raise HistoryError(f"{name} must be {'an integer' if integer else 'a number'} >= {lo}, "
                            f"got {value!r}")
     return value

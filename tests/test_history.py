@@ -127,7 +127,7 @@ def test_missing_figures_are_not_compared():
 
 @pytest.mark.parametrize("kw", [{"window": 0}, {"min_history": 0}, {"threshold": 0},
                                 {"window": 2, "min_history": 3}, {"window": 2.5},
-                                {"threshold": "3"}])
+                                {"threshold": "3"}, {"threshold": float("nan")}])
 def test_bad_rule_options(nights, kw):
     with pytest.raises(HistoryError):
         history([nights], **kw)
@@ -155,10 +155,12 @@ def test_six_nights_one_outlier_text(nights):
                for ln in lines)
 
 
-def test_six_nights_json(nights):
-    r = CliRunner().invoke(main, ["history", str(nights), "--json"])
+def test_six_nights_json(nights, tmp_path):
+    r = CliRunner().invoke(main, ["history", str(nights), "--json", "--out", str(tmp_path / "h")])
     assert r.exit_code == 0, r.output
     doc = json.loads(r.output)
+    assert doc["html"] == str(tmp_path / "h" / "history.html") and Path(doc["html"]).is_file()
+    assert doc == json.loads((tmp_path / "h" / "history.json").read_text())
     assert doc["n_runs"] == 6 and doc["n_flagged"] == 1 and doc["history_version"] == 1
     runs = doc["runs"]
     assert [x["date"][:10] for x in runs] == sorted(x["date"][:10] for x in runs)
