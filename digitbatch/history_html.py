@@ -177,6 +177,9 @@ def write_page(result: dict, out) -> tuple[str, dict]:
         raise HistoryError(f"--out {out}: the history page is written to a local folder")
     if out.exists() and not out.is_dir():
         raise HistoryError(f"--out {out} is a file: give a folder for the history page")
+    if out.is_dir() and any(out.iterdir()) and not (out / "history.html").is_file():
+        raise HistoryError(f"--out {out} holds files but no history.html: it is not a history "
+                           f"folder, and its files are not replaced; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     rows = result["runs"]
     plots: dict[str, str] = {}

@@ -377,9 +377,11 @@ def _check_files(job: Job, where: dict) -> None:
             if ident(run) not in made and not run.exists():
                 raise JobSpecError(f"history.runs: {str(run)!r} does not exist: give run "
                                    f"summaries, scoring outputs or folders that exist")
-        if p["history"]["out"].is_file():
-            raise JobSpecError(f"history.out {str(p['history']['out'])!r} is a file: the step "
-                               f"writes a folder there; choose another out")
+        hout = p["history"]["out"]
+        if hout.is_file() or (hout.is_dir() and any(hout.iterdir())
+                              and not (hout / "history.html").is_file()):
+            raise JobSpecError(f"history.out {str(hout)!r} is a file or a folder that is not a "
+                               f"history (no history.html): choose another out")
     if job.metrics_file is not None:
         from .errors import MetricsFileError
         from .metricsfile import check_path

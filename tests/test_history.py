@@ -292,10 +292,17 @@ def test_bad_paths(tmp_path, small_store):
     assert r.exit_code == 1 and "HistoryError" in r.output
 
 
-def test_out_is_a_file(nights, tmp_path):
+def test_out_is_a_file_or_someone_elses_folder(nights, tmp_path):
     (tmp_path / "f").write_text("")
     with pytest.raises(HistoryError, match="is a file"):
         history([nights], out=tmp_path / "f")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "psi.png").write_text("a user's file")
+    with pytest.raises(HistoryError, match="not a history folder"):
+        history([nights], out=tmp_path / "mine")
+    assert (tmp_path / "mine" / "psi.png").read_text() == "a user's file"
+    history([nights], out=tmp_path / "h")
+    history([nights], out=tmp_path / "h")  # an earlier history is replaced
 
 
 # --- the job step -------------------------------------------------------------------
@@ -355,3 +362,7 @@ def test_history_job_spec_checks(tmp_path):
     assert job.params["history"]["runs"] == [tmp_path / "runs"]
     assert job.params["history"]["threshold"] == 4.5
     assert job.params["history"]["out"] == tmp_path / "history"
+    (tmp_path / "history").mkdir()
+    (tmp_path / "history" / "notes.txt").write_text("mine")
+    with pytest.raises(JobSpecError, match="history.out .* not a history"):
+        load_job(spec, cwd=tmp_path)
