@@ -365,4 +365,4 @@ def test_history_job_spec_checks(tmp_path):
     (tmp_path / "history").mkdir()
     (tmp_path / "history" / "notes.txt").write_text("mine")
     with pytest.raises(JobSpecError, match="history.out .* not a history"):
-        load_job(spec, cwd=tmp_path)
+        load_job(spec, ["history.threshold=4.5"], cwd=tmp_path)
