@@ -30,6 +30,7 @@ import statistics
 from dataclasses import dataclass, field
 
 from .errors import HistoryError
+from .gallery import printable
 from .history_read import ROW_FIELDS, find_runs, read_rows, run_label
 
 log = logging.getLogger(__name__)
@@ -173,7 +174,7 @@ def history(runs, *, out: str | os.PathLike | None = None, window: int = DEFAULT
 
 
 def _cut(text, width: int) -> str:
-    text = "-" if text is None else str(text).replace("\n", " ")
+    text = "-" if text is None else printable(text)  # (no terminal escapes from a path)
     return text if len(text) <= width else "\u2026" + text[-(width - 1):]
 
 
@@ -225,11 +226,11 @@ def table_lines(result: dict) -> list[str]:
     for r in result["runs"]:
         for f in r["flags"]:
             z = "inf" if f["z"] is None else f"{f['z']:+.1f}"
-            lines.append(f"outlier: {r['date'] or '-'} {r['source']}: {f['label']} "
+            lines.append(f"outlier: {r['date'] or '-'} {printable(r['source'])}: {f['label']} "
                          f"{f['value']:.4g} vs median {f['median']:.4g} of the "
                          f"{f['n_previous']} runs before (MAD {f['mad']:.3g}, z {z})")
     for s in result["skipped"]:
-        lines.append(f"skipped {s['path']}: {s['reason']}")
+        lines.append(f"skipped {printable(s['path'])}: {printable(s['reason'])}")
     if result.get("html"):
         lines.append(f"history page: {result['html']}")
     return lines

@@ -269,6 +269,9 @@ def test_failed_run_and_skipped_output(nights, tmp_path):
     assert "resume" in reasons["half.zarr"]
     lines = table_lines(r.to_dict())
     assert any("nightly (failed)" in ln for ln in lines)
+    doc = r.to_dict()
+    doc["runs"][0]["input"] = "/in/\x1b[2Jx\ny"  # a terminal escape in a path: shown, not sent
+    assert not any("\x1b" in ln or "\n" in ln for ln in table_lines(doc))
     assert any(ln.startswith("skipped ") and "half.zarr" in ln for ln in lines)
 
 
