@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 DEMO_DIR ?= demo-output
 
-.PHONY: demo test test-long bench clean venv mutants
+.PHONY: demo test test-long bench clean venv mutants chromium
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,20 @@ venv: $(VENV)/.stamp-test
 demo: $(VENV)/.stamp-sample
 	$(BIN)/digitbatch run jobs/quickstart.toml
 
-test: $(VENV)/.stamp-test
+# tests/browser.py renders history.html and report.html in Debian's headless
+# Chromium: installed here (as root, or through sudo) when missing; the tests
+# that need it fail, never skip, when it is not there.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; \
+	  elif command -v sudo >/dev/null 2>&1; then SUDO="sudo -n"; \
+	  else echo "make test needs Debian's chromium: run as root, or apt-get install -y chromium" >&2; exit 1; fi; \
+	  echo "installing Debian's chromium (headless browser checks of the HTML pages)"; \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=600 chromium \
+	  || { $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q -o DPkg::Lock::Timeout=600 \
+	       && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=600 chromium; }; }
+
+test: $(VENV)/.stamp-test chromium
 	$(BIN)/python -m pytest -m "not long" -q
 
 test-long: $(VENV)/.stamp-test

@@ -12,6 +12,7 @@ import click
 
 from . import logs, summaries
 from .bench import commands as bench_commands
+from . import cli_history
 from .cli_observe import EXIT_STATUS, observed
 from .errors import DigitbatchError, RunTerminated
 from .progressbar import DEFAULT_INTERVAL
@@ -440,6 +441,7 @@ def run_cmd(job, overrides, check, break_lock, as_json, scheduler, metrics_file)
 
 
 main.add_command(bench_commands.bench)
+main.add_command(cli_history.history)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -196,3 +196,11 @@ class RunTerminated(BaseException):
     """
 
     exit_code = 143
+
+
+# --- run history --------------------------------------------------------------
+
+
+class HistoryError(DigitbatchError, ValueError):
+    """``digitbatch history``: a path given is not a run summary, a scoring output or a
+    folder of them, nothing was found, or an option is out of range."""

@@ -25,7 +25,7 @@ Sections and keys (all optional unless marked; anything else is an error):
 ``[job]``
     ``name`` (the file's stem), ``workdir`` (``"."``), ``summary``
     (``<workdir>/<name>.run.json``), ``steps`` (a list of ``"ingest"``,
-    ``"train"``, ``"score"``, ``"report"``, ``"export"``; default: the step sections the
+    ``"train"``, ``"score"``, ``"report"``, ``"export"``, ``"history"``; default: the step sections the
     spec has; steps always run in that order), ``date`` (``YYYY-MM-DD``,
     default today: what ``{date}`` in a path becomes, so a nightly job
     writes each night's output apart and a rerun for a past night can say
@@ -55,6 +55,12 @@ Sections and keys (all optional unless marked; anything else is an error):
     ``predictions`` (``[score] out``), ``out`` (``<workdir>/predictions.parquet``;
     ``.parquet`` or ``.csv``), ``proba``, ``store``, ``labels`` (false: no
     label column), ``overwrite``.
+``[history]``
+    ``runs`` (a list of run summaries, scoring outputs or folders of them;
+    default ``[<workdir>]``; this run's scoring output is always added),
+    ``out`` (``<workdir>/history``: the trend plots and ``history.html``),
+    ``window``, ``min_history``, ``threshold`` (the outlier rule,
+    :mod:`digitbatch.history`).
 
 Relative paths, in the file and in ``--set`` values alike, resolve against
 the current directory, as a command's arguments do: run jobs from the
@@ -196,9 +202,23 @@ def _step_export(params: dict, scheduler, done: dict) -> dict:
                                                           "n_escaped", "labels")}}
 
 
+def _step_history(params: dict, scheduler, done: dict) -> dict:
+    from .history import history
+
+    runs = [str(r) for r in params["runs"]]
+    mine = ((done.get("score") or {}).get("outputs") or {}).get("predictions")
+    runs += [mine] if isinstance(mine, str) else list(mine or [])  # this run's, not summed yet
+    r = history(runs, out=params["out"], **_given(params, "runs", "out"))
+    return {"outputs": {"history": r.out, "html": r.html}, "metrics": r.html,
+            "result": {"n_runs": len(r.rows), "n_flagged": r.n_flagged,
+                       "flagged": [{"date": x["date"], "source": x["source"],
+                                    "figures": [f["figure"] for f in x["flags"]]}
+                                   for x in r.rows if x["flags"]]}}
+
+
 # step -> fn(params, scheduler, done): done holds the records of the steps run before
 STEP_FUNCS = {"ingest": _step_ingest, "train": _step_train, "score": _step_score,
-              "report": _step_report, "export": _step_export}
+              "report": _step_report, "export": _step_export, "history": _step_history}
 
 
 def _write_summary(path: Path, summary: dict) -> None:

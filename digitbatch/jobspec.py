@@ -19,7 +19,7 @@ from . import cluster, storage
 from .errors import ClusterError, JobSpecError
 from .jobpaths import check_paths
 
-STEPS = ("ingest", "train", "score", "report", "export")
+STEPS = ("ingest", "train", "score", "report", "export", "history")
 NAMED_SOURCES = ("sample", "openml")
 # key -> (kind, extra): kind is str | path | int | bool | date | steps; extra is the
 # allowed choices (str) or the (minimum, maximum) range (int).
@@ -48,12 +48,15 @@ SCHEMA: dict[str, dict[str, tuple[str, object]]] = {
                "top": ("int", (1, 400))},
     "export": {"predictions": ("path", None), "out": ("path", None), "proba": ("bool", None),
                "store": ("path", None), "labels": ("bool", None), "overwrite": ("bool", None)},
+    "history": {"runs": ("paths", None), "out": ("path", None), "window": ("int", (1, None)),
+                "min_history": ("int", (1, None)), "threshold": ("number", None)},
 }
 DEFAULT_OUTPUTS = {"ingest": "store.zarr", "train": "model", "score": "predictions.zarr",
-                   "report": "report", "export": "predictions.parquet"}
+                   "report": "report", "export": "predictions.parquet", "history": "history"}
 _TYPE_NAMES = {"str": "a string", "path": "a path (a string)", "int": "an integer",
                "bool": "true or false", "date": "a date (2026-11-24)",
-               "steps": f"a list of step names from {list(STEPS)}"}
+               "steps": f"a list of step names from {list(STEPS)}",
+               "paths": 'a list of paths (["/data/nightly"])', "number": "a number"}
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,8 @@ def parse_override(item: str) -> tuple[str, str, object]:
         value = text
     if SCHEMA[section][name][0] in ("str", "path") and not isinstance(value, str):
         value = text  # --set score.out=2026 means the name "2026"
+    if SCHEMA[section][name][0] == "paths" and isinstance(value, str):
+        value = [value]  # --set history.runs=/data/nightly: one path
     return section, name, value
 
 
@@ -109,7 +114,10 @@ def _check_value(section: str, key: str, value, where: str):
           "int": isinstance(value, int) and not isinstance(value, bool),
           "bool": isinstance(value, bool),
           "date": isinstance(value, (str, _dt.date)) and not isinstance(value, _dt.datetime),
-          "steps": isinstance(value, list) and all(isinstance(v, str) for v in value)}[kind]
+          "steps": isinstance(value, list) and all(isinstance(v, str) for v in value),
+          "paths": isinstance(value, list) and all(isinstance(v, str) and v.strip()
+                                                   for v in value),
+          "number": isinstance(value, (int, float)) and not isinstance(value, bool)}[kind]
     if not ok:
         if kind in ("int", "bool") and isinstance(value, str):
             fix = f"write {key} = {value} without quotes"
@@ -233,8 +241,9 @@ def _resolve(path: Path, raw: dict, where: dict, overrides: tuple, base: Path) -
     params = {}
     for section in STEPS:
         body = raw.get(section, {})
-        params[section] = {k: (absolute(v) if SCHEMA[section][k][0] == "path" else v)
-                           for k, v in body.items()}
+        params[section] = {k: (absolute(v) if SCHEMA[section][k][0] == "path" else
+                               [absolute(x) for x in v] if SCHEMA[section][k][0] == "paths"
+                               else v) for k, v in body.items()}
         params[section].setdefault("out", workdir / DEFAULT_OUTPUTS[section])
     ing, tr, sc, rep = (params[s] for s in STEPS[:4])
     if ing.get("source") is not None and ing["source"] not in NAMED_SOURCES:
@@ -244,6 +253,7 @@ def _resolve(path: Path, raw: dict, where: dict, overrides: tuple, base: Path) -
     sc.setdefault("model", tr["out"])
     rep.setdefault("predictions", sc["out"])
     params["export"].setdefault("predictions", sc["out"])
+    params["history"].setdefault("runs", [workdir])
     cl = raw.get("cluster", {})
     tls = {k: str(absolute(cl[k])) for k in ("tls_ca_file", "tls_cert", "tls_key") if k in cl}
     spec = cluster.ClusterSpec(cl.get("scheduler"), **tls)
@@ -361,6 +371,17 @@ def _check_files(job: Job, where: dict) -> None:
         if out.exists() and out.is_dir():
             raise JobSpecError(f"export.out {str(out)!r} is a directory: give a file name")
         refuse_existing("export", "export file")
+    if "history" in job.steps:
+        given = p["history"]["runs"] if ("history", "runs") in where else ()  # (default: workdir)
+        for run in given:
+            if ident(run) not in made and not run.exists():
+                raise JobSpecError(f"history.runs: {str(run)!r} does not exist: give run "
+                                   f"summaries, scoring outputs or folders that exist")
+        hout = p["history"]["out"]
+        if hout.is_file() or (hout.is_dir() and any(hout.iterdir())
+                              and not (hout / "history.html").is_file()):
+            raise JobSpecError(f"history.out {str(hout)!r} is a file or a folder that is not a "
+                               f"history (no history.html): choose another out")
     if job.metrics_file is not None:
         from .errors import MetricsFileError
         from .metricsfile import check_path
@@ -394,7 +415,7 @@ def job_paths(job: Job) -> tuple[list, list]:
     p = job.params
     reads = {"ingest": ("source", "labels"), "train": ("store",),
              "score": ("input", "model", "labels"), "report": ("predictions", "store"),
-             "export": ("predictions", "store")}
+             "export": ("predictions", "store"), "history": ()}
     writes = {"score": ("out", "ledger")}
 
     def fixed(value) -> bool:  # (a glob or an {input} template names many paths: not compared)
@@ -444,5 +465,7 @@ def describe(job: Job) -> list[str]:
         "report": f"report: {p['report']['predictions']} -> {p['report']['out']}",
         "export": f"export: {p['export']['predictions']} -> {p['export']['out']}"
                   + (" (with proba)" if p["export"].get("proba") else ""),
+        "history": f"history: {', '.join(str(r) for r in p['history']['runs'])} "
+                   f"-> {p['history']['out']}",
     }
     return [lines[s] for s in job.steps]

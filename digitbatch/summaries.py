@@ -125,8 +125,16 @@ def export_lines(r: dict) -> list[str]:
     return [line]
 
 
+def history_lines(r: dict) -> list[str]:
+    """The history step's: runs shown, outliers flagged (``digitbatch history`` prints the table)."""
+    lines = [f"history of {r['n_runs']} runs: {r['n_flagged']} flagged as outliers"]
+    lines += [f"outlier: {f['date']} {f['source']}: {', '.join(f['figures'])}"
+              for f in r.get("flagged", [])]
+    return lines
+
+
 STEP_LINES = {"ingest": ingest_lines, "train": train_lines, "score": score_lines,
-              "export": export_lines}
+              "export": export_lines, "history": history_lines}
 
 
 def step_lines(name: str, r: dict) -> list[str]:

@@ -200,7 +200,8 @@ def test_nightly_score_resumes_and_dates_its_outputs(small_store, model_dir, tmp
     sets = ["cluster.scheduler=synchronous", "job.date=2026-11-24",
             f"job.workdir={tmp_path}", f"job.summary={tmp_path}/run-{{date}}.json",
             f"score.input={small_store}", f"score.model={model_dir}",
-            f"score.out={tmp_path}/pred-{{date}}.zarr", f"report.out={tmp_path}/report-{{date}}"]
+            f"score.out={tmp_path}/pred-{{date}}.zarr", f"report.out={tmp_path}/report-{{date}}",
+            f"history.runs={tmp_path}", f"history.out={tmp_path}/history"]
     args = [spec, *[f"--set={s}" for s in sets]]
     for _ in range(2):  # the rerun continues (here: finds the output complete)
         result = _run(args)
@@ -209,6 +210,9 @@ def test_nightly_score_resumes_and_dates_its_outputs(small_store, model_dir, tmp
     assert s["outcome"] == "succeeded"
     assert s["steps"][0]["outputs"]["predictions"] == str(tmp_path / "pred-2026-11-24.zarr")
     assert (tmp_path / "report-2026-11-24" / "report.html").exists()
+    # the rerun's history: the first run's summary holds the output, read once
+    assert s["steps"][2]["name"] == "history" and s["steps"][2]["result"]["n_runs"] == 1
+    assert (tmp_path / "history" / "history.html").exists()
 
 
 def test_quickstart_spec_runs_from_a_clean_directory(tmp_path, monkeypatch):

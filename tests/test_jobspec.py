@@ -45,7 +45,7 @@ def test_each_step_reads_what_the_one_before_writes(tmp_path):
     w = tmp_path / "w"
     p = job.params
     assert job.name == "job" and job.workdir == w and job.summary == w / "job.run.json"
-    present = tuple(s for s in STEPS if s != "export")  # the sections the spec has
+    present = tuple(s for s in STEPS if s not in ("export", "history"))  # the spec's sections
     assert job.steps == present
     assert {s: p[s]["out"] for s in present} == {s: w / DEFAULT_OUTPUTS[s] for s in present}
     assert p["ingest"]["source"] == "sample"  # a named source is no path
@@ -221,7 +221,8 @@ def _good(name: str, kind: str, extra) -> tuple[str, object]:
         lo, hi = extra if extra else (0, None)
         return str(hi if hi is not None else lo), hi if hi is not None else lo
     return {"path": (f'"p/{name}"', None), "bool": ("false", False), "date": ("2026-11-24", None),
-            "steps": ('["report", "ingest", "train", "score"]', None)}[kind]
+            "steps": ('["report", "ingest", "train", "score"]', None),
+            "paths": (f'["p/{name}"]', None), "number": ("2.5", 2.5)}[kind]
 
 
 def test_every_schema_key_is_accepted(tmp_path):
@@ -237,7 +238,8 @@ def test_every_schema_key_is_accepted(tmp_path):
         for key, (kind, extra) in SCHEMA[section].items():
             _, value = _good(f"{section}.{key}", kind, extra)
             got = job.params[section][key]
-            assert got == (tmp_path / f"p/{section}.{key}" if kind == "path" else value), key
+            assert got == (tmp_path / f"p/{section}.{key}" if kind == "path" else
+                           [tmp_path / f"p/{section}.{key}"] if kind == "paths" else value), key
     assert job.name == "nightly" and job.steps == STEPS[:4]
     assert job.summary == tmp_path / "p/job.summary" and job.workdir == tmp_path / "p/job.workdir"
     assert job.cluster == ClusterSpec("local", **{k: str(tmp_path / f"p/cluster.{k}")
