@@ -196,3 +196,24 @@ class RunTerminated(BaseException):
     """
 
     exit_code = 143
+
+
+class ModelPointerError(ModelError):
+    """A models folder's ``current`` pointer is missing, damaged, or names no model."""
+
+
+class PromotionError(DigitbatchError, ValueError):
+    """``digitbatch promote`` cannot run: a bad option, models folder, gate store or candidate."""
+
+
+class PromotionRefusedError(PromotionError):
+    """The gate refused the candidate (worse than the champion beyond the tolerance, a tie
+    without a tolerance, or below ``--min-accuracy``); the champion stays live.
+
+    The command exits with :attr:`exit_code` (3: a quality alarm)."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, record: dict | None = None):
+        super().__init__(message)
+        self.record = record or {}

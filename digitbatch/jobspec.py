@@ -19,10 +19,10 @@ from . import cluster, storage
 from .errors import ClusterError, JobSpecError
 from .jobpaths import check_paths
 
-STEPS = ("ingest", "train", "score", "report", "export")
+STEPS = ("ingest", "train", "score", "report", "export", "promote")
 NAMED_SOURCES = ("sample", "openml")
-# key -> (kind, extra): kind is str | path | int | bool | date | steps; extra is the
-# allowed choices (str) or the (minimum, maximum) range (int).
+# key -> (kind, extra): kind is str | path | int | float | bool | date | steps; extra is
+# the allowed choices (str) or the (minimum, maximum) range (int, float).
 SCHEMA: dict[str, dict[str, tuple[str, object]]] = {
     "job": {"name": ("str", None), "workdir": ("path", None), "summary": ("path", None),
             "steps": ("steps", None), "date": ("date", None), "metrics_file": ("path", None)},
@@ -48,10 +48,15 @@ SCHEMA: dict[str, dict[str, tuple[str, object]]] = {
                "top": ("int", (1, 400))},
     "export": {"predictions": ("path", None), "out": ("path", None), "proba": ("bool", None),
                "store": ("path", None), "labels": ("bool", None), "overwrite": ("bool", None)},
+    # (digitbatch.promotion.promote; candidate defaults to [train] out)
+    "promote": {"candidate": ("path", None), "models": ("path", None), "gate": ("path", None),
+                "tolerance": ("float", (0.0, 0.5)), "min_accuracy": ("float", (0.0, 1.0)),
+                "alpha": ("float", (1e-6, 0.5))},
 }
 DEFAULT_OUTPUTS = {"ingest": "store.zarr", "train": "model", "score": "predictions.zarr",
                    "report": "report", "export": "predictions.parquet"}
 _TYPE_NAMES = {"str": "a string", "path": "a path (a string)", "int": "an integer",
+               "float": "a number",
                "bool": "true or false", "date": "a date (2026-11-24)",
                "steps": f"a list of step names from {list(STEPS)}"}
 
@@ -107,11 +112,13 @@ def _check_value(section: str, key: str, value, where: str):
     name = f"{section}.{key}"
     ok = {"str": isinstance(value, str), "path": isinstance(value, str),
           "int": isinstance(value, int) and not isinstance(value, bool),
+          "float": isinstance(value, (int, float)) and not isinstance(value, bool)
+          and value == value,
           "bool": isinstance(value, bool),
           "date": isinstance(value, (str, _dt.date)) and not isinstance(value, _dt.datetime),
           "steps": isinstance(value, list) and all(isinstance(v, str) for v in value)}[kind]
     if not ok:
-        if kind in ("int", "bool") and isinstance(value, str):
+        if kind in ("int", "float", "bool") and isinstance(value, str):
             fix = f"write {key} = {value} without quotes"
         elif kind in ("str", "path") and not isinstance(value, (list, dict)):
             fix = f'quote it: {key} = "{value}"'
@@ -125,11 +132,12 @@ def _check_value(section: str, key: str, value, where: str):
         raise JobSpecError(f"{name} is empty ({where}): give a value or leave the key out")
     if kind == "str" and extra and value not in extra:
         raise JobSpecError(f"{name} must be one of {list(extra)}, got {value!r} ({where})")
-    if kind == "int" and extra:
+    if kind in ("int", "float") and extra:
         lo, hi = extra
         if value < lo or (hi is not None and value > hi):
             bound = f"from {lo} to {hi}" if hi is not None else f">= {lo}"
-            raise JobSpecError(f"{name} must be an integer {bound}, got {value} ({where})")
+            raise JobSpecError(f"{name} must be {_TYPE_NAMES[kind]} {bound}, got {value} "
+                               f"({where})")
     if kind == "steps":
         bad = [s for s in value if s not in STEPS]
         if bad or len(set(value)) != len(value):
@@ -235,7 +243,8 @@ def _resolve(path: Path, raw: dict, where: dict, overrides: tuple, base: Path) -
         body = raw.get(section, {})
         params[section] = {k: (absolute(v) if SCHEMA[section][k][0] == "path" else v)
                            for k, v in body.items()}
-        params[section].setdefault("out", workdir / DEFAULT_OUTPUTS[section])
+        if section in DEFAULT_OUTPUTS:  # (promote writes into its models folder)
+            params[section].setdefault("out", workdir / DEFAULT_OUTPUTS[section])
     ing, tr, sc, rep = (params[s] for s in STEPS[:4])
     if ing.get("source") is not None and ing["source"] not in NAMED_SOURCES:
         ing["source"] = absolute(ing["source"])
@@ -244,6 +253,7 @@ def _resolve(path: Path, raw: dict, where: dict, overrides: tuple, base: Path) -
     sc.setdefault("model", tr["out"])
     rep.setdefault("predictions", sc["out"])
     params["export"].setdefault("predictions", sc["out"])
+    params["promote"].setdefault("candidate", tr["out"])
     cl = raw.get("cluster", {})
     tls = {k: str(absolute(cl[k])) for k in ("tls_ca_file", "tls_cert", "tls_key") if k in cl}
     spec = cluster.ClusterSpec(cl.get("scheduler"), **tls)
@@ -361,6 +371,13 @@ def _check_files(job: Job, where: dict) -> None:
         if out.exists() and out.is_dir():
             raise JobSpecError(f"export.out {str(out)!r} is a directory: give a file name")
         refuse_existing("export", "export file")
+    if "promote" in job.steps:
+        if p["promote"].get("models") is None:
+            raise JobSpecError(f"[promote] needs models in {job.path}: the models folder whose "
+                               f"current model the candidate must beat, e.g. "
+                               f"models = \"/data/models\"")
+        need("promote", "candidate")
+        need("promote", "gate")
     if job.metrics_file is not None:
         from .errors import MetricsFileError
         from .metricsfile import check_path
@@ -394,8 +411,8 @@ def job_paths(job: Job) -> tuple[list, list]:
     p = job.params
     reads = {"ingest": ("source", "labels"), "train": ("store",),
              "score": ("input", "model", "labels"), "report": ("predictions", "store"),
-             "export": ("predictions", "store")}
-    writes = {"score": ("out", "ledger")}
+             "export": ("predictions", "store"), "promote": ("candidate", "gate")}
+    writes = {"score": ("out", "ledger"), "promote": ("models",)}
 
     def fixed(value) -> bool:  # (a glob or an {input} template names many paths: not compared)
         return value is not None and not any(c in str(value) for c in "{}*?[")
@@ -444,5 +461,7 @@ def describe(job: Job) -> list[str]:
         "report": f"report: {p['report']['predictions']} -> {p['report']['out']}",
         "export": f"export: {p['export']['predictions']} -> {p['export']['out']}"
                   + (" (with proba)" if p["export"].get("proba") else ""),
+        "promote": f"promote: {p['promote'].get('candidate')} -> {p['promote'].get('models')}"
+                   f"/current if it beats the current model on {p['promote'].get('gate')}",
     }
     return [lines[s] for s in job.steps]

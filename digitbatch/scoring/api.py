@@ -211,7 +211,8 @@ def _score(stack, source, loaded, out, *, scheduler, resume, proba, break_lock, 
                               model_path=str(loaded.path), model_sha256=loaded.sha256,
                               input=plan.input, n_rejected_before=plan.n_rejected,
                               seconds=seconds, n_this_run=n_this_run, resumed=bool(done),
-                              run_id=lease.token)
+                              run_id=lease.token,
+                              model_via=None if loaded.via is None else str(loaded.via))
         lease.check()
         finalize(out, result)
     log.info("scored %d images in %.2f s (accuracy %s)", n_this_run, seconds, result["accuracy"],
