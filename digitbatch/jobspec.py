@@ -289,6 +289,12 @@ def _check_options(job: Job) -> None:
         if ex.get("labels") is False and ex.get("store") is not None:
             raise JobSpecError("export.store is only read for the label column, which "
                                "export.labels = false leaves out: drop one of the two")
+    pr = job.params["promote"]
+    for key, what in (("models", 'the models folder whose current model the candidate must '
+                                 'beat, e.g. models = "/data/models"'),
+                      ("gate", 'a labelled store both are scored on, e.g. gate = "gate.zarr"')):
+        if "promote" in job.steps and pr.get(key) is None:
+            raise JobSpecError(f"[promote] needs {key} in {job.path}: {what}")
     if "score" in job.steps and sc.get("resume") and sc.get("overwrite"):
         raise JobSpecError("score.resume and score.overwrite contradict each other: "
                            "resume continues an output, overwrite replaces it; keep one")
@@ -372,10 +378,6 @@ def _check_files(job: Job, where: dict) -> None:
             raise JobSpecError(f"export.out {str(out)!r} is a directory: give a file name")
         refuse_existing("export", "export file")
     if "promote" in job.steps:
-        if p["promote"].get("models") is None:
-            raise JobSpecError(f"[promote] needs models in {job.path}: the models folder whose "
-                               f"current model the candidate must beat, e.g. "
-                               f"models = \"/data/models\"")
         need("promote", "candidate")
         need("promote", "gate")
     if job.metrics_file is not None:
