@@ -55,6 +55,24 @@ class Resolved:
     sha256: str | None = None  # what the pointer says model.npz hashes to
 
 
+def folder_name(name: str, sha256: str) -> str:
+    """The folder of a promoted model inside a models folder: its catalogue name and the
+    first 12 hex digits of its model.npz SHA-256 (``sgd-3f2a1b0c9d8e``)."""
+    return check_name(f"{name}-{sha256[:12]}", "the model's folder name")
+
+
+def find_model(models: str | os.PathLike, sha256: str) -> Path | None:
+    """The folder in ``models`` named for a model of SHA-256 ``sha256`` (unchecked:
+    load it to check), or None."""
+    suffix = f"-{sha256[:12]}"
+    try:
+        names = sorted(n for n in os.listdir(models) if n.endswith(suffix)
+                       and not n.startswith("."))
+    except OSError:
+        return None
+    return Path(models) / names[0] if names else None
+
+
 def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 

@@ -137,14 +137,9 @@ def _append(d: Path, record: dict) -> None:
         os.fsync(fh.fileno())
 
 
-def stored_name(loaded: LoadedModel) -> str:
-    """The folder name of a model inside a models folder: catalogue name + SHA-256 prefix."""
-    return f"{loaded.manifest.get('name', 'model')}-{loaded.sha256[:12]}"
-
-
 def _store_copy(d: Path, loaded: LoadedModel) -> Path:
     """``loaded`` copied into ``d`` (once: a copy already there is checked, not replaced)."""
-    name = pointer.check_name(stored_name(loaded), "the candidate's name")
+    name = pointer.folder_name(str(loaded.manifest.get("name", "model")), loaded.sha256)
     dest = d / name
     if dest.exists():
         try:

@@ -239,3 +239,32 @@ def test_a_scoring_run_keeps_the_model_it_resolved(zoo, tmp_path):
     want = load_model(zoo["weak"]).model.score_chunk(images, proba=False)[0]
     assert np.array_equal(got, want)
     assert not np.array_equal(got, load_model(zoo["good"]).model.score_chunk(images, proba=False)[0])
+
+
+class _Stop(Exception):
+    """Stands for a run that died after its first chunk commit."""
+
+
+def test_a_resumed_run_keeps_the_model_its_output_was_started_with(zoo, tmp_path):
+    from digitbatch.scoring.api import score
+    from digitbatch.scoring.output import committed
+
+    models = tmp_path / "models"
+    promote(zoo["weak"], models=models, gate=zoo["gate"])
+    out = tmp_path / "p.zarr"
+
+    def die(n, total=None):
+        if total is None and committed(out):
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        score(zoo["gate"], model=models, out=out, scheduler="synchronous", progress=die)
+    assert 0 < len(committed(out)) < 3
+    promote(zoo["good"], models=models, gate=zoo["gate"])  # between the failure and the rerun
+    r = score(zoo["gate"], model=models, out=out, scheduler="synchronous", resume=True)
+    assert r.metrics["resumed"] and r.metrics["model"]["sha256"] == _sha(zoo["weak"])
+    assert r.metrics["model"]["resolved_from"] == str(models)
+    assert r.metrics["accuracy"] < 0.95  # the weak model's figure, on every chunk
+    # a fresh output scores with what current names now
+    r = score(zoo["gate"], model=models, out=tmp_path / "q.zarr", scheduler="synchronous")
+    assert r.metrics["model"]["sha256"] == _sha(zoo["good"]) and r.metrics["accuracy"] == 1.0
