@@ -213,16 +213,29 @@ def promote(candidate, *, models, gate, tolerance: float = 0.0,
         A bad option, folder, gate store or candidate.
     """
     _check_options(tolerance, min_accuracy, alpha)
+    d = _models_dir(models)
+    if storage.is_url(candidate):  # (copied into the folder from a local copy)
+        with storage.fetched(str(candidate)) as local:
+            return _promote(local, str(candidate), d, gate, tolerance, min_accuracy, alpha)
+    return _promote(candidate, os.path.abspath(candidate), d, gate, tolerance, min_accuracy,
+                    alpha)
+
+
+def _promote(candidate, shown: str, d: Path, gate, tolerance, min_accuracy, alpha):
     try:
         cand = load_model(candidate)
     except ModelError as exc:
-        raise PromotionError(f"candidate {candidate}: {exc}") from None
-    d = _models_dir(models)
+        raise PromotionError(f"candidate {shown}: {exc}") from None
     with _locked(d):
         head = pointer.current_of(d)
-        champ = load_model(d / pointer.POINTER_FILE) if head is not None else None
+        try:
+            champ = load_model(d / pointer.POINTER_FILE) if head is not None else None
+        except ModelError as exc:
+            raise PromotionError(f"the live model of {d} does not load, so the candidate cannot "
+                                 f"be compared with it ({exc}); restore it, roll back, or start "
+                                 f"a new models folder") from None
         record = {"time": pointer.now(), "action": "promote", "models": str(d),
-                  "candidate": {"path": str(Path(os.path.abspath(cand.path))),
+                  "candidate": {"path": shown,
                                 "name": cand.manifest.get("name"), "sha256": cand.sha256},
                   "champion": _entry(champ, head and head["model"]),
                   "tolerance": tolerance, "min_accuracy": min_accuracy, "alpha": alpha,
@@ -243,7 +256,7 @@ def promote(candidate, *, models, gate, tolerance: float = 0.0,
                            "reason": verdict.reason})
             _append(d, record)
             stays = f"; {head['model']} stays live" if head else "; nothing is live yet"
-            raise PromotionRefusedError(f"candidate {candidate} refused: {verdict.reason}{stays}",
+            raise PromotionRefusedError(f"candidate {shown} refused: {verdict.reason}{stays}",
                                         record)
         dest = _store_copy(d, cand)
         stack = ([{"model": head["model"], "sha256": head["sha256"]}] + head["previous"]
@@ -253,7 +266,7 @@ def promote(candidate, *, models, gate, tolerance: float = 0.0,
                        "current": {"model": dest.name, "name": cand.manifest.get("name"),
                                    "sha256": cand.sha256, "path": str(dest)}})
         _append(d, record)
-    log.info("promoted %s to %s/current: %s", candidate, d, verdict.reason)
+    log.info("promoted %s to %s/current: %s", shown, d, verdict.reason)
     return PromotionResult("promoted", dest, record)
 
 

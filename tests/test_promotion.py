@@ -268,3 +268,16 @@ def test_a_resumed_run_keeps_the_model_its_output_was_started_with(zoo, tmp_path
     # a fresh output scores with what current names now
     r = score(zoo["gate"], model=models, out=tmp_path / "q.zarr", scheduler="synchronous")
     assert r.metrics["model"]["sha256"] == _sha(zoo["good"]) and r.metrics["accuracy"] == 1.0
+
+
+def test_a_candidate_at_a_url_is_copied_in(zoo, tmp_path):
+    fsspec = pytest.importorskip("fsspec")
+    fs = fsspec.filesystem("memory")
+    for f in ("model.npz", "manifest.json"):
+        fs.put_file(str(zoo["good"] / f), f"/promote-test/model/{f}")
+    try:
+        r = promote("memory://promote-test/model", models=tmp_path / "models", gate=zoo["gate"])
+    finally:
+        fs.rm("/promote-test", recursive=True)
+    assert r.record["candidate"]["path"] == "memory://promote-test/model"
+    assert load_model(tmp_path / "models").sha256 == _sha(zoo["good"])
