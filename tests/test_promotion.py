@@ -281,3 +281,26 @@ def test_a_candidate_at_a_url_is_copied_in(zoo, tmp_path):
         fs.rm("/promote-test", recursive=True)
     assert r.record["candidate"]["path"] == "memory://promote-test/model"
     assert load_model(tmp_path / "models").sha256 == _sha(zoo["good"])
+
+
+def test_a_gate_without_labels_or_of_training_rows_only_is_refused(zoo, tmp_path):
+    from digitbatch.layout import StoreWriter
+    from digitbatch.training import train
+
+    from .conftest import synthetic_digits
+
+    x, _ = synthetic_digits(300, seed=9)
+    with StoreWriter(tmp_path / "unlabelled.zarr", source={"kind": "test"}, chunk_size=256) as w:
+        w.append(x, np.full(300, -1, np.int8), [f"k{i}" for i in range(300)])
+        w.finish()
+    with pytest.raises(PromotionError, match=r"has no labelled rows \(all\): the gate needs labels"):
+        promote(zoo["good"], models=tmp_path / "m", gate=tmp_path / "unlabelled.zarr")
+    # a model trained on every row of a store: that store cannot be its gate
+    with StoreWriter(tmp_path / "all.zarr", source={"kind": "test"}, chunk_size=256) as w:
+        w.append(x, synthetic_digits(300, seed=9)[1], [f"k{i}" for i in range(300)])
+        w.finish()
+    every = Path(train(tmp_path / "all.zarr", tmp_path / "every", seed=0).model_path)
+    with pytest.raises(PromotionError, match=r"is the training store of .*every.*a gate on "
+                                             r"training rows flatters it"):
+        promote(every, models=tmp_path / "m", gate=tmp_path / "all.zarr")
+    assert not (tmp_path / "m" / POINTER_FILE).exists()
