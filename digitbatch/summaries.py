@@ -125,8 +125,13 @@ def export_lines(r: dict) -> list[str]:
     return [line]
 
 
+def promote_lines(r: dict) -> list[str]:
+    """A promote step's decision and why (both accuracies and McNemar's figures)."""
+    return [f"{r.get('decision')} ({r.get('verdict')}): {r.get('reason')}"]
+
+
 STEP_LINES = {"ingest": ingest_lines, "train": train_lines, "score": score_lines,
-              "export": export_lines}
+              "export": export_lines, "promote": promote_lines}
 
 
 def step_lines(name: str, r: dict) -> list[str]:

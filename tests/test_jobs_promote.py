@@ -78,6 +78,9 @@ def test_a_job_trains_then_promotes_and_a_worse_one_fails_its_step(tmp_path):
     assert step["result"]["decision"] == "promoted" and step["result"]["verdict"] == "first"
     assert step["metrics"] == str(tmp_path / "w/models/history.jsonl")
     live = load_model(tmp_path / "w/models").sha256
+    from digitbatch.summaries import step_lines
+
+    assert step_lines("promote", step["result"])[0].startswith("promoted (first): no champion yet")
 
     job = load_job(spec, [f"train.store={weak}"], cwd=tmp_path)
     with pytest.raises(JobFailedError, match="promote failed") as e:

@@ -165,7 +165,7 @@ def test_score_lines_without_labels_or_times():
 
 
 def test_step_lines_dispatch_by_step():
-    assert set(STEP_LINES) == {"ingest", "train", "score", "export"}
+    assert set(STEP_LINES) == {"ingest", "train", "score", "export", "promote"}
     r = {"n_images": 3, "n_labeled": 3, "n_rejects": 0}
     assert step_lines("ingest", r) == ingest_lines(r)
     assert step_lines("score", {"n_images": 3}) == ["scored 3 images; no labels"]
