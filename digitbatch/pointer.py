@@ -191,6 +191,11 @@ def resolve(model: str | os.PathLike) -> Resolved:
         return Resolved(Path(os.path.abspath(target)), via=Path(model), sha256=doc["sha256"])
     if p.is_symlink():
         return Resolved(Path(os.path.realpath(p)), via=Path(model))
+    if p.name == POINTER_FILE and not p.exists() and p.parent.is_dir():
+        raise ModelPointerError(
+            f"{p} does not exist: no model was promoted into {p.parent} yet; promote one "
+            f"(digitbatch promote MODEL --models {p.parent} --gate STORE), or give a model "
+            f"directory")
     return Resolved(p)
 
 

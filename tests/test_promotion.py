@@ -173,6 +173,9 @@ def test_a_models_folder_copied_elsewhere_points_at_its_own_copy(zoo, tmp_path):
 
 def test_damaged_or_hostile_pointers_are_named_errors(zoo, tmp_path):
     models = tmp_path / "models"
+    models.mkdir()
+    with pytest.raises(ModelPointerError, match="no model was promoted into .*models yet"):
+        load_model(models / POINTER_FILE)
     promote(zoo["good"], models=models, gate=zoo["gate"])
     ptr = models / POINTER_FILE
     doc = json.loads(ptr.read_text())
