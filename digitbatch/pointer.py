@@ -122,15 +122,6 @@ def read_pointer(path: str | os.PathLike) -> dict:
     return {**doc, **head, "previous": [_entry(v, f"{p} (previous)") for v in prev]}
 
 
-def is_pointer(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a pointer file (a small JSON file of :data:`POINTER_KIND`)."""
-    try:
-        read_pointer(path)
-        return True
-    except (ModelPointerError, OSError):
-        return False
-
-
 def current_of(models: str | os.PathLike) -> dict | None:
     """The pointer of models folder ``models``, or None when no model was promoted yet."""
     p = Path(models) / POINTER_FILE
