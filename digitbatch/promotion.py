@@ -311,8 +311,5 @@ def describe(result: PromotionResult) -> list[str]:
     cur = r.get("current") or {}
     lines = [f"{r['decision']}: {cur.get('model')} is live "
              f"(sha256 {str(cur.get('sha256'))[:16]}...)", f"  {r.get('reason', '')}"]
-    if r.get("gate"):
-        lines.append(f"  gate: {r['gate']['n']:,} labelled rows ({r['gate']['rows']}) of "
-                     f"{r['gate']['store']}")
     lines.append(f"  history: {history_path(r['models'])}")
     return lines
