@@ -307,3 +307,12 @@ def test_a_gate_without_labels_or_of_training_rows_only_is_refused(zoo, tmp_path
                                              r"training rows flatters it"):
         promote(every, models=tmp_path / "m", gate=tmp_path / "all.zarr")
     assert not (tmp_path / "m" / POINTER_FILE).exists()
+
+
+def test_a_torn_history_line_is_named(zoo, tmp_path):
+    models = tmp_path / "models"
+    promote(zoo["good"], models=models, gate=zoo["gate"])
+    with open(models / "history.jsonl", "a") as fh:
+        fh.write('{"time": "2026-12-06T00:00:00+00:00", "act')
+    with pytest.raises(PromotionError, match=r"history.jsonl, line 2, is not JSON"):
+        read_history(models)
