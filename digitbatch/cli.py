@@ -11,6 +11,7 @@ import threading
 import click
 
 from . import logs, summaries
+from . import cli_promote
 from .bench import commands as bench_commands
 from . import cli_history
 from .cli_observe import EXIT_STATUS, observed
@@ -442,6 +443,7 @@ def run_cmd(job, overrides, check, break_lock, as_json, scheduler, metrics_file)
 
 main.add_command(bench_commands.bench)
 main.add_command(cli_history.history)
+main.add_command(cli_promote.promote)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -204,3 +204,24 @@ class RunTerminated(BaseException):
 class HistoryError(DigitbatchError, ValueError):
     """``digitbatch history``: a path given is not a run summary, a scoring output or a
     folder of them, nothing was found, or an option is out of range."""
+
+
+class ModelPointerError(ModelError):
+    """A models folder's ``current`` pointer is missing, damaged, or names no model."""
+
+
+class PromotionError(DigitbatchError, ValueError):
+    """``digitbatch promote`` cannot run: a bad option, models folder, gate store or candidate."""
+
+
+class PromotionRefusedError(PromotionError):
+    """The gate refused the candidate (worse than the champion beyond the tolerance, a tie
+    without a tolerance, or below ``--min-accuracy``); the champion stays live.
+
+    The command exits with :attr:`exit_code` (3: a quality alarm)."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, record: dict | None = None):
+        super().__init__(message)
+        self.record = record or {}

@@ -25,7 +25,7 @@ Sections and keys (all optional unless marked; anything else is an error):
 ``[job]``
     ``name`` (the file's stem), ``workdir`` (``"."``), ``summary``
     (``<workdir>/<name>.run.json``), ``steps`` (a list of ``"ingest"``,
-    ``"train"``, ``"score"``, ``"report"``, ``"export"``, ``"history"``; default: the step sections the
+    ``"train"``, ``"score"``, ``"report"``, ``"export"``, ``"promote"``, ``"history"``; default: the step sections the
     spec has; steps always run in that order), ``date`` (``YYYY-MM-DD``,
     default today: what ``{date}`` in a path becomes, so a nightly job
     writes each night's output apart and a rerun for a past night can say
@@ -55,6 +55,11 @@ Sections and keys (all optional unless marked; anything else is an error):
     ``predictions`` (``[score] out``), ``out`` (``<workdir>/predictions.parquet``;
     ``.parquet`` or ``.csv``), ``proba``, ``store``, ``labels`` (false: no
     label column), ``overwrite``.
+``[promote]``
+    ``models`` (required: the models folder), ``gate`` (required: a labelled
+    store), ``candidate`` (``[train] out``), ``tolerance``, ``min_accuracy``,
+    ``alpha`` (:func:`digitbatch.promotion.promote`). A refused candidate
+    fails the step (the run summary names the refusal); ``current`` is unchanged.
 ``[history]``
     ``runs`` (a list of run summaries, scoring outputs or folders of them;
     default ``[<workdir>]``; this run's scoring output is always added),
@@ -202,6 +207,18 @@ def _step_export(params: dict, scheduler, done: dict) -> dict:
                                                           "n_escaped", "labels")}}
 
 
+def _step_promote(params: dict, scheduler, done: dict) -> dict:
+    from .promotion import history_path, promote
+
+    kw = {k: float(params[k]) for k in ("tolerance", "min_accuracy", "alpha") if k in params}
+    r = promote(str(params["candidate"]), models=str(params["models"]),
+                gate=str(params["gate"]), **kw)
+    rec = r.record
+    return {"outputs": {"current": str(r.current)}, "metrics": str(history_path(rec["models"])),
+            "result": {k: rec.get(k) for k in ("decision", "verdict", "accuracy", "mcnemar",
+                                               "current", "reason")}}
+
+
 def _step_history(params: dict, scheduler, done: dict) -> dict:
     from .history import history
 
@@ -218,7 +235,8 @@ def _step_history(params: dict, scheduler, done: dict) -> dict:
 
 # step -> fn(params, scheduler, done): done holds the records of the steps run before
 STEP_FUNCS = {"ingest": _step_ingest, "train": _step_train, "score": _step_score,
-              "report": _step_report, "export": _step_export, "history": _step_history}
+              "report": _step_report, "export": _step_export, "promote": _step_promote,
+              "history": _step_history}
 
 
 def _write_summary(path: Path, summary: dict) -> None:

@@ -19,10 +19,10 @@ from . import cluster, storage
 from .errors import ClusterError, JobSpecError
 from .jobpaths import check_paths
 
-STEPS = ("ingest", "train", "score", "report", "export", "history")
+STEPS = ("ingest", "train", "score", "report", "export", "promote", "history")
 NAMED_SOURCES = ("sample", "openml")
-# key -> (kind, extra): kind is str | path | int | bool | date | steps; extra is the
-# allowed choices (str) or the (minimum, maximum) range (int).
+# key -> (kind, extra): kind is str | path | int | float | bool | date | steps; extra is
+# the allowed choices (str) or the (minimum, maximum) range (int, float).
 SCHEMA: dict[str, dict[str, tuple[str, object]]] = {
     "job": {"name": ("str", None), "workdir": ("path", None), "summary": ("path", None),
             "steps": ("steps", None), "date": ("date", None), "metrics_file": ("path", None)},
@@ -48,15 +48,20 @@ SCHEMA: dict[str, dict[str, tuple[str, object]]] = {
                "top": ("int", (1, 400))},
     "export": {"predictions": ("path", None), "out": ("path", None), "proba": ("bool", None),
                "store": ("path", None), "labels": ("bool", None), "overwrite": ("bool", None)},
+    # (digitbatch.promotion.promote; candidate defaults to [train] out)
+    "promote": {"candidate": ("path", None), "models": ("path", None), "gate": ("path", None),
+                "tolerance": ("float", (0.0, 0.5)), "min_accuracy": ("float", (0.0, 1.0)),
+                "alpha": ("float", (1e-6, 0.5))},
     "history": {"runs": ("paths", None), "out": ("path", None), "window": ("int", (1, None)),
-                "min_history": ("int", (1, None)), "threshold": ("number", None)},
+                "min_history": ("int", (1, None)), "threshold": ("float", None)},
 }
 DEFAULT_OUTPUTS = {"ingest": "store.zarr", "train": "model", "score": "predictions.zarr",
                    "report": "report", "export": "predictions.parquet", "history": "history"}
 _TYPE_NAMES = {"str": "a string", "path": "a path (a string)", "int": "an integer",
+               "float": "a number",
                "bool": "true or false", "date": "a date (2026-11-24)",
                "steps": f"a list of step names from {list(STEPS)}",
-               "paths": 'a list of paths (["/data/nightly"])', "number": "a number"}
+               "paths": 'a list of paths (["/data/nightly"])'}
 
 
 @dataclass(frozen=True)
@@ -112,14 +117,15 @@ def _check_value(section: str, key: str, value, where: str):
     name = f"{section}.{key}"
     ok = {"str": isinstance(value, str), "path": isinstance(value, str),
           "int": isinstance(value, int) and not isinstance(value, bool),
+          "float": isinstance(value, (int, float)) and not isinstance(value, bool)
+          and value == value,
           "bool": isinstance(value, bool),
           "date": isinstance(value, (str, _dt.date)) and not isinstance(value, _dt.datetime),
           "steps": isinstance(value, list) and all(isinstance(v, str) for v in value),
           "paths": isinstance(value, list) and all(isinstance(v, str) and v.strip()
-                                                   for v in value),
-          "number": isinstance(value, (int, float)) and not isinstance(value, bool)}[kind]
+                                                   for v in value)}[kind]
     if not ok:
-        if kind in ("int", "bool") and isinstance(value, str):
+        if kind in ("int", "float", "bool") and isinstance(value, str):
             fix = f"write {key} = {value} without quotes"
         elif kind in ("str", "path") and not isinstance(value, (list, dict)):
             fix = f'quote it: {key} = "{value}"'
@@ -133,11 +139,12 @@ def _check_value(section: str, key: str, value, where: str):
         raise JobSpecError(f"{name} is empty ({where}): give a value or leave the key out")
     if kind == "str" and extra and value not in extra:
         raise JobSpecError(f"{name} must be one of {list(extra)}, got {value!r} ({where})")
-    if kind == "int" and extra:
+    if kind in ("int", "float") and extra:
         lo, hi = extra
         if value < lo or (hi is not None and value > hi):
             bound = f"from {lo} to {hi}" if hi is not None else f">= {lo}"
-            raise JobSpecError(f"{name} must be an integer {bound}, got {value} ({where})")
+            raise JobSpecError(f"{name} must be {_TYPE_NAMES[kind]} {bound}, got {value} "
+                               f"({where})")
     if kind == "steps":
         bad = [s for s in value if s not in STEPS]
         if bad or len(set(value)) != len(value):
@@ -241,6 +248,10 @@ def _resolve(path: Path, raw: dict, where: dict, overrides: tuple, base: Path) -
     params = {}
     for section in STEPS:
         body = raw.get(section, {})
+        params[section] = {k: (absolute(v) if SCHEMA[section][k][0] == "path" else v)
+                           for k, v in body.items()}
+        if section in DEFAULT_OUTPUTS:  # (promote writes into its models folder)
+            params[section].setdefault("out", workdir / DEFAULT_OUTPUTS[section])
         params[section] = {k: (absolute(v) if SCHEMA[section][k][0] == "path" else
                                [absolute(x) for x in v] if SCHEMA[section][k][0] == "paths"
                                else v) for k, v in body.items()}
@@ -253,6 +264,7 @@ def _resolve(path: Path, raw: dict, where: dict, overrides: tuple, base: Path) -
     sc.setdefault("model", tr["out"])
     rep.setdefault("predictions", sc["out"])
     params["export"].setdefault("predictions", sc["out"])
+    params["promote"].setdefault("candidate", tr["out"])
     params["history"].setdefault("runs", [workdir])
     cl = raw.get("cluster", {})
     tls = {k: str(absolute(cl[k])) for k in ("tls_ca_file", "tls_cert", "tls_key") if k in cl}
@@ -289,6 +301,12 @@ def _check_options(job: Job) -> None:
         if ex.get("labels") is False and ex.get("store") is not None:
             raise JobSpecError("export.store is only read for the label column, which "
                                "export.labels = false leaves out: drop one of the two")
+    pr = job.params["promote"]
+    for key, what in (("models", 'the models folder whose current model the candidate must '
+                                 'beat, e.g. models = "/data/models"'),
+                      ("gate", 'a labelled store both are scored on, e.g. gate = "gate.zarr"')):
+        if "promote" in job.steps and pr.get(key) is None:
+            raise JobSpecError(f"[promote] needs {key} in {job.path}: {what}")
     if "score" in job.steps and sc.get("resume") and sc.get("overwrite"):
         raise JobSpecError("score.resume and score.overwrite contradict each other: "
                            "resume continues an output, overwrite replaces it; keep one")
@@ -371,6 +389,9 @@ def _check_files(job: Job, where: dict) -> None:
         if out.exists() and out.is_dir():
             raise JobSpecError(f"export.out {str(out)!r} is a directory: give a file name")
         refuse_existing("export", "export file")
+    if "promote" in job.steps:
+        need("promote", "candidate")
+        need("promote", "gate")
     if "history" in job.steps:
         given = p["history"]["runs"] if ("history", "runs") in where else ()  # (default: workdir)
         for run in given:
@@ -415,6 +436,8 @@ def job_paths(job: Job) -> tuple[list, list]:
     p = job.params
     reads = {"ingest": ("source", "labels"), "train": ("store",),
              "score": ("input", "model", "labels"), "report": ("predictions", "store"),
+             "export": ("predictions", "store"), "promote": ("candidate", "gate")}
+    writes = {"score": ("out", "ledger"), "promote": ("models",)}
              "export": ("predictions", "store"), "history": ()}
     writes = {"score": ("out", "ledger")}
 
@@ -465,6 +488,8 @@ def describe(job: Job) -> list[str]:
         "report": f"report: {p['report']['predictions']} -> {p['report']['out']}",
         "export": f"export: {p['export']['predictions']} -> {p['export']['out']}"
                   + (" (with proba)" if p["export"].get("proba") else ""),
+        "promote": f"promote: {p['promote'].get('candidate')} -> {p['promote'].get('models')}"
+                   f"/current if it beats the current model on {p['promote'].get('gate')}",
         "history": f"history: {', '.join(str(r) for r in p['history']['runs'])} "
                    f"-> {p['history']['out']}",
     }

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import storage
+from . import pointer, storage
 from .version import __version__
-from .errors import ModelError, TrainingError
+from .errors import ModelError, ModelPointerError, TrainingError
 from .digits import IMAGE_SHAPE, N_CLASSES
 from . import folding as FO
 from .models import CompactModel, check_feature_arrays, get_spec
@@ -80,6 +80,7 @@ class LoadedModel:
     model: CompactModel
     manifest: dict
     path: Path
+    via: Path | None = None  # the pointer (models/current) the model was reached through
 
     @property
     def sha256(self) -> str:
@@ -214,13 +215,28 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
     """Load an artifact after checking its format, versions and hash.
 
     A model at a URL is downloaded to a temporary directory and checked
-    there, the same way.
+    there, the same way. A models folder's pointer (``DIR/current``, or
+    ``DIR``) is resolved once, here (:func:`digitbatch.pointer.resolve`): the
+    model it names now is loaded, and ``via`` records the pointer.
     """
+    target = pointer.resolve(path)
+    if target.via is not None:
+        loaded = _load(target.path)  # (resolved once: a pointer to a pointer is no model)
+        if target.sha256 is not None and target.sha256 != loaded.sha256:
+            raise ModelPointerError(f"{target.via} says model {target.path.name} has SHA-256 "
+                             f"{target.sha256[:16]}..., its manifest says {loaded.sha256[:16]}...: "
+                             f"the model in the models folder was replaced; promote it again")
+        return LoadedModel(model=loaded.model, manifest=loaded.manifest, path=loaded.path,
+                           via=target.via)
+    return _load(path)
+
+
+def _load(path: str | os.PathLike) -> LoadedModel:
     if storage.is_url(path):
         try:
             with storage.fetched(str(path)) as local:
                 try:
-                    loaded = load_model(local)
+                    loaded = _load(local)
                 except ModelError as exc:  # name the URL, not the temporary copy
                     raise ModelError(str(exc).replace(str(local), str(path))) from None
         except FileNotFoundError:

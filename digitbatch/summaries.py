@@ -125,6 +125,11 @@ def export_lines(r: dict) -> list[str]:
     return [line]
 
 
+def promote_lines(r: dict) -> list[str]:
+    """A promote step's decision and why (both accuracies and McNemar's figures)."""
+    return [f"{r.get('decision')} ({r.get('verdict')}): {r.get('reason')}"]
+
+
 def history_lines(r: dict) -> list[str]:
     """The history step's: runs shown, outliers flagged (``digitbatch history`` prints the table)."""
     lines = [f"history of {r['n_runs']} runs: {r['n_flagged']} flagged as outliers"]
@@ -134,7 +139,7 @@ def history_lines(r: dict) -> list[str]:
 
 
 STEP_LINES = {"ingest": ingest_lines, "train": train_lines, "score": score_lines,
-              "export": export_lines, "history": history_lines}
+              "export": export_lines, "promote": promote_lines, "history": history_lines}
 
 
 def step_lines(name: str, r: dict) -> list[str]:

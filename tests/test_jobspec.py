@@ -45,7 +45,7 @@ def test_each_step_reads_what_the_one_before_writes(tmp_path):
     w = tmp_path / "w"
     p = job.params
     assert job.name == "job" and job.workdir == w and job.summary == w / "job.run.json"
-    present = tuple(s for s in STEPS if s not in ("export", "history"))  # the spec's sections
+    present = tuple(s for s in STEPS if s not in ("export", "promote", "history"))  # the spec's sections
     assert job.steps == present
     assert {s: p[s]["out"] for s in present} == {s: w / DEFAULT_OUTPUTS[s] for s in present}
     assert p["ingest"]["source"] == "sample"  # a named source is no path
@@ -217,7 +217,7 @@ def _good(name: str, kind: str, extra) -> tuple[str, object]:
     if kind == "str":
         v = extra[-1] if extra else FREE_TEXT[name]
         return f'"{v}"', v
-    if kind == "int":
+    if kind in ("int", "float"):
         lo, hi = extra if extra else (0, None)
         return str(hi if hi is not None else lo), hi if hi is not None else lo
     return {"path": (f'"p/{name}"', None), "bool": ("false", False), "date": ("2026-11-24", None),

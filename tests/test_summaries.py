@@ -165,7 +165,7 @@ def test_score_lines_without_labels_or_times():
 
 
 def test_step_lines_dispatch_by_step():
-    assert set(STEP_LINES) == {"ingest", "train", "score", "export", "history"}
+    assert set(STEP_LINES) == {"ingest", "train", "score", "export", "promote", "history"}
     h = {"n_runs": 6, "n_flagged": 1,
          "flagged": [{"date": "2026-12-06", "source": "/n/p.zarr", "figures": ["psi"]}]}
     assert step_lines("history", h) == ["history of 6 runs: 1 flagged as outliers",

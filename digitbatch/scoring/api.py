@@ -28,15 +28,16 @@ from pathlib import Path
 
 from .. import cluster, storage
 from ..determinism import one_blas_thread
-from ..errors import IncompleteOutputError, ScoreError
+from ..errors import IncompleteOutputError, ModelError, ScoreError
 from ..layout import DEFAULT_CHUNK_SIZE
 from ..logs import log_context
 from ..modelio import load_model
+from ..pointer import find_model
 from ..sources.members import DEFAULT_MAX_MEMBER_BYTES
 from .lock import DEFAULT_TTL, check_ttl, run_lock
 from .output import (
     OutputSpec, check_resume, clear_output, committed, compact, create_output, finalize, has_spec,
-    is_complete, open_metrics, sweep_temporaries,
+    is_complete, open_metrics, started_with, sweep_temporaries,
 )
 from .plan import make_plan
 from .record import build_record
@@ -137,6 +138,8 @@ def score(
         raise ScoreError("resume and overwrite exclude each other: resume continues an "
                          "output, overwrite replaces it")
     loaded = load_model(model)
+    if resume and loaded.via is not None:
+        loaded = _model_of_resumed_run(storage.to_path(out), loaded)
     m = loaded.model
     if proba and not m.has_proba:
         raise ScoreError(f"--proba: model {m.name!r} (loss {m.loss!r}) gives no probabilities")
@@ -211,12 +214,36 @@ def _score(stack, source, loaded, out, *, scheduler, resume, proba, break_lock, 
                               model_path=str(loaded.path), model_sha256=loaded.sha256,
                               input=plan.input, n_rejected_before=plan.n_rejected,
                               seconds=seconds, n_this_run=n_this_run, resumed=bool(done),
-                              run_id=lease.token)
+                              run_id=lease.token,
+                              model_via=None if loaded.via is None else str(loaded.via))
         lease.check()
         finalize(out, result)
     log.info("scored %d images in %.2f s (accuracy %s)", n_this_run, seconds, result["accuracy"],
              extra={"images": n_this_run, "rate": result["images_per_second"]})
     return ScoreResult(str(out), result)
+
+
+def _model_of_resumed_run(out: Path, loaded):
+    """A resumed run keeps the model its output was started with, when ``model`` is a
+    pointer (``models/current``) promoted past it since and the models folder still
+    holds that model; otherwise ``loaded`` (and :func:`check_resume` says what differs)."""
+    if not out.exists() or not has_spec(out):
+        return loaded
+    sha = started_with(out)
+    if not sha or sha == loaded.sha256:
+        return loaded
+    where = find_model(loaded.path.parent, sha)
+    if where is None:
+        return loaded
+    try:
+        earlier = load_model(where)
+    except ModelError:
+        return loaded
+    if earlier.sha256 != sha:
+        return loaded
+    log.info("resuming %s with the model it was started with, %s (%s now names %s)", out,
+             where, loaded.via, loaded.path.name)
+    return dataclasses.replace(earlier, via=loaded.via)
 
 
 def _check_timeout(task_timeout) -> float | None:

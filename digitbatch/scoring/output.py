@@ -116,6 +116,13 @@ def create_output(out: Path, spec: OutputSpec, *, arrays: bool = True,
     g.attrs[ATTRS_KEY] = {"version": OUTPUT_VERSION, **spec.to_dict()}
 
 
+def started_with(out: Path) -> str | None:
+    """The model SHA-256 an existing output was started with (None: unknown)."""
+    with contextlib.suppress(Exception):
+        return (storage.open_group(out, mode="r").attrs.get(ATTRS_KEY) or {}).get("model_sha256")
+    return None
+
+
 def check_resume(out: Path, spec: OutputSpec) -> None:
     """A resumed output must come from the same model, input and options."""
     try:

@@ -53,11 +53,12 @@ def reduce_records(records: list[dict], k: int) -> dict:
 
 def build_record(records: list[dict], *, model, model_path: str, model_sha256: str,
                  input: dict, n_rejected_before: int, seconds: float, n_this_run: int,
-                 resumed: bool, run_id: str) -> dict:
+                 resumed: bool, run_id: str, model_via: str | None = None) -> dict:
     """The metrics.json record of a run from its commit records, in chunk order.
 
     ``n_rejected_before``: members refused before scoring (by ingest, for a
     store input). ``n_this_run``: images of the chunks this run scored.
+    ``model_via``: the pointer (``models/current``) the model was resolved from.
     """
     total = reduce_records(records, model.n_classes)
     rejects = [r for rec in records for r in rec.get("rejects", [])]
@@ -78,7 +79,8 @@ def build_record(records: list[dict], *, model, model_path: str, model_sha256: s
         "images_per_second": round(n_this_run / seconds, 1) if seconds > 0 else None,
         "resumed": resumed,
         "run_id": run_id,
-        "model": {"path": model_path, "name": model.name, "sha256": model_sha256},
+        "model": {"path": model_path, "name": model.name, "sha256": model_sha256,
+                  **({"resolved_from": model_via} if model_via else {})},
         "input": input,
     })
     return result
