@@ -248,14 +248,11 @@ def _resolve(path: Path, raw: dict, where: dict, overrides: tuple, base: Path) -
     params = {}
     for section in STEPS:
         body = raw.get(section, {})
-        params[section] = {k: (absolute(v) if SCHEMA[section][k][0] == "path" else v)
-                           for k, v in body.items()}
-        if section in DEFAULT_OUTPUTS:  # (promote writes into its models folder)
-            params[section].setdefault("out", workdir / DEFAULT_OUTPUTS[section])
         params[section] = {k: (absolute(v) if SCHEMA[section][k][0] == "path" else
                                [absolute(x) for x in v] if SCHEMA[section][k][0] == "paths"
                                else v) for k, v in body.items()}
-        params[section].setdefault("out", workdir / DEFAULT_OUTPUTS[section])
+        if section in DEFAULT_OUTPUTS:  # (promote writes into its models folder)
+            params[section].setdefault("out", workdir / DEFAULT_OUTPUTS[section])
     ing, tr, sc, rep = (params[s] for s in STEPS[:4])
     if ing.get("source") is not None and ing["source"] not in NAMED_SOURCES:
         ing["source"] = absolute(ing["source"])
@@ -436,10 +433,9 @@ def job_paths(job: Job) -> tuple[list, list]:
     p = job.params
     reads = {"ingest": ("source", "labels"), "train": ("store",),
              "score": ("input", "model", "labels"), "report": ("predictions", "store"),
-             "export": ("predictions", "store"), "promote": ("candidate", "gate")}
+             "export": ("predictions", "store"), "promote": ("candidate", "gate"),
+             "history": ()}
     writes = {"score": ("out", "ledger"), "promote": ("models",)}
-             "export": ("predictions", "store"), "history": ()}
-    writes = {"score": ("out", "ledger")}
 
     def fixed(value) -> bool:  # (a glob or an {input} template names many paths: not compared)
         return value is not None and not any(c in str(value) for c in "{}*?[")
