@@ -28,7 +28,8 @@ Exit status (every command):
   0    success
   1    a failure (a named error, printed on one line; a failed job step)
   2    bad usage: an unknown option, a bad value, an invalid job spec
-  3    reserved: quality alarms (a later release)
+  3    a quality alarm: drift in alarm with --fail-on drift-alarm (after every
+       output is written)
   130  interrupted (Ctrl-C);  143: terminated (SIGTERM)"""
 
 

@@ -55,6 +55,13 @@ Sections and keys (all optional unless marked; anything else is an error):
     ``predictions`` (``[score] out``), ``out`` (``<workdir>/predictions.parquet``;
     ``.parquet`` or ``.csv``), ``proba``, ``store``, ``labels`` (false: no
     label column), ``overwrite``.
+``[monitor]``
+    drift monitoring of the score step (:mod:`digitbatch.drift`): ``warn``
+    and ``alarm`` (the PSI thresholds, defaults 0.1 and 0.25; as ``--psi-warn``
+    and ``--psi-alarm``), ``fail_on`` (``"never"``, the default, or
+    ``"drift-alarm"``: when a scored output's drift is in alarm the run ends,
+    after every step, with :class:`~digitbatch.errors.DriftAlarmError` and exit
+    status 3; the run summary's outcome is ``alarm``).
 
 Relative paths, in the file and in ``--set`` values alike, resolve against
 the current directory, as a command's arguments do: run jobs from the
@@ -84,7 +91,7 @@ from pathlib import Path
 from . import cluster, metricsfile, storage
 from .logs import context_fields, log_context, new_run_id
 from .version import __version__
-from .errors import InputsFailedError, JobFailedError, RunTerminated
+from .errors import DriftAlarmError, InputsFailedError, JobFailedError, RunTerminated
 from .jobspec import SCHEMA, STEPS, Job, check_outputs, describe, load_job, parse_override
 from .modelio import manifest_path
 
@@ -194,6 +201,16 @@ def _step_export(params: dict, scheduler, done: dict) -> dict:
             "metrics": None, "result": {k: d[k] for k in ("n_rows", "format", "n_bytes",
                                                           "seconds", "rows_per_second",
                                                           "n_escaped", "labels")}}
+
+
+def _check_drift(record: dict, fail_on: str) -> None:
+    """[monitor] fail_on: the score step's outputs' drift (their metrics.json)."""
+    from .drift import raise_on_alarm
+    from .scoring.output import open_metrics
+
+    outs = record["outputs"]["predictions"]
+    outs = outs if isinstance(outs, list) else [outs]
+    raise_on_alarm([(o, open_metrics(storage.to_path(o))) for o in outs], fail_on)
 
 
 # step -> fn(params, scheduler, done): done holds the records of the steps run before
@@ -309,6 +326,9 @@ def _run_job(job: Job, *, scheduler, progress) -> dict:
                 f"{len(failed)} inputs failed (recorded in the ledger, tried again next run): "
                 + "; ".join(f"{f['input']}: {f['error']['type']}: {f['error']['message']}"
                             for f in failed))
+        if job.fail_on != "never" and "score" in done:  # after every step: exit status 3
+            where = "score"
+            _check_drift(done["score"], job.fail_on)
     except BaseException as exc:  # the summary says what happened, then it propagates
         failure = exc
         summary["error"] = {"step": where, "type": type(exc).__name__,
@@ -321,6 +341,7 @@ def _run_job(job: Job, *, scheduler, progress) -> dict:
             record["outcome"] = "terminated"
     summary["seconds"] = round(time.perf_counter() - t0, 3)
     summary["outcome"] = ("succeeded" if failure is None else
+                          "alarm" if isinstance(failure, DriftAlarmError) else
                           "failed" if isinstance(failure, Exception) else
                           "terminated" if isinstance(failure, RunTerminated) else "interrupted")
     _write_summary(job.summary, summary)
@@ -329,7 +350,7 @@ def _run_job(job: Job, *, scheduler, progress) -> dict:
         log.info("job %s succeeded in %.1f s; summary %s", job.name, summary["seconds"],
                  job.summary)
         return summary
-    if not isinstance(failure, Exception):
+    if not isinstance(failure, Exception) or isinstance(failure, DriftAlarmError):
         raise failure
     raise JobFailedError(f"job {job.name!r}: {where} failed ({type(failure).__name__}: "
                          f"{failure}); run summary in {job.summary}") from failure

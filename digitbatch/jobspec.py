@@ -21,7 +21,7 @@ from .jobpaths import check_paths
 
 STEPS = ("ingest", "train", "score", "report", "export")
 NAMED_SOURCES = ("sample", "openml")
-# key -> (kind, extra): kind is str | path | int | bool | date | steps; extra is the
+# key -> (kind, extra): kind is str | path | int | float | bool | date | steps; extra is the
 # allowed choices (str) or the (minimum, maximum) range (int).
 SCHEMA: dict[str, dict[str, tuple[str, object]]] = {
     "job": {"name": ("str", None), "workdir": ("path", None), "summary": ("path", None),
@@ -48,10 +48,14 @@ SCHEMA: dict[str, dict[str, tuple[str, object]]] = {
                "top": ("int", (1, 400))},
     "export": {"predictions": ("path", None), "out": ("path", None), "proba": ("bool", None),
                "store": ("path", None), "labels": ("bool", None), "overwrite": ("bool", None)},
+    # drift monitoring of the score step (digitbatch.drift)
+    "monitor": {"warn": ("float", None), "alarm": ("float", None),
+                "fail_on": ("str", ("never", "drift-alarm"))},
 }
 DEFAULT_OUTPUTS = {"ingest": "store.zarr", "train": "model", "score": "predictions.zarr",
                    "report": "report", "export": "predictions.parquet"}
 _TYPE_NAMES = {"str": "a string", "path": "a path (a string)", "int": "an integer",
+               "float": "a number > 0",
                "bool": "true or false", "date": "a date (2026-11-24)",
                "steps": f"a list of step names from {list(STEPS)}"}
 
@@ -69,6 +73,7 @@ class Job:
     params: dict
     overrides: tuple[str, ...] = ()
     metrics_file: Path | None = None  # [job] metrics_file: Prometheus text (metricsfile.py)
+    fail_on: str = "never"  # [monitor] fail_on: "drift-alarm" makes a run in alarm exit 3
 
 
 def parse_override(item: str) -> tuple[str, str, object]:
@@ -107,6 +112,8 @@ def _check_value(section: str, key: str, value, where: str):
     name = f"{section}.{key}"
     ok = {"str": isinstance(value, str), "path": isinstance(value, str),
           "int": isinstance(value, int) and not isinstance(value, bool),
+          "float": isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+          and value != float("inf"),
           "bool": isinstance(value, bool),
           "date": isinstance(value, (str, _dt.date)) and not isinstance(value, _dt.datetime),
           "steps": isinstance(value, list) and all(isinstance(v, str) for v in value)}[kind]
@@ -249,8 +256,11 @@ def _resolve(path: Path, raw: dict, where: dict, overrides: tuple, base: Path) -
     spec = cluster.ClusterSpec(cl.get("scheduler"), **tls)
     summary = absolute(job["summary"]) if "summary" in job else workdir / f"{name}.run.json"
     metrics_file = absolute(job["metrics_file"]) if "metrics_file" in job else None
+    monitor = raw.get("monitor", {})  # (its thresholds go to the score step)
+    sc.update({f"psi_{k}": float(monitor[k]) for k in ("warn", "alarm") if k in monitor})
     return Job(name=name, path=path.resolve(), workdir=workdir, summary=summary, steps=steps,
-               cluster=spec, params=params, overrides=overrides, metrics_file=metrics_file)
+               cluster=spec, params=params, overrides=overrides, metrics_file=metrics_file,
+               fail_on=monitor.get("fail_on", "never"))
 
 
 def _check_options(job: Job) -> None:
@@ -279,6 +289,14 @@ def _check_options(job: Job) -> None:
         if ex.get("labels") is False and ex.get("store") is not None:
             raise JobSpecError("export.store is only read for the label column, which "
                                "export.labels = false leaves out: drop one of the two")
+    if "psi_warn" in sc or "psi_alarm" in sc:
+        from .drift import DEFAULT_ALARM, DEFAULT_WARN, Thresholds
+        from .errors import MonitorError
+
+        try:
+            Thresholds(sc.get("psi_warn", DEFAULT_WARN), sc.get("psi_alarm", DEFAULT_ALARM))
+        except MonitorError as exc:
+            raise JobSpecError(f"[monitor] warn/alarm: {exc}") from exc
     if "score" in job.steps and sc.get("resume") and sc.get("overwrite"):
         raise JobSpecError("score.resume and score.overwrite contradict each other: "
                            "resume continues an output, overwrite replaces it; keep one")

@@ -221,6 +221,7 @@ def _good(name: str, kind: str, extra) -> tuple[str, object]:
         lo, hi = extra if extra else (0, None)
         return str(hi if hi is not None else lo), hi if hi is not None else lo
     return {"path": (f'"p/{name}"', None), "bool": ("false", False), "date": ("2026-11-24", None),
+            "float": ("0.5", 0.5),
             "steps": ('["report", "ingest", "train", "score"]', None)}[kind]
 
 
