@@ -225,6 +225,22 @@ def _normalisation(current: dict | None) -> dict | None:
             "resized_share": _rate(norm["resized"] / norm["n"])}
 
 
+def summary_line(metrics: dict) -> str | None:
+    """One line on a run's drift for the CLI's summary (None before drift monitoring)."""
+    d = metrics.get("drift")
+    if not d:
+        return None
+    o = d.get("overall") or {}
+    if o.get("psi") is None:
+        return f"drift: {o.get('status')}" + (f" ({d['reason']})" if d.get("reason") else "")
+    moved = [f"{s} {v['status']}" for s, v in d["signals"].items()
+             if v.get("status") not in (None, "ok")]
+    exp = d.get("expected_accuracy")
+    return (f"drift: {o['status']} (largest PSI {o['psi']:.3f}, {o['signal']}"
+            + (f"; {', '.join(moved)}" if moved else "") + ")"
+            + (f"; expected accuracy {exp:.4f}" if exp is not None else ""))
+
+
 def alarms(metrics: dict) -> list[str]:
     """The signals of a metrics.json record in alarm, as ``"name PSI x"``."""
     d = metrics.get("drift") or {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .drift import summary_line
 from .metrics import format_confusion
 
 
@@ -83,6 +84,9 @@ def score_lines(m: dict, *, already_complete: bool = False) -> list[str]:
     line += (f"; accuracy {acc:.4f} on {m['n_labeled']} labelled" if acc is not None
              else "; no labels")
     lines.append(line)
+    drift_line = summary_line(m)  # (digitbatch.drift)
+    if drift_line:
+        lines.append(drift_line)
     return lines
 
 
