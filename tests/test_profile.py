@@ -40,6 +40,14 @@ def test_profile_counts_match_plain_numpy():
         assert prof[name] == want.tolist(), name
 
 
+def test_a_chunk_without_rows_has_an_empty_profile():
+    """(an archive chunk whose members were all rejected)"""
+    prof = P.chunk_profile(np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.int8),
+                           np.zeros(0, np.float32), np.zeros(0, np.int8), range(10),
+                           rows=np.zeros(0, np.int64), input_every=8, normalisation=(0, 0, 0))
+    assert P.check(prof, 10) is None and prof["n"] == 0 and sum(prof["ink"]) == 0
+
+
 def test_margin_bins_edges_nan_and_out_of_range():
     m = np.array([0.0, 0.049, 0.05, 0.999, 1.0, np.nan, -0.5, 7.0])
     assert P.margin_bins(m).tolist() == [0, 0, 1, 19, 19, 0, 0, 19]
@@ -63,6 +71,20 @@ def test_profiles_add_pairwise_to_the_whole():
         assert P.reduce_profiles(parts) == whole
     assert P.reduce_profiles([]) is None
     assert P.reduce_profiles([whole, None]) is None
+
+
+def test_sampled_input_statistics_do_not_depend_on_the_chunking():
+    images, pred, margin, target = _rows(1000, seed=4)
+    whole = P.chunk_profile(images, pred, margin, target, range(10), input_every=8)
+    assert sum(whole["ink"]) == sum(whole["intensity"]) == 125 and whole["n"] == 1000
+    assert P.check(whole) is None
+    full = P.chunk_profile(images[::8], pred[::8], margin[::8], target[::8], range(10))
+    assert whole["ink"] == full["ink"] and whole["intensity"] == full["intensity"]
+    cut = [0, 5, 256, 511, 777, 1000]
+    parts = [P.chunk_profile(images[a:b], pred[a:b], margin[a:b], target[a:b], range(10),
+                             rows=np.arange(a, b), input_every=8)
+             for a, b in zip(cut[:-1], cut[1:])]
+    assert P.reduce_profiles(parts) == whole
 
 
 def test_normalisation_counts_add_only_where_known():

@@ -27,7 +27,7 @@ from ..determinism import deterministic_scores
 from ..digits import IMAGE_SHAPE, LABEL_DTYPE, UNKNOWN_LABEL
 from ..errors import ScoreError
 from ..layout import check_labels, copy_chunk, read_rows
-from ..profile import chunk_profile
+from ..profile import INPUT_EVERY, chunk_profile
 from ..sources.base import Reject
 from ..sources.images import decode_stream
 from ..sources.labels import LabelMap
@@ -61,7 +61,8 @@ def score_store_chunk(task: ChunkTask, *, store_path: str, out_path: str, model,
     pred, margin, probs = deterministic_scores(model, images, proba=proba)
     pred = pred.astype(np.int8)
     counts = chunk_counts(labels, pred, model.n_classes)
-    counts["profile"] = chunk_profile(images, pred, margin, labels, model.classes)  # (drift)
+    counts["profile"] = chunk_profile(images, pred, margin, labels, model.classes,  # (drift)
+                                      rows=np.arange(start, stop), input_every=INPUT_EVERY)
     write_chunk(out_path, i, start, stop, pred=pred, margin=margin,
                 proba=probs if proba else None, keys=None, counts=counts, lease=lease)
     return i
@@ -121,7 +122,8 @@ def score_archive_chunk(task: ChunkTask, *, out_path: str, model, proba: bool,
     target = model.target(lab[idx])
     counts = chunk_counts(target, pred[idx], model.n_classes, rejects=rejects)
     counts["profile"] = chunk_profile(  # (drift)
-        images[idx], pred[idx], margin[idx], target, model.classes,
+        images[idx], pred[idx], margin[idx], target, model.classes, rows=start + idx,
+        input_every=INPUT_EVERY,
         normalisation=(idx.size, *np.count_nonzero(flags[idx], axis=0).tolist()))
     write_slots(out_path, i, start, valid=valid, labels=lab, pred=pred, margin=margin,
                 proba=probs, keys=keys, counts=counts, lease=lease)
