@@ -158,7 +158,8 @@ def test_scoring_sums_the_chunk_profiles_into_the_drift_block(tmp_path, shared_m
     s = open_store(store)
     images = s.images[:]
     pred, margin, _ = m.score_chunk(images, proba=False)
-    whole = P.chunk_profile(images, pred, margin, m.target(s.labels[:]), m.classes)
+    whole = P.chunk_profile(images, pred, margin, m.target(s.labels[:]), m.classes,
+                            input_every=P.INPUT_EVERY)
     assert d["profile"] == whole
     assert d["measured_accuracy"] == r.metrics["accuracy"]
     assert d["expected_accuracy"] is not None

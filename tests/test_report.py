@@ -89,13 +89,13 @@ def test_labelled_report_writes_every_figure(run, labelled):
     out = run / "report"
     assert set(labelled.files) == {"confusion", "per_class", "errors", "doubtful", "drift",
                                     "html"}
-    for name in ("confusion", "per_class", "errors", "doubtful"):
+    for name in ("confusion", "per_class", "errors", "doubtful", "drift"):
         check_png(out / f"{name}.png")
     page = check_html(out / "report.html")
-    assert len(page.imgs) == 4
+    assert len(page.imgs) == 5
     text = " ".join(page.text)
     for expected in ("accuracy", "Per class", "precision", "Most confident mistakes",
-                     "Doubtful predictions", "images / s", str(run / "s.zarr"),
+                     "Doubtful predictions", "Drift", "expected accuracy", "images / s", str(run / "s.zarr"),
                      labelled.metrics["input"]["checksum"], labelled.metrics["model"]["sha256"],
                      "CV accuracy", "test accuracy", "features"):
         assert expected in text, expected
