@@ -278,14 +278,15 @@ def score(store, model, out, resume, proba, break_lock, labels, task_timeout, lo
                                                 for f in r.failed))
             err.result = r  # (for the metrics file: the inputs scored and failed)
             raise err
-        raise_on_alarm([(s["out"], open_metrics(s["out"])) for s in r.scored], fail_on)
+        raise_on_alarm([(s["out"], open_metrics(s["out"])) for s in r.scored], fail_on,
+                       result=r)
         return r
     with _progress("score") as progress:
         r = run(store, model=model, out=out, scheduler=scheduler, resume=resume, proba=proba,
                 break_lock=break_lock, labels=labels, progress=progress, **extra)
     _echo(r.metrics, functools.partial(summaries.score_lines,
                                        already_complete=r.already_complete), as_json)
-    raise_on_alarm([(r.out, r.metrics)], fail_on)  # (exit status 3, all written)
+    raise_on_alarm([(r.out, r.metrics)], fail_on, result=r)  # (exit status 3, all written)
     return r
 
 

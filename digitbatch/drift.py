@@ -225,6 +225,13 @@ def _normalisation(current: dict | None) -> dict | None:
             "resized_share": _rate(norm["resized"] / norm["n"])}
 
 
+def headline(block: dict | None) -> dict | None:
+    """The drift block without its histograms (for run summaries)."""
+    if not block:
+        return None
+    return {k: block.get(k) for k in ("overall", "signals", "expected_accuracy", "reason")}
+
+
 def summary_line(metrics: dict) -> str | None:
     """One line on a run's drift for the CLI's summary (None before drift monitoring)."""
     d = metrics.get("drift")
@@ -248,19 +255,23 @@ def alarms(metrics: dict) -> list[str]:
             if v.get("status") == "alarm"]
 
 
-def raise_on_alarm(outputs: list[tuple[str, dict]], fail_on: str | None) -> None:
+def raise_on_alarm(outputs: list[tuple[str, dict]], fail_on: str | None, *,
+                   result=None) -> None:
     """With ``fail_on`` ``drift-alarm``: a :class:`DriftAlarmError` (exit status 3)
     naming each output whose metrics (``(output, metrics.json record)``) are in
-    alarm. Called after every output is written and committed."""
+    alarm. Called after every output is written and committed. ``result``: the
+    command's result, kept on the error (for the metrics file)."""
     if check_fail_on(fail_on) != "drift-alarm":
         return
     bad = [(out, alarms(m), (m.get("drift") or {}).get("thresholds", {}).get("alarm"))
            for out, m in outputs]
     bad = [b for b in bad if b[1]]
     if bad:
-        raise DriftAlarmError(
+        err = DriftAlarmError(
             "drift alarm: " + "; ".join(f"{out}: {', '.join(sig)} (alarm at {thr})"
                                         for out, sig, thr in bad)
             + ". Every output is written; see the report's drift section. Rerun without "
               "--fail-on drift-alarm (or [monitor] fail_on) to accept the run, or raise "
               "--psi-alarm")
+        err.result = result
+        raise err

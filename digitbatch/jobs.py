@@ -92,6 +92,7 @@ from . import cluster, metricsfile, storage
 from .logs import context_fields, log_context, new_run_id
 from .version import __version__
 from .errors import DriftAlarmError, InputsFailedError, JobFailedError, RunTerminated
+from .drift import headline
 from .jobspec import SCHEMA, STEPS, Job, check_outputs, describe, load_job, parse_override
 from .modelio import manifest_path
 
@@ -144,10 +145,11 @@ def _step_score(params: dict, scheduler, done: dict) -> dict:
     r = score(params["input"], out=out, scheduler=scheduler, **kw)
     m = r.metrics
     return {"outputs": {"predictions": r.out}, "metrics": str(metrics_path(r.out)),
-            "result": {k: m.get(k) for k in ("n_images", "n_scored_this_run", "n_rejected",
-                                             "n_labeled",
-                                             "accuracy", "images_per_second", "resumed",
-                                             "confusion_matrix")}}
+            "result": {**{k: m.get(k) for k in ("n_images", "n_scored_this_run", "n_rejected",
+                                                "n_labeled",
+                                                "accuracy", "images_per_second", "resumed",
+                                                "confusion_matrix")},
+                       "drift": headline(m.get("drift"))}}
 
 
 def _score_inputs(params: dict, scheduler) -> dict:

@@ -315,14 +315,21 @@ def test_real_shifts_alarm_on_the_signal_that_moved(mnist_drift, case):
     store = tmp / f"{case}.zarr"
     ingest(tmp / case, store, chunk_size=2500, scheduler="synchronous")
     base = ["score", str(store), "--model", str(model), "--scheduler", "synchronous"]
+    prom = tmp / f"{case}.prom"
     gated = CliRunner().invoke(main, base + ["--out", str(tmp / f"{case}-gated.zarr"),
-                                             "--fail-on", "drift-alarm"])
+                                             "--fail-on", "drift-alarm",
+                                             "--metrics-file", str(prom)])
     plain = CliRunner().invoke(main, base + ["--out", str(tmp / f"{case}.pred.zarr")])
     alarm, calm = SHIFTS[case]
     assert plain.exit_code == 0, plain.output
     assert gated.exit_code == (3 if alarm else 0), gated.output
     # exit 3 comes after the output is written and committed
     assert (tmp / f"{case}-gated.zarr" / "_SUCCESS").exists()
+    gauges = {line.split("{")[0]: float(line.rsplit(" ", 1)[1])
+              for line in prom.read_text().splitlines() if not line.startswith("#")}
+    assert gauges["digitbatch_exit_status"] == (3 if alarm else 0)
+    assert gauges["digitbatch_drift_alarm"] == (1 if alarm else 0)
+    assert gauges["digitbatch_images_scored"] == len(y)
     m = json.loads((tmp / f"{case}.pred.zarr" / "metrics.json").read_text())
     d = m["drift"]
     status = {s: v["status"] for s, v in d["signals"].items()}
