@@ -12,7 +12,7 @@ import click
 
 from . import logs, summaries
 from .bench import commands as bench_commands
-from .cli_observe import EXIT_STATUS, observed
+from .cli_observe import EXIT_STATUS, monitor_options, observed
 from .errors import DigitbatchError, RunTerminated
 from .progressbar import DEFAULT_INTERVAL
 from .version import __version__
@@ -55,25 +55,6 @@ _CLUSTER_OPTIONS = (
     click.option("--tls-key", type=_PEM, default=None,
                  help="The certificate's private key (PEM), unless it is in --tls-cert."),
 )
-
-
-_MONITOR_OPTIONS = (
-    click.option("--fail-on", type=click.Choice(["never", "drift-alarm"]), default=None,
-                 help="drift-alarm: exit with status 3, after every output is written, when "
-                      "the drift of a scored output is in alarm (default never; a job spec's "
-                      "[monitor] fail_on)."),
-    click.option("--psi-warn", type=click.FloatRange(min=0, min_open=True), default=None,
-                 help="PSI from which a drift signal is 'warn' (default 0.1)."),
-    click.option("--psi-alarm", type=click.FloatRange(min=0, min_open=True), default=None,
-                 help="PSI from which a drift signal is 'alarm' (default 0.25)."),
-)
-
-
-def monitor_options(f):
-    """Add ``--fail-on``, ``--psi-warn`` and ``--psi-alarm`` (:mod:`digitbatch.drift`)."""
-    for option in reversed(_MONITOR_OPTIONS):
-        f = option(f)
-    return f
 
 
 def cluster_options(f=None, *, check: bool = True):

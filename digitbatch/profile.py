@@ -18,10 +18,13 @@ chunk of scored rows looks like:
 ``intensity``
     rows per bin of their mean pixel value / 255 (bins :data:`INPUT_EDGES`);
     both are measured on the rows whose index in the input is a multiple
-    of ``input_every`` (:data:`INPUT_EVERY` when scoring: a pass over every
-    pixel of every row would cost a linear model's scoring ~25% of its
-    rate, one row in 8 costs ~3%; a reference profile measures every row).
-    The sample depends on the row's index only, so a run's profile does not
+    of ``input_every``: 1 for a reference profile and for archives (whose
+    decoding costs far more), and for a store :func:`input_every` of its
+    size: a pass over every pixel of every row costs a linear model's chunk
+    about a third of its numpy work, so a large store measures one row in
+    up to :data:`MAX_INPUT_EVERY`, keeping at least :data:`INPUT_ROWS` rows
+    measured (the PSI of a small sample is noise). The sample depends on
+    the row's index and the store's size only, so a run's profile does not
     depend on its chunking;
 ``normalisation``
     for inputs decoded from image files in the job (archives): the images
@@ -52,8 +55,10 @@ INK_LEVEL = 128
 # ~0.35: 20 bins of 0.02 up to 0.4, and one bin for everything above.
 INPUT_EDGES = np.concatenate([np.linspace(0.0, 0.4, 21), [1.0]])
 INPUT_BINS = INPUT_EDGES.size - 1
-# Scoring measures the input statistics of one row in this many (by row index).
-INPUT_EVERY = 8
+# Scoring a store measures the input statistics of one row in up to
+# MAX_INPUT_EVERY (by row index), keeping at least INPUT_ROWS rows.
+MAX_INPUT_EVERY = 32
+INPUT_ROWS = 16384
 # The histogram signals of a profile (drift compares each), in order.
 SIGNALS = ("prediction", "margin", "ink", "intensity")
 _COUNT_FIELDS = ("prediction", "margin", "margin_labelled", "margin_correct", "ink", "intensity")
@@ -62,13 +67,20 @@ _COUNT_FIELDS = ("prediction", "margin", "margin_labelled", "margin_correct", "i
 def margin_bins(margin: np.ndarray) -> np.ndarray:
     """The margin bin (0 .. MARGIN_BINS - 1) of each margin; NaN and values
     below 0 go to the first bin, values above 1 to the last."""
-    m = np.nan_to_num(np.asarray(margin, np.float64), nan=0.0)
-    return np.clip((m * MARGIN_BINS).astype(np.int64), 0, MARGIN_BINS - 1)
+    v = np.multiply(margin, MARGIN_BINS, dtype=np.float64)
+    np.fmax(v, 0.0, out=v)  # (NaN -> 0)
+    np.minimum(v, MARGIN_BINS - 1, out=v)
+    return v.astype(np.intp)
 
 
 def _input_bins(values: np.ndarray) -> np.ndarray:
     """Bins of :data:`INPUT_EDGES` (left-closed; the last bin takes 1.0)."""
     return np.clip(np.searchsorted(INPUT_EDGES, values, side="right") - 1, 0, INPUT_BINS - 1)
+
+
+def input_every(n_rows: int) -> int:
+    """One row in how many a store of ``n_rows`` rows measures the input statistics of."""
+    return int(min(MAX_INPUT_EVERY, max(1, n_rows // INPUT_ROWS)))
 
 
 def input_statistics(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -103,8 +115,9 @@ def chunk_profile(images: np.ndarray, pred: np.ndarray, margin: np.ndarray,
         Each row's label in the model's target (``UNKNOWN_LABEL``: unknown).
     classes : sequence of int
         The model's classes, in order (a detector's are 0 and 1).
-    rows : (n,) int, optional
-        Each row's index in the input (default ``0 .. n-1``).
+    rows : (n,) int, or int, optional
+        Each row's index in the input, or the first one's when they follow
+        each other (default 0).
     input_every : int
         Measure the input statistics of the rows whose index is a multiple
         of this (1: every row).
@@ -119,12 +132,17 @@ def chunk_profile(images: np.ndarray, pred: np.ndarray, margin: np.ndarray,
     if not (len(images) == len(margin) == len(target) == n):
         raise ValueError(f"a profile needs one image, margin and label per row: got "
                          f"{len(images)}, {len(margin)}, {len(target)} for {n} predictions")
+    # one bincount of margin bin x (0 unlabelled, 1 wrong, 2 right)
     mb = margin_bins(margin)
-    known = target != UNKNOWN_LABEL
-    correct = known & (target.astype(np.int64) == pred)
-    if input_every > 1:
-        rows = np.arange(n) if rows is None else np.asarray(rows)
-        sample = np.flatnonzero(rows % input_every == 0)
+    mb *= 3
+    mb += target != UNKNOWN_LABEL
+    mb += target == pred
+    by = np.bincount(mb, minlength=3 * MARGIN_BINS).reshape(MARGIN_BINS, 3)
+    if input_every > 1 and (rows is None or np.ndim(rows) == 0):  # consecutive rows
+        ink, mean = input_statistics(np.ascontiguousarray(  # (a copy reduces faster)
+            np.asarray(images)[(-int(rows or 0)) % input_every::input_every]))
+    elif input_every > 1:
+        sample = np.flatnonzero(np.asarray(rows) % input_every == 0)
         ink, mean = input_statistics(np.asarray(images)[sample])
     else:
         ink, mean = input_statistics(images)
@@ -135,9 +153,9 @@ def chunk_profile(images: np.ndarray, pred: np.ndarray, margin: np.ndarray,
         "version": PROFILE_VERSION,
         "n": n,
         "prediction": np.bincount(index, minlength=n_classes)[:n_classes],
-        "margin": np.bincount(mb, minlength=MARGIN_BINS),
-        "margin_labelled": np.bincount(mb[known], minlength=MARGIN_BINS),
-        "margin_correct": np.bincount(mb[correct], minlength=MARGIN_BINS),
+        "margin": by.sum(axis=1),
+        "margin_labelled": by[:, 1] + by[:, 2],
+        "margin_correct": by[:, 2],
         "ink": np.bincount(_input_bins(ink), minlength=INPUT_BINS),
         "intensity": np.bincount(_input_bins(mean), minlength=INPUT_BINS),
         "normalisation": (None if normalisation is None else

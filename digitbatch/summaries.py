@@ -83,10 +83,10 @@ def score_lines(m: dict, *, already_complete: bool = False) -> list[str]:
     acc = m.get("accuracy")
     line += (f"; accuracy {acc:.4f} on {m['n_labeled']} labelled" if acc is not None
              else "; no labels")
-    lines.append(line)
-    drift_line = summary_line(m)  # (digitbatch.drift)
+    drift_line = summary_line(m)  # (digitbatch.drift; the headline stays the last line)
     if drift_line:
         lines.append(drift_line)
+    lines.append(line)
     return lines
 
 

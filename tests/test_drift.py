@@ -159,7 +159,7 @@ def test_scoring_sums_the_chunk_profiles_into_the_drift_block(tmp_path, shared_m
     images = s.images[:]
     pred, margin, _ = m.score_chunk(images, proba=False)
     whole = P.chunk_profile(images, pred, margin, m.target(s.labels[:]), m.classes,
-                            input_every=P.INPUT_EVERY)
+                            input_every=P.input_every(s.n))
     assert d["profile"] == whole
     assert d["measured_accuracy"] == r.metrics["accuracy"]
     assert d["expected_accuracy"] is not None

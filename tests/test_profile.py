@@ -87,6 +87,11 @@ def test_sampled_input_statistics_do_not_depend_on_the_chunking():
     assert P.reduce_profiles(parts) == whole
 
 
+def test_a_large_store_samples_its_input_statistics():
+    assert [P.input_every(n) for n in (0, 1000, 32767, 32768, 100_000, 4_000_000)] == \
+        [1, 1, 1, 2, 6, 32]
+
+
 def test_normalisation_counts_add_only_where_known():
     images, pred, margin, target = _rows(10)
     a = P.chunk_profile(images, pred, margin, target, range(10), normalisation=(10, 3, 4))
