@@ -14,7 +14,7 @@ from . import logs, summaries
 from . import cli_promote
 from .bench import commands as bench_commands
 from . import cli_history
-from .cli_observe import EXIT_STATUS, observed
+from .cli_observe import EXIT_STATUS, monitor_options, observed
 from .errors import DigitbatchError, RunTerminated
 from .progressbar import DEFAULT_INTERVAL
 from .version import __version__
@@ -27,7 +27,9 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except DigitbatchError as exc:
-            raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+            err = click.ClickException(f"{type(exc).__name__}: {exc}")
+            err.exit_code = getattr(exc, "exit_code", 1)  # (DriftAlarmError: 3)
+            raise err from exc
         except RunTerminated as exc:
             click.echo(f"Terminated: {exc or 'SIGTERM'}; what was committed stays "
                        f"(rerun with --resume to continue)", err=True)
@@ -221,10 +223,11 @@ def train(store, out, name, features, seed, cv, search, incremental, epochs, ove
               help="With {input} in OUT: score an input that changed since it was scored "
                    "again, into a new output (default: name it and leave it).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@monitor_options
 @cluster_options
 @observed("score")
 def score(store, model, out, resume, proba, break_lock, labels, task_timeout, lock_ttl, ledger,
-          max_inputs, rescore_changed, as_json, scheduler):
+          max_inputs, rescore_changed, as_json, fail_on, psi_warn, psi_alarm, scheduler):
     """Predict every image of STORE (a store, or an image archive or folder) with MODEL
     into OUT, with metrics.json. Paths may be s3:// (fsspec) URLs.
 
@@ -232,11 +235,15 @@ def score(store, model, out, resume, proba, break_lock, labels, task_timeout, lo
     ledger does not hold yet are scored, each into OUT with {input} replaced by its
     name: a nightly run over a folder or bucket that archives keep landing in.
     """
+    from .drift import raise_on_alarm
     from .scoring.api import score as run
+    from .scoring.output import open_metrics
 
     extra = {} if task_timeout is None else {"task_timeout": task_timeout}
     if lock_ttl is not None:
         extra["lock_ttl"] = lock_ttl
+    extra.update({k: v for k, v in (("psi_warn", psi_warn), ("psi_alarm", psi_alarm))
+                  if v is not None})
     if "{input}" in out:
         from .errors import InputsFailedError
         from .incremental import score_inputs
@@ -254,12 +261,15 @@ def score(store, model, out, resume, proba, break_lock, labels, task_timeout, lo
                                                 for f in r.failed))
             err.result = r  # (for the metrics file: the inputs scored and failed)
             raise err
+        raise_on_alarm([(s["out"], open_metrics(s["out"])) for s in r.scored], fail_on,
+                       result=r)
         return r
     with _progress("score") as progress:
         r = run(store, model=model, out=out, scheduler=scheduler, resume=resume, proba=proba,
                 break_lock=break_lock, labels=labels, progress=progress, **extra)
     _echo(r.metrics, functools.partial(summaries.score_lines,
                                        already_complete=r.already_complete), as_json)
+    raise_on_alarm([(r.out, r.metrics)], fail_on, result=r)  # (exit status 3, all written)
     return r
 
 
@@ -398,9 +408,11 @@ def demo(workdir, scheduler):
 @click.option("--break-lock", is_flag=True,
               help="The score step takes its output's lock even from a run that looks live.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
+@monitor_options
 @cluster_options(check=False)
 @observed("run")
-def run_cmd(job, overrides, check, break_lock, as_json, scheduler, metrics_file):
+def run_cmd(job, overrides, check, break_lock, as_json, fail_on, psi_warn, psi_alarm, scheduler,
+            metrics_file):
     """Run the job spec JOB (TOML): its ingest, train, score and report steps.
 
     The whole spec is checked before anything runs: an invalid spec exits
@@ -415,6 +427,9 @@ def run_cmd(job, overrides, check, break_lock, as_json, scheduler, metrics_file)
         overrides = (*overrides, "score.break_lock=true")
     if metrics_file is not None:  # (as [job] metrics_file; run_job writes it)
         overrides = (*overrides, f"job.metrics_file={metrics_file}")
+    for key, value in (("fail_on", fail_on), ("warn", psi_warn), ("alarm", psi_alarm)):
+        if value is not None:  # (as [monitor])
+            overrides = (*overrides, f"monitor.{key}={value}")
     try:
         spec = load_job(job, overrides)
     except JobSpecError as exc:

@@ -1,8 +1,9 @@
-"""The options of the commands a scheduler runs (``--progress-interval``, ``--metrics-file``)
-and the exit statuses they end with.
+"""The options of the commands a scheduler runs (``--progress-interval``, ``--metrics-file``;
+``--fail-on``, ``--psi-warn``, ``--psi-alarm``) and the exit statuses they end with.
 
-:func:`observed` adds both to ``ingest``, ``train``, ``score`` and ``run``;
-it keeps the interval for the CLI's progress display and writes the metrics
+:func:`observed` adds the first two to ``ingest``, ``train``, ``score`` and ``run``,
+:func:`monitor_options` the drift ones to ``score`` and ``run``.
+``observed`` keeps the interval for the CLI's progress display and writes the metrics
 file (:mod:`digitbatch.metricsfile`) when the command ends, whatever the
 outcome, with the exit status the CLI is about to exit with.
 """
@@ -28,7 +29,8 @@ Exit status (every command):
   0    success
   1    a failure (a named error, printed on one line; a failed job step)
   2    bad usage: an unknown option, a bad value, an invalid job spec
-  3    reserved: quality alarms (a later release)
+  3    a quality alarm: drift in alarm with --fail-on drift-alarm (after every
+       output is written); promote refused the candidate (the champion stays)
   130  interrupted (Ctrl-C);  143: terminated (SIGTERM)"""
 
 
@@ -93,3 +95,22 @@ def _write_metrics(path, figures, failure) -> None:
         if failure is None:
             raise
         log.exception("the metrics file %s was not written", path)
+
+
+_MONITOR_OPTIONS = (
+    click.option("--fail-on", type=click.Choice(["never", "drift-alarm"]), default=None,
+                 help="drift-alarm: exit with status 3, after every output is written, when "
+                      "the drift of a scored output is in alarm (default never; a job spec's "
+                      "[monitor] fail_on)."),
+    click.option("--psi-warn", type=click.FloatRange(min=0, min_open=True), default=None,
+                 help="PSI from which a drift signal is 'warn' (default 0.1)."),
+    click.option("--psi-alarm", type=click.FloatRange(min=0, min_open=True), default=None,
+                 help="PSI from which a drift signal is 'alarm' (default 0.25)."),
+)
+
+
+def monitor_options(f):
+    """Add ``--fail-on``, ``--psi-warn`` and ``--psi-alarm`` (:mod:`digitbatch.drift`)."""
+    for option in reversed(_MONITOR_OPTIONS):
+        f = option(f)
+    return f

@@ -225,3 +225,17 @@ class PromotionRefusedError(PromotionError):
     def __init__(self, message: str, record: dict | None = None):
         super().__init__(message)
         self.record = record or {}
+
+
+# --- drift monitoring (issue 15) ---------------------------------------------
+
+
+class MonitorError(DigitbatchError, ValueError):
+    """A drift monitoring setting (PSI thresholds, fail_on) is not valid."""
+
+
+class DriftAlarmError(DigitbatchError, RuntimeError):
+    """``--fail-on drift-alarm``: a run's drift is in alarm. Raised after every
+    output is written and committed; the CLI exits with status 3."""
+
+    exit_code = 3

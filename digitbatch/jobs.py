@@ -66,6 +66,13 @@ Sections and keys (all optional unless marked; anything else is an error):
     ``out`` (``<workdir>/history``: the trend plots and ``history.html``),
     ``window``, ``min_history``, ``threshold`` (the outlier rule,
     :mod:`digitbatch.history`).
+``[monitor]``
+    drift monitoring of the score step (:mod:`digitbatch.drift`): ``warn``
+    and ``alarm`` (the PSI thresholds, defaults 0.1 and 0.25; as ``--psi-warn``
+    and ``--psi-alarm``), ``fail_on`` (``"never"``, the default, or
+    ``"drift-alarm"``: when a scored output's drift is in alarm the run ends,
+    after every step, with :class:`~digitbatch.errors.DriftAlarmError` and exit
+    status 3; the run summary's outcome is ``alarm``).
 
 Relative paths, in the file and in ``--set`` values alike, resolve against
 the current directory, as a command's arguments do: run jobs from the
@@ -95,7 +102,8 @@ from pathlib import Path
 from . import cluster, metricsfile, storage
 from .logs import context_fields, log_context, new_run_id
 from .version import __version__
-from .errors import InputsFailedError, JobFailedError, RunTerminated
+from .errors import DriftAlarmError, InputsFailedError, JobFailedError, RunTerminated
+from .drift import headline
 from .jobspec import SCHEMA, STEPS, Job, check_outputs, describe, load_job, parse_override
 from .modelio import manifest_path
 
@@ -148,10 +156,11 @@ def _step_score(params: dict, scheduler, done: dict) -> dict:
     r = score(params["input"], out=out, scheduler=scheduler, **kw)
     m = r.metrics
     return {"outputs": {"predictions": r.out}, "metrics": str(metrics_path(r.out)),
-            "result": {k: m.get(k) for k in ("n_images", "n_scored_this_run", "n_rejected",
-                                             "n_labeled",
-                                             "accuracy", "images_per_second", "resumed",
-                                             "confusion_matrix")}}
+            "result": {**{k: m.get(k) for k in ("n_images", "n_scored_this_run", "n_rejected",
+                                                "n_labeled",
+                                                "accuracy", "images_per_second", "resumed",
+                                                "confusion_matrix")},
+                       "drift": headline(m.get("drift"))}}
 
 
 def _score_inputs(params: dict, scheduler) -> dict:
@@ -231,6 +240,16 @@ def _step_history(params: dict, scheduler, done: dict) -> dict:
                        "flagged": [{"date": x["date"], "source": x["source"],
                                     "figures": [f["figure"] for f in x["flags"]]}
                                    for x in r.rows if x["flags"]]}}
+
+
+def _check_drift(record: dict, fail_on: str) -> None:
+    """[monitor] fail_on: the score step's outputs' drift (their metrics.json)."""
+    from .drift import raise_on_alarm
+    from .scoring.output import open_metrics
+
+    outs = record["outputs"]["predictions"]
+    outs = outs if isinstance(outs, list) else [outs]
+    raise_on_alarm([(o, open_metrics(storage.to_path(o))) for o in outs], fail_on)
 
 
 # step -> fn(params, scheduler, done): done holds the records of the steps run before
@@ -347,6 +366,9 @@ def _run_job(job: Job, *, scheduler, progress) -> dict:
                 f"{len(failed)} inputs failed (recorded in the ledger, tried again next run): "
                 + "; ".join(f"{f['input']}: {f['error']['type']}: {f['error']['message']}"
                             for f in failed))
+        if job.fail_on != "never" and "score" in done:  # after every step: exit status 3
+            where = "score"
+            _check_drift(done["score"], job.fail_on)
     except BaseException as exc:  # the summary says what happened, then it propagates
         failure = exc
         summary["error"] = {"step": where, "type": type(exc).__name__,
@@ -359,6 +381,7 @@ def _run_job(job: Job, *, scheduler, progress) -> dict:
             record["outcome"] = "terminated"
     summary["seconds"] = round(time.perf_counter() - t0, 3)
     summary["outcome"] = ("succeeded" if failure is None else
+                          "alarm" if isinstance(failure, DriftAlarmError) else
                           "failed" if isinstance(failure, Exception) else
                           "terminated" if isinstance(failure, RunTerminated) else "interrupted")
     _write_summary(job.summary, summary)
@@ -367,7 +390,7 @@ def _run_job(job: Job, *, scheduler, progress) -> dict:
         log.info("job %s succeeded in %.1f s; summary %s", job.name, summary["seconds"],
                  job.summary)
         return summary
-    if not isinstance(failure, Exception):
+    if not isinstance(failure, Exception) or isinstance(failure, DriftAlarmError):
         raise failure
     raise JobFailedError(f"job {job.name!r}: {where} failed ({type(failure).__name__}: "
                          f"{failure}); run summary in {job.summary}") from failure

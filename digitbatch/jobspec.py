@@ -54,6 +54,9 @@ SCHEMA: dict[str, dict[str, tuple[str, object]]] = {
                 "alpha": ("float", (1e-6, 0.5))},
     "history": {"runs": ("paths", None), "out": ("path", None), "window": ("int", (1, None)),
                 "min_history": ("int", (1, None)), "threshold": ("float", None)},
+    # drift monitoring of the score step (digitbatch.drift)
+    "monitor": {"warn": ("float", None), "alarm": ("float", None),
+                "fail_on": ("str", ("never", "drift-alarm"))},
 }
 DEFAULT_OUTPUTS = {"ingest": "store.zarr", "train": "model", "score": "predictions.zarr",
                    "report": "report", "export": "predictions.parquet", "history": "history"}
@@ -77,6 +80,7 @@ class Job:
     params: dict
     overrides: tuple[str, ...] = ()
     metrics_file: Path | None = None  # [job] metrics_file: Prometheus text (metricsfile.py)
+    fail_on: str = "never"  # [monitor] fail_on: "drift-alarm" makes a run in alarm exit 3
 
 
 def parse_override(item: str) -> tuple[str, str, object]:
@@ -118,7 +122,7 @@ def _check_value(section: str, key: str, value, where: str):
     ok = {"str": isinstance(value, str), "path": isinstance(value, str),
           "int": isinstance(value, int) and not isinstance(value, bool),
           "float": isinstance(value, (int, float)) and not isinstance(value, bool)
-          and value == value,
+          and value == value and value not in (float("inf"), float("-inf")),
           "bool": isinstance(value, bool),
           "date": isinstance(value, (str, _dt.date)) and not isinstance(value, _dt.datetime),
           "steps": isinstance(value, list) and all(isinstance(v, str) for v in value),
@@ -268,8 +272,11 @@ def _resolve(path: Path, raw: dict, where: dict, overrides: tuple, base: Path) -
     spec = cluster.ClusterSpec(cl.get("scheduler"), **tls)
     summary = absolute(job["summary"]) if "summary" in job else workdir / f"{name}.run.json"
     metrics_file = absolute(job["metrics_file"]) if "metrics_file" in job else None
+    monitor = raw.get("monitor", {})  # (its thresholds go to the score step)
+    sc.update({f"psi_{k}": float(monitor[k]) for k in ("warn", "alarm") if k in monitor})
     return Job(name=name, path=path.resolve(), workdir=workdir, summary=summary, steps=steps,
-               cluster=spec, params=params, overrides=overrides, metrics_file=metrics_file)
+               cluster=spec, params=params, overrides=overrides, metrics_file=metrics_file,
+               fail_on=monitor.get("fail_on", "never"))
 
 
 def _check_options(job: Job) -> None:
@@ -304,6 +311,14 @@ def _check_options(job: Job) -> None:
                       ("gate", 'a labelled store both are scored on, e.g. gate = "gate.zarr"')):
         if "promote" in job.steps and pr.get(key) is None:
             raise JobSpecError(f"[promote] needs {key} in {job.path}: {what}")
+    if "psi_warn" in sc or "psi_alarm" in sc:
+        from .drift import DEFAULT_ALARM, DEFAULT_WARN, Thresholds
+        from .errors import MonitorError
+
+        try:
+            Thresholds(sc.get("psi_warn", DEFAULT_WARN), sc.get("psi_alarm", DEFAULT_ALARM))
+        except MonitorError as exc:
+            raise JobSpecError(f"[monitor] warn/alarm: {exc}") from exc
     if "score" in job.steps and sc.get("resume") and sc.get("overwrite"):
         raise JobSpecError("score.resume and score.overwrite contradict each other: "
                            "resume continues an output, overwrite replaces it; keep one")

@@ -17,7 +17,8 @@ its age keeps working), and what the run measured: ``digitbatch_images_scored``
 ``digitbatch_images_per_second``, ``digitbatch_accuracy`` (when labelled;
 train: on the test rows), ``digitbatch_train_rows``, ``digitbatch_cv_accuracy``,
 ``digitbatch_inputs_scored`` and ``digitbatch_inputs_failed`` (0/1 for a
-single input), and for ``run`` ``digitbatch_step_duration_seconds{step}`` and
+single input), ``digitbatch_drift_psi``, ``digitbatch_drift_alarm`` and
+``digitbatch_expected_accuracy`` (a scoring run's drift), and for ``run`` ``digitbatch_step_duration_seconds{step}`` and
 ``digitbatch_step_succeeded{step}``. A figure a failed run never measured
 is left out rather than written as 0.
 """
@@ -41,7 +42,7 @@ COMMANDS = ("ingest", "train", "score", "run")
 # name -> help; every gauge is labelled with LABELS
 GAUGES = {
     "exit_status": "Exit status of the last run: 0 success, 1 failure, 2 bad usage, "
-                   "130/143 interrupted/terminated.",
+                   "3 a quality alarm, 130/143 interrupted/terminated.",
     "last_run_timestamp_seconds": "When the last run ended (Unix time).",
     "last_success_timestamp_seconds": "When the last successful run ended (Unix time).",
     "run_duration_seconds": "Wall time of the last run.",
@@ -55,6 +56,12 @@ GAUGES = {
     "cv_accuracy": "Mean cross-validation accuracy of the last train.",
     "inputs_scored": "Inputs the last run scored to completion.",
     "inputs_failed": "Inputs the last run failed to score.",
+    "drift_psi": "Largest PSI of the last scoring run's drift signals against the model's "
+                 "reference profile.",
+    "drift_alarm": "1 when the last scoring run's drift was in alarm, else 0 (left out when "
+                   "the model has no reference profile).",
+    "expected_accuracy": "The last scoring run's expected accuracy (the reference's accuracy "
+                         "per margin bin weighted by the run's margins).",
 }
 STEP_GAUGES = {
     "step_duration_seconds": "Wall time of each step of the last job run.",
@@ -122,6 +129,11 @@ def score_values(metrics: dict | None, *, failed: bool = False) -> dict:
                        "images_rejected": metrics.get("n_rejected"),
                        "images_per_second": metrics.get("images_per_second"),
                        "accuracy": metrics.get("accuracy")})
+        overall = (metrics.get("drift") or {}).get("overall") or {}
+        if overall.get("psi") is not None:  # (digitbatch.drift)
+            values.update({"drift_psi": overall["psi"],
+                           "drift_alarm": int(overall.get("status") == "alarm"),
+                           "expected_accuracy": metrics["drift"].get("expected_accuracy")})
     return values
 
 

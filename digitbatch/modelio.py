@@ -5,7 +5,9 @@ An artifact is a directory::
     model/
       model.npz       the model's arrays (numpy .npz, loaded with allow_pickle=False)
       manifest.json   name, kind, parameters, classes, input shape, versions,
-                      training store checksum, metrics, and model.npz's SHA-256
+                      training store checksum, metrics, the test split's drift
+                      reference profile (drift_reference: digitbatch.drift), and
+                      model.npz's SHA-256
 
 Loading executes no code from the files: the arrays are read without
 pickle, the manifest is JSON, and the hash is checked before anything is

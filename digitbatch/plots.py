@@ -1,8 +1,10 @@
-"""Drawing digits as the walk-through does (matplotlib, binary colour map).
+"""Drawing digits as the walk-through does (matplotlib, binary colour map), and histograms.
 
 :func:`show_digit` draws one row; :func:`show_grid` a page of them: the
 rows from an index on, or the first rows of one class (found by scanning
 the labels a chunk at a time, so a large store is never read whole).
+:func:`draw_histogram_pairs` draws histograms beside their reference (the
+report's drift section).
 """
 
 from __future__ import annotations
@@ -113,3 +115,46 @@ def show_grid(store: str | Path, *, out: str | Path, index: int = 0, label: int 
     log.info("drew %d rows of %s to %s", len(rows), s.path, out)
     return {"rows": int(len(rows)), "first": int(rows[0]), "last": int(rows[-1]),
             "label": label, "out": str(out)}
+
+
+def draw_histogram_pairs(panels: list[dict], out: str | Path, *, title: str = "") -> Path:
+    """Histograms side by side, one panel each: ``current`` beside ``reference``.
+
+    Each panel is a dict: ``title``, ``labels`` (one per bin), ``current`` and
+    ``reference`` (counts, drawn as shares of their totals; ``reference`` may
+    be None). Written as a PNG to ``out``.
+    """
+    plt = _pyplot()
+    n = len(panels)
+    cols = 2 if n > 1 else 1
+    rows = (n + cols - 1) // cols
+    with gallery.literal_text():
+        fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 2.9 * rows), dpi=100,
+                                 squeeze=False)
+        for ax, panel in zip(axes.ravel(), panels):
+            cur = np.asarray(panel["current"], np.float64)
+            x = np.arange(cur.size)
+            ref = panel.get("reference")
+            width = 0.42 if ref is not None else 0.8
+            ax.bar(x - (width / 2 if ref is not None else 0), cur / max(cur.sum(), 1), width,
+                   color="#1f77b4", label="tonight")
+            if ref is not None:
+                ref = np.asarray(ref, np.float64)
+                ax.bar(x + width / 2, ref / max(ref.sum(), 1), width, color="#aaaaaa",
+                       label="reference")
+            labels = list(panel["labels"])
+            step = max(1, len(labels) // 10)
+            ax.set_xticks(x[::step], [str(v) for v in labels[::step]], fontsize=7)
+            ax.set_ylabel("share of rows", fontsize=8)
+            ax.set_title(panel["title"], fontsize=9)
+            ax.legend(fontsize=7)
+        for ax in axes.ravel()[n:]:
+            ax.axis("off")
+        if title:
+            fig.suptitle(title, fontsize=10)
+        fig.tight_layout()
+        try:
+            fig.savefig(out)
+        finally:
+            plt.close(fig)
+    return Path(out)

@@ -8,6 +8,7 @@ directly), and writes into a directory::
     per_class.png   precision / recall / F1 per class     (labelled rows only)
     errors.png      the most confident mistakes           (labelled rows only)
     doubtful.png    the lowest-margin predictions: what a person should check
+    drift.png       tonight's histograms beside the model's reference (report_drift.py)
     report.html     all of it, images embedded as data: URIs, no external URL
 
 The galleries are chosen in one pass over the output a chunk at a time
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import gallery, storage
+from . import gallery, report_drift, storage
 from .version import __version__
 from .errors import ModelError, ReportError
 from .layout import chunk_bounds
@@ -302,6 +303,7 @@ def _html(p, inp, store_override, m, names, files, sel, model_rows, model_note, 
               "<p>The predictions with the smallest margin between the top two classes: the "
               "images a person should check by hand. Red titles are wrong, grey unlabelled.</p>",
               _img(files["doubtful"], "lowest-margin predictions"),
+              report_drift.section(m, files),
               "<h2>Timings</h2>", _table(timing)]
     return ("<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
             f"<title>digitbatch report: {e(p.path.name)}</title><style>{CSS}</style></head>"
@@ -363,6 +365,7 @@ def write_report(pred: str | os.PathLike, *, out: str | os.PathLike,
             title="per class (n = true rows of the class)")
     kind = "probability" if m.get("margin") == "probability" else "decision-value"
     files.update(_gallery_pages(p, inp, sel, names, kind, out))
+    files.update(report_drift.figures(m, names, out))
     model_rows, note = _model_summary(m, p.path.parent)
     page = _html(p, inp, store, m, names, files, sel, model_rows, note, confusion_text,
                  time.perf_counter() - t0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .drift import summary_line
 from .metrics import format_confusion
 
 
@@ -82,6 +83,9 @@ def score_lines(m: dict, *, already_complete: bool = False) -> list[str]:
     acc = m.get("accuracy")
     line += (f"; accuracy {acc:.4f} on {m['n_labeled']} labelled" if acc is not None
              else "; no labels")
+    drift_line = summary_line(m)  # (digitbatch.drift; the headline stays the last line)
+    if drift_line:
+        lines.append(drift_line)
     lines.append(line)
     return lines
 

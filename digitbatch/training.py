@@ -13,7 +13,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import SGDClassifier
 from sklearn.model_selection import ParameterGrid
 
-from . import cluster, kernels, metrics, storage
+from . import cluster, drift, kernels, metrics, storage
 from .crossval import check_folds, client_or_none, run_cv, run_search
 from .errors import TrainingError
 from .layout import UNKNOWN_LABEL, open_store
@@ -198,6 +198,8 @@ def train(
         "test": test,
         "cv": cv_result.to_dict() if cv_result else None,
         "search": search_result,
+        # the test split's profile, what scoring runs' drift is measured against
+        "drift_reference": drift.reference_for(cm_model, s, "test") if test else None,
     }
     save_model(cm_model, out, manifest=manifest, overwrite=overwrite)
     return TrainResult(str(out), model, feats, int(n_train), n_test, fit_seconds, test, seed,

@@ -222,7 +222,7 @@ def _good(name: str, kind: str, extra) -> tuple[str, object]:
         return str(hi if hi is not None else lo), hi if hi is not None else lo
     return {"path": (f'"p/{name}"', None), "bool": ("false", False), "date": ("2026-11-24", None),
             "steps": ('["report", "ingest", "train", "score"]', None),
-            "paths": (f'["p/{name}"]', None), "number": ("2.5", 2.5)}[kind]
+            "paths": (f'["p/{name}"]', None), "float": ("0.5", 0.5)}[kind]
 
 
 def test_every_schema_key_is_accepted(tmp_path):

@@ -260,10 +260,10 @@ def test_job_spec_checks_its_metrics_file(tmp_path, small_store, model):
 def test_exit_codes_are_documented_and_kept(tmp_path):
     r = CliRunner().invoke(main, ["--help"])
     assert r.exit_code == 0
-    for line in ("0    success", "1    a failure", "2    bad usage", "3    reserved"):
+    for line in ("0    success", "1    a failure", "2    bad usage", "3    a quality alarm"):
         assert line in r.output
     readme = (REPO / "README.md").read_text()
-    assert "Exit status" in readme and "3    reserved: quality alarms" in readme
+    assert "Exit status" in readme and "3    a quality alarm: drift in alarm" in readme
     assert CliRunner().invoke(main, ["score", "--no-such-option"]).exit_code == 2
     assert CliRunner().invoke(main, ["score", "x", "--model", "m", "--out", "o",
                                      "--progress-interval", "0"]).exit_code == 2

@@ -77,8 +77,9 @@ def test_score_lines_of_a_real_scoring_equal_scikit_learns_confusion(run):
     truth = open_store(run["tmp"] / "s.zarr").labels[:]
     np.testing.assert_array_equal(truth, run["labels"])
     cm = confusion_matrix(truth, pred, labels=list(range(10)))
-    assert lines[:-1] == format_confusion(cm).splitlines()
-    assert len(lines) == 13  # header, ten classes, totals, the headline
+    assert lines[:-2] == format_confusion(cm).splitlines()
+    assert len(lines) == 14  # header, ten classes, totals, drift, the headline
+    assert lines[-2].startswith("drift: ")
     assert lines[-1].startswith(f"scored {N} images in ")
     assert re.search(r" in \d+\.\d\d s \([\d,]+ images/s\); ", lines[-1])
     assert lines[-1].endswith(f"; accuracy {accuracy_score(truth, pred):.4f} on {N} labelled")
@@ -102,7 +103,7 @@ def test_job_steps_print_their_lines(run, tmp_path, monkeypatch):
     assert tr[1] == (f"trained sgd (pixels features) on {N - N_TEST} images; "
                      f"test accuracy {steps['train']['test_accuracy']:.4f}")
     sc = step_lines("score", steps["score"])
-    assert len(sc) == 13
+    assert len(sc) == 14
     assert sc[-1] == f"scored {N} images; accuracy {steps['score']['accuracy']:.4f} on {N} labelled"
     assert sc[:-1] == score_lines(run["score"].metrics)[:-1]  # the same model, the same matrix
 

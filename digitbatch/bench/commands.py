@@ -52,9 +52,18 @@ def bench_train(mnist_dir, workdir, cv, no_reference, incremental_n, model_list,
 @click.option("--n", "n", default=4_000_000, show_default=True, type=int, help="Images in the big store.")
 @click.option("--n-small", default=1_000_000, show_default=True, type=int,
               help="Images in the small store (memory flat in N; also the ceiling's input).")
-def bench_score(mnist_dir, workdir, n, n_small):
+@click.option("--profile-cost", is_flag=True,
+              help="Only what each chunk's drift profile costs a scoring task, on MNIST (quick).")
+def bench_score(mnist_dir, workdir, n, n_small, profile_cost):
     """Scoring against the bare-kernel ceiling, naive numpy and dask-ml."""
     from .score import run
+
+    if profile_cost:
+        from .profilecost import run as run_profile
+
+        for line in run_profile(mnist_dir=mnist_dir, workdir=workdir):
+            click.echo(line)
+        return
 
     for line in run(mnist_dir=mnist_dir, workdir=workdir, n=n, n_small=n_small,
                     n_naive=min(n_small, 1_000_000)):

@@ -15,6 +15,8 @@ In one run, on a store of shifted MNIST images:
 - what bounds any job on these stores: reading and decoding the chunks plus
   the kernel and margin in two threads of this process, with no Dask, no
   output and no start-up, and the CLI's interpreter start and imports alone;
+- what each chunk's drift profile adds to a scoring task's numpy work
+  (:mod:`digitbatch.bench.profilecost`);
 - ``sgd-kernel`` and ``sgd-patches``: each one's bare kernel against
   digitbatch ``score``; for ``sgd-patches`` also the cost of each step of a
   chunk (:mod:`digitbatch.bench.featurecost`).
@@ -192,6 +194,9 @@ def run(*, mnist_dir=None, workdir=None, n: int = 4_000_000, n_small: int = 1_00
             ceilings += [before, after]
             m.bracket = _mean_rate(before, after)
             yield m.row(m.bracket) + "  (2 threads, no Dask, no output)"
+        from .profilecost import lines as profile_lines  # each chunk's drift profile
+
+        yield from (f"  {line}" for line in profile_lines(lin, small))
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-c", "import digitbatch.scoring.api, distributed"], check=True)
         imports = time.perf_counter() - t0

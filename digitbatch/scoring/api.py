@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import cluster, storage
+from ..drift import DEFAULT_ALARM, DEFAULT_WARN, Thresholds
 from ..determinism import one_blas_thread
 from ..errors import IncompleteOutputError, ModelError, ScoreError
 from ..layout import DEFAULT_CHUNK_SIZE
@@ -78,6 +79,8 @@ def score(
     task_timeout: float | None = DEFAULT_TASK_TIMEOUT,
     lock_ttl: float = DEFAULT_TTL,
     overwrite: bool = False,
+    psi_warn: float = DEFAULT_WARN,
+    psi_alarm: float = DEFAULT_ALARM,
 ) -> ScoreResult:
     """Predict every image of ``source`` with ``model`` into the output group ``out``.
 
@@ -121,6 +124,9 @@ def score(
         Replace an existing output (only a digitbatch scoring output, or an
         empty directory), under its lock: an output a live run holds is
         refused, not deleted under it.
+    psi_warn, psi_alarm : float
+        The PSI from which a signal of metrics.json's ``drift`` block is
+        ``warn`` and ``alarm`` (:mod:`digitbatch.drift`).
 
     Raises
     ------
@@ -132,6 +138,7 @@ def score(
         redoes only the failed ones.
     """
     task_timeout = _check_timeout(task_timeout)
+    thresholds = Thresholds(psi_warn, psi_alarm)
     lock_ttl = check_ttl(lock_ttl)
     cluster.check_address(scheduler)  # (before anything is created)
     if resume and overwrite:
@@ -154,12 +161,12 @@ def score(
                       proba=proba, break_lock=break_lock, labels=labels,
                       chunk_size=chunk_size, max_member_bytes=max_member_bytes,
                       progress=progress, task_timeout=task_timeout, lock_ttl=lock_ttl,
-                      overwrite=overwrite)
+                      overwrite=overwrite, thresholds=thresholds)
 
 
 def _score(stack, source, loaded, out, *, scheduler, resume, proba, break_lock, labels,
            chunk_size, max_member_bytes, progress, task_timeout, lock_ttl,
-           overwrite) -> ScoreResult:
+           overwrite, thresholds) -> ScoreResult:
     m = loaded.model
     plan = make_plan(storage.to_path(source), m, out_path=str(out), proba=proba, labels=labels,
                      chunk_size=chunk_size, limit=max_member_bytes, stack=stack)
@@ -214,7 +221,8 @@ def _score(stack, source, loaded, out, *, scheduler, resume, proba, break_lock, 
                               model_path=str(loaded.path), model_sha256=loaded.sha256,
                               input=plan.input, n_rejected_before=plan.n_rejected,
                               seconds=seconds, n_this_run=n_this_run, resumed=bool(done),
-                              run_id=lease.token,
+                              run_id=lease.token, thresholds=thresholds,
+                              reference=loaded.manifest.get("drift_reference"),
                               model_via=None if loaded.via is None else str(loaded.via))
         lease.check()
         finalize(out, result)

@@ -27,6 +27,7 @@ from ..determinism import deterministic_scores
 from ..digits import IMAGE_SHAPE, LABEL_DTYPE, UNKNOWN_LABEL
 from ..errors import ScoreError
 from ..layout import check_labels, copy_chunk, read_rows
+from ..profile import chunk_profile, input_every
 from ..sources.base import Reject
 from ..sources.images import decode_stream
 from ..sources.labels import LabelMap
@@ -51,7 +52,8 @@ def score_store_chunk(task: ChunkTask, *, store_path: str, out_path: str, model,
                       proba: bool, lease: str | None = None) -> int:
     """Score rows ``[start, stop)`` of store chunk ``index``: write them, then commit."""
     i, start, stop = task.index, task.start, task.stop
-    images = read_rows(open_array_cached(store_path, "images", "r"), i, reuse=True)
+    store_images = open_array_cached(store_path, "images", "r")
+    images = read_rows(store_images, i, reuse=True)
     labels = model.target(check_labels(read_rows(open_array_cached(store_path, "labels", "r"), i),
                                        where=f"store {store_path}, chunk {i}"))
     if images.shape[0] != stop - start:
@@ -59,9 +61,11 @@ def score_store_chunk(task: ChunkTask, *, store_path: str, out_path: str, model,
     copy_chunk(open_array_cached(store_path, "keys", "r"), open_array_cached(out_path, "keys"), i)
     pred, margin, probs = deterministic_scores(model, images, proba=proba)
     pred = pred.astype(np.int8)
+    counts = chunk_counts(labels, pred, model.n_classes)
+    counts["profile"] = chunk_profile(images, pred, margin, labels, model.classes, rows=start,
+                                      input_every=input_every(store_images.shape[0]))  # (drift)
     write_chunk(out_path, i, start, stop, pred=pred, margin=margin,
-                proba=probs if proba else None, keys=None,
-                counts=chunk_counts(labels, pred, model.n_classes), lease=lease)
+                proba=probs if proba else None, keys=None, counts=counts, lease=lease)
     return i
 
 
@@ -75,6 +79,7 @@ def score_archive_chunk(task: ChunkTask, *, out_path: str, model, proba: bool,
     images = np.zeros((n, *IMAGE_SHAPE), np.uint8)
     lab = np.full(n, UNKNOWN_LABEL, LABEL_DTYPE)
     valid = np.zeros(n, bool)
+    flags = np.zeros((n, 2), bool)  # normalisation inverted, resized (for the drift profile)
     rejects: list[tuple[int, list[str]]] = []  # (slot, [key, reason]), put in slot order
 
     def files():
@@ -85,10 +90,13 @@ def score_archive_chunk(task: ChunkTask, *, out_path: str, model, proba: bool,
             _DECODING[i] = item.key  # (decode_stream decodes each file as it takes it)
             yield (j, item), item.data
 
+    def note(tag, inverted, resized):
+        flags[tag[0]] = inverted, resized
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            for (j, item), out in decode_stream(files()):
+            for (j, item), out in decode_stream(files(), note=note):
                 if isinstance(out, str):
                     rejects.append((j, [item.key, out]))
                     continue
@@ -113,8 +121,10 @@ def score_archive_chunk(task: ChunkTask, *, out_path: str, model, proba: bool,
         if proba:
             probs[idx] = pr
     target = model.target(lab[idx])
+    counts = chunk_counts(target, pred[idx], model.n_classes, rejects=rejects)
+    counts["profile"] = chunk_profile(  # (drift)
+        images[idx], pred[idx], margin[idx], target, model.classes,
+        normalisation=(idx.size, *np.count_nonzero(flags[idx], axis=0).tolist()))
     write_slots(out_path, i, start, valid=valid, labels=lab, pred=pred, margin=margin,
-                proba=probs, keys=keys,
-                counts=chunk_counts(target, pred[idx], model.n_classes, rejects=rejects),
-                lease=lease)
+                proba=probs, keys=keys, counts=counts, lease=lease)
     return i

@@ -13,7 +13,9 @@ from __future__ import annotations
 import numpy as np
 
 from .. import metrics
+from ..drift import Thresholds, drift_block
 from ..kernels import confusion_counts, prediction_histogram
+from ..profile import reduce_profiles
 
 # Bumped when a field of metrics.json is renamed or changes meaning (docs/schemas.md).
 SCHEMA_VERSION = 1
@@ -53,12 +55,15 @@ def reduce_records(records: list[dict], k: int) -> dict:
 
 def build_record(records: list[dict], *, model, model_path: str, model_sha256: str,
                  input: dict, n_rejected_before: int, seconds: float, n_this_run: int,
-                 resumed: bool, run_id: str, model_via: str | None = None) -> dict:
+                 resumed: bool, run_id: str, model_via: str | None = None,
+                 reference: dict | None = None, thresholds: Thresholds | None = None) -> dict:
     """The metrics.json record of a run from its commit records, in chunk order.
 
     ``n_rejected_before``: members refused before scoring (by ingest, for a
     store input). ``n_this_run``: images of the chunks this run scored.
     ``model_via``: the pointer (``models/current``) the model was resolved from.
+    ``reference``: the model manifest's ``drift_reference`` (None: it has
+    none); ``thresholds``: the PSI thresholds of the ``drift`` block.
     """
     total = reduce_records(records, model.n_classes)
     rejects = [r for rec in records for r in rec.get("rejects", [])]
@@ -83,4 +88,8 @@ def build_record(records: list[dict], *, model, model_path: str, model_sha256: s
                   **({"resolved_from": model_via} if model_via else {})},
         "input": input,
     })
+    result["drift"] = drift_block(  # (the chunks' profiles summed pairwise: digitbatch.drift)
+        reduce_profiles([r.get("profile") for r in records]), reference,
+        thresholds or Thresholds(), n_rejected=result["n_rejected"],
+        accuracy=result.get("accuracy"), margin=result["margin"], n_classes=model.n_classes)
     return result

@@ -33,7 +33,7 @@ from .archive import CONTAINER_KINDS, detect_image_source, iter_members
 from .base import Batch, Reject, label_array
 from .decoders import MAX_PIXELS, MAX_SIDE, decode_grey, fast_enabled, grey
 from .members import DEFAULT_MAX_MEMBER_BYTES, IMAGE_EXTENSIONS, Member
-from .normalise import normalise
+from .normalise import normalise, polarity_and_size
 
 __all__ = [
     "DEFAULT_MAX_MEMBER_BYTES",
@@ -96,13 +96,17 @@ def decode_batch(items: list[tuple[str, bytes, int | None]]) -> Batch:
     return Batch(np.stack(images), label_array(labels, len(keys)), keys, rejects)
 
 
-def decode_stream(items: Iterable[tuple[T, bytes]]) -> Iterator[tuple[T, np.ndarray | str]]:
+def decode_stream(items: Iterable[tuple[T, bytes]], *, note=None
+                  ) -> Iterator[tuple[T, np.ndarray | str]]:
     """``(tag, digit or reject reason)`` for each ``(tag, file bytes)``, in order.
 
     Files are decoded one at a time (a caller can tell which one is being
     decoded: the last it handed over) and normalised together in blocks of
     at most :data:`PENDING_PIXELS` grey pixels, which bounds the memory of
     large scans. The caller sets the warning filters (see :func:`decode_batch`).
+    ``note(tag, inverted, resized)``, optional, is told for each decoded
+    image whether normalisation inverts it and resizes it
+    (:func:`~digitbatch.sources.normalise.polarity_and_size`).
     """
     fast = fast_enabled()
     pending: list[tuple[T, np.ndarray | str]] = []
@@ -112,6 +116,8 @@ def decode_stream(items: Iterable[tuple[T, bytes]]) -> Iterator[tuple[T, np.ndar
         out = decode_grey(data, fast=fast)
         pending.append((tag, out))
         if not isinstance(out, str):
+            if note is not None:
+                note(tag, *polarity_and_size(out))
             greys.append(out)
             pixels += out.size
             if pixels >= PENDING_PIXELS:

@@ -76,6 +76,13 @@ def frame(stack: np.ndarray) -> np.ndarray:
                            stack[:, k:-k, -k:].reshape(g, -1)], axis=1)
 
 
+def polarity_and_size(grey: np.ndarray) -> tuple[bool, bool]:
+    """Whether :func:`normalise` inverts the 2-D grey image ``grey`` (dark ink on
+    light paper) and whether it resizes it (not 28x28): its frame only, cheap."""
+    edge = frame(grey[None])[0]
+    return bool(np.count_nonzero(edge > 127) * 2 > edge.size), grey.shape != (SIZE, SIZE)
+
+
 def normalise_group(stack: np.ndarray) -> np.ndarray:
     """``(G, 28, 28)`` digits of ``G`` grey images of one size ``(G, h, w)`` uint8."""
     edge = frame(stack)
