@@ -196,3 +196,8 @@ class RunTerminated(BaseException):
     """
 
     exit_code = 143
+
+
+class SubsetError(DigitbatchError, ValueError):
+    """``digitbatch subset``: the labels file gives no usable label, has labels that are
+    not digits, or names no row of the store (nothing is written)."""
