@@ -50,7 +50,7 @@ Sections and keys (all optional unless marked; anything else is an error):
     0: no limit).
 ``[report]``
     ``predictions`` (``[score] out``), ``out`` (``<workdir>/report``),
-    ``store``, ``top``.
+    ``store``, ``top``, ``review`` (rows in review.csv / review.html; 0: none).
 ``[export]``
     ``predictions`` (``[score] out``), ``out`` (``<workdir>/predictions.parquet``;
     ``.parquet`` or ``.csv``), ``proba``, ``store``, ``labels`` (false: no

@@ -45,7 +45,7 @@ SCHEMA: dict[str, dict[str, tuple[str, object]]] = {
               "inputs": ("path", None), "ledger": ("path", None),
               "max_inputs": ("int", (1, None)), "rescore_changed": ("bool", None)},
     "report": {"predictions": ("path", None), "out": ("path", None), "store": ("path", None),
-               "top": ("int", (1, 400))},
+               "top": ("int", (1, 400)), "review": ("int", (0, 10_000))},
     "export": {"predictions": ("path", None), "out": ("path", None), "proba": ("bool", None),
                "store": ("path", None), "labels": ("bool", None), "overwrite": ("bool", None)},
 }

@@ -36,7 +36,7 @@ from .metrics import format_confusion
 from .modelio import manifest_path, read_manifest
 from .models import binary_target
 from .report_input import ScoredInput, existing, open_input
-from .review import DEFAULT_REVIEW, check_review, write_review
+from .review import DEFAULT_REVIEW, check_review, check_unedited, write_review
 from .scoring.output import PRED_FILL, Predictions, open_predictions
 
 log = logging.getLogger(__name__)
@@ -361,6 +361,7 @@ def write_report(pred: str | os.PathLike, *, out: str | os.PathLike,
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ReportError(f"--out {out} is a file: give a directory for the report")
+    check_unedited(out, review=review)  # (the final folder: a filled-in review.csv is kept)
     out.mkdir(parents=True, exist_ok=True)
     names = class_names(m)
     sel = select_rows(p, inp.labels, k=int(top_k), digit=binary_digit(m), review=review)

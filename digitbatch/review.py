@@ -24,6 +24,12 @@ doubtful first) for a person to label:
     URIs, a Content-Security-Policy that allows no script and no fetch),
     every string HTML-escaped.
 
+A filled-in ``review.csv`` is never lost to the next report into the same
+folder: ``review.html`` records the SHA-256 of the ``review.csv`` written
+beside it, and :func:`check_unedited` (called on the report's folder before
+anything is written) refuses to replace a ``review.csv`` that no longer
+matches it.
+
 The second choice comes from the output's ``second`` array when it has
 one, else from the stored probabilities (the most probable class other
 than the prediction), else it is left empty.
@@ -33,7 +39,9 @@ from __future__ import annotations
 
 import base64
 import csv
+import hashlib
 import html
+import re
 import io
 import logging
 from dataclasses import dataclass
@@ -171,12 +179,15 @@ td.key { word-break: break-all; max-width: 28em; } code { background: #f3f3f3; p
 img { image-rendering: pixelated; width: %dpx; height: %dpx; display: block; }
 """ % (28 * SCALE, 28 * SCALE)
 
+_SHA_META = "digitbatch-review-csv-sha256"
+_SHA_RE = re.compile(rb'<meta name="' + _SHA_META.encode() + rb'" content="([0-9a-f]{64})">')
+
 # No script, no fetch: only the page's own style and data: images.
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
 
 def html_text(rows: list[ReviewRow], images: np.ndarray, *, pred_path: str, input_path: str,
-              margin_kind: str, n_scored: int) -> str:
+              margin_kind: str, n_scored: int, csv_sha256: str = "") -> str:
     """``review.html``'s text: every string escaped, every image embedded."""
     e = html.escape
     body = []
@@ -199,6 +210,7 @@ def html_text(rows: list[ReviewRow], images: np.ndarray, *, pred_path: str, inpu
              "ARCHIVE --labels review.csv --only-labelled --out fixes.zarr</code>).</p>")
     return ("<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
             f"<meta http-equiv=\"Content-Security-Policy\" content=\"{CSP}\">"
+            f"<meta name=\"{_SHA_META}\" content=\"{e(csv_sha256)}\">"
             f"<title>digitbatch review: {e(Path(pred_path).name)}</title>"
             f"<style>{CSS}</style></head><body>\n"
             f"<h1>Rows to review</h1><p>The {len(rows):,} least certain of {n_scored:,} scored "
@@ -212,10 +224,45 @@ def write_review(p, inp, rows: np.ndarray, names: list[str], digit: int | None, 
     out = Path(out)
     items, images = review_rows(p, inp, rows, names, digit)
     csv_path, html_path = out / REVIEW_CSV, out / REVIEW_HTML
-    storage.write_atomic(csv_path, ("\ufeff" + csv_text(items)).encode("utf-8"))
+    data = ("\ufeff" + csv_text(items)).encode("utf-8")
+    storage.write_atomic(csv_path, data)
     kind = "probability" if p.metrics.get("margin") == "probability" else "decision-value"
     storage.write_atomic(html_path, html_text(
         items, images, pred_path=str(p.path), input_path=str(inp.path), margin_kind=kind,
-        n_scored=n_scored))
+        n_scored=n_scored, csv_sha256=hashlib.sha256(data).hexdigest()))
     log.info("wrote %d rows to review to %s and %s", len(items), csv_path, html_path)
     return {"review_csv": csv_path, "review_html": html_path}
+
+
+def _edited(out: Path) -> bool:
+    """Whether ``out/review.csv`` differs from the one the report wrote there (or cannot be
+    matched to it)."""
+    csv_path, html_path = out / REVIEW_CSV, out / REVIEW_HTML
+    try:
+        page = html_path.read_bytes()[:8192]
+    except OSError:
+        return True
+    m = _SHA_RE.search(page)
+    return m is None or hashlib.sha256(csv_path.read_bytes()).hexdigest() != m.group(1).decode()
+
+
+def check_unedited(out: str | Path, *, review: int) -> None:
+    """Refuse to write a report into ``out`` whose ``review.csv`` a person has changed
+    (its labels would be lost); with ``review`` 0, remove review files that were not
+    changed (they describe an earlier run)."""
+    out = storage.to_path(out)
+    csv_path = out / REVIEW_CSV
+    if not storage.is_local(out) or not csv_path.is_file():
+        return
+    if _edited(out):
+        if review:
+            raise ReportError(
+                f"{csv_path} has been changed since the report wrote it (labels filled in?): "
+                f"the report would replace it. Move it out of {out} (or write the report "
+                f"into another --out) first")
+        log.warning("leaving %s (changed since the report wrote it) beside the new report",
+                    csv_path)
+        return
+    if not review:
+        for name in (REVIEW_CSV, REVIEW_HTML):
+            (out / name).unlink(missing_ok=True)

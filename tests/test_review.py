@@ -375,3 +375,41 @@ def test_cli_review_loop(loop, tmp_path):
     out = runner.invoke(main, ["subset", str(loop.d / "b.zarr"), "--labels",
                                str(tmp_path / "e.csv"), "--out", str(tmp_path / "b2.zarr")])
     assert out.exit_code == 1 and "already exists" in out.output
+
+
+def test_a_filled_in_review_csv_is_never_replaced(loop, tmp_path):
+    from digitbatch.storage import check_replaceable, made_by_digitbatch
+
+    out = tmp_path / "r"
+    write_report(loop.d / "p.zarr", out=out, top_k=4, review=10)
+    assert made_by_digitbatch(out) == "report"  # (a job may write its report there again)
+    write_report(loop.d / "p.zarr", out=out, top_k=4, review=12)  # unchanged: replaced
+    assert len(_read_csv(out / REVIEW_CSV)) == 13
+    rows = _read_csv(out / REVIEW_CSV)
+    rows[1][4] = "7"
+    _write_csv(out / REVIEW_CSV, rows)
+    before = (out / REVIEW_CSV).read_bytes()
+    for review in (12, 5):
+        with pytest.raises(ReportError, match="changed since the report wrote it"):
+            write_report(loop.d / "p.zarr", out=out, top_k=4, review=review)
+    assert (out / REVIEW_CSV).read_bytes() == before
+    write_report(loop.d / "p.zarr", out=out, top_k=4, review=0)  # not replaced: kept
+    assert (out / REVIEW_CSV).read_bytes() == before
+    (out / REVIEW_CSV).rename(tmp_path / "mine.csv")
+    write_report(loop.d / "p.zarr", out=out, top_k=4, review=3)
+    assert len(_read_csv(out / REVIEW_CSV)) == 4
+    write_report(loop.d / "p.zarr", out=out, top_k=4, review=0)  # stale, unchanged: removed
+    assert not (out / REVIEW_CSV).exists() and not (out / REVIEW_HTML).exists()
+    assert check_replaceable(out, "report") == "report"
+
+
+def test_report_step_of_a_job_takes_review(loop, tmp_path):
+    from digitbatch.jobs import load_job, run_job
+
+    spec = tmp_path / "job.toml"
+    spec.write_text(f'[job]\nname = "rev"\nworkdir = "{tmp_path}"\nsteps = ["report"]\n'
+                    f'[report]\npredictions = "{loop.d / "p.zarr"}"\nout = "{tmp_path / "rep"}"\n'
+                    f'top = 4\nreview = 7\n')
+    summary = run_job(load_job(spec), scheduler="synchronous")
+    assert summary["outcome"] == "succeeded", summary.get("error")
+    assert len(_read_csv(tmp_path / "rep" / REVIEW_CSV)) == 8
