@@ -349,6 +349,8 @@ def test_archive_review_ingest_only_labelled(tmp_path):
     assert res.n_left_out == 150 + 1 - 10
     assert dict(zip(s.column("keys").tolist(), s.column("labels").tolist())) == want
     assert s.meta["source"]["only_labelled"] is True and s.splits == {}
+    from digitbatch.summaries import ingest_lines
+    assert f"left out {150 + 1 - 10} inputs" in "\n".join(ingest_lines(res.to_dict()))
     r = train(tmp_path / "m" / "s.zarr", tmp_path / "m2", seed=0, extra=[tmp_path / "fix.zarr"])
     assert r.n_train == 500 + 10
     with pytest.raises(SourceError, match="labels"):
@@ -372,6 +374,10 @@ def test_cli_review_loop(loop, tmp_path):
                                "--extra", str(tmp_path / "b2.zarr"), "--json"])
     assert out.exit_code == 0, out.output
     assert json.loads(out.output)["n_train"] == 590
+    out = runner.invoke(main, ["train", str(loop.d / "a.zarr"), "--out", str(tmp_path / "m3"),
+                               "--extra", str(tmp_path / "b2.zarr")])
+    assert out.exit_code == 0, out.output
+    assert "on 590 images (30 of them from 1 --extra stores)" in out.output
     out = runner.invoke(main, ["subset", str(loop.d / "b.zarr"), "--labels",
                                str(tmp_path / "e.csv"), "--out", str(tmp_path / "b2.zarr")])
     assert out.exit_code == 1 and "already exists" in out.output
