@@ -66,7 +66,7 @@ def _array_batches(images: np.ndarray, labels: np.ndarray, keys: list[str],
 
 
 def _image_batches(path: Path, ex, *, batch_size: int, max_member_bytes: int,
-                   stream: bool = False) -> Iterator[Batch]:
+                   stream: bool = False, keep=None) -> Iterator[Batch]:
     """Decode the members of an image container on the executor, in source order.
 
     The container is listed here (:func:`~digitbatch.sources.listing.iter_entries`)
@@ -75,6 +75,8 @@ def _image_batches(path: Path, ex, *, batch_size: int, max_member_bytes: int,
     bytes where it is streamed (a compressed tar; every container with
     ``stream``: a local copy of a remote source, which workers cannot see).
     Members refused from their headers alone stay here and join the next batch.
+    ``keep(key)``, optional, chooses the members to decode (``--only-labelled``):
+    the others are never decoded.
     """
     from .sources.images import detect_image_source
     from .sources.listing import decode_packed, iter_entries, pack
@@ -87,6 +89,8 @@ def _image_batches(path: Path, ex, *, batch_size: int, max_member_bytes: int,
     def groups() -> Iterator:
         items: list = []
         for m in iter_entries(path, container, limit=max_member_bytes, seekable=seekable):
+            if keep is not None and not keep(m.key):
+                continue
             if isinstance(m, Reject):
                 header_rejects.append(m)
                 continue
@@ -200,13 +204,21 @@ def _ingest(source: str, out, *, origin: str | None, kind, labels, chunk_size, o
     label_map: LabelMap | None = load_labels(labels) if labels is not None else None
     reasons: collections.Counter = collections.Counter()
     n_left_out = 0
+    keep = None
+    if only_labelled:  # an image container: the other members are not even decoded
+        def keep(key: str) -> bool:
+            nonlocal n_left_out
+            given = label_map.gives_label(key)
+            n_left_out += not given
+            return given
 
     with StoreWriter(out, source={"kind": resolved}, chunk_size=chunk_size,
                      overwrite=overwrite, codec=codec) as writer:
         splits: dict = {}
         with _batches(resolved, source, data_home=data_home, scheduler=scheduler,
                       chunk_size=chunk_size, decode_batch_size=decode_batch_size,
-                      max_member_bytes=max_member_bytes, origin=origin) as (batches, meta):
+                      max_member_bytes=max_member_bytes, origin=origin,
+                      keep=keep) as (batches, meta):
             if progress is not None:
                 progress(0, total=meta.get("total"))  # (None for image containers)
             for batch in batches:
@@ -274,12 +286,13 @@ class _batches:
     """
 
     def __init__(self, kind: str, source: str, *, data_home, scheduler, chunk_size,
-                 decode_batch_size, max_member_bytes, origin: str | None = None):
+                 decode_batch_size, max_member_bytes, origin: str | None = None, keep=None):
         self.kind, self.source, self.origin = kind, source, origin
         self.data_home, self.scheduler = data_home, scheduler
         self.chunk_size = chunk_size
         self.decode_batch_size, self.max_member_bytes = decode_batch_size, max_member_bytes
         self._ex = None
+        self.keep = keep
 
     def __enter__(self):
         if self.kind in ("idx", "openml", "sample"):
@@ -297,7 +310,7 @@ class _batches:
                 "splits": {}}
         return _image_batches(path, ex, batch_size=self.decode_batch_size,
                               max_member_bytes=self.max_member_bytes,
-                              stream=self.origin is not None), meta
+                              stream=self.origin is not None, keep=self.keep), meta
 
     def __exit__(self, *exc):
         if self._ex is not None:

@@ -341,8 +341,11 @@ def test_archive_review_ingest_only_labelled(tmp_path):
     edited = [rows[0]] + [[k, p, s, m, s if i % 2 else ""] for i, (k, p, s, m, _)
                           in enumerate(rows[1:])]
     _write_csv(tmp_path / "edited.csv", edited)
+    decoded = []
     res = ingest(arc, tmp_path / "fix.zarr", labels=tmp_path / "edited.csv", only_labelled=True,
-                 chunk_size=CHUNK, scheduler="synchronous")
+                 chunk_size=CHUNK, scheduler="synchronous",
+                 progress=lambda n, total=None: decoded.append(n))
+    assert sum(decoded) == 10  # the other members were never decoded
     s = open_store(tmp_path / "fix.zarr")
     want = {unescape_key(k): int(lab) for k, _, _, _, lab in edited[1:] if lab}
     assert res.n_images == s.n == 10 and res.n_rejects == 0

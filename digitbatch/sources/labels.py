@@ -90,12 +90,14 @@ class LabelMap:
         idx = np.flatnonzero(keep)
         return Batch(batch.images[idx], labels[idx], [batch.keys[i] for i in idx], rejects)
 
+    def gives_label(self, key: str) -> bool:
+        """Whether the file gives ``key`` a label (a digit, or a bad label: not empty)."""
+        return key in self.labels and self.labels[key] != UNKNOWN_LABEL
+
     def only_labelled(self, batch: Batch) -> tuple[Batch, int]:
         """The rows (and rejects) of ``batch`` whose key the file gives a label, and how
         many other rows and rejects were left out (``ingest --only-labelled``)."""
-        def given(key: str) -> bool:
-            return key in self.labels and self.labels[key] != UNKNOWN_LABEL
-
+        given = self.gives_label
         idx = [i for i, k in enumerate(batch.keys) if given(k)]
         rejects = [r for r in batch.rejects if given(r.key)]
         left = len(batch) - len(idx) + len(batch.rejects) - len(rejects)
