@@ -230,7 +230,8 @@ def write_review(p, inp, rows: np.ndarray, names: list[str], digit: int | None, 
     storage.write_atomic(html_path, html_text(
         items, images, pred_path=str(p.path), input_path=str(inp.path), margin_kind=kind,
         n_scored=n_scored, csv_sha256=hashlib.sha256(data).hexdigest()))
-    log.info("wrote %d rows to review to %s and %s", len(items), csv_path, html_path)
+    log.info("wrote the %d most doubtful rows, for review, to %s and %s", len(items), csv_path,
+             html_path)
     return {"review_csv": csv_path, "review_html": html_path}
 
 

@@ -77,8 +77,8 @@ def subset(store: str | os.PathLike, *, labels: str | os.PathLike, out: str | os
     bad = sorted((k, v) for k, v in lm.labels.items() if isinstance(v, str))
     if bad:
         shown = "; ".join(f"{k!r}: {v}" for k, v in bad[:5])
-        raise SubsetError(f"labels file {lm.path} has {len(bad)} labels that are not a digit "
-                          f"0-9 ({shown}): correct them (or empty the cell) and run again; "
+        raise SubsetError(f"labels file {lm.path} has {len(bad)} label(s) that are not a digit "
+                          f"0-9 ({shown}): correct them (or empty the cells) and run again; "
                           f"nothing was written")
     wanted = {k: int(v) for k, v in lm.labels.items() if 0 <= int(v) < N_CLASSES}
     n_unlabelled = len(lm.labels) - len(wanted)
