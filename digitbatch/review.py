@@ -42,6 +42,7 @@ import csv
 import hashlib
 import html
 import re
+import shlex
 import io
 import logging
 from dataclasses import dataclass
@@ -82,6 +83,7 @@ class ReviewRow:
     second: str
     margin: float
     label: int  # the input's label, -1 where unknown
+    wrong: bool = False  # labelled, and the prediction disagrees with the label
 
     def cells(self) -> list[str]:
         """The CSV cells, in :data:`COLUMNS` order (the key escaped)."""
@@ -143,9 +145,12 @@ def review_rows(p, inp, rows: np.ndarray, names: list[str], digit: int | None):
     else:
         pred = margin = np.zeros(0)
     second = second_choice(p, rows, pred)
+    labels = np.asarray(labels, np.int64)
+    truth = labels if digit is None else (labels == digit).astype(np.int64)  # the model's target
+    wrong = (labels >= 0) & (truth != pred)
     out = [ReviewRow(int(r), str(keys[i]), class_name(int(pred[i]), names, digit),
                      class_name(int(second[i]), names, digit), float(margin[i]),
-                     int(labels[i]))
+                     int(labels[i]), bool(wrong[i]))
            for i, r in enumerate(rows.tolist())]
     return out, images
 
@@ -177,6 +182,7 @@ th, td { border: 1px solid #ddd; padding: .2em .6em; text-align: left; vertical-
 thead th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 td.key { word-break: break-all; max-width: 28em; } code { background: #f3f3f3; padding: 0 .2em; }
 img { image-rendering: pixelated; width: %dpx; height: %dpx; display: block; }
+tr.differs td { background: #fff0f0; }
 """ % (28 * SCALE, 28 * SCALE)
 
 _SHA_META = "digitbatch-review-csv-sha256"
@@ -186,15 +192,28 @@ _SHA_RE = re.compile(rb'<meta name="' + _SHA_META.encode() + rb'" content="([0-9
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
 
+def next_steps(input_path: str, input_kind: str, csv_path: str) -> list[str]:
+    """The commands that turn the filled-in review file into training rows (shell-quoted)."""
+    q = shlex.quote
+    if str(input_kind).startswith("archive"):
+        first = (f"digitbatch ingest {q(input_path)} --labels {q(csv_path)} --only-labelled "
+                 f"--out fixes.zarr")
+    else:
+        first = f"digitbatch subset {q(input_path)} --labels {q(csv_path)} --out fixes.zarr"
+    return [first, "digitbatch train TRAIN.zarr --extra fixes.zarr --out MODEL2"]
+
+
 def html_text(rows: list[ReviewRow], images: np.ndarray, *, pred_path: str, input_path: str,
-              margin_kind: str, n_scored: int, csv_sha256: str = "") -> str:
+              margin_kind: str, n_scored: int, csv_sha256: str = "",
+              steps: list[str] = ()) -> str:
     """``review.html``'s text: every string escaped, every image embedded."""
     e = html.escape
     body = []
     for rank, (r, img) in enumerate(zip(rows, images), start=1):
         key = e(gallery.printable(r.key))
+        differs = " class=differs" if r.wrong else ""
         body.append(
-            f"<tr><td class=num>{rank}</td><td class=num>{r.row}</td>"
+            f"<tr{differs}><td class=num>{rank}</td><td class=num>{r.row}</td>"
             f"<td><img alt=\"row {r.row}\" src=\"{_png(img)}\"></td><td class=key>{key}</td>"
             f"<td>{e(r.pred)}</td><td>{e(r.second)}</td>"
             f"<td class=num>{e(_number(r.margin))}</td>"
@@ -202,12 +221,11 @@ def html_text(rows: list[ReviewRow], images: np.ndarray, *, pred_path: str, inpu
     table = ("<table><thead><tr><th>rank</th><th>row</th><th>image</th><th>key</th><th>pred</th>"
              "<th>second</th><th>margin</th><th>label</th></tr></thead><tbody>"
              + "".join(body) + "</tbody></table>") if rows else "<p>No scored rows.</p>"
-    steps = ("<p>Fill or correct the <code>label</code> column of <code>review.csv</code> "
-             "(a digit 0-9; leave it empty when unsure), then turn the labelled rows into a "
-             "store and add it to training:</p><pre>digitbatch subset INPUT.zarr --labels "
-             "review.csv --out fixes.zarr\ndigitbatch train TRAIN.zarr --extra fixes.zarr "
-             "--out MODEL</pre><p>(an archive scored directly: <code>digitbatch ingest "
-             "ARCHIVE --labels review.csv --only-labelled --out fixes.zarr</code>).</p>")
+    how = ("<p>Fill or correct the <code>label</code> column of <code>review.csv</code> "
+           "(a digit 0-9; leave it empty when unsure; rows whose label disagrees with the "
+           "prediction are shaded), then turn the labelled rows into a store and add it to the "
+           "training rows (TRAIN.zarr: the model's training store):</p>"
+           f"<pre>{e(chr(10).join(steps))}</pre>")
     return ("<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
             f"<meta http-equiv=\"Content-Security-Policy\" content=\"{CSP}\">"
             f"<meta name=\"{_SHA_META}\" content=\"{e(csv_sha256)}\">"
@@ -215,7 +233,7 @@ def html_text(rows: list[ReviewRow], images: np.ndarray, *, pred_path: str, inpu
             f"<style>{CSS}</style></head><body>\n"
             f"<h1>Rows to review</h1><p>The {len(rows):,} least certain of {n_scored:,} scored "
             f"rows of {e(pred_path)} (input {e(input_path)}), lowest {e(margin_kind)} margin "
-            f"first.</p>\n{steps}\n{table}\n</body></html>\n")
+            f"first.</p>\n{how}\n{table}\n</body></html>\n")
 
 
 def write_review(p, inp, rows: np.ndarray, names: list[str], digit: int | None, out: Path, *,
@@ -229,7 +247,9 @@ def write_review(p, inp, rows: np.ndarray, names: list[str], digit: int | None, 
     kind = "probability" if p.metrics.get("margin") == "probability" else "decision-value"
     storage.write_atomic(html_path, html_text(
         items, images, pred_path=str(p.path), input_path=str(inp.path), margin_kind=kind,
-        n_scored=n_scored, csv_sha256=hashlib.sha256(data).hexdigest()))
+        n_scored=n_scored, csv_sha256=hashlib.sha256(data).hexdigest(),
+        steps=next_steps(str(inp.path), (p.metrics.get("input") or {}).get("kind", "store"),
+                         str(csv_path))))
     log.info("wrote the %d most doubtful rows, for review, to %s and %s", len(items), csv_path,
              html_path)
     return {"review_csv": csv_path, "review_html": html_path}

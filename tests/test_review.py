@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import csv
 import json
+import shutil
+import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 from types import SimpleNamespace
@@ -46,6 +48,8 @@ INJECTED = {
     "script": "<script>alert('key')</script>",
     "img": "\"><img src=x onerror=alert(1)>",
     "amp": "a&b<c>\"d'",
+    "title_img": "<img src=x onerror=\"document.title='pwned'\">",
+    "title_script": "<script>document.title='pwned'</script>",
 }
 
 
@@ -163,6 +167,11 @@ def test_review_html_escapes_every_string(loop):
     assert "<script" not in text.lower() and "onerror=alert(1)>" not in text
     assert "&quot;&gt;&lt;img src=x onerror=alert(1)&gt;" in text
     assert "default-src 'none'" in text  # a CSP as a second line of defence
+    assert f"digitbatch subset {loop.d / 'b.zarr'} --labels {loop.d / 'rall' / REVIEW_CSV}" in text
+    # rows labelled already whose prediction disagrees are shaded
+    pred = zarr.open_group(str(loop.d / "p.zarr"), mode="r")["pred"][:]
+    n_wrong = int(((loop.labels >= 0) & (loop.labels != pred)).sum())
+    assert n_wrong and text.count("<tr class=differs>") == n_wrong
     # the text a browser shows is the key (control characters shown as escapes)
     shown = "".join(page.data)
     assert "<script>alert('key')</script>" in shown and "\\t=1" in shown
@@ -337,6 +346,7 @@ def test_archive_review_ingest_only_labelled(tmp_path):
     arc = make_tar(tmp_path / "a.tar.gz", members)
     score(arc, model=model, out=tmp_path / "p.zarr", scheduler="synchronous", proba=True)
     write_report(tmp_path / "p.zarr", out=tmp_path / "r", top_k=4, review=20)
+    assert "--only-labelled" in (tmp_path / "r" / REVIEW_HTML).read_text(encoding="utf-8")
     rows = _read_csv(tmp_path / "r" / REVIEW_CSV)
     edited = [rows[0]] + [[k, p, s, m, s if i % 2 else ""] for i, (k, p, s, m, _)
                           in enumerate(rows[1:])]
@@ -422,3 +432,42 @@ def test_report_step_of_a_job_takes_review(loop, tmp_path):
     summary = run_job(load_job(spec), scheduler="synchronous")
     assert summary["outcome"] == "succeeded", summary.get("error")
     assert len(_read_csv(tmp_path / "rep" / REVIEW_CSV)) == 8
+
+
+class _Tags(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.names, self.attrs = [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.names.append(tag)
+        self.attrs.extend(k for k, _ in attrs)
+
+
+def _chromium() -> str | None:
+    return next((p for p in map(shutil.which, ("chromium", "chromium-browser")) if p), None)
+
+
+@pytest.mark.skipif(_chromium() is None,
+                    reason="no Chromium (the distribution's chromium package) on this machine")
+@pytest.mark.parametrize("csp", [True, False], ids=["as-written", "without-its-csp"])
+def test_review_html_in_a_real_browser_runs_no_key(loop, tmp_path, csp):
+    """Chromium loads review.html (also with its CSP removed, so that the escaping alone is
+    tested): keys that set document.title when run are shown as text and never run."""
+    write_report(loop.d / "p.zarr", out=tmp_path / "r", top_k=4, review=NB)
+    page = tmp_path / "r" / REVIEW_HTML
+    if not csp:
+        text = page.read_text(encoding="utf-8")
+        start = text.index('<meta http-equiv="Content-Security-Policy"')
+        page = tmp_path / "no-csp.html"
+        page.write_text(text[:start] + text[text.index(">", start) + 1:], encoding="utf-8")
+    dom = subprocess.run(
+        [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=3000", "--dump-dom",
+         page.as_uri()], capture_output=True, text=True, timeout=120, check=True).stdout
+    assert "<title>digitbatch review: p.zarr</title>" in dom  # no key set the title
+    assert dom.count('src="data:image/png;base64,') == NB and dom.count("<tr") == NB + 1
+    tags = _Tags()
+    tags.feed(dom)
+    assert "script" not in tags.names and not [a for a in tags.attrs if a.startswith("on")]
+    assert "&lt;script&gt;document.title='pwned'&lt;/script&gt;" in dom
