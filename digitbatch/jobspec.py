@@ -37,7 +37,7 @@ SCHEMA: dict[str, dict[str, tuple[str, object]]] = {
               "features": ("str", ("pixels", "deskew", "patches", "kernel")), "cv": ("int", (2, None)),
               "seed": ("int", (0, None)), "search": ("bool", None),
               "incremental": ("bool", None), "epochs": ("int", (1, None)),
-              "overwrite": ("bool", None)},
+              "overwrite": ("bool", None), "extra": ("paths", None)},
     "score": {"input": ("path", None), "model": ("path", None), "out": ("path", None),
               "resume": ("bool", None), "overwrite": ("bool", None), "proba": ("bool", None),
               "labels": ("path", None), "task_timeout": ("int", (0, None)),
@@ -53,7 +53,8 @@ DEFAULT_OUTPUTS = {"ingest": "store.zarr", "train": "model", "score": "predictio
                    "report": "report", "export": "predictions.parquet"}
 _TYPE_NAMES = {"str": "a string", "path": "a path (a string)", "int": "an integer",
                "bool": "true or false", "date": "a date (2026-11-24)",
-               "steps": f"a list of step names from {list(STEPS)}"}
+               "steps": f"a list of step names from {list(STEPS)}",
+               "paths": "a list of paths (strings)"}
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,9 @@ def _check_value(section: str, key: str, value, where: str):
           "int": isinstance(value, int) and not isinstance(value, bool),
           "bool": isinstance(value, bool),
           "date": isinstance(value, (str, _dt.date)) and not isinstance(value, _dt.datetime),
-          "steps": isinstance(value, list) and all(isinstance(v, str) for v in value)}[kind]
+          "steps": isinstance(value, list) and all(isinstance(v, str) for v in value),
+          "paths": isinstance(value, list) and all(isinstance(v, str) and v.strip()
+                                                   for v in value)}[kind]
     if not ok:
         if kind in ("int", "bool") and isinstance(value, str):
             fix = f"write {key} = {value} without quotes"
@@ -233,7 +236,8 @@ def _resolve(path: Path, raw: dict, where: dict, overrides: tuple, base: Path) -
     params = {}
     for section in STEPS:
         body = raw.get(section, {})
-        params[section] = {k: (absolute(v) if SCHEMA[section][k][0] == "path" else v)
+        params[section] = {k: (absolute(v) if SCHEMA[section][k][0] == "path" else
+                               [absolute(x) for x in v] if SCHEMA[section][k][0] == "paths" else v)
                            for k, v in body.items()}
         params[section].setdefault("out", workdir / DEFAULT_OUTPUTS[section])
     ing, tr, sc, rep = (params[s] for s in STEPS[:4])
@@ -327,6 +331,9 @@ def _check_files(job: Job, where: dict) -> None:
         made.add(ident(p["ingest"]["out"]))
     if "train" in job.steps:
         need("train", "store")
+        for extra in p["train"].get("extra") or []:  # (train --extra: stores that exist)
+            if ident(extra) not in made and not extra.exists():
+                raise JobSpecError(f"train.extra {str(extra)!r} does not exist: fix the path")
         refuse_existing("train", "model")
         made.add(ident(p["train"]["out"]))
     if "score" in job.steps:

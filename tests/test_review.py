@@ -471,3 +471,25 @@ def test_review_html_in_a_real_browser_runs_no_key(loop, tmp_path, csp):
     tags.feed(dom)
     assert "script" not in tags.names and not [a for a in tags.attrs if a.startswith("on")]
     assert "&lt;script&gt;document.title='pwned'&lt;/script&gt;" in dom
+
+
+def test_train_step_of_a_job_takes_extra_stores(loop, tmp_path):
+    from digitbatch.errors import JobSpecError
+    from digitbatch.jobs import load_job, run_job
+
+    one = _write_csv(tmp_path / "one.csv", [["key", "label"], ["b/000.png", "4"],
+                                            ["b/001.png", "5"]])
+    subset(loop.d / "b.zarr", labels=one, out=tmp_path / "fix.zarr")
+    spec = tmp_path / "job.toml"
+    spec.write_text(f'[job]\nname = "re"\nworkdir = "{tmp_path}"\nsteps = ["train"]\n'
+                    f'[train]\nstore = "{loop.d / "a.zarr"}"\nout = "{tmp_path / "m"}"\n'
+                    f'extra = ["{tmp_path / "fix.zarr"}"]\n')
+    summary = run_job(load_job(spec), scheduler="synchronous")
+    assert summary["outcome"] == "succeeded", summary.get("error")
+    assert summary["steps"][0]["result"]["n_train"] == 560 + 2
+    man = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    assert [e["n_rows"] for e in man["train"]["extra"]] == [2]
+    with pytest.raises(JobSpecError, match="train.extra .*missing.zarr.* does not exist"):
+        load_job(spec, [f'train.extra=["{tmp_path / "missing.zarr"}"]', "train.overwrite=true"])
+    with pytest.raises(JobSpecError, match="train.extra must be a list of paths"):
+        load_job(spec, ["train.extra=3", "train.overwrite=true"])
