@@ -199,7 +199,7 @@ def test_overrides_apply_in_order_and_replace_the_files_values(tmp_path):
     ('[train]\nfeatures = "hog"\n', r"train.features must be one of \['pixels', 'deskew', 'patches', 'kernel'\], got 'hog'"),
     ("[train]\nepochs = 0\n", r"train.epochs must be an integer >= 1"),
     ("[score]\ntask_timeout = -1\n", r"score.task_timeout must be an integer >= 0"),
-    ("[train]\ncv = 3\n[train.extra]\nx = 1\n", r"unknown key train.extra"),
+    ("[train]\ncv = 3\n[train.more]\nx = 1\n", r"unknown key train.more"),
     ('[job]\nname = "n"\n', r"has no steps: add a section of"),
 ])
 def test_bad_values_name_the_key_and_the_fix(tmp_path, text, match):
