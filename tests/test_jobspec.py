@@ -221,7 +221,8 @@ def _good(name: str, kind: str, extra) -> tuple[str, object]:
         lo, hi = extra if extra else (0, None)
         return str(hi if hi is not None else lo), hi if hi is not None else lo
     return {"path": (f'"p/{name}"', None), "bool": ("false", False), "date": ("2026-11-24", None),
-            "steps": ('["report", "ingest", "train", "score"]', None)}[kind]
+            "steps": ('["report", "ingest", "train", "score"]', None),
+            "paths": (f'["p/{name}.1", "p/{name}.2"]', None)}[kind]
 
 
 def test_every_schema_key_is_accepted(tmp_path):
@@ -237,6 +238,9 @@ def test_every_schema_key_is_accepted(tmp_path):
         for key, (kind, extra) in SCHEMA[section].items():
             _, value = _good(f"{section}.{key}", kind, extra)
             got = job.params[section][key]
+            if kind == "paths":
+                assert got == [tmp_path / f"p/{section}.{key}.{i}" for i in (1, 2)], key
+                continue
             assert got == (tmp_path / f"p/{section}.{key}" if kind == "path" else value), key
     assert job.name == "nightly" and job.steps == STEPS[:4]
     assert job.summary == tmp_path / "p/job.summary" and job.workdir == tmp_path / "p/job.workdir"
