@@ -14,7 +14,8 @@ import click
               help="key,label CSV: a report's review.csv with its label column filled in.")
 @click.option("--out", required=True, type=click.Path(), help="Store to create (STORE2.zarr).")
 @click.option("--chunk-size", type=int, default=None, help="Images per chunk (default STORE's).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing store once the new one is complete.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing store once the new one is complete.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def subset(store, labels, out, chunk_size, overwrite, as_json):
     """Write the rows of STORE that the labels file gives a digit 0-9, with that label,

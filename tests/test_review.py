@@ -261,7 +261,8 @@ def test_round_trip_subset_then_train_extra_uses_the_rows(loop, tmp_path):
     man = json.loads((tmp_path / "m2" / "manifest.json").read_text())
     assert man["train"]["n_rows"] == 560 + 60 == r2.n_train
     assert man["train"]["extra"] == [{"store": str(s2.path), "store_checksum": s2.checksum,
-                                      "split": "all", "n_rows": 60}]
+                                      "split": "all", "n_rows": 60,
+                                      "n_test_rows_left_out": 0}]
     assert r2.extra == man["train"]["extra"]
     # the flipped labels moved the model: rows it predicted as `pred` now lean to `second`
     score(tmp_path / "b2.zarr", model=tmp_path / "m2", out=tmp_path / "p2.zarr",
@@ -324,7 +325,8 @@ def test_train_extra_refuses_bad_stores(loop, tmp_path):
     with pytest.raises(TrainingError, match="count twice"):
         train(loop.d / "a.zarr", tmp_path / "m", extra=[tmp_path / "one.zarr"] * 2)
     x, _ = synthetic_digits(270, seed=1)
-    _write_store(tmp_path / "unl.zarr", x, np.full(270, UNKNOWN_LABEL), [f"u{i}" for i in range(270)])
+    _write_store(tmp_path / "unl.zarr", x, np.full(270, UNKNOWN_LABEL),
+                 [f"u{i}" for i in range(270)])
     with pytest.raises(TrainingError, match="no labelled rows"):
         train(loop.d / "a.zarr", tmp_path / "m", extra=[tmp_path / "unl.zarr"])
     with pytest.raises(TrainingError, match="list of stores"):
@@ -493,3 +495,20 @@ def test_train_step_of_a_job_takes_extra_stores(loop, tmp_path):
         load_job(spec, [f'train.extra=["{tmp_path / "missing.zarr"}"]', "train.overwrite=true"])
     with pytest.raises(JobSpecError, match="train.extra must be a list of paths"):
         load_job(spec, ["train.extra=3", "train.overwrite=true"])
+
+
+def test_extra_rows_that_are_test_rows_are_left_out(loop, tmp_path):
+    """A review of the training store itself lists test rows too: they are not fitted on
+    (the test accuracy stays on unseen rows), and the manifest says how many were left out."""
+    keys = [f"a/{i}" for i in (1, 2, 3, 600, 601)]  # 3 train rows, 2 test rows
+    labels = _write_csv(tmp_path / "l.csv", [["key", "label"]] + [[k, "1"] for k in keys])
+    subset(loop.d / "a.zarr", labels=labels, out=tmp_path / "sub.zarr")
+    for incremental in (False, True):
+        r = train(loop.d / "a.zarr", tmp_path / f"m{incremental}", seed=0,
+                  extra=[tmp_path / "sub.zarr"], incremental=incremental, epochs=1)
+        assert r.n_train == 560 + 3
+        assert r.extra[0]["n_rows"] == 3 and r.extra[0]["n_test_rows_left_out"] == 2
+    only_test = _write_csv(tmp_path / "t.csv", [["key", "label"], ["a/600", "1"]])
+    subset(loop.d / "a.zarr", labels=only_test, out=tmp_path / "t.zarr")
+    with pytest.raises(TrainingError, match="that are not test rows"):
+        train(loop.d / "a.zarr", tmp_path / "mt", extra=[tmp_path / "t.zarr"])
