@@ -10,7 +10,7 @@ import threading
 
 import click
 
-from . import logs, summaries
+from . import cli_review, logs, summaries
 from . import cli_promote
 from .bench import commands as bench_commands
 from . import cli_history
@@ -135,6 +135,8 @@ def _progress(label: str, unit: str = "images"):
               help="Force a reader instead of detecting it from the content.")
 @click.option("--labels", type=click.Path(), default=None,
               help="CSV with columns key,label that labels images by key.")
+@click.option("--only-labelled", is_flag=True,
+              help="Keep only the images --labels gives a label (a reviewed review.csv).")
 @click.option("--chunk-size", type=int, default=None, help="Images per chunk (default 32768).")
 @click.option("--codec", type=click.Choice(["lz4", "none"]), default="lz4", show_default=True,
               help="Image chunks LZ4-compressed, or raw: 3x the disk, scored without decoding.")
@@ -146,8 +148,8 @@ def _progress(label: str, unit: str = "images"):
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @cluster_options
 @observed("ingest")
-def ingest(source, out, kind, labels, chunk_size, codec, overwrite, max_rejects, data_home,
-           as_json, scheduler):
+def ingest(source, out, kind, labels, only_labelled, chunk_size, codec, overwrite, max_rejects,
+           data_home, as_json, scheduler):
     """Read SOURCE into a chunked Zarr store.
 
     SOURCE is an IDX directory, an image directory, a .tar/.tar.gz/.zip of
@@ -161,7 +163,8 @@ def ingest(source, out, kind, labels, chunk_size, codec, overwrite, max_rejects,
         r = run(source, out, kind=kind, labels=labels,
                 chunk_size=chunk_size or DEFAULT_CHUNK_SIZE, overwrite=overwrite,
                 max_rejects=DEFAULT_MAX_REJECTS if max_rejects is None else max_rejects,
-                data_home=data_home, scheduler=scheduler, progress=progress, codec=codec)
+                data_home=data_home, scheduler=scheduler, progress=progress, codec=codec,
+                only_labelled=only_labelled)
     _echo(r.to_dict(), summaries.ingest_lines, as_json)
     return r
 
@@ -183,18 +186,21 @@ def ingest(source, out, kind, labels, chunk_size, codec, overwrite, max_rejects,
 @click.option("--epochs", type=int, default=5, show_default=True,
               help="Passes over the store with --incremental.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing model directory.")
+@click.option("--extra", multiple=True, type=click.Path(), metavar="STORE2",
+              help="Add this store's labelled rows to the training rows (e.g. `subset` of a "
+                   "review.csv). Repeatable.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @cluster_options
 @observed("train")
-def train(store, out, name, features, seed, cv, search, incremental, epochs, overwrite, as_json,
-          scheduler):
+def train(store, out, name, features, seed, cv, search, incremental, epochs, overwrite, extra,
+          as_json, scheduler):
     """Fit a catalogue model on STORE's train rows and test it on its test rows."""
     from .training import train as run
 
     with _progress("train", "chunks" if incremental else "fits") as progress:
         r = run(store, out, model=name, features=features, seed=seed, cv=cv, search=search,
                 incremental=incremental, epochs=epochs, scheduler=scheduler,
-                overwrite=overwrite, progress=progress)
+                overwrite=overwrite, progress=progress, extra=list(extra))
     _echo(r.to_dict(), summaries.train_lines, as_json)
     return r
 
@@ -337,11 +343,14 @@ def show(store, index, out, grid, label, count):
                    "images, when it moved (default: the path in metrics.json).")
 @click.option("--top", type=int, default=36, show_default=True,
               help="Digits in each gallery (at most 400).")
-def report(pred, out, store, top):
-    """Figures and a self-contained report.html of the scoring output PRED."""
+@click.option("--review", type=int, default=200, show_default=True,
+              help="Rows in review.csv / review.html, the most doubtful first (0: none).")
+def report(pred, out, store, top, review):
+    """Figures and a self-contained report.html of the scoring output PRED, and
+    review.csv / review.html: the rows a person should label."""
     from .report import write_report
 
-    r = write_report(pred, out=out, store=store, top_k=top)
+    r = write_report(pred, out=out, store=store, top_k=top, review=review)
     if r.confusion_text:
         click.echo(r.confusion_text)
     click.echo(f"wrote {len(r.files)} files ({r.n_wrong:,} mistakes) -> {r.html}")
@@ -459,6 +468,7 @@ def run_cmd(job, overrides, check, break_lock, as_json, fail_on, psi_warn, psi_a
 main.add_command(bench_commands.bench)
 main.add_command(cli_history.history)
 main.add_command(cli_promote.promote)
+main.add_command(cli_review.subset)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -239,3 +239,8 @@ class DriftAlarmError(DigitbatchError, RuntimeError):
     output is written and committed; the CLI exits with status 3."""
 
     exit_code = 3
+
+
+class SubsetError(DigitbatchError, ValueError):
+    """``digitbatch subset``: the labels file gives no usable label, has labels that are
+    not digits, or names no row of the store (nothing is written)."""

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from . import cluster, storage
-from .errors import SourceNotFoundError, TooManyRejectsError
+from .errors import SourceError, SourceNotFoundError, TooManyRejectsError
 from .layout import (
     DEFAULT_CHUNK_SIZE, DEFAULT_IMAGE_CODEC, StoreWriter, validate_chunk_size, validate_codec,
 )
@@ -46,6 +46,7 @@ class IngestResult:
     checksum: str
     seconds: float
     splits: dict = field(default_factory=dict)
+    n_left_out: int = 0  # --only-labelled: inputs the labels file gives no label
 
     @property
     def images_per_second(self) -> float:
@@ -65,7 +66,7 @@ def _array_batches(images: np.ndarray, labels: np.ndarray, keys: list[str],
 
 
 def _image_batches(path: Path, ex, *, batch_size: int, max_member_bytes: int,
-                   stream: bool = False) -> Iterator[Batch]:
+                   stream: bool = False, keep=None) -> Iterator[Batch]:
     """Decode the members of an image container on the executor, in source order.
 
     The container is listed here (:func:`~digitbatch.sources.listing.iter_entries`)
@@ -74,6 +75,8 @@ def _image_batches(path: Path, ex, *, batch_size: int, max_member_bytes: int,
     bytes where it is streamed (a compressed tar; every container with
     ``stream``: a local copy of a remote source, which workers cannot see).
     Members refused from their headers alone stay here and join the next batch.
+    ``keep(key)``, optional, chooses the members to decode (``--only-labelled``):
+    the others are never decoded.
     """
     from .sources.images import detect_image_source
     from .sources.listing import decode_packed, iter_entries, pack
@@ -86,6 +89,8 @@ def _image_batches(path: Path, ex, *, batch_size: int, max_member_bytes: int,
     def groups() -> Iterator:
         items: list = []
         for m in iter_entries(path, container, limit=max_member_bytes, seekable=seekable):
+            if keep is not None and not keep(m.key):
+                continue
             if isinstance(m, Reject):
                 header_rejects.append(m)
                 continue
@@ -120,6 +125,7 @@ def ingest(
     max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
     progress=None,
     codec: str = DEFAULT_IMAGE_CODEC,
+    only_labelled: bool = False,
 ) -> IngestResult:
     """Read ``source`` into a new store at ``out``.
 
@@ -150,6 +156,10 @@ def ingest(
         How image chunks are stored: LZ4-compressed (the default, a third
         of the disk) or raw (``none``: scoring reads them in place, no decode;
         for local stores scored often).
+    only_labelled : bool
+        Keep only the images ``labels`` gives a label 0-9 (and their rejects):
+        a reviewed ``review.csv`` of an archive scored directly becomes the
+        store of its labelled rows, for ``train --extra``.
     progress : callable, optional
         ``progress(n, total=None)``: called with the total first (None for
         an image container: it is not listed in advance), then with the
@@ -167,6 +177,9 @@ def ingest(
     if overwrite:  # before any work: only a digitbatch store is ever replaced
         storage.check_replaceable(out, "store")
     cluster.check_address(scheduler)
+    if only_labelled and labels is None:
+        raise SourceError("only_labelled keeps the images a labels file labels: give labels "
+                          "(--labels review.csv)")
     source = str(source)
     with contextlib.ExitStack() as stack:
         origin = None
@@ -181,30 +194,43 @@ def ingest(
                        data_home=data_home, scheduler=scheduler,
                        decode_batch_size=decode_batch_size,
                        max_member_bytes=max_member_bytes, progress=progress, t0=t0,
-                       codec=codec)
+                       codec=codec, only_labelled=only_labelled)
 
 
 def _ingest(source: str, out, *, origin: str | None, kind, labels, chunk_size, overwrite,
             max_rejects, data_home, scheduler, decode_batch_size, max_member_bytes, progress,
-            t0, codec=DEFAULT_IMAGE_CODEC) -> IngestResult:
+            t0, codec=DEFAULT_IMAGE_CODEC, only_labelled=False) -> IngestResult:
     resolved = resolve_kind(source, kind)
     label_map: LabelMap | None = load_labels(labels) if labels is not None else None
     reasons: collections.Counter = collections.Counter()
+    n_left_out = 0
+    keep = None
+    if only_labelled:  # an image container: the other members are not even decoded
+        def keep(key: str) -> bool:
+            nonlocal n_left_out
+            given = label_map.gives_label(key)
+            n_left_out += not given
+            return given
 
     with StoreWriter(out, source={"kind": resolved}, chunk_size=chunk_size,
                      overwrite=overwrite, codec=codec) as writer:
         splits: dict = {}
         with _batches(resolved, source, data_home=data_home, scheduler=scheduler,
                       chunk_size=chunk_size, decode_batch_size=decode_batch_size,
-                      max_member_bytes=max_member_bytes, origin=origin) as (batches, meta):
+                      max_member_bytes=max_member_bytes, origin=origin,
+                      keep=keep) as (batches, meta):
             if progress is not None:
                 progress(0, total=meta.get("total"))  # (None for image containers)
             for batch in batches:
                 if label_map is not None:
                     batch = label_map.apply(batch)
+                seen = len(batch) + len(batch.rejects)
+                if only_labelled:
+                    batch, left = label_map.only_labelled(batch)
+                    n_left_out += left
                 writer.append(batch.images, batch.labels, batch.keys)
                 if progress is not None:
-                    progress(len(batch) + len(batch.rejects))
+                    progress(seen)
                 if batch.rejects:
                     writer.add_rejects((r.key, r.reason) for r in batch.rejects)
                     reasons.update(r.reason.split(":", 1)[0] for r in batch.rejects)
@@ -215,10 +241,18 @@ def _ingest(source: str, out, *, origin: str | None, kind, labels, chunk_size, o
                             f"{max_rejects} ({dict(reasons)}; e.g. {examples}); nothing was "
                             f"written: fix the input or raise --max-rejects"
                         )
-            splits = meta.get("splits", {})
+            splits = {} if only_labelled else meta.get("splits", {})  # (rows were left out)
             description = meta["description"]
         if label_map is not None:
             description = {**description, "labels_file": label_map.path}
+            if only_labelled:
+                description["only_labelled"] = True
+                log.info("--only-labelled: left out %d inputs %s gives no label", n_left_out,
+                         label_map.path)
+                if writer.n_written == 0:
+                    raise SourceError(f"--only-labelled: no image of {origin or source} has a "
+                                      f"label in {label_map.path} (its keys match none, or "
+                                      f"every label cell is empty): nothing was written")
             if label_map.unmatched:
                 log.warning("%d keys of %s matched no image", label_map.unmatched, label_map.path)
         writer.source = description
@@ -237,6 +271,7 @@ def _ingest(source: str, out, *, origin: str | None, kind, labels, chunk_size, o
         checksum=store.checksum,
         seconds=seconds,
         splits=store.meta["splits"],
+        n_left_out=n_left_out,
     )
     log.info("ingested %d images (%d rejected) from %s in %.2f s (%.0f images/s)",
              result.n_images, result.n_rejects, origin or source, seconds,
@@ -251,12 +286,13 @@ class _batches:
     """
 
     def __init__(self, kind: str, source: str, *, data_home, scheduler, chunk_size,
-                 decode_batch_size, max_member_bytes, origin: str | None = None):
+                 decode_batch_size, max_member_bytes, origin: str | None = None, keep=None):
         self.kind, self.source, self.origin = kind, source, origin
         self.data_home, self.scheduler = data_home, scheduler
         self.chunk_size = chunk_size
         self.decode_batch_size, self.max_member_bytes = decode_batch_size, max_member_bytes
         self._ex = None
+        self.keep = keep
 
     def __enter__(self):
         if self.kind in ("idx", "openml", "sample"):
@@ -274,7 +310,7 @@ class _batches:
                 "splits": {}}
         return _image_batches(path, ex, batch_size=self.decode_batch_size,
                               max_member_bytes=self.max_member_bytes,
-                              stream=self.origin is not None), meta
+                              stream=self.origin is not None, keep=self.keep), meta
 
     def __exit__(self, *exc):
         if self._ex is not None:

@@ -42,7 +42,7 @@ Sections and keys (all optional unless marked; anything else is an error):
 ``[train]``
     ``store`` (``[ingest] out``), ``out`` (``<workdir>/model``), ``model``,
     ``features``, ``cv``, ``seed``, ``search``, ``incremental``, ``epochs``,
-    ``overwrite``.
+    ``overwrite``, ``extra`` (a list of stores: ``train --extra``).
 ``[score]``
     ``input`` (``[train] store``), ``model`` (``[train] out``), ``out``
     (``<workdir>/predictions.zarr``), ``resume``, ``overwrite`` (replace an
@@ -50,7 +50,7 @@ Sections and keys (all optional unless marked; anything else is an error):
     0: no limit).
 ``[report]``
     ``predictions`` (``[score] out``), ``out`` (``<workdir>/report``),
-    ``store``, ``top``.
+    ``store``, ``top``, ``review`` (rows in review.csv / review.html; 0: none).
 ``[export]``
     ``predictions`` (``[score] out``), ``out`` (``<workdir>/predictions.parquet``;
     ``.parquet`` or ``.csv``), ``proba``, ``store``, ``labels`` (false: no

@@ -37,7 +37,7 @@ SCHEMA: dict[str, dict[str, tuple[str, object]]] = {
               "features": ("str", ("pixels", "deskew", "patches", "kernel")), "cv": ("int", (2, None)),
               "seed": ("int", (0, None)), "search": ("bool", None),
               "incremental": ("bool", None), "epochs": ("int", (1, None)),
-              "overwrite": ("bool", None)},
+              "overwrite": ("bool", None), "extra": ("paths", None)},
     "score": {"input": ("path", None), "model": ("path", None), "out": ("path", None),
               "resume": ("bool", None), "overwrite": ("bool", None), "proba": ("bool", None),
               "labels": ("path", None), "task_timeout": ("int", (0, None)),
@@ -45,7 +45,7 @@ SCHEMA: dict[str, dict[str, tuple[str, object]]] = {
               "inputs": ("path", None), "ledger": ("path", None),
               "max_inputs": ("int", (1, None)), "rescore_changed": ("bool", None)},
     "report": {"predictions": ("path", None), "out": ("path", None), "store": ("path", None),
-               "top": ("int", (1, 400))},
+               "top": ("int", (1, 400)), "review": ("int", (0, 10_000))},
     "export": {"predictions": ("path", None), "out": ("path", None), "proba": ("bool", None),
                "store": ("path", None), "labels": ("bool", None), "overwrite": ("bool", None)},
     # (digitbatch.promotion.promote; candidate defaults to [train] out)
@@ -367,6 +367,9 @@ def _check_files(job: Job, where: dict) -> None:
         made.add(ident(p["ingest"]["out"]))
     if "train" in job.steps:
         need("train", "store")
+        for extra in p["train"].get("extra") or []:  # (train --extra: stores that exist)
+            if ident(extra) not in made and not extra.exists():
+                raise JobSpecError(f"train.extra {str(extra)!r} does not exist: fix the path")
         refuse_existing("train", "model")
         made.add(ident(p["train"]["out"]))
     if "score" in job.steps:

@@ -10,6 +10,7 @@ directly), and writes into a directory::
     doubtful.png    the lowest-margin predictions: what a person should check
     drift.png       tonight's histograms beside the model's reference (report_drift.py)
     report.html     all of it, images embedded as data: URIs, no external URL
+    review.csv, review.html   the N most doubtful rows to label (:mod:`digitbatch.review`)
 
 The galleries are chosen in one pass over the output a chunk at a time
 (:class:`TopK`), so the predictions are never loaded whole.
@@ -36,6 +37,7 @@ from .metrics import format_confusion
 from .modelio import manifest_path, read_manifest
 from .models import binary_target
 from .report_input import ScoredInput, existing, open_input
+from .review import DEFAULT_REVIEW, check_review, check_unedited, write_review
 from .scoring.output import PRED_FILL, Predictions, open_predictions
 
 log = logging.getLogger(__name__)
@@ -91,6 +93,7 @@ class Selection:
     doubtful: TopK
     n_wrong: int = 0
     n_scored: int = 0
+    review: TopK | None = None  # the doubtful ranking's first ``review`` rows, for review.csv
 
 
 def binary_digit(metrics: dict) -> int | None:
@@ -113,14 +116,16 @@ def _target(labels: np.ndarray, digit: int | None) -> np.ndarray:
     return binary_target(np.asarray(labels), digit).astype(np.int64)
 
 
-def select_rows(p: Predictions, labels, *, k: int, digit: int | None) -> Selection:
+def select_rows(p: Predictions, labels, *, k: int, digit: int | None,
+                review: int = 0) -> Selection:
     """Top-``k`` confident mistakes and lowest margins, reading a chunk at a time.
 
     ``labels`` is the (N,) label array of the scored rows (a Zarr array is
     read a slice at a time).
     """
     pred_a, margin_a = p.pred, p.margin
-    sel = Selection(TopK(k, largest=True), TopK(k, largest=False))
+    sel = Selection(TopK(k, largest=True), TopK(k, largest=False),
+                    review=TopK(review, largest=False) if review else None)
     for a, b in chunk_bounds(pred_a.shape[0], int(pred_a.chunks[0])):
         pred = pred_a[a:b].astype(np.int64)
         margin = margin_a[a:b]
@@ -132,6 +137,8 @@ def select_rows(p: Predictions, labels, *, k: int, digit: int | None) -> Selecti
         sel.n_wrong += int(wrong.sum())
         sel.errors.push(rows[wrong], margin[wrong])
         sel.doubtful.push(rows[scored], margin[scored])
+        if sel.review is not None:  # (ranked as the doubtful gallery is)
+            sel.review.push(rows[scored], margin[scored])
     return sel
 
 
@@ -304,6 +311,9 @@ def _html(p, inp, store_override, m, names, files, sel, model_rows, model_note, 
               "images a person should check by hand. Red titles are wrong, grey unlabelled.</p>",
               _img(files["doubtful"], "lowest-margin predictions"),
               report_drift.section(m, files),
+              *([f"<p>The {sel.review.rows.size:,} most doubtful rows, with their images, are "
+                 f"in review.html beside this page; fill the label column of review.csv and "
+                 f"add it to training (see review.html).</p>"] if "review_csv" in files else []),
               "<h2>Timings</h2>", _table(timing)]
     return ("<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
             f"<title>digitbatch report: {e(p.path.name)}</title><style>{CSS}</style></head>"
@@ -322,7 +332,8 @@ class ReportResult:
 
 
 def write_report(pred: str | os.PathLike, *, out: str | os.PathLike,
-                 store: str | os.PathLike | None = None, top_k: int = DEFAULT_TOP_K) -> ReportResult:
+                 store: str | os.PathLike | None = None, top_k: int = DEFAULT_TOP_K,
+                 review: int = DEFAULT_REVIEW) -> ReportResult:
     """Write the figures and ``report.html`` of scoring output ``pred`` into directory ``out``.
 
     Parameters
@@ -337,10 +348,14 @@ def write_report(pred: str | os.PathLike, *, out: str | os.PathLike,
         metrics.json. Its checksum (or archive fingerprint) must match the run's.
     top_k : int
         Digits in each gallery, 1 to ``MAX_TOP_K``.
+    review : int
+        Rows in ``review.csv`` and ``review.html`` (:mod:`digitbatch.review`),
+        the most doubtful first; 0 writes neither.
     """
     if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) \
             or not 1 <= top_k <= MAX_TOP_K:
         raise ReportError(f"top_k must be an integer from 1 to {MAX_TOP_K}, got {top_k!r}")
+    review = check_review(review)
     t0 = time.perf_counter()
     p = open_predictions(pred)
     m = p.metrics
@@ -348,9 +363,10 @@ def write_report(pred: str | os.PathLike, *, out: str | os.PathLike,
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ReportError(f"--out {out} is a file: give a directory for the report")
+    check_unedited(out, review=review)  # (the final folder: a filled-in review.csv is kept)
     out.mkdir(parents=True, exist_ok=True)
     names = class_names(m)
-    sel = select_rows(p, inp.labels, k=int(top_k), digit=binary_digit(m))
+    sel = select_rows(p, inp.labels, k=int(top_k), digit=binary_digit(m), review=review)
     files: dict[str, Path] = {}
     confusion_text = ""
     if m.get("n_labeled"):
@@ -366,6 +382,9 @@ def write_report(pred: str | os.PathLike, *, out: str | os.PathLike,
     kind = "probability" if m.get("margin") == "probability" else "decision-value"
     files.update(_gallery_pages(p, inp, sel, names, kind, out))
     files.update(report_drift.figures(m, names, out))
+    if sel.review is not None:
+        files.update(write_review(p, inp, sel.review.rows, names, binary_digit(m), out,
+                                  n_scored=sel.n_scored))
     model_rows, note = _model_summary(m, p.path.parent)
     page = _html(p, inp, store, m, names, files, sel, model_rows, note, confusion_text,
                  time.perf_counter() - t0)

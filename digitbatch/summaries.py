@@ -27,6 +27,9 @@ def ingest_lines(r: dict) -> list[str]:
                                              for k, v in sorted(r["rejects_by_reason"].items())))
     if r.get("label_counts") is not None:
         lines.append("label counts: " + " ".join(str(c) for c in r["label_counts"]))
+    if r.get("n_left_out"):
+        lines.append(f"left out {r['n_left_out']} inputs the labels file gives no label "
+                     f"(--only-labelled)")
     return lines
 
 
@@ -47,6 +50,9 @@ def train_lines(r: dict) -> list[str]:
         lines.append(line)
     name = r.get("name") or r.get("model")
     line = f"trained {name} ({r['features']} features) on {r['n_train']} images"
+    if r.get("extra"):
+        line += (f" ({sum(e['n_rows'] for e in r['extra'])} of them from "
+                 f"{len(r['extra'])} --extra stores)")
     if "fit_seconds" in r:
         line += f" in {r['fit_seconds']:.2f} s"
     if r.get("model_path"):

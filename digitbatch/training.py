@@ -13,7 +13,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import SGDClassifier
 from sklearn.model_selection import ParameterGrid
 
-from . import cluster, drift, kernels, metrics, storage
+from . import cluster, drift, extrarows, kernels, metrics, storage
 from .crossval import check_folds, client_or_none, run_cv, run_search
 from .errors import TrainingError
 from .layout import UNKNOWN_LABEL, open_store
@@ -40,6 +40,7 @@ class TrainResult:
     cv: dict | None = None
     search: dict | None = None
     pipeline: object = field(default=None, repr=False, compare=False)
+    extra: list | None = None  # the manifest's train.extra: stores added by --extra
 
     def to_dict(self) -> dict:
         return {"schema_version": SUMMARY_SCHEMA_VERSION,
@@ -82,7 +83,7 @@ def evaluate(model, store, split: str = "test") -> dict:
 
 
 def _fit_incremental(pipe, store, split: str, spec, *, seed: int, epochs: int,
-                     progress=None) -> int:
+                     progress=None, extras=()) -> int:
     """``partial_fit`` over the split's chunks, shuffled (seeded) each epoch.
 
     Only one chunk is in memory at a time, so a store larger than memory
@@ -92,21 +93,21 @@ def _fit_incremental(pipe, store, split: str, spec, *, seed: int, epochs: int,
     features.fit(np.zeros((1, 784), np.uint8))  # stateless; fitted for scikit-learn's checks
     classes = np.array([0, 1]) if spec.binary_digit is not None else np.arange(10)
     rng = np.random.default_rng(seed)
-    chunks = _split_chunks(store, split)
+    chunks = [(store, a, b) for a, b in _split_chunks(store, split)] + extrarows.chunks(extras)
     if progress is not None:
         progress(0, total=epochs * len(chunks))
     n = 0
     for epoch in range(epochs):
         for i in rng.permutation(len(chunks)):
-            a, b = chunks[i]
-            labels = target(spec, store.column("labels", slice(a, b)))  # (checked 0-9 as read)
+            st, a, b = chunks[i]
+            labels = target(spec, st.column("labels", slice(a, b)))  # (checked 0-9 as read)
             known = np.flatnonzero(labels != UNKNOWN_LABEL)
             if known.size == 0:
                 if progress is not None:
                     progress(1)
                 continue
             order = known[rng.permutation(known.size)]
-            X = kernels.flatten(store.column("images", slice(a, b))[order])
+            X = kernels.flatten(st.column("images", slice(a, b))[order])
             clf.partial_fit(features.transform(X), labels[order], classes=classes)
             n += known.size if epoch == 0 else 0
             if progress is not None:
@@ -128,6 +129,7 @@ def train(
     scheduler: str | None = None,
     overwrite: bool = False,
     progress=None,
+    extra: list | None = None,
 ) -> TrainResult:
     """Fit catalogue model ``model`` on ``store``'s train rows; save it to ``out``.
 
@@ -145,6 +147,10 @@ def train(
     split's chunks); otherwise model fits (the search's candidates x folds,
     the CV folds, then the final fit), each phase's fits added when the
     phase ends (CV folds run together on the cluster and finish together).
+
+    ``extra``: stores whose labelled rows are added to the training rows
+    (:mod:`digitbatch.extrarows`; e.g. ``digitbatch subset``'s reviewed rows);
+    the test rows stay ``store``'s.
     """
     spec = get_spec(model)
     feats = resolve_features(spec, features)
@@ -167,12 +173,13 @@ def train(
     if cv is not None or search:
         cluster.check_address(scheduler)
     s = open_store(store)
+    extras = extrarows.open_extras(extra, s)
     train_split = "train" if "train" in s.splits else "all"
     if incremental:
         pipe = build(model, seed=seed, features=feats)
         t0 = time.perf_counter()
         n_train = _fit_incremental(pipe, s, train_split, spec, seed=seed, epochs=epochs,
-                                   progress=progress)
+                                   progress=progress, extras=extras)
         fit_seconds = time.perf_counter() - t0
         if n_train == 0:
             raise TrainingError(f"store {s.path} has no labelled rows in split {train_split!r}")
@@ -180,7 +187,7 @@ def train(
     else:
         pipe, n_train, fit_seconds, cv_result, search_result = _fit_in_memory(
             s, train_split, spec, model, feats, seed=seed, cv=cv, search=search,
-            scheduler=scheduler, progress=progress)
+            scheduler=scheduler, progress=progress, extras=extras)
     cm_model = compact(model, pipe, features=feats)
     log.info("fitted %s (%s features) on %d rows in %.2f s", model, feats, n_train, fit_seconds)
 
@@ -194,7 +201,8 @@ def train(
         "seed": seed,
         "train": {"store": str(s.path), "store_checksum": s.checksum, "split": train_split,
                   "n_rows": int(n_train), "fit_seconds": round(fit_seconds, 3),
-                  "incremental": bool(incremental), "epochs": epochs if incremental else None},
+                  "incremental": bool(incremental), "epochs": epochs if incremental else None,
+                  "extra": [e.manifest_entry() for e in extras]},
         "test": test,
         "cv": cv_result.to_dict() if cv_result else None,
         "search": search_result,
@@ -203,12 +211,16 @@ def train(
     }
     save_model(cm_model, out, manifest=manifest, overwrite=overwrite)
     return TrainResult(str(out), model, feats, int(n_train), n_test, fit_seconds, test, seed,
-                       cv_result.to_dict() if cv_result else None, search_result, pipe)
+                       cv_result.to_dict() if cv_result else None, search_result, pipe,
+                       manifest["train"]["extra"])
 
 
 def _fit_in_memory(s, train_split, spec, model, feats, *, seed, cv, search, scheduler,
-                   progress=None):
+                   progress=None, extras=()):
     X, labels = _labeled_rows(s, train_split)
+    if extras:  # after the store's own rows, before the seeded shuffle
+        more_x, more_y = extrarows.labelled_rows(extras)
+        X, labels = np.concatenate([X, more_x]), np.concatenate([labels, more_y])
     if X.shape[0] == 0:
         raise TrainingError(
             f"store {s.path} has no labelled rows in split {train_split!r}: ingest labelled "

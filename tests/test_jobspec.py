@@ -199,7 +199,7 @@ def test_overrides_apply_in_order_and_replace_the_files_values(tmp_path):
     ('[train]\nfeatures = "hog"\n', r"train.features must be one of \['pixels', 'deskew', 'patches', 'kernel'\], got 'hog'"),
     ("[train]\nepochs = 0\n", r"train.epochs must be an integer >= 1"),
     ("[score]\ntask_timeout = -1\n", r"score.task_timeout must be an integer >= 0"),
-    ("[train]\ncv = 3\n[train.extra]\nx = 1\n", r"unknown key train.extra"),
+    ("[train]\ncv = 3\n[train.more]\nx = 1\n", r"unknown key train.more"),
     ('[job]\nname = "n"\n', r"has no steps: add a section of"),
 ])
 def test_bad_values_name_the_key_and_the_fix(tmp_path, text, match):
@@ -222,7 +222,7 @@ def _good(name: str, kind: str, extra) -> tuple[str, object]:
         return str(hi if hi is not None else lo), hi if hi is not None else lo
     return {"path": (f'"p/{name}"', None), "bool": ("false", False), "date": ("2026-11-24", None),
             "steps": ('["report", "ingest", "train", "score"]', None),
-            "paths": (f'["p/{name}"]', None), "float": ("0.5", 0.5)}[kind]
+            "paths": (f'["p/{name}.1", "p/{name}.2"]', None), "float": ("0.5", 0.5)}[kind]
 
 
 def test_every_schema_key_is_accepted(tmp_path):
@@ -238,8 +238,10 @@ def test_every_schema_key_is_accepted(tmp_path):
         for key, (kind, extra) in SCHEMA[section].items():
             _, value = _good(f"{section}.{key}", kind, extra)
             got = job.params[section][key]
-            assert got == (tmp_path / f"p/{section}.{key}" if kind == "path" else
-                           [tmp_path / f"p/{section}.{key}"] if kind == "paths" else value), key
+            if kind == "paths":
+                assert got == [tmp_path / f"p/{section}.{key}.{i}" for i in (1, 2)], key
+                continue
+            assert got == (tmp_path / f"p/{section}.{key}" if kind == "path" else value), key
     assert job.name == "nightly" and job.steps == STEPS[:4]
     assert job.summary == tmp_path / "p/job.summary" and job.workdir == tmp_path / "p/job.workdir"
     assert job.cluster == ClusterSpec("local", **{k: str(tmp_path / f"p/cluster.{k}")

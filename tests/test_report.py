@@ -88,7 +88,7 @@ def check_html(path) -> _Page:
 def test_labelled_report_writes_every_figure(run, labelled):
     out = run / "report"
     assert set(labelled.files) == {"confusion", "per_class", "errors", "doubtful", "drift",
-                                    "html"}
+                                   "html", "review_csv", "review_html"}
     for name in ("confusion", "per_class", "errors", "doubtful", "drift"):
         check_png(out / f"{name}.png")
     page = check_html(out / "report.html")
@@ -179,7 +179,8 @@ def test_unlabelled_report(run, tmp_path):
         w.finish()
     score(tmp_path / "u.zarr", model=run / "m", out=tmp_path / "p.zarr", scheduler="synchronous")
     r = write_report(tmp_path / "p.zarr", out=tmp_path / "rep", top_k=K)
-    assert set(r.files) == {"doubtful", "drift", "html"} and r.confusion_text == ""
+    assert set(r.files) == {"doubtful", "drift", "html", "review_csv", "review_html"}
+    assert r.confusion_text == ""
     check_png(tmp_path / "rep" / "doubtful.png")
     page = check_html(tmp_path / "rep" / "report.html")
     assert "none labelled" in " ".join(page.text)

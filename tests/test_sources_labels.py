@@ -61,3 +61,29 @@ def test_not_utf8(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(SourceNotFoundError):
         load_labels(tmp_path / "none.csv")
+
+
+def test_escaped_keys_are_read_back(tmp_path):
+    """review.csv's formula escape is undone; a key saved without it is the key itself; a
+    quote before anything else is part of the key; an escaped key given twice is a duplicate."""
+    p = tmp_path / "labels.csv"
+    p.write_text("key,label\n'=x,1\n''y,2\n'abc,3\n=z,4\n'\uff20w,5\n\"'-1\",6\n", encoding="utf-8")
+    assert load_labels(p).labels == {"=x": 1, "'y": 2, "'abc": 3, "=z": 4, "\uff20w": 5, "-1": 6}
+    p.write_text("key,label\n'=x,1\n=x,2\n")
+    with pytest.raises(LabelsFileError, match="twice"):
+        load_labels(p)
+
+
+def test_only_labelled_keeps_the_rows_the_file_labels(tmp_path):
+    from digitbatch.sources.base import Reject
+
+    p = tmp_path / "labels.csv"
+    p.write_text("key,label\na.png,3\nb.png,\nbad.png,4\n")
+    lm = load_labels(p)
+    imgs = np.arange(3 * 28 * 28, dtype=np.uint8).reshape(3, 28, 28)
+    batch = lm.apply(Batch(imgs, np.array([1, 2, -1], np.int8), ["a.png", "b.png", "c.png"],
+                           [Reject("bad.png", "undecodable"), Reject("x.png", "too-big")]))
+    kept, left = lm.only_labelled(batch)
+    assert kept.keys == ["a.png"] and kept.labels.tolist() == [3] and left == 3
+    np.testing.assert_array_equal(kept.images[0], imgs[0])
+    assert [r.key for r in kept.rejects] == ["bad.png"]  # a labelled row that failed stays told

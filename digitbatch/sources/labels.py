@@ -10,6 +10,15 @@ does not fail the file: the image with that key is rejected with reason
 ``bad-label`` (a label that is empty means "unknown"). A malformed file (no
 header, missing columns, duplicate keys) raises
 :class:`~digitbatch.errors.LabelsFileError`.
+
+Keys are read back from the formula escape that ``review.csv`` (and
+``export``'s CSV) write: a key starting with ``=``, ``+``, ``-``, ``@``, a
+tab, a carriage return, their full-width forms or ``'`` is written with a
+``'`` prepended (:func:`escape_key`), so that a spreadsheet shows it as text
+instead of running it. A key cell that starts with ``'`` followed by one of
+those characters has that one ``'`` dropped (:func:`unescape_key`); a key
+saved back by a spreadsheet without the ``'`` is the key itself. (So a real
+key that starts with ``'=`` must be written ``''=`` in a labels file.)
 """
 
 from __future__ import annotations
@@ -30,6 +39,20 @@ log = logging.getLogger(__name__)
 
 # One ASCII digit, or that digit float-formatted ("9.0", as spreadsheets export).
 _LABEL = re.compile(r"[0-9](\.0+)?", re.ASCII)
+# A key cell starting with one of these is written with a ' before it (the
+# quote too, so that the escape is undone without ambiguity); the same set as
+# export's CSV (digitbatch.tables.FORMULA_START).
+ESCAPED_START = "=+-@\t\r'\uff1d\uff0b\uff0d\uff20"
+
+
+def escape_key(key: str) -> str:
+    """``key`` as a CSV cell a spreadsheet shows as text, never runs as a formula."""
+    return "'" + key if key[:1] and key[0] in ESCAPED_START else key
+
+
+def unescape_key(cell: str) -> str:
+    """The key a cell written by :func:`escape_key` holds (any other cell as it is)."""
+    return cell[1:] if len(cell) > 1 and cell[0] == "'" and cell[1] in ESCAPED_START else cell
 
 
 @dataclass
@@ -67,6 +90,23 @@ class LabelMap:
         idx = np.flatnonzero(keep)
         return Batch(batch.images[idx], labels[idx], [batch.keys[i] for i in idx], rejects)
 
+    def gives_label(self, key: str) -> bool:
+        """Whether the file gives ``key`` a label (a digit, or a bad label: not empty)."""
+        return key in self.labels and self.labels[key] != UNKNOWN_LABEL
+
+    def only_labelled(self, batch: Batch) -> tuple[Batch, int]:
+        """The rows (and rejects) of ``batch`` whose key the file gives a label, and how
+        many other rows and rejects were left out (``ingest --only-labelled``)."""
+        given = self.gives_label
+        idx = [i for i, k in enumerate(batch.keys) if given(k)]
+        rejects = [r for r in batch.rejects if given(r.key)]
+        left = len(batch) - len(idx) + len(batch.rejects) - len(rejects)
+        if not left:
+            return batch, 0
+        ix = np.asarray(idx, np.int64)
+        return Batch(batch.images[ix], batch.labels[ix], [batch.keys[i] for i in idx],
+                     rejects), left
+
 
 def parse_label(text: str) -> int | str:
     """A CSV label cell -> 0-9, UNKNOWN_LABEL for empty, or a ``bad-label`` reason."""
@@ -95,7 +135,7 @@ def load_labels(path: str | Path) -> LabelMap:
             reader.fieldnames = fields
             out: dict[str, int | str] = {}
             for lineno, row in enumerate(reader, start=2):
-                key = (row.get("key") or "").strip()
+                key = unescape_key((row.get("key") or "").strip())
                 if not key:
                     raise LabelsFileError(f"labels file {p}, line {lineno}: empty key")
                 if key in out:
