@@ -55,7 +55,7 @@ SCHEMA: dict[str, dict[str, tuple[str, object]]] = {
     "history": {"runs": ("paths", None), "out": ("path", None), "window": ("int", (1, None)),
                 "min_history": ("int", (1, None)), "threshold": ("float", None)},
     # drift monitoring of the score step (digitbatch.drift)
-    "monitor": {"warn": ("float", None), "alarm": ("float", None),
+    "monitor": {"warn": ("float", (1e-6, 10.0)), "alarm": ("float", (1e-6, 10.0)),
                 "fail_on": ("str", ("never", "drift-alarm"))},
 }
 DEFAULT_OUTPUTS = {"ingest": "store.zarr", "train": "model", "score": "predictions.zarr",

@@ -230,7 +230,7 @@ def test_monitor_section_is_checked(tmp_path):
     with pytest.raises(JobSpecError, match="monitor.fail_on must be one of"):
         load_job(spec, check_files=False)
     spec.write_text('[score]\n[monitor]\nwarn = "0.1"\n')
-    with pytest.raises(JobSpecError, match="monitor.warn must be a number > 0"):
+    with pytest.raises(JobSpecError, match="monitor.warn must be a number, got '0.1'.*without quotes"):
         load_job(spec, check_files=False)
     spec.write_text('[score]\n[monitor]\nwarn = 0.05\nalarm = 1\nfail_on = "drift-alarm"\n')
     job = load_job(spec, check_files=False)
