@@ -124,9 +124,10 @@ def test_directory_listing_without_reading_gives_refs_in_key_order(tmp_path):
                                  "b/1.png": b"not read"})
     os.symlink(root / "a.png", root / "link.png")
     items = list(A.iter_dir(root, 10, read=False))  # (a 10-byte limit: nothing is read)
+    n = len(PNG)  # (a reference holds the file's size, for the per-task byte budget)
     assert items == [Reject(".DS_Store", "not-an-image: OS metadata file"),
-                     MemberRef("a.png", -1, 0), MemberRef("b/1.png", -1, 0),
-                     MemberRef("b/3/x.png", -1, 0),
+                     MemberRef("a.png", -1, n), MemberRef("b/1.png", -1, 8),
+                     MemberRef("b/3/x.png", -1, n),
                      Reject("link.png", "not-regular-file: symlink (not followed)")]
 
 

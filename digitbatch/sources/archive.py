@@ -246,6 +246,7 @@ _TAR_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError)
 _META_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE,
                tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE)
 MAX_META_BYTES = 2**20
+_STREAM_BUFSIZE = 2**20
 
 
 class _BoundedTarInfo(tarfile.TarInfo):
@@ -287,7 +288,9 @@ def iter_tar_stream(path: Path, limit: int, *, read: bool = True,
             gz = lambda f: gzip.GzipFile(fileobj=f, mode="rb")  # noqa: E731
             opener = {"gz": gz, "bz2": bz2.BZ2File, "xz": lzma.LZMAFile}.get(comp)
             stream = opener(raw) if opener else raw
-            with tarfile.open(fileobj=stream, mode="r|", tarinfo=_BoundedTarInfo) as tf:
+            # (bufsize: tarfile skips a member's data by reads of that size)
+            with tarfile.open(fileobj=stream, mode="r|", tarinfo=_BoundedTarInfo,
+                              bufsize=_STREAM_BUFSIZE) as tf:
                 while (info := tf.next()) is not None:
                     tf.members.clear()  # stream mode keeps every header otherwise
                     n += 1
@@ -342,6 +345,11 @@ def open_zip(path: Path) -> zipfile.ZipFile:
     """Open a zip archive, or raise :class:`ArchiveError` saying it is broken."""
     try:
         return zipfile.ZipFile(path)
+    except UnicodeDecodeError as exc:
+        raise ArchiveError(
+            f"zip archive {path} flags a member name as UTF-8, but its bytes "
+            f"{exc.object[:80]!r} are not UTF-8: the zip is corrupt; re-create it (a name "
+            f"in another encoding must be stored without that flag)") from exc
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
         raise ArchiveError(
             f"zip archive {path} is truncated or corrupt ({exc}): re-create or re-download it"
