@@ -196,10 +196,10 @@ def test_directory_file_unreadable(tmp_path, monkeypatch):
     r = A.read_dir_file("gone.png", str(root / "gone.png"), 100)
     assert r == Reject("gone.png", "unreadable-member: No such file or directory")
 
-    def failing_read(f, cap, hint):
+    def failing_read(key, f, size, limit):
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(A, "read_capped", failing_read)
+    monkeypatch.setattr(A, "read_member", failing_read)
     assert A.read_dir_file("a.png", str(root / "a.png"), 10**6) == Reject(
         "a.png", "unreadable-member: Input/output error")
 
