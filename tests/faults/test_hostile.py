@@ -44,6 +44,26 @@ bad-labels-csv     --labels cells 42, -1, x, 3.5, nan, inf, 1e1, 0x3       ``bad
                                                                            kept, unlabelled
 bad-labels-folder  folders 10, -1, x, 3.0, 03, ٣ (non-ASCII digit)         accepted, unlabelled (-1): only a
                                                                            one-ASCII-digit folder is a label
+non-utf8-name      a Latin-1 ``7/caf\\xe9.png`` in a tar, tar.gz, zip (no    accepted, key ``7/caf\\xe9.png`` (tar,
+                   UTF-8 flag) and a directory                             dir) or cp437 ``7/cafΘ.png`` (zip)
+escaped-name-      a Latin-1 name and a UTF-8 name spelling its escape     ``duplicate-key`` (the later one)
+collision-dir      with a literal backslash (directory)
+duplicate-names    one name thrice in a zip; one name (and ``./`` form)     ``duplicate-key`` for the later ones,
+                   thrice in a tar                                         the first kept
+zero-filled-       N.png members of 3 MiB of zeros (tar.gz): the           ``decode-error`` from the head, the
+members            many-member bomb in small (full size: test_member_bombs) rest not read, RSS < cap
+padded-png / -jpeg 28x28 PNG, JPEG, GIF padded with zeros to 3 MiB           ``too-large`` (out of proportion to
+                   (plain tar; zip)                                        the header), RSS < cap
+big-non-image      3 MiB of text / zeros, unknown extension (directory)    ``not-an-image`` from the head
+big-nested-archive a 3 MiB zip named .png, a tar named .tar.png            ``nested-archive`` from the head
+encrypted-zip-     zip member with the encryption flag; a bad CRC; methods ``unreadable-member``
+member, zip-bad-   99 (AES) and 97 (WavPack)
+crc, zip-unknown-
+method
+png-bad-crc        bad IHDR CRC; bad IDAT CRC                              ``decode-error``; IDAT: accepted
+                                                                           (Pillow's rule, pixels as stored)
+jpeg-no-sof        SOF segment removed; SOI+EOI only (zip)                 ``decode-error``
+wrong-extension    PNG named .jpg, JPEG named .png, BMP named .gif, none   accepted by content
 ================== ======================================================= =====================================
 
 Containers and stores that are broken as a whole (a named error; nothing written):
@@ -60,6 +80,12 @@ longname-sparse    a 1 GiB GNU long-name header in a sparse plain tar      ``Arc
 longname-gzip-bomb a 1 GiB GNU long-name header in a 1 MB tar.gz           ``ArchiveError``, RSS < cap
 labels-csv-bomb    a 200 KB field; no header                               ``LabelsFileError``
 too-many-rejects   11 bad members, --max-rejects 10 (CLI)                  ``TooManyRejectsError``, exit 1
+non-utf8-name-zip- Latin-1 names flagged UTF-8 in a zip                    ``ArchiveError`` (not UTF-8), ingest
+flagged                                                                    and direct scoring
+tar-truncated,     a tar cut short; a header byte changed; a tar.gz whose   ``ArchiveError``, ingest and direct
+tar-bad-checksum,  trailer CRC is wrong; a zip cut inside its central       scoring
+tar-gz-bad-crc,    directory
+zip-truncated
 store-damage       images / labels / keys chunk missing, corrupt,          ``StoreError`` when read, scored or
                    truncated x read / score / train                        trained on; never fill values
 ================== ======================================================= =====================================
@@ -965,6 +991,10 @@ def _cli_ingest(src: Path, out: Path, labels: Path | None, max_rejects: int) -> 
 
 def _codes(pairs) -> dict[str, str]:
     return {str(k): str(r).split(":", 1)[0] for k, r in pairs}
+
+
+def test_the_suite_counts_at_least_50_kinds():
+    assert len(CASES) >= 50, len(CASES)
 
 
 @pytest.mark.parametrize("kind", [pytest.param(k, marks=c.marks) for k, c in CASES.items()])
