@@ -206,3 +206,20 @@ def test_ingest_tasks_are_cut_at_the_byte_budget(tmp_path, monkeypatch):
     r = ingestion.ingest(tmp_path / "src", tmp_path / "s.zarr", scheduler="synchronous")
     assert r.n_images == 9
     assert sum(seen) == 9 and max(seen) <= 3 and len(seen) >= 3
+
+
+@pytest.mark.parametrize("command", ["ingest", "score"])
+def test_cli_of_a_latin1_name_exits_zero(command, model, tmp_path):
+    from click.testing import CliRunner
+
+    from digitbatch.cli import main
+
+    src = _latin1_tar_gz(tmp_path)
+    out = tmp_path / "o.zarr"
+    args = ["-q", command, str(src), "--out", str(out), "--scheduler", "synchronous"]
+    if command == "score":
+        args += ["--model", str(model)]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    assert "Traceback" not in r.output
+    assert {x.name for x in tmp_path.iterdir()} == {src.name, "o.zarr"}
