@@ -109,7 +109,10 @@ def _image_batches(path: Path, ex, *, batch_size: int, max_member_bytes: int,
         if items:
             yield (str(path), container, pack(items), max_member_bytes)
 
-    for batch in ex.map_ordered(decode_packed, groups()):
+    # Streamed members travel in their tasks (held here, by the scheduler and by a
+    # worker): one task queued per worker beside those running, not the default two.
+    window = None if seekable else ex.n_workers + 1
+    for batch in ex.map_ordered(decode_packed, groups(), window=window):
         if header_rejects:
             batch.rejects.extend(header_rejects)
             header_rejects.clear()
