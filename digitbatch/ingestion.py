@@ -29,6 +29,11 @@ SUMMARY_SCHEMA_VERSION = 1
 # Members per decode task: big enough to amortise each task's scheduling,
 # small enough to keep both workers busy on a few thousand images.
 DEFAULT_DECODE_BATCH = 2048
+# ...and at most this many member bytes per task (a member larger than this
+# goes alone): what bounds memory, whatever the members' sizes. A task's bytes
+# are held by this process (streamed members), the scheduler and a worker,
+# for the few tasks in flight per worker (cluster.DaskExecutor's window).
+TASK_BYTES = 16 * 2**20
 
 
 @dataclass(frozen=True)
@@ -70,7 +75,8 @@ def _image_batches(path: Path, ex, *, batch_size: int, max_member_bytes: int,
     """Decode the members of an image container on the executor, in source order.
 
     The container is listed here (:func:`~digitbatch.sources.listing.iter_entries`)
-    and cut into packed tasks of ``batch_size`` members: references that each
+    and cut into packed tasks of ``batch_size`` members or :data:`TASK_BYTES`
+    bytes, whichever comes first: references that each
     task reads itself where the container is seekable, members with their
     bytes where it is streamed (a compressed tar; every container with
     ``stream``: a local copy of a remote source, which workers cannot see).
@@ -80,6 +86,7 @@ def _image_batches(path: Path, ex, *, batch_size: int, max_member_bytes: int,
     """
     from .sources.images import detect_image_source
     from .sources.listing import decode_packed, iter_entries, pack
+    from .sources.members import Member
     from .sources.refs import seekable_kind
 
     container = detect_image_source(path)
@@ -88,20 +95,29 @@ def _image_batches(path: Path, ex, *, batch_size: int, max_member_bytes: int,
 
     def groups() -> Iterator:
         items: list = []
+        held = 0
         for m in iter_entries(path, container, limit=max_member_bytes, seekable=seekable):
             if keep is not None and not keep(m.key):
                 continue
             if isinstance(m, Reject):
                 header_rejects.append(m)
                 continue
+            size = len(m.data) if isinstance(m, Member) else m.size
+            if items and held + size > TASK_BYTES:
+                yield (str(path), container, pack(items), max_member_bytes)
+                items, held = [], 0
             items.append(m)
+            held += size
             if len(items) >= batch_size:
                 yield (str(path), container, pack(items), max_member_bytes)
-                items = []
+                items, held = [], 0
         if items:
             yield (str(path), container, pack(items), max_member_bytes)
 
-    for batch in ex.map_ordered(decode_packed, groups()):
+    # Streamed members travel in their tasks (held here, by the scheduler and by a
+    # worker): one task queued per worker beside those running, not the default two.
+    window = None if seekable else ex.n_workers + 1
+    for batch in ex.map_ordered(decode_packed, groups(), window=window):
         if header_rejects:
             batch.rejects.extend(header_rejects)
             header_rejects.clear()

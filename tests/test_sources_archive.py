@@ -124,9 +124,10 @@ def test_directory_listing_without_reading_gives_refs_in_key_order(tmp_path):
                                  "b/1.png": b"not read"})
     os.symlink(root / "a.png", root / "link.png")
     items = list(A.iter_dir(root, 10, read=False))  # (a 10-byte limit: nothing is read)
+    n = len(PNG)  # (a reference holds the file's size, for the per-task byte budget)
     assert items == [Reject(".DS_Store", "not-an-image: OS metadata file"),
-                     MemberRef("a.png", -1, 0), MemberRef("b/1.png", -1, 0),
-                     MemberRef("b/3/x.png", -1, 0),
+                     MemberRef("a.png", -1, n), MemberRef("b/1.png", -1, 8),
+                     MemberRef("b/3/x.png", -1, n),
                      Reject("link.png", "not-regular-file: symlink (not followed)")]
 
 
@@ -195,10 +196,10 @@ def test_directory_file_unreadable(tmp_path, monkeypatch):
     r = A.read_dir_file("gone.png", str(root / "gone.png"), 100)
     assert r == Reject("gone.png", "unreadable-member: No such file or directory")
 
-    def failing_read(f, cap, hint):
+    def failing_read(key, f, size, limit):
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(A, "read_capped", failing_read)
+    monkeypatch.setattr(A, "read_member", failing_read)
     assert A.read_dir_file("a.png", str(root / "a.png"), 10**6) == Reject(
         "a.png", "unreadable-member: Input/output error")
 

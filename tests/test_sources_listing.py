@@ -119,16 +119,24 @@ def test_entries_are_refs_where_seekable_else_members_in_source_order(containers
         assert all(isinstance(e, MemberRef) for k, e in by_key.items() if k not in header_rejects)
         assert not any(isinstance(e, Member) for e in listing.entries)
     else:
-        # a compressed tar is read here: members carry their bytes, content rejects are known
-        assert {k for k, e in by_key.items() if isinstance(e, Reject)} == {"notes.txt", "big.png"}
+        # a compressed tar is listed by ordinal (its headers read, no bytes held): the
+        # tasks stream it; header rejects are known here, content rejects when read
+        assert {k for k, e in by_key.items() if isinstance(e, Reject)} == {"big.png"}
+        assert [e.offset for e in listing.entries if isinstance(e, MemberRef)] == [
+            i for i, k in enumerate(ORDER) if k != "big.png"]
+        assert not any(isinstance(e, Member) for e in listing.entries)
+        # ingest streams it here: members carry their bytes, content rejects are known
+        streamed = {e.key: e for e in iter_entries(path, kind, limit=LIMIT, seekable=False)}
+        assert {k for k, e in streamed.items() if isinstance(e, Reject)} == {"notes.txt", "big.png"}
         for k in GOOD + ["bad.png"]:
-            assert isinstance(by_key[k], Member)
-            assert by_key[k].data == MEMBERS[k]
-            assert by_key[k].folder_label == LABELS.get(k)
+            assert isinstance(streamed[k], Member)
+            assert streamed[k].data == MEMBERS[k]
+            assert streamed[k].folder_label == LABELS.get(k)
     if not seekable or fmt != "dir":
         assert by_key["big.png"].reason.startswith("too-large")
     # the listing is what iter_entries yields
-    assert list(iter_entries(path, kind, limit=LIMIT, seekable=seekable)) == listing.entries
+    assert list(iter_entries(path, kind, limit=LIMIT, seekable=seekable,
+                             by_ordinal=True)) == listing.entries
 
 
 def test_refs_say_where_the_bytes_are(containers):
@@ -143,7 +151,8 @@ def test_refs_say_where_the_bytes_are(containers):
         assert infos[r.offset].filename == r.key and r.size == len(MEMBERS[r.key])  # zip: entry index
     d, _ = containers["dir"]
     refs = [e for e in list_archive(d, "dir", limit=LIMIT).entries if isinstance(e, MemberRef)]
-    assert {(r.offset, r.size) for r in refs} == {(-1, 0)}  # a file: read by its key
+    # a file: read by its key; its size is for the byte budget of ingest tasks
+    assert {(r.offset, r.size) for r in refs} == {(-1, len(MEMBERS[r.key])) for r in refs}
 
 
 @pytest.mark.parametrize("fmt", ["tar", "zip", "dir"])
@@ -241,11 +250,11 @@ def test_pack_unpack_round_trips_every_entry_kind():
     assert unpack(pack(iter(entries[:2]))) == entries[:2]  # any iterable
 
 
-@pytest.mark.parametrize("fmt", ["tar", "zip", "dir"])
+@pytest.mark.parametrize("fmt", ["tar", "tar.gz", "zip", "dir"])
 def test_read_entries_reads_refs_in_order_as_the_stream_does(containers, fmt):
     path, kind = containers[fmt]
     entries = list_archive(path, kind, limit=LIMIT).entries
-    got = read_entries(str(path), kind, unpack(pack(entries)), limit=LIMIT)
+    got = list(read_entries(str(path), kind, unpack(pack(entries)), limit=LIMIT))
     streamed = list(iter_members(path, kind=kind, max_member_bytes=LIMIT))
     assert got == streamed
     assert [e.key for e in got] == [e.key for e in entries]
@@ -256,13 +265,13 @@ def test_read_entries_reads_refs_in_order_as_the_stream_does(containers, fmt):
     assert rejects["big.png"].startswith("too-large")
     # a slice of the listing (one task's share), header rejects kept in place
     part = entries[2:6]
-    assert read_entries(str(path), kind, part, limit=LIMIT) == streamed[2:6]
+    assert list(read_entries(str(path), kind, part, limit=LIMIT)) == streamed[2:6]
 
 
 def test_read_entries_without_refs_returns_the_entries():
     entries = [Member("a.png", b"x", None), Reject("b", "not-an-image: junk")]
-    out = read_entries("/nonexistent", "tar", entries, limit=LIMIT)
-    assert out == entries and out is not entries
+    out = list(read_entries("/nonexistent", "tar", entries, limit=LIMIT))
+    assert out == entries
 
 
 @pytest.mark.parametrize("fmt", ["tar", "tar.gz", "zip", "dir"])

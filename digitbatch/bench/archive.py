@@ -149,7 +149,7 @@ def member_profile(path: Path, limit: int = 20_000) -> dict[str, float]:
     t0 = time.process_time()
     refs = list(iter_refs(path, "tar", limit=16 * 2**20))[:limit]
     t1 = time.process_time()
-    items = read_refs(str(path), "tar", refs, limit=16 * 2**20)
+    items = list(read_refs(str(path), "tar", refs, limit=16 * 2**20))
     t2 = time.process_time()
     greys = [decode_grey(m.data) for m in items]
     t3 = time.process_time()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import bz2
 import copy
 import gzip
+import io
 import logging
 import lzma
 import os
@@ -27,12 +28,12 @@ from typing import BinaryIO
 from ..errors import ArchiveError, SourceError, SourceNotFoundError, UnknownSourceError
 from .base import MemberRef, Reject
 from .members import (
-    DEFAULT_MAX_MEMBER_BYTES, IMAGE_EXTENSIONS, Member, check_name, compression,
-    finish_member, is_image_content, is_junk, looks_like_tar, read_capped, too_large,
+    DEFAULT_MAX_MEMBER_BYTES, IMAGE_EXTENSIONS, Member, check_name, compression, escape_name,
+    is_image_content, is_junk, looks_like_tar, read_member, too_large,
 )
 
 __all__ = ["CONTAINER_KINDS", "DEFAULT_MAX_MEMBER_BYTES", "MAX_META_BYTES", "Member",
-           "detect_image_source", "iter_dir", "iter_members", "open_zip", "read_dir_file",
+           "detect_image_source", "iter_dir", "iter_members", "iter_tar_stream", "open_zip", "read_dir_file",
            "read_zip_member", "zip_entry_check"]
 
 log = logging.getLogger(__name__)
@@ -201,7 +202,8 @@ def iter_dir(root: Path, limit: int, read: bool = True) -> Iterator[Member | Mem
             raise _unlistable(folder, root, exc) from exc
     entries.sort(key=lambda e: e[0])
     log.debug("image directory %s: %d files", root, len(entries))
-    for key, entry in entries:
+    for rel, entry in entries:
+        key = escape_name(rel)  # (a name that is not UTF-8: an escaped key)
         if entry.is_symlink():
             yield Reject(key, "not-regular-file: symlink (not followed)")
         elif not entry.is_file(follow_symlinks=False):
@@ -211,7 +213,11 @@ def iter_dir(root: Path, limit: int, read: bool = True) -> Iterator[Member | Mem
         elif read:
             yield read_dir_file(key, entry.path, limit)
         else:
-            yield MemberRef(key, -1, 0)
+            try:
+                size = entry.stat(follow_symlinks=False).st_size
+            except OSError:
+                size = 0  # (reading it says why)
+            yield MemberRef(key, -1, size, None if key == rel else rel)
 
 
 def read_dir_file(key: str, path: str, limit: int) -> Member | Reject:
@@ -229,10 +235,9 @@ def read_dir_file(key: str, path: str, limit: int) -> Member | Reject:
         if st.st_size > limit:
             return too_large(key, st.st_size, limit)
         try:
-            data = read_capped(f, limit + 1, st.st_size)
+            return read_member(key, f, st.st_size, limit)
         except OSError as exc:
             return Reject(key, f"unreadable-member: {exc.strerror or exc}")
-    return finish_member(key, data, limit)
 
 
 _TAR_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError)
@@ -241,14 +246,7 @@ _TAR_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError)
 _META_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE,
                tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE)
 MAX_META_BYTES = 2**20
-
-
-_TAR_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError)
-# tarfile reads a GNU long-name or pax header whole before we see it: a
-# gzip-compressed 1 GiB "name" is a memory bomb (3.1 GB peak, measured).
-_META_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE,
-               tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE)
-MAX_META_BYTES = 2**20
+_STREAM_BUFSIZE = 2**20
 
 
 class _BoundedTarInfo(tarfile.TarInfo):
@@ -262,11 +260,25 @@ class _BoundedTarInfo(tarfile.TarInfo):
 
 
 def _iter_tar(path: Path, limit: int) -> Iterator[Member | Reject]:
+    return iter_tar_stream(path, limit)
+
+
+def iter_tar_stream(path: Path, limit: int, *, read: bool = True,
+                    want: set[int] | None = None) -> Iterator[Member | MemberRef | Reject]:
+    """The members of a (compressed) tar as a stream, in archive order.
+
+    ``read=False``: a :class:`MemberRef` holding the member's ordinal (its
+    place among the archive's non-directory members) instead of its bytes.
+    ``want``: only the members of those ordinals (read), the others
+    skipped; the stream stops after the last one wanted.
+    """
     try:
         raw = open(path, "rb")
     except OSError as exc:
         raise ArchiveError(f"cannot open tar archive {path}: {exc}") from exc
     n = 0
+    j = -1  # ordinal of the last non-directory member
+    last = max(want) if want else -1
     with raw:
         try:
             comp = compression(raw.read(6))
@@ -276,12 +288,28 @@ def _iter_tar(path: Path, limit: int) -> Iterator[Member | Reject]:
             gz = lambda f: gzip.GzipFile(fileobj=f, mode="rb")  # noqa: E731
             opener = {"gz": gz, "bz2": bz2.BZ2File, "xz": lzma.LZMAFile}.get(comp)
             stream = opener(raw) if opener else raw
-            with tarfile.open(fileobj=stream, mode="r|", tarinfo=_BoundedTarInfo) as tf:
+            # (bufsize: tarfile skips a member's data by reads of that size)
+            with tarfile.open(fileobj=stream, mode="r|", tarinfo=_BoundedTarInfo,
+                              bufsize=_STREAM_BUFSIZE) as tf:
                 while (info := tf.next()) is not None:
                     tf.members.clear()  # stream mode keeps every header otherwise
                     n += 1
-                    if (item := _tar_member(tf, info, limit)) is not None:
-                        yield item
+                    if (checked := _tar_header_check(info, limit)) is None:
+                        continue
+                    j += 1
+                    if want is not None and j not in want:
+                        continue
+                    key, reject = checked
+                    if reject is not None:
+                        yield reject
+                    elif not read:
+                        yield MemberRef(key, j, info.size)
+                    else:
+                        f = tf.extractfile(info)
+                        yield read_member(key, f if f is not None else io.BytesIO(), info.size,
+                                          limit)
+                    if want is not None and j >= last:
+                        return
                 # tarfile ends quietly on a short header; a complete archive
                 # ends on a full block of zeros.
                 if tf.offset and tf.fileobj.tell() < tf.offset + tarfile.BLOCKSIZE:
@@ -296,28 +324,32 @@ def _iter_tar(path: Path, limit: int) -> Iterator[Member | Reject]:
     log.debug("tar archive %s: %d members", path, n)
 
 
-def _tar_member(tf: tarfile.TarFile, info: tarfile.TarInfo, limit: int) -> Member | Reject | None:
+def _tar_header_check(info: tarfile.TarInfo, limit: int) -> tuple[str, Reject | None] | None:
+    """``(key, reject or None)`` judged from a tar header; None for a directory."""
     if info.isdir():
         return None
     key, problem = check_name(info.name)
     if problem:
-        return Reject(key, problem)
+        return key, Reject(key, problem)
     if not info.isreg():
         what = "symlink" if info.issym() else "hardlink" if info.islnk() else "device or FIFO"
-        return Reject(key, f"not-regular-file: {what}")
+        return key, Reject(key, f"not-regular-file: {what}")
     if is_junk(key):
-        return Reject(key, "not-an-image: OS metadata file")
+        return key, Reject(key, "not-an-image: OS metadata file")
     if info.size > limit:
-        return too_large(key, info.size, limit)
-    f = tf.extractfile(info)
-    data = read_capped(f, limit + 1, info.size) if f is not None else b""
-    return finish_member(key, data, limit)
+        return key, too_large(key, info.size, limit)
+    return key, None
 
 
 def open_zip(path: Path) -> zipfile.ZipFile:
     """Open a zip archive, or raise :class:`ArchiveError` saying it is broken."""
     try:
         return zipfile.ZipFile(path)
+    except UnicodeDecodeError as exc:
+        raise ArchiveError(
+            f"zip archive {path} flags a member name as UTF-8, but its bytes "
+            f"{exc.object[:80]!r} are not UTF-8: the zip is corrupt; re-create it (a name "
+            f"in another encoding must be stored without that flag)") from exc
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
         raise ArchiveError(
             f"zip archive {path} is truncated or corrupt ({exc}): re-create or re-download it"
@@ -364,11 +396,11 @@ def read_zip_member(
     probe.file_size = 1 << 62
     try:
         with zf.open(probe) as f:
-            data = read_capped(f, limit + 1, info.file_size)
+            item = read_member(key, f, info.file_size, limit)
     except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, OSError,
             RuntimeError, NotImplementedError) as exc:  # the last two: encrypted, unknown method
         return Reject(key, f"unreadable-member: {exc}")
-    if len(data) <= limit and len(data) != info.file_size:
-        size = info.file_size
-        return Reject(key, f"unreadable-member: {len(data)} bytes but its header says {size}")
-    return finish_member(key, data, limit)
+    if isinstance(item, Member) and len(item.data) != info.file_size:
+        got, size = len(item.data), info.file_size
+        return Reject(key, f"unreadable-member: {got} bytes but its header says {size}")
+    return item

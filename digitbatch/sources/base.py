@@ -26,11 +26,17 @@ class Reject:
 
 @dataclass(frozen=True, slots=True)
 class MemberRef:
-    """Where one member's bytes lie: tar data offset, zip entry index, or -1 (a file)."""
+    """Where one member's bytes lie: tar data offset, zip entry index, -1 (a file),
+    or the member's ordinal in a compressed tar (read by streaming it).
+
+    ``name`` is the member's name as stored when ``key`` is an escaped form
+    of it (a file name that is not UTF-8: :func:`~.members.escape_name`).
+    """
 
     key: str
     offset: int
     size: int
+    name: str | None = None
 
 
 @dataclass

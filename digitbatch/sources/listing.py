@@ -3,10 +3,15 @@
 An image directory, tar or zip is listed once, in source order, as
 *entries*: a :class:`~.base.MemberRef` where a worker can read the member
 itself (a directory, a zip, an uncompressed tar: :mod:`.refs` knows where
-its bytes lie), a :class:`~.members.Member` holding its bytes where the
-container can only be streamed (a compressed tar, or a local copy of a
-remote archive the workers cannot see), or a :class:`~.base.Reject` judged
-from the header alone. Ingest streams the entries into tasks
+its bytes lie; a compressed tar listed for scoring: the member's ordinal,
+read by streaming the tar again), a :class:`~.members.Member` holding its
+bytes where the container is streamed here (ingest of a compressed tar, or
+a local copy of a remote archive the workers cannot see), or a
+:class:`~.base.Reject` judged from the header alone.
+
+Keys are unique (:func:`unique_keys`): the first member of a name keeps
+it, and every later member of that name (a zip or tar may hold several)
+is a ``duplicate-key`` reject, whatever became of the first. Ingest streams the entries into tasks
 (:func:`iter_entries`); scoring and report hold the whole :class:`Listing`
 (scoring cuts it into slot chunks; report finds members by key).
 
@@ -28,10 +33,10 @@ from .archive import iter_members
 from .base import Batch, MemberRef, Reject
 from .images import decode_batch
 from .members import Member
-from .refs import iter_refs, read_refs, seekable_kind
+from .refs import iter_refs, read_refs, seekable_kind, stream_refs
 
 __all__ = ["Entry", "Listing", "decode_packed", "fingerprint", "iter_entries", "list_archive",
-           "pack", "read_entries", "unpack"]
+           "pack", "read_entries", "unique_keys", "unpack"]
 
 Entry = MemberRef | Member | Reject
 
@@ -39,12 +44,27 @@ Entry = MemberRef | Member | Reject
 _REF, _MEMBER, _REJECT = 0, 1, 2
 
 
-def iter_entries(path: Path, kind: str, *, limit: int, seekable: bool) -> Iterator[Entry]:
-    """The entries of ``path`` in source order: references where ``seekable``,
-    else members with their bytes (at most ``limit`` bytes each are read)."""
+def iter_entries(path: Path, kind: str, *, limit: int, seekable: bool,
+                 by_ordinal: bool = False) -> Iterator[Entry]:
+    """The entries of ``path`` in source order, keys unique: references where
+    ``seekable`` (or, with ``by_ordinal``, a compressed tar's members by
+    ordinal), else members with their bytes (at most ``limit`` bytes each)."""
     if seekable:
-        return iter_refs(path, kind, limit=limit)
-    return iter_members(path, kind=kind, max_member_bytes=limit)
+        return unique_keys(iter_refs(path, kind, limit=limit))
+    if by_ordinal and kind == "tar":
+        return unique_keys(stream_refs(path, limit))
+    return unique_keys(iter_members(path, kind=kind, max_member_bytes=limit))
+
+
+def unique_keys(entries: Iterable[Entry]) -> Iterator[Entry]:
+    """``entries`` with every later entry of a key seen before made a ``duplicate-key`` reject."""
+    first: dict[str, int] = {}
+    for i, e in enumerate(entries):
+        at = first.setdefault(e.key, i)
+        if at != i:
+            e = Reject(e.key, f"duplicate-key: member {i + 1} has the name of member {at + 1}, "
+                              f"which keeps the key")
+        yield e
 
 
 @dataclass(frozen=True)
@@ -74,7 +94,9 @@ def list_archive(path: Path, kind: str, *, limit: int, identity: str | None = No
     if stamp is None:  # the file as it is listed, not as it is when asked later
         st = os.stat(path)
         stamp = f"{st.st_size}:{st.st_mtime_ns}"
-    entries = list(iter_entries(path, kind, limit=limit, seekable=seekable))
+    # a compressed tar by ordinal: its bytes are read by the tasks, not held here
+    entries = list(iter_entries(path, kind, limit=limit, seekable=seekable,
+                                by_ordinal=identity is None))
     return Listing(path, kind, seekable, entries, fingerprint(path, entries, identity=stamp),
                    identity)
 
@@ -96,31 +118,40 @@ def fingerprint(path: Path, entries: Iterable[Entry], identity: str | None = Non
 def pack(entries: Iterable[Entry]) -> bytes:
     """``entries`` as one opaque blob for a task (see the module docstring)."""
     tags, keys, a, b = [], [], [], []
-    for e in entries:
+    names: dict[int, str] = {}  # a reference's stored name, where its key escapes it
+    for i, e in enumerate(entries):
         keys.append(e.key)
         if isinstance(e, MemberRef):
             tags.append(_REF), a.append(e.offset), b.append(e.size)
+            if e.name is not None:
+                names[i] = e.name
         elif isinstance(e, Member):
             tags.append(_MEMBER), a.append(e.data), b.append(e.folder_label)
         else:
             tags.append(_REJECT), a.append(e.reason), b.append(None)
-    return pickle.dumps((tags, keys, a, b), protocol=pickle.HIGHEST_PROTOCOL)
+    return pickle.dumps((tags, keys, a, b, names), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def unpack(packed: bytes) -> list[Entry]:
     """The entries of :func:`pack` (a blob our own client made for the task)."""
-    tags, keys, a, b = pickle.loads(packed)
+    tags, keys, a, b, names = pickle.loads(packed)
     make = {_REF: MemberRef, _MEMBER: Member, _REJECT: lambda k, r, _: Reject(k, r)}
-    return [make[t](k, x, y) for t, k, x, y in zip(tags, keys, a, b)]
+    out = [make[t](k, x, y) for t, k, x, y in zip(tags, keys, a, b)]
+    for i, name in names.items():
+        out[i] = MemberRef(out[i].key, out[i].offset, out[i].size, name)
+    return out
 
 
-def read_entries(path: str, kind: str, entries: list[Entry], *, limit: int) -> list[Member | Reject]:
-    """``entries`` with every reference read (on a worker) and content-checked, in order."""
+def read_entries(path: str, kind: str, entries: list[Entry], *,
+                 limit: int) -> Iterator[Member | Reject]:
+    """``entries`` with every reference read (on a worker) and content-checked, in order.
+
+    Lazily: one member's bytes at a time are read and held.
+    """
     refs = [e for e in entries if isinstance(e, MemberRef)]
-    if not refs:
-        return list(entries)
-    read = iter(read_refs(path, kind, refs, limit=limit))
-    return [next(read) if isinstance(e, MemberRef) else e for e in entries]
+    read = read_refs(path, kind, refs, limit=limit) if refs else iter(())
+    for e in entries:
+        yield next(read) if isinstance(e, MemberRef) else e
 
 
 def decode_packed(task: tuple[str, str, bytes, int]) -> Batch:
@@ -131,7 +162,7 @@ def decode_packed(task: tuple[str, str, bytes, int]) -> Batch:
     those the decoder refused.
     """
     path, kind, packed, limit = task
-    items = read_entries(path, kind, unpack(packed), limit=limit)
+    items = list(read_entries(path, kind, unpack(packed), limit=limit))
     batch = decode_batch([(m.key, m.data, m.folder_label) for m in items
                           if isinstance(m, Member)])
     batch.rejects[:0] = [m for m in items if isinstance(m, Reject)]

@@ -8,11 +8,16 @@ stable code:
 
 ``unsafe-path``
     absolute path, ``..`` component or drive letter.
+``duplicate-key``
+    a later member of a name an earlier member of the container has (see
+    :func:`~digitbatch.sources.listing.unique_keys`): the first one keeps the key.
 ``not-regular-file``
     symlink, hardlink, device, FIFO, socket (symlinks are never followed).
 ``too-large``
     more than ``max_member_bytes`` (never more than that plus one byte is
-    read, whatever a zip header claims).
+    read, whatever a zip header claims), or more bytes than the image its
+    header describes can need (:mod:`.proportion`: judged from its first
+    bytes, the rest never read).
 ``nested-archive``
     the member is itself a tar, zip, gzip, bzip2, xz, 7z or rar file.
 ``not-an-image``
@@ -21,6 +26,13 @@ stable code:
 ``unreadable-member``
     the container is fine but this member's bytes cannot be read (zip CRC
     error, encrypted or unsupported zip member, permission denied).
+
+Keys are text that is valid UTF-8 whatever the container holds: a name
+whose bytes are not UTF-8 (a Latin-1 ``caf\\xe9.png`` in a tar or a
+directory) is kept, each byte that is not UTF-8 written as ``\\xNN``
+(:func:`escape_name`: the key ``7/caf\\xe9.png``). In a tar or zip a backslash
+is a path separator, so in their keys a backslash only ever starts such an
+escape, and the name's bytes can be told back exactly.
 """
 
 from __future__ import annotations
@@ -36,6 +48,7 @@ from typing import BinaryIO
 from PIL import Image
 
 from .base import Reject
+from .proportion import HEAD_BYTES, SNIFF_ABOVE, out_of_proportion
 
 DEFAULT_MAX_MEMBER_BYTES = 16 * 2**20
 IMAGE_EXTENSIONS = frozenset(
@@ -120,8 +133,24 @@ def is_junk(name: str) -> bool:
     junk_folder = "__MACOSX" in name.split("/")[:-1]
     return junk_folder or base.lower() in _JUNK_NAMES or base.startswith("._")
 
+def escape_name(name: str) -> str:
+    """``name`` as valid UTF-8 text: each byte that was not UTF-8 (held by
+    ``surrogateescape`` as U+DC80-U+DCFF) becomes ``\\xNN``."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return "".join(f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF
+                       else f"\\u{ord(c):04x}" if 0xD800 <= ord(c) <= 0xDFFF else c
+                       for c in name)
+
 def check_name(raw: str) -> tuple[str, str | None]:
-    """``(key, problem)``: the normalised key, and why it is unsafe if it is."""
+    """``(key, problem)``: the normalised key (:func:`escape_name`), and why it is
+    unsafe if it is."""
+    key, problem = _check_path(raw)
+    return escape_name(key), problem
+
+def _check_path(raw: str) -> tuple[str, str | None]:
     if (raw and raw[0] not in "/." and raw[-1] != "/" and raw[1:2] != ":"
             and "\\" not in raw and "//" not in raw and "/." not in raw):
         return raw, None  # the common case: already normal, nothing to remove or refuse
@@ -164,6 +193,26 @@ def read_capped(f: BinaryIO, cap: int, hint: int) -> bytes:
         got += len(chunk)
         want = 65536
     return b"".join(parts)
+
+def read_member(key: str, f: BinaryIO, size: int, limit: int) -> Member | Reject:
+    """Read a member of declared ``size`` from ``f`` and judge it.
+
+    A member over :data:`~.proportion.SNIFF_ABOVE` bytes is judged from its
+    first :data:`~.proportion.HEAD_BYTES` before the rest is read: a nested
+    archive, or a size out of proportion to its image header, is refused
+    without reading it whole.
+    """
+    if size <= SNIFF_ABOVE:
+        return finish_member(key, read_capped(f, limit + 1, size), limit)
+    head = read_capped(f, HEAD_BYTES, HEAD_BYTES)
+    if (kind := archive_magic(head)) is not None:
+        return Reject(key, f"nested-archive: member is a {kind} file")
+    if (reason := out_of_proportion(key, head, size, open_formats())) is not None:
+        return Reject(key, reason)
+    rest = b""
+    if len(head) == HEAD_BYTES:
+        rest = read_capped(f, limit + 1 - len(head), size - len(head))
+    return finish_member(key, head + rest, limit)
 
 def too_large(key: str, size: int | None, limit: int) -> Reject:
     what = f"{size} bytes" if size is not None else "more than its declared size"

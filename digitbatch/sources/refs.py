@@ -6,7 +6,9 @@ wait; on 2 cores that alone was most of the ingest time. For
 containers that can be read at random (an uncompressed tar, a zip, a
 directory) the client only lists where members are (:func:`iter_refs`), and
 each worker reads its batch itself (:func:`read_refs`). Compressed tars
-still stream, since gzip cannot be entered in the middle.
+still stream, since gzip cannot be entered in the middle: listed by
+ordinal (:func:`stream_refs`), a task streams the tar from its start to
+its members.
 
 The per-member safety checks are the ones of :mod:`.members`: names,
 member types, sizes and content are judged by the same functions, so a
@@ -35,6 +37,11 @@ _META = (b"x", b"g", b"L")
 MAX_META_BYTES = 2**20
 
 
+def stream_refs(path: Path, limit: int) -> Iterator[MemberRef | Reject]:
+    """References by ordinal into a compressed tar (its headers read, no member kept)."""
+    return archive.iter_tar_stream(path, limit, read=False)
+
+
 def seekable_kind(path: Path, kind: str) -> bool:
     """True when members of ``path`` can be read at random by the workers."""
     if kind in ("dir", "zip"):
@@ -54,26 +61,61 @@ def iter_refs(path: Path, kind: str, *, limit: int) -> Iterator[MemberRef | Reje
 
 
 def read_refs(path: str, kind: str, refs: list[MemberRef], *,
-              limit: int) -> list[members.Member | Reject]:
-    """Read the referenced members (on a worker) and apply the content checks."""
-    out: list[members.Member | Reject] = []
+              limit: int) -> Iterator[members.Member | Reject]:
+    """Read the referenced members (on a worker) and apply the content checks.
+
+    Lazily, one member at a time: a task holds one member's bytes, not its
+    chunk's. References into a compressed tar (ordinals) are read by
+    streaming it from its start (gzip cannot be entered in the middle).
+    """
     if kind == "dir":
         root = Path(path)
-        return [archive.read_dir_file(r.key, str(root / r.key), limit) for r in refs]
-    if kind == "zip":
+        for r in refs:
+            yield archive.read_dir_file(r.key, str(root / (r.name or r.key)), limit)
+    elif kind == "zip":
         zf = _open_zip(path, os.stat(path).st_mtime_ns)
         infos = zf.infolist()
-        return [archive.read_zip_member(zf, infos[r.offset], r.key, limit) for r in refs]
-    fd = os.open(path, os.O_RDONLY)
-    try:
         for r in refs:
-            data = os.pread(fd, r.size, r.offset)
-            if len(data) != r.size:
-                raise ArchiveError(f"tar archive {path} changed or was truncated while reading")
-            out.append(members.finish_member(r.key, data, limit))
-    finally:
-        os.close(fd)
-    return out
+            yield archive.read_zip_member(zf, infos[r.offset], r.key, limit)
+    elif not seekable_kind(Path(path), kind):
+        yield from _stream_refs(path, refs, limit)
+    else:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            for r in refs:
+                span = _Span(fd, r.offset, r.size)
+                item = members.read_member(r.key, span, r.size, limit)
+                if isinstance(item, members.Member) and span.left:
+                    raise ArchiveError(f"tar archive {path} changed or was truncated while reading")
+                yield item
+        finally:
+            os.close(fd)
+
+
+class _Span:
+    """``size`` bytes of a file at ``offset``, as a file to read (by ``pread``)."""
+
+    def __init__(self, fd: int, offset: int, size: int):
+        self.fd, self.pos, self.left = fd, offset, size
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.left if n is None or n < 0 else min(n, self.left)
+        data = os.pread(self.fd, n, self.pos) if n else b""
+        self.pos += len(data)
+        self.left -= len(data)
+        return data
+
+
+def _stream_refs(path: str, refs: list[MemberRef], limit: int) -> Iterator:
+    want = {r.offset: r for r in refs}
+    got = archive.iter_tar_stream(Path(path), limit, want=set(want))
+    for r in refs:
+        item = next(got, None)
+        if item is None or item.key != r.key:
+            raise ArchiveError(f"tar archive {path} changed since it was listed (member "
+                               f"{r.offset + 1} is no longer {r.key!r}): score it again")
+        yield item
+    got.close()
 
 
 @functools.lru_cache(maxsize=4)

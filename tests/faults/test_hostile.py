@@ -44,6 +44,26 @@ bad-labels-csv     --labels cells 42, -1, x, 3.5, nan, inf, 1e1, 0x3       ``bad
                                                                            kept, unlabelled
 bad-labels-folder  folders 10, -1, x, 3.0, 03, ٣ (non-ASCII digit)         accepted, unlabelled (-1): only a
                                                                            one-ASCII-digit folder is a label
+non-utf8-name      a Latin-1 ``7/caf\\xe9.png`` in a tar, tar.gz, zip (no    accepted, key ``7/caf\\xe9.png`` (tar,
+                   UTF-8 flag) and a directory                             dir) or cp437 ``7/cafΘ.png`` (zip)
+escaped-name-      a Latin-1 name and a UTF-8 name spelling its escape     ``duplicate-key`` (the later one)
+collision-dir      with a literal backslash (directory)
+duplicate-names    one name thrice in a zip; one name (and ``./`` form)     ``duplicate-key`` for the later ones,
+                   thrice in a tar                                         the first kept
+zero-filled-       N.png members of 3 MiB of zeros (tar.gz): the           ``decode-error`` from the head, the
+members            many-member bomb in small (full size: test_member_bombs) rest not read, RSS < cap
+padded-png / -jpeg 28x28 PNG, JPEG, GIF padded with zeros to 3 MiB           ``too-large`` (out of proportion to
+                   (plain tar; zip)                                        the header), RSS < cap
+big-non-image      3 MiB of text / zeros, unknown extension (directory)    ``not-an-image`` from the head
+big-nested-archive a 3 MiB zip named .png, a tar named .tar.png            ``nested-archive`` from the head
+encrypted-zip-     zip member with the encryption flag; a bad CRC; methods ``unreadable-member``
+member, zip-bad-   99 (AES) and 97 (WavPack)
+crc, zip-unknown-
+method
+png-bad-crc        bad IHDR CRC; bad IDAT CRC                              ``decode-error``; IDAT: accepted
+                                                                           (Pillow's rule, pixels as stored)
+jpeg-no-sof        SOF segment removed; SOI+EOI only (zip)                 ``decode-error``
+wrong-extension    PNG named .jpg, JPEG named .png, BMP named .gif, none   accepted by content
 ================== ======================================================= =====================================
 
 Containers and stores that are broken as a whole (a named error; nothing written):
@@ -60,6 +80,12 @@ longname-sparse    a 1 GiB GNU long-name header in a sparse plain tar      ``Arc
 longname-gzip-bomb a 1 GiB GNU long-name header in a 1 MB tar.gz           ``ArchiveError``, RSS < cap
 labels-csv-bomb    a 200 KB field; no header                               ``LabelsFileError``
 too-many-rejects   11 bad members, --max-rejects 10 (CLI)                  ``TooManyRejectsError``, exit 1
+non-utf8-name-zip- Latin-1 names flagged UTF-8 in a zip                    ``ArchiveError`` (not UTF-8), ingest
+flagged                                                                    and direct scoring
+tar-truncated,     a tar cut short; a header byte changed; a tar.gz whose   ``ArchiveError``, ingest and direct
+tar-bad-checksum,  trailer CRC is wrong; a zip cut inside its central       scoring
+tar-gz-bad-crc,    directory
+zip-truncated
 store-damage       images / labels / keys chunk missing, corrupt,          ``StoreError`` when read, scored or
                    truncated x read / score / train                        trained on; never fill values
 ================== ======================================================= =====================================
@@ -191,14 +217,16 @@ def _gz_zeros(mib: int) -> bytes:
             + struct.pack("<II", crc, (mib << 20) & 0xFFFFFFFF))
 
 
-def _zip_raw(path: Path, entries: list[tuple[str, int, bytes, int, int]]) -> None:
-    """A zip by hand: (name, method, stored bytes, crc, claimed uncompressed size) entries."""
+def _zip_raw(path: Path, entries: list[tuple]) -> None:
+    """A zip by hand: (name, method, stored bytes, crc, claimed uncompressed size[, flags])
+    entries; a name given as bytes is stored as they are."""
     out, central = io.BytesIO(), io.BytesIO()
-    for name, method, data, crc, claimed in entries:
-        offset, raw = out.tell(), name.encode()
-        out.write(struct.pack("<4s5H3I2H", b"PK\x03\x04", 20, 0, method, 0, 0, crc, len(data),
+    for name, method, data, crc, claimed, *flags in entries:
+        flag = flags[0] if flags else 0
+        offset, raw = out.tell(), name if isinstance(name, bytes) else name.encode()
+        out.write(struct.pack("<4s5H3I2H", b"PK\x03\x04", 20, flag, method, 0, 0, crc, len(data),
                               claimed, len(raw), 0) + raw + data)
-        central.write(struct.pack("<4s6H3I5H2I", b"PK\x01\x02", 20, 20, 0, method, 0, 0, crc,
+        central.write(struct.pack("<4s6H3I5H2I", b"PK\x01\x02", 20, 20, flag, method, 0, 0, crc,
                                   len(data), claimed, len(raw), 0, 0, 0, 0, 0o644 << 16, offset)
                       + raw)
     cd = central.getvalue()
@@ -253,6 +281,9 @@ class Case:
     rss: bool = False                            # also ingest in a subprocess, peak RSS < cap
     max_rejects: int = 100
     marks: tuple = ()
+    direct: bool = False                         # the error also when scored directly
+    n_rejects: int | None = None                 # when keys repeat in rejects (duplicates)
+    deadline: int = 60                           # seconds before the case counts as hung
 
 
 def _png_data() -> bytes:
@@ -580,6 +611,214 @@ def _too_many(d: Path) -> Path:
     return _dir(d / "src", {**_good(), **{f"junk{i}.png": b"\x89PNG junk" for i in range(11)}})
 
 
+# Names, duplicates and member sizes (issue 18) ------------------------------------
+
+_LATIN1 = b"7/caf\xe9.png"  # a Latin-1 name: not UTF-8
+_LATIN1_KEY = "7/caf\\xe9.png"  # its key: the byte escaped
+
+
+def _raw_tar(members: list[tuple[bytes, bytes]]) -> bytes:
+    """A plain tar of (name bytes, data) members, names stored as they are."""
+    out = io.BytesIO()
+    for name, data in members:
+        _add(out, _info(name.decode("utf-8", "surrogateescape"), size=len(data)), data)
+    out.write(bytes(2 * tarfile.BLOCKSIZE))
+    return out.getvalue()
+
+
+def _latin1_members() -> list[tuple[bytes, bytes]]:
+    return [(k.encode(), v) for k, v in _good().items()] + [(_LATIN1, _enc(_digit(7), "PNG"))]
+
+
+def _latin1_tar(d: Path) -> Path:
+    (d / "src.tar").write_bytes(_raw_tar(_latin1_members()))
+    return d / "src.tar"
+
+
+def _latin1_tar_gz(d: Path) -> Path:
+    (d / "src.tar.gz").write_bytes(_gz(_raw_tar(_latin1_members())))
+    return d / "src.tar.gz"
+
+
+def _latin1_zip(d: Path) -> Path:
+    """Latin-1 bytes without the UTF-8 flag: the zip rule reads them as IBM code page 437."""
+    entries = [(name, 0, data, zlib.crc32(data), len(data)) for name, data in _latin1_members()]
+    _zip_raw(d / "src.zip", entries)
+    return d / "src.zip"
+
+
+def _latin1_zip_flagged(d: Path) -> Path:
+    """Latin-1 bytes flagged as UTF-8 (bit 11): the zip lies about its names."""
+    entries = [(name, 0, data, zlib.crc32(data), len(data), 0x800)
+               for name, data in _latin1_members()]
+    _zip_raw(d / "src.zip", entries)
+    return d / "src.zip"
+
+
+def _latin1_dir(d: Path) -> Path:
+    src = _dir(d / "src", _good())
+    os.makedirs(os.path.join(os.fsencode(src), b"7"), exist_ok=True)
+    with open(os.path.join(os.fsencode(src), _LATIN1), "wb") as fh:
+        fh.write(_enc(_digit(7), "PNG"))
+    return src
+
+
+def _check_keys(*want: str):
+    def check(store, r) -> None:
+        x, y, keys = store.read()
+        got = dict(zip([str(k) for k in keys], y.tolist()))
+        for k in want:
+            assert k in got, (k, sorted(got))
+            if k.startswith("7/"):
+                assert got[k] == 7
+    return check
+
+
+def _escaped_collision_dir(d: Path) -> Path:
+    """A Latin-1 name, and a UTF-8 name spelling its escape with a literal backslash."""
+    src = _latin1_dir(d)
+    (src / "7" / "caf\\xe9.png").write_bytes(_enc(_digit(8), "PNG"))
+    return src
+
+
+def _duplicate_zip(d: Path) -> Path:
+    png = [_enc(_digit(i), "PNG") for i in range(3)]
+    entries = [(k, 0, v, zlib.crc32(v), len(v)) for k, v in _good().items()]
+    entries += [("4/dup.png", 0, p, zlib.crc32(p), len(p)) for p in png]  # thrice
+    _zip_raw(d / "src.zip", entries)
+    return d / "src.zip"
+
+
+def _duplicate_tar(d: Path) -> Path:
+    png = _enc(_digit(4), "PNG")
+    extra = ((_info("4/dup.png", size=len(png)), png), (_info("./4/dup.png", size=len(png)), png))
+    (d / "src.tar").write_bytes(_tar_bytes({**_good(), "4/dup.png": png}, extra=extra))
+    return d / "src.tar"
+
+
+def _check_first_duplicate_kept(store, r) -> None:
+    x, _, keys = store.read()
+    keys = [str(k) for k in keys]
+    assert keys.count("4/dup.png") == 1
+    assert [k for k, _ in store.rejects()] == ["4/dup.png", "4/dup.png"]
+
+
+_BIG = 3 * 2**20  # over proportion.SNIFF_ABOVE: judged from its head
+
+
+def _zero_filled(d: Path) -> Path:
+    """The many-member bomb in small: N.png members of zeros (tar.gz)."""
+    members = {**_good(), **{f"{i}.png": bytes(_BIG) for i in range(4)}}
+    (d / "src.tar.gz").write_bytes(_gz(_tar_bytes(members)))
+    return d / "src.tar.gz"
+
+
+def _padded(data: bytes) -> bytes:
+    return data + bytes(_BIG - len(data))
+
+
+def _padded_png(d: Path) -> Path:
+    members = {**_good(), "pad28.png": _padded(_enc(_digit(3), "PNG")),
+               "pad28-rgb.png": _padded(_enc(Image.fromarray(_digit(3)).convert("RGB"), "PNG"))}
+    (d / "src.tar").write_bytes(_tar_bytes(members))
+    return d / "src.tar"
+
+
+def _padded_jpeg_zip(d: Path) -> Path:
+    return _zip(d / "src.zip", {**_good(), "pad.jpg": _padded(_enc(_digit(3), "JPEG")),
+                                "pad.gif": _padded(_enc(_digit(3), "GIF"))})
+
+
+def _big_unknown(d: Path) -> Path:
+    return _dir(d / "src", {**_good(), "notes.dat": b"x" * _BIG, "zeros.bin": bytes(_BIG)})
+
+
+def _big_nested(d: Path) -> Path:
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("noise.bin", np.random.default_rng(0).bytes(_BIG))
+    return _dir(d / "src", {**_good(), "big.png": inner.getvalue(),
+                            "big.tar.png": _tar_bytes({"x.bin": bytes(_BIG)})})
+
+
+def _encrypted_zip(d: Path) -> Path:
+    png = _enc(_digit(1), "PNG")
+    entries = [(k, 0, v, zlib.crc32(v), len(v)) for k, v in _good().items()]
+    entries.append(("locked.png", 0, bytes(12) + png, zlib.crc32(png), len(png), 0x1))
+    _zip_raw(d / "src.zip", entries)
+    return d / "src.zip"
+
+
+def _zip_bad_crc(d: Path) -> Path:
+    png = _enc(_digit(1), "PNG")
+    entries = [(k, 0, v, zlib.crc32(v), len(v)) for k, v in _good().items()]
+    entries.append(("badcrc.png", 0, png, zlib.crc32(png) ^ 1, len(png)))
+    _zip_raw(d / "src.zip", entries)
+    return d / "src.zip"
+
+
+def _zip_unknown_method(d: Path) -> Path:
+    png = _enc(_digit(1), "PNG")
+    entries = [(k, 0, v, zlib.crc32(v), len(v)) for k, v in _good().items()]
+    entries += [("aes.png", 99, png, zlib.crc32(png), len(png)),
+                ("wavpack.png", 97, png, zlib.crc32(png), len(png))]
+    _zip_raw(d / "src.zip", entries)
+    return d / "src.zip"
+
+
+def _png_bad_crc(d: Path) -> Path:
+    data = bytearray(_enc(_digit(5), "PNG"))
+    data[29] ^= 0xFF  # the IHDR chunk's CRC
+    idat = bytearray(_enc(_digit(6), "PNG"))
+    at = idat.index(b"IDAT")
+    n = struct.unpack(">I", idat[at - 4:at])[0]
+    idat[at + 4 + n] ^= 0xFF  # the IDAT chunk's CRC
+    return _dir(d / "src", {**_good(), "ihdr-crc.png": bytes(data), "idat-crc.png": bytes(idat)})
+
+
+def _jpeg_no_sof(d: Path) -> Path:
+    data = _enc(_digit(5), "JPEG")
+    sof = data.index(b"\xff\xc0")
+    n = struct.unpack(">H", data[sof + 2:sof + 4])[0]
+    return _zip(d / "src.zip", {**_good(), "nosof.jpg": data[:sof] + data[sof + 2 + n:],
+                                "soi-only.jpg": b"\xff\xd8\xff\xd9"})
+
+
+def _wrong_extension(d: Path) -> Path:
+    return _dir(d / "src", {"3/png-as.jpg": _enc(_digit(1), "PNG"),
+                            "3/jpeg-as.png": _enc(_digit(2), "JPEG", quality=95),
+                            "3/bmp-as.gif": _enc(_digit(3), "BMP"),
+                            "3/noext": _enc(_digit(4), "PNG")})
+
+
+def _tar_truncated(d: Path) -> Path:
+    data = _tar_bytes(_good())
+    (d / "src.tar").write_bytes(data[:-2 * tarfile.BLOCKSIZE - 100])
+    return d / "src.tar"
+
+
+def _tar_bad_checksum(d: Path) -> Path:
+    data = bytearray(_tar_bytes(_good()))
+    data[tarfile.BLOCKSIZE * 2 + 10] ^= 0x20  # a byte of the second header's name
+    (d / "src.tar").write_bytes(bytes(data))
+    return d / "src.tar"
+
+
+def _tar_gz_bad_crc(d: Path) -> Path:
+    data = bytearray(_gz(_tar_bytes(_good())))
+    data[-8] ^= 0xFF  # the gzip trailer's CRC-32
+    (d / "src.tar.gz").write_bytes(bytes(data))
+    return d / "src.tar.gz"
+
+
+def _zip_truncated(d: Path) -> Path:
+    _zip(d / "full.zip", _good())
+    data = (d / "full.zip").read_bytes()
+    (d / "full.zip").unlink()
+    (d / "src.zip").write_bytes(data[:-30])
+    return d / "src.zip"
+
+
 CASES: dict[str, Case] = {
     "truncated-png": Case(_truncated_png, accepted=5, check=_check_trailer_cut,
                           rejects={f"cut{c}.png": "decode-error" for c in _png_cuts()}),
@@ -591,7 +830,9 @@ CASES: dict[str, Case] = {
     "huge-dims-header": Case(_huge_dims, rss=True, rejects={
         "h60000.png": "decompression-bomb", "h20000x1.png": "bad-dimensions",
         "h4000.png": "decode-error", "h65500.jpg": "decompression-bomb"}),
-    "gzip-bomb-tar-gz": Case(_gzip_bomb_tar, rss=True, accepted=4, rejects={
+    # (scored directly, a compressed tar is streamed by the listing and again by each
+    # task: three passes over its 1 GiB with ingest's, minutes on a loaded machine)
+    "gzip-bomb-tar-gz": Case(_gzip_bomb_tar, rss=True, accepted=4, deadline=300, rejects={
         "bomb.png": "too-large", "inner.png.gz": "nested-archive"}),
     "zip-bomb": Case(_zip_bomb, rss=True, rejects={"honest.png": "too-large",
                                                    "liar.png": "too-large"}),
@@ -648,6 +889,43 @@ CASES: dict[str, Case] = {
                                  error=(LabelsFileError, "header")),
     "too-many-rejects": Case(_too_many, max_rejects=10, rss=True,
                              error=(TooManyRejectsError, "--max-rejects 10")),
+    # names, duplicates and member sizes (issue 18)
+    "non-utf8-name-tar": Case(_latin1_tar, accepted=4, check=_check_keys(_LATIN1_KEY)),
+    "non-utf8-name-tar-gz": Case(_latin1_tar_gz, accepted=4, check=_check_keys(_LATIN1_KEY)),
+    "non-utf8-name-zip": Case(_latin1_zip, accepted=4, check=_check_keys("7/caf\u0398.png")),
+    "non-utf8-name-dir": Case(_latin1_dir, accepted=4, check=_check_keys(_LATIN1_KEY)),
+    "non-utf8-name-zip-flagged": Case(_latin1_zip_flagged, error=(ArchiveError, "not UTF-8"), direct=True),
+    "escaped-name-collision-dir": Case(_escaped_collision_dir, accepted=4,
+                                       rejects={_LATIN1_KEY: "duplicate-key"}),
+    "duplicate-names-zip": Case(_duplicate_zip, accepted=4, check=_check_first_duplicate_kept,
+                                n_rejects=2,
+                                rejects={"4/dup.png": "duplicate-key"}),
+    "duplicate-names-tar": Case(_duplicate_tar, accepted=4, check=_check_first_duplicate_kept,
+                                n_rejects=2,
+                                rejects={"4/dup.png": "duplicate-key"}),
+    "zero-filled-members": Case(_zero_filled, rss=True,
+                                rejects={f"{i}.png": "decode-error" for i in range(4)}),
+    "padded-png": Case(_padded_png, rss=True, rejects={"pad28.png": "too-large",
+                                                       "pad28-rgb.png": "too-large"}),
+    "padded-jpeg-gif-zip": Case(_padded_jpeg_zip, rejects={"pad.jpg": "too-large",
+                                                           "pad.gif": "too-large"}),
+    "big-non-image": Case(_big_unknown, rejects={"notes.dat": "not-an-image",
+                                                 "zeros.bin": "not-an-image"}),
+    "big-nested-archive": Case(_big_nested, rejects={"big.png": "nested-archive",
+                                                     "big.tar.png": "nested-archive"}),
+    "encrypted-zip-member": Case(_encrypted_zip, rejects={"locked.png": "unreadable-member"}),
+    "zip-bad-crc": Case(_zip_bad_crc, rejects={"badcrc.png": "unreadable-member"}),
+    "zip-unknown-method": Case(_zip_unknown_method, rejects={"aes.png": "unreadable-member",
+                                                             "wavpack.png": "unreadable-member"}),
+    # (a bad IDAT CRC is accepted, pixels as stored: Pillow's rule, and the fast decoder's)
+    "png-bad-crc": Case(_png_bad_crc, accepted=4, rejects={"ihdr-crc.png": "decode-error"}),
+    "jpeg-no-sof": Case(_jpeg_no_sof, rejects={"nosof.jpg": "decode-error",
+                                               "soi-only.jpg": "decode-error"}),
+    "wrong-extension": Case(_wrong_extension, accepted=4),
+    "tar-truncated": Case(_tar_truncated, error=(ArchiveError, "truncated"), direct=True),
+    "tar-bad-checksum": Case(_tar_bad_checksum, error=(ArchiveError, "corrupt|checksum"), direct=True),
+    "tar-gz-bad-crc": Case(_tar_gz_bad_crc, error=(ArchiveError, "corrupt"), direct=True),
+    "zip-truncated": Case(_zip_truncated, error=(ArchiveError, "truncated or corrupt"), direct=True),
 }
 
 
@@ -718,6 +996,10 @@ def _codes(pairs) -> dict[str, str]:
     return {str(k): str(r).split(":", 1)[0] for k, r in pairs}
 
 
+def test_the_suite_counts_at_least_50_kinds():
+    assert len(CASES) >= 50, len(CASES)
+
+
 @pytest.mark.parametrize("kind", [pytest.param(k, marks=c.marks) for k, c in CASES.items()])
 def test_hostile_input(kind, tmp_path, model):
     case = CASES[kind]
@@ -742,12 +1024,17 @@ def test_hostile_input(kind, tmp_path, model):
             assert code == 0, err
         _assert_only_new(before, _tree(tmp_path), "cli.zarr")
 
-    with _deadline(60):
+    with _deadline(case.deadline):
         if case.error is not None:
             cls, match = case.error
             with pytest.raises(cls, match=match):
                 ingest(src, out, **kw)
             _assert_only_new(before, _tree(tmp_path), "cli.zarr")
+            if case.direct:
+                with pytest.raises(cls, match=match):
+                    score(src, model=model, out=tmp_path / "pred-direct.zarr",
+                          scheduler="synchronous")
+                _assert_only_new(before, _tree(tmp_path), "cli.zarr")
         else:
             r = ingest(src, out, **kw)
             _assert_only_new(before, _tree(tmp_path), "out.zarr", "cli.zarr")
@@ -761,9 +1048,10 @@ def _check_store(case, src, out, r, labels, model, tmp_path, before) -> None:
     store = open_store(out)
     rejected = _codes(store.rejects())
     assert rejected == case.rejects
-    assert r.n_rejects == len(case.rejects) and r.n_images == case.accepted == store.n
+    assert r.n_rejects == (case.n_rejects or len(case.rejects)) and r.n_images == case.accepted == store.n
     keys = [str(k) for k in store.keys[:]]
-    assert not set(keys) & set(rejected)
+    # (a duplicate-key reject has the name of the member that kept the key)
+    assert not set(keys) & {k for k, c in rejected.items() if c != "duplicate-key"}
     if case.check is not None:
         case.check(store, r)
 
