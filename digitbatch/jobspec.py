@@ -11,6 +11,7 @@ import datetime as _dt
 import difflib
 import importlib.util
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,8 +112,11 @@ def _check_value(section: str, key: str, value, where: str):
           "date": isinstance(value, (str, _dt.date)) and not isinstance(value, _dt.datetime),
           "steps": isinstance(value, list) and all(isinstance(v, str) for v in value)}[kind]
     if not ok:
-        if kind in ("int", "bool") and isinstance(value, str):
-            fix = f"write {key} = {value} without quotes"
+        if kind in ("int", "bool") and isinstance(value, str):  # (the hint only for "5", "true")
+            fix = (f"write {key} = {value} without quotes" if re.fullmatch(
+                       r"[+-]?[0-9][0-9_]*" if kind == "int" else "true|false", value.strip())
+                   else f"write {'a whole number' if kind == 'int' else 'true or false'}, "
+                        f"not {value!r}")
         elif kind in ("str", "path") and not isinstance(value, (list, dict)):
             fix = f'quote it: {key} = "{value}"'
         elif kind == "steps":

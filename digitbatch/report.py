@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import gallery, storage
+from . import folderswap, gallery, storage
 from .version import __version__
 from .errors import ModelError, ReportError
 from .layout import chunk_bounds
@@ -328,7 +328,8 @@ def write_report(pred: str | os.PathLike, *, out: str | os.PathLike,
     pred : path
         A complete scoring output (``digitbatch score --out``).
     out : path
-        Directory to write into; created if missing, its report files replaced.
+        Directory to write: absent, empty or a report folder, replaced whole once the new
+        report is complete (:func:`digitbatch.folderswap.swapped`); a kill leaves the old one.
     store : path, optional
         The run's input (a store, or the image archive/directory it scored
         directly), for the galleries' images; default: the path recorded in
@@ -343,12 +344,22 @@ def write_report(pred: str | os.PathLike, *, out: str | os.PathLike,
     p = open_predictions(pred)
     m = p.metrics
     inp = open_input(p, store)
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ReportError(f"--out {out} is a file: give a directory for the report")
-    out.mkdir(parents=True, exist_ok=True)
+    final = Path(out)
+    if final.exists() and not final.is_dir():
+        raise ReportError(f"--out {final} is a file: give a directory for the report")
+    with folderswap.swapped(final, "report") as out:  # (written whole, or not at all)
+        files, confusion_text, sel = _write_files(p, inp, store, m, out, int(top_k), t0)
+    files = {k: final / Path(v).name for k, v in files.items()}
+    seconds = time.perf_counter() - t0
+    log.info("wrote the report of %s to %s in %.2f s", p.path, final, seconds)
+    return ReportResult(str(final), str(files["html"]), {k: str(v) for k, v in files.items()},
+                        m, confusion_text, sel.n_wrong, round(seconds, 3))
+
+
+def _write_files(p, inp, store, m, out: Path, top_k: int, t0: float):
+    """Every file of the report, into the (new, empty) folder ``out``."""
     names = class_names(m)
-    sel = select_rows(p, inp.labels, k=int(top_k), digit=binary_digit(m))
+    sel = select_rows(p, inp.labels, k=top_k, digit=binary_digit(m))
     files: dict[str, Path] = {}
     confusion_text = ""
     if m.get("n_labeled"):
@@ -369,7 +380,4 @@ def write_report(pred: str | os.PathLike, *, out: str | os.PathLike,
     html_path = out / "report.html"
     storage.write_atomic(html_path, page)
     files["html"] = html_path
-    seconds = time.perf_counter() - t0
-    log.info("wrote the report of %s to %s in %.2f s", p.path, out, seconds)
-    return ReportResult(str(out), str(html_path), {k: str(v) for k, v in files.items()}, m,
-                        confusion_text, sel.n_wrong, round(seconds, 3))
+    return files, confusion_text, sel
