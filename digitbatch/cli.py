@@ -10,7 +10,7 @@ import threading
 
 import click
 
-from . import logs, summaries
+from . import cli_common, logs, summaries
 from .bench import commands as bench_commands
 from .cli_observe import EXIT_STATUS, observed
 from .errors import DigitbatchError, RunTerminated
@@ -33,6 +33,8 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)
+        except OSError as exc:  # (a file-system fault no library function named)
+            raise cli_common.stray_os_error(exc) from exc
 
 
 def _terminate(signum, frame) -> None:
@@ -98,7 +100,7 @@ def main(ctx: click.Context, verbose: int, quiet: bool, log_file: str | None,
     """Handwritten-digit recognition at archive scale: ingest, train, score."""
     logs.setup(verbose=verbose, quiet=quiet, log_file=log_file, fmt=log_format)
     ctx.with_resource(logs.log_context(run_id=logs.new_run_id()))
-    ctx.obj = {"quiet": quiet, "log_format": log_format}
+    ctx.obj = {"quiet": quiet, "log_format": log_format, "verbose": verbose, "log_file": log_file}
     if threading.current_thread() is threading.main_thread():
         # Kubernetes, SLURM and docker stop send SIGTERM before SIGKILL: unwind
         # (release the lock, keep what was committed, write the run summary)
@@ -187,6 +189,7 @@ def train(store, out, name, features, seed, cv, search, incremental, epochs, ove
     """Fit a catalogue model on STORE's train rows and test it on its test rows."""
     from .training import train as run
 
+    cli_common.only_with("epochs", "incremental", incremental)
     with _progress("train", "chunks" if incremental else "fits") as progress:
         r = run(store, out, model=name, features=features, seed=seed, cv=cv, search=search,
                 incremental=incremental, epochs=epochs, scheduler=scheduler,
@@ -307,10 +310,11 @@ def show(store, index, out, grid, label, count):
                       out=out or "digits.png")
         click.echo(f"{r['rows']} rows ({r['first']}..{r['last']}) -> {r['out']}")
         return
+    if label is not None:
+        raise click.BadParameter("only with --grid (--grid --label 3: a page of 3s)",
+                                 param_hint="'--label'")
     if index is None:
         raise click.BadParameter("required without --grid", param_hint="'--index'")
-    if label is not None:
-        raise click.BadParameter("only with --grid", param_hint="'--label'")
     r = show_digit(store, index=index, out=out or "digit.png")
     label = "unknown" if r["label"] is None else r["label"]
     click.echo(f"row {r['index']} ({r['key']}), label {label} -> {r['out']}")
@@ -440,6 +444,7 @@ def run_cmd(job, overrides, check, break_lock, as_json, scheduler, metrics_file)
 
 
 main.add_command(bench_commands.bench)
+cli_common.add_log_options(main)  # (-q and -v after the command name too)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -54,6 +54,7 @@ from pathlib import Path
 import numpy as np
 
 from . import storage, tables
+from . import fserrors
 from .digits import UNKNOWN_LABEL
 from .errors import DigitbatchError, ExportError, ExportExistsError
 from .layout import open_store, read_rows
@@ -113,6 +114,7 @@ def sidecar_path(out: str | os.PathLike) -> Path:
     return p.parent / (p.name + SIDECAR_SUFFIX)
 
 
+@fserrors.boundary(kept="No file was written (a file already at --out is kept)", folder=False)
 def export_predictions(pred: str | os.PathLike, *, out: str | os.PathLike, proba: bool = False,
                        store: str | os.PathLike | None = None, labels: bool = True,
                        overwrite: bool = False) -> ExportResult:

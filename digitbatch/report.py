@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import folderswap, gallery, storage
+from . import folderswap, fserrors, gallery, storage
 from .version import __version__
 from .errors import ModelError, ReportError
 from .layout import chunk_bounds
@@ -319,6 +319,7 @@ class ReportResult:
     seconds: float = 0.0
 
 
+@fserrors.boundary(kept="A report already at --out is kept as it was")
 def write_report(pred: str | os.PathLike, *, out: str | os.PathLike,
                  store: str | os.PathLike | None = None, top_k: int = DEFAULT_TOP_K) -> ReportResult:
     """Write the figures and ``report.html`` of scoring output ``pred`` into directory ``out``.

@@ -120,12 +120,14 @@ def write_atomic(p: Path, data: bytes | str) -> None:
             fh.flush()
             os.fsync(fh.fileno())
     except BaseException:
-        tmp.unlink(missing_ok=True)  # disk full, say: nothing half-written is left
+        with contextlib.suppress(OSError):  # (a read-only file system refuses even that)
+            tmp.unlink(missing_ok=True)  # disk full, say: nothing half-written is left
         raise
     try:
         os.replace(tmp, p)
     except BaseException:
-        tmp.unlink(missing_ok=True)  # (a directory at ``p``, say): no stray temporary file
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)  # (a directory at ``p``, say): no stray temporary file
         raise
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import cluster, storage
+from .. import fserrors
 from ..determinism import one_blas_thread
 from ..errors import IncompleteOutputError, ScoreError
 from ..layout import DEFAULT_CHUNK_SIZE
@@ -61,6 +62,7 @@ class ScoreResult:
         return self.metrics.get("accuracy")
 
 
+@fserrors.boundary(kept="What was committed at --out is kept: rerun with --resume to score only the rest")
 def score(
     source: str | Path,
     *,
