@@ -74,17 +74,18 @@ def is_fs_error(exc: BaseException) -> bool:
             and (exc.errno is not None or exc.filename is not None))
 
 
-def check_out(out, *, folder: bool, option: str = "--out") -> None:
-    """Refuse a local output path that cannot be made (see the module docstring)."""
+def check_out(out, *, folder: bool, option: str = "--out", replacing: bool = False) -> None:
+    """Refuse a local output path that cannot be made (see the module docstring);
+    ``replacing``: what is at ``out`` is left to the ``--overwrite`` rule."""
     if out is None or "{input}" in str(out):  # (an incremental template: each is checked)
         return
     p = storage.to_path(out)
     if not storage.is_local(p):
         return
-    if folder and p.exists() and not p.is_dir():
+    if folder and not replacing and p.exists() and not p.is_dir():
         raise OutputPathError(f"{option} {p} is a file: this command writes a folder there; "
                               f"give a new path (or a folder)")
-    if not folder and p.is_dir():
+    if not folder and not replacing and p.is_dir():
         raise OutputPathError(f"{option} {p} is a folder: this command writes one file; give "
                               f"a file name, e.g. {p / 'out.png' if p.suffix == '' else p}")
     parent = Path(os.path.abspath(p)).parent
@@ -109,13 +110,16 @@ def boundary(*, kept: str, out: str | None = "out", folder: bool = True):
 
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
-            target = None
+            target, given = None, {}
             if out is not None:
                 try:
-                    target = sig.bind_partial(*args, **kwargs).arguments.get(out)
+                    given = sig.bind_partial(*args, **kwargs).arguments
                 except TypeError:
-                    target = None
-                check_out(target, folder=folder)
+                    given = {}
+                target = given.get(out)
+                # (with overwrite, what is there is named by the command's own rule:
+                # storage.check_replaceable)
+                check_out(target, folder=folder, replacing=given.get("overwrite") is True)
             try:
                 return fn(*args, **kwargs)
             except OSError as exc:
