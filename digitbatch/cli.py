@@ -210,7 +210,8 @@ def train(store, out, name, features, seed, cv, search, incremental, epochs, ove
               help="CSV key,label giving (or replacing) the labels of an archive INPUT.")
 @click.option("--task-timeout", type=click.FloatRange(min=0), default=None,
               help="On a Dask cluster, seconds a chunk may run before it is cancelled and "
-                   "its worker restarted (default 1800; 0: no limit).")
+                   "its worker restarted (default 1800; 0: no limit; given, a LocalCluster "
+                   "has worker processes: a thread cannot be stopped).")
 @click.option("--lock-ttl", type=click.FloatRange(min=1), default=None,
               help="Seconds of this run's lease on OUT (renewed every quarter of it); a lock "
                    "not renewed for this long is taken over by the next run (default 120).")
