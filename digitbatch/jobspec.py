@@ -112,11 +112,10 @@ def _check_value(section: str, key: str, value, where: str):
           "date": isinstance(value, (str, _dt.date)) and not isinstance(value, _dt.datetime),
           "steps": isinstance(value, list) and all(isinstance(v, str) for v in value)}[kind]
     if not ok:
-        if kind in ("int", "bool") and isinstance(value, str):  # (the hint only for "5", "true")
-            fix = (f"write {key} = {value} without quotes" if re.fullmatch(
-                       r"[+-]?[0-9][0-9_]*" if kind == "int" else "true|false", value.strip())
-                   else f"write {'a whole number' if kind == 'int' else 'true or false'}, "
-                        f"not {value!r}")
+        if kind in ("int", "bool") and isinstance(value, str):  # (unquoting only "5", "true")
+            fix = (f"write {key} = {value} without quotes" if re.fullmatch(r"[+-]?[0-9][0-9_]*"
+                   if kind == "int" else "true|false", value.strip()) else
+                   f"write {'a whole number' if kind == 'int' else 'true or false'}, not {value!r}")
         elif kind in ("str", "path") and not isinstance(value, (list, dict)):
             fix = f'quote it: {key} = "{value}"'
         elif kind == "steps":
@@ -271,6 +270,8 @@ def _check_options(job: Job) -> None:
         if tr.get("incremental") and (tr.get("cv") is not None or tr.get("search")):
             raise JobSpecError("train.incremental cannot be combined with train.cv or "
                                "train.search: remove one")
+        if "epochs" in tr and not tr.get("incremental"):  # (as --epochs: never ignored)
+            raise JobSpecError("train.epochs is only for train.incremental = true: remove it")
     ex = job.params["export"]
     if "export" in job.steps:
         from .errors import ExportError

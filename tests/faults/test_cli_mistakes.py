@@ -238,3 +238,16 @@ def test_a_bar_is_cleared_for_other_libraries_log_lines(monkeypatch):
     with Progress("ingest", mode="bar", stream=stream) as bar:
         bar(0, total=10)
     assert stream.getvalue().endswith("\n")
+
+
+def test_a_job_specs_epochs_without_incremental_is_refused(tmp_path, small_store):
+    from digitbatch.errors import JobSpecError
+    from digitbatch.jobspec import load_job
+
+    spec = tmp_path / "job.toml"
+    spec.write_text(f'[job]\nname = "x"\nworkdir = "{tmp_path}"\nsteps = ["train"]\n'
+                    f'[train]\nstore = "{small_store}"\nout = "{tmp_path / "m"}"\nepochs = 3\n')
+    with pytest.raises(JobSpecError, match="train.epochs is only for train.incremental"):
+        load_job(spec)
+    spec.write_text(spec.read_text() + "incremental = true\n")
+    load_job(spec)
