@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import difflib
 import importlib.util
+import logging
 import os
 import re
 import tomllib
@@ -270,8 +271,10 @@ def _check_options(job: Job) -> None:
         if tr.get("incremental") and (tr.get("cv") is not None or tr.get("search")):
             raise JobSpecError("train.incremental cannot be combined with train.cv or "
                                "train.search: remove one")
-        if "epochs" in tr and not tr.get("incremental"):  # (as --epochs: never ignored)
-            raise JobSpecError("train.epochs is only for train.incremental = true: remove it")
+        if "epochs" in tr and not tr.get("incremental"):  # (never ignored silently)
+            logging.getLogger(__name__).warning(
+                "train.epochs = %s has no effect: it is only for train.incremental = true",
+                tr["epochs"])
     ex = job.params["export"]
     if "export" in job.steps:
         from .errors import ExportError

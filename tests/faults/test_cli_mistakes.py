@@ -7,7 +7,8 @@ model-typo                  ``train --model sgd-kernal`` (and detect-22)   did y
 quiet-after-command         ``train ... -q``, ``score ... -v``              accepted, as before the
                                                                            command name
 show-label-without-grid     ``show --label 3`` (with and without --index)  names --label and --grid
-epochs-without-incremental  ``train --epochs 3`` (and ``--epochs 5``)      usage error, exit 2
+epochs-without-incremental  ``train --epochs 3`` (and ``--epochs 5``);     usage error, exit 2;
+                            a spec's ``epochs``                            the spec: a warning
 spec-hint                   ``cv = "abc"``, ``cv = "3"``, ``incremental =  "without quotes" only
                             "yes"``                                        where it would parse
 detect-confusion            detect-2's text confusion matrix               rows "not 2" and "2"
@@ -240,14 +241,18 @@ def test_a_bar_is_cleared_for_other_libraries_log_lines(monkeypatch):
     assert stream.getvalue().endswith("\n")
 
 
-def test_a_job_specs_epochs_without_incremental_is_refused(tmp_path, small_store):
-    from digitbatch.errors import JobSpecError
+def test_a_job_specs_epochs_without_incremental_is_warned(tmp_path, small_store, caplog):
+    """In a spec (which may set every key for the record) a warning, not a refusal."""
     from digitbatch.jobspec import load_job
 
     spec = tmp_path / "job.toml"
     spec.write_text(f'[job]\nname = "x"\nworkdir = "{tmp_path}"\nsteps = ["train"]\n'
                     f'[train]\nstore = "{small_store}"\nout = "{tmp_path / "m"}"\nepochs = 3\n')
-    with pytest.raises(JobSpecError, match="train.epochs is only for train.incremental"):
+    with caplog.at_level(logging.WARNING, logger="digitbatch"):
         load_job(spec)
+    assert any("train.epochs = 3 has no effect" in m for m in caplog.messages)
+    caplog.clear()
     spec.write_text(spec.read_text() + "incremental = true\n")
-    load_job(spec)
+    with caplog.at_level(logging.WARNING, logger="digitbatch"):
+        load_job(spec)
+    assert not any("epochs" in m for m in caplog.messages)
