@@ -135,8 +135,7 @@ def _progress(label: str, unit: str = "images"):
               help="CSV with columns key,label that labels images by key.")
 @click.option("--chunk-size", type=int, default=None, help="Images per chunk (default 32768).")
 @click.option("--codec", type=click.Choice(["lz4", "none"]), default="lz4", show_default=True,
-              help="Image chunks LZ4-compressed, or raw: about 5x the disk (MNIST), scored "
-                   "without decoding.")
+              help="Image chunks LZ4-compressed, or raw: about 5x the disk, scored as they lie.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store once the new one is complete.")
 @click.option("--max-rejects", type=int, default=None,
               help="Fail when more inputs than this are rejected (default 10).")
@@ -209,9 +208,8 @@ def train(store, out, name, features, seed, cv, search, incremental, epochs, ove
 @click.option("--labels", type=click.Path(),
               help="CSV key,label giving (or replacing) the labels of an archive INPUT.")
 @click.option("--task-timeout", type=click.FloatRange(min=0), default=None,
-              help="On a Dask cluster, seconds a chunk may run before it is cancelled and "
-                   "its worker restarted (default 1800; 0: no limit; given, a LocalCluster "
-                   "has worker processes: a thread cannot be stopped).")
+              help="On a Dask cluster, seconds a chunk may run before it is stopped (its "
+                   "worker restarted; given, a LocalCluster has processes). Default 1800; 0: none.")
 @click.option("--lock-ttl", type=click.FloatRange(min=1), default=None,
               help="Seconds of this run's lease on OUT (renewed every quarter of it); a lock "
                    "not renewed for this long is taken over by the next run (default 120).")

@@ -272,9 +272,8 @@ def _check_options(job: Job) -> None:
             raise JobSpecError("train.incremental cannot be combined with train.cv or "
                                "train.search: remove one")
         if "epochs" in tr and not tr.get("incremental"):  # (never ignored silently)
-            logging.getLogger(__name__).warning(
-                "train.epochs = %s has no effect: it is only for train.incremental = true",
-                tr["epochs"])
+            logging.getLogger(__name__).warning("train.epochs = %s has no effect: it is only "
+                                                "for train.incremental = true", tr["epochs"])
     ex = job.params["export"]
     if "export" in job.steps:
         from .errors import ExportError
