@@ -31,7 +31,7 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from . import storage, tempstores
@@ -109,13 +109,16 @@ def remove_stale(target: str | os.PathLike) -> list[Path]:
 
 
 @contextlib.contextmanager
-def swapped(target: str | os.PathLike, kind: str, *, option: str = "--out") -> Iterator[Path]:
+def swapped(target: str | os.PathLike, kind: str, *, option: str = "--out",
+            keep: Callable[[Path], Iterable[str]] | None = None) -> Iterator[Path]:
     """A new empty folder to write ``target``'s content into, swapped in whole on success.
 
     ``target`` must be absent, an empty folder or a digitbatch output of
     ``kind`` (else :class:`~digitbatch.errors.OverwriteRefusedError`, before
     the body runs). Missing parent folders are created. If the body raises
     (or the process is killed), ``target`` is left exactly as it was.
+    ``keep(old_folder)``: names of files of the old folder to carry into the
+    new one (one a person edited, say), each unless the body wrote that name.
     """
     target = Path(target)
     check_target(target, kind, option=option)
@@ -129,6 +132,9 @@ def swapped(target: str | os.PathLike, kind: str, *, option: str = "--out") -> I
         yield tmp
         check_target(target, kind, option=option)  # (it may have changed meanwhile)
         had_old = os.path.lexists(target)
+        for name in (keep(target) if keep is not None and had_old else ()):
+            if not os.path.lexists(tmp / name) and (target / name).is_file():
+                shutil.copy2(target / name, tmp / name)  # (the old stays whole until the swap)
         if had_old:
             os.rename(target, old)
         try:

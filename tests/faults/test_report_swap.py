@@ -156,3 +156,19 @@ def test_a_live_runs_temporary_folder_is_left(tmp_path, caplog):
         assert folderswap.remove_stale(target) == []
     assert tmp.is_dir() and record.is_file()
     assert any("left" in m for m in caplog.messages)
+
+
+def test_files_the_caller_keeps_are_carried_into_the_new_folder(tmp_path):
+    """``keep``: a file of the old folder a person edited (a filled-in review list, say)
+    goes into the new folder; a name the new content writes itself is the new one's."""
+    target = tmp_path / "rep"
+    with folderswap.swapped(target, "report") as d:
+        (d / "report.html").write_text("<title>digitbatch report: x</title> old")
+        (d / "errors.png").write_bytes(b"edited by a person")
+    with folderswap.swapped(target, "report",
+                            keep=lambda old: ["errors.png", "report.html", "absent.png"]) as d:
+        (d / "report.html").write_text("<title>digitbatch report: x</title> new")
+    assert (target / "errors.png").read_bytes() == b"edited by a person"
+    assert (target / "report.html").read_text().endswith(" new")
+    assert sorted(os.listdir(target)) == ["errors.png", "report.html"]
+    assert _side(tmp_path, "rep") == []
