@@ -10,7 +10,7 @@ import threading
 
 import click
 
-from . import cli_review, logs, summaries
+from . import cli_common, cli_review, logs, summaries
 from . import cli_promote
 from .bench import commands as bench_commands
 from . import cli_history
@@ -37,6 +37,8 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)
+        except OSError as exc:  # (a file-system fault no library function named)
+            raise cli_common.stray_os_error(exc) from exc
 
 
 def _terminate(signum, frame) -> None:
@@ -102,7 +104,7 @@ def main(ctx: click.Context, verbose: int, quiet: bool, log_file: str | None,
     """Handwritten-digit recognition at archive scale: ingest, train, score."""
     logs.setup(verbose=verbose, quiet=quiet, log_file=log_file, fmt=log_format)
     ctx.with_resource(logs.log_context(run_id=logs.new_run_id()))
-    ctx.obj = {"quiet": quiet, "log_format": log_format}
+    ctx.obj = {"quiet": quiet, "log_format": log_format, "verbose": verbose, "log_file": log_file}
     if threading.current_thread() is threading.main_thread():
         # Kubernetes, SLURM and docker stop send SIGTERM before SIGKILL: unwind
         # (release the lock, keep what was committed, write the run summary)
@@ -139,7 +141,7 @@ def _progress(label: str, unit: str = "images"):
               help="Keep only the images --labels gives a label (a reviewed review.csv).")
 @click.option("--chunk-size", type=int, default=None, help="Images per chunk (default 32768).")
 @click.option("--codec", type=click.Choice(["lz4", "none"]), default="lz4", show_default=True,
-              help="Image chunks LZ4-compressed, or raw: 3x the disk, scored without decoding.")
+              help="Image chunks LZ4-compressed, or raw: about 5x the disk, scored as they lie.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store once the new one is complete.")
 @click.option("--max-rejects", type=int, default=None,
               help="Fail when more inputs than this are rejected (default 10).")
@@ -197,6 +199,7 @@ def train(store, out, name, features, seed, cv, search, incremental, epochs, ove
     """Fit a catalogue model on STORE's train rows and test it on its test rows."""
     from .training import train as run
 
+    cli_common.only_with("epochs", "incremental", incremental)
     with _progress("train", "chunks" if incremental else "fits") as progress:
         r = run(store, out, model=name, features=features, seed=seed, cv=cv, search=search,
                 incremental=incremental, epochs=epochs, scheduler=scheduler,
@@ -215,8 +218,8 @@ def train(store, out, name, features, seed, cv, search, incremental, epochs, ove
 @click.option("--labels", type=click.Path(),
               help="CSV key,label giving (or replacing) the labels of an archive INPUT.")
 @click.option("--task-timeout", type=click.FloatRange(min=0), default=None,
-              help="On a Dask cluster, seconds a chunk may run before it is cancelled and "
-                   "its worker restarted (default 1800; 0: no limit).")
+              help="On a Dask cluster, seconds a chunk may run before it is stopped (its "
+                   "worker restarted; given, a LocalCluster has processes). Default 1800; 0: none.")
 @click.option("--lock-ttl", type=click.FloatRange(min=1), default=None,
               help="Seconds of this run's lease on OUT (renewed every quarter of it); a lock "
                    "not renewed for this long is taken over by the next run (default 120).")
@@ -325,10 +328,11 @@ def show(store, index, out, grid, label, count):
                       out=out or "digits.png")
         click.echo(f"{r['rows']} rows ({r['first']}..{r['last']}) -> {r['out']}")
         return
+    if label is not None:
+        raise click.BadParameter("only with --grid (--grid --label 3: a page of 3s)",
+                                 param_hint="'--label'")
     if index is None:
         raise click.BadParameter("required without --grid", param_hint="'--index'")
-    if label is not None:
-        raise click.BadParameter("only with --grid", param_hint="'--label'")
     r = show_digit(store, index=index, out=out or "digit.png")
     label = "unknown" if r["label"] is None else r["label"]
     click.echo(f"row {r['index']} ({r['key']}), label {label} -> {r['out']}")
@@ -469,6 +473,7 @@ main.add_command(bench_commands.bench)
 main.add_command(cli_history.history)
 main.add_command(cli_promote.promote)
 main.add_command(cli_review.subset)
+cli_common.add_log_options(main)  # (-q and -v after the command name too)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -288,6 +288,9 @@ def _quiet_distributed() -> None:
         logging.getLogger("distributed").setLevel(logging.WARNING)
 
 
+WORKER_PRELOAD = "digitbatch.workerinit"  # (Ctrl-C is the run's, not its workers')
+
+
 @contextlib.contextmanager
 def _local_cluster(n_workers: int | None, processes: bool = True) -> Iterator:
     """A LocalCluster of single-threaded workers, on 127.0.0.1 only: worker
@@ -302,8 +305,8 @@ def _local_cluster(n_workers: int | None, processes: bool = True) -> Iterator:
     # (config= too: a worker process the cluster starts again later, e.g. after
     # Client.restart, gets it from its Nanny, not from this block's dask.config)
     host = local_host()
-    options = ({"env": dict(WORKER_ENV), "host": host, "config": LOCAL_CLUSTER_CONFIG}
-               if processes else
+    options = ({"env": dict(WORKER_ENV), "host": host, "config": LOCAL_CLUSTER_CONFIG,
+                "preload": [WORKER_PRELOAD]} if processes else
                # in-process workers still start an HTTP server (/metrics, /health),
                # on every interface unless told where
                {"worker_dashboard_address": f"{host}:0"})

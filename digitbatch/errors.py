@@ -244,3 +244,19 @@ class DriftAlarmError(DigitbatchError, RuntimeError):
 class SubsetError(DigitbatchError, ValueError):
     """``digitbatch subset``: the labels file gives no usable label, has labels that are
     not digits, or names no row of the store (nothing is written)."""
+
+
+# --- the file system at a command's boundary (digitbatch.fserrors) ----------
+
+
+class FileSystemError(DigitbatchError, OSError):
+    """An OS error reading or writing a path (disk full, read-only file system, permission
+    denied ...): names the path, says what to do and what was kept.
+
+    ``cause_errno`` and ``path`` are the original error's ``errno`` and ``filename``.
+    """
+
+
+class OutputPathError(DigitbatchError, ValueError):
+    """An output path cannot be made: a file where a folder is wanted (or the
+    reverse), a parent that is a file, a folder this user cannot write."""

@@ -54,8 +54,9 @@ from pathlib import Path
 import numpy as np
 
 from . import storage, tables
+from . import fserrors
 from .digits import UNKNOWN_LABEL
-from .errors import DigitbatchError, ExportError, ExportExistsError
+from .errors import DigitbatchError, ExportError, ExportExistsError, OverwriteRefusedError
 from .layout import open_store, read_rows
 from .report_input import existing
 from .scoring.output import Predictions, is_output, open_predictions
@@ -113,6 +114,7 @@ def sidecar_path(out: str | os.PathLike) -> Path:
     return p.parent / (p.name + SIDECAR_SUFFIX)
 
 
+@fserrors.boundary(kept="No file was written (a file already at --out is kept)", folder=False)
 def export_predictions(pred: str | os.PathLike, *, out: str | os.PathLike, proba: bool = False,
                        store: str | os.PathLike | None = None, labels: bool = True,
                        overwrite: bool = False) -> ExportResult:
@@ -239,6 +241,47 @@ def _check_out(src: Path, dest: Path, overwrite: bool) -> None:
         if not overwrite:
             raise ExportExistsError(f"{dest} exists: pass --overwrite to replace it, or "
                                     f"choose another --out")
+        if not is_export(dest):  # (the rule of every --overwrite: storage.check_replaceable)
+            raise OverwriteRefusedError(
+                f"--overwrite: {dest} is {storage.what_is(dest)} digitbatch did not export ("
+                + (f"no {sidecar_path(dest).name} describing it as it is now"
+                   if export_format(dest) == "csv" else "no export record in its metadata")
+                + "), so it is left as it is. Move it away, or choose another --out")
+    side = sidecar_path(dest)
+    if export_format(dest) == "csv" and side.exists() and _record(side) is None:
+        raise OverwriteRefusedError(f"{side} exists and is not a digitbatch export's sidecar: "
+                                    f"the CSV's metadata would replace it; move it away, or "
+                                    f"choose another --out")
+
+
+def _record(sidecar: Path) -> dict | None:
+    """A CSV sidecar's export record, or None (unreadable, not one)."""
+    try:
+        rec = json.loads(sidecar.read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) and "export_version" in rec else None
+
+
+def is_export(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a file :func:`export_predictions` wrote: a Parquet file whose
+    metadata holds the export record, or a CSV whose sidecar names it with its size."""
+    p = storage.to_path(path)
+    try:
+        if storage.is_local(p) and (p.is_symlink() or not p.is_file()):
+            return False
+        if export_format(p) == "csv":
+            rec = _record(sidecar_path(p))
+            return rec is not None and rec.get("file") == p.name and \
+                rec.get("bytes") == p.stat().st_size
+        import pyarrow.parquet as pq
+
+        with p.open("rb") as fh:
+            kv = pq.read_schema(fh).metadata or {}
+        rec = json.loads(kv.get((tables.META_PREFIX + "export").encode(), b"null"))
+        return isinstance(rec, dict) and "export_version" in rec
+    except Exception:  # (an unreadable or foreign file: not an export)
+        return False
 
 
 def _labels(p: Predictions, override):

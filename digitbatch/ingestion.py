@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from . import cluster, storage
+from . import fserrors
 from .errors import SourceError, SourceNotFoundError, TooManyRejectsError
 from .layout import (
     DEFAULT_CHUNK_SIZE, DEFAULT_IMAGE_CODEC, StoreWriter, validate_chunk_size, validate_codec,
@@ -126,6 +127,7 @@ def _image_batches(path: Path, ex, *, batch_size: int, max_member_bytes: int,
         yield Batch.empty(header_rejects)
 
 
+@fserrors.boundary(kept="Nothing was written at --out (a store already there is kept)")
 def ingest(
     source: str | Path,
     out: str | Path,

@@ -10,7 +10,9 @@ from __future__ import annotations
 import datetime as _dt
 import difflib
 import importlib.util
+import logging
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +67,7 @@ _TYPE_NAMES = {"str": "a string", "path": "a path (a string)", "int": "an intege
                "bool": "true or false", "date": "a date (2026-11-24)",
                "steps": f"a list of step names from {list(STEPS)}",
                "paths": 'a list of paths (["/data/nightly"])'}
+_FIX_KIND = {"int": "a whole number", "float": "a number", "bool": "true or false"}
 
 
 @dataclass(frozen=True)
@@ -129,8 +132,12 @@ def _check_value(section: str, key: str, value, where: str):
           "paths": isinstance(value, list) and all(isinstance(v, str) and v.strip()
                                                    for v in value)}[kind]
     if not ok:
-        if kind in ("int", "float", "bool") and isinstance(value, str):
-            fix = f"write {key} = {value} without quotes"
+        if kind in ("int", "float", "bool") and isinstance(value, str):  # (unquoting only "5", "true")
+            fix = (f"write {key} = {value} without quotes" if re.fullmatch(
+                   r"[+-]?[0-9][0-9_]*" if kind == "int" else
+                   r"[+-]?([0-9][0-9_]*)?(\.[0-9]+)?([eE][+-]?[0-9]+)?" if kind == "float" else
+                   "true|false", value.strip()) and value.strip() not in ("", "+", "-") else
+                   f"write {_FIX_KIND[kind]}, not {value!r}")
         elif kind in ("str", "path") and not isinstance(value, (list, dict)):
             fix = f'quote it: {key} = "{value}"'
         elif kind == "steps":
@@ -293,6 +300,9 @@ def _check_options(job: Job) -> None:
         if tr.get("incremental") and (tr.get("cv") is not None or tr.get("search")):
             raise JobSpecError("train.incremental cannot be combined with train.cv or "
                                "train.search: remove one")
+        if "epochs" in tr and not tr.get("incremental"):  # (never ignored silently)
+            logging.getLogger(__name__).warning("train.epochs = %s has no effect: it is only "
+                                                "for train.incremental = true", tr["epochs"])
     ex = job.params["export"]
     if "export" in job.steps:
         from .errors import ExportError

@@ -257,8 +257,10 @@ class StoreWriter:
             )
         if overwrite:
             storage.check_replaceable(self.path, "store")
-        if not storage.parent_exists(self.path):
-            raise StoreError(f"parent directory {self.path.parent} of {self.path} does not exist")
+        if self.local:  # missing parent folders are created, by every command
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        elif not storage.parent_exists(self.path):
+            raise StoreError(f"the bucket of {self.path} does not exist: create it first")
         # object stores cannot rename: there the store is written in place
         # (invalid until ``complete``); an overwritten one is removed first
         self.token = uuid.uuid4().hex[:12]

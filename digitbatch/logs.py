@@ -96,6 +96,8 @@ class JsonFormatter(logging.Formatter):
 class BarAwareHandler(logging.StreamHandler):
     """A stream handler that moves a progress bar on its stream out of the way."""
 
+    _bar_guarded = True  # (progressbar leaves it as it is)
+
     def emit(self, record: logging.LogRecord) -> None:
         with progressbar.cleared(self.stream):
             super().emit(record)

@@ -248,6 +248,9 @@ def _load(path: str | os.PathLike) -> LoadedModel:
     p = Path(path)
     if not p.exists():
         raise ModelError(f"model {p} does not exist: train one with `digitbatch train`")
+    if not p.is_dir() and p.name in (MANIFEST_FILE, MODEL_FILE):
+        raise ModelError(f"model {p} is one file of a model: give the model folder "
+                         f"{str(p.parent)!r} (the --out of `digitbatch train`), not a file in it")
     if not p.is_dir():
         raise ModelError(
             f"model {p} is a file, not a digitbatch model directory; pickle/joblib files are "

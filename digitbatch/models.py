@@ -140,10 +140,15 @@ def get_spec(name: str) -> ModelSpec:
             generic = CATALOGUE["detect-DIGIT"]
             return ModelSpec(name, generic.summary.replace("DIGIT", m.group(1)),
                              binary_digit=int(m.group(1)))
+    import difflib
+
+    names = [n for n in CATALOGUE if n != "detect-DIGIT"] + [f"detect-{d}" for d in range(10)]
+    hint = difflib.get_close_matches(str(name).lower(), names, n=1, cutoff=0.6)
     raise TrainingError(
-        f"unknown model {name!r}; the catalogue has: sgd, sgd-kernel, sgd-patches, detect-0 ... "
-        f"detect-9 "
-        f"(see `digitbatch models`)"
+        f"unknown model {name!r}"
+        + (f": did you mean {hint[0]!r}?" if hint else "")
+        + "; the catalogue has: sgd, sgd-kernel, sgd-patches, detect-0 ... detect-9 "
+          "(see `digitbatch models`)"
     )
 
 

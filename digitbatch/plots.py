@@ -9,12 +9,16 @@ report's drift section).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from . import gallery
+from . import fserrors, gallery
 from .errors import StoreError
 from .layout import UNKNOWN_LABEL, open_store
 
@@ -29,6 +33,22 @@ def _pyplot():
     return gallery.pyplot()
 
 
+@contextlib.contextmanager
+def _written_whole(out: str | Path) -> Iterator[Path]:
+    """A temporary name beside ``out`` (same suffix: it picks the format) renamed to
+    ``out`` once written; its missing parent folders are created, as every command does."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}{out.suffix}"
+    try:
+        yield tmp
+        os.replace(tmp, out)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
+@fserrors.boundary(kept="Nothing was written (an existing file at --out is kept)", folder=False)
 def show_digit(store: str | Path, *, index: int, out: str | Path) -> dict:
     """Draw row ``index`` of ``store`` (28x28, binary cmap, nearest, no axes) to ``out``."""
     s = open_store(store)
@@ -45,7 +65,8 @@ def show_digit(store: str | Path, *, index: int, out: str | Path) -> dict:
         ax.set_title(f"row {index}: label {shown}\n{gallery.printable(key)}", fontsize=8)
         fig.tight_layout()
         try:
-            fig.savefig(out)
+            with _written_whole(out) as tmp:
+                fig.savefig(tmp)
         finally:
             plt.close(fig)
     log.info("drew row %d of %s to %s", index, s.path, out)
@@ -79,6 +100,7 @@ def grid_rows(s, *, index: int, label: int | None, count: int) -> np.ndarray:
     return np.concatenate(found) if found else np.zeros(0, np.int64)
 
 
+@fserrors.boundary(kept="Nothing was written (an existing file at --out is kept)", folder=False)
 def show_grid(store: str | Path, *, out: str | Path, index: int = 0, label: int | None = None,
               count: int = 100) -> dict:
     """Draw a page of digits of ``store`` to ``out``, each titled with row, label and key.
@@ -111,7 +133,8 @@ def show_grid(store: str | Path, *, out: str | Path, index: int = 0, label: int 
         what = "unlabelled rows" if label == UNKNOWN_LABEL else f"rows labelled {label}"
         heading = (f"{gallery.printable(s.path.name)}: the first {len(rows)} {what} "
                    f"from row {index}")
-    gallery.draw_gallery(images, titles, out, title=heading)
+    with _written_whole(out) as tmp:
+        gallery.draw_gallery(images, titles, tmp, title=heading)
     log.info("drew %d rows of %s to %s", len(rows), s.path, out)
     return {"rows": int(len(rows)), "first": int(rows[0]), "last": int(rows[-1]),
             "label": label, "out": str(out)}

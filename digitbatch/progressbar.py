@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import logging
 import sys
 import threading
@@ -47,6 +48,28 @@ def cleared(stream):
         finally:
             if bar is not None:
                 bar.draw(time.perf_counter())
+
+
+def _guard_handlers(stream) -> None:
+    """Make every log handler that writes on ``stream`` clear the bar first.
+
+    digitbatch's own (:class:`digitbatch.logs.BarAwareHandler`) does; Dask,
+    tornado and bokeh keep stream handlers of their own that do not
+    propagate to the root, and would write into the bar's line.
+    """
+    loggers = [logging.getLogger(), *(lg for lg in list(logging.Logger.manager.loggerDict.values())
+                                      if isinstance(lg, logging.Logger))]
+    for lg in loggers:
+        for h in list(lg.handlers):
+            if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) is stream \
+                    and not getattr(h, "_bar_guarded", False):
+                h.emit = functools.partial(_emit_cleared, h.emit, stream)
+                h._bar_guarded = True
+
+
+def _emit_cleared(emit, stream, record) -> None:
+    with cleared(stream):
+        emit(record)
 
 
 def format_eta(seconds: float | None) -> str:
@@ -149,6 +172,7 @@ class Progress:
                     f"ETA {format_eta(f['eta_seconds'])}")
         else:
             text = f"\r{self.label}: {f['done']:,} {self.unit} {f['rate']:,.0f} {self.unit}/s"
+        _guard_handlers(self.stream)
         self.stream.write(text + "\x1b[K")
         self.stream.flush()
         self.drawn = True
@@ -176,7 +200,7 @@ class Progress:
     def close(self) -> None:
         if self.mode == "bar":
             with _bars_lock:
-                if self.done:
+                if self.done or self.drawn:  # (end the bar's line: what follows starts anew)
                     self.draw(time.perf_counter())
                     self.stream.write("\n")
                     self.stream.flush()

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import gallery, report_drift, storage
+from . import folderswap, fserrors, gallery, report_drift, storage
 from .version import __version__
 from .errors import ModelError, ReportError
 from .layout import chunk_bounds
@@ -37,7 +37,7 @@ from .metrics import format_confusion
 from .modelio import manifest_path, read_manifest
 from .models import binary_target
 from .report_input import ScoredInput, existing, open_input
-from .review import DEFAULT_REVIEW, check_review, check_unedited, write_review
+from .review import DEFAULT_REVIEW, check_review, check_unedited, kept_files, write_review
 from .scoring.output import PRED_FILL, Predictions, open_predictions
 
 log = logging.getLogger(__name__)
@@ -331,6 +331,7 @@ class ReportResult:
     seconds: float = 0.0
 
 
+@fserrors.boundary(kept="A report already at --out is kept as it was")
 def write_report(pred: str | os.PathLike, *, out: str | os.PathLike,
                  store: str | os.PathLike | None = None, top_k: int = DEFAULT_TOP_K,
                  review: int = DEFAULT_REVIEW) -> ReportResult:
@@ -341,7 +342,8 @@ def write_report(pred: str | os.PathLike, *, out: str | os.PathLike,
     pred : path
         A complete scoring output (``digitbatch score --out``).
     out : path
-        Directory to write into; created if missing, its report files replaced.
+        Directory to write: absent, empty or a report folder, replaced whole once the new
+        report is complete (:func:`digitbatch.folderswap.swapped`); a kill leaves the old one.
     store : path, optional
         The run's input (a store, or the image archive/directory it scored
         directly), for the galleries' images; default: the path recorded in
@@ -360,13 +362,26 @@ def write_report(pred: str | os.PathLike, *, out: str | os.PathLike,
     p = open_predictions(pred)
     m = p.metrics
     inp = open_input(p, store)
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ReportError(f"--out {out} is a file: give a directory for the report")
-    check_unedited(out, review=review)  # (the final folder: a filled-in review.csv is kept)
-    out.mkdir(parents=True, exist_ok=True)
+    final = Path(out)
+    if final.exists() and not final.is_dir():
+        raise ReportError(f"--out {final} is a file: give a directory for the report")
+    check_unedited(final, review=review)  # (the final folder: a filled-in review.csv is kept)
+    with folderswap.swapped(final, "report",  # (written whole, or not at all)
+                            keep=lambda old: kept_files(old, review=review)) as out:
+        files, confusion_text, sel = _write_files(p, inp, store, m, out, int(top_k), t0,
+                                                  review, final)
+    files = {k: final / Path(v).name for k, v in files.items()}
+    seconds = time.perf_counter() - t0
+    log.info("wrote the report of %s to %s in %.2f s", p.path, final, seconds)
+    return ReportResult(str(final), str(files["html"]), {k: str(v) for k, v in files.items()},
+                        m, confusion_text, sel.n_wrong, round(seconds, 3))
+
+
+def _write_files(p, inp, store, m, out: Path, top_k: int, t0: float, review: int,
+                 final: Path):
+    """Every file of the report, into the (new, empty) folder ``out`` (to become ``final``)."""
     names = class_names(m)
-    sel = select_rows(p, inp.labels, k=int(top_k), digit=binary_digit(m), review=review)
+    sel = select_rows(p, inp.labels, k=top_k, digit=binary_digit(m), review=review)
     files: dict[str, Path] = {}
     confusion_text = ""
     if m.get("n_labeled"):
@@ -384,14 +399,11 @@ def write_report(pred: str | os.PathLike, *, out: str | os.PathLike,
     files.update(report_drift.figures(m, names, out))
     if sel.review is not None:
         files.update(write_review(p, inp, sel.review.rows, names, binary_digit(m), out,
-                                  n_scored=sel.n_scored))
+                                  n_scored=sel.n_scored, final=final))
     model_rows, note = _model_summary(m, p.path.parent)
     page = _html(p, inp, store, m, names, files, sel, model_rows, note, confusion_text,
                  time.perf_counter() - t0)
     html_path = out / "report.html"
     storage.write_atomic(html_path, page)
     files["html"] = html_path
-    seconds = time.perf_counter() - t0
-    log.info("wrote the report of %s to %s in %.2f s", p.path, out, seconds)
-    return ReportResult(str(out), str(html_path), {k: str(v) for k, v in files.items()}, m,
-                        confusion_text, sel.n_wrong, round(seconds, 3))
+    return files, confusion_text, sel

@@ -237,9 +237,11 @@ def html_text(rows: list[ReviewRow], images: np.ndarray, *, pred_path: str, inpu
 
 
 def write_review(p, inp, rows: np.ndarray, names: list[str], digit: int | None, out: Path, *,
-                 n_scored: int) -> dict[str, Path]:
-    """Write ``review.csv`` and ``review.html`` of ranked output ``rows`` into directory ``out``."""
+                 n_scored: int, final: Path | None = None) -> dict[str, Path]:
+    """Write ``review.csv`` and ``review.html`` of ranked output ``rows`` into directory ``out``
+    (``final``: the folder it will be swapped into, which the page's commands name)."""
     out = Path(out)
+    final = out if final is None else Path(final)
     items, images = review_rows(p, inp, rows, names, digit)
     csv_path, html_path = out / REVIEW_CSV, out / REVIEW_HTML
     data = ("\ufeff" + csv_text(items)).encode("utf-8")
@@ -249,7 +251,7 @@ def write_review(p, inp, rows: np.ndarray, names: list[str], digit: int | None, 
         items, images, pred_path=str(p.path), input_path=str(inp.path), margin_kind=kind,
         n_scored=n_scored, csv_sha256=hashlib.sha256(data).hexdigest(),
         steps=next_steps(str(inp.path), (p.metrics.get("input") or {}).get("kind", "store"),
-                         str(csv_path))))
+                         str(final / REVIEW_CSV))))
     log.info("wrote the %d most doubtful rows, for review, to %s and %s", len(items), csv_path,
              html_path)
     return {"review_csv": csv_path, "review_html": html_path}
@@ -269,21 +271,25 @@ def _edited(out: Path) -> bool:
 
 def check_unedited(out: str | Path, *, review: int) -> None:
     """Refuse to write a report into ``out`` whose ``review.csv`` a person has changed
-    (its labels would be lost); with ``review`` 0, remove review files that were not
-    changed (they describe an earlier run)."""
+    (its labels would be lost). With ``review`` 0 the changed file is carried into
+    the new report folder instead (:func:`kept_files`); review files nobody changed
+    go with the old folder when the new one is swapped in."""
     out = storage.to_path(out)
     csv_path = out / REVIEW_CSV
     if not storage.is_local(out) or not csv_path.is_file():
         return
-    if _edited(out):
-        if review:
-            raise ReportError(
-                f"{csv_path} has been changed since the report wrote it (labels filled in?): "
-                f"the report would replace it. Move it out of {out} (or write the report "
-                f"into another --out) first")
-        log.warning("leaving %s (changed since the report wrote it) beside the new report",
-                    csv_path)
-        return
-    if not review:
-        for name in (REVIEW_CSV, REVIEW_HTML):
-            (out / name).unlink(missing_ok=True)
+    if _edited(out) and review:
+        raise ReportError(
+            f"{csv_path} has been changed since the report wrote it (labels filled in?): "
+            f"the report would replace it. Move it out of {out} (or write the report "
+            f"into another --out) first")
+
+
+def kept_files(old: Path, *, review: int) -> list[str]:
+    """Files of the old report folder ``old`` to carry into the new one: a
+    ``review.csv`` a person changed, when this report writes no review."""
+    csv_path = old / REVIEW_CSV
+    if review or not storage.is_local(old) or not csv_path.is_file() or not _edited(old):
+        return []
+    log.warning("keeping %s (changed since the report wrote it) beside the new report", csv_path)
+    return [REVIEW_CSV]

@@ -120,12 +120,14 @@ def write_atomic(p: Path, data: bytes | str) -> None:
             fh.flush()
             os.fsync(fh.fileno())
     except BaseException:
-        tmp.unlink(missing_ok=True)  # disk full, say: nothing half-written is left
+        with contextlib.suppress(OSError):  # (a read-only file system refuses even that)
+            tmp.unlink(missing_ok=True)  # disk full, say: nothing half-written is left
         raise
     try:
         os.replace(tmp, p)
     except BaseException:
-        tmp.unlink(missing_ok=True)  # (a directory at ``p``, say): no stray temporary file
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)  # (a directory at ``p``, say): no stray temporary file
         raise
 
 
@@ -326,6 +328,24 @@ def made_by_digitbatch(path: str | os.PathLike) -> str | None:
     return None
 
 
+def what_is(path: str | os.PathLike, kind: str | None = None) -> str:
+    """What is at ``path``, said for a message: "a digitbatch store", "a file",
+    "a folder digitbatch did not make", "nothing" ... (``kind``: made_by_digitbatch's,
+    when known)."""
+    p = to_path(path)
+    local = is_local(p)
+    kind = kind or made_by_digitbatch(p)
+    if kind is not None:
+        return KINDS[kind]
+    if local and p.is_symlink():
+        return "a symbolic link"
+    if not p.exists():
+        return "nothing (it does not exist)"
+    if local and not p.is_dir():
+        return "a file"
+    return "a folder digitbatch did not make"
+
+
 def check_replaceable(path: str | os.PathLike, kinds: tuple[str, ...] | str, *,
                       option: str = "--overwrite") -> str | None:
     """What ``option`` may replace at ``path``, or :class:`OverwriteRefusedError`.
@@ -346,14 +366,7 @@ def check_replaceable(path: str | os.PathLike, kinds: tuple[str, ...] | str, *,
     if kind in kinds:
         return kind
     wanted = " or ".join(KINDS[k] for k in kinds)
-    if kind is not None:
-        what = KINDS[kind]
-    elif local and p.is_symlink():
-        what = "a symbolic link"
-    elif local and not p.is_dir():
-        what = "a file"
-    else:
-        what = "a folder digitbatch did not make"
+    what = what_is(p, kind)
     raise OverwriteRefusedError(
         f"{option}: {p} is {what}, not {wanted}; {option} only replaces what digitbatch itself "
         f"wrote (recognised by its metadata), so it is left as it is. Move it away, or choose "

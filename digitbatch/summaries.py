@@ -75,7 +75,9 @@ def score_lines(m: dict, *, already_complete: bool = False) -> list[str]:
         lines.append("already complete: nothing was scored now; the figures below are of "
                      "the run that finished it")
     if m.get("n_labeled") and m.get("confusion_matrix"):
-        lines += format_confusion(np.array(m["confusion_matrix"])).splitlines()
+        target = str(m.get("target", ""))  # detect-D: the classes are "not D" and "D"
+        names = [f"not {target[3:]}", target[3:]] if target.startswith("is-") else None
+        lines += format_confusion(np.array(m["confusion_matrix"]), names).splitlines()
     n, n_now = m["n_images"], m.get("n_scored_this_run")
     if m.get("resumed") and n_now is not None and n_now != n and not already_complete:
         line = f"scored {n_now} of {n} images this run (resumed: the rest were committed before)"

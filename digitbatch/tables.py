@@ -232,4 +232,5 @@ def staged_file(dest: Path) -> Iterator[Path]:
                 fs.put_file(str(tmp), path)
         finally:
             if local:
-                tmp.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):  # (read-only: even this is refused)
+                    tmp.unlink(missing_ok=True)

@@ -48,25 +48,31 @@ def stale_temp_owner(tmp: Path, target: Path) -> dict | None:
     """The owner record of ``tmp`` if it proves ``tmp`` is a dead run's temporary
     store of ``target`` (same target, same host, its process gone or its pid
     reused by a later process), else None: anything unproven is left alone."""
-    import socket
-
     try:
         meta = (storage.open_group(tmp, mode="r").attrs.get(storage.STORE_ATTRS) or {})
     except Exception:  # not a group, unreadable: nothing proves it is ours
         return None
     rec = meta.get("writer") if isinstance(meta, dict) else None
+    return rec if owner_gone(rec, target, tmp.name, TEMP_INFIX) else None
+
+
+def owner_gone(rec, target: Path, name: str, infix: str) -> bool:
+    """Whether owner record ``rec`` (:func:`owner_record`) proves that the temporary
+    ``name`` (ending ``infix`` + its token) beside ``target`` is a dead run's: same
+    target, same host, its process gone or its pid reused by a later process."""
+    import socket
+
     if not isinstance(rec, dict):
-        return None
+        return False
     pid, started = rec.get("pid"), rec.get("started")
     if (rec.get("target") != str(target.absolute()) or rec.get("host") != socket.gethostname()
-            or not tmp.name.endswith(f"{TEMP_INFIX}{rec.get('token')}")
+            or not isinstance(rec.get("token"), str) or not rec["token"]
+            or not name.endswith(f"{infix}{rec['token']}")
             or isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0
             or not isinstance(started, (int, float))):
-        return None
+        return False
     now = _process_start(pid)
-    if now is not None and (now == -1.0 or abs(now - started) < 0.5):
-        return None  # that process is alive (still writing it)
-    return rec
+    return not (now is not None and (now == -1.0 or abs(now - started) < 0.5))
 
 
 def remove_stale_temps(target: str | os.PathLike) -> list[Path]:

@@ -14,6 +14,7 @@ from sklearn.linear_model import SGDClassifier
 from sklearn.model_selection import ParameterGrid
 
 from . import cluster, drift, extrarows, kernels, metrics, storage
+from . import fserrors
 from .crossval import check_folds, client_or_none, run_cv, run_search
 from .errors import TrainingError
 from .layout import UNKNOWN_LABEL, open_store
@@ -115,6 +116,7 @@ def _fit_incremental(pipe, store, split: str, spec, *, seed: int, epochs: int,
     return n
 
 
+@fserrors.boundary(kept="No model was written (a model already at --out is kept)")
 def train(
     store: str | Path,
     out: str | Path,

@@ -245,7 +245,9 @@ def test_incomplete_output_is_refused(run, tmp_path):
 
 def test_out_must_be_a_directory(run, tmp_path):
     (tmp_path / "f").write_text("")
-    with pytest.raises(ReportError, match="is a file"):
+    from digitbatch.errors import OutputPathError
+
+    with pytest.raises(OutputPathError, match="is a file"):  # (fserrors.check_out, first)
         write_report(run / "p.zarr", out=tmp_path / "f")
 
 

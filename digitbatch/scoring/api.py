@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import cluster, storage
+from .. import fserrors
 from ..drift import DEFAULT_ALARM, DEFAULT_WARN, Thresholds
 from ..determinism import one_blas_thread
 from ..errors import IncompleteOutputError, ModelError, ScoreError
@@ -42,7 +43,7 @@ from .output import (
 )
 from .plan import make_plan
 from .record import build_record
-from .runner import DEFAULT_TASK_TIMEOUT, run
+from .runner import DEFAULT_TASK_TIMEOUT, DefaultTimeout, run
 from .tasks import images_of
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class ScoreResult:
         return self.metrics.get("accuracy")
 
 
+@fserrors.boundary(kept="What was committed at --out is kept: rerun with --resume to score only the rest")
 def score(
     source: str | Path,
     *,
@@ -115,8 +117,11 @@ def score(
         images of each chunk as it is committed (for a progress bar).
     task_timeout : float, optional
         On a Dask cluster, seconds a chunk may run on a worker; a chunk
-        running longer is cancelled (and its worker restarted, when it has a
-        nanny, to free the stuck thread). None or 0: no limit.
+        running longer is cancelled and its worker restarted (it commits
+        nothing after). A thread cannot be stopped: on a LocalCluster of
+        threads (a store's default) a limit given starts worker processes,
+        and the default one is not applied (:func:`runner.timeout_plan`).
+        None or 0: no limit.
     lock_ttl : float
         Seconds of the run's lease on ``out``: renewed every quarter of it;
         a lock not renewed for this long is taken over by another run.
@@ -261,4 +266,6 @@ def _check_timeout(task_timeout) -> float | None:
             or task_timeout != task_timeout or task_timeout < 0:
         raise ScoreError(f"task_timeout must be a number of seconds >= 0 (0: no limit), "
                          f"got {task_timeout!r}")
+    if isinstance(task_timeout, DefaultTimeout):
+        return task_timeout  # (the default: runner.timeout_plan tells it from one asked for)
     return float(task_timeout) or None

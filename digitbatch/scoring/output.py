@@ -430,6 +430,10 @@ def open_predictions(out: str | os.PathLike) -> Predictions:
     anything that is not a digitbatch output (its settings say how many chunks to expect)."""
     p = storage.to_path(out)
     if not (p / SUCCESS).exists():
+        if (kind := storage.made_by_digitbatch(p)) != "predictions":  # (a store given, say)
+            raise NotAnOutputError(f"{p} is {storage.what_is(p, kind)}, not a scoring output: "
+                                   f"give the --out of a `digitbatch score` run (score a store "
+                                   f"first: digitbatch score STORE --model MODEL --out PRED.zarr)")
         raise IncompleteOutputError(
             f"{p} has no {SUCCESS} marker: the run did not finish; rerun `digitbatch score` "
             f"with --resume")

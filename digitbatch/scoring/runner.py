@@ -25,10 +25,16 @@ from .tasks import MAX_KEYS_LISTED, ChunkTask, Work, batches, images_of, run_bat
 log = logging.getLogger(__name__)
 
 TASK_RETRIES = 2
+
+
+class DefaultTimeout(float):
+    """The default ``task_timeout`` (a float that says it was not asked for)."""
+
+
 # Seconds a chunk may run on a worker before it is cancelled (None or 0: no limit).
 # Far above what scoring or decoding a chunk takes, so only a wedged task (a
 # decoder stuck on a hostile image, a hung network read) gets near this.
-DEFAULT_TASK_TIMEOUT = 1800.0
+DEFAULT_TASK_TIMEOUT = DefaultTimeout(1800.0)
 # How a chunk failed on the cluster (ChunkFailedError.failures[i]["kind"]).
 KILLED, TIMED_OUT, CANCELLED = "workers-died", "timed-out", "cancelled"
 
@@ -56,7 +62,8 @@ def run(todo: list[ChunkTask], work: Work, *, scheduler=None, progress=None,
         return
     fn, kwargs, broadcast = work.fn, work.kwargs, work.broadcast
     stuck_on = work.stuck_on
-    with cluster.executor(scheduler, processes=work.processes) as ex:
+    task_timeout, processes = timeout_plan(task_timeout, work.processes, scheduler)
+    with cluster.executor(scheduler, processes=processes) as ex:
         if ex.client is None:
             for task in todo:
                 fn(task, **kwargs, **broadcast)
@@ -101,6 +108,24 @@ def run(todo: list[ChunkTask], work: Work, *, scheduler=None, progress=None,
         failures = [(t, r, k) for ts, r, k in failures for t in ts if t.index not in done]
         if failures:
             raise _failed_error(failures, work.describe, n_tasks=len(todo))
+
+
+def timeout_plan(task_timeout, processes: bool, scheduler) -> tuple[float | None, bool]:
+    """The time limit a run enforces, and whether its LocalCluster has worker processes.
+
+    A limit means one thing everywhere: a chunk past it is stopped (its worker
+    restarted), so it commits nothing after it is reported failed. A worker
+    thread cannot be stopped, so on a LocalCluster of threads (a store's
+    default) a limit the caller asks for starts worker processes instead, and
+    the default limit is not applied (None) rather than half-applied.
+    """
+    if task_timeout is None or processes or cluster.resolve_scheduler(scheduler) != "local":
+        return task_timeout, processes
+    if isinstance(task_timeout, DefaultTimeout):
+        return None, False
+    log.info("task_timeout %g s: the LocalCluster's workers are processes (a thread running "
+             "past the limit could not be stopped; a process is restarted)", task_timeout)
+    return task_timeout, True
 
 
 def _gather_commits(client, futures, todo, *, progress, task_timeout, stuck_on=None) -> list[tuple]:

@@ -1,0 +1,21 @@
+"""What every worker process of a LocalCluster that digitbatch starts runs first
+(a Dask preload, :data:`digitbatch.cluster.WORKER_PRELOAD`).
+
+Ctrl-C in a terminal sends SIGINT to the whole foreground process group: the
+run and its worker processes. The run handles it (it stops, closes its
+cluster, keeps what was committed, and exits 130 with one line); a worker
+that handled it too would die printing a page of tracebacks of its event
+loop. So the workers ignore SIGINT, and are stopped by their cluster.
+"""
+
+from __future__ import annotations
+
+import signal
+
+
+def dask_setup(worker=None) -> None:
+    """Ignore SIGINT in this worker process (see the module docstring)."""
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # (not the main thread: nothing to do there)
+        pass
