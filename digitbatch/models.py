@@ -35,9 +35,9 @@ KERNEL_TIE_TOLERANCE = 0.02
 KERNEL_PARAMS = {"hog_weight": 7.0, "pca_components": 80, "n_components": 2000, "gamma": 0.02}
 # sgd-patches, chosen on a validation split of the MNIST training rows
 # (benchmarks/explore_patches.py; docs/patch-model.md has the measurements).
-PATCH_PARAMS = {"n_filters": 128, "patch": 5, "stride": 2, "grid": 4, "threshold": 1.0,
+PATCH_PARAMS = {"n_filters": 64, "patch": 5, "stride": 2, "grid": 4, "threshold": 1.0,
                 "whiten_eps": 0.1, "norm": 3.0}
-PATCH_HEAD = {"pca_components": 100, "n_components": 2000, "gamma": 0.2, "alpha": 1e-6,
+PATCH_HEAD = {"pca_components": 100, "n_components": 1500, "gamma": 0.2, "alpha": 1e-6,
               "max_iter": 60}
 
 
