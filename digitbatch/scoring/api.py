@@ -39,6 +39,7 @@ from .output import (
     is_complete, open_metrics, sweep_temporaries,
 )
 from .plan import make_plan
+from .seen import training_rows
 from .record import build_record
 from .runner import DEFAULT_TASK_TIMEOUT, run
 from .tasks import images_of
@@ -184,7 +185,11 @@ def _score(stack, source, loaded, out, *, scheduler, resume, proba, break_lock, 
                  len(done))
         if progress is not None:
             progress(0, total=images_of(todo))
-        work = dataclasses.replace(plan.work, kwargs={**plan.work.kwargs, "lease": lease.token})
+        # the model's own training rows, when this is its training store: counted apart
+        train_rows = training_rows(loaded.manifest, plan.input)
+        extra = {"train_rows": train_rows} if train_rows is not None else {}
+        work = dataclasses.replace(plan.work, kwargs={**plan.work.kwargs, "lease": lease.token,
+                                                      **extra})
         try:
             with one_blas_thread():  # (for tasks that run in this process's threads)
                 run(todo, work, scheduler=scheduler, progress=progress,
@@ -211,7 +216,7 @@ def _score(stack, source, loaded, out, *, scheduler, resume, proba, break_lock, 
                               model_path=str(loaded.path), model_sha256=loaded.sha256,
                               input=plan.input, n_rejected_before=plan.n_rejected,
                               seconds=seconds, n_this_run=n_this_run, resumed=bool(done),
-                              run_id=lease.token)
+                              run_id=lease.token, train_rows=train_rows)
         lease.check()
         finalize(out, result)
     log.info("scored %d images in %.2f s (accuracy %s)", n_this_run, seconds, result["accuracy"],
