@@ -4,9 +4,12 @@ A catalogue model's decision values are turned into probabilities by one
 temperature ``T`` fitted at train time on rows held out from the fit
 (:func:`heldout_mask`, about 1/12 of the train rows, chosen by a hash of
 the row number and the seed): a softmax of ``d / T`` over the classes, or
-``sigmoid(d / T)`` for a binary detector's one decision value. One
-parameter, fitted by the negative log-likelihood (convex in ``1 / T``),
-does not move the prediction (the argmax of ``d / T`` is that of ``d``),
+``sigmoid(d / T)`` for a binary detector's one decision value. ``T``
+minimises the Brier score (squared error of the probabilities, a proper
+scoring rule) on those rows: the negative log-likelihood, dominated by the
+few confidently wrong rows, left the ``sgd`` model's test ECE at 2.1
+points, the Brier score's ``T`` at 0.6 (docs/schemas.md has the figures).
+One parameter does not move the prediction (the argmax of ``d / T`` is that of ``d``),
 so a calibrated model predicts exactly what it predicted before; per-class
 biases or Platt's offset would (a detector's threshold moves off 0).
 
@@ -87,22 +90,38 @@ def nll(d: np.ndarray, y: np.ndarray, temperature: float) -> float:
     return float(np.mean(lse - z[np.arange(z.shape[0]), y]))
 
 
-def fit_temperature(d: np.ndarray, y: np.ndarray) -> float:
-    """The temperature minimising :func:`nll` of class indices ``y`` (golden section).
+def brier(d: np.ndarray, y: np.ndarray, temperature: float) -> float:
+    """Mean Brier score (squared error summed over the classes) of class indices ``y``
+    under ``d / temperature``; binary: that of the two classes' probabilities."""
+    z = _as_columns(d) / temperature
+    if z.shape[1] == 1:
+        p = 1.0 / (1.0 + np.exp(-np.clip(z[:, 0], -700, 700)))
+        return float(np.mean(2.0 * (p - (y == 1)) ** 2))
+    z = z - z.max(axis=1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=1, keepdims=True)
+    z[np.arange(z.shape[0]), y] -= 1.0
+    return float(np.mean(np.einsum("ij,ij->i", z, z)))
 
-    The NLL is convex in ``beta = 1 / T``, so it has one minimum along
-    ``log beta``, found to ~1e-6 relative.
+
+def fit_temperature(d: np.ndarray, y: np.ndarray) -> float:
+    """The temperature minimising :func:`brier` of class indices ``y``.
+
+    A grid over ``log(1 / T)`` (steps of 0.25) finds the best bracket, and a
+    golden-section search refines it to ~1e-6.
     """
     d = _as_columns(d)
     y = np.asarray(y, np.intp)
     if d.shape[0] == 0:
         raise ValueError("no rows to calibrate on")
-    lo, hi = _LOG_BETA_RANGE
-    g = (math.sqrt(5) - 1) / 2
 
     def f(lb):
-        return nll(d, y, math.exp(-lb))
+        return brier(d, y, math.exp(-lb))
 
+    grid = np.arange(_LOG_BETA_RANGE[0], _LOG_BETA_RANGE[1] + 1e-9, 0.25)
+    best = int(np.argmin([f(v) for v in grid]))
+    lo, hi = grid[max(best - 1, 0)], grid[min(best + 1, grid.size - 1)]
+    g = (math.sqrt(5) - 1) / 2
     a, b = lo + (1 - g) * (hi - lo), lo + g * (hi - lo)
     fa, fb = f(a), f(b)
     while hi - lo > 1e-6:
@@ -119,7 +138,7 @@ def fit_temperature(d: np.ndarray, y: np.ndarray) -> float:
 
 def fit(d: np.ndarray, y: np.ndarray) -> dict:
     """The calibration of decision values ``d`` for class indices ``y``, with its
-    held-out figures (NLL and ECE before and after: before is ``T = 1``)."""
+    held-out figures (Brier score, NLL and ECE before and after: before is ``T = 1``)."""
     d = _as_columns(d)
     y = np.asarray(y, np.intp)
     t = fit_temperature(d, y)
@@ -128,7 +147,8 @@ def fit(d: np.ndarray, y: np.ndarray) -> dict:
     for name, temp in (("uncalibrated", 1.0), ("calibrated", t)):
         s = scores(d, idx, temp)
         counts = reliability_counts(s.confidence, idx == y)
-        out[name] = {"nll": round(nll(d, y, temp), 6), "ece": round(ece(counts), 6)}
+        out[name] = {"brier": round(brier(d, y, temp), 6), "nll": round(nll(d, y, temp), 6),
+                     "ece": round(ece(counts), 6)}
     return out
 
 
