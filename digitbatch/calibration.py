@@ -197,9 +197,9 @@ def scores(d: np.ndarray, idx: np.ndarray, temperature: float, *,
         p1 = 1.0 / (1.0 + e)
         margin = -np.expm1(-gap) / (1.0 + e)
         pr = None
-        if proba:
-            p_pos = np.where(idx == 1, p1, 1.0 - p1)
-            pr = np.column_stack([1.0 - p_pos, p_pos])
+        if proba:  # (the runner-up's e / (1 + e): no 1 - p1 cancellation)
+            p2 = e / (1.0 + e)
+            pr = np.column_stack([np.where(idx == 1, p2, p1), np.where(idx == 1, p1, p2)])
         return Scores(margin.astype(np.float32), gap.astype(np.float32),
                       (1 - idx).astype(np.intp), p1, pr)
     r = np.arange(n)

@@ -140,7 +140,8 @@ def _step_score(params: dict, scheduler, done: dict) -> dict:
             "result": {k: m.get(k) for k in ("n_images", "n_scored_this_run", "n_rejected",
                                              "n_labeled",
                                              "accuracy", "images_per_second", "resumed",
-                                             "confusion_matrix")}}
+                                             "confusion_matrix", "training_rows",
+                                             "calibration")}}
 
 
 def _score_inputs(params: dict, scheduler) -> dict:

@@ -80,8 +80,18 @@ def score_lines(m: dict, *, already_complete: bool = False) -> list[str]:
             and not already_complete:
         line += f" in {m['seconds']:.2f} s ({m['images_per_second']:,.0f} images/s)"
     acc = m.get("accuracy")
-    line += (f"; accuracy {acc:.4f} on {m['n_labeled']} labelled" if acc is not None
+    unseen = " unseen" if m.get("training_rows") else ""
+    line += (f"; accuracy {acc:.4f} on {m['n_labeled']}{unseen} labelled" if acc is not None
              else "; no labels")
+    t = m.get("training_rows")
+    if t:  # the input is the model's training store: its training rows apart
+        t_acc = t.get("accuracy")
+        line += (f" (the model's {t.get('n_labeled', 0)} training rows, not counted: "
+                 f"{'n/a' if t_acc is None else format(t_acc, '.4f')})")
+    cal = m.get("calibration")
+    if cal:
+        lines.append(f"calibration: expected calibration error {100 * cal['ece']:.2f} points "
+                     f"on {cal['n_rows']} labelled rows")
     lines.append(line)
     return lines
 
