@@ -42,7 +42,8 @@ METHOD = "temperature"
 # estimated well from a few thousand rows, and more is training data lost.
 HOLDOUT_FRACTION = 1.0 / 12.0
 MAX_CALIBRATION_ROWS = 20_000
-MIN_CALIBRATION_ROWS = 50
+MIN_CALIBRATION_ROWS = 50  # expected held-out rows below which none are held out
+MIN_FIT_ROWS = 20  # held-out rows (of the model's classes) below which none is fitted
 # Fixed bins of the top probability: 15 equal-width bins (Guo et al. 2017).
 N_BINS = 15
 # model.npz name of the temperature (a 0-d float64 array: covered by the model's hash)

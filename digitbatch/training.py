@@ -64,10 +64,10 @@ def _calibrate(model, images: np.ndarray, labels: np.ndarray) -> None:
     y = model.target(labels)
     classes = np.asarray(model.classes)
     ok = np.isin(y, classes)
-    if np.count_nonzero(ok) < CAL.MIN_CALIBRATION_ROWS:
+    if np.count_nonzero(ok) < CAL.MIN_FIT_ROWS:
         log.warning("%d held-out rows: too few to calibrate %s (at least %d); its "
                     "probabilities are uncalibrated", int(np.count_nonzero(ok)), model.name,
-                    CAL.MIN_CALIBRATION_ROWS)
+                    CAL.MIN_FIT_ROWS)
         return
     d = model.decision_function(images[ok])
     model.calibration = CAL.fit(d, np.searchsorted(classes, y[ok]))
