@@ -128,7 +128,7 @@ def select_rows(p: Predictions, labels, *, k: int, digit: int | None) -> Selecti
     model's training store, its training rows are no mistakes to show
     (metrics.json's ``training_rows``): they are left out of the mistakes.
     """
-    pred_a, margin_a, gap_a = p.pred, p.margin, p.gap
+    pred_a, margin_a, gap_a = p.pred, p.margin, p.extra("gap")
     train = (p.metrics.get("training_rows") or {}).get("rows")
     sel = Selection(TopK(k, largest=True), TopK(k, largest=False))
     for a, b in chunk_bounds(pred_a.shape[0], int(pred_a.chunks[0])):

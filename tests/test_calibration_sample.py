@@ -103,9 +103,10 @@ def test_report_headline_reliability_and_no_saturation_ties(demo):
 def test_rows_tie_only_where_their_decision_values_tie(demo):
     """Every row of the sample ranks: equal (margin, gap) only for equal decision values."""
     p = open_predictions(demo["score"].out)
-    margin, gap = p.margin[:], p.gap[:]
+    margin, gap = p.margin[:], p.extra("gap")[:]
     assert np.isfinite(gap).all() and (gap >= 0).all()
-    assert (p.second[:] != p.pred[:]).all() and (p.second[:] >= 0).all()
+    second = p.extra("second")[:]
+    assert (second != p.pred[:]).all() and (second >= 0).all()
     order = np.lexsort((gap, margin))
     same = (np.diff(margin[order]) == 0) & (np.diff(gap[order]) == 0)
     model = load_model(demo["tmp"] / "m").model

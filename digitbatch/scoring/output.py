@@ -425,15 +425,9 @@ class Predictions:
     def keys(self):
         return self.group["keys"]
 
-    @property
-    def gap(self):
-        """The (N,) decision-value gaps, or None in an output of version 1."""
-        return self.group["gap"] if "gap" in self.group else None
-
-    @property
-    def second(self):
-        """The (N,) runner-up classes, or None in an output of version 1."""
-        return self.group["second"] if "second" in self.group else None
+    def extra(self, name: str):
+        """Array ``gap`` or ``second`` (EXTRA_ARRAYS), or None in an output of version 1."""
+        return self.group[name] if name in self.group else None
 
     @property
     def proba(self):
