@@ -7,8 +7,8 @@ the row number and the seed): a softmax of ``d / T`` over the classes, or
 ``sigmoid(d / T)`` for a binary detector's one decision value. ``T``
 minimises the Brier score (squared error of the probabilities, a proper
 scoring rule) on those rows: the negative log-likelihood, dominated by the
-few confidently wrong rows, left the ``sgd`` model's test ECE at 2.1
-points, the Brier score's ``T`` at 0.6 (docs/schemas.md has the figures).
+few confidently wrong rows, calibrates the linear ``sgd`` model's confident
+rows worse (docs/schemas.md, "Calibration", has the measurements).
 One parameter does not move the prediction (the argmax of ``d / T`` is that of ``d``),
 so a calibrated model predicts exactly what it predicted before; per-class
 biases or Platt's offset would (a detector's threshold moves off 0).
