@@ -140,7 +140,7 @@ def _step_score(params: dict, scheduler, done: dict) -> dict:
             "result": {k: m.get(k) for k in ("n_images", "n_scored_this_run", "n_rejected",
                                              "n_labeled",
                                              "accuracy", "images_per_second", "resumed",
-                                             "confusion_matrix", "training_rows",
+                                             "confusion_matrix", "headline", "training_rows",
                                              "calibration")}}
 
 

@@ -263,8 +263,9 @@ def _fmt(v, spec=",") -> str:
 def _html(p, inp, store_override, m, names, files, sel, model_rows, model_note, confusion_text,
           report_seconds) -> str:
     e = html.escape
-    acc = m.get("accuracy")
-    headline = (f"accuracy <b>{acc:.4f}</b> on {m['n_labeled']:,} labelled images "
+    head = m.get("headline") or m  # (the unseen rows only, of a model's training store)
+    acc = head.get("accuracy")
+    headline = (f"accuracy <b>{acc:.4f}</b> on {head['n_labeled']:,} labelled images "
                 f"({sel.n_wrong:,} wrong) of {m.get('n_images', 0):,} scored"
                 if acc is not None else
                 f"<b>{m.get('n_images', 0):,}</b> images scored; none labelled, so no accuracy")
@@ -285,7 +286,7 @@ def _html(p, inp, store_override, m, names, files, sel, model_rows, model_note, 
                    if m.get("n_labeled") and str(i) in per else ("", "", "", "")),
                  f"{hist[i]:,}" if i < len(hist) else "") for i in range(len(names))]
     metrics_rows = [("accuracy", "n/a" if acc is None else f"{acc:.4f}"),
-                    ("labelled rows", _fmt(m.get("n_labeled"))), ("mistakes", f"{sel.n_wrong:,}"),
+                    ("labelled rows", _fmt(head.get("n_labeled"))), ("mistakes", f"{sel.n_wrong:,}"),
                     ("classes", ", ".join(names)), ("target", m.get("target", "?"))]
     timing = [("scoring time", f"{m.get('seconds', 0):.2f} s"),
               ("images / s", _fmt(m.get("images_per_second"), ",.0f")),

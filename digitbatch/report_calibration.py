@@ -23,6 +23,8 @@ def draw_reliability(block: dict, out: str | Path, *, title: str) -> Path:
     """A reliability diagram: accuracy against mean confidence per bin of the top
     probability, the diagonal of perfect calibration, and the rows per bin below."""
     plt = gallery.pyplot()
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
     n = np.asarray(block["count"], np.float64)
     k = int(block["n_bins"])
     edges = np.asarray(block["bin_edges"], np.float64)
@@ -46,6 +48,9 @@ def draw_reliability(block: dict, out: str | Path, *, title: str) -> Path:
             ax.set_title(title, fontsize=10)
             axn.bar(centers, n, width=w * 0.95, color="#8c8c8c")
             axn.set_yscale("symlog")
+            # (plain numbers: text is drawn literally, so no mathtext powers of ten)
+            axn.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+            axn.yaxis.set_minor_formatter(NullFormatter())
             axn.set_ylabel("rows")
             axn.set_xlabel("top probability (confidence)")
             fig.tight_layout()
@@ -75,12 +80,16 @@ def headline_note(metrics: dict) -> str:
         return ""
     acc = t.get("accuracy")
     rows = t.get("rows") or ["?", "?"]
+    head = metrics.get("headline") or {}
+    every = metrics.get("accuracy")
     return ("<p class=note>The input is the model's own training store: the headline counts "
-            f"only the {metrics.get('n_labeled', 0):,} labelled rows it was not trained on. "
+            f"only the {head.get('n_labeled', 0):,} labelled rows it was not trained on. "
             f"Its {t.get('n_labeled', 0):,} training rows (rows {html.escape(str(rows[0]))}-"
             f"{html.escape(str(rows[1]))}) score "
             f"{'n/a' if acc is None else format(acc, '.4f')} apart, and their mistakes are "
-            "not shown: they are no evidence of the model's accuracy.</p>")
+            "not shown: they are no evidence of the model's accuracy. The confusion matrix "
+            "and per-class figures count every labelled row (accuracy "
+            f"{'n/a' if every is None else format(every, '.4f')}).</p>")
 
 
 def html_parts(metrics: dict, files: dict, img) -> list[str]:

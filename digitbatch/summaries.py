@@ -79,10 +79,12 @@ def score_lines(m: dict, *, already_complete: bool = False) -> list[str]:
     if m.get("seconds") is not None and m.get("images_per_second") is not None \
             and not already_complete:
         line += f" in {m['seconds']:.2f} s ({m['images_per_second']:,.0f} images/s)"
-    acc = m.get("accuracy")
+    # the headline: the unseen rows only when the input is the model's training store
+    head = m.get("headline") or {"accuracy": m.get("accuracy"), "n_labeled": m.get("n_labeled")}
+    acc = head.get("accuracy")
     unseen = " unseen" if m.get("training_rows") else ""
-    line += (f"; accuracy {acc:.4f} on {m['n_labeled']}{unseen} labelled" if acc is not None
-             else "; no labels")
+    line += (f"; accuracy {acc:.4f} on {head['n_labeled']}{unseen} labelled" if acc is not None
+             else "; no labels" if not m.get("n_labeled") else "; no unseen labelled rows")
     t = m.get("training_rows")
     if t:  # the input is the model's training store: its training rows apart
         t_acc = t.get("accuracy")

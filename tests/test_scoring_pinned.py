@@ -5,12 +5,7 @@ fields as the code had before the scoring stage became one package (issue 13).
 The digests were taken from that code; a change here is a change of behaviour.
 One was changed on purpose since: the archive case's metrics.json, whose
 ``n_scored_this_run`` no longer counts the rejected member (issue 15: run
-figures say what they count); every array digest is as it was. And every
-metrics.json digest since, on purpose: its schema version is 2 (issue 15: the
-headline counts the unseen rows of a model's own training store; a calibration
-block). These models carry no calibration (as models trained before it), so
-their margins and probabilities are still those of the old code, byte for byte:
-a calibrated model's are not pinned here (tests/test_calibration.py checks them).
+figures say what they count); every array digest is as it was.
 """
 
 from __future__ import annotations
@@ -76,9 +71,9 @@ def _digests(out) -> dict:
 
 
 PINNED = {
-    "store-log_loss": {"pred": "31d3c0ebfa4268ae", "margin": "afe820ce32167688", "proba": "13718132ba874149", "keys": "988839cf82b513d5", "metrics": "24e3c274d213123e"},
-    "store-hinge": {"pred": "31d3c0ebfa4268ae", "margin": "404819fa92ea0a5e", "keys": "988839cf82b513d5", "metrics": "852a8bd71d9270bf"},
-    "archive-log_loss": {"pred": "3acb2a12ec4b5d6c", "margin": "72dbaee21d431e79", "proba": "fb0b28b6e0aad535", "keys": "b11c9f04b6df9401", "labels": "4caf9d90b6056b2a", "metrics": "e540b061e35764ef"},
+    "store-log_loss": {"pred": "31d3c0ebfa4268ae", "margin": "afe820ce32167688", "proba": "13718132ba874149", "keys": "988839cf82b513d5", "metrics": "636dec5f1f0f76ad"},
+    "store-hinge": {"pred": "31d3c0ebfa4268ae", "margin": "404819fa92ea0a5e", "keys": "988839cf82b513d5", "metrics": "a0283066f04599a5"},
+    "archive-log_loss": {"pred": "3acb2a12ec4b5d6c", "margin": "72dbaee21d431e79", "proba": "fb0b28b6e0aad535", "keys": "b11c9f04b6df9401", "labels": "4caf9d90b6056b2a", "metrics": "788a1a7182943bdf"},
 }
 
 

@@ -226,7 +226,7 @@ def test_build_record_fields_and_per_class_figures_against_sklearn(n_chunks):
     m = _build(records, seconds=0.4567891, n_this_run=40, resumed=True)
     known = t >= 0
     assert_matches_sklearn(m, t[known], p[known], 10)
-    assert m["schema_version"] == SCHEMA_VERSION == 2
+    assert m["schema_version"] == SCHEMA_VERSION == 1
     assert m["n_images"] == m["n_scored"] == 40 * n_chunks
     assert m["n_unlabeled"] == int((~known).sum())
     assert m["n_rejected"] == 0 and m["rejects"] == []

@@ -76,10 +76,10 @@ def test_score_lines_of_a_real_scoring_equal_scikit_learns_confusion(run):
     pred = open_predictions(run["score"].out).pred[:]
     truth = open_store(run["tmp"] / "s.zarr").labels[:]
     np.testing.assert_array_equal(truth, run["labels"])
+    cm = confusion_matrix(truth, pred, labels=list(range(10)))
+    assert lines[:-1] == format_confusion(cm).splitlines()
     # the input is the model's training store: the headline counts the unseen (test) rows
     test = slice(N - N_TEST, N)
-    cm = confusion_matrix(truth[test], pred[test], labels=list(range(10)))
-    assert lines[:-1] == format_confusion(cm).splitlines()
     assert len(lines) == 13  # header, ten classes, totals, the headline
     assert lines[-1].startswith(f"scored {N} images in ")
     assert re.search(r" in \d+\.\d\d s \([\d,]+ images/s\); ", lines[-1])
@@ -109,7 +109,8 @@ def test_job_steps_print_their_lines(run, tmp_path, monkeypatch):
                      f"test accuracy {steps['train']['test_accuracy']:.4f}")
     sc = step_lines("score", steps["score"])
     assert len(sc) == 13
-    assert sc[-1].startswith(f"scored {N} images; accuracy {steps['score']['accuracy']:.4f} on "
+    assert sc[-1].startswith(f"scored {N} images; accuracy "
+                             f"{steps['score']['headline']['accuracy']:.4f} on "
                              f"{N_TEST} unseen labelled (the model's {N - N_TEST} training rows")
     assert sc[:-1] == score_lines(run["score"].metrics)[:-1]  # the same model, the same matrix
 

@@ -17,9 +17,7 @@ from ..kernels import confusion_counts, prediction_histogram
 from . import seen as seen_rows
 
 # Bumped when a field of metrics.json is renamed or changes meaning (docs/schemas.md).
-# 2: accuracy (and the confusion matrix, per_class, n_labeled) counts the unseen rows
-# when the input is the model's training store; calibration and training_rows blocks.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 1
 # metrics.json lists at most this many rejects (n_rejected counts them all)
 MAX_REJECTS_LISTED = 1000
 

@@ -6,9 +6,9 @@ was fitted on are not evidence of its accuracy. :func:`training_rows`
 finds them (the manifest's ``train.rows``, or, for a model trained before
 that was recorded, the store's split of that name); every chunk's commit
 record counts them apart (``confusion_seen``, by :func:`seen_mask`), and
-:func:`headline` makes the metrics of the unseen rows the run's headline
-(``accuracy``, ``confusion_matrix``, ``per_class``, ``n_labeled``) with
-the training rows' figures in a ``training_rows`` block, labelled as such.
+:func:`headline` makes the unseen rows' accuracy the run's ``headline``
+with the training rows' figures in a ``training_rows`` block, labelled as
+such (``accuracy`` and the matrix keep counting every labelled row).
 The rows held out for calibration belong to the train split and count as
 training rows here: the model's probabilities were fitted on them.
 """
@@ -79,20 +79,27 @@ def reduce_seen(records: list[dict], k: int) -> np.ndarray | None:
 
 def headline(total_confusion: np.ndarray, seen: np.ndarray | None,
              rows: tuple[int, int] | None = None) -> dict:
-    """The metrics fields of the run's headline, and the training rows' apart.
+    """The metrics of every labelled row (as before), the run's ``headline`` and,
+    when the input is the model's training store, its training rows' figures apart.
 
-    Without training rows: the metrics of every labelled row, as before.
+    ``headline``: ``accuracy``, ``n_labeled``, ``n_correct`` and ``of`` (what
+    they count): every labelled row, or only the unseen ones of a training store.
     """
+    out = metrics.summarize(total_confusion)
     if seen is None:
-        return {**metrics.summarize(total_confusion), "accuracy_of": "all labelled rows"}
-    unseen = metrics.summarize(np.asarray(total_confusion, np.int64) - seen)
-    train = metrics.summarize(seen)
-    every = metrics.summarize(total_confusion)
-    return {**unseen, "accuracy_of": UNSEEN,
-            "training_rows": {"accuracy": train["accuracy"], "n_labeled": train["n_labeled"],
-                              "rows": list(rows) if rows else None,
-                              "confusion_matrix": train["confusion_matrix"],
-                              "note": "rows the model was fitted (or calibrated) on: not "
-                                      "evidence of its accuracy"},
-            "all_labeled_rows": {"accuracy": every["accuracy"],
-                                 "n_labeled": every["n_labeled"]}}
+        out["headline"] = _figures(np.asarray(total_confusion), "all labelled rows")
+        return out
+    out["headline"] = _figures(np.asarray(total_confusion, np.int64) - seen, UNSEEN)
+    out["training_rows"] = {**_figures(seen, None), "rows": list(rows) if rows else None,
+                            "confusion_matrix": np.asarray(seen).tolist(),
+                            "note": "rows the model was fitted (or calibrated) on: not "
+                                    "evidence of its accuracy"}
+    del out["training_rows"]["of"]
+    return out
+
+
+def _figures(cm: np.ndarray, of: str | None) -> dict:
+    n = int(np.sum(cm))
+    correct = int(np.trace(cm))
+    return {"accuracy": correct / n if n else None, "n_labeled": n, "n_correct": correct,
+            "of": of}
