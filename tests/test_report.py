@@ -100,8 +100,11 @@ def test_labelled_report_writes_every_figure(run, labelled):
                      "CV accuracy", "test accuracy", "features"):
         assert expected in text, expected
     assert "true\\pred" in labelled.confusion_text
-    assert labelled.n_wrong == labelled.metrics["n_labeled"] - np.trace(
-        labelled.metrics["confusion_matrix"]) > 0
+    # the input is the model's training store: the mistakes counted are the unseen rows'
+    head = labelled.metrics["headline"]
+    assert labelled.n_wrong == head["n_labeled"] - head["n_correct"] > 0
+    assert head["n_labeled"] == 300 and labelled.metrics["training_rows"]["n_labeled"] == 700
+    assert "the model's own training store" in text
 
 
 def test_galleries_hold_the_chunked_top_k(run):
