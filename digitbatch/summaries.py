@@ -55,6 +55,8 @@ def train_lines(r: dict) -> list[str]:
     if accuracy is not None:
         n_test = f" on {r['n_test']} images" if "n_test" in r else ""
         line += f"; test accuracy {accuracy:.4f}{n_test}"
+    if test and test.get("ece") is not None:  # a calibrated model's probabilities
+        line += f", calibration error (ECE) {100 * test['ece']:.2f} points"
     lines.append(line)
     return lines
 
