@@ -24,8 +24,8 @@ def _blas():
     return _BLAS
 
 
-def deterministic_scores(model, images, *, proba: bool = True):
-    """``model.score_chunk`` with BLAS on one thread.
+def deterministic_scores(model, images, *, proba: bool = True, full: bool = False):
+    """``model.score_chunk`` (``full``: ``score_chunk_full``) with BLAS on one thread.
 
     OpenBLAS sums in a different order with more threads, which changes the
     last bits of float32 decision values, hence of ``proba`` and ``margin``
@@ -46,7 +46,8 @@ def deterministic_scores(model, images, *, proba: bool = True):
             if not _BLAS_PINNED:
                 _blas().limit(limits=1, user_api="blas")
                 _BLAS_PINNED = True
-    return model.score_chunk(images, proba=proba)
+    return model.score_chunk_full(images, proba=proba) if full else \
+        model.score_chunk(images, proba=proba)
 
 
 @contextlib.contextmanager

@@ -159,7 +159,8 @@ def _step_score(params: dict, scheduler, done: dict) -> dict:
             "result": {**{k: m.get(k) for k in ("n_images", "n_scored_this_run", "n_rejected",
                                                 "n_labeled",
                                                 "accuracy", "images_per_second", "resumed",
-                                                "confusion_matrix")},
+                                                "confusion_matrix", "headline", "training_rows",
+                                                "calibration")},
                        "drift": headline(m.get("drift"))}}
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import calibration as CAL
 from . import pointer, storage
 from .version import __version__
 from .errors import ModelError, ModelPointerError, TrainingError
@@ -109,6 +110,28 @@ def _head_meta(model: CompactModel) -> dict:
     return meta
 
 
+def _calibration_arrays(model: CompactModel) -> dict[str, np.ndarray]:
+    """The calibration's parameter in model.npz (so the model's hash covers it); its
+    method and held-out figures go in the manifest."""
+    if model.calibration is None:
+        return {}
+    return {CAL.TEMPERATURE_ARRAY: np.asarray(float(model.calibration["temperature"]),
+                                              np.float64)}
+
+
+def _calibration(p: Path, manifest: dict, arrays: dict[str, np.ndarray]) -> dict | None:
+    """A model's checked calibration, or None for a model trained before calibration."""
+    params = manifest.get("calibration")
+    temperature = arrays.get(CAL.TEMPERATURE_ARRAY)
+    if params is None and temperature is None:
+        return None
+    try:
+        t = CAL.check_params(params, temperature)
+    except ValueError as exc:
+        raise ModelError(f"model {p}: its calibration is damaged ({exc}): retrain it") from None
+    return {**params, "temperature": t}
+
+
 def sklearn_version() -> str:
     """The installed scikit-learn's version, without importing it (a slow
     import that a worker's first scoring task would pay)."""
@@ -137,7 +160,8 @@ def save_model(model: CompactModel, out: str | os.PathLike, *, manifest: dict,
     try:
         with open(tmp / MODEL_FILE, "wb") as fh:
             np.savez(fh, **_head_arrays(model),
-                     **{FEATURE_PREFIX + k: v for k, v in model.feature_arrays.items()})
+                     **{FEATURE_PREFIX + k: v for k, v in model.feature_arrays.items()},
+                     **_calibration_arrays(model))
         full = {
             "format_version": FORMAT_VERSION,
             "name": model.name,
@@ -153,6 +177,7 @@ def save_model(model: CompactModel, out: str | os.PathLike, *, manifest: dict,
             "versions": {"digitbatch": __version__, "scikit-learn": sklearn_version(),
                          "numpy": np.__version__},
             **manifest,
+            "calibration": model.calibration,
             "model_file": MODEL_FILE,
             "model_sha256": sha256_file(tmp / MODEL_FILE),
         }
@@ -400,7 +425,8 @@ def _rebuild(p: Path, manifest: dict, arrays: dict[str, np.ndarray]) -> CompactM
                              loss=manifest["loss"], binary_digit=spec.binary_digit,
                              params=manifest.get("params", {}),
                              feature_arrays={k[len(FEATURE_PREFIX):]: v for k, v in arrays.items()
-                                             if k.startswith(FEATURE_PREFIX)})
+                                             if k.startswith(FEATURE_PREFIX)},
+                             calibration=_calibration(p, manifest, arrays))
     except (KeyError, TypeError) as exc:
         raise ModelError(f"model {p}: manifest or arrays incomplete ({exc}): retrain it") from exc
     _check_shapes(p, manifest, head)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import calibration as CAL
 from . import features as F
 from . import folding as FO
 from . import kernels
@@ -253,6 +254,9 @@ class CompactModel:
     params: dict = field(default_factory=dict)
     # the feature step's own arrays (sgd-patches: "filters" and "bias")
     feature_arrays: dict = field(default_factory=dict)
+    # the calibration fitted at train time (digitbatch.calibration), None for
+    # a model trained before calibration existed: scored as before
+    calibration: dict | None = None
 
     @property
     def classes(self) -> np.ndarray:
@@ -323,21 +327,35 @@ class CompactModel:
 
     @property
     def has_proba(self) -> bool:
-        return self.loss in ("log_loss", "logistic")
+        """Whether the model gives probabilities: every calibrated model does;
+        an uncalibrated one only with a log-loss head (scikit-learn's)."""
+        return self.calibration is not None or self.loss in ("log_loss", "logistic")
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
-        """Probabilities as scikit-learn gives them (log_loss / logistic models only)."""
+        """Probabilities: calibrated ones, or scikit-learn's for an uncalibrated log-loss model."""
         if not self.has_proba:
             raise TrainingError(f"model {self.name!r} (loss {self.loss!r}) gives no probabilities")
+        if self.calibration is not None:
+            d = self.decision_function(images)
+            idx = (d > 0).astype(np.intp) if d.ndim == 1 else np.argmax(d, axis=1)
+            return CAL.scores(d, idx, self.calibration["temperature"], proba=True).proba
         return kernels.ovr_proba(self.decision_function(images))
 
     def score_chunk(self, images: np.ndarray, *, proba: bool = True
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """``(pred, margin, proba)`` of a chunk in one pass (proba None without
-        probabilities, or when ``proba`` is false).
+        probabilities, or when ``proba`` is false); see :meth:`score_chunk_full`."""
+        s = self.score_chunk_full(images, proba=proba)
+        return s.pred, s.margin, s.proba
 
-        The margin is top-1 minus top-2 probability, or of decision values
-        for models without probabilities.
+    def score_chunk_full(self, images: np.ndarray, *, proba: bool = True) -> "ChunkScores":
+        """Every per-row figure of a chunk in one pass (:class:`ChunkScores`).
+
+        Calibrated models: the margin is top-1 minus top-2 calibrated
+        probability, the gap the calibrated decision-value gap
+        (:func:`digitbatch.calibration.scores`). Uncalibrated ones as before:
+        the margin of scikit-learn's probabilities (log-loss) or of the
+        decision values, the gap that of the decision values.
         """
         top = None
         if self.kind == "linear":
@@ -347,14 +365,34 @@ class CompactModel:
         else:
             d, idx = self._kernel_scores(np.asarray(images).reshape(-1, 28, 28))
         pred = self.classes[idx]
+        if self.calibration is not None:
+            c = CAL.scores(d, idx, self.calibration["temperature"], proba=proba)
+            return ChunkScores(pred, c.margin, c.proba.astype(np.float32) if proba else None,
+                               c.gap, self.classes[c.second], c.confidence)
+        # uncalibrated: the runner-up and gap of the decision values
+        raw = CAL.scores(d, idx, 1.0)
+        gap, second = raw.gap, self.classes[raw.second]
         if self.has_proba and not proba:
-            return pred, kernels.ovr_margin(d, top), None
+            return ChunkScores(pred, kernels.ovr_margin(d, top), None, gap, second, None)
         # float64 probabilities: float32 sigmoids saturate at |d| > ~17, which
         # made most margins exactly 0 or 1 and the doubtful ranking useless.
         p64 = kernels.ovr_proba(d.astype(np.float64)) if self.has_proba else None
         margin = kernels.top2_margin(p64 if p64 is not None else d).astype(np.float32)
-        proba = p64.astype(np.float32) if p64 is not None else None
-        return pred, margin, proba
+        probs = p64.astype(np.float32) if p64 is not None else None
+        # (no confidence: an uncalibrated model's probabilities are not reported as such)
+        return ChunkScores(pred, margin, probs if proba else None, gap, second, None)
+
+
+@dataclass(frozen=True)
+class ChunkScores:
+    """What :meth:`CompactModel.score_chunk_full` gives for each row of a chunk."""
+
+    pred: np.ndarray  # class labels
+    margin: np.ndarray  # float32: top-1 minus top-2 probability (decision value without)
+    proba: np.ndarray | None  # float32 (n, k), when asked for and the model has them
+    gap: np.ndarray  # float32: the (calibrated) decision-value gap, top-1 minus top-2
+    second: np.ndarray  # the runner-up class labels
+    confidence: np.ndarray | None  # float64 top probability (None without probabilities)
 
 
 def compact(name: str, pipeline, *, features: str | None = None) -> CompactModel:

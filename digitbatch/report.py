@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import folderswap, fserrors, gallery, report_drift, storage
+from . import folderswap, fserrors, gallery, report_calibration, report_drift, storage
 from .version import __version__
 from .errors import ModelError, ReportError
 from .layout import chunk_bounds
@@ -51,38 +51,45 @@ UNKNOWN = "#555555"
 class TopK:
     """The ``k`` rows of largest (or smallest) score seen so far, fed a chunk at a time.
 
-    Ties go to the lower row, so the result does not depend on the chunking;
-    ``n_tied_out`` counts the rows left out that tie with the last one kept
-    (saturated margins tie by the thousand). Memory is ``k`` plus one chunk.
+    Rows of equal score are ordered by ``tie`` (the decision-value gap: the
+    margins of confident rows tie where both probabilities round to 1), in
+    the same direction, then go to the lower row, so the result does not
+    depend on the chunking; ``n_tied_out`` counts the rows left out that tie
+    with the last one kept on both. Memory is ``k`` plus one chunk.
     """
 
     def __init__(self, k: int, *, largest: bool):
         self.k, self.largest = int(k), largest
         self.rows = np.zeros(0, np.int64)
         self.scores = np.zeros(0, np.float64)
+        self.ties = np.zeros(0, np.float64)
         self.n_tied_out = 0
 
-    def push(self, rows: np.ndarray, scores: np.ndarray) -> None:
+    def push(self, rows: np.ndarray, scores: np.ndarray, tie: np.ndarray | None = None) -> None:
         rows = np.asarray(rows, np.int64)
         scores = np.asarray(scores, np.float64)
+        tie = np.zeros_like(scores) if tie is None else np.asarray(tie, np.float64)
         if rows.size == 0:
             return
-        key = -scores if self.largest else scores
+        sign = -1.0 if self.largest else 1.0
+        key = sign * scores
         if key.size > self.k:  # drop what cannot make it before sorting
             keep = key <= np.partition(key, self.k - 1)[self.k - 1]
-            rows, scores, key = rows[keep], scores[keep], key[keep]
+            rows, scores, tie, key = rows[keep], scores[keep], tie[keep], key[keep]
         rows = np.concatenate([self.rows, rows])
         scores = np.concatenate([self.scores, scores])
-        key = -scores if self.largest else scores
-        order = np.lexsort((rows, key))
+        tie = np.concatenate([self.ties, tie])
+        order = np.lexsort((rows, sign * tie, sign * scores))
         if order.size > self.k:
             # The threshold only tightens: rows dropped at an earlier, looser one cannot tie.
-            last = scores[order[self.k - 1]]
-            dropped = int(np.count_nonzero(scores[order[self.k:]] == last))
-            same = self.rows.size == self.k and self.scores[-1] == last
+            last, last_tie = scores[order[self.k - 1]], tie[order[self.k - 1]]
+            rest = order[self.k:]
+            dropped = int(np.count_nonzero((scores[rest] == last) & (tie[rest] == last_tie)))
+            same = (self.rows.size == self.k and self.scores[-1] == last
+                    and self.ties[-1] == last_tie)
             self.n_tied_out = (self.n_tied_out if same else 0) + dropped
             order = order[: self.k]
-        self.rows, self.scores = rows[order], scores[order]
+        self.rows, self.scores, self.ties = rows[order], scores[order], tie[order]
 
 
 @dataclass
@@ -121,24 +128,31 @@ def select_rows(p: Predictions, labels, *, k: int, digit: int | None,
     """Top-``k`` confident mistakes and lowest margins, reading a chunk at a time.
 
     ``labels`` is the (N,) label array of the scored rows (a Zarr array is
-    read a slice at a time).
+    read a slice at a time). Margins that tie are ordered by the
+    decision-value gap (an output of version 2 on). When the input is the
+    model's training store, its training rows are no mistakes to show
+    (metrics.json's ``training_rows``): they are left out of the mistakes.
     """
-    pred_a, margin_a = p.pred, p.margin
+    pred_a, margin_a, gap_a = p.pred, p.margin, p.extra("gap")
+    train = (p.metrics.get("training_rows") or {}).get("rows")
     sel = Selection(TopK(k, largest=True), TopK(k, largest=False),
                     review=TopK(review, largest=False) if review else None)
     for a, b in chunk_bounds(pred_a.shape[0], int(pred_a.chunks[0])):
         pred = pred_a[a:b].astype(np.int64)
         margin = margin_a[a:b]
+        gap = gap_a[a:b] if gap_a is not None else np.zeros(b - a)
         y = _target(np.asarray(labels[a:b]), digit)
         rows = np.arange(a, b)
         scored = (pred != PRED_FILL) & np.isfinite(margin)
         wrong = scored & (y >= 0) & (pred != y)
+        if train:
+            wrong &= (rows < train[0]) | (rows >= train[1])
         sel.n_scored += int(scored.sum())
         sel.n_wrong += int(wrong.sum())
-        sel.errors.push(rows[wrong], margin[wrong])
-        sel.doubtful.push(rows[scored], margin[scored])
+        sel.errors.push(rows[wrong], margin[wrong], gap[wrong])
+        sel.doubtful.push(rows[scored], margin[scored], gap[scored])
         if sel.review is not None:  # (ranked as the doubtful gallery is)
-            sel.review.push(rows[scored], margin[scored])
+            sel.review.push(rows[scored], margin[scored], gap[scored])
     return sel
 
 
@@ -257,8 +271,9 @@ def _fmt(v, spec=",") -> str:
 def _html(p, inp, store_override, m, names, files, sel, model_rows, model_note, confusion_text,
           report_seconds) -> str:
     e = html.escape
-    acc = m.get("accuracy")
-    headline = (f"accuracy <b>{acc:.4f}</b> on {m['n_labeled']:,} labelled images "
+    head = m.get("headline") or m  # (the unseen rows only, of a model's training store)
+    acc = head.get("accuracy")
+    headline = (f"accuracy <b>{acc:.4f}</b> on {head['n_labeled']:,} labelled images "
                 f"({sel.n_wrong:,} wrong) of {m.get('n_images', 0):,} scored"
                 if acc is not None else
                 f"<b>{m.get('n_images', 0):,}</b> images scored; none labelled, so no accuracy")
@@ -279,7 +294,7 @@ def _html(p, inp, store_override, m, names, files, sel, model_rows, model_note, 
                    if m.get("n_labeled") and str(i) in per else ("", "", "", "")),
                  f"{hist[i]:,}" if i < len(hist) else "") for i in range(len(names))]
     metrics_rows = [("accuracy", "n/a" if acc is None else f"{acc:.4f}"),
-                    ("labelled rows", _fmt(m.get("n_labeled"))), ("mistakes", f"{sel.n_wrong:,}"),
+                    ("labelled rows", _fmt(head.get("n_labeled"))), ("mistakes", f"{sel.n_wrong:,}"),
                     ("classes", ", ".join(names)), ("target", m.get("target", "?"))]
     timing = [("scoring time", f"{m.get('seconds', 0):.2f} s"),
               ("images / s", _fmt(m.get("images_per_second"), ",.0f")),
@@ -289,6 +304,7 @@ def _html(p, inp, store_override, m, names, files, sel, model_rows, model_note, 
     parts = [f"<h1>digitbatch report</h1><p class=sub>{e(str(p.path))} &middot; written "
              f"{_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')} by digitbatch "
              f"{e(__version__)}</p>", f"<p class=headline>{headline}</p>",
+             report_calibration.headline_note(m),
              "<h2>Inputs</h2>", _table(inputs), "<h2>Model</h2>", _table(model_rows)]
     if model_note:
         parts.append(f"<p class=note>{e(model_note)}</p>")
@@ -314,6 +330,7 @@ def _html(p, inp, store_override, m, names, files, sel, model_rows, model_note, 
               *([f"<p>The {sel.review.rows.size:,} most doubtful rows, with their images, are "
                  f"in review.html beside this page; fill the label column of review.csv and "
                  f"add it to training (see review.html).</p>"] if "review_csv" in files else []),
+              *report_calibration.html_parts(m, files, _img),
               "<h2>Timings</h2>", _table(timing)]
     return ("<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
             f"<title>digitbatch report: {e(p.path.name)}</title><style>{CSS}</style></head>"
@@ -396,6 +413,7 @@ def _write_files(p, inp, store, m, out: Path, top_k: int, t0: float, review: int
             title="per class (n = true rows of the class)")
     kind = "probability" if m.get("margin") == "probability" else "decision-value"
     files.update(_gallery_pages(p, inp, sel, names, kind, out))
+    files.update(report_calibration.draw(m, out))
     files.update(report_drift.figures(m, names, out))
     if sel.review is not None:
         files.update(write_review(p, inp, sel.review.rows, names, binary_digit(m), out,

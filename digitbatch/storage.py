@@ -258,7 +258,8 @@ STORE_ENTRIES = frozenset({"zarr.json", "images", "labels", "keys", "rejects"})
 REPORT_PAGE = "report.html"
 REPORT_SIGNATURE = b"<title>digitbatch report: "
 REPORT_FILES = frozenset({REPORT_PAGE, "confusion.png", "per_class.png", "errors.png",
-                          "doubtful.png", "drift.png", "review.csv", "review.html"})
+                          "doubtful.png", "drift.png", "reliability.png", "review.csv",
+                          "review.html"})
 KINDS = {"store": "a digitbatch store", "model": "a digitbatch model",
          "predictions": "a digitbatch scoring output", "report": "a digitbatch report folder"}
 _MAX_META_BYTES = 16 << 20

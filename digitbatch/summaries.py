@@ -62,6 +62,8 @@ def train_lines(r: dict) -> list[str]:
     if accuracy is not None:
         n_test = f" on {r['n_test']} images" if "n_test" in r else ""
         line += f"; test accuracy {accuracy:.4f}{n_test}"
+    if test and test.get("ece") is not None:  # a calibrated model's probabilities
+        line += f", calibration error (ECE) {100 * test['ece']:.2f} points"
     lines.append(line)
     return lines
 
@@ -88,9 +90,21 @@ def score_lines(m: dict, *, already_complete: bool = False) -> list[str]:
     if m.get("seconds") is not None and m.get("images_per_second") is not None \
             and not already_complete:
         line += f" in {m['seconds']:.2f} s ({m['images_per_second']:,.0f} images/s)"
-    acc = m.get("accuracy")
-    line += (f"; accuracy {acc:.4f} on {m['n_labeled']} labelled" if acc is not None
-             else "; no labels")
+    # the headline: the unseen rows only when the input is the model's training store
+    head = m.get("headline") or {"accuracy": m.get("accuracy"), "n_labeled": m.get("n_labeled")}
+    acc = head.get("accuracy")
+    unseen = " unseen" if m.get("training_rows") else ""
+    line += (f"; accuracy {acc:.4f} on {head['n_labeled']}{unseen} labelled" if acc is not None
+             else "; no labels" if not m.get("n_labeled") else "; no unseen labelled rows")
+    t = m.get("training_rows")
+    if t:  # the input is the model's training store: its training rows apart
+        t_acc = t.get("accuracy")
+        line += (f" (the model's {t.get('n_labeled', 0)} training rows, not counted: "
+                 f"{'n/a' if t_acc is None else format(t_acc, '.4f')})")
+    cal = m.get("calibration")
+    if cal:
+        lines.append(f"calibration: expected calibration error {100 * cal['ece']:.2f} points "
+                     f"on {cal['n_rows']} labelled rows")
     drift_line = summary_line(m)  # (digitbatch.drift; the headline stays the last line)
     if drift_line:
         lines.append(drift_line)

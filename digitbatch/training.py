@@ -13,6 +13,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import SGDClassifier
 from sklearn.model_selection import ParameterGrid
 
+from . import calibration as CAL
 from . import cluster, drift, extrarows, kernels, metrics, storage
 from . import fserrors
 from .crossval import check_folds, client_or_none, run_cv, run_search
@@ -48,11 +49,34 @@ class TrainResult:
                 **{k: v for k, v in self.__dict__.items() if k != "pipeline"}}
 
 
-def _labeled_rows(store, split: str) -> tuple[np.ndarray, np.ndarray]:
+def _labeled_rows(store, split: str, *, seed: int = 0, holdout: float = 0.0):
+    """The split's labelled images and labels, and those of the rows held out for
+    calibration (:func:`digitbatch.calibration.heldout_mask`) apart."""
     rows = store.split_rows(split)
     images, labels, _ = store.read(rows)
     known = labels != UNKNOWN_LABEL
-    return images[known], labels[known]
+    held = CAL.heldout_mask(np.arange(rows.start, rows.stop), seed, holdout) & known
+    fit = known & ~held
+    return images[fit], labels[fit], images[held], labels[held]
+
+
+def _calibrate(model, images: np.ndarray, labels: np.ndarray) -> None:
+    """Fit ``model``'s calibration on held-out rows (in place); rows whose target is
+    not one of the model's classes are left out. Too few rows: none (logged)."""
+    y = model.target(labels)
+    classes = np.asarray(model.classes)
+    ok = np.isin(y, classes)
+    if np.count_nonzero(ok) < CAL.MIN_FIT_ROWS:
+        log.warning("%d held-out rows: too few to calibrate %s (at least %d); its "
+                    "probabilities are uncalibrated", int(np.count_nonzero(ok)), model.name,
+                    CAL.MIN_FIT_ROWS)
+        return
+    d = model.decision_function(images[ok])
+    model.calibration = CAL.fit(d, np.searchsorted(classes, y[ok]))
+    c = model.calibration
+    log.info("calibrated %s on %d held-out rows: temperature %.4g, ECE %.4f -> %.4f",
+             model.name, c["n_rows"], c["temperature"], c["uncalibrated"]["ece"],
+             c["calibrated"]["ece"])
 
 
 def check_classes(classes, where) -> None:
@@ -75,16 +99,27 @@ def evaluate(model, store, split: str = "test") -> dict:
     """Test metrics of a compact model, a chunk at a time (memory bounded by the chunk)."""
     k = model.n_classes
     cm = np.zeros((k, k), dtype=np.int64)
+    rel = []
     for a, b in _split_chunks(store, split):
         rows = slice(a, b)
         y = model.target(store.column("labels", rows))
-        cm += kernels.confusion_counts(
-            y, model.predict(store.column("images", rows)).astype(np.int64), k)
-    return metrics.summarize(cm)
+        if model.calibration is None:
+            pred = model.predict(store.column("images", rows)).astype(np.int64)
+        else:
+            sc = model.score_chunk_full(store.column("images", rows), proba=False)
+            pred = sc.pred.astype(np.int64)
+            known = y != UNKNOWN_LABEL
+            rel.append(CAL.reliability_counts(sc.confidence[known], pred[known] == y[known]))
+        cm += kernels.confusion_counts(y, pred, k)
+    out = metrics.summarize(cm)
+    total = CAL.reduce_reliability(rel)
+    if total is not None and out["n_labeled"]:
+        out["ece"] = round(CAL.ece(total), 6)
+    return out
 
 
 def _fit_incremental(pipe, store, split: str, spec, *, seed: int, epochs: int,
-                     progress=None, extras=()) -> int:
+                     holdout: float = 0.0, progress=None, extras=()) -> int:
     """``partial_fit`` over the split's chunks, shuffled (seeded) each epoch.
 
     Only one chunk is in memory at a time, so a store larger than memory
@@ -102,7 +137,10 @@ def _fit_incremental(pipe, store, split: str, spec, *, seed: int, epochs: int,
         for i in rng.permutation(len(chunks)):
             st, a, b = chunks[i]
             labels = target(spec, st.column("labels", slice(a, b)))  # (checked 0-9 as read)
-            known = np.flatnonzero(labels != UNKNOWN_LABEL)
+            keep = labels != UNKNOWN_LABEL
+            if st is store:  # (the rows held out for calibration are the training store's)
+                keep &= ~CAL.heldout_mask(np.arange(a, b), seed, holdout)
+            known = np.flatnonzero(keep)
             if known.size == 0:
                 if progress is not None:
                     progress(1)
@@ -114,6 +152,22 @@ def _fit_incremental(pipe, store, split: str, spec, *, seed: int, epochs: int,
             if progress is not None:
                 progress(1)
     return n
+
+
+def _heldout_rows(store, split: str, *, seed: int, holdout: float):
+    """The images and labels of a split's labelled rows held out for calibration,
+    read a chunk at a time (at most MAX_CALIBRATION_ROWS of them, by the fraction)."""
+    images, labels = [], []
+    for a, b in _split_chunks(store, split):
+        lab = store.column("labels", slice(a, b))
+        sel = np.flatnonzero((lab != UNKNOWN_LABEL)
+                             & CAL.heldout_mask(np.arange(a, b), seed, holdout))
+        if sel.size:
+            images.append(store.column("images", slice(a, b))[sel])
+            labels.append(lab[sel])
+    if not images:
+        return np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.int8)
+    return np.concatenate(images), np.concatenate(labels)
 
 
 @fserrors.boundary(kept="No model was written (a model already at --out is kept)")
@@ -177,21 +231,26 @@ def train(
     s = open_store(store)
     extras = extrarows.open_extras(extra, s)
     train_split = "train" if "train" in s.splits else "all"
+    split = s.split_rows(train_split)
+    holdout = CAL.holdout_fraction(split.stop - split.start)
     if incremental:
         pipe = build(model, seed=seed, features=feats)
         t0 = time.perf_counter()
         n_train = _fit_incremental(pipe, s, train_split, spec, seed=seed, epochs=epochs,
-                                   progress=progress, extras=extras)
+                                   holdout=holdout, progress=progress, extras=extras)
         fit_seconds = time.perf_counter() - t0
         if n_train == 0:
             raise TrainingError(f"store {s.path} has no labelled rows in split {train_split!r}")
         cv_result = search_result = None
     else:
-        pipe, n_train, fit_seconds, cv_result, search_result = _fit_in_memory(
+        pipe, n_train, fit_seconds, cv_result, search_result, held = _fit_in_memory(
             s, train_split, spec, model, feats, seed=seed, cv=cv, search=search,
-            scheduler=scheduler, progress=progress, extras=extras)
+            scheduler=scheduler, progress=progress, holdout=holdout, extras=extras)
     cm_model = compact(model, pipe, features=feats)
     log.info("fitted %s (%s features) on %d rows in %.2f s", model, feats, n_train, fit_seconds)
+    if incremental:
+        held = _heldout_rows(s, train_split, seed=seed, holdout=holdout)
+    _calibrate(cm_model, *held)
 
     test = None
     n_test = 0
@@ -202,7 +261,10 @@ def train(
     manifest = {
         "seed": seed,
         "train": {"store": str(s.path), "store_checksum": s.checksum, "split": train_split,
+                  "rows": [split.start, split.stop],
                   "n_rows": int(n_train), "fit_seconds": round(fit_seconds, 3),
+                  "n_calibration_rows": int(held[1].shape[0]),
+                  "calibration_fraction": round(holdout, 6),
                   "incremental": bool(incremental), "epochs": epochs if incremental else None,
                   "extra": [e.manifest_entry() for e in extras]},
         "test": test,
@@ -218,8 +280,8 @@ def train(
 
 
 def _fit_in_memory(s, train_split, spec, model, feats, *, seed, cv, search, scheduler,
-                   progress=None, extras=()):
-    X, labels = _labeled_rows(s, train_split)
+                   progress=None, holdout: float = 0.0, extras=()):
+    X, labels, X_held, labels_held = _labeled_rows(s, train_split, seed=seed, holdout=holdout)
     if extras:  # after the store's own rows, before the seeded shuffle
         more_x, more_y = extrarows.labelled_rows(extras)
         X, labels = np.concatenate([X, more_x]), np.concatenate([labels, more_y])
@@ -276,4 +338,4 @@ def _fit_in_memory(s, train_split, spec, model, feats, *, seed, cv, search, sche
             progress(1)
         if threaded:
             clf.set_params(n_jobs=None)
-    return pipe, int(X.shape[0]), fit_seconds, cv_result, search_result
+    return pipe, int(X.shape[0]), fit_seconds, cv_result, search_result, (X_held, labels_held)

@@ -59,7 +59,14 @@ top = 4
     assert f"3-fold CV accuracy on the cluster: {folds}" in result.output
     assert "true\\pred" in result.output and "total" in result.output
     acc = s["steps"][1]["result"]["accuracy"]
-    assert f"scored 1000 images; accuracy {acc:.4f} on 1000 labelled" in result.output
+    # the input is the model's training store: the headline is its 300 unseen rows (issue 15)
+    score_result = s["steps"][1]["result"]
+    head, seen = score_result["headline"], score_result["training_rows"]
+    assert head["n_labeled"] == 300 and seen["n_labeled"] == 700
+    assert (f"scored 1000 images; accuracy {head['accuracy']:.4f} on 300 unseen labelled "
+            f"(the model's 700 training rows, not counted: {seen['accuracy']:.4f})"
+            ) in result.output
+    assert acc == (head["n_correct"] + seen["n_correct"]) / 1000
     assert s["outcome"] == "succeeded" and s["error"] is None
     assert [(x["name"], x["outcome"]) for x in s["steps"]] == [
         ("train", "succeeded"), ("score", "succeeded"), ("report", "succeeded")]

@@ -88,11 +88,11 @@ def check_html(path) -> _Page:
 def test_labelled_report_writes_every_figure(run, labelled):
     out = run / "report"
     assert set(labelled.files) == {"confusion", "per_class", "errors", "doubtful", "drift",
-                                   "html", "review_csv", "review_html"}
-    for name in ("confusion", "per_class", "errors", "doubtful", "drift"):
+                                   "reliability", "html", "review_csv", "review_html"}
+    for name in ("confusion", "per_class", "errors", "doubtful", "drift", "reliability"):
         check_png(out / f"{name}.png")
     page = check_html(out / "report.html")
-    assert len(page.imgs) == 5
+    assert len(page.imgs) == 6
     text = " ".join(page.text)
     for expected in ("accuracy", "Per class", "precision", "Most confident mistakes",
                      "Doubtful predictions", "Drift", "expected accuracy", "images / s", str(run / "s.zarr"),
@@ -100,8 +100,11 @@ def test_labelled_report_writes_every_figure(run, labelled):
                      "CV accuracy", "test accuracy", "features"):
         assert expected in text, expected
     assert "true\\pred" in labelled.confusion_text
-    assert labelled.n_wrong == labelled.metrics["n_labeled"] - np.trace(
-        labelled.metrics["confusion_matrix"]) > 0
+    # the input is the model's training store: the mistakes counted are the unseen rows'
+    head = labelled.metrics["headline"]
+    assert labelled.n_wrong == head["n_labeled"] - head["n_correct"] > 0
+    assert head["n_labeled"] == 300 and labelled.metrics["training_rows"]["n_labeled"] == 700
+    assert "the model's own training store" in text
 
 
 def test_galleries_hold_the_chunked_top_k(run):
@@ -112,13 +115,22 @@ def test_galleries_hold_the_chunked_top_k(run):
     s = open_store(run / "s.zarr")
     sel = select_rows(p, s.labels, k=K, digit=None)
     pred, margin, y = p.group["pred"][:], p.group["margin"][:], s.labels[:]
+    gap = p.group["gap"][:].astype(float)
     rows = np.arange(s.n)
-    wrong = (y >= 0) & (pred != y)
-    order = np.lexsort((rows[wrong], -margin[wrong].astype(float)))
+    # the input is the model's training store: its 700 training rows are no mistakes to show
+    wrong = (y >= 0) & (pred != y) & (rows >= 700)
+    order = np.lexsort((rows[wrong], -gap[wrong], -margin[wrong].astype(float)))
     assert sel.errors.rows.tolist() == rows[wrong][order][:K].tolist()
     assert sel.n_wrong == int(wrong.sum())
-    order = np.lexsort((rows, margin.astype(float)))
+    order = np.lexsort((rows, gap, margin.astype(float)))  # margin ties ordered by the gap
     assert sel.doubtful.rows.tolist() == rows[order][:K].tolist()
+
+
+def test_topk_orders_equal_scores_by_the_tie_key():
+    top = TopK(3, largest=False)
+    top.push(np.arange(4), np.zeros(4), np.array([3.0, 1.0, 2.0, 1.0]))
+    top.push(np.arange(4, 6), np.zeros(2), np.array([0.5, 1.0]))
+    assert top.rows.tolist() == [4, 1, 3] and top.n_tied_out == 1  # row 5 ties row 3
 
 
 @pytest.mark.parametrize("n, k, chunk, largest", [

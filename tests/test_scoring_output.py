@@ -299,12 +299,13 @@ def _write_all(out: Path, proba: bool = True) -> None:
 def test_create_output_arrays_settings_and_fill(tmp_path):
     out = _new(tmp_path)
     g = zarr.open_group(str(out), mode="r")
-    assert g.attrs[O.ATTRS_KEY] == {"version": 1, "n": N, "chunk_size": C, "n_classes": K,
+    assert g.attrs[O.ATTRS_KEY] == {"version": 2, "n": N, "chunk_size": C, "n_classes": K,
                                     "proba": True, "model_sha256": "ab" * 32,
                                     "input_checksum": "cafe"}
-    assert O.OUTPUT_VERSION == 1
+    assert O.OUTPUT_VERSION == 2  # 2: gap and second (issue 15)
     want = {"pred": ((N,), (C,), "int8"), "margin": ((N,), (C,), "float32"),
-            "proba": ((N, K), (C, K), "float32")}
+            "proba": ((N, K), (C, K), "float32"), "gap": ((N,), (C,), "float32"),
+            "second": ((N,), (C,), "int8")}
     for name, (shape, chunks, dtype) in want.items():
         a = g[name]
         assert (a.shape, a.chunks, str(a.dtype)) == (shape, chunks, dtype), name
@@ -313,6 +314,7 @@ def test_create_output_arrays_settings_and_fill(tmp_path):
     assert g["keys"].dtype.kind in "TUO"
     assert (g["pred"][:] == -1).all() and O.PRED_FILL == -1   # unwritten rows: no label
     assert np.isnan(g["margin"][:]).all() and np.isnan(g["proba"][:]).all()
+    assert np.isnan(g["gap"][:]).all() and (g["second"][:] == -1).all()
     assert (out / "_commits").is_dir() and O.committed(out) == {}
     assert O.has_spec(out) and O.is_output(out) and not O.is_complete(out)
 
@@ -325,7 +327,7 @@ def test_create_output_without_proba_or_without_arrays(tmp_path):
     O.create_output(out, _spec(), arrays=False)  # an archive: compaction makes the arrays
     g = zarr.open_group(str(out), mode="r")
     assert list(g.keys()) == [] and (out / "_commits").is_dir()
-    assert g.attrs[O.ATTRS_KEY] == {"version": 1, **_spec().to_dict()}
+    assert g.attrs[O.ATTRS_KEY] == {"version": 2, **_spec().to_dict()}
     assert O.has_spec(out)
 
 
@@ -384,7 +386,7 @@ def test_check_resume_of_something_else(tmp_path):
                                          r"digitbatch output"):
         O.check_resume(tmp_path / "nothing.zarr", _spec())
     out = _partial(tmp_path)  # no settings: every one differs
-    with pytest.raises(ScoreError, match="version: output has None, this run 1"):
+    with pytest.raises(ScoreError, match="version: output has None, this run 2"):
         O.check_resume(out, _spec())
 
 

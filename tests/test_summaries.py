@@ -78,11 +78,17 @@ def test_score_lines_of_a_real_scoring_equal_scikit_learns_confusion(run):
     np.testing.assert_array_equal(truth, run["labels"])
     cm = confusion_matrix(truth, pred, labels=list(range(10)))
     assert lines[:-2] == format_confusion(cm).splitlines()
+    # the input is the model's training store: the headline counts the unseen (test) rows
+    test = slice(N - N_TEST, N)
     assert len(lines) == 14  # header, ten classes, totals, drift, the headline
     assert lines[-2].startswith("drift: ")
     assert lines[-1].startswith(f"scored {N} images in ")
     assert re.search(r" in \d+\.\d\d s \([\d,]+ images/s\); ", lines[-1])
-    assert lines[-1].endswith(f"; accuracy {accuracy_score(truth, pred):.4f} on {N} labelled")
+    seen = slice(0, N - N_TEST)
+    assert lines[-1].endswith(
+        f"; accuracy {accuracy_score(truth[test], pred[test]):.4f} on {N_TEST} unseen labelled "
+        f"(the model's {N - N_TEST} training rows, not counted: "
+        f"{accuracy_score(truth[seen], pred[seen]):.4f})")
 
 
 def test_job_steps_print_their_lines(run, tmp_path, monkeypatch):
@@ -104,7 +110,9 @@ def test_job_steps_print_their_lines(run, tmp_path, monkeypatch):
                      f"test accuracy {steps['train']['test_accuracy']:.4f}")
     sc = step_lines("score", steps["score"])
     assert len(sc) == 14
-    assert sc[-1] == f"scored {N} images; accuracy {steps['score']['accuracy']:.4f} on {N} labelled"
+    assert sc[-1].startswith(f"scored {N} images; accuracy "
+                             f"{steps['score']['headline']['accuracy']:.4f} on "
+                             f"{N_TEST} unseen labelled (the model's {N - N_TEST} training rows")
     assert sc[:-1] == score_lines(run["score"].metrics)[:-1]  # the same model, the same matrix
 
 

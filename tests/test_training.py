@@ -18,7 +18,11 @@ def test_train_writes_manifest(tmp_path, small_store, model_dir):
     m = json.loads((model_dir / "manifest.json").read_text())
     assert m["name"] == "sgd" and m["seed"] == 3
     assert m["train"]["store_checksum"] == open_store(small_store).checksum
-    assert m["train"]["n_rows"] == 700
+    # ~1/12 of the 700 train rows are held out to calibrate the probabilities
+    assert m["train"]["n_rows"] + m["train"]["n_calibration_rows"] == 700
+    assert 40 <= m["train"]["n_calibration_rows"] <= 80
+    assert m["train"]["rows"] == list(open_store(small_store).splits["train"])
+    assert m["calibration"]["n_rows"] == m["train"]["n_calibration_rows"]
     assert 0.9 <= m["test"]["accuracy"] <= 1.0
     assert len(m["test"]["confusion_matrix"]) == 10
 
@@ -49,8 +53,10 @@ def test_train_errors(tmp_path):
 
 def test_incremental_matches_chunks_and_is_bounded(tmp_path, small_store):
     r = train(small_store, tmp_path / "inc", incremental=True, epochs=3, seed=1)
-    assert r.n_train == 700 and r.test["accuracy"] > 0.8
     m = json.loads((tmp_path / "inc" / "manifest.json").read_text())
+    # the incremental fit holds out the same rows as the in-memory one (same seed)
+    assert r.n_train + m["train"]["n_calibration_rows"] == 700 and r.test["accuracy"] > 0.8
+    assert m["calibration"]["temperature"] > 0
     assert m["train"]["incremental"] is True and m["train"]["epochs"] == 3
     again = train(small_store, tmp_path / "inc2", incremental=True, epochs=3, seed=1)
     assert (tmp_path / "inc" / "model.npz").read_bytes() == (tmp_path / "inc2" / "model.npz").read_bytes()

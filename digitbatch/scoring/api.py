@@ -42,6 +42,7 @@ from .output import (
     is_complete, open_metrics, started_with, sweep_temporaries,
 )
 from .plan import make_plan
+from .seen import training_rows
 from .record import build_record
 from .runner import DEFAULT_TASK_TIMEOUT, DefaultTimeout, run
 from .tasks import images_of
@@ -199,7 +200,11 @@ def _score(stack, source, loaded, out, *, scheduler, resume, proba, break_lock, 
                  len(done))
         if progress is not None:
             progress(0, total=images_of(todo))
-        work = dataclasses.replace(plan.work, kwargs={**plan.work.kwargs, "lease": lease.token})
+        # the model's own training rows, when this is its training store: counted apart
+        train_rows = training_rows(loaded.manifest, plan.input)
+        extra = {"train_rows": train_rows} if train_rows is not None else {}
+        work = dataclasses.replace(plan.work, kwargs={**plan.work.kwargs, "lease": lease.token,
+                                                      **extra})
         try:
             with one_blas_thread():  # (for tasks that run in this process's threads)
                 run(todo, work, scheduler=scheduler, progress=progress,
@@ -228,7 +233,8 @@ def _score(stack, source, loaded, out, *, scheduler, resume, proba, break_lock, 
                               seconds=seconds, n_this_run=n_this_run, resumed=bool(done),
                               run_id=lease.token, thresholds=thresholds,
                               reference=loaded.manifest.get("drift_reference"),
-                              model_via=None if loaded.via is None else str(loaded.via))
+                              model_via=None if loaded.via is None else str(loaded.via),
+                              train_rows=train_rows)
         lease.check()
         finalize(out, result)
     log.info("scored %d images in %.2f s (accuracy %s)", n_this_run, seconds, result["accuracy"],

@@ -35,6 +35,7 @@ from ..sources.listing import read_entries, unpack
 from .handles import open_array_cached
 from .output import PRED_FILL, write_chunk, write_slots
 from .record import chunk_counts
+from .seen import seen_mask
 from .tasks import ChunkTask
 
 # Chunk index -> the key of the member a task of this worker process is
@@ -49,8 +50,13 @@ def decoding(i: int) -> str | None:
 
 
 def score_store_chunk(task: ChunkTask, *, store_path: str, out_path: str, model,
-                      proba: bool, lease: str | None = None) -> int:
-    """Score rows ``[start, stop)`` of store chunk ``index``: write them, then commit."""
+                      proba: bool, lease: str | None = None,
+                      train_rows: tuple[int, int] | None = None) -> int:
+    """Score rows ``[start, stop)`` of store chunk ``index``: write them, then commit.
+
+    ``train_rows``: the rows the model was trained on, when the store is its
+    training store (counted apart: :mod:`digitbatch.scoring.seen`).
+    """
     i, start, stop = task.index, task.start, task.stop
     store_images = open_array_cached(store_path, "images", "r")
     images = read_rows(store_images, i, reuse=True)
@@ -59,13 +65,15 @@ def score_store_chunk(task: ChunkTask, *, store_path: str, out_path: str, model,
     if images.shape[0] != stop - start:
         raise ScoreError(f"chunk {i} of {store_path}: {images.shape[0]} rows, expected {stop - start}")
     copy_chunk(open_array_cached(store_path, "keys", "r"), open_array_cached(out_path, "keys"), i)
-    pred, margin, probs = deterministic_scores(model, images, proba=proba)
-    pred = pred.astype(np.int8)
-    counts = chunk_counts(labels, pred, model.n_classes)
-    counts["profile"] = chunk_profile(images, pred, margin, labels, model.classes, rows=start,
+    sc = deterministic_scores(model, images, proba=proba, full=True)
+    pred = sc.pred.astype(np.int8)
+    counts = chunk_counts(labels, pred, model.n_classes, confidence=sc.confidence,
+                          seen=seen_mask(start, stop, train_rows))
+    counts["profile"] = chunk_profile(images, pred, sc.margin, labels, model.classes, rows=start,
                                       input_every=input_every(store_images.shape[0]))  # (drift)
-    write_chunk(out_path, i, start, stop, pred=pred, margin=margin,
-                proba=probs if proba else None, keys=None, counts=counts, lease=lease)
+    write_chunk(out_path, i, start, stop, pred=pred, margin=sc.margin,
+                proba=sc.proba if proba else None, keys=None,
+                gap=sc.gap, second=sc.second.astype(np.int8), counts=counts, lease=lease)
     return i
 
 
@@ -113,18 +121,25 @@ def score_archive_chunk(task: ChunkTask, *, out_path: str, model, proba: bool,
     keys = np.array([e.key for e in entries], dtype=object)
     pred = np.full(n, PRED_FILL, np.int8)
     margin = np.full(n, np.nan, np.float32)
+    gap = np.full(n, np.nan, np.float32)
+    second = np.full(n, PRED_FILL, np.int8)
     probs = np.full((n, model.n_classes), np.nan, np.float32) if proba else None
     idx = np.flatnonzero(valid)
+    conf = None
     if idx.size:
-        p, mg, pr = deterministic_scores(model, images[idx], proba=proba)
-        pred[idx], margin[idx] = p, mg
+        sc = deterministic_scores(model, images[idx], proba=proba, full=True)
+        pred[idx], margin[idx], gap[idx], second[idx] = sc.pred, sc.margin, sc.gap, sc.second
+        conf = sc.confidence
         if proba:
-            probs[idx] = pr
+            probs[idx] = sc.proba
+    elif model.has_proba and model.calibration is not None:
+        conf = np.zeros(0)
     target = model.target(lab[idx])
-    counts = chunk_counts(target, pred[idx], model.n_classes, rejects=rejects)
+    counts = chunk_counts(target, pred[idx], model.n_classes, rejects=rejects,
+                          confidence=conf)
     counts["profile"] = chunk_profile(  # (drift)
         images[idx], pred[idx], margin[idx], target, model.classes,
         normalisation=(idx.size, *np.count_nonzero(flags[idx], axis=0).tolist()))
     write_slots(out_path, i, start, valid=valid, labels=lab, pred=pred, margin=margin,
-                proba=probs, keys=keys, counts=counts, lease=lease)
+                proba=probs, keys=keys, gap=gap, second=second, counts=counts, lease=lease)
     return i

@@ -6,6 +6,9 @@ This module is the only one that reads or writes an output's files::
       pred     (N,) int8, fill -1 (not a label): rows of uncommitted chunks read -1
       margin   (N,) float32: top-1 minus top-2 probability (decision value for
                models without probabilities), for finding doubtful images
+      gap      (N,) float32: top-1 minus top-2 (calibrated) decision value: orders
+               rows whose margins tie (both probabilities round to 1)
+      second   (N,) int8, fill -1: the runner-up class
       proba    (N, k) float32, only with --proba
       keys     (N,) string, copied from the input
       labels   (N,) int8, archive inputs only (a store holds its own)
@@ -54,7 +57,10 @@ SUCCESS = "_SUCCESS"
 METRICS = "metrics.json"
 STAGING = "_staging"
 ATTRS_KEY = "digitbatch_predictions"
-OUTPUT_VERSION = 1
+# 2: the gap and second arrays (an output of version 1 still opens: it has neither)
+OUTPUT_VERSION = 2
+# the per-row arrays of a run's chunks beside pred and margin (version 2 on)
+EXTRA_ARRAYS = (("gap", "float32", np.nan), ("second", "int8", PRED_FILL))
 
 
 @dataclass(frozen=True)
@@ -95,7 +101,7 @@ def create_output(out: Path, spec: OutputSpec, *, arrays: bool = True,
     if partial_ok and committed(out):
         raise ScoreError(f"{out} has commit records but no output settings: it is damaged; "
                          f"score into a new --out")
-    for name in ("pred", "margin", "proba", "keys"):
+    for name in ("pred", "margin", "proba", "keys", *(e[0] for e in EXTRA_ARRAYS)):
         if name in g:
             del g[name]
     storage.mkdir(out / COMMITS)
@@ -107,6 +113,9 @@ def create_output(out: Path, spec: OutputSpec, *, arrays: bool = True,
                    compressors=COMPRESSORS)
     g.create_array("margin", shape=(spec.n,), chunks=(c,), dtype="float32",
                    fill_value=np.nan, compressors=COMPRESSORS)
+    for name, dtype, fill in EXTRA_ARRAYS:
+        g.create_array(name, shape=(spec.n,), chunks=(c,), dtype=dtype, fill_value=fill,
+                       compressors=COMPRESSORS)
     if spec.proba:
         g.create_array("proba", shape=(spec.n, spec.n_classes), chunks=(c, spec.n_classes),
                        dtype="float32", fill_value=np.nan, compressors=COMPRESSORS)
@@ -159,7 +168,8 @@ def committed(out: Path) -> dict[int, dict]:
 
 def write_chunk(out_path: str, i: int, start: int, stop: int, *, pred: np.ndarray,
                 margin: np.ndarray, proba: np.ndarray | None, keys: np.ndarray | None,
-                counts: dict, prefix: str = "", lease: str | None = None) -> None:
+                counts: dict, prefix: str = "", lease: str | None = None,
+                gap: np.ndarray | None = None, second: np.ndarray | None = None) -> None:
     """Write one chunk's rows (arrays under ``prefix``), then (only then) its commit record.
 
     ``lease``: the token of the run's lock, checked just before the commit
@@ -169,7 +179,8 @@ def write_chunk(out_path: str, i: int, start: int, stop: int, *, pred: np.ndarra
     first = open_array_cached(out_path, prefix + "pred")
     c = first.chunks[0]
     aligned = start % c == 0 and (stop - start == c or stop == first.shape[0])
-    for name, rows in (("pred", pred), ("margin", margin), ("proba", proba), ("keys", keys)):
+    for name, rows in (("pred", pred), ("margin", margin), ("proba", proba), ("keys", keys),
+                       ("gap", gap), ("second", second)):
         if rows is None:  # (keys None: the caller copied the keys chunk already)
             continue
         arr = open_array_cached(out_path, prefix + name)
@@ -272,7 +283,8 @@ def create_staging(out: Path, *, n: int, chunk_size: int, n_classes: int, proba:
     st = g.require_group(STAGING)
     c = chunk_size
     for name, dtype, fill in (("pred", "int8", PRED_FILL), ("margin", "float32", np.nan),
-                              ("valid", "int8", 0), ("labels", "int8", UNKNOWN_LABEL)):
+                              ("valid", "int8", 0), ("labels", "int8", UNKNOWN_LABEL),
+                              *EXTRA_ARRAYS):
         if name not in st:
             st.create_array(name, shape=(n,), chunks=(c,), dtype=dtype, fill_value=fill,
                             compressors=COMPRESSORS)
@@ -285,14 +297,15 @@ def create_staging(out: Path, *, n: int, chunk_size: int, n_classes: int, proba:
 
 def write_slots(out_path: str, i: int, start: int, *, valid: np.ndarray, labels: np.ndarray,
                 pred: np.ndarray, margin: np.ndarray, proba: np.ndarray | None,
-                keys: np.ndarray, counts: dict, lease: str | None = None) -> None:
+                keys: np.ndarray, counts: dict, lease: str | None = None,
+                gap: np.ndarray | None = None, second: np.ndarray | None = None) -> None:
     """Write one archive slot chunk into staging, then (only then) commit it."""
     n = valid.shape[0]
     g = open_group_cached(out_path)
     g[f"{STAGING}/valid"][start:start + n] = valid.astype(np.int8)
     g[f"{STAGING}/labels"][start:start + n] = labels
     write_chunk(out_path, i, start, start + n, pred=pred, margin=margin, proba=proba, keys=keys,
-                counts=counts, prefix=f"{STAGING}/", lease=lease)
+                counts=counts, prefix=f"{STAGING}/", lease=lease, gap=gap, second=second)
 
 
 def compact(out: Path, *, chunk_size: int, n_classes: int, proba: bool) -> int:
@@ -300,7 +313,8 @@ def compact(out: Path, *, chunk_size: int, n_classes: int, proba: bool) -> int:
     g = storage.open_group(out, mode="r+")
     st = g[STAGING]
     n_slots = st["valid"].shape[0]
-    names = ["pred", "margin", "keys", "labels"] + (["proba"] if proba else [])
+    names = ["pred", "margin", "keys", "labels"] + [e[0] for e in EXTRA_ARRAYS
+                                                    if e[0] in st] + (["proba"] if proba else [])
     for name in names:
         if name in g:
             del g[name]
@@ -355,6 +369,8 @@ class PredictionChunk:
     keys: np.ndarray
     proba: np.ndarray | None
     labels: np.ndarray | None
+    gap: np.ndarray | None = None  # None in an output of version 1
+    second: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -381,12 +397,14 @@ class Predictions:
         """
         g = self.group
         names = ["pred", "margin", "keys"] + (["labels"] if "labels" in g else []) + (
-            ["proba"] if proba and "proba" in g else [])
+            ["proba"] if proba and "proba" in g else []) + [
+            e[0] for e in EXTRA_ARRAYS if e[0] in g]
         arrays = {name: g[name] for name in names}
         for i, (a, b) in enumerate(self.chunk_bounds()):
             got = {name: self._chunk(arr, name, i, b - a) for name, arr in arrays.items()}
             yield PredictionChunk(a, b, got["pred"], got["margin"], got["keys"],
-                                  got.get("proba"), got.get("labels"))
+                                  got.get("proba"), got.get("labels"), got.get("gap"),
+                                  got.get("second"))
 
     def _chunk(self, arr, name: str, i: int, n: int) -> np.ndarray:
         """Chunk ``i`` of one array, through chunkio's direct reads (zarr's read path costs
@@ -413,6 +431,10 @@ class Predictions:
     @property
     def keys(self):
         return self.group["keys"]
+
+    def extra(self, name: str):
+        """Array ``gap`` or ``second`` (EXTRA_ARRAYS), or None in an output of version 1."""
+        return self.group[name] if name in self.group else None
 
     @property
     def proba(self):

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import metrics
+from .. import calibration, metrics
 from ..drift import Thresholds, drift_block
 from ..kernels import confusion_counts, prediction_histogram
 from ..profile import reduce_profiles
+from . import seen as seen_rows
 
 # Bumped when a field of metrics.json is renamed or changes meaning (docs/schemas.md).
 SCHEMA_VERSION = 1
@@ -24,15 +25,26 @@ MAX_REJECTS_LISTED = 1000
 
 
 def chunk_counts(target: np.ndarray, pred: np.ndarray, n_classes: int, *,
-                 rejects: list[list[str]] | None = None) -> dict:
+                 rejects: list[list[str]] | None = None, confidence: np.ndarray | None = None,
+                 seen: np.ndarray | None = None) -> dict:
     """What one chunk commits: confusion counts against ``target`` (rows with an
     unknown label skipped), the prediction histogram, its row counts, and for
-    archive slot chunks its rejected members (``[key, reason]``)."""
+    archive slot chunks its rejected members (``[key, reason]``).
+
+    ``confidence``: the rows' calibrated top probability, counted in reliability
+    bins for the labelled rows (training rows left out); ``seen``: which rows
+    the model was trained on (:mod:`digitbatch.scoring.seen`), counted apart.
+    """
     counts = {"confusion": confusion_counts(target, pred, n_classes),
               "hist": prediction_histogram(pred, n_classes),
               "n": int(pred.shape[0]), "n_unlabeled": int(np.count_nonzero(target < 0))}
     if rejects is not None:
         counts.update({"n_rejected": len(rejects), "rejects": rejects})
+    counts.update(seen_rows.seen_counts(target, pred, n_classes, seen))
+    if confidence is not None:
+        use = (target >= 0) & (True if seen is None else ~seen)
+        rel = calibration.reliability_counts(confidence[use], pred[use] == target[use])
+        counts["reliability"] = {k: v.tolist() for k, v in rel.items()}
     return counts
 
 
@@ -56,7 +68,8 @@ def reduce_records(records: list[dict], k: int) -> dict:
 def build_record(records: list[dict], *, model, model_path: str, model_sha256: str,
                  input: dict, n_rejected_before: int, seconds: float, n_this_run: int,
                  resumed: bool, run_id: str, model_via: str | None = None,
-                 reference: dict | None = None, thresholds: Thresholds | None = None) -> dict:
+                 reference: dict | None = None, thresholds: Thresholds | None = None,
+                 train_rows: tuple[int, int] | None = None) -> dict:
     """The metrics.json record of a run from its commit records, in chunk order.
 
     ``n_rejected_before``: members refused before scoring (by ingest, for a
@@ -64,10 +77,15 @@ def build_record(records: list[dict], *, model, model_path: str, model_sha256: s
     ``model_via``: the pointer (``models/current``) the model was resolved from.
     ``reference``: the model manifest's ``drift_reference`` (None: it has
     none); ``thresholds``: the PSI thresholds of the ``drift`` block.
+    ``train_rows``: the rows the model was trained on, when the input is its
+    training store (their figures are kept apart from the headline).
     """
     total = reduce_records(records, model.n_classes)
     rejects = [r for rec in records for r in rec.get("rejects", [])]
-    result = metrics.summarize(total["confusion"])
+    k = model.n_classes
+    result = seen_rows.headline(total["confusion"], seen_rows.reduce_seen(records, k), train_rows)
+    rel = calibration.reduce_reliability([r.get("reliability") for r in records])
+    result["calibration"] = calibration.reliability_block(rel)
     result.update({
         "schema_version": SCHEMA_VERSION,
         "n_images": total["n"],
