@@ -116,9 +116,10 @@ def second_choice(p, rows: np.ndarray, pred: np.ndarray) -> np.ndarray:
     n = rows.size
     if n == 0:
         return np.zeros(0, np.int64)
-    second = getattr(p, "second", None)
+    second = p.extra("second")  # (an output of version 2 on: the runner-up class)
     if second is not None:
-        return np.asarray(second.oindex[rows], np.int64)
+        out = np.asarray(second.oindex[rows], np.int64)
+        return np.where(pred < 0, -1, out)
     proba = p.proba
     if proba is None:
         return np.full(n, -1, np.int64)

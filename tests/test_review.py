@@ -192,11 +192,16 @@ def test_second_choice_sources():
     probs = np.zeros((3, 4), np.float32)
     probs[0] = [0.1, 0.3, 0.2, 0.4]
     probs[2] = [0.5, 0.5, 0.0, 0.0]  # a tie beside the prediction: the lower class
-    with_second = SimpleNamespace(second=Arr([2, 9, 0]), proba=Arr(probs), metrics={})
+    def output(second=None, proba=None, metrics=None):
+        return SimpleNamespace(extra=lambda name: second if name == "second" else None,
+                               proba=proba, metrics=metrics or {})
+
+    with_second = output(Arr([2, 9, 0]), Arr(probs))
     assert second_choice(with_second, rows, pred).tolist() == [2, 0]
-    from_proba = SimpleNamespace(proba=Arr(probs), metrics={"classes": [0, 1, 2, 3]})
+    assert second_choice(with_second, rows, np.array([3, -1])).tolist() == [2, -1]  # unscored
+    from_proba = output(proba=Arr(probs), metrics={"classes": [0, 1, 2, 3]})
     assert second_choice(from_proba, rows, pred).tolist() == [1, 0]
-    neither = SimpleNamespace(proba=None, metrics={})
+    neither = output()
     assert second_choice(neither, rows, pred).tolist() == [-1, -1]
 
 
