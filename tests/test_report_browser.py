@@ -42,8 +42,10 @@ def test_report_renders_and_runs_no_script_from_keys_or_paths(tmp_path, shared_m
     assert r.n_wrong > 0
     text = (d / "report" / "report.html").read_text()
     assert SCRIPT not in text and HANDLER not in text
+    pngs = [k for k, v in r.files.items() if v.endswith(".png")]
+    assert {"confusion", "per_class", "errors", "doubtful"} <= set(pngs)
     seen = check_page(r.html, headings=REPORT_HEADINGS, min_images=4)
-    assert len(seen.images) == 4
+    assert len(seen.images) == len(pngs)  # every figure of the report, each decoded
     assert str(imgs) in seen.text and str(model) in seen.text  # shown as text
 
 

@@ -205,12 +205,15 @@ def test_second_choice_sources():
     assert second_choice(neither, rows, pred).tolist() == [-1, -1]
 
 
-def test_without_proba_the_second_column_is_empty(loop, tmp_path):
+def test_without_proba_the_second_column_comes_from_the_second_array(loop, tmp_path):
     score(loop.d / "b.zarr", model=loop.d / "m1", out=tmp_path / "p.zarr",
           scheduler="synchronous")
     write_report(tmp_path / "p.zarr", out=tmp_path / "r", top_k=4, review=10)
     rows = _read_csv(tmp_path / "r" / REVIEW_CSV)
-    assert len(rows) == 11 and all(r[2] == "" for r in rows[1:]) and all(r[1] for r in rows[1:])
+    p = open_predictions(tmp_path / "p.zarr")
+    second = {k: int(v) for k, v in zip(p.keys[:], p.extra("second")[:])}
+    assert len(rows) == 11 and all(r[1] for r in rows[1:])
+    assert all(r[2] == str(second[r[0]]) and r[2] != r[1] for r in rows[1:])
 
 
 def test_review_zero_writes_none_and_bad_counts_fail(loop, tmp_path):
@@ -281,9 +284,13 @@ def test_round_trip_subset_then_train_extra_uses_the_rows(loop, tmp_path):
     assert (after == flipped).sum() >= 15, (after == flipped).sum()
 
 
-def test_train_extra_equals_training_on_the_rows_together(loop, tmp_path):
+def test_train_extra_equals_training_on_the_rows_together(loop, tmp_path, monkeypatch):
     """train A --extra B2 fits exactly what training on one store of A's train rows
-    followed by B2's rows (and A's test rows) fits."""
+    followed by B2's rows (and A's test rows) fits (no rows held out for calibration:
+    they would be A's rows in one and A's and B2's in the other)."""
+    import digitbatch.calibration as CAL
+
+    monkeypatch.setattr(CAL, "holdout_fraction", lambda n: 0.0)
     csv_path, _ = _edited(loop, tmp_path / "r", 40)
     subset(loop.d / "b.zarr", labels=csv_path, out=tmp_path / "b2.zarr")
     a, b2 = open_store(loop.d / "a.zarr"), open_store(tmp_path / "b2.zarr")

@@ -208,14 +208,14 @@ def test_detect2_cv_on_worker_processes_prints_no_n_jobs_warning(small_store, tm
 
 
 def test_per_class_threads_only_where_there_are_classes_to_share():
-    from digitbatch.crossval import ThreadedFit, _on_cluster
+    from digitbatch.crossval import ThreadedFit, on_cluster
     from digitbatch.models import build
 
     ten, two = np.arange(10).repeat(3), np.array([0, 1] * 5)
     det = build("detect-2", seed=0)
-    assert _on_cluster(det, client=object(), y=two) is det  # LogisticRegression: nothing to thread
+    assert on_cluster(det, client=object(), y=two) is det  # LogisticRegression: nothing to thread
     det_k = build("detect-2", seed=0, features="deskew")
-    assert _on_cluster(det_k, client=object(), y=two) is det_k
+    assert on_cluster(det_k, client=object(), y=two) is det_k
     sgd = build("sgd", seed=0)
-    assert _on_cluster(sgd, client=object(), y=two) is sgd  # binary SGD: one problem
-    assert isinstance(_on_cluster(sgd, client=object(), y=ten), ThreadedFit)
+    assert on_cluster(sgd, client=object(), y=two) is sgd  # binary SGD: one problem
+    assert isinstance(on_cluster(sgd, client=object(), y=ten), ThreadedFit)
