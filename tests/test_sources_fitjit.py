@@ -19,13 +19,14 @@ from digitbatch.sources.decoders import grey
 from . import reference_mnist as ref
 from .test_sources_normalise import _grey_corpus, _pillow_corpus, _stroke_digit
 
-pytestmark = pytest.mark.skipif(fitjit.numba is None, reason="numba is not installed")
+pytestmark = pytest.mark.skipif(not fitjit.installed(), reason="numba is not installed")
 
 
 @pytest.fixture(autouse=True)
 def _jit_on(monkeypatch):
     monkeypatch.delenv("DIGITBATCH_NO_JIT", raising=False)
-    assert fitjit.available()
+    fitjit.load()
+    assert fitjit.ready()
 
 
 def _pillow(img: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -62,7 +63,7 @@ def test_compiled_resize_both_pass_orders():
 
 def _numpy(greys, monkeypatch):
     monkeypatch.setenv("DIGITBATCH_NO_JIT", "1")
-    assert not fitjit.available()
+    assert not fitjit.available() and not fitjit.ready()
     try:
         return N.normalise(greys)
     finally:
@@ -103,6 +104,39 @@ def test_compiled_fit_many_scans_in_one_group(monkeypatch):
     assert np.array_equal(got, _numpy(greys, monkeypatch))
     for i in (0, 1, 7, 10, 11, len(greys) - 2, len(greys) - 1):
         assert np.array_equal(got[i], ref.to_mnist(Image.fromarray(greys[i]))), i
+
+
+def test_the_first_call_starts_loading_and_numpy_serves_meanwhile():
+    """In a fresh process: the first normalise starts the loader and returns
+    the numpy path's bytes; once loaded, the compiled path gives the same."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np\n"
+        "from digitbatch.sources import fitjit, normalise as N\n"
+        "rng = np.random.default_rng(0)\n"
+        "g = [rng.integers(0, 256, (40, 30), dtype=np.uint8) for _ in range(5)]\n"
+        "first = N.normalise(g)\n"
+        "fitjit.load()\n"
+        "assert fitjit.ready()\n"
+        "assert np.array_equal(N.normalise(g), first)\n"
+        "import sys; assert 'numba' in sys.modules\n"
+        "print('ok')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=240)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_importing_normalise_does_not_import_numba():
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom digitbatch.sources import images, listing\n"
+            "assert 'numba' not in sys.modules\nprint('ok')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=240)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
 
 
 def test_fit_marks_what_pillow_must_resize():

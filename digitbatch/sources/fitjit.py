@@ -21,26 +21,30 @@ the single-image reference and, for the resize, with Pillow):
 Digits Pillow would box-reduce first (:func:`.lanczos.needs_pillow`) are
 marked and left to the caller, as in the numpy path.
 
-The kernels are compiled on first use and cached on disk (numba's
-``cache=True``: beside this file, or in the user's cache folder when that
-is read-only), so a worker process loads them instead of compiling them.
-:func:`available` is False when numba cannot be imported, or when
-``DIGITBATCH_NO_JIT`` is set; the numpy path is then used.
+Importing numba and loading the kernels takes a worker process a good part
+of a second (more on a busy machine), so it is not paid before the first
+image: the first :func:`ready` call starts it on a background thread and
+the numpy path serves until the kernels are in (the bytes are the same
+either way). The kernels are cached on disk (numba's ``cache=True``: beside
+this file, or in the user's cache folder when that is read-only), so a
+process loads them rather than compiles them. :func:`available` is False
+when numba is not installed, or when ``DIGITBATCH_NO_JIT`` is set: the numpy
+path is then the only one.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
+import logging
 import os
+import threading
 
 import numpy as np
 
 from . import lanczos
 
-try:  # numba is a dependency; the numpy path stays for platforms without it
-    import numba
-except ImportError:  # pragma: no cover - exercised where numba is missing
-    numba = None
+log = logging.getLogger(__name__)
 
 BOX = 20
 SIZE = 28
@@ -55,19 +59,73 @@ _STATUS, _PAPER, _PEAK, _TOP, _LEFT, _CH, _CW, _TH, _TW = range(9)
 INFO_COLUMNS = 9
 
 
+@functools.cache
+def installed() -> bool:
+    """Whether numba can be imported (without importing it)."""
+    return importlib.util.find_spec("numba") is not None
+
+
 def available() -> bool:
-    """Whether the compiled fit is used (numba importable, not switched off)."""
-    return numba is not None and not os.environ.get("DIGITBATCH_NO_JIT")
+    """Whether the compiled fit may be used (numba installed, not switched off)."""
+    return installed() and not os.environ.get("DIGITBATCH_NO_JIT")
 
 
-def _jit(fn):
-    return numba.njit(cache=True, nogil=True)(fn) if numba is not None else fn
+# the kernels, callees first: compiled (or loaded from numba's cache) by _load
+_KERNELS = ("_median_trunc", "_measure", "_dot_pass", "_line_pass", "_resize", "_paste", "_fit")
+_loaded = threading.Event()
+_start_lock = threading.Lock()
+_loader: list[threading.Thread] = []
+
+
+def ready() -> bool:
+    """Whether the kernels are in; the first call starts loading them (a
+    background thread) where :func:`available`."""
+    if not available():
+        return False
+    if _loaded.is_set():
+        return True
+    with _start_lock:
+        if not _loader:
+            t = threading.Thread(target=_load_logged, name="digitbatch-fitjit", daemon=True)
+            _loader.append(t)
+            t.start()
+    return False
+
+
+def load() -> None:
+    """Load the kernels now, in this thread (tests; a caller that wants them at once)."""
+    ready()
+    if _loader:
+        _loader[0].join()
+    if not _loaded.is_set():
+        raise RuntimeError("the compiled fit could not be loaded (see the log)")
+
+
+def _load_logged() -> None:
+    try:
+        _load()
+    except Exception:  # the numpy path goes on serving
+        log.warning("the compiled MNIST fit could not be loaded; using numpy", exc_info=True)
+
+
+def _load() -> None:
+    import numba
+
+    g = globals()
+    for name in _KERNELS:
+        g[name] = numba.njit(cache=True, nogil=True)(g[name])
+    # every signature the fit uses, loaded (or compiled) on a tiny group
+    grey = np.zeros((2, 24, 30), np.uint8)
+    grey[:, 4:20, 10:14] = 200
+    grey[1, 2:22, 3:27] = 255 - grey[1, 2:22, 3:27]
+    edge = np.zeros((2, 8), np.uint8)
+    _fit_compiled(grey, edge)
+    _loaded.set()
 
 
 # --- first pass: paper, peak, ink box, target size ------------------------------------
 
 
-@_jit
 def _median_trunc(edge_row):
     """``int(np.median(edge_row))`` for uint8 values (a counting sort)."""
     counts = np.zeros(256, np.int64)
@@ -89,7 +147,6 @@ def _median_trunc(edge_row):
     return (lo + hi) // 2
 
 
-@_jit
 def _measure(grey, edge, info):
     """Fill ``info`` (G, INFO_COLUMNS) for each image of ``grey`` (G, h, w) uint8."""
     g, h, w = grey.shape
@@ -149,7 +206,6 @@ def _measure(grey, edge, info):
 # --- second pass: stretch, resize, centre ---------------------------------------------
 
 
-@_jit
 def _dot_pass(src, rows, lo, cnt, off, coef, n_out, dst):
     """One Resample.c 8-bit pass along the rows: for each of ``rows`` rows,
     ``dst[r, j] = clip8((2**21 + sum_k src[r, lo[j] + k] * w_jk) >> 22)``.
@@ -167,7 +223,6 @@ def _dot_pass(src, rows, lo, cnt, off, coef, n_out, dst):
             dst[r, j] = 0 if v < 0 else (255 if v > 255 else v)
 
 
-@_jit
 def _line_pass(src, length, lo, cnt, off, coef, n_out, acc, dst):
     """The same pass across the rows: ``dst[j, :length]`` from the rows
     ``lo[j]..`` of ``src`` (whole rows at a time, so the inner loop runs
@@ -187,7 +242,6 @@ def _line_pass(src, length, lo, cnt, off, coef, n_out, acc, dst):
             dst[j, x] = 0 if v < 0 else (255 if v > 255 else v)
 
 
-@_jit
 def _resize(src, ch, cw, th, tw, vfirst, hp, vp, p_first, lo, cnt, off, coef, acc, tmp, dst):
     """Lanczos-resize a crop into ``dst[:th, :tw]``, as Pillow (int32 arrays).
 
@@ -209,7 +263,6 @@ def _resize(src, ch, cw, th, tw, vfirst, hp, vp, p_first, lo, cnt, off, coef, ac
         _dot_pass(tmp, tw, lo[vf:], cnt[vf:], off[vf:], coef, th, dst.T)  # dst[:th, :tw]
 
 
-@_jit
 def _fit(grey, info, hpair, vpair, vfirst_rule, p_first, lo, cnt, off, coef, out):
     """Resize and centre every OURS image of ``grey`` into ``out`` (G, 28, 28) uint8."""
     g, h, w = grey.shape
@@ -246,7 +299,6 @@ def _fit(grey, info, hpair, vpair, vfirst_rule, p_first, lo, cnt, off, coef, out
         _paste(dst, th, tw, out[i])
 
 
-@_jit
 def _paste(dst, th, tw, field):
     """Paste ``dst[:th, :tw]`` into ``field`` (28, 28) with its centre of mass
     nearest (14, 14), as :func:`.normalise._centre`; a blank digit is left out."""
@@ -322,7 +374,7 @@ def _pair_ids(ins: np.ndarray, outs: np.ndarray, pairs: dict) -> np.ndarray:
 
 
 def fit(grey: np.ndarray, edge: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Crop, stretch, resize and centre ``grey`` (G, h, w) uint8, ink light;
+    """(When :func:`ready`.) Crop, stretch, resize and centre ``grey`` (G, h, w) uint8, ink light;
     ``edge`` its frame (:func:`.normalise.frame`), ink light too.
 
     Returns ``(out, info)``: ``out`` (G, 28, 28) uint8 holds every digit but
@@ -330,6 +382,12 @@ def fit(grey: np.ndarray, edge: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     for those, ``info`` holds paper, peak, top, left, ch, cw, th and tw in
     columns 1..8.
     """
+    if not _loaded.is_set():
+        raise RuntimeError("fitjit.fit called before the kernels are loaded (see ready())")
+    return _fit_compiled(grey, edge)
+
+
+def _fit_compiled(grey: np.ndarray, edge: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     g = grey.shape[0]
     grey = np.ascontiguousarray(grey)
     edge = np.ascontiguousarray(edge)
@@ -350,6 +408,7 @@ def fit(grey: np.ndarray, edge: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def resize(img: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     """The compiled Lanczos resize of one uint8 image (for tests): ``(out_h, out_w)`` uint8."""
+    load()
     h, w = img.shape
     p_first, lo, cnt, off, coef = _tables([(w, out_w), (h, out_h)])
     side = max(h, w, out_h, out_w)

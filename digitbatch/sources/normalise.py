@@ -92,10 +92,10 @@ def fit(grey: np.ndarray, edge: np.ndarray) -> np.ndarray:
     """Crop to the ink, fit to 20 px, centre the mass in 28x28 (as MNIST).
 
     ``grey``: ``(G, h, w)`` uint8, ink light; ``edge``: its :func:`frame`.
-    Compiled (:mod:`.fitjit`) where numba is there, else in numpy
+    Compiled (:mod:`.fitjit`) once its kernels are loaded, else in numpy
     (:func:`fit_numpy`); the bytes are the same.
     """
-    if not fitjit.available():
+    if not fitjit.ready():
         return fit_numpy(grey, edge)
     out, info = fitjit.fit(grey, edge)
     rest = np.flatnonzero(info[:, 0] == fitjit.PILLOW)
