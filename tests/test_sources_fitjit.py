@@ -128,6 +128,30 @@ def test_the_first_call_starts_loading_and_numpy_serves_meanwhile():
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
 
 
+def test_loading_starts_only_after_load_after_scans():
+    """A process that fits fewer than LOAD_AFTER scans never imports numba;
+    past that the loader starts, and the results never change."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np\n"
+        "from digitbatch.sources import fitjit, normalise as N\n"
+        "fitjit.LOAD_AFTER = 50\n"
+        "rng = np.random.default_rng(0)\n"
+        "g = [rng.integers(0, 256, (40, 30), dtype=np.uint8) for _ in range(30)]\n"
+        "first = N.normalise(g)\n"
+        "assert 'numba' not in sys.modules and not fitjit._loader\n"
+        "assert np.array_equal(N.normalise(g), first)\n"  # 60 scans: the loader starts
+        "assert fitjit._loader\n"
+        "fitjit._loader[0].join()\n"
+        "assert fitjit.ready() and np.array_equal(N.normalise(g), first)\n"
+        "print('ok')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=240)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
 def test_importing_normalise_does_not_import_numba():
     import subprocess
     import sys

@@ -21,11 +21,12 @@ the single-image reference and, for the resize, with Pillow):
 Digits Pillow would box-reduce first (:func:`.lanczos.needs_pillow`) are
 marked and left to the caller, as in the numpy path.
 
-Importing numba and loading the kernels takes a worker process a good part
-of a second (more on a busy machine), so it is not paid before the first
-image: the first :func:`ready` call starts it on a background thread and
-the numpy path serves until the kernels are in (the bytes are the same
-either way). The kernels are cached on disk (numba's ``cache=True``: beside
+Importing numba and loading the kernels costs a worker process about a
+second of CPU, which the compiled fit wins back only over some tens of
+thousands of scans; so a process starts loading it (on a background
+thread) only once it has fitted :data:`LOAD_AFTER` scans, and the numpy
+path serves until the kernels are in (the bytes are the same either way):
+a small job never pays the load, nor does any job's first chunk. The kernels are cached on disk (numba's ``cache=True``: beside
 this file, or in the user's cache folder when that is read-only), so a
 process loads them rather than compiles them. :func:`available` is False
 when numba is not installed, or when ``DIGITBATCH_NO_JIT`` is set: the numpy
@@ -75,15 +76,23 @@ _KERNELS = ("_median_trunc", "_measure", "_dot_pass", "_line_pass", "_resize", "
 _loaded = threading.Event()
 _start_lock = threading.Lock()
 _loader: list[threading.Thread] = []
+# scans fitted by this process with numpy before the kernels start loading
+LOAD_AFTER = 4096
+_fitted = [0]
 
 
-def ready() -> bool:
-    """Whether the kernels are in; the first call starts loading them (a
-    background thread) where :func:`available`."""
+def ready(n_scans: int = 0, *, start: bool = False) -> bool:
+    """Whether the kernels are in, for a group of ``n_scans`` scans about to
+    be fitted; once this process has asked for :data:`LOAD_AFTER` scans (or
+    at once with ``start``), loading starts (a background thread) where
+    :func:`available`."""
     if not available():
         return False
     if _loaded.is_set():
         return True
+    _fitted[0] += n_scans
+    if _fitted[0] < LOAD_AFTER and not start:
+        return False
     with _start_lock:
         if not _loader:
             t = threading.Thread(target=_load_logged, name="digitbatch-fitjit", daemon=True)
@@ -93,8 +102,8 @@ def ready() -> bool:
 
 
 def load() -> None:
-    """Load the kernels now, in this thread (tests; a caller that wants them at once)."""
-    ready()
+    """Load the kernels now (tests; a caller that wants them at once)."""
+    ready(start=True)
     if _loader:
         _loader[0].join()
     if not _loaded.is_set():

@@ -95,7 +95,7 @@ def fit(grey: np.ndarray, edge: np.ndarray) -> np.ndarray:
     Compiled (:mod:`.fitjit`) once its kernels are loaded, else in numpy
     (:func:`fit_numpy`); the bytes are the same.
     """
-    if not fitjit.ready():
+    if not fitjit.ready(grey.shape[0]):
         return fit_numpy(grey, edge)
     out, info = fitjit.fit(grey, edge)
     rest = np.flatnonzero(info[:, 0] == fitjit.PILLOW)
