@@ -12,8 +12,9 @@ it measures
 - the decode ceiling: the members read into memory first, then two
   processes doing Pillow ``open``, ``convert("L")``, ``load()`` and nothing
   else (what a user would write with the cores this machine has);
-- where one member's time goes, in one process: listing the tar, reading
-  the member, decoding it, normalising it;
+- where one member's time goes, in one process: listing the tar, packing
+  the task's entries, reading the member, decoding, normalising (the
+  compiled fit loaded), predicting (sgd) and writing the prediction;
 - ``ingest`` and ``score ARCHIVE`` (``sgd`` and ``sgd-kernel``), each a
   whole run on a fresh LocalCluster in a process of its own: the marginal
   rate between the two sizes (start-up cancels), its ratio to the ceiling,
@@ -140,24 +141,65 @@ def pillow_ceiling(members: list[bytes], procs: int = 2) -> float:
 # --- where a member's time goes ---------------------------------------------------
 
 
-def member_profile(path: Path, limit: int = 20_000) -> dict[str, float]:
-    """Microseconds per member, one process: list, read, decode, normalise."""
-    from ..sources.decoders import decode_grey
-    from ..sources.normalise import normalise
-    from ..sources.refs import iter_refs, read_refs
+def member_profile(path: Path, model_path: Path, limit: int = 20_000) -> dict[str, float]:
+    """CPU microseconds per member, one process: list (and fingerprint) the
+    tar, pack and unpack the task entries, read, decode, normalise (the
+    compiled fit loaded first, as a warm worker has it), predict and write
+    (an archive output's staging slots), by chunks of 10,000 as scoring does."""
+    import shutil
 
-    t0 = time.process_time()
-    refs = list(iter_refs(path, "tar", limit=16 * 2**20))[:limit]
-    t1 = time.process_time()
-    items = list(read_refs(str(path), "tar", refs, limit=16 * 2**20))
-    t2 = time.process_time()
-    greys = [decode_grey(m.data) for m in items]
-    t3 = time.process_time()
-    normalise(greys)
-    t4 = time.process_time()
-    n = len(refs)
-    return {"list": (t1 - t0) * 1e6 / n, "read": (t2 - t1) * 1e6 / n,
-            "decode": (t3 - t2) * 1e6 / n, "normalise": (t4 - t3) * 1e6 / n}
+    from ..determinism import deterministic_scores
+    from ..modelio import load_model
+    from ..scoring.output import OutputSpec, create_output, create_staging, write_slots
+    from ..scoring.record import chunk_counts
+    from ..sources import fitjit
+    from ..sources.decoders import decode_grey
+    from ..sources.listing import list_archive, pack, read_entries, unpack
+    from ..sources.normalise import normalise
+
+    if fitjit.available():
+        fitjit.load()
+    model = load_model(model_path).model
+    clock = time.process_time
+    spent = dict.fromkeys(("list", "pack", "read", "decode", "normalise", "predict", "write"), 0.0)
+    t = clock()
+    listing = list_archive(path, "tar", limit=16 * 2**20)
+    spent["list"] = clock() - t
+    entries = listing.entries[:limit]
+    n, step = len(entries), 10_000
+    out = Path(tempfile.mkdtemp(prefix="profile-", dir=path.parent)) / "out.zarr"
+    out.mkdir()
+    try:
+        create_output(out, OutputSpec(n=n, chunk_size=step, n_classes=model.n_classes,
+                                      proba=False, model_sha256="-", slot_size=step,
+                                      input_checksum=listing.fingerprint), arrays=False)
+        create_staging(out, n=n, chunk_size=step, n_classes=model.n_classes, proba=False)
+        for i, a in enumerate(range(0, n, step)):
+            t0 = clock()
+            part = unpack(pack(entries[a:a + step]))
+            t1 = clock()
+            items = list(read_entries(str(path), "tar", part, limit=16 * 2**20))
+            t2 = clock()
+            greys = [decode_grey(m.data) for m in items]
+            t3 = clock()
+            images = normalise(greys)
+            t4 = clock()
+            pred, margin, _ = deterministic_scores(model, images, proba=False)
+            t5 = clock()
+            labels = np.array([m.folder_label for m in items], np.int8)
+            pred = np.asarray(pred).astype(np.int8)
+            write_slots(str(out), i, a, valid=np.ones(len(items), bool), labels=labels,
+                        pred=pred, margin=margin, proba=None,
+                        keys=np.array([m.key for m in items], dtype=object),
+                        counts=chunk_counts(labels, pred, model.n_classes, rejects=[]))
+            t6 = clock()
+            for k, dt in zip(("pack", "read", "decode", "normalise", "predict", "write"),
+                             (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5)):
+                spent[k] += dt
+    finally:
+        shutil.rmtree(out.parent, ignore_errors=True)
+    spent["list"] *= n / len(listing.entries)
+    return {k: v * 1e6 / n for k, v in spent.items()}
 
 
 # --- one whole run in a process of its own -------------------------------------------
@@ -321,7 +363,7 @@ def _archive_rows(kind, sizes, data, models, cache, runs, cases) -> Iterator[str
     ceiling = len(members) / seconds
     yield (f"decode ceiling (members in memory, 2 processes of Pillow open/convert/load): "
            f"{ceiling:,.0f} img/s  [{_load()}]")
-    prof = member_profile(paths[small])
+    prof = member_profile(paths[small], models["sgd"])
     total = sum(prof.values())
     yield ("one member, one process (CPU us): " + ", ".join(
         f"{k} {v:.1f} ({v / total:.0%})" for k, v in prof.items()) + f"; total {total:.1f}")

@@ -41,7 +41,8 @@ from .output import (
     OutputSpec, check_resume, clear_output, committed, compact, create_output, finalize, has_spec,
     is_complete, open_metrics, started_with, sweep_temporaries,
 )
-from .plan import make_plan
+from .early import EarlyCluster, wanted
+from .plan import is_store, make_plan
 from .seen import training_rows
 from .record import build_record
 from .runner import DEFAULT_TASK_TIMEOUT, DefaultTimeout, run
@@ -174,7 +175,13 @@ def _score(stack, source, loaded, out, *, scheduler, resume, proba, break_lock, 
            chunk_size, max_member_bytes, progress, task_timeout, lock_ttl,
            overwrite, thresholds) -> ScoreResult:
     m = loaded.model
-    plan = make_plan(storage.to_path(source), m, out_path=str(out), proba=proba, labels=labels,
+    src = storage.to_path(source)
+    early = None
+    if wanted(scheduler, storage.is_local(src) and src.exists() and not is_store(src)) and not (
+            resume and is_complete(out)):
+        early = EarlyCluster(scheduler)  # started while the archive is listed
+        stack.callback(early.close)
+    plan = make_plan(src, m, out_path=str(out), proba=proba, labels=labels,
                      chunk_size=chunk_size, limit=max_member_bytes, stack=stack)
     spec = OutputSpec(n=plan.n, chunk_size=plan.chunk_size, n_classes=m.n_classes,
                       proba=bool(proba), model_sha256=loaded.sha256,
@@ -207,7 +214,8 @@ def _score(stack, source, loaded, out, *, scheduler, resume, proba, break_lock, 
                                                       **extra})
         try:
             with one_blas_thread():  # (for tasks that run in this process's threads)
-                run(todo, work, scheduler=scheduler, progress=progress,
+                run(todo, work, scheduler=early.address() if early else scheduler,
+                    progress=progress,
                     task_timeout=task_timeout, committed=lambda: set(committed(out)))
         except Exception:
             # what a run that lost its lease trips over (its temporaries swept by

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from . import lanczos
+from . import fitjit, lanczos
 
 BOX = 20  # MNIST fits each digit's longer side to 20 px ...
 SIZE = 28  # ... and centres its mass in a 28x28 field
@@ -99,7 +99,35 @@ def fit(grey: np.ndarray, edge: np.ndarray) -> np.ndarray:
     """Crop to the ink, fit to 20 px, centre the mass in 28x28 (as MNIST).
 
     ``grey``: ``(G, h, w)`` uint8, ink light; ``edge``: its :func:`frame`.
+    Compiled (:mod:`.fitjit`) once its kernels are loaded, else in numpy
+    (:func:`fit_numpy`); the bytes are the same.
     """
+    if not fitjit.ready(grey.shape[0]):
+        return fit_numpy(grey, edge)
+    out, info = fitjit.fit(grey, edge)
+    rest = np.flatnonzero(info[:, 0] == fitjit.PILLOW)
+    if rest.size:
+        paper, peak, top, left, ch, cw, th, tw = info[rest, 1:].T
+        digits = np.zeros((rest.size, BOX, BOX), np.uint8)
+        for k, j in enumerate(rest.tolist()):
+            _pillow_resize(grey[j], int(paper[k]), int(peak[k]), int(top[k]), int(left[k]),
+                           int(ch[k]), int(cw[k]), int(th[k]), int(tw[k]), digits[k])
+        _centre(digits, th, tw, out, rest)
+    return out
+
+
+def _pillow_resize(img: np.ndarray, paper: int, peak: int, top: int, left: int, ch: int,
+                   cw: int, th: int, tw: int, into: np.ndarray) -> None:
+    """A digit Pillow box-reduces before resampling, resized by Pillow into ``into``."""
+    ink = np.maximum(img[top:top + ch, left:left + cw], np.uint8(paper)) - np.uint8(paper)
+    crop = np.rint(ink * (255.0 / peak)).astype(np.uint8)
+    small = Image.fromarray(crop).resize((tw, th), Image.Resampling.LANCZOS,
+                                         reducing_gap=lanczos.REDUCING_GAP)
+    into[:th, :tw] = np.asarray(small)
+
+
+def fit_numpy(grey: np.ndarray, edge: np.ndarray) -> np.ndarray:
+    """:func:`fit` in numpy: each step one operation over the group."""
     g, h, w = grey.shape
     out = np.zeros((g, SIZE, SIZE), np.uint8)
     paper = np.median(edge, axis=1).astype(np.uint8)  # (int() of the median)

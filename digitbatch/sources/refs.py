@@ -23,6 +23,8 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import ArchiveError
 from . import archive, members
 from .base import MemberRef, Reject
@@ -31,7 +33,7 @@ BLOCK = 512
 _REGULAR = (b"0", b"\x00", b"7")
 _LINKS = {b"1": "hardlink", b"2": "symlink"}
 _SPECIAL = {b"3": "character device", b"4": "block device", b"6": "FIFO"}
-_META = (b"x", b"g", b"L")
+_META = (b"x", b"g", b"L", b"K")  # pax, pax global, GNU long name, GNU long link name
 # pax and GNU long-name headers are read whole: real ones are a few hundred
 # bytes; a (sparse) gigabyte one would be read into memory.
 MAX_META_BYTES = 2**20
@@ -151,7 +153,10 @@ def _number(field: bytes) -> int:
     if field and field[0] & 0x80:
         return int.from_bytes(bytes([field[0] & 0x7F]) + field[1:], "big")
     text = field.split(b"\x00", 1)[0].strip()
-    return int(text, 8) if text else 0
+    value = int(text, 8) if text else 0
+    if value < 0:
+        raise ValueError(f"negative number {text[:20]!r}")
+    return value
 
 
 def _text(field: bytes) -> str:
@@ -194,61 +199,7 @@ def _tar_refs(path: Path, limit: int) -> Iterator[MemberRef | Reject]:
     """Walk the headers of an uncompressed tar without reading member data."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        end = os.fstat(fd).st_size
-        offset, n = 0, 0
-        long_name: str | None = None
-        pax_size: int | None = None
-        while True:
-            header = os.pread(fd, BLOCK, offset)
-            if len(header) < BLOCK:
-                raise ArchiveError(
-                    f"tar archive {path} is truncated after {n} members (no end-of-archive "
-                    f"marker): re-create or re-download it")
-            if header == bytes(BLOCK):
-                return
-            try:
-                checksum = _number(header[148:156])
-                size = _number(header[124:136])
-            except ValueError as exc:
-                raise ArchiveError(f"tar archive {path}: corrupt header at byte {offset} ({exc})") from exc
-            # (the checksum field itself counts as 8 spaces)
-            computed = sum(header) - sum(header[148:156]) + 8 * 32
-            if checksum != computed:
-                raise ArchiveError(
-                    f"tar archive {path}: header checksum mismatch at byte {offset}: the archive "
-                    f"is corrupt; re-create or re-download it")
-            typ = header[156:157]
-            data_at = offset + BLOCK
-            if pax_size is not None and typ not in _META:
-                size = pax_size
-            offset = data_at + -(-size // BLOCK) * BLOCK
-            if offset > end:
-                raise ArchiveError(f"tar archive {path} is truncated inside member {n + 1}")
-            if typ in _META:
-                if size > MAX_META_BYTES:
-                    raise ArchiveError(
-                        f"tar archive {path}: extended header of {size} bytes at byte "
-                        f"{data_at - BLOCK} (more than {MAX_META_BYTES}): the archive is "
-                        f"corrupt or hostile; re-create it")
-                if typ == b"g":
-                    continue  # global pax header: nothing we use
-                meta = os.pread(fd, size, data_at)
-                if typ == b"L":
-                    long_name = _text(meta)
-                elif typ == b"x":
-                    try:
-                        pax_name, pax_size = _pax_path(meta)
-                    except ValueError as exc:
-                        raise ArchiveError(f"tar archive {path}: corrupt pax header ({exc})") from exc
-                    long_name = pax_name or long_name
-                continue
-            n += 1
-            name = long_name
-            if name is None:
-                name = _text(header[:100])
-                prefix = _text(header[345:500]) if header[257:262] == b"ustar" else ""
-                name = f"{prefix}/{name}" if prefix else name
-            long_name, pax_size = None, None
+        for name, typ, data_at, size in _tar_headers(fd, path):
             if typ == b"5" or (typ in _REGULAR and name.endswith("/")):
                 continue  # a directory entry
             key, problem = members.check_name(name)
@@ -267,3 +218,166 @@ def _tar_refs(path: Path, limit: int) -> Iterator[MemberRef | Reject]:
                 yield MemberRef(key, data_at, size)
     finally:
         os.close(fd)
+
+
+def _tar_headers(fd: int, path: Path) -> Iterator[tuple[str, bytes, int, int]]:
+    """``(name, type, data offset, size)`` of every member header, in order.
+
+    Plain headers (one 512-byte block, a regular file, directory, link or
+    device, octal fields) are taken a window at a time by
+    :func:`_plain_headers`; at the first header it does not take (pax or
+    GNU long-name headers, a base-256 number, anything corrupt or
+    truncated), :func:`_careful_member` reads that one member and its
+    extended headers, or raises the archive's error; then the fast scan
+    goes on.
+    """
+    end = os.fstat(fd).st_size
+    offset, n = 0, 0
+    while True:
+        offset, n = yield from _plain_headers(fd, end, offset, n)
+        if offset is None:
+            return
+        entry, offset, n = _careful_member(fd, path, end, offset, n)
+        if entry is None:
+            return
+        yield entry
+
+
+# the member types the fast scan takes (anything else goes to _careful_member)
+_PLAIN = frozenset(_REGULAR) | {b"5"} | set(_LINKS) | set(_SPECIAL)
+_ZERO = bytes(BLOCK)
+# the fast scan reads this much at a time (and one block when members are bigger)
+WINDOW = 2**20
+
+
+def _plain_headers(fd: int, end: int, offset: int, n: int):
+    """The plain headers from ``offset`` on (see :func:`_tar_headers`).
+
+    Yields ``(name, type, data offset, size)``; returns ``(offset, n)`` of
+    the first header it leaves to the careful walk, or ``(None, n)`` at the
+    end-of-archive block. Checksums are checked a window at a time (with
+    numpy): only headers up to the first bad one are yielded, and the
+    careful walk then reports it.
+    """
+    want = WINDOW
+    while True:
+        buf = os.pread(fd, want, offset)
+        base = offset
+        found: list[tuple[str, bytes, int, int]] = []
+        rows: list[int] = []
+        stored: list[int] = []
+        status = "window"  # ran out of the window; or "careful", "end"
+        last = len(buf) - BLOCK
+        while offset - base <= last:
+            p = offset - base
+            typ = buf[p + 156:p + 157]
+            if typ not in _PLAIN:
+                status = "careful"
+                break
+            if typ == b"\x00" and buf[p:p + BLOCK] == _ZERO:
+                status = "end"
+                break
+            size_field = buf[p + 124:p + 136]
+            try:
+                if size_field[0] & 0x80:
+                    raise ValueError("base-256")
+                size = int(size_field.partition(b"\x00")[0] or b"0", 8)
+                checksum = int(buf[p + 148:p + 156].partition(b"\x00")[0] or b"0", 8)
+            except ValueError:
+                status = "careful"
+                break
+            data_at = offset + BLOCK
+            following = data_at + -(-size // BLOCK) * BLOCK
+            if size < 0 or following > end:
+                status = "careful"
+                break
+            name = buf[p:p + 100].partition(b"\x00")[0].decode("utf-8", "surrogateescape")
+            if buf[p + 257:p + 262] == b"ustar":
+                prefix = buf[p + 345:p + 500].partition(b"\x00")[0]
+                if prefix:
+                    name = prefix.decode("utf-8", "surrogateescape") + "/" + name
+            found.append((name, typ, data_at, size))
+            rows.append(p // BLOCK)
+            stored.append(checksum)
+            offset = following
+        good = _checksums_ok(buf, rows, stored)
+        yield from found[:good]
+        n += good
+        if good < len(found):
+            return base + rows[good] * BLOCK, n
+        if status == "end":
+            return None, n
+        if status == "careful" or len(buf) < want:
+            return offset, n  # (a window cut short by the end of the file: truncated)
+        want = BLOCK if offset - base > WINDOW else WINDOW
+
+
+def _checksums_ok(buf: bytes, rows: list[int], stored: list[int]) -> int:
+    """How many of the headers at block ``rows`` of ``buf`` have their ``stored``
+    checksum, counting from the first (the sum of the header's bytes, its
+    checksum field counted as 8 spaces)."""
+    if not rows:
+        return 0
+    blocks = np.frombuffer(buf, np.uint8, count=len(buf) // BLOCK * BLOCK).reshape(-1, BLOCK)
+    heads = blocks[rows]
+    sums = heads.sum(axis=1, dtype=np.int64) - heads[:, 148:156].sum(axis=1, dtype=np.int64) + 8 * 32
+    bad = np.flatnonzero(sums != np.asarray(stored, np.int64))
+    return int(bad[0]) if bad.size else len(rows)
+
+
+def _careful_member(fd: int, path: Path, end: int, offset: int, n: int):
+    """One member from ``offset`` with its extended headers, every field
+    checked: ``(entry or None at the end, next offset, n)``."""
+    long_name: str | None = None
+    pax_size: int | None = None
+    while True:
+        header = os.pread(fd, BLOCK, offset)
+        if len(header) < BLOCK:
+            raise ArchiveError(
+                f"tar archive {path} is truncated after {n} members (no end-of-archive "
+                f"marker): re-create or re-download it")
+        if header == _ZERO:
+            return None, offset, n
+        try:
+            checksum = _number(header[148:156])
+            size = _number(header[124:136])
+        except ValueError as exc:
+            raise ArchiveError(f"tar archive {path}: corrupt header at byte {offset} ({exc})") from exc
+        # (the checksum field itself counts as 8 spaces)
+        computed = sum(header) - sum(header[148:156]) + 8 * 32
+        if checksum != computed:
+            raise ArchiveError(
+                f"tar archive {path}: header checksum mismatch at byte {offset}: the archive "
+                f"is corrupt; re-create or re-download it")
+        typ = header[156:157]
+        data_at = offset + BLOCK
+        if pax_size is not None and typ not in _META:
+            size = pax_size
+        offset = data_at + -(-size // BLOCK) * BLOCK
+        if offset > end:
+            raise ArchiveError(f"tar archive {path} is truncated inside member {n + 1}")
+        if typ in _META:
+            if size > MAX_META_BYTES:
+                raise ArchiveError(
+                    f"tar archive {path}: extended header of {size} bytes at byte "
+                    f"{data_at - BLOCK} (more than {MAX_META_BYTES}): the archive is "
+                    f"corrupt or hostile; re-create it")
+            if typ in (b"g", b"K"):
+                continue  # a global pax header, a GNU long link target: nothing we use
+            meta = os.pread(fd, size, data_at)
+            if typ == b"L":
+                long_name = _text(meta)
+            elif typ == b"x":
+                try:
+                    pax_name, pax_size = _pax_path(meta)
+                except ValueError as exc:
+                    raise ArchiveError(f"tar archive {path}: corrupt pax header ({exc})") from exc
+                long_name = pax_name or long_name
+            continue
+        n += 1
+        name = long_name
+        if name is None:
+            name = _text(header[:100])
+            prefix = _text(header[345:500]) if header[257:262] == b"ustar" else ""
+            name = f"{prefix}/{name}" if prefix else name
+        return (name, typ, data_at, size), offset, n

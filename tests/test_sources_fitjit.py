@@ -1,0 +1,173 @@
+"""digitbatch.sources.fitjit: the compiled fit step, byte for byte the numpy one.
+
+The compiled resize is checked against Pillow itself for every pair of
+sizes normalisation uses (as tests/test_sources_lanczos.py checks the numpy
+one); the whole fit against the numpy path and the single-image reference
+on the corpora of tests/test_sources_normalise.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from digitbatch.sources import fitjit, lanczos
+from digitbatch.sources import normalise as N
+from digitbatch.sources.decoders import grey
+
+from . import reference_mnist as ref
+from .test_sources_normalise import _grey_corpus, _pillow_corpus, _stroke_digit
+
+pytestmark = pytest.mark.skipif(not fitjit.installed(), reason="numba is not installed")
+
+
+@pytest.fixture(autouse=True)
+def _jit_on(monkeypatch):
+    monkeypatch.delenv("DIGITBATCH_NO_JIT", raising=False)
+    fitjit.load()
+    assert fitjit.ready()
+
+
+def _pillow(img: np.ndarray, h: int, w: int) -> np.ndarray:
+    return np.asarray(Image.fromarray(img).resize((w, h), Image.Resampling.LANCZOS,
+                                                  reducing_gap=lanczos.REDUCING_GAP))
+
+
+def test_compiled_resize_equals_pillow_for_every_size():
+    """Each input side 1..119 to each output side 1..20 that Pillow resamples
+    itself, both pass orders, on random, bilevel and flat images."""
+    rng = np.random.default_rng(0)
+    checked = 0
+    for h in range(1, 120):
+        for oh in range(1, 21):
+            w, ow = int(rng.integers(1, 120)), int(rng.integers(1, 21))
+            if lanczos.needs_pillow(w, h, ow, oh):
+                continue
+            kind = (h + oh) % 3
+            img = (rng.integers(0, 256, (h, w)) if kind == 0 else
+                   np.where(rng.random((h, w)) < 0.7, 0, 255) if kind == 1 else
+                   np.full((h, w), 255)).astype(np.uint8)
+            assert np.array_equal(fitjit.resize(img, oh, ow), _pillow(img, oh, ow)), (h, w, oh, ow)
+            checked += 1
+    assert checked > 500
+
+
+def test_compiled_resize_both_pass_orders():
+    rng = np.random.default_rng(1)
+    for (h, w), (oh, ow) in [((90, 30), (20, 7)), ((30, 90), (7, 20)), ((50, 48), (20, 19)),
+                             ((21, 60), (7, 20)), ((60, 21), (20, 7))]:
+        img = rng.integers(0, 256, (h, w)).astype(np.uint8)
+        assert np.array_equal(fitjit.resize(img, oh, ow), _pillow(img, oh, ow)), (h, w)
+
+
+def _numpy(greys, monkeypatch):
+    monkeypatch.setenv("DIGITBATCH_NO_JIT", "1")
+    assert not fitjit.available() and not fitjit.ready()
+    try:
+        return N.normalise(greys)
+    finally:
+        monkeypatch.delenv("DIGITBATCH_NO_JIT")
+
+
+def test_compiled_normalise_equals_numpy_and_reference_on_grey_corpus(monkeypatch):
+    greys = _grey_corpus(seed=11)
+    order = np.random.default_rng(2).permutation(len(greys))
+    greys = [greys[i] for i in order]
+    got = N.normalise(greys)
+    assert np.array_equal(got, _numpy(greys, monkeypatch))
+    want = np.stack([ref.to_mnist(Image.fromarray(g)) for g in greys])
+    bad = [greys[i].shape for i in range(len(greys)) if not np.array_equal(got[i], want[i])]
+    assert not bad
+
+
+def test_compiled_normalise_every_mode_equals_reference(monkeypatch):
+    imgs = [img for _, img in _pillow_corpus()]
+    got = N.normalise([grey(i) for i in imgs])
+    for (name, img), out in zip(_pillow_corpus(), got):
+        assert np.array_equal(out, ref.to_mnist(img)), name
+
+
+def test_compiled_fit_many_scans_in_one_group(monkeypatch):
+    """Many scans of one size (the bulk-archive case): dark on light and
+    light on dark, thin and fat strokes, some so large Pillow must reduce
+    them, some blank."""
+    rng = np.random.default_rng(5)
+    greys = [_stroke_digit(rng, 112, 112, dark_on_light=bool(i % 2), noise=4 * (i % 4),
+                           margin=(0.01 if i % 7 == 0 else 0.15)) for i in range(120)]
+    greys[10] = np.full((112, 112), 250, np.uint8)
+    greys[11] = np.zeros((112, 112), np.uint8)
+    big = np.full((300, 300), 255, np.uint8)
+    big[5:295, 140:160] = 0  # a 290-px bar: Pillow box-reduces it before resampling
+    greys += [big, big.T.copy()]
+    got = N.normalise(greys)
+    assert np.array_equal(got, _numpy(greys, monkeypatch))
+    for i in (0, 1, 7, 10, 11, len(greys) - 2, len(greys) - 1):
+        assert np.array_equal(got[i], ref.to_mnist(Image.fromarray(greys[i]))), i
+
+
+def test_the_first_call_starts_loading_and_numpy_serves_meanwhile():
+    """In a fresh process: the first normalise starts the loader and returns
+    the numpy path's bytes; once loaded, the compiled path gives the same."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np\n"
+        "from digitbatch.sources import fitjit, normalise as N\n"
+        "rng = np.random.default_rng(0)\n"
+        "g = [rng.integers(0, 256, (40, 30), dtype=np.uint8) for _ in range(5)]\n"
+        "first = N.normalise(g)\n"
+        "fitjit.load()\n"
+        "assert fitjit.ready()\n"
+        "assert np.array_equal(N.normalise(g), first)\n"
+        "import sys; assert 'numba' in sys.modules\n"
+        "print('ok')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=240)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_loading_starts_only_after_load_after_scans():
+    """A process that fits fewer than LOAD_AFTER scans never imports numba;
+    past that the loader starts, and the results never change."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np\n"
+        "from digitbatch.sources import fitjit, normalise as N\n"
+        "fitjit.LOAD_AFTER = 50\n"
+        "rng = np.random.default_rng(0)\n"
+        "g = [rng.integers(0, 256, (40, 30), dtype=np.uint8) for _ in range(30)]\n"
+        "first = N.normalise(g)\n"
+        "assert 'numba' not in sys.modules and not fitjit._loader\n"
+        "assert np.array_equal(N.normalise(g), first)\n"  # 60 scans: the loader starts
+        "assert fitjit._loader\n"
+        "fitjit._loader[0].join()\n"
+        "assert fitjit.ready() and np.array_equal(N.normalise(g), first)\n"
+        "print('ok')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=240)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_importing_normalise_does_not_import_numba():
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom digitbatch.sources import images, listing\n"
+            "assert 'numba' not in sys.modules\nprint('ok')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=240)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_fit_marks_what_pillow_must_resize():
+    big = np.zeros((1, 300, 300), np.uint8)
+    big[0, 5:295, 140:160] = 255
+    out, info = fitjit.fit(big, N.frame(big))
+    assert info[0, 0] == fitjit.PILLOW and not out.any()
+    blank = np.zeros((1, 40, 40), np.uint8)
+    out, info = fitjit.fit(blank, N.frame(blank))
+    assert info[0, 0] == fitjit.BLANK and not out.any()
