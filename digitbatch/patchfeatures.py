@@ -25,8 +25,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from .features import SIDE, deskew
 
-# Images a block: the response map of 32 images (144 positions, 128 filters)
-# is 2.4 MB of float32, near the cache; 16-128 were measured (README).
+# Images a block: a block's response map (positions x filters, float32) stays near
+# the cache (the block sizes measured: README).
 BLOCK_ROWS = 32
 STEPS = ("deskew", "patches", "filters", "threshold", "pool", "sqrt")
 

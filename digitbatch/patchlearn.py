@@ -118,7 +118,7 @@ class PatchFeatures(TransformerMixin, BaseEstimator):
     its width whatever K and the grid are.
     """
 
-    def __init__(self, n_filters: int = 128, patch: int = 5, stride: int = 2, grid: int = 4,
+    def __init__(self, n_filters: int = 64, patch: int = 5, stride: int = 2, grid: int = 4,
                  threshold: float = 1.0, whiten_eps: float = 0.1, norm: float = 3.0,
                  random_state: int = 0):
         self.n_filters = n_filters
