@@ -148,8 +148,7 @@ def test_sample_kernel_model_is_calibrated(demo, tmp_path):
     assert r.test["ece"] <= SAMPLE_ECE_BOUND
 
 
-@pytest.mark.long
-@pytest.mark.mnist
+@pytest.mark.mnist  # (in make test: issue 15's acceptance; about a minute for sgd-kernel)
 @pytest.mark.timeout(3600)
 @pytest.mark.parametrize("name", ["sgd", "sgd-kernel"])
 def test_mnist_ece_within_two_points(mnist_path, tmp_path, name):
