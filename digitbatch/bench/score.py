@@ -249,7 +249,7 @@ def _kernel_rows(name, model_path, store, kmem, runs) -> Iterator[str]:
     from threadpoolctl import threadpool_limits
 
     from ..modelio import load_model
-    from ..score import score
+    from ..scoring.api import score
     from . import featurecost
 
     m = load_model(model_path).model
