@@ -102,7 +102,8 @@ from pathlib import Path
 from . import cluster, metricsfile, storage
 from .logs import context_fields, log_context, new_run_id
 from .version import __version__
-from .errors import DriftAlarmError, InputsFailedError, JobFailedError, RunTerminated
+from .errors import (DriftAlarmError, InputsFailedError, JobFailedError, PromotionRefusedError,
+                     RunTerminated)
 from .drift import headline
 from .jobspec import SCHEMA, STEPS, Job, check_outputs, describe, load_job, parse_override
 from .modelio import manifest_path
@@ -393,5 +394,8 @@ def _run_job(job: Job, *, scheduler, progress) -> dict:
         return summary
     if not isinstance(failure, Exception) or isinstance(failure, DriftAlarmError):
         raise failure
-    raise JobFailedError(f"job {job.name!r}: {where} failed ({type(failure).__name__}: "
-                         f"{failure}); run summary in {job.summary}") from failure
+    err = JobFailedError(f"job {job.name!r}: {where} failed ({type(failure).__name__}: "
+                         f"{failure}); run summary in {job.summary}")
+    if isinstance(failure, PromotionRefusedError):  # a quality alarm: `run` exits 3 as promote does
+        err.exit_code = failure.exit_code
+    raise err from failure

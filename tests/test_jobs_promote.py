@@ -86,6 +86,7 @@ def test_a_job_trains_then_promotes_and_a_worse_one_fails_its_step(tmp_path):
     with pytest.raises(JobFailedError, match="promote failed") as e:
         jobs.run_job(job)
     assert isinstance(e.value.__cause__, PromotionRefusedError)
+    assert e.value.exit_code == 3  # digitbatch run exits 3, as digitbatch promote does
     s = json.loads((tmp_path / "w/retrain.run.json").read_text())
     assert s["error"]["type"] == "PromotionRefusedError" and "champion 1.0000" in s["error"]["message"]
     assert load_model(tmp_path / "w/models").sha256 == live
