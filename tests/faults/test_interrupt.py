@@ -49,10 +49,17 @@ cv = 5
     return spec
 
 
+def _terminal_signals() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupt(spec, *, group: bool):
+    # SIGINT's default disposition in the run, as a terminal's foreground job has it: a
+    # test run started in the background by a shell without job control (a CI script
+    # with `&`) inherits SIGINT ignored, and the run would rightly ignore it too
     proc = subprocess.Popen([sys.executable, "-m", "digitbatch", "run", str(spec)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_terminal_signals)
     lines, sent = [], False
     deadline = time.monotonic() + HANG
     try:
