@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import csv
 import json
-import shutil
 import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
@@ -30,6 +29,7 @@ from digitbatch.sources.labels import ESCAPED_START, escape_key, load_labels, un
 from digitbatch.subset import subset
 from digitbatch.training import train
 
+from .browser import FLAGS, chromium
 from .conftest import synthetic_digits
 from .test_ingest import make_tar, png_bytes
 from .test_plots import PNG_SIGNATURE
@@ -458,12 +458,6 @@ class _Tags(HTMLParser):
         self.attrs.extend(k for k, _ in attrs)
 
 
-def _chromium() -> str | None:
-    return next((p for p in map(shutil.which, ("chromium", "chromium-browser")) if p), None)
-
-
-@pytest.mark.skipif(_chromium() is None,
-                    reason="no Chromium (the distribution's chromium package) on this machine")
 @pytest.mark.parametrize("csp", [True, False], ids=["as-written", "without-its-csp"])
 def test_review_html_in_a_real_browser_runs_no_key(loop, tmp_path, csp):
     """Chromium loads review.html (also with its CSP removed, so that the escaping alone is
@@ -476,7 +470,8 @@ def test_review_html_in_a_real_browser_runs_no_key(loop, tmp_path, csp):
         page = tmp_path / "no-csp.html"
         page.write_text(text[:start] + text[text.index(">", start) + 1:], encoding="utf-8")
     dom = subprocess.run(
-        [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+        [chromium(),  # (fails, never skips, without the browser make test installs)
+         *(f for f in FLAGS if f != "--remote-debugging-pipe"),
          f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=3000", "--dump-dom",
          page.as_uri()], capture_output=True, text=True, timeout=120, check=True).stdout
     assert "<title>digitbatch review: p.zarr</title>" in dom  # no key set the title
