@@ -6,6 +6,8 @@ Measured here, never in timed unit tests (machines are noisy).
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -15,6 +17,20 @@ from pathlib import Path
 import psutil
 
 from ..errors import SourceNotFoundError
+
+
+@contextmanager
+def scratch(workdir: str | os.PathLike | None, prefix: str = "digitbatch-bench-"):
+    """A bench's working folder: ``workdir`` (created, kept: its stores and models are
+    reused by the next run), or a temporary folder removed afterwards."""
+    own = workdir is None
+    work = Path(tempfile.mkdtemp(prefix=prefix)) if own else Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        yield work
+    finally:
+        if own:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def find_mnist(mnist_dir: str | os.PathLike | None = None) -> Path:

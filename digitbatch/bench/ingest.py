@@ -12,13 +12,12 @@ import io
 import logging
 import shutil
 import tarfile
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from . import HEADER, find_mnist, measure
+from . import HEADER, find_mnist, measure, scratch
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +58,7 @@ def run(*, mnist_dir=None, workdir=None, n_png: int = 70_000) -> Iterator[str]:
     from ..sources.idx import load_idx
 
     mnist = find_mnist(mnist_dir)
-    own_tmp = workdir is None
-    work = Path(tempfile.mkdtemp(prefix="digitbatch-bench-")) if own_tmp else Path(workdir)
-    work.mkdir(parents=True, exist_ok=True)
-    try:
+    with scratch(workdir) as work:
         yield f"MNIST from {mnist}; scratch in {work}"
         yield HEADER
         idx_store = work / "idx.zarr"
@@ -99,6 +95,3 @@ def run(*, mnist_dir=None, workdir=None, n_png: int = 70_000) -> Iterator[str]:
         got = open_store(out).images[:]
         same = np.array_equal(got, ref)
         yield f"digitbatch images identical to the Pillow loop's: {same}"
-    finally:
-        if own_tmp:
-            shutil.rmtree(work, ignore_errors=True)

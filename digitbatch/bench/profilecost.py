@@ -15,15 +15,13 @@ their rows and commit records and whose runs start a cluster.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from . import find_mnist
+from . import find_mnist, scratch
 
 REPEATS = 7
 # chunks compared at most (held in memory for the profile's turn)
@@ -95,10 +93,7 @@ def run(*, mnist_dir=None, workdir=None) -> Iterator[str]:
     from ..training import train
 
     mnist = find_mnist(mnist_dir)
-    own = workdir is None
-    work = Path(tempfile.mkdtemp(prefix="digitbatch-bench-profile-")) if own else Path(workdir)
-    work.mkdir(parents=True, exist_ok=True)
-    try:
+    with scratch(workdir, "digitbatch-bench-profile-") as work:
         store = work / "mnist.zarr"
         if not store.exists():
             ingest(mnist, store)
@@ -106,6 +101,3 @@ def run(*, mnist_dir=None, workdir=None) -> Iterator[str]:
         if not model.exists():
             train(store, model, model="sgd")
         yield from lines(load_model(model).model, open_store(store))
-    finally:
-        if own:
-            shutil.rmtree(work, ignore_errors=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import HEADER, find_mnist, measure
+from . import HEADER, find_mnist, measure, scratch
 
 ROW = "{:30s} {:>9s} {:>9s} {:>9s} {:>10s}  {}"
 
@@ -44,10 +43,7 @@ def run(*, mnist_dir=None, workdir=None, cv: int = 3, reference: bool = True,
     from .data import make_shifted_store
 
     mnist = find_mnist(mnist_dir)
-    own_tmp = workdir is None
-    work = Path(tempfile.mkdtemp(prefix="digitbatch-bench-")) if own_tmp else Path(workdir)
-    work.mkdir(parents=True, exist_ok=True)
-    try:
+    with scratch(workdir) as work:
         store = work / "mnist.zarr"
         if not store.exists():
             ingest(mnist, store)
@@ -99,9 +95,6 @@ def run(*, mnist_dir=None, workdir=None, cv: int = 3, reference: bool = True,
             yield HEADER
             yield m.row() + f"  sgd --incremental, 1 epoch over {bs.n:,} images; " \
                             f"test accuracy {100 * r.test['accuracy']:.2f}%"
-    finally:
-        if own_tmp:
-            shutil.rmtree(work, ignore_errors=True)
 
 
 def _kernel_model_lines(name, out, r, Xte) -> Iterator[str]:
