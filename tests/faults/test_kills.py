@@ -260,8 +260,7 @@ def test_concurrent_run_is_refused_and_the_running_one_is_unaffected(job, tmp_pa
         if first.poll() is None:
             first.kill()
             first.wait()
-    assert _files(out) == _files(job / "ref.zarr")
-    assert (out / "_SUCCESS").exists() and not (out / ".lock").exists()
+    _assert_finished_as_reference(job, out)
 
 
 def test_break_lock_takes_over_a_live_run_which_then_commits_nothing(job, tmp_path):
@@ -283,13 +282,9 @@ def test_break_lock_takes_over_a_live_run_which_then_commits_nothing(job, tmp_pa
         assert first.wait(timeout=300) == 1
         assert "LeaseLostError" in first.stderr.read()
     finally:
-        if first.poll() is None:
-            first.send_signal(signal.SIGCONT)
-            first.kill()
-            first.wait()
+        _reap_paused(first)
     assert _snapshot(out) == records
-    assert _files(out) == _files(job / "ref.zarr")
-    assert (out / "_SUCCESS").exists() and not (out / ".lock").exists()
+    _assert_finished_as_reference(job, out)
 
 
 # --- SIGTERM, pauses, pid namespaces, other hosts: the lease (scoring/lock.py) ---------
@@ -307,6 +302,20 @@ def _wait_commits(proc: subprocess.Popen, out: Path, at: int) -> None:
 
 def _snapshot(out: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted((out / "_commits").iterdir())}
+
+
+def _reap_paused(proc) -> None:
+    """A run the test paused (SIGSTOP) and left running: woken, killed, reaped."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGCONT)
+        proc.kill()
+        proc.wait()
+
+
+def _assert_finished_as_reference(job, out) -> None:
+    """The output is complete, unlocked, and has the files of the uninterrupted run."""
+    assert _files(out) == _files(job / "ref.zarr")
+    assert (out / "_SUCCESS").exists() and not (out / ".lock").exists()
 
 
 @pytest.mark.parametrize("at", [1, N_CHUNKS // 3, N_CHUNKS * 2 // 3])
@@ -384,13 +393,9 @@ def test_a_paused_run_that_lost_its_lease_commits_nothing_more(job, tmp_path):
         assert first.wait(timeout=60) == 1
         assert "LeaseLostError" in first.stderr.read()
     finally:
-        if first.poll() is None:
-            first.send_signal(signal.SIGCONT)
-            first.kill()
-            first.wait()
+        _reap_paused(first)
     assert _snapshot(out) == records  # nothing committed after the lease was lost
-    assert _files(out) == _files(job / "ref.zarr")
-    assert (out / "_SUCCESS").exists() and not (out / ".lock").exists()
+    _assert_finished_as_reference(job, out)
 
 
 def test_overwrite_of_an_output_a_live_run_holds_is_refused(job, tmp_path):
@@ -411,10 +416,7 @@ def test_overwrite_of_an_output_a_live_run_holds_is_refused(job, tmp_path):
         first.send_signal(signal.SIGCONT)
         assert first.wait(timeout=300) == 0, first.stderr.read()
     finally:
-        if first.poll() is None:
-            first.send_signal(signal.SIGCONT)
-            first.kill()
-            first.wait()
+        _reap_paused(first)
     assert _files(out) == _files(job / "ref.zarr")
 
 
