@@ -84,14 +84,58 @@ def read_refs(path: str, kind: str, refs: list[MemberRef], *,
     else:
         fd = os.open(path, os.O_RDONLY)
         try:
-            for r in refs:
-                span = _Span(fd, r.offset, r.size)
-                item = members.read_member(r.key, span, r.size, limit)
-                if isinstance(item, members.Member) and span.left:
-                    raise ArchiveError(f"tar archive {path} changed or was truncated while reading")
-                yield item
+            yield from _read_tar(fd, path, refs, limit)
         finally:
             os.close(fd)
+
+
+# Small members that lie close together in a tar are read together, by one
+# pread of at most RUN_BYTES (a few hundred bytes each, one read per member
+# cost more than decoding them); a member over SMALL_MEMBER bytes is read alone.
+RUN_BYTES = 2**20
+SMALL_MEMBER = 2**16
+# ... as long as the bytes between two of them (headers, skipped members) stay under this
+RUN_GAP = 2**14
+
+
+def runs(refs: list[MemberRef]) -> Iterator[tuple[int, int]]:
+    """``(i, j)``: the refs ``refs[i:j]`` read by one pread (:data:`RUN_BYTES`)."""
+    i, n = 0, len(refs)
+    while i < n:
+        r = refs[i]
+        j = i + 1
+        if r.size <= SMALL_MEMBER:
+            start, end = r.offset, r.offset + r.size
+            while j < n:
+                q = refs[j]
+                if (q.size > SMALL_MEMBER or q.offset < end or q.offset - end > RUN_GAP
+                        or q.offset + q.size - start > RUN_BYTES):
+                    break
+                end = q.offset + q.size
+                j += 1
+        yield i, j
+        i = j
+
+
+def _read_tar(fd: int, path: str, refs: list[MemberRef], limit: int) -> Iterator:
+    changed = f"tar archive {path} changed or was truncated while reading"
+    for i, j in runs(refs):
+        r = refs[i]
+        if j == i + 1 and r.size > SMALL_MEMBER:
+            span = _Span(fd, r.offset, r.size)
+            item = members.read_member(r.key, span, r.size, limit)
+            if isinstance(item, members.Member) and span.left:
+                raise ArchiveError(changed)
+            yield item
+            continue
+        start, last = r.offset, refs[j - 1]
+        buf = os.pread(fd, last.offset + last.size - start, start)
+        if len(buf) < last.offset + last.size - start:
+            raise ArchiveError(changed)
+        for k in range(i, j):
+            q = refs[k]
+            a = q.offset - start
+            yield members.finish_member(q.key, buf[a:a + q.size], limit)
 
 
 class _Span:
