@@ -28,6 +28,10 @@ PNG_PLAIN_CHUNKS = {b"IHDR": 13, b"gAMA": 4, b"sRGB": 1, b"pHYs": 9, b"cHRM": 32
 _JPEG_SOF = {0xC0: "baseline", 0xC1: "extended", 0xC2: "progressive"}
 _OTHER_SOF = frozenset(range(0xC3, 0xD0)) - {0xC4, 0xC8, 0xCC}
 ORIENTATION_TAG = 0x0112
+# Segments the header parse steps over without reading: quantisation and
+# Huffman tables, restart interval, JFIF and other application segments
+# (not APP1, which may be EXIF, nor APP14, Adobe's colour transform).
+_PLAIN_SEGMENTS = frozenset({0xDB, 0xC4, 0xDD, 0xFE} | set(range(0xE0, 0xF0)) - {0xE1, 0xEE})
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,9 +106,12 @@ def jpeg_header(data: bytes) -> JpegHeader | None:
         length = (data[pos + 2] << 8) | data[pos + 3]
         if length < 2 or pos + 2 + length > n:
             return None
-        seg = data[pos + 4:pos + 2 + length]
         if marker == 0xDA:  # start of scan: the header is over
             break
+        if marker in _PLAIN_SEGMENTS:  # (most segments: nothing to read in them)
+            pos += 2 + length
+            continue
+        seg = data[pos + 4:pos + 2 + length]
         if marker in _JPEG_SOF:
             if frame is not None or len(seg) < 6 or seg[0] != 8:
                 return None
