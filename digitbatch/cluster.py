@@ -35,6 +35,7 @@ import difflib
 import gc
 import logging
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -325,13 +326,12 @@ def _local_cluster(n_workers: int | None, processes: bool = True) -> Iterator:
     method = {}
     if processes and START_METHOD in multiprocessing.get_all_start_methods():
         method = {"distributed.worker.multiprocessing-method": START_METHOD}
+    pre_spawn = {**_pre_spawn_environ(), **worker_environ()}  # (JSON logs in workers too)
     try:
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": {
-                # (the forkserver imports numpy with this environment: one BLAS thread)
-                **_pre_spawn_environ(), **worker_environ(), **WORKER_ENV},
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": pre_spawn,
                               **LOCAL_CLUSTER_CONFIG, **method}):
             if method:
-                _forkserver_imports()
+                _start_forkserver(pre_spawn)
             cluster = LocalCluster(
                 n_workers=workers,
                 threads_per_worker=1,
@@ -348,15 +348,31 @@ def _local_cluster(n_workers: int | None, processes: bool = True) -> Iterator:
         yield cluster
 
 
-def _forkserver_imports() -> None:
-    """What the forkserver imports before it forks workers (:data:`WORKER_IMPORTS`;
-    not pandas and the rest of Dask's default list, which our tasks never use).
-    Only the first call of a process counts: its forkserver then runs."""
+def _start_forkserver(pre_spawn: dict) -> None:
+    """Start this process's forkserver, if it is not running, to import
+    :data:`WORKER_IMPORTS` (not pandas and the rest of Dask's default list,
+    which our tasks never use) in the environment of a worker: one BLAS
+    thread (numpy is imported there, before any fork) and Dask's fixed hash
+    seed. This process's own environment is left as it was."""
     from distributed.utils import get_mp_context
 
     ctx = get_mp_context()  # (on its first call Dask sets its own list: ours replaces it)
-    if ctx.get_start_method() == "forkserver":
-        ctx.set_forkserver_preload(list(WORKER_IMPORTS))
+    if ctx.get_start_method() != "forkserver":
+        return
+    ctx.set_forkserver_preload(list(WORKER_IMPORTS))
+    env = {**pre_spawn, **WORKER_ENV}
+    if env.get("PYTHONHASHSEED") in (None, "0"):
+        env["PYTHONHASHSEED"] = "6640"  # (what a Nanny gives the processes it spawns)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update({k: str(v) for k, v in env.items()})
+    try:
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _pre_spawn_environ() -> dict:
