@@ -19,3 +19,21 @@ def test_scratch_removes_only_the_folder_it_made(tmp_path):
             (work / "model").write_text("reused next run")
             raise RuntimeError("a bench that fails")
     assert (given / "model").read_text() == "reused next run"
+
+
+def test_archive_bench_keeps_the_fastest_run_and_the_highest_peak():
+    from digitbatch.bench.archive import Run, best_of
+
+    runs = [Run(10, 3.0, 1.5, 500, 0.9), Run(10, 2.0, 1.8, 400, 0.9), Run(10, 2.5, 1.2, 600, 0.9)]
+    best = best_of(runs)
+    assert (best.seconds, best.first_chunk, best.peak_rss) == (2.0, 1.2, 600)
+
+
+@pytest.mark.parametrize("sizes", ["70000", "5,3", "0,10", "a,b"])
+def test_archive_bench_refuses_sizes_that_are_not_small_then_big(sizes):
+    from click.testing import CliRunner
+
+    from digitbatch.cli import main
+
+    r = CliRunner().invoke(main, ["bench", "archive", "--png-sizes", sizes])
+    assert r.exit_code == 2 and "--png-sizes" in r.output and repr(sizes) in r.output

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import click
 
+from .archive import CASES as ARCHIVE_CASES
+
 
 @click.group()
 def bench():
@@ -93,11 +95,31 @@ def bench_export(mnist_dir, workdir, n):
               help="Members of the small and big PNG tar.")
 @click.option("--jpeg-sizes", default="20000,60000", show_default=True,
               help="Members of the small and big JPEG-scan tar.")
-def bench_archive(mnist_dir, workdir, png_sizes, jpeg_sizes):
+@click.option("--only", type=click.Choice(["png", "jpeg"]), default=None,
+              help="Only the PNG or only the JPEG archives.")
+@click.option("--case", "cases", multiple=True, type=click.Choice(list(ARCHIVE_CASES)),
+              help="Only these cases (repeatable; default all).")
+@click.option("--repeat", default=1, show_default=True, type=click.IntRange(1, 10),
+              help="Whole runs per case and size; the fastest is kept (a noisy machine).")
+def bench_archive(mnist_dir, workdir, png_sizes, jpeg_sizes, only, cases, repeat):
     """Ingest and score ARCHIVE on PNG and JPEG tars against the Pillow decode ceiling."""
     from .archive import run
 
-    sizes = [tuple(int(x) for x in s.split(",")) for s in (png_sizes, jpeg_sizes)]
-    for line in run(mnist_dir=mnist_dir, workdir=workdir, png_sizes=sizes[0],
-                    jpeg_sizes=sizes[1]):
+    sizes = {k: _sizes(s, k) for k, s in (("png", png_sizes), ("jpeg", jpeg_sizes))}
+    for line in run(mnist_dir=mnist_dir, workdir=workdir,
+                    png_sizes=sizes["png"] if only != "jpeg" else None,
+                    jpeg_sizes=sizes["jpeg"] if only != "png" else None,
+                    cases=cases or ARCHIVE_CASES, repeat=repeat):
         click.echo(line)
+
+
+def _sizes(text: str, kind: str) -> tuple[int, int]:
+    try:
+        small, big = (int(x) for x in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: give two member counts, small then big, "
+                                 f"e.g. 70000,210000", param_hint=f"--{kind}-sizes") from None
+    if not 0 < small < big:
+        raise click.BadParameter(f"{text!r}: the small size must be above 0 and below the big one",
+                                 param_hint=f"--{kind}-sizes")
+    return small, big
