@@ -324,14 +324,12 @@ def _local_cluster(n_workers: int | None, processes: bool = True) -> Iterator:
                # on every interface unless told where
                {"worker_dashboard_address": f"{host}:0"})
     method = {}
-    if processes and START_METHOD in multiprocessing.get_all_start_methods():
+    if processes and start_forkserver():
         method = {"distributed.worker.multiprocessing-method": START_METHOD}
     pre_spawn = {**_pre_spawn_environ(), **worker_environ()}  # (JSON logs in workers too)
     try:
         with dask.config.set({"distributed.nanny.pre-spawn-environ": pre_spawn,
                               **LOCAL_CLUSTER_CONFIG, **method}):
-            if method:
-                _start_forkserver(pre_spawn)
             cluster = LocalCluster(
                 n_workers=workers,
                 threads_per_worker=1,
@@ -348,25 +346,35 @@ def _local_cluster(n_workers: int | None, processes: bool = True) -> Iterator:
         yield cluster
 
 
-def _start_forkserver(pre_spawn: dict) -> None:
-    """Start this process's forkserver, if it is not running, to import
-    :data:`WORKER_IMPORTS` (not pandas and the rest of Dask's default list,
-    which our tasks never use) in the environment of a worker: one BLAS
-    thread (numpy is imported there, before any fork) and Dask's fixed hash
-    seed. This process's own environment is left as it was."""
-    from distributed.utils import get_mp_context
+def start_forkserver() -> bool:
+    """Start this process's forkserver, if it is not running, and say whether
+    LocalCluster workers will fork from it (:data:`START_METHOD`).
 
-    ctx = get_mp_context()  # (on its first call Dask sets its own list: ours replaces it)
-    if ctx.get_start_method() != "forkserver":
-        return
+    It imports :data:`WORKER_IMPORTS` (not pandas and the rest of Dask's
+    default list, which our tasks never use) in a process of its own, in
+    the environment of a worker: one BLAS thread (numpy is imported there,
+    before any fork) and Dask's fixed hash seed; this process's environment
+    is left as it was. A run that lists an archive first calls this before
+    listing, so those imports overlap the listing. Idempotent.
+    """
+    if START_METHOD not in multiprocessing.get_all_start_methods():
+        return False
+    ctx = multiprocessing.get_context(START_METHOD)
     ctx.set_forkserver_preload(list(WORKER_IMPORTS))
-    env = {**pre_spawn, **WORKER_ENV}
+    env = {**_pre_spawn_environ(), **worker_environ(), **WORKER_ENV}
     if env.get("PYTHONHASHSEED") in (None, "0"):
         env["PYTHONHASHSEED"] = "6640"  # (what a Nanny gives the processes it spawns)
+    with _environ(env):
+        multiprocessing.forkserver.ensure_running()
+    return True
+
+
+@contextlib.contextmanager
+def _environ(env: dict) -> Iterator[None]:
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update({k: str(v) for k, v in env.items()})
     try:
-        multiprocessing.forkserver.ensure_running()
+        yield
     finally:
         for k, v in saved.items():
             if v is None:

@@ -25,6 +25,8 @@ class EarlyCluster:
 
     def __init__(self, scheduler=None):
         self._scheduler = scheduler
+        # the workers' imports, in a process of their own, overlap the listing too
+        cluster.start_forkserver()
         self._ready = threading.Event()
         self._stop = threading.Event()
         self._address: str | None = None
