@@ -124,3 +124,31 @@ def test_archive_rejects_are_counted_apart_from_the_images_scored(tmp_path, mode
     assert m["n_rejected"] > 0
     assert m["n_scored_this_run"] == m["n_images"]  # rejected members are not images
     assert f"({m['n_rejected']} rejected)" in score_lines(m)[-1]
+
+
+def test_archive_chunk_scores_its_images_a_block_at_a_time(tmp_path, model, monkeypatch):
+    """A slot chunk's images go to the model SCORE_ROWS at a time (a worker's memory
+    does not grow with the slot), with the outputs of one call for the whole chunk."""
+    from digitbatch.scoring import chunks
+
+    src = _container(tmp_path, "tar")
+    score(src, model=model, out=tmp_path / "whole.zarr", proba=True, chunk_size=256,
+          scheduler="synchronous")
+    seen = []
+    real = chunks.deterministic_scores
+
+    def spy(m, images, **kw):
+        seen.append(images.shape[0])
+        return real(m, images, **kw)
+
+    monkeypatch.setattr(chunks, "SCORE_ROWS", 7)
+    monkeypatch.setattr(chunks, "deterministic_scores", spy)
+    r = score(src, model=model, out=tmp_path / "blocks.zarr", proba=True, chunk_size=256,
+              scheduler="synchronous")
+    assert max(seen) == 7 and sum(seen) == 600 and len(seen) > 600 // 7
+    whole, blocks = _outputs(tmp_path / "whole.zarr"), _outputs(tmp_path / "blocks.zarr")
+    for name in ("pred", "margin", "proba"):  # (a linear model: row by row, the same bytes)
+        np.testing.assert_array_equal(blocks[name], whole[name])
+    ref = json.loads((tmp_path / "whole.zarr" / "_SUCCESS").read_text())
+    for k in ("confusion_matrix", "calibration", "accuracy"):
+        assert r.metrics[k] == ref[k]

@@ -38,6 +38,12 @@ from .record import chunk_counts
 from .seen import seen_mask
 from .tasks import ChunkTask
 
+# An archive chunk's images are scored this many at a time: a model's work
+# arrays grow with the rows it scores at once (the kernel models' by about
+# 24 KiB a row), and an archive's slot chunks are up to 8192 members, so a
+# worker's memory would otherwise grow with the archive's size.
+SCORE_ROWS = 2048
+
 # Chunk index -> the key of the member a task of this worker process is
 # decoding now: what a chunk cancelled for running too long was stuck on
 # (the runner asks a worker through Client.run, see decoding).
@@ -126,13 +132,17 @@ def score_archive_chunk(task: ChunkTask, *, out_path: str, model, proba: bool,
     probs = np.full((n, model.n_classes), np.nan, np.float32) if proba else None
     idx = np.flatnonzero(valid)
     conf = None
-    if idx.size:
-        sc = deterministic_scores(model, images[idx], proba=proba, full=True)
-        pred[idx], margin[idx], gap[idx], second[idx] = sc.pred, sc.margin, sc.gap, sc.second
-        conf = sc.confidence
+    confs = []
+    for a in range(0, idx.size, SCORE_ROWS):
+        part = idx[a:a + SCORE_ROWS]
+        sc = deterministic_scores(model, images[part], proba=proba, full=True)
+        pred[part], margin[part], gap[part], second[part] = sc.pred, sc.margin, sc.gap, sc.second
+        confs.append(sc.confidence)
         if proba:
-            probs[idx] = sc.proba
-    elif model.has_proba and model.calibration is not None:
+            probs[part] = sc.proba
+    if confs and all(c is not None for c in confs):
+        conf = np.concatenate(confs)
+    elif not idx.size and model.has_proba and model.calibration is not None:
         conf = np.zeros(0)
     target = model.target(lab[idx])
     counts = chunk_counts(target, pred[idx], model.n_classes, rejects=rejects,
