@@ -1,5 +1,5 @@
 """What every worker process of a LocalCluster that digitbatch starts runs first
-(a Dask preload, :data:`digitbatch.cluster.WORKER_PRELOAD`).
+(a Dask preload, :data:`digitbatch.localcluster.WORKER_PRELOAD`).
 
 Ctrl-C in a terminal sends SIGINT to the whole foreground process group: the
 run and its worker processes. The run handles it (it stops, closes its

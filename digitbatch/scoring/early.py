@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from .. import cluster
+from .. import cluster, localcluster
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ class EarlyCluster:
     def __init__(self, scheduler=None):
         self._scheduler = scheduler
         # the workers' imports, in a process of their own, overlap the listing too
-        cluster.start_forkserver()
+        localcluster.start_forkserver()
         self._ready = threading.Event()
         self._stop = threading.Event()
         self._address: str | None = None

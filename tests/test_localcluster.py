@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sys
 
-from digitbatch import cluster
+from digitbatch import cluster, localcluster
 
 
 def _worker_facts():
@@ -14,20 +14,20 @@ def _worker_facts():
 
     blas = [p["num_threads"] for p in threadpoolctl.threadpool_info()
             if p.get("user_api") == "blas"]
-    return (os.getppid(), sorted(m for m in cluster.WORKER_IMPORTS if m in sys.modules),
+    return (os.getppid(), sorted(m for m in localcluster.WORKER_IMPORTS if m in sys.modules),
             os.environ.get("OMP_NUM_THREADS"), blas, "pandas" in sys.modules)
 
 
 def test_workers_fork_from_a_forkserver_with_our_imports_done():
     before = dict(os.environ)
-    assert cluster.start_forkserver() is True
+    assert localcluster.start_forkserver() is True
     assert dict(os.environ) == before  # the worker environment is the forkserver's only
     with cluster.client(None, n_workers=2) as c:
         facts = list(c.run(_worker_facts).values())
     assert len(facts) == 2
     for parent, imported, omp, blas, pandas in facts:
         assert parent != os.getpid()  # forked by the forkserver, not spawned by a Nanny here
-        assert imported == sorted(cluster.WORKER_IMPORTS)  # before any task asked for them
+        assert imported == sorted(localcluster.WORKER_IMPORTS)  # before any task asked for them
         assert omp == "1" and set(blas) <= {1}
         assert not pandas  # Dask's own preload list (pandas and more) is not used
     assert len({f[0] for f in facts}) == 1  # both from the one forkserver
