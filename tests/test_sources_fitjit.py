@@ -166,8 +166,8 @@ def test_importing_normalise_does_not_import_numba():
 def test_fit_marks_what_pillow_must_resize():
     big = np.zeros((1, 300, 300), np.uint8)
     big[0, 5:295, 140:160] = 255
-    out, info = fitjit.fit(big, N.frame(big))
+    out, info = fitjit.fit(big)
     assert info[0, 0] == fitjit.PILLOW and not out.any()
     blank = np.zeros((1, 40, 40), np.uint8)
-    out, info = fitjit.fit(blank, N.frame(blank))
+    out, info = fitjit.fit(blank)
     assert info[0, 0] == fitjit.BLANK and not out.any()

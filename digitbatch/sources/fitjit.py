@@ -56,8 +56,9 @@ INK_THRESHOLD = 25
 # status of each image after the first pass
 BLANK, OURS, PILLOW = 0, 1, 2
 # columns of the per-image info table
-_STATUS, _PAPER, _PEAK, _TOP, _LEFT, _CH, _CW, _TH, _TW = range(9)
-INFO_COLUMNS = 9
+_STATUS, _PAPER, _PEAK, _TOP, _LEFT, _CH, _CW, _TH, _TW, _INV = range(10)
+INFO_COLUMNS = 10
+INVERTED = _INV
 
 
 @functools.cache
@@ -72,7 +73,7 @@ def available() -> bool:
 
 
 # the kernels, callees first: compiled (or loaded from numba's cache) by _load
-_KERNELS = ("_median_trunc", "_measure", "_dot_pass", "_line_pass", "_resize", "_paste", "_fit")
+_KERNELS = ("_row_inked", "_measure", "_line_pass", "_resize", "_paste", "_fit")
 _loaded = threading.Event()
 _start_lock = threading.Lock()
 _loader: list[threading.Thread] = []
@@ -126,76 +127,119 @@ def _load() -> None:
     # every signature the fit uses, loaded (or compiled) on a tiny group
     grey = np.zeros((2, 24, 30), np.uint8)
     grey[:, 4:20, 10:14] = 200
-    grey[1, 2:22, 3:27] = 255 - grey[1, 2:22, 3:27]
-    edge = np.zeros((2, 8), np.uint8)
-    _fit_compiled(grey, edge)
+    grey[1] = 255 - grey[1]
+    _fit_compiled(grey)
     _loaded.set()
 
 
-# --- first pass: paper, peak, ink box, target size ------------------------------------
+# --- first pass: polarity, paper, peak, ink box, target size ---------------------------
 
 
-def _median_trunc(edge_row):
-    """``int(np.median(edge_row))`` for uint8 values (a counting sort)."""
-    counts = np.zeros(256, np.int64)
-    for v in edge_row:
-        counts[v] += 1
-    n = edge_row.shape[0]
-    lo_rank = (n - 1) // 2
-    hi_rank = n // 2
-    lo = -1
-    hi = -1
-    seen = 0
-    for v in range(256):
-        seen += counts[v]
-        if lo < 0 and seen > lo_rank:
-            lo = v
-        if seen > hi_rank:
-            hi = v
-            break
-    return (lo + hi) // 2
-
-
-def _measure(grey, edge, info):
-    """Fill ``info`` (G, INFO_COLUMNS) for each image of ``grey`` (G, h, w) uint8."""
+def _measure(grey, flat, info):
+    """Fill ``info`` (G, INFO_COLUMNS) for each raw image ``grey[i]`` (``flat``: the
+    same, (G, h*w)), ink light or dark: the polarity from the frame's
+    histogram (:func:`.normalise.frame`'s pixels, duplicates included), then
+    paper, peak, ink box and target size of the image as normalisation sees
+    it (inverted when its frame is mostly bright). Loops index with their
+    own counters (whole rows), so that they vectorise."""
     g, h, w = grey.shape
+    k = 2 if min(h, w) > 4 else 1
+    hist = np.zeros((4, 256), np.int64)  # four interleaved: repeated values do not stall
+    counts = np.zeros(256, np.int64)
+    col = np.empty(w, np.int32)
     for i in range(g):
         img = grey[i]
-        paper = _median_trunc(edge[i])
-        brightest = 0
-        for y in range(h):
+        hist[:] = 0
+        for y in range(k):
             for x in range(w):
-                if img[y, x] > brightest:
-                    brightest = img[y, x]
-        peak = max(0, int(brightest) - paper)
+                hist[x & 3, img[y, x]] += 1
+        for y in range(h - k, h):
+            for x in range(w):
+                hist[x & 3, img[y, x]] += 1
+        for y in range(k, h - k):
+            for x in range(k):
+                hist[(y + x) & 3, img[y, x]] += 1
+            for x in range(w - k, w):
+                hist[(y + x) & 3, img[y, x]] += 1
+        n = 0
+        bright = 0
+        for v in range(256):
+            c = hist[0, v] + hist[1, v] + hist[2, v] + hist[3, v]
+            counts[v] = c
+            n += c
+            if v > 127:
+                bright += c
+        inv = bright * 2 > n
+        info[i, _INV] = 1 if inv else 0
+        # int(np.median) of the frame as normalisation sees it (inverted: value 255 - v)
+        lo_rank = (n - 1) // 2
+        hi_rank = n // 2
+        lo = -1
+        hi = -1
+        seen = 0
+        for u in range(256):
+            seen += counts[255 - u] if inv else counts[u]
+            if lo < 0 and seen > lo_rank:
+                lo = u
+            if seen > hi_rank:
+                hi = u
+                break
+        paper = (lo + hi) // 2
+        # work on raw values: an inverted image's brightest is 255 - the darkest
+        # raw value, and its ink (255 - v > thr) is raw v < 255 - thr
+        pix = flat[i]
+        if inv:
+            darkest = np.uint8(255)
+            for j in range(h * w):
+                v = pix[j]
+                darkest = v if v < darkest else darkest
+            brightest = 255 - int(darkest)
+        else:
+            top_v = np.uint8(0)
+            for j in range(h * w):
+                v = pix[j]
+                top_v = v if v > top_v else top_v
+            brightest = int(top_v)
+        peak = max(0, brightest - paper)
         info[i, _PAPER] = paper
         info[i, _PEAK] = peak
         if peak < MIN_CONTRAST:
             info[i, _STATUS] = BLANK
             continue
-        thr = paper + (INK_THRESHOLD * peak) // 255  # ink > thr  <=>  grey > paper + thr
-        top = -1
-        bottom = -1
-        left = w
-        right = -1
-        for y in range(h):
-            first = -1
+        thr = paper + (INK_THRESHOLD * peak) // 255  # ink: (inverted) grey > thr
+        # in raw values, ink is key(v) > limit, key being v or 255 - v
+        top = 0
+        while not _row_inked(img[top], inv, thr):
+            top += 1
+        bottom = h - 1
+        while not _row_inked(img[bottom], inv, thr):
+            bottom -= 1
+        if inv:
             for x in range(w):
-                if img[y, x] > thr:
-                    first = x
-                    break
-            if first < 0:
-                continue
-            if top < 0:
-                top = y
-            bottom = y
-            if first < left:
-                left = first
-            for x in range(w - 1, max(first, right) - 1, -1):
-                if img[y, x] > thr:
-                    if x > right:
-                        right = x
-                    break
+                col[x] = 255
+            for y in range(top, bottom + 1):
+                row = img[y]
+                for x in range(w):
+                    col[x] = min(col[x], np.int32(row[x]))  # (int32: vectorises)
+            left = 0
+            while 255 - col[left] <= thr:
+                left += 1
+            right = w - 1
+            while 255 - col[right] <= thr:
+                right -= 1
+        else:
+            for x in range(w):
+                col[x] = 0
+            for y in range(top, bottom + 1):
+                row = img[y]
+                for x in range(w):
+                    col[x] = max(col[x], np.int32(row[x]))
+            left = 0
+            while col[left] <= thr:
+                left += 1
+            right = w - 1
+            while col[right] <= thr:
+                right -= 1
         ch = bottom - top + 1
         cw = right - left + 1
         scale = BOX / max(ch, cw)
@@ -212,30 +256,31 @@ def _measure(grey, edge, info):
         info[i, _STATUS] = PILLOW if reduce else OURS
 
 
+def _row_inked(row, inv, thr):
+    """Whether the raw ``row`` holds ink (see :func:`_measure`)."""
+    if inv:
+        m = np.uint8(255)
+        for x in range(row.shape[0]):
+            v = row[x]
+            m = v if v < m else m
+        return 255 - int(m) > thr
+    m = np.uint8(0)
+    for x in range(row.shape[0]):
+        v = row[x]
+        m = v if v > m else m
+    return int(m) > thr
+
+
 # --- second pass: stretch, resize, centre ---------------------------------------------
 
 
-def _dot_pass(src, rows, lo, cnt, off, coef, n_out, dst):
-    """One Resample.c 8-bit pass along the rows: for each of ``rows`` rows,
-    ``dst[r, j] = clip8((2**21 + sum_k src[r, lo[j] + k] * w_jk) >> 22)``.
-
-    The sums are exact (every partial sum is an integer under 2**31, as in
-    Resample.c's int32 arithmetic)."""
-    for r in range(rows):
-        for j in range(n_out):
-            acc = 1 << 21
-            a = lo[j]
-            o = off[j]
-            for k in range(cnt[j]):
-                acc += src[r, a + k] * coef[o + k]
-            v = acc >> 22
-            dst[r, j] = 0 if v < 0 else (255 if v > 255 else v)
-
-
-def _line_pass(src, length, lo, cnt, off, coef, n_out, acc, dst):
-    """The same pass across the rows: ``dst[j, :length]`` from the rows
-    ``lo[j]..`` of ``src`` (whole rows at a time, so the inner loop runs
-    along a row)."""
+def _line_pass(src, length, lo, cnt, off, coef, n_out, acc, dst, across):
+    """One Resample.c 8-bit pass: output line ``j`` (of ``n_out``) is
+    ``clip8((2**21 + sum_k src[lo[j] + k, :length] * w_jk) >> 22)``, written to
+    ``dst[j, :length]``, or ``dst[:length, j]`` when ``across``. Whole lines of
+    ``src`` at a time, so the inner loop runs along a line. The sums are exact
+    (every partial sum is an integer under 2**31, as in Resample.c's int32
+    arithmetic), so their order does not matter."""
     for j in range(n_out):
         a = lo[j]
         o = off[j]
@@ -246,40 +291,48 @@ def _line_pass(src, length, lo, cnt, off, coef, n_out, acc, dst):
             line = src[a + k]
             for x in range(length):
                 acc[x] += line[x] * c
-        for x in range(length):
-            v = acc[x] >> 22
-            dst[j, x] = 0 if v < 0 else (255 if v > 255 else v)
+        if across:
+            for x in range(length):
+                v = acc[x] >> 22
+                dst[x, j] = 0 if v < 0 else (255 if v > 255 else v)
+        else:
+            for x in range(length):
+                v = acc[x] >> 22
+                dst[j, x] = 0 if v < 0 else (255 if v > 255 else v)
 
 
 def _resize(src, ch, cw, th, tw, vfirst, hp, vp, p_first, lo, cnt, off, coef, acc, tmp, dst):
     """Lanczos-resize a crop into ``dst[:th, :tw]``, as Pillow (int32 arrays).
 
     Horizontal first: ``src[:cw, :ch]`` holds the crop transposed; else
-    ``src[:ch, :cw]`` holds it as is. The first pass, over the whole crop,
-    runs along rows (:func:`_line_pass`); the second, on at most 20 lines,
-    is :func:`_dot_pass`. ``hp``/``vp``: the weight tables of the
-    horizontal (cw -> tw) and vertical (ch -> th) passes: table ``p``
-    covers the outputs ``p_first[p]..`` of ``lo`` (first input), ``cnt``
-    (inputs), ``off`` (where its weights start in ``coef``).
+    ``src[:ch, :cw]`` holds it as is. Both passes are :func:`_line_pass`
+    (the first writes its lines across ``tmp``, so the second reads lines
+    too). ``hp``/``vp``: the weight tables of the horizontal (cw -> tw) and
+    vertical (ch -> th) passes: table ``p`` covers the outputs
+    ``p_first[p]..`` of ``lo`` (first input), ``cnt`` (inputs), ``off``
+    (where its weights start in ``coef``).
     """
     hf = p_first[hp]
     vf = p_first[vp]
     if vfirst:
-        _line_pass(src, cw, lo[vf:], cnt[vf:], off[vf:], coef, th, acc, tmp)  # tmp[:th, :cw]
-        _dot_pass(tmp, th, lo[hf:], cnt[hf:], off[hf:], coef, tw, dst)
+        _line_pass(src, cw, lo[vf:], cnt[vf:], off[vf:], coef, th, acc, tmp, True)  # tmp[:cw, :th]
+        _line_pass(tmp, th, lo[hf:], cnt[hf:], off[hf:], coef, tw, acc, dst, True)  # dst[:th, :tw]
     else:
-        _line_pass(src, ch, lo[hf:], cnt[hf:], off[hf:], coef, tw, acc, tmp)  # tmp[:tw, :ch]
-        _dot_pass(tmp, tw, lo[vf:], cnt[vf:], off[vf:], coef, th, dst.T)  # dst[:th, :tw]
+        _line_pass(src, ch, lo[hf:], cnt[hf:], off[hf:], coef, tw, acc, tmp, True)  # tmp[:ch, :tw]
+        _line_pass(tmp, tw, lo[vf:], cnt[vf:], off[vf:], coef, th, acc, dst, False)  # dst[:th, :tw]
 
 
-def _fit(grey, info, hpair, vpair, vfirst_rule, p_first, lo, cnt, off, coef, out):
-    """Resize and centre every OURS image of ``grey`` into ``out`` (G, 28, 28) uint8."""
+def _fit(grey, info, pair_of, vfirst_rule, p_first, lo, cnt, off, coef, out):
+    """Stretch, resize and centre every OURS image of ``grey`` (raw, see
+    :func:`_measure`) into ``out`` (G, 28, 28) uint8; ``pair_of[n, m]``: the
+    weight table of the resize of ``n`` pixels to ``m``."""
     g, h, w = grey.shape
     side = max(h, w, BOX)
     src = np.empty((side, side), np.int32)
     tmp = np.empty((side, side), np.int32)
     acc = np.empty(side, np.int32)
     dst = np.empty((BOX, BOX), np.int32)
+    lut = np.empty(256, np.int32)
     for i in range(g):
         if info[i, _STATUS] != OURS:
             continue
@@ -291,20 +344,26 @@ def _fit(grey, info, hpair, vpair, vfirst_rule, p_first, lo, cnt, off, coef, out
         cw = info[i, _CW]
         th = info[i, _TH]
         tw = info[i, _TW]
+        flip = 255 if info[i, _INV] else 0
+        # raw value -> inverted (or not), paper removed, contrast stretched (as numpy's rint)
+        for v in range(256):
+            d = (v ^ flip) - paper
+            lut[v] = np.int32(np.rint((d if d > 0 else 0) * gain))
         vfirst = vfirst_rule and (ch - th) > 0 and (ch - th) > (cw - tw) * 2
         img = grey[i]
-        for y in range(ch):
-            for x in range(cw):
-                v = int(img[top + y, left + x]) - paper
-                if v < 0:
-                    v = 0
-                px = np.int32(np.rint(v * gain))  # the contrast stretch, as numpy's
-                if vfirst:
-                    src[y, x] = px
-                else:
-                    src[x, y] = px
-        _resize(src, ch, cw, th, tw, vfirst, hpair[i], vpair[i], p_first, lo, cnt, off, coef,
-                acc, tmp, dst)
+        if vfirst:
+            for y in range(ch):
+                row = img[top + y, left:left + cw]
+                line = src[y]
+                for x in range(cw):
+                    line[x] = lut[row[x]]
+        else:
+            for y in range(ch):
+                row = img[top + y, left:left + cw]
+                for x in range(cw):
+                    src[x, y] = lut[row[x]]
+        _resize(src, ch, cw, th, tw, vfirst, pair_of[cw, tw], pair_of[ch, th], p_first, lo, cnt,
+                off, coef, acc, tmp, dst)
         _paste(dst, th, tw, out[i])
 
 
@@ -354,6 +413,36 @@ def _band(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return lo, cnt, coef
 
 
+class _Tables:
+    """The weight tables of every resize seen so far by this process, as flat
+    arrays (see :func:`_resize`), and ``pair_of[n, m]``: the table of ``n -> m``
+    pixels (-1: not built yet)."""
+
+    def __init__(self):
+        self.pairs: list[tuple[int, int]] = []
+        self.pair_of = np.full((1, BOX + 1), -1, np.int64)
+        self.flat = (np.zeros(0, np.int64),) * 4 + (np.zeros(0, np.int32),)
+        self.lock = threading.Lock()
+
+    def ensure(self, ins: np.ndarray, outs: np.ndarray):
+        """``(pair_of, p_first, lo, cnt, off, coef)`` covering every ``ins[k] -> outs[k]``."""
+        with self.lock:
+            top = int(ins.max()) if ins.size else 0
+            if top >= self.pair_of.shape[0]:
+                grown = np.full((max(top + 1, 2 * self.pair_of.shape[0]), BOX + 1), -1, np.int64)
+                grown[:self.pair_of.shape[0]] = self.pair_of
+                self.pair_of = grown
+            missing = self.pair_of[ins, outs] < 0
+            if missing.any():
+                keys = np.unique(ins[missing] * (BOX + 1) + outs[missing])
+                for key in keys.tolist():
+                    a, b = divmod(key, BOX + 1)
+                    self.pair_of[a, b] = len(self.pairs)
+                    self.pairs.append((a, b))
+                self.flat = _tables(self.pairs)
+            return (self.pair_of, *self.flat)
+
+
 def _tables(pairs: list[tuple[int, int]]):
     """The bands of ``pairs`` as flat arrays (see :func:`_resize`)."""
     p_first = np.zeros(len(pairs), np.int64)
@@ -372,46 +461,40 @@ def _tables(pairs: list[tuple[int, int]]):
             np.concatenate(coefs))
 
 
-def _pair_ids(ins: np.ndarray, outs: np.ndarray, pairs: dict) -> np.ndarray:
-    ids = np.zeros(ins.size, np.int64)
-    for k, key in enumerate(zip(ins.tolist(), outs.tolist())):
-        ids[k] = pairs.setdefault(key, len(pairs))
-    return ids
+_TABLES = _Tables()
 
 
 # --- the entry point ---------------------------------------------------------------------
 
 
-def fit(grey: np.ndarray, edge: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(When :func:`ready`.) Crop, stretch, resize and centre ``grey`` (G, h, w) uint8, ink light;
-    ``edge`` its frame (:func:`.normalise.frame`), ink light too.
+def fit(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(When :func:`ready`.) Normalise ``stack`` (G, h, w) uint8 raw grey images of
+    one size (not 28x28), ink light or dark: polarity, crop, stretch, resize
+    and centre, one compiled pass per image.
 
     Returns ``(out, info)``: ``out`` (G, 28, 28) uint8 holds every digit but
     those Pillow must resize (``info[:, 0] == PILLOW``, all zeros in ``out``);
-    for those, ``info`` holds paper, peak, top, left, ch, cw, th and tw in
-    columns 1..8.
+    ``info[:, INVERTED]`` is 1 where the image was inverted (dark ink on
+    light paper); for the PILLOW ones, ``info`` holds paper, peak, top, left,
+    ch, cw, th and tw (of the inverted image) in columns 1..8.
     """
     if not _loaded.is_set():
         raise RuntimeError("fitjit.fit called before the kernels are loaded (see ready())")
-    return _fit_compiled(grey, edge)
+    return _fit_compiled(stack)
 
 
-def _fit_compiled(grey: np.ndarray, edge: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    g = grey.shape[0]
-    grey = np.ascontiguousarray(grey)
-    edge = np.ascontiguousarray(edge)
+def _fit_compiled(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    g, h, w = stack.shape
+    stack = np.ascontiguousarray(stack)
     info = np.zeros((g, INFO_COLUMNS), np.int64)
     out = np.zeros((g, SIZE, SIZE), np.uint8)
-    _measure(grey, edge, info)
+    _measure(stack, stack.reshape(g, h * w), info)
     ours = info[:, _STATUS] == OURS
     if ours.any():
-        pairs: dict[tuple[int, int], int] = {}
-        hpair = np.zeros(g, np.int64)
-        vpair = np.zeros(g, np.int64)
-        hpair[ours] = _pair_ids(info[ours, _CW], info[ours, _TW], pairs)
-        vpair[ours] = _pair_ids(info[ours, _CH], info[ours, _TH], pairs)
-        tables = _tables(list(pairs))
-        _fit(grey, info, hpair, vpair, lanczos.vertical_first_rule(), *tables, out)
+        sel = info[ours]
+        tables = _TABLES.ensure(np.concatenate([sel[:, _CW], sel[:, _CH]]),
+                                np.concatenate([sel[:, _TW], sel[:, _TH]]))
+        _fit(stack, info, tables[0], lanczos.vertical_first_rule(), *tables[1:], out)
     return out, info
 
 

@@ -53,16 +53,59 @@ def normalise(greys: list[np.ndarray]) -> np.ndarray:
     (N, 28, 28) uint8
         In input order, light ink on black.
     """
-    out = np.empty((len(greys), SIZE, SIZE), np.uint8)
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, g in enumerate(greys):
-        groups.setdefault(g.shape, []).append(i)
+    return normalise_flagged(greys)[0]
+
+
+def normalise_flagged(greys: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`normalise`, and ``(N, 2)`` bool: per image, whether it was inverted
+    (dark ink on light paper) and whether it was resized (not 28x28), as
+    :func:`polarity_and_size` tells for one image."""
+    n = len(greys)
+    flags = np.zeros((n, 2), bool)
+    shapes = {g.shape for g in greys}
+    if len(shapes) == 1:  # one size (the usual archive): no regrouping
+        (h, w), = shapes
+        step = max(1, FIT_PIXELS // (h * w))
+        if n <= step:
+            out = _normalise_part(greys, h, w, flags)
+            return out, flags
+        groups = {(h, w): list(range(n))}
+    else:
+        groups = {}
+        for i, g in enumerate(greys):
+            groups.setdefault(g.shape, []).append(i)
+    out = np.empty((n, SIZE, SIZE), np.uint8)
     for (h, w), idx in groups.items():
         step = max(1, FIT_PIXELS // (h * w))
         for a in range(0, len(idx), step):
             part = idx[a:a + step]
-            stack = np.stack([greys[i] for i in part]) if len(part) > 1 else greys[part[0]][None]
-            out[part] = normalise_group(stack)
+            part_flags = np.zeros((len(part), 2), bool)
+            out[part] = _normalise_part([greys[i] for i in part], h, w, part_flags)
+            flags[part] = part_flags
+    return out, flags
+
+
+def _normalise_part(greys: list[np.ndarray], h: int, w: int, flags: np.ndarray) -> np.ndarray:
+    """``(G, 28, 28)`` digits of ``G`` grey images of one size ``(h, w)``; fills
+    ``flags`` (G, 2)."""
+    stack = np.concatenate(greys).reshape(len(greys), h, w) if len(greys) > 1 else greys[0][None]
+    if (h, w) == (SIZE, SIZE):
+        # the fast path: one copy (the stack), the frame through an index, xor in place
+        edge = stack.reshape(len(greys), SIZE * SIZE)[:, _FRAME28]
+        invert = np.count_nonzero(edge > 127, axis=1) * 2 > _FRAME28.size
+        flags[:, 0] = invert
+        if len(greys) == 1:
+            stack = stack.copy()
+        np.bitwise_xor(stack, (invert.view(np.uint8) * np.uint8(255))[:, None, None], out=stack)
+        return stack
+    flags[:, 1] = True
+    if fitjit.ready(len(greys)):
+        out, info = fitjit.fit(stack)
+        flags[:, 0] = info[:, fitjit.INVERTED] != 0
+        _pillow_rest(stack, out, info)
+        return out
+    out, invert = normalise_group(stack, with_invert=True)
+    flags[:, 0] = invert
     return out
 
 
@@ -76,44 +119,43 @@ def frame(stack: np.ndarray) -> np.ndarray:
                            stack[:, k:-k, -k:].reshape(g, -1)], axis=1)
 
 
+# where the frame of a 28x28 image lies in its 784 pixels
+_FRAME28 = frame(np.arange(SIZE * SIZE).reshape(1, SIZE, SIZE))[0]
+
+
 def polarity_and_size(grey: np.ndarray) -> tuple[bool, bool]:
     """Whether :func:`normalise` inverts the 2-D grey image ``grey`` (dark ink on
-    light paper) and whether it resizes it (not 28x28): its frame only, cheap."""
+    light paper) and whether it resizes it (not 28x28): its frame only, cheap.
+    (:func:`normalise_flagged` tells both for a batch.)"""
     edge = frame(grey[None])[0]
     return bool(np.count_nonzero(edge > 127) * 2 > edge.size), grey.shape != (SIZE, SIZE)
 
 
-def normalise_group(stack: np.ndarray) -> np.ndarray:
-    """``(G, 28, 28)`` digits of ``G`` grey images of one size ``(G, h, w)`` uint8."""
+def normalise_group(stack: np.ndarray, *, with_invert: bool = False):
+    """``(G, 28, 28)`` digits of ``G`` grey images of one size ``(G, h, w)`` uint8,
+    in numpy (and, ``with_invert``, which of them were inverted)."""
     edge = frame(stack)
     invert = np.count_nonzero(edge > 127, axis=1) * 2 > edge.shape[1]
     flip = np.where(invert, 255, 0).astype(np.uint8)  # 255 - x is x ^ 255 in uint8
     grey = stack ^ flip[:, None, None]
-    if stack.shape[1:] == (SIZE, SIZE):
-        return grey
-    edge ^= flip[:, None]
-    return fit(grey, edge)
+    if stack.shape[1:] != (SIZE, SIZE):
+        edge ^= flip[:, None]
+        grey = fit_numpy(grey, edge)
+    return (grey, invert) if with_invert else grey
 
 
-def fit(grey: np.ndarray, edge: np.ndarray) -> np.ndarray:
-    """Crop to the ink, fit to 20 px, centre the mass in 28x28 (as MNIST).
-
-    ``grey``: ``(G, h, w)`` uint8, ink light; ``edge``: its :func:`frame`.
-    Compiled (:mod:`.fitjit`) once its kernels are loaded, else in numpy
-    (:func:`fit_numpy`); the bytes are the same.
-    """
-    if not fitjit.ready(grey.shape[0]):
-        return fit_numpy(grey, edge)
-    out, info = fitjit.fit(grey, edge)
+def _pillow_rest(stack: np.ndarray, out: np.ndarray, info: np.ndarray) -> None:
+    """The digits the compiled fit left to Pillow (box-reduced before resampling)."""
     rest = np.flatnonzero(info[:, 0] == fitjit.PILLOW)
-    if rest.size:
-        paper, peak, top, left, ch, cw, th, tw = info[rest, 1:].T
-        digits = np.zeros((rest.size, BOX, BOX), np.uint8)
-        for k, j in enumerate(rest.tolist()):
-            _pillow_resize(grey[j], int(paper[k]), int(peak[k]), int(top[k]), int(left[k]),
-                           int(ch[k]), int(cw[k]), int(th[k]), int(tw[k]), digits[k])
-        _centre(digits, th, tw, out, rest)
-    return out
+    if not rest.size:
+        return
+    paper, peak, top, left, ch, cw, th, tw = info[rest, 1:9].T
+    digits = np.zeros((rest.size, BOX, BOX), np.uint8)
+    for k, j in enumerate(rest.tolist()):
+        img = stack[j] ^ np.uint8(255) if info[j, fitjit.INVERTED] else stack[j]
+        _pillow_resize(img, int(paper[k]), int(peak[k]), int(top[k]), int(left[k]),
+                       int(ch[k]), int(cw[k]), int(th[k]), int(tw[k]), digits[k])
+    _centre(digits, th, tw, out, rest)
 
 
 def _pillow_resize(img: np.ndarray, paper: int, peak: int, top: int, left: int, ch: int,
