@@ -171,3 +171,64 @@ def test_fit_marks_what_pillow_must_resize():
     blank = np.zeros((1, 40, 40), np.uint8)
     out, info = fitjit.fit(blank)
     assert info[0, 0] == fitjit.BLANK and not out.any()
+
+
+def _reference(greys):
+    return np.stack([ref.to_mnist(Image.fromarray(g)) for g in greys])
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 9), (9, 1), (2, 3), (4, 4), (4, 30), (30, 4),
+                                   (5, 5), (112, 112), (300, 300)])
+def test_compiled_groups_of_every_kind(shape, monkeypatch):
+    """Groups of one size through the compiled measure and fit: both
+    polarities, blank paper and blank dark, noise, ink touching the border,
+    digits Pillow box-reduces (large sides), in uneven group sizes; the
+    digits equal the numpy path's and the reference's, and the flags equal
+    polarity_and_size per image."""
+    rng = np.random.default_rng(sum(shape))
+    h, w = shape
+    greys = []
+    for i in range(13):
+        kind = i % 6
+        if kind == 0:
+            g = np.full(shape, 255 if i % 4 else 250, np.uint8)
+        elif kind == 1:
+            g = np.zeros(shape, np.uint8)
+        elif kind == 2:
+            g = rng.integers(0, 256, shape, dtype=np.uint8)
+        else:
+            g = _stroke_digit(rng, h, w, dark_on_light=bool(i % 2),
+                              margin=0.0 if kind == 5 else 0.15, noise=3 * (i % 3))
+        greys.append(g)
+    if h >= 300:
+        bar = np.full(shape, 255, np.uint8)
+        bar[5:295, 140:160] = 0  # dark on light, box-reduced by Pillow
+        greys += [bar, 255 - bar.T]
+    for n in (1, 2, 5, len(greys)):  # uneven group sizes
+        part = greys[:n]
+        got, flags = N.normalise_flagged(part)
+        assert np.array_equal(got, _numpy(part, monkeypatch)), n
+        assert np.array_equal(got, _reference(part)), n
+        assert [tuple(f) for f in flags.tolist()] == [N.polarity_and_size(g) for g in part]
+
+
+def test_compiled_fit_reports_polarity_and_leaves_pillow_cases():
+    light = np.zeros((2, 300, 300), np.uint8)
+    light[:, 5:295, 140:160] = 255
+    light[1] = 255 - light[1]  # the same bar, dark on light
+    out, info = fitjit.fit(light)
+    assert info[:, 0].tolist() == [fitjit.PILLOW] * 2 and not out.any()
+    assert info[:, fitjit.INVERTED].tolist() == [0, 1]
+    assert np.array_equal(info[0, 1:9], info[1, 1:9])  # measured on the inverted image
+
+
+def test_weight_tables_grow_with_new_sizes():
+    """The per-process weight tables take new (in, out) pairs as they come
+    (a larger image than any before included) and keep the old ones."""
+    rng = np.random.default_rng(9)
+    for shape in [(40, 30), (90, 120), (150, 61), (40, 30)]:
+        greys = [_stroke_digit(rng, *shape, dark_on_light=bool(i % 2)) for i in range(3)]
+        assert np.array_equal(N.normalise(greys), _reference(greys)), shape
+    pairs = fitjit._TABLES.pairs
+    assert len(set(pairs)) == len(pairs)
+    assert all(fitjit._TABLES.pair_of[a, b] == p for p, (a, b) in enumerate(pairs))
