@@ -73,7 +73,7 @@ def available() -> bool:
 
 
 # the kernels, callees first: compiled (or loaded from numba's cache) by _load
-_KERNELS = ("_row_inked", "_measure", "_line_pass", "_resize", "_paste", "_fit")
+_KERNELS = ("_row_inked", "_measure", "_line_pass", "_pad", "_resize", "_paste", "_fit")
 _loaded = threading.Event()
 _start_lock = threading.Lock()
 _loader: list[threading.Thread] = []
@@ -317,13 +317,20 @@ def _line_pass(src, length, lo, cnt, off, coef, n_out, acc, dst, across):
                 dst[j, x] = 0 if v < 0 else (255 if v > 255 else v)
 
 
+def _pad(n):
+    """``n`` rounded up to a multiple of 8: the line passes run whole vectors
+    (their buffers have the room; the extra lanes are never read back)."""
+    return (n + 7) // 8 * 8
+
+
 def _resize(src, ch, cw, th, tw, vfirst, hp, vp, p_first, lo, cnt, off, coef, acc, tmp, dst):
     """Lanczos-resize a crop into ``dst[:th, :tw]``, as Pillow (int32 arrays).
 
     Horizontal first: ``src[:cw, :ch]`` holds the crop transposed; else
     ``src[:ch, :cw]`` holds it as is. Both passes are :func:`_line_pass`
     (the first writes its lines across ``tmp``, so the second reads lines
-    too). ``hp``/``vp``: the weight tables of the horizontal (cw -> tw) and
+    too); lines are padded to whole vectors (:func:`_pad`), so every buffer
+    is ``_pad`` of its side. ``hp``/``vp``: the weight tables of the horizontal (cw -> tw) and
     vertical (ch -> th) passes: table ``p`` covers the outputs
     ``p_first[p]..`` of ``lo`` (first input), ``cnt`` (inputs), ``off``
     (where its weights start in ``coef``).
@@ -331,11 +338,11 @@ def _resize(src, ch, cw, th, tw, vfirst, hp, vp, p_first, lo, cnt, off, coef, ac
     hf = p_first[hp]
     vf = p_first[vp]
     if vfirst:
-        _line_pass(src, cw, lo[vf:], cnt[vf:], off[vf:], coef, th, acc, tmp, True)  # tmp[:cw, :th]
-        _line_pass(tmp, th, lo[hf:], cnt[hf:], off[hf:], coef, tw, acc, dst, True)  # dst[:th, :tw]
+        _line_pass(src, _pad(cw), lo[vf:], cnt[vf:], off[vf:], coef, th, acc, tmp, True)  # tmp[:cw, :th]
+        _line_pass(tmp, _pad(th), lo[hf:], cnt[hf:], off[hf:], coef, tw, acc, dst, True)  # dst[:th, :tw]
     else:
-        _line_pass(src, ch, lo[hf:], cnt[hf:], off[hf:], coef, tw, acc, tmp, True)  # tmp[:ch, :tw]
-        _line_pass(tmp, tw, lo[vf:], cnt[vf:], off[vf:], coef, th, acc, dst, False)  # dst[:th, :tw]
+        _line_pass(src, _pad(ch), lo[hf:], cnt[hf:], off[hf:], coef, tw, acc, tmp, True)  # tmp[:ch, :tw]
+        _line_pass(tmp, _pad(tw), lo[vf:], cnt[vf:], off[vf:], coef, th, acc, dst, False)  # dst[:th, :tw]
 
 
 def _fit(grey, info, pair_of, vfirst_rule, p_first, lo, cnt, off, coef, out):
@@ -343,11 +350,11 @@ def _fit(grey, info, pair_of, vfirst_rule, p_first, lo, cnt, off, coef, out):
     :func:`_measure`) into ``out`` (G, 28, 28) uint8; ``pair_of[n, m]``: the
     weight table of the resize of ``n`` pixels to ``m``."""
     g, h, w = grey.shape
-    side = max(h, w, BOX)
-    src = np.empty((side, side), np.int32)
-    tmp = np.empty((side, side), np.int32)
-    acc = np.empty(side, np.int32)
-    dst = np.empty((BOX, BOX), np.int32)
+    side = _pad(max(h, w, BOX))
+    src = np.zeros((side, side), np.int32)
+    tmp = np.zeros((side, side), np.int32)
+    acc = np.zeros(side, np.int32)
+    dst = np.zeros((side, side), np.int32)
     lut = np.empty(256, np.int32)
     for i in range(g):
         if info[i, _STATUS] != OURS:
@@ -533,11 +540,15 @@ def resize(img: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     load()
     h, w = img.shape
     p_first, lo, cnt, off, coef = _tables([(w, out_w), (h, out_h)])
-    side = max(h, w, out_h, out_w)
-    tmp = np.empty((side, side), np.int32)
-    acc = np.empty(side, np.int32)
-    dst = np.empty((out_h, out_w), np.int32)
+    side = int(_pad(max(h, w, out_h, out_w)))
+    tmp = np.zeros((side, side), np.int32)
+    acc = np.zeros(side, np.int32)
+    dst = np.zeros((side, side), np.int32)
     vfirst = lanczos.vertical_first_rule() and (h - out_h) > 0 and (h - out_h) > (w - out_w) * 2
-    src = np.ascontiguousarray(img if vfirst else img.T, dtype=np.int32)
+    src = np.zeros((side, side), np.int32)
+    if vfirst:
+        src[:h, :w] = img
+    else:
+        src[:w, :h] = img.T
     _resize(src, h, w, out_h, out_w, vfirst, 0, 1, p_first, lo, cnt, off, coef, acc, tmp, dst)
-    return dst.astype(np.uint8)
+    return dst[:out_h, :out_w].astype(np.uint8)
