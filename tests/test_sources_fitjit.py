@@ -141,10 +141,10 @@ def test_loading_starts_only_after_load_after_scans():
         "rng = np.random.default_rng(0)\n"
         "g = [rng.integers(0, 256, (40, 30), dtype=np.uint8) for _ in range(30)]\n"
         "first = N.normalise(g)\n"
-        "assert 'numba' not in sys.modules and not fitjit._loader\n"
+        "assert 'numba' not in sys.modules and not fitjit.LOADER.threads\n"
         "assert np.array_equal(N.normalise(g), first)\n"  # 60 scans: the loader starts
-        "assert fitjit._loader\n"
-        "fitjit._loader[0].join()\n"
+        "assert fitjit.LOADER.threads\n"
+        "fitjit.LOADER.threads[0].join()\n"
         "assert fitjit.ready() and np.array_equal(N.normalise(g), first)\n"
         "print('ok')\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -229,6 +229,6 @@ def test_weight_tables_grow_with_new_sizes():
     for shape in [(40, 30), (90, 120), (150, 61), (40, 30)]:
         greys = [_stroke_digit(rng, *shape, dark_on_light=bool(i % 2)) for i in range(3)]
         assert np.array_equal(N.normalise(greys), _reference(greys)), shape
-    pairs = fitjit._TABLES.pairs
+    pairs = lanczos.TABLES.pairs
     assert len(set(pairs)) == len(pairs)
-    assert all(fitjit._TABLES.pair_of[a, b] == p for p, (a, b) in enumerate(pairs))
+    assert all(lanczos.TABLES.pair_of[a, b] == p for p, (a, b) in enumerate(pairs))

@@ -1,13 +1,17 @@
-"""The MNIST fit step compiled with numba: crop, stretch, Lanczos resize, centre.
+"""MNIST normalisation of scans compiled with numba: polarity, crop, stretch, Lanczos resize, centre.
 
-:func:`.normalise.fit` does, for a group of same-size grey images, the paper
-level, the contrast stretch, the crop to the ink's box, Pillow's Lanczos
-resize to 20 px and the paste at the centre of mass. In numpy that is a
-dozen whole-array passes plus a resize by matrix products over padded
-crops; here it is one compiled loop per image touching each pixel a few
-times. The arithmetic is the same, step for step, so the bytes are the
-same (tests/test_sources_fitjit.py compares it with the numpy path, with
-the single-image reference and, for the resize, with Pillow):
+:func:`fit` does, for a group of same-size raw grey images (not 28x28), all
+of :mod:`.normalise`'s work: the polarity (from a histogram of the 2-pixel
+frame, which also gives the paper level), the peak, the ink's box, the
+contrast stretch (one 256-entry table per image that folds in the
+inversion and the paper level), Pillow's Lanczos resize to 20 px and the
+paste at the centre of mass. In numpy that is a dozen whole-array passes
+plus a resize by matrix products over padded crops; here it is two compiled
+loops per image (:func:`_measure`, :func:`_fit`), with no per-image numpy
+call, touching each pixel a few times; an inverted image is never written
+out inverted. The arithmetic is the same, step for step, so the bytes are
+the same (tests/test_sources_fitjit.py compares it with the numpy path,
+with the single-image reference and, for the resize, with Pillow):
 
 - integer steps (medians, maxima, thresholds, boxes) are integers here too;
 - float steps are the same IEEE operations in the same order (``rint`` of
@@ -21,31 +25,21 @@ the single-image reference and, for the resize, with Pillow):
 Digits Pillow would box-reduce first (:func:`.lanczos.needs_pillow`) are
 marked and left to the caller, as in the numpy path.
 
-Importing numba and loading the kernels costs a worker process about a
-second of CPU, which the compiled fit wins back only over some tens of
-thousands of scans; so a process starts loading it (on a background
-thread) only once it has fitted :data:`LOAD_AFTER` scans, and the numpy
-path serves until the kernels are in (the bytes are the same either way):
-a small job never pays the load, nor does any job's first chunk. The kernels are cached on disk (numba's ``cache=True``: beside
-this file, or in the user's cache folder when that is read-only), so a
-process loads them rather than compiles them. :func:`available` is False
-when numba is not installed, or when ``DIGITBATCH_NO_JIT`` is set: the numpy
-path is then the only one.
+A process starts loading the kernels (:mod:`.jitload`: on a background
+thread, once) only once it has fitted :data:`LOAD_AFTER` scans, and the
+numpy path serves until they are in (the bytes are the same either way): a
+small job never pays the load, nor does any job's first chunk. The kernels
+are cached on disk (numba's ``cache=True``: beside this file, or in the
+user's cache folder when that is read-only), so a process loads them
+rather than compiles them. Without numba, or with ``DIGITBATCH_NO_JIT``
+set, the numpy path is the only one.
 """
 
 from __future__ import annotations
 
-import functools
-import importlib.util
-import logging
-import os
-import threading
-
 import numpy as np
 
-from . import lanczos
-
-log = logging.getLogger(__name__)
+from . import jitload, lanczos
 
 BOX = 20
 SIZE = 28
@@ -61,25 +55,13 @@ INFO_COLUMNS = 10
 INVERTED = _INV
 
 
-@functools.cache
-def installed() -> bool:
-    """Whether numba can be imported (without importing it)."""
-    return importlib.util.find_spec("numba") is not None
-
-
-def available() -> bool:
-    """Whether the compiled fit may be used (numba installed, not switched off)."""
-    return installed() and not os.environ.get("DIGITBATCH_NO_JIT")
-
+installed = jitload.installed
+available = jitload.available
 
 # the kernels, callees first: compiled (or loaded from numba's cache) by _load
 _KERNELS = ("_row_inked", "_measure", "_line_pass", "_pad", "_resize", "_paste", "_fit")
-_loaded = threading.Event()
-_start_lock = threading.Lock()
-_loader: list[threading.Thread] = []
 # scans fitted by this process with numpy before the kernels start loading
 LOAD_AFTER = 4096
-_fitted = [0]
 
 
 def ready(n_scans: int = 0, *, start: bool = False) -> bool:
@@ -87,35 +69,12 @@ def ready(n_scans: int = 0, *, start: bool = False) -> bool:
     be fitted; once this process has asked for :data:`LOAD_AFTER` scans (or
     at once with ``start``), loading starts (a background thread) where
     :func:`available`."""
-    if not available():
-        return False
-    if _loaded.is_set():
-        return True
-    _fitted[0] += n_scans
-    if _fitted[0] < LOAD_AFTER and not start:
-        return False
-    with _start_lock:
-        if not _loader:
-            t = threading.Thread(target=_load_logged, name="digitbatch-fitjit", daemon=True)
-            _loader.append(t)
-            t.start()
-    return False
+    return LOADER.ready(n_scans, LOAD_AFTER, start=start)
 
 
 def load() -> None:
     """Load the kernels now (tests; a caller that wants them at once)."""
-    ready(start=True)
-    if _loader:
-        _loader[0].join()
-    if not _loaded.is_set():
-        raise RuntimeError("the compiled fit could not be loaded (see the log)")
-
-
-def _load_logged() -> None:
-    try:
-        _load()
-    except Exception:  # the numpy path goes on serving
-        log.warning("the compiled MNIST fit could not be loaded; using numpy", exc_info=True)
+    LOADER.wait()
 
 
 def _load() -> None:
@@ -129,7 +88,9 @@ def _load() -> None:
     grey[:, 4:20, 10:14] = 200
     grey[1] = 255 - grey[1]
     _fit_compiled(grey)
-    _loaded.set()
+
+
+LOADER = jitload.KernelLoader("the compiled MNIST fit", _load)
 
 
 # --- first pass: polarity, paper, peak, ink box, target size ---------------------------
@@ -348,7 +309,7 @@ def _resize(src, ch, cw, th, tw, vfirst, hp, vp, p_first, lo, cnt, off, coef, ac
 def _fit(grey, info, pair_of, vfirst_rule, p_first, lo, cnt, off, coef, out):
     """Stretch, resize and centre every OURS image of ``grey`` (raw, see
     :func:`_measure`) into ``out`` (G, 28, 28) uint8; ``pair_of[n, m]``: the
-    weight table of the resize of ``n`` pixels to ``m``."""
+    weight table of the resize of ``n`` pixels to ``m`` (:data:`.lanczos.TABLES`)."""
     g, h, w = grey.shape
     side = _pad(max(h, w, BOX))
     src = np.zeros((side, side), np.int32)
@@ -430,77 +391,6 @@ def _paste(dst, th, tw, field):
             field[top + y, left + x] = dst[y, x]
 
 
-# --- the weight tables ------------------------------------------------------------------
-
-
-@functools.cache
-def _band(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per output pixel: first input, number of inputs, and their integer
-    weights (the nonzero span of :func:`.lanczos.weights`' column)."""
-    m = lanczos.weights(in_size, out_size)
-    lo = np.zeros(out_size, np.int64)
-    cnt = np.zeros(out_size, np.int64)
-    parts = []
-    for j in range(out_size):
-        nz = np.flatnonzero(m[:, j])
-        if nz.size:
-            lo[j], cnt[j] = nz[0], nz[-1] - nz[0] + 1
-            parts.append(m[nz[0]:nz[-1] + 1, j].astype(np.int64))
-    coef = np.concatenate(parts).astype(np.int32) if parts else np.zeros(0, np.int32)
-    return lo, cnt, coef
-
-
-class _Tables:
-    """The weight tables of every resize seen so far by this process, as flat
-    arrays (see :func:`_resize`), and ``pair_of[n, m]``: the table of ``n -> m``
-    pixels (-1: not built yet)."""
-
-    def __init__(self):
-        self.pairs: list[tuple[int, int]] = []
-        self.pair_of = np.full((1, BOX + 1), -1, np.int64)
-        self.flat = (np.zeros(0, np.int64),) * 4 + (np.zeros(0, np.int32),)
-        self.lock = threading.Lock()
-
-    def ensure(self, ins: np.ndarray, outs: np.ndarray):
-        """``(pair_of, p_first, lo, cnt, off, coef)`` covering every ``ins[k] -> outs[k]``."""
-        with self.lock:
-            top = int(ins.max()) if ins.size else 0
-            if top >= self.pair_of.shape[0]:
-                grown = np.full((max(top + 1, 2 * self.pair_of.shape[0]), BOX + 1), -1, np.int64)
-                grown[:self.pair_of.shape[0]] = self.pair_of
-                self.pair_of = grown
-            missing = self.pair_of[ins, outs] < 0
-            if missing.any():
-                keys = np.unique(ins[missing] * (BOX + 1) + outs[missing])
-                for key in keys.tolist():
-                    a, b = divmod(key, BOX + 1)
-                    self.pair_of[a, b] = len(self.pairs)
-                    self.pairs.append((a, b))
-                self.flat = _tables(self.pairs)
-            return (self.pair_of, *self.flat)
-
-
-def _tables(pairs: list[tuple[int, int]]):
-    """The bands of ``pairs`` as flat arrays (see :func:`_resize`)."""
-    p_first = np.zeros(len(pairs), np.int64)
-    los, cnts, offs, coefs = [], [], [], []
-    n_out = n_coef = 0
-    for p, (a, b) in enumerate(pairs):
-        lo, cnt, coef = _band(a, b)
-        p_first[p] = n_out
-        los.append(lo)
-        cnts.append(cnt)
-        offs.append(n_coef + np.concatenate([[0], np.cumsum(cnt)[:-1]]).astype(np.int64))
-        coefs.append(coef)
-        n_out += b
-        n_coef += coef.size
-    return (p_first, np.concatenate(los), np.concatenate(cnts), np.concatenate(offs),
-            np.concatenate(coefs))
-
-
-_TABLES = _Tables()
-
-
 # --- the entry point ---------------------------------------------------------------------
 
 
@@ -515,7 +405,7 @@ def fit(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     light paper); for the PILLOW ones, ``info`` holds paper, peak, top, left,
     ch, cw, th and tw (of the inverted image) in columns 1..8.
     """
-    if not _loaded.is_set():
+    if not LOADER.loaded.is_set():
         raise RuntimeError("fitjit.fit called before the kernels are loaded (see ready())")
     return _fit_compiled(stack)
 
@@ -529,7 +419,7 @@ def _fit_compiled(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ours = info[:, _STATUS] == OURS
     if ours.any():
         sel = info[ours]
-        tables = _TABLES.ensure(np.concatenate([sel[:, _CW], sel[:, _CH]]),
+        tables = lanczos.TABLES.ensure(np.concatenate([sel[:, _CW], sel[:, _CH]]),
                                 np.concatenate([sel[:, _TW], sel[:, _TH]]))
         _fit(stack, info, tables[0], lanczos.vertical_first_rule(), *tables[1:], out)
     return out, info
@@ -539,7 +429,7 @@ def resize(img: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     """The compiled Lanczos resize of one uint8 image (for tests): ``(out_h, out_w)`` uint8."""
     load()
     h, w = img.shape
-    p_first, lo, cnt, off, coef = _tables([(w, out_w), (h, out_h)])
+    p_first, lo, cnt, off, coef = lanczos.band_tables([(w, out_w), (h, out_h)])
     side = int(_pad(max(h, w, out_h, out_w)))
     tmp = np.zeros((side, side), np.int32)
     acc = np.zeros(side, np.int32)

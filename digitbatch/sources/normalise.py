@@ -10,10 +10,16 @@ into a 28x28 field with its centre of mass at (14, 14); an image without
 ink becomes all zeros.
 
 This module does that for many images at once: images are grouped by
-size and each step is one numpy operation over a group, the Lanczos
-resize included (:mod:`.lanczos`, bit-identical to Pillow's). The few
-digits whose ink box is 6x or more larger than 20 px (which Pillow
-box-reduces before resampling) are resized by Pillow itself. The result
+size. A group of 28x28 images is one copy (the stack), its frames read
+through a fixed index and the inversion one xor in place. Other sizes go
+to the compiled kernels of :mod:`.fitjit` once they are loaded (one
+compiled pass per image), and until then each step is one numpy operation
+over the group, the Lanczos resize included (:mod:`.lanczos`,
+bit-identical to Pillow's). The few digits whose ink box is 6x or more
+larger than 20 px (which Pillow box-reduces before resampling) are resized
+by Pillow itself. :func:`normalise_flagged` also tells, per image, whether
+it was inverted and resized (the drift flags of scoring), from the same
+frames. The result
 is bit-identical to normalising each image alone (tests/test_sources_normalise.py
 compares it with the single-image reference on a corpus of modes, sizes,
 polarities and alpha cases).
