@@ -232,3 +232,26 @@ def test_weight_tables_grow_with_new_sizes():
     pairs = lanczos.TABLES.pairs
     assert len(set(pairs)) == len(pairs)
     assert all(lanczos.TABLES.pair_of[a, b] == p for p, (a, b) in enumerate(pairs))
+
+
+def test_compiled_path_takes_views_and_threads(monkeypatch):
+    """Strided views (one image alone, and in a group) give the bytes of
+    their copies, and two threads normalising at once (the kernels release
+    the GIL; the weight tables are shared) give the serial results."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(12)
+    base = _stroke_digit(rng, 120, 180, dark_on_light=True)
+    view = base[::2, ::2]  # 60x90, not contiguous
+    assert not view.flags.c_contiguous
+    for greys in ([view], [view, view.copy(), 255 - view]):
+        got = N.normalise(greys)
+        assert np.array_equal(got, _reference([np.ascontiguousarray(g) for g in greys]))
+    sizes = [(40 + 7 * i, 30 + 11 * i) for i in range(8)]
+    jobs = [[_stroke_digit(rng, h, w, dark_on_light=bool(k % 2)) for k in range(6)]
+            for h, w in sizes]
+    serial = [N.normalise_flagged(j) for j in jobs]
+    with ThreadPoolExecutor(2) as pool:
+        threaded = list(pool.map(N.normalise_flagged, jobs))
+    for (a, fa), (b, fb) in zip(serial, threaded):
+        assert np.array_equal(a, b) and np.array_equal(fa, fb)
