@@ -57,6 +57,7 @@ def test_flags_with_small_fit_parts(monkeypatch):
     greys = _shuffled_corpus(23)
     whole, flags = N.normalise_flagged(greys)
     monkeypatch.setattr(N, "FIT_PIXELS", 3 * 28 * 28)
+    monkeypatch.setattr(N, "STACK_PIXELS", 5 * 28 * 28)
     got, got_flags = N.normalise_flagged(greys)
     assert np.array_equal(got, whole) and np.array_equal(got_flags, flags)
 

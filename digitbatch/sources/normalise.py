@@ -42,6 +42,10 @@ INK_THRESHOLD = 25  # ~10% of full ink: what counts for the bounding box
 # Images of one size are fitted this many pixels at a time, which bounds
 # the float64 work arrays (8 bytes a pixel, a few of them) whatever the batch.
 FIT_PIXELS = 2**20
+# Groups that need no float work arrays (28x28 images, and scans once the
+# compiled fit is in) are taken this many pixels at a time: the copy of
+# their stack is the only extra memory, and each part costs a few calls.
+STACK_PIXELS = 2**22
 # Crops are resized this many at a time, sorted by size.
 RUN = 64
 
@@ -71,7 +75,7 @@ def normalise_flagged(greys: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     shapes = {g.shape for g in greys}
     if len(shapes) == 1:  # one size (the usual archive): no regrouping
         (h, w), = shapes
-        step = max(1, FIT_PIXELS // (h * w))
+        step = _part_size(h, w)
         if n <= step:
             out = _normalise_part(greys, h, w, flags)
             return out, flags
@@ -82,13 +86,19 @@ def normalise_flagged(greys: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
             groups.setdefault(g.shape, []).append(i)
     out = np.empty((n, SIZE, SIZE), np.uint8)
     for (h, w), idx in groups.items():
-        step = max(1, FIT_PIXELS // (h * w))
+        step = _part_size(h, w)
         for a in range(0, len(idx), step):
             part = idx[a:a + step]
             part_flags = np.zeros((len(part), 2), bool)
             out[part] = _normalise_part([greys[i] for i in part], h, w, part_flags)
             flags[part] = part_flags
     return out, flags
+
+
+def _part_size(h: int, w: int) -> int:
+    """How many ``(h, w)`` images :func:`normalise_flagged` takes at a time."""
+    light = (h, w) == (SIZE, SIZE) or fitjit.ready()
+    return max(1, (STACK_PIXELS if light else FIT_PIXELS) // (h * w))
 
 
 def _normalise_part(greys: list[np.ndarray], h: int, w: int, flags: np.ndarray) -> np.ndarray:
