@@ -60,8 +60,10 @@ available = jitload.available
 
 # the kernels, callees first: compiled (or loaded from numba's cache) by _load
 _KERNELS = ("_row_inked", "_measure", "_line_pass", "_pad", "_resize", "_paste", "_fit")
-# scans fitted by this process with numpy before the kernels start loading
-LOAD_AFTER = 4096
+# scans fitted by this process with numpy before the kernels start loading:
+# a small job never loads them, and a large one has them early in its first
+# chunk (the numpy path costs many times the compiled one per scan)
+LOAD_AFTER = 1024
 
 
 def ready(n_scans: int = 0, *, start: bool = False) -> bool:
