@@ -255,3 +255,23 @@ def test_compiled_path_takes_views_and_threads(monkeypatch):
         threaded = list(pool.map(N.normalise_flagged, jobs))
     for (a, fa), (b, fb) in zip(serial, threaded):
         assert np.array_equal(a, b) and np.array_equal(fa, fb)
+
+
+def test_28x28_images_never_count_towards_loading():
+    """28x28 images need no fit: however many a process normalises, it never
+    starts loading numba."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np\n"
+        "from digitbatch.sources import fitjit, normalise as N\n"
+        "fitjit.LOAD_AFTER = 50\n"
+        "rng = np.random.default_rng(0)\n"
+        "g = [rng.integers(0, 256, (28, 28), dtype=np.uint8) for _ in range(300)]\n"
+        "N.normalise_flagged(g); N.normalise(g[:1])\n"
+        "assert 'numba' not in sys.modules and not fitjit.LOADER.threads\n"
+        "print('ok')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=240)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
