@@ -19,10 +19,9 @@ bit-identical to Pillow's). The few digits whose ink box is 6x or more
 larger than 20 px (which Pillow box-reduces before resampling) are resized
 by Pillow itself. :func:`normalise_flagged` also tells, per image, whether
 it was inverted and resized (the drift flags of scoring), from the same
-frames. The result
-is bit-identical to normalising each image alone (tests/test_sources_normalise.py
-compares it with the single-image reference on a corpus of modes, sizes,
-polarities and alpha cases).
+frames. The result is bit-identical to normalising each image alone
+(tests/test_sources_normalise.py compares it with the single-image
+reference on a corpus of modes, sizes, polarities and alpha cases).
 """
 
 from __future__ import annotations
