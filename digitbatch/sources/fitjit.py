@@ -271,9 +271,11 @@ def _line_pass(src, length, lo, cnt, off, coef, n_out, acc, dst, across):
                 acc[x] += line[x] * c
             k += 1
         if across:
-            for x in range(length):
+            for x in range(length):  # clipped in place (vectorised), then scattered
                 v = acc[x] >> 22
-                dst[x, j] = 0 if v < 0 else (255 if v > 255 else v)
+                acc[x] = 0 if v < 0 else (255 if v > 255 else v)
+            for x in range(length):
+                dst[x, j] = acc[x]
         else:
             for x in range(length):
                 v = acc[x] >> 22
