@@ -107,7 +107,7 @@ def _measure(grey, flat, info):
     own counters (whole rows), so that they vectorise."""
     g, h, w = grey.shape
     k = 2 if min(h, w) > 4 else 1
-    hist = np.zeros((4, 256), np.int64)  # four interleaved: repeated values do not stall
+    hist = np.zeros((4, 256), np.int32)  # four interleaved: repeated values do not stall
     counts = np.zeros(256, np.int64)
     col = np.empty(w, np.int32)
     for i in range(g):
