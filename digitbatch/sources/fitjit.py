@@ -28,7 +28,8 @@ marked and left to the caller, as in the numpy path.
 A process starts loading the kernels (:mod:`.jitload`: on a background
 thread, once) only once it has fitted :data:`LOAD_AFTER` scans, and the
 numpy path serves until they are in (the bytes are the same either way): a
-small job never pays the load, nor does any job's first chunk. The kernels
+small job never pays the load, and a large one starts it early in its first
+chunk without waiting for it. The kernels
 are cached on disk (numba's ``cache=True``: beside this file, or in the
 user's cache folder when that is read-only), so a process loads them
 rather than compiles them. Without numba, or with ``DIGITBATCH_NO_JIT``
