@@ -141,10 +141,10 @@ def test_loading_starts_only_after_load_after_scans():
         "rng = np.random.default_rng(0)\n"
         "g = [rng.integers(0, 256, (40, 30), dtype=np.uint8) for _ in range(30)]\n"
         "first = N.normalise(g)\n"
-        "assert 'numba' not in sys.modules and not fitjit._loader\n"
+        "assert 'numba' not in sys.modules and not fitjit.LOADER.threads\n"
         "assert np.array_equal(N.normalise(g), first)\n"  # 60 scans: the loader starts
-        "assert fitjit._loader\n"
-        "fitjit._loader[0].join()\n"
+        "assert fitjit.LOADER.threads\n"
+        "fitjit.LOADER.threads[0].join()\n"
         "assert fitjit.ready() and np.array_equal(N.normalise(g), first)\n"
         "print('ok')\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -166,8 +166,112 @@ def test_importing_normalise_does_not_import_numba():
 def test_fit_marks_what_pillow_must_resize():
     big = np.zeros((1, 300, 300), np.uint8)
     big[0, 5:295, 140:160] = 255
-    out, info = fitjit.fit(big, N.frame(big))
+    out, info = fitjit.fit(big)
     assert info[0, 0] == fitjit.PILLOW and not out.any()
     blank = np.zeros((1, 40, 40), np.uint8)
-    out, info = fitjit.fit(blank, N.frame(blank))
+    out, info = fitjit.fit(blank)
     assert info[0, 0] == fitjit.BLANK and not out.any()
+
+
+def _reference(greys):
+    return np.stack([ref.to_mnist(Image.fromarray(g)) for g in greys])
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 9), (9, 1), (2, 3), (4, 4), (4, 30), (30, 4),
+                                   (5, 5), (112, 112), (300, 300)])
+def test_compiled_groups_of_every_kind(shape, monkeypatch):
+    """Groups of one size through the compiled measure and fit: both
+    polarities, blank paper and blank dark, noise, ink touching the border,
+    digits Pillow box-reduces (large sides), in uneven group sizes; the
+    digits equal the numpy path's and the reference's, and the flags equal
+    polarity_and_size per image."""
+    rng = np.random.default_rng(sum(shape))
+    h, w = shape
+    greys = []
+    for i in range(13):
+        kind = i % 6
+        if kind == 0:
+            g = np.full(shape, 255 if i % 4 else 250, np.uint8)
+        elif kind == 1:
+            g = np.zeros(shape, np.uint8)
+        elif kind == 2:
+            g = rng.integers(0, 256, shape, dtype=np.uint8)
+        else:
+            g = _stroke_digit(rng, h, w, dark_on_light=bool(i % 2),
+                              margin=0.0 if kind == 5 else 0.15, noise=3 * (i % 3))
+        greys.append(g)
+    if h >= 300:
+        bar = np.full(shape, 255, np.uint8)
+        bar[5:295, 140:160] = 0  # dark on light, box-reduced by Pillow
+        greys += [bar, 255 - bar.T]
+    for n in (1, 2, 5, len(greys)):  # uneven group sizes
+        part = greys[:n]
+        got, flags = N.normalise_flagged(part)
+        assert np.array_equal(got, _numpy(part, monkeypatch)), n
+        assert np.array_equal(got, _reference(part)), n
+        assert [tuple(f) for f in flags.tolist()] == [N.polarity_and_size(g) for g in part]
+
+
+def test_compiled_fit_reports_polarity_and_leaves_pillow_cases():
+    light = np.zeros((2, 300, 300), np.uint8)
+    light[:, 5:295, 140:160] = 255
+    light[1] = 255 - light[1]  # the same bar, dark on light
+    out, info = fitjit.fit(light)
+    assert info[:, 0].tolist() == [fitjit.PILLOW] * 2 and not out.any()
+    assert info[:, fitjit.INVERTED].tolist() == [0, 1]
+    assert np.array_equal(info[0, 1:9], info[1, 1:9])  # measured on the inverted image
+
+
+def test_weight_tables_grow_with_new_sizes():
+    """The per-process weight tables take new (in, out) pairs as they come
+    (a larger image than any before included) and keep the old ones."""
+    rng = np.random.default_rng(9)
+    for shape in [(40, 30), (90, 120), (150, 61), (40, 30)]:
+        greys = [_stroke_digit(rng, *shape, dark_on_light=bool(i % 2)) for i in range(3)]
+        assert np.array_equal(N.normalise(greys), _reference(greys)), shape
+    pairs = lanczos.TABLES.pairs
+    assert len(set(pairs)) == len(pairs)
+    assert all(lanczos.TABLES.pair_of[a, b] == p for p, (a, b) in enumerate(pairs))
+
+
+def test_compiled_path_takes_views_and_threads(monkeypatch):
+    """Strided views (one image alone, and in a group) give the bytes of
+    their copies, and two threads normalising at once (the kernels release
+    the GIL; the weight tables are shared) give the serial results."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(12)
+    base = _stroke_digit(rng, 120, 180, dark_on_light=True)
+    view = base[::2, ::2]  # 60x90, not contiguous
+    assert not view.flags.c_contiguous
+    for greys in ([view], [view, view.copy(), 255 - view]):
+        got = N.normalise(greys)
+        assert np.array_equal(got, _reference([np.ascontiguousarray(g) for g in greys]))
+    sizes = [(40 + 7 * i, 30 + 11 * i) for i in range(8)]
+    jobs = [[_stroke_digit(rng, h, w, dark_on_light=bool(k % 2)) for k in range(6)]
+            for h, w in sizes]
+    serial = [N.normalise_flagged(j) for j in jobs]
+    with ThreadPoolExecutor(2) as pool:
+        threaded = list(pool.map(N.normalise_flagged, jobs))
+    for (a, fa), (b, fb) in zip(serial, threaded):
+        assert np.array_equal(a, b) and np.array_equal(fa, fb)
+
+
+def test_28x28_images_never_count_towards_loading():
+    """28x28 images need no fit: however many a process normalises, it never
+    starts loading numba."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np\n"
+        "from digitbatch.sources import fitjit, normalise as N\n"
+        "fitjit.LOAD_AFTER = 50\n"
+        "rng = np.random.default_rng(0)\n"
+        "g = [rng.integers(0, 256, (28, 28), dtype=np.uint8) for _ in range(300)]\n"
+        "N.normalise_flagged(g); N.normalise(g[:1])\n"
+        "assert 'numba' not in sys.modules and not fitjit.LOADER.threads\n"
+        "print('ok')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=240)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr

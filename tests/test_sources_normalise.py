@@ -171,6 +171,7 @@ def test_fit_runs_and_pixel_budget_do_not_change_results(monkeypatch):
     whole = N.normalise(greys)
     monkeypatch.setattr(N, "RUN", 3)
     monkeypatch.setattr(N, "FIT_PIXELS", 1)  # one image at a time
+    monkeypatch.setattr(N, "STACK_PIXELS", 1)
     assert np.array_equal(N.normalise(greys), whole)
 
 

@@ -1,13 +1,17 @@
-"""The MNIST fit step compiled with numba: crop, stretch, Lanczos resize, centre.
+"""MNIST normalisation of scans compiled with numba: polarity, crop, stretch, Lanczos resize, centre.
 
-:func:`.normalise.fit` does, for a group of same-size grey images, the paper
-level, the contrast stretch, the crop to the ink's box, Pillow's Lanczos
-resize to 20 px and the paste at the centre of mass. In numpy that is a
-dozen whole-array passes plus a resize by matrix products over padded
-crops; here it is one compiled loop per image touching each pixel a few
-times. The arithmetic is the same, step for step, so the bytes are the
-same (tests/test_sources_fitjit.py compares it with the numpy path, with
-the single-image reference and, for the resize, with Pillow):
+:func:`fit` does, for a group of same-size raw grey images (not 28x28), all
+of :mod:`.normalise`'s work: the polarity (from a histogram of the 2-pixel
+frame, which also gives the paper level), the peak, the ink's box, the
+contrast stretch (one 256-entry table per image that folds in the
+inversion and the paper level), Pillow's Lanczos resize to 20 px and the
+paste at the centre of mass. In numpy that is a dozen whole-array passes
+plus a resize by matrix products over padded crops; here it is two compiled
+loops per image (:func:`_measure`, :func:`_fit`), with no per-image numpy
+call, touching each pixel a few times; an inverted image is never written
+out inverted. The arithmetic is the same, step for step, so the bytes are
+the same (tests/test_sources_fitjit.py compares it with the numpy path,
+with the single-image reference and, for the resize, with Pillow):
 
 - integer steps (medians, maxima, thresholds, boxes) are integers here too;
 - float steps are the same IEEE operations in the same order (``rint`` of
@@ -21,31 +25,22 @@ the single-image reference and, for the resize, with Pillow):
 Digits Pillow would box-reduce first (:func:`.lanczos.needs_pillow`) are
 marked and left to the caller, as in the numpy path.
 
-Importing numba and loading the kernels costs a worker process about a
-second of CPU, which the compiled fit wins back only over some tens of
-thousands of scans; so a process starts loading it (on a background
-thread) only once it has fitted :data:`LOAD_AFTER` scans, and the numpy
-path serves until the kernels are in (the bytes are the same either way):
-a small job never pays the load, nor does any job's first chunk. The kernels are cached on disk (numba's ``cache=True``: beside
-this file, or in the user's cache folder when that is read-only), so a
-process loads them rather than compiles them. :func:`available` is False
-when numba is not installed, or when ``DIGITBATCH_NO_JIT`` is set: the numpy
-path is then the only one.
+A process starts loading the kernels (:mod:`.jitload`: on a background
+thread, once) only once it has fitted :data:`LOAD_AFTER` scans, and the
+numpy path serves until they are in (the bytes are the same either way): a
+small job never pays the load, and a large one starts it early in its first
+chunk without waiting for it. The kernels
+are cached on disk (numba's ``cache=True``: beside this file, or in the
+user's cache folder when that is read-only), so a process loads them
+rather than compiles them. Without numba, or with ``DIGITBATCH_NO_JIT``
+set, the numpy path is the only one.
 """
 
 from __future__ import annotations
 
-import functools
-import importlib.util
-import logging
-import os
-import threading
-
 import numpy as np
 
-from . import lanczos
-
-log = logging.getLogger(__name__)
+from . import jitload, lanczos
 
 BOX = 20
 SIZE = 28
@@ -56,29 +51,20 @@ INK_THRESHOLD = 25
 # status of each image after the first pass
 BLANK, OURS, PILLOW = 0, 1, 2
 # columns of the per-image info table
-_STATUS, _PAPER, _PEAK, _TOP, _LEFT, _CH, _CW, _TH, _TW = range(9)
-INFO_COLUMNS = 9
+_STATUS, _PAPER, _PEAK, _TOP, _LEFT, _CH, _CW, _TH, _TW, _INV = range(10)
+INFO_COLUMNS = 10
+INVERTED = _INV
 
 
-@functools.cache
-def installed() -> bool:
-    """Whether numba can be imported (without importing it)."""
-    return importlib.util.find_spec("numba") is not None
-
-
-def available() -> bool:
-    """Whether the compiled fit may be used (numba installed, not switched off)."""
-    return installed() and not os.environ.get("DIGITBATCH_NO_JIT")
-
+installed = jitload.installed
+available = jitload.available
 
 # the kernels, callees first: compiled (or loaded from numba's cache) by _load
-_KERNELS = ("_median_trunc", "_measure", "_dot_pass", "_line_pass", "_resize", "_paste", "_fit")
-_loaded = threading.Event()
-_start_lock = threading.Lock()
-_loader: list[threading.Thread] = []
-# scans fitted by this process with numpy before the kernels start loading
-LOAD_AFTER = 4096
-_fitted = [0]
+_KERNELS = ("_row_inked", "_measure", "_line_pass", "_pad", "_resize", "_paste", "_fit")
+# scans fitted by this process with numpy before the kernels start loading:
+# a small job never loads them, and a large one has them early in its first
+# chunk (the numpy path costs many times the compiled one per scan)
+LOAD_AFTER = 1024
 
 
 def ready(n_scans: int = 0, *, start: bool = False) -> bool:
@@ -86,35 +72,12 @@ def ready(n_scans: int = 0, *, start: bool = False) -> bool:
     be fitted; once this process has asked for :data:`LOAD_AFTER` scans (or
     at once with ``start``), loading starts (a background thread) where
     :func:`available`."""
-    if not available():
-        return False
-    if _loaded.is_set():
-        return True
-    _fitted[0] += n_scans
-    if _fitted[0] < LOAD_AFTER and not start:
-        return False
-    with _start_lock:
-        if not _loader:
-            t = threading.Thread(target=_load_logged, name="digitbatch-fitjit", daemon=True)
-            _loader.append(t)
-            t.start()
-    return False
+    return LOADER.ready(n_scans, LOAD_AFTER, start=start)
 
 
 def load() -> None:
     """Load the kernels now (tests; a caller that wants them at once)."""
-    ready(start=True)
-    if _loader:
-        _loader[0].join()
-    if not _loaded.is_set():
-        raise RuntimeError("the compiled fit could not be loaded (see the log)")
-
-
-def _load_logged() -> None:
-    try:
-        _load()
-    except Exception:  # the numpy path goes on serving
-        log.warning("the compiled MNIST fit could not be loaded; using numpy", exc_info=True)
+    LOADER.wait()
 
 
 def _load() -> None:
@@ -126,76 +89,121 @@ def _load() -> None:
     # every signature the fit uses, loaded (or compiled) on a tiny group
     grey = np.zeros((2, 24, 30), np.uint8)
     grey[:, 4:20, 10:14] = 200
-    grey[1, 2:22, 3:27] = 255 - grey[1, 2:22, 3:27]
-    edge = np.zeros((2, 8), np.uint8)
-    _fit_compiled(grey, edge)
-    _loaded.set()
+    grey[1] = 255 - grey[1]
+    _fit_compiled(grey)
 
 
-# --- first pass: paper, peak, ink box, target size ------------------------------------
+LOADER = jitload.KernelLoader("the compiled MNIST fit", _load)
 
 
-def _median_trunc(edge_row):
-    """``int(np.median(edge_row))`` for uint8 values (a counting sort)."""
-    counts = np.zeros(256, np.int64)
-    for v in edge_row:
-        counts[v] += 1
-    n = edge_row.shape[0]
-    lo_rank = (n - 1) // 2
-    hi_rank = n // 2
-    lo = -1
-    hi = -1
-    seen = 0
-    for v in range(256):
-        seen += counts[v]
-        if lo < 0 and seen > lo_rank:
-            lo = v
-        if seen > hi_rank:
-            hi = v
-            break
-    return (lo + hi) // 2
+# --- first pass: polarity, paper, peak, ink box, target size ---------------------------
 
 
-def _measure(grey, edge, info):
-    """Fill ``info`` (G, INFO_COLUMNS) for each image of ``grey`` (G, h, w) uint8."""
+def _measure(grey, flat, info):
+    """Fill ``info`` (G, INFO_COLUMNS) for each raw image ``grey[i]`` (``flat``: the
+    same, (G, h*w)), ink light or dark: the polarity from the frame's
+    histogram (:func:`.normalise.frame`'s pixels, duplicates included), then
+    paper, peak, ink box and target size of the image as normalisation sees
+    it (inverted when its frame is mostly bright). Loops index with their
+    own counters (whole rows), so that they vectorise."""
     g, h, w = grey.shape
+    k = 2 if min(h, w) > 4 else 1
+    hist = np.zeros((4, 256), np.int32)  # four interleaved: repeated values do not stall
+    counts = np.zeros(256, np.int64)
+    col = np.empty(w, np.int32)
     for i in range(g):
         img = grey[i]
-        paper = _median_trunc(edge[i])
-        brightest = 0
-        for y in range(h):
+        hist[:] = 0
+        for y in range(k):
             for x in range(w):
-                if img[y, x] > brightest:
-                    brightest = img[y, x]
-        peak = max(0, int(brightest) - paper)
+                hist[x & 3, img[y, x]] += 1
+        for y in range(h - k, h):
+            for x in range(w):
+                hist[x & 3, img[y, x]] += 1
+        for y in range(k, h - k):
+            for x in range(k):
+                hist[(y + x) & 3, img[y, x]] += 1
+            for x in range(w - k, w):
+                hist[(y + x) & 3, img[y, x]] += 1
+        n = 0
+        bright = 0
+        for v in range(256):
+            c = hist[0, v] + hist[1, v] + hist[2, v] + hist[3, v]
+            counts[v] = c
+            n += c
+            if v > 127:
+                bright += c
+        inv = bright * 2 > n
+        info[i, _INV] = 1 if inv else 0
+        # int(np.median) of the frame as normalisation sees it (inverted: value 255 - v)
+        lo_rank = (n - 1) // 2
+        hi_rank = n // 2
+        lo = -1
+        hi = -1
+        seen = 0
+        for u in range(256):
+            seen += counts[255 - u] if inv else counts[u]
+            if lo < 0 and seen > lo_rank:
+                lo = u
+            if seen > hi_rank:
+                hi = u
+                break
+        paper = (lo + hi) // 2
+        # work on raw values: an inverted image's brightest is 255 - the darkest
+        # raw value, and its ink (255 - v > thr) is raw v < 255 - thr
+        pix = flat[i]
+        if inv:
+            darkest = np.uint8(255)
+            for j in range(h * w):
+                v = pix[j]
+                darkest = v if v < darkest else darkest
+            brightest = 255 - int(darkest)
+        else:
+            top_v = np.uint8(0)
+            for j in range(h * w):
+                v = pix[j]
+                top_v = v if v > top_v else top_v
+            brightest = int(top_v)
+        peak = max(0, brightest - paper)
         info[i, _PAPER] = paper
         info[i, _PEAK] = peak
         if peak < MIN_CONTRAST:
             info[i, _STATUS] = BLANK
             continue
-        thr = paper + (INK_THRESHOLD * peak) // 255  # ink > thr  <=>  grey > paper + thr
-        top = -1
-        bottom = -1
-        left = w
-        right = -1
-        for y in range(h):
-            first = -1
+        thr = paper + (INK_THRESHOLD * peak) // 255  # ink: (inverted) grey > thr
+        # in raw values, ink is key(v) > limit, key being v or 255 - v
+        top = 0
+        while not _row_inked(img[top], inv, thr):
+            top += 1
+        bottom = h - 1
+        while not _row_inked(img[bottom], inv, thr):
+            bottom -= 1
+        if inv:
             for x in range(w):
-                if img[y, x] > thr:
-                    first = x
-                    break
-            if first < 0:
-                continue
-            if top < 0:
-                top = y
-            bottom = y
-            if first < left:
-                left = first
-            for x in range(w - 1, max(first, right) - 1, -1):
-                if img[y, x] > thr:
-                    if x > right:
-                        right = x
-                    break
+                col[x] = 255
+            for y in range(top, bottom + 1):
+                row = img[y]
+                for x in range(w):
+                    col[x] = min(col[x], np.int32(row[x]))  # (int32: vectorises)
+            left = 0
+            while 255 - col[left] <= thr:
+                left += 1
+            right = w - 1
+            while 255 - col[right] <= thr:
+                right -= 1
+        else:
+            for x in range(w):
+                col[x] = 0
+            for y in range(top, bottom + 1):
+                row = img[y]
+                for x in range(w):
+                    col[x] = max(col[x], np.int32(row[x]))
+            left = 0
+            while col[left] <= thr:
+                left += 1
+            right = w - 1
+            while col[right] <= thr:
+                right -= 1
         ch = bottom - top + 1
         cw = right - left + 1
         scale = BOX / max(ch, cw)
@@ -212,74 +220,108 @@ def _measure(grey, edge, info):
         info[i, _STATUS] = PILLOW if reduce else OURS
 
 
+def _row_inked(row, inv, thr):
+    """Whether the raw ``row`` holds ink (see :func:`_measure`)."""
+    if inv:
+        m = np.uint8(255)
+        for x in range(row.shape[0]):
+            v = row[x]
+            m = v if v < m else m
+        return 255 - int(m) > thr
+    m = np.uint8(0)
+    for x in range(row.shape[0]):
+        v = row[x]
+        m = v if v > m else m
+    return int(m) > thr
+
+
 # --- second pass: stretch, resize, centre ---------------------------------------------
 
 
-def _dot_pass(src, rows, lo, cnt, off, coef, n_out, dst):
-    """One Resample.c 8-bit pass along the rows: for each of ``rows`` rows,
-    ``dst[r, j] = clip8((2**21 + sum_k src[r, lo[j] + k] * w_jk) >> 22)``.
-
-    The sums are exact (every partial sum is an integer under 2**31, as in
-    Resample.c's int32 arithmetic)."""
-    for r in range(rows):
-        for j in range(n_out):
-            acc = 1 << 21
-            a = lo[j]
-            o = off[j]
-            for k in range(cnt[j]):
-                acc += src[r, a + k] * coef[o + k]
-            v = acc >> 22
-            dst[r, j] = 0 if v < 0 else (255 if v > 255 else v)
-
-
-def _line_pass(src, length, lo, cnt, off, coef, n_out, acc, dst):
-    """The same pass across the rows: ``dst[j, :length]`` from the rows
-    ``lo[j]..`` of ``src`` (whole rows at a time, so the inner loop runs
-    along a row)."""
+def _line_pass(src, length, lo, cnt, off, coef, n_out, acc, dst, across):
+    """One Resample.c 8-bit pass: output line ``j`` (of ``n_out``) is
+    ``clip8((2**21 + sum_k src[lo[j] + k, :length] * w_jk) >> 22)``, written to
+    ``dst[j, :length]``, or ``dst[:length, j]`` when ``across``. Whole lines of
+    ``src`` at a time, so the inner loop runs along a line. The sums are exact
+    in any order and grouping: int32 arithmetic wraps modulo 2**32 and every
+    result (as every partial sum of Resample.c's int32 loop) is an integer
+    under 2**31."""
     for j in range(n_out):
         a = lo[j]
         o = off[j]
+        n = cnt[j]
         for x in range(length):
             acc[x] = 1 << 21
-        for k in range(cnt[j]):
+        k = 0
+        while k + 4 <= n:  # four lines a time: a quarter of the passes over acc
+            c0 = coef[o + k]
+            c1 = coef[o + k + 1]
+            c2 = coef[o + k + 2]
+            c3 = coef[o + k + 3]
+            l0 = src[a + k]
+            l1 = src[a + k + 1]
+            l2 = src[a + k + 2]
+            l3 = src[a + k + 3]
+            for x in range(length):
+                acc[x] += l0[x] * c0 + l1[x] * c1 + l2[x] * c2 + l3[x] * c3
+            k += 4
+        while k < n:
             c = coef[o + k]
             line = src[a + k]
             for x in range(length):
                 acc[x] += line[x] * c
-        for x in range(length):
-            v = acc[x] >> 22
-            dst[j, x] = 0 if v < 0 else (255 if v > 255 else v)
+            k += 1
+        if across:
+            for x in range(length):  # clipped in place (vectorised), then scattered
+                v = acc[x] >> 22
+                acc[x] = 0 if v < 0 else (255 if v > 255 else v)
+            for x in range(length):
+                dst[x, j] = acc[x]
+        else:
+            for x in range(length):
+                v = acc[x] >> 22
+                dst[j, x] = 0 if v < 0 else (255 if v > 255 else v)
+
+
+def _pad(n):
+    """``n`` rounded up to a multiple of 8: the line passes run whole vectors
+    (their buffers have the room; the extra lanes are never read back)."""
+    return (n + 7) // 8 * 8
 
 
 def _resize(src, ch, cw, th, tw, vfirst, hp, vp, p_first, lo, cnt, off, coef, acc, tmp, dst):
     """Lanczos-resize a crop into ``dst[:th, :tw]``, as Pillow (int32 arrays).
 
     Horizontal first: ``src[:cw, :ch]`` holds the crop transposed; else
-    ``src[:ch, :cw]`` holds it as is. The first pass, over the whole crop,
-    runs along rows (:func:`_line_pass`); the second, on at most 20 lines,
-    is :func:`_dot_pass`. ``hp``/``vp``: the weight tables of the
-    horizontal (cw -> tw) and vertical (ch -> th) passes: table ``p``
-    covers the outputs ``p_first[p]..`` of ``lo`` (first input), ``cnt``
-    (inputs), ``off`` (where its weights start in ``coef``).
+    ``src[:ch, :cw]`` holds it as is. Both passes are :func:`_line_pass`
+    (the first writes its lines across ``tmp``, so the second reads lines
+    too); lines are padded to whole vectors (:func:`_pad`), so every buffer
+    is ``_pad`` of its side. ``hp``/``vp``: the weight tables of the horizontal (cw -> tw) and
+    vertical (ch -> th) passes: table ``p`` covers the outputs
+    ``p_first[p]..`` of ``lo`` (first input), ``cnt`` (inputs), ``off``
+    (where its weights start in ``coef``).
     """
     hf = p_first[hp]
     vf = p_first[vp]
     if vfirst:
-        _line_pass(src, cw, lo[vf:], cnt[vf:], off[vf:], coef, th, acc, tmp)  # tmp[:th, :cw]
-        _dot_pass(tmp, th, lo[hf:], cnt[hf:], off[hf:], coef, tw, dst)
+        _line_pass(src, _pad(cw), lo[vf:], cnt[vf:], off[vf:], coef, th, acc, tmp, True)  # tmp[:cw, :th]
+        _line_pass(tmp, _pad(th), lo[hf:], cnt[hf:], off[hf:], coef, tw, acc, dst, True)  # dst[:th, :tw]
     else:
-        _line_pass(src, ch, lo[hf:], cnt[hf:], off[hf:], coef, tw, acc, tmp)  # tmp[:tw, :ch]
-        _dot_pass(tmp, tw, lo[vf:], cnt[vf:], off[vf:], coef, th, dst.T)  # dst[:th, :tw]
+        _line_pass(src, _pad(ch), lo[hf:], cnt[hf:], off[hf:], coef, tw, acc, tmp, True)  # tmp[:ch, :tw]
+        _line_pass(tmp, _pad(tw), lo[vf:], cnt[vf:], off[vf:], coef, th, acc, dst, False)  # dst[:th, :tw]
 
 
-def _fit(grey, info, hpair, vpair, vfirst_rule, p_first, lo, cnt, off, coef, out):
-    """Resize and centre every OURS image of ``grey`` into ``out`` (G, 28, 28) uint8."""
+def _fit(grey, info, pair_of, vfirst_rule, p_first, lo, cnt, off, coef, out):
+    """Stretch, resize and centre every OURS image of ``grey`` (raw, see
+    :func:`_measure`) into ``out`` (G, 28, 28) uint8; ``pair_of[n, m]``: the
+    weight table of the resize of ``n`` pixels to ``m`` (:data:`.lanczos.TABLES`)."""
     g, h, w = grey.shape
-    side = max(h, w, BOX)
-    src = np.empty((side, side), np.int32)
-    tmp = np.empty((side, side), np.int32)
-    acc = np.empty(side, np.int32)
-    dst = np.empty((BOX, BOX), np.int32)
+    side = _pad(max(h, w, BOX))
+    src = np.zeros((side, side), np.int32)
+    tmp = np.zeros((side, side), np.int32)
+    acc = np.zeros(side, np.int32)
+    dst = np.zeros((side, side), np.int32)
+    lut = np.empty(256, np.int32)
     for i in range(g):
         if info[i, _STATUS] != OURS:
             continue
@@ -291,20 +333,40 @@ def _fit(grey, info, hpair, vpair, vfirst_rule, p_first, lo, cnt, off, coef, out
         cw = info[i, _CW]
         th = info[i, _TH]
         tw = info[i, _TW]
+        flip = 255 if info[i, _INV] else 0
+        # raw value -> inverted (or not), paper removed, contrast stretched (as numpy's rint)
+        for v in range(256):
+            d = (v ^ flip) - paper
+            lut[v] = np.int32(np.rint((d if d > 0 else 0) * gain))
         vfirst = vfirst_rule and (ch - th) > 0 and (ch - th) > (cw - tw) * 2
         img = grey[i]
-        for y in range(ch):
-            for x in range(cw):
-                v = int(img[top + y, left + x]) - paper
-                if v < 0:
-                    v = 0
-                px = np.int32(np.rint(v * gain))  # the contrast stretch, as numpy's
-                if vfirst:
-                    src[y, x] = px
-                else:
-                    src[x, y] = px
-        _resize(src, ch, cw, th, tw, vfirst, hpair[i], vpair[i], p_first, lo, cnt, off, coef,
-                acc, tmp, dst)
+        if vfirst:
+            for y in range(ch):
+                row = img[top + y, left:left + cw]
+                line = src[y]
+                for x in range(cw):
+                    line[x] = lut[row[x]]
+        else:  # transposed, four rows at a time (four adjacent stores per column)
+            y = 0
+            while y + 4 <= ch:
+                r0 = img[top + y, left:left + cw]
+                r1 = img[top + y + 1, left:left + cw]
+                r2 = img[top + y + 2, left:left + cw]
+                r3 = img[top + y + 3, left:left + cw]
+                for x in range(cw):
+                    line = src[x]
+                    line[y] = lut[r0[x]]
+                    line[y + 1] = lut[r1[x]]
+                    line[y + 2] = lut[r2[x]]
+                    line[y + 3] = lut[r3[x]]
+                y += 4
+            while y < ch:
+                row = img[top + y, left:left + cw]
+                for x in range(cw):
+                    src[x, y] = lut[row[x]]
+                y += 1
+        _resize(src, ch, cw, th, tw, vfirst, pair_of[cw, tw], pair_of[ch, th], p_first, lo, cnt,
+                off, coef, acc, tmp, dst)
         _paste(dst, th, tw, out[i])
 
 
@@ -334,84 +396,37 @@ def _paste(dst, th, tw, field):
             field[top + y, left + x] = dst[y, x]
 
 
-# --- the weight tables ------------------------------------------------------------------
-
-
-@functools.cache
-def _band(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per output pixel: first input, number of inputs, and their integer
-    weights (the nonzero span of :func:`.lanczos.weights`' column)."""
-    m = lanczos.weights(in_size, out_size)
-    lo = np.zeros(out_size, np.int64)
-    cnt = np.zeros(out_size, np.int64)
-    parts = []
-    for j in range(out_size):
-        nz = np.flatnonzero(m[:, j])
-        if nz.size:
-            lo[j], cnt[j] = nz[0], nz[-1] - nz[0] + 1
-            parts.append(m[nz[0]:nz[-1] + 1, j].astype(np.int64))
-    coef = np.concatenate(parts).astype(np.int32) if parts else np.zeros(0, np.int32)
-    return lo, cnt, coef
-
-
-def _tables(pairs: list[tuple[int, int]]):
-    """The bands of ``pairs`` as flat arrays (see :func:`_resize`)."""
-    p_first = np.zeros(len(pairs), np.int64)
-    los, cnts, offs, coefs = [], [], [], []
-    n_out = n_coef = 0
-    for p, (a, b) in enumerate(pairs):
-        lo, cnt, coef = _band(a, b)
-        p_first[p] = n_out
-        los.append(lo)
-        cnts.append(cnt)
-        offs.append(n_coef + np.concatenate([[0], np.cumsum(cnt)[:-1]]).astype(np.int64))
-        coefs.append(coef)
-        n_out += b
-        n_coef += coef.size
-    return (p_first, np.concatenate(los), np.concatenate(cnts), np.concatenate(offs),
-            np.concatenate(coefs))
-
-
-def _pair_ids(ins: np.ndarray, outs: np.ndarray, pairs: dict) -> np.ndarray:
-    ids = np.zeros(ins.size, np.int64)
-    for k, key in enumerate(zip(ins.tolist(), outs.tolist())):
-        ids[k] = pairs.setdefault(key, len(pairs))
-    return ids
-
-
 # --- the entry point ---------------------------------------------------------------------
 
 
-def fit(grey: np.ndarray, edge: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(When :func:`ready`.) Crop, stretch, resize and centre ``grey`` (G, h, w) uint8, ink light;
-    ``edge`` its frame (:func:`.normalise.frame`), ink light too.
+def fit(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(When :func:`ready`.) Normalise ``stack`` (G, h, w) uint8 raw grey images of
+    one size (not 28x28), ink light or dark: polarity, crop, stretch, resize
+    and centre, one compiled pass per image.
 
     Returns ``(out, info)``: ``out`` (G, 28, 28) uint8 holds every digit but
     those Pillow must resize (``info[:, 0] == PILLOW``, all zeros in ``out``);
-    for those, ``info`` holds paper, peak, top, left, ch, cw, th and tw in
-    columns 1..8.
+    ``info[:, INVERTED]`` is 1 where the image was inverted (dark ink on
+    light paper); for the PILLOW ones, ``info`` holds paper, peak, top, left,
+    ch, cw, th and tw (of the inverted image) in columns 1..8.
     """
-    if not _loaded.is_set():
+    if not LOADER.loaded.is_set():
         raise RuntimeError("fitjit.fit called before the kernels are loaded (see ready())")
-    return _fit_compiled(grey, edge)
+    return _fit_compiled(stack)
 
 
-def _fit_compiled(grey: np.ndarray, edge: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    g = grey.shape[0]
-    grey = np.ascontiguousarray(grey)
-    edge = np.ascontiguousarray(edge)
+def _fit_compiled(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    g, h, w = stack.shape
+    stack = np.ascontiguousarray(stack)
     info = np.zeros((g, INFO_COLUMNS), np.int64)
     out = np.zeros((g, SIZE, SIZE), np.uint8)
-    _measure(grey, edge, info)
+    _measure(stack, stack.reshape(g, h * w), info)
     ours = info[:, _STATUS] == OURS
     if ours.any():
-        pairs: dict[tuple[int, int], int] = {}
-        hpair = np.zeros(g, np.int64)
-        vpair = np.zeros(g, np.int64)
-        hpair[ours] = _pair_ids(info[ours, _CW], info[ours, _TW], pairs)
-        vpair[ours] = _pair_ids(info[ours, _CH], info[ours, _TH], pairs)
-        tables = _tables(list(pairs))
-        _fit(grey, info, hpair, vpair, lanczos.vertical_first_rule(), *tables, out)
+        sel = info[ours]
+        tables = lanczos.TABLES.ensure(np.concatenate([sel[:, _CW], sel[:, _CH]]),
+                                np.concatenate([sel[:, _TW], sel[:, _TH]]))
+        _fit(stack, info, tables[0], lanczos.vertical_first_rule(), *tables[1:], out)
     return out, info
 
 
@@ -419,12 +434,16 @@ def resize(img: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     """The compiled Lanczos resize of one uint8 image (for tests): ``(out_h, out_w)`` uint8."""
     load()
     h, w = img.shape
-    p_first, lo, cnt, off, coef = _tables([(w, out_w), (h, out_h)])
-    side = max(h, w, out_h, out_w)
-    tmp = np.empty((side, side), np.int32)
-    acc = np.empty(side, np.int32)
-    dst = np.empty((out_h, out_w), np.int32)
+    p_first, lo, cnt, off, coef = lanczos.band_tables([(w, out_w), (h, out_h)])
+    side = int(_pad(max(h, w, out_h, out_w)))
+    tmp = np.zeros((side, side), np.int32)
+    acc = np.zeros(side, np.int32)
+    dst = np.zeros((side, side), np.int32)
     vfirst = lanczos.vertical_first_rule() and (h - out_h) > 0 and (h - out_h) > (w - out_w) * 2
-    src = np.ascontiguousarray(img if vfirst else img.T, dtype=np.int32)
+    src = np.zeros((side, side), np.int32)
+    if vfirst:
+        src[:h, :w] = img
+    else:
+        src[:w, :h] = img.T
     _resize(src, h, w, out_h, out_w, vfirst, 0, 1, p_first, lo, cnt, off, coef, acc, tmp, dst)
-    return dst.astype(np.uint8)
+    return dst[:out_h, :out_w].astype(np.uint8)

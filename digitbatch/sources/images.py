@@ -33,7 +33,7 @@ from .archive import CONTAINER_KINDS, detect_image_source, iter_members
 from .base import Batch, Reject, label_array
 from .decoders import MAX_PIXELS, MAX_SIDE, decode_grey, fast_enabled, grey
 from .members import DEFAULT_MAX_MEMBER_BYTES, IMAGE_EXTENSIONS, Member
-from .normalise import normalise, polarity_and_size
+from .normalise import normalise, normalise_flagged
 
 __all__ = [
     "DEFAULT_MAX_MEMBER_BYTES",
@@ -105,8 +105,9 @@ def decode_stream(items: Iterable[tuple[T, bytes]], *, note=None
     at most :data:`PENDING_PIXELS` grey pixels, which bounds the memory of
     large scans. The caller sets the warning filters (see :func:`decode_batch`).
     ``note(tag, inverted, resized)``, optional, is told for each decoded
-    image whether normalisation inverts it and resizes it
-    (:func:`~digitbatch.sources.normalise.polarity_and_size`).
+    image whether normalisation inverted it and resized it
+    (:func:`~digitbatch.sources.normalise.normalise_flagged`), when its
+    block is normalised, just before its digit is yielded.
     """
     fast = fast_enabled()
     pending: list[tuple[T, np.ndarray | str]] = []
@@ -116,20 +117,29 @@ def decode_stream(items: Iterable[tuple[T, bytes]], *, note=None
         out = decode_grey(data, fast=fast)
         pending.append((tag, out))
         if not isinstance(out, str):
-            if note is not None:
-                note(tag, *polarity_and_size(out))
             greys.append(out)
             pixels += out.size
             if pixels >= PENDING_PIXELS:
-                yield from _normalised(pending, greys)
+                yield from _normalised(pending, greys, note)
                 pending, greys, pixels = [], [], 0
-    yield from _normalised(pending, greys)
+    yield from _normalised(pending, greys, note)
 
 
-def _normalised(pending: list, greys: list[np.ndarray]) -> Iterator:
-    digits = iter(normalise(greys)) if greys else iter(())
+def _normalised(pending: list, greys: list[np.ndarray], note) -> Iterator:
+    """The block's results in order; ``note`` told each decoded image's flags
+    (computed with the block, from the frames normalisation reads anyway)."""
+    if greys:
+        digits, flags = normalise_flagged(greys)
+        flags = flags.tolist()
+    k = 0
     for tag, out in pending:
-        yield tag, out if isinstance(out, str) else next(digits)
+        if isinstance(out, str):
+            yield tag, out
+            continue
+        if note is not None:
+            note(tag, *flags[k])
+        yield tag, digits[k]
+        k += 1
 
 
 def decode_one(data: bytes) -> np.ndarray | str:

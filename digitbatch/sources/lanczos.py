@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 
 import numpy as np
 
@@ -37,6 +38,7 @@ _ONE = float(1 << PRECISION_BITS)
 _HALF = float(1 << (PRECISION_BITS - 1))
 _SUPPORT = 3.0  # Lanczos-3
 REDUCING_GAP = 3.0  # what normalisation passes to Image.resize
+_MAX_OUT = 20  # the longest side normalisation resizes to (the tables' second index)
 
 
 def _sinc(x: float) -> float:
@@ -171,3 +173,75 @@ def resize_group(crops: np.ndarray, in_sizes: np.ndarray, out_sizes: np.ndarray,
     out[hf] = _clip8(np.matmul(wy[hf], _clip8(np.matmul(crops[hf], wx[hf]))))
     out[vf] = _clip8(np.matmul(_clip8(np.matmul(wy[vf], crops[vf])), wx[vf]))
     return out
+
+
+# --- integer band tables (for the compiled resize of .fitjit) ---------------------------
+
+
+@functools.cache
+def band(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per output pixel: first input, number of inputs, and their integer
+    weights (the nonzero span of :func:`.lanczos.weights`' column)."""
+    m = weights(in_size, out_size)
+    lo = np.zeros(out_size, np.int64)
+    cnt = np.zeros(out_size, np.int64)
+    parts = []
+    for j in range(out_size):
+        nz = np.flatnonzero(m[:, j])
+        if nz.size:
+            lo[j], cnt[j] = nz[0], nz[-1] - nz[0] + 1
+            parts.append(m[nz[0]:nz[-1] + 1, j].astype(np.int64))
+    coef = np.concatenate(parts).astype(np.int32) if parts else np.zeros(0, np.int32)
+    return lo, cnt, coef
+
+
+class BandTables:
+    """The weight tables of every resize seen so far by this process, as flat
+    arrays (as the compiled resize of :mod:`.fitjit` reads them), and ``pair_of[n, m]``: the table of ``n -> m``
+    pixels (-1: not built yet)."""
+
+    def __init__(self):
+        self.pairs: list[tuple[int, int]] = []
+        self.pair_of = np.full((1, _MAX_OUT + 1), -1, np.int64)
+        self.flat = (np.zeros(0, np.int64),) * 4 + (np.zeros(0, np.int32),)
+        self.lock = threading.Lock()
+
+    def ensure(self, ins: np.ndarray, outs: np.ndarray):
+        """``(pair_of, p_first, lo, cnt, off, coef)`` covering every ``ins[k] -> outs[k]``."""
+        with self.lock:
+            top = int(ins.max()) if ins.size else 0
+            if top >= self.pair_of.shape[0]:
+                grown = np.full((max(top + 1, 2 * self.pair_of.shape[0]), _MAX_OUT + 1), -1, np.int64)
+                grown[:self.pair_of.shape[0]] = self.pair_of
+                self.pair_of = grown
+            missing = self.pair_of[ins, outs] < 0
+            if missing.any():
+                keys = np.unique(ins[missing] * (_MAX_OUT + 1) + outs[missing])
+                for key in keys.tolist():
+                    a, b = divmod(key, _MAX_OUT + 1)
+                    self.pair_of[a, b] = len(self.pairs)
+                    self.pairs.append((a, b))
+                self.flat = band_tables(self.pairs)
+            return (self.pair_of, *self.flat)
+
+
+def band_tables(pairs: list[tuple[int, int]]):
+    """The bands of ``pairs`` as flat arrays (as the compiled resize of :mod:`.fitjit` reads them)."""
+    p_first = np.zeros(len(pairs), np.int64)
+    los, cnts, offs, coefs = [], [], [], []
+    n_out = n_coef = 0
+    for p, (a, b) in enumerate(pairs):
+        lo, cnt, coef = band(a, b)
+        p_first[p] = n_out
+        los.append(lo)
+        cnts.append(cnt)
+        offs.append(n_coef + np.concatenate([[0], np.cumsum(cnt)[:-1]]).astype(np.int64))
+        coefs.append(coef)
+        n_out += b
+        n_coef += coef.size
+    return (p_first, np.concatenate(los), np.concatenate(cnts), np.concatenate(offs),
+            np.concatenate(coefs))
+
+
+# this process's tables, shared by its threads
+TABLES = BandTables()

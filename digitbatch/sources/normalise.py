@@ -10,13 +10,18 @@ into a 28x28 field with its centre of mass at (14, 14); an image without
 ink becomes all zeros.
 
 This module does that for many images at once: images are grouped by
-size and each step is one numpy operation over a group, the Lanczos
-resize included (:mod:`.lanczos`, bit-identical to Pillow's). The few
-digits whose ink box is 6x or more larger than 20 px (which Pillow
-box-reduces before resampling) are resized by Pillow itself. The result
-is bit-identical to normalising each image alone (tests/test_sources_normalise.py
-compares it with the single-image reference on a corpus of modes, sizes,
-polarities and alpha cases).
+size. A group of 28x28 images is one copy (the stack), its frames read
+through a fixed index and the inversion one xor in place. Other sizes go
+to the compiled kernels of :mod:`.fitjit` once they are loaded (one
+compiled pass per image), and until then each step is one numpy operation
+over the group, the Lanczos resize included (:mod:`.lanczos`,
+bit-identical to Pillow's). The few digits whose ink box is 6x or more
+larger than 20 px (which Pillow box-reduces before resampling) are resized
+by Pillow itself. :func:`normalise_flagged` also tells, per image, whether
+it was inverted and resized (the drift flags of scoring), from the same
+frames. The result is bit-identical to normalising each image alone
+(tests/test_sources_normalise.py compares it with the single-image
+reference on a corpus of modes, sizes, polarities and alpha cases).
 """
 
 from __future__ import annotations
@@ -36,6 +41,10 @@ INK_THRESHOLD = 25  # ~10% of full ink: what counts for the bounding box
 # Images of one size are fitted this many pixels at a time, which bounds
 # the float64 work arrays (8 bytes a pixel, a few of them) whatever the batch.
 FIT_PIXELS = 2**20
+# Groups that need no float work arrays (28x28 images, and scans once the
+# compiled fit is in) are taken this many pixels at a time: the copy of
+# their stack is the only extra memory, and each part costs a few calls.
+STACK_PIXELS = 2**22
 # Crops are resized this many at a time, sorted by size.
 RUN = 64
 
@@ -53,16 +62,65 @@ def normalise(greys: list[np.ndarray]) -> np.ndarray:
     (N, 28, 28) uint8
         In input order, light ink on black.
     """
-    out = np.empty((len(greys), SIZE, SIZE), np.uint8)
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, g in enumerate(greys):
-        groups.setdefault(g.shape, []).append(i)
+    return normalise_flagged(greys)[0]
+
+
+def normalise_flagged(greys: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`normalise`, and ``(N, 2)`` bool: per image, whether it was inverted
+    (dark ink on light paper) and whether it was resized (not 28x28), as
+    :func:`polarity_and_size` tells for one image."""
+    n = len(greys)
+    flags = np.zeros((n, 2), bool)
+    shapes = {g.shape for g in greys}
+    if len(shapes) == 1:  # one size (the usual archive): no regrouping
+        (h, w), = shapes
+        step = _part_size(h, w)
+        if n <= step:
+            out = _normalise_part(greys, h, w, flags)
+            return out, flags
+        groups = {(h, w): list(range(n))}
+    else:
+        groups = {}
+        for i, g in enumerate(greys):
+            groups.setdefault(g.shape, []).append(i)
+    out = np.empty((n, SIZE, SIZE), np.uint8)
     for (h, w), idx in groups.items():
-        step = max(1, FIT_PIXELS // (h * w))
+        step = _part_size(h, w)
         for a in range(0, len(idx), step):
             part = idx[a:a + step]
-            stack = np.stack([greys[i] for i in part]) if len(part) > 1 else greys[part[0]][None]
-            out[part] = normalise_group(stack)
+            part_flags = np.zeros((len(part), 2), bool)
+            out[part] = _normalise_part([greys[i] for i in part], h, w, part_flags)
+            flags[part] = part_flags
+    return out, flags
+
+
+def _part_size(h: int, w: int) -> int:
+    """How many ``(h, w)`` images :func:`normalise_flagged` takes at a time."""
+    light = (h, w) == (SIZE, SIZE) or fitjit.ready()
+    return max(1, (STACK_PIXELS if light else FIT_PIXELS) // (h * w))
+
+
+def _normalise_part(greys: list[np.ndarray], h: int, w: int, flags: np.ndarray) -> np.ndarray:
+    """``(G, 28, 28)`` digits of ``G`` grey images of one size ``(h, w)``; fills
+    ``flags`` (G, 2)."""
+    stack = np.concatenate(greys).reshape(len(greys), h, w) if len(greys) > 1 else greys[0][None]
+    if (h, w) == (SIZE, SIZE):
+        # the fast path: one copy (the stack), the frame through an index, xor in place
+        edge = stack.reshape(len(greys), SIZE * SIZE)[:, _FRAME28]
+        invert = np.count_nonzero(edge > 127, axis=1) * 2 > _FRAME28.size
+        flags[:, 0] = invert
+        if len(greys) == 1:
+            stack = stack.copy()
+        np.bitwise_xor(stack, (invert.view(np.uint8) * np.uint8(255))[:, None, None], out=stack)
+        return stack
+    flags[:, 1] = True
+    if fitjit.ready(len(greys)):
+        out, info = fitjit.fit(stack)
+        flags[:, 0] = info[:, fitjit.INVERTED] != 0
+        _pillow_rest(stack, out, info)
+        return out
+    out, invert = normalise_group(stack, with_invert=True)
+    flags[:, 0] = invert
     return out
 
 
@@ -76,44 +134,43 @@ def frame(stack: np.ndarray) -> np.ndarray:
                            stack[:, k:-k, -k:].reshape(g, -1)], axis=1)
 
 
+# where the frame of a 28x28 image lies in its 784 pixels
+_FRAME28 = frame(np.arange(SIZE * SIZE).reshape(1, SIZE, SIZE))[0]
+
+
 def polarity_and_size(grey: np.ndarray) -> tuple[bool, bool]:
     """Whether :func:`normalise` inverts the 2-D grey image ``grey`` (dark ink on
-    light paper) and whether it resizes it (not 28x28): its frame only, cheap."""
+    light paper) and whether it resizes it (not 28x28): its frame only, cheap.
+    (:func:`normalise_flagged` tells both for a batch.)"""
     edge = frame(grey[None])[0]
     return bool(np.count_nonzero(edge > 127) * 2 > edge.size), grey.shape != (SIZE, SIZE)
 
 
-def normalise_group(stack: np.ndarray) -> np.ndarray:
-    """``(G, 28, 28)`` digits of ``G`` grey images of one size ``(G, h, w)`` uint8."""
+def normalise_group(stack: np.ndarray, *, with_invert: bool = False):
+    """``(G, 28, 28)`` digits of ``G`` grey images of one size ``(G, h, w)`` uint8,
+    in numpy (and, ``with_invert``, which of them were inverted)."""
     edge = frame(stack)
     invert = np.count_nonzero(edge > 127, axis=1) * 2 > edge.shape[1]
     flip = np.where(invert, 255, 0).astype(np.uint8)  # 255 - x is x ^ 255 in uint8
     grey = stack ^ flip[:, None, None]
-    if stack.shape[1:] == (SIZE, SIZE):
-        return grey
-    edge ^= flip[:, None]
-    return fit(grey, edge)
+    if stack.shape[1:] != (SIZE, SIZE):
+        edge ^= flip[:, None]
+        grey = fit_numpy(grey, edge)
+    return (grey, invert) if with_invert else grey
 
 
-def fit(grey: np.ndarray, edge: np.ndarray) -> np.ndarray:
-    """Crop to the ink, fit to 20 px, centre the mass in 28x28 (as MNIST).
-
-    ``grey``: ``(G, h, w)`` uint8, ink light; ``edge``: its :func:`frame`.
-    Compiled (:mod:`.fitjit`) once its kernels are loaded, else in numpy
-    (:func:`fit_numpy`); the bytes are the same.
-    """
-    if not fitjit.ready(grey.shape[0]):
-        return fit_numpy(grey, edge)
-    out, info = fitjit.fit(grey, edge)
+def _pillow_rest(stack: np.ndarray, out: np.ndarray, info: np.ndarray) -> None:
+    """The digits the compiled fit left to Pillow (box-reduced before resampling)."""
     rest = np.flatnonzero(info[:, 0] == fitjit.PILLOW)
-    if rest.size:
-        paper, peak, top, left, ch, cw, th, tw = info[rest, 1:].T
-        digits = np.zeros((rest.size, BOX, BOX), np.uint8)
-        for k, j in enumerate(rest.tolist()):
-            _pillow_resize(grey[j], int(paper[k]), int(peak[k]), int(top[k]), int(left[k]),
-                           int(ch[k]), int(cw[k]), int(th[k]), int(tw[k]), digits[k])
-        _centre(digits, th, tw, out, rest)
-    return out
+    if not rest.size:
+        return
+    paper, peak, top, left, ch, cw, th, tw = info[rest, 1:9].T
+    digits = np.zeros((rest.size, BOX, BOX), np.uint8)
+    for k, j in enumerate(rest.tolist()):
+        img = stack[j] ^ np.uint8(255) if info[j, fitjit.INVERTED] else stack[j]
+        _pillow_resize(img, int(paper[k]), int(peak[k]), int(top[k]), int(left[k]),
+                       int(ch[k]), int(cw[k]), int(th[k]), int(tw[k]), digits[k])
+    _centre(digits, th, tw, out, rest)
 
 
 def _pillow_resize(img: np.ndarray, paper: int, peak: int, top: int, left: int, ch: int,
