@@ -11,7 +11,7 @@ import pytest
 from digitbatch.errors import ArchiveError
 from digitbatch.sources import refs
 from digitbatch.sources.base import MemberRef
-from digitbatch.sources.headers import PNG_REFUSED, PNG_SIGNATURE, png_header
+from digitbatch.sources.headers import PNG_REFUSED, png_header
 from digitbatch.sources.members import Member
 from digitbatch.sources.refs import iter_refs, read_refs
 
