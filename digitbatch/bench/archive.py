@@ -155,7 +155,7 @@ def member_profile(path: Path, model_path: Path, limit: int = 20_000) -> dict[st
     from ..sources import fitjit
     from ..sources.decoders import decode_grey
     from ..sources.listing import list_archive, pack, read_entries, unpack
-    from ..sources.normalise import normalise
+    from ..sources.normalise import normalise_flagged
 
     if fitjit.available():
         fitjit.load()
@@ -182,7 +182,7 @@ def member_profile(path: Path, model_path: Path, limit: int = 20_000) -> dict[st
             t2 = clock()
             greys = [decode_grey(m.data) for m in items]
             t3 = clock()
-            images = normalise(greys)
+            images, _ = normalise_flagged(greys)  # (the drift flags, as scoring takes them)
             t4 = clock()
             pred, margin, _ = deterministic_scores(model, images, proba=False)
             t5 = clock()
