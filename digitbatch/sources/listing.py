@@ -23,6 +23,8 @@ scheduler, and walked one by one by Dask looking for futures.
 from __future__ import annotations
 
 import hashlib
+import itertools
+import operator
 import os
 import pickle
 from collections.abc import Iterable, Iterator
@@ -30,18 +32,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .archive import iter_members
-from .base import Batch, MemberRef, Reject
+from .base import Batch, MemberRef, Reject, member_refs
 from .images import decode_batch
 from .members import Member
-from .refs import iter_refs, read_refs, seekable_kind, stream_refs
+from .refs import iter_ref_batches, read_refs, seekable_kind, stream_refs
 
 __all__ = ["Entry", "Listing", "decode_packed", "fingerprint", "iter_entries", "list_archive",
-           "pack", "read_entries", "unique_keys", "unpack"]
+           "pack", "read_entries", "unique_key_batches", "unique_keys", "unpack"]
 
 Entry = MemberRef | Member | Reject
 
-# pack's tags, one per entry kind
+# pack's forms (references only, or any entries) and tags (one per entry kind)
+_REFS, _MIXED = "refs", "mixed"
 _REF, _MEMBER, _REJECT = 0, 1, 2
+_KEY = operator.attrgetter("key")
+_REF_FIELDS = tuple(map(operator.attrgetter, ("key", "offset", "size", "name")))
 
 
 def iter_entries(path: Path, kind: str, *, limit: int, seekable: bool,
@@ -49,11 +54,20 @@ def iter_entries(path: Path, kind: str, *, limit: int, seekable: bool,
     """The entries of ``path`` in source order, keys unique: references where
     ``seekable`` (or, with ``by_ordinal``, a compressed tar's members by
     ordinal), else members with their bytes (at most ``limit`` bytes each)."""
+    return itertools.chain.from_iterable(_entry_batches(path, kind, limit=limit, seekable=seekable,
+                                                        by_ordinal=by_ordinal))
+
+
+def _entry_batches(path: Path, kind: str, *, limit: int, seekable: bool,
+                   by_ordinal: bool) -> Iterator[list[Entry]]:
+    """:func:`iter_entries` as lists of entries."""
     if seekable:
-        return unique_keys(iter_refs(path, kind, limit=limit))
+        return unique_key_batches(iter_ref_batches(path, kind, limit=limit))
     if by_ordinal and kind == "tar":
-        return unique_keys(stream_refs(path, limit))
-    return unique_keys(iter_members(path, kind=kind, max_member_bytes=limit))
+        items = stream_refs(path, limit)
+    else:
+        items = iter_members(path, kind=kind, max_member_bytes=limit)
+    return ([e] for e in unique_keys(items))
 
 
 def unique_keys(entries: Iterable[Entry]) -> Iterator[Entry]:
@@ -62,9 +76,33 @@ def unique_keys(entries: Iterable[Entry]) -> Iterator[Entry]:
     for i, e in enumerate(entries):
         at = first.setdefault(e.key, i)
         if at != i:
-            e = Reject(e.key, f"duplicate-key: member {i + 1} has the name of member {at + 1}, "
-                              f"which keeps the key")
+            e = _duplicate(e.key, i, at)
         yield e
+
+
+def unique_key_batches(batches: Iterable[list[Entry]]) -> Iterator[list[Entry]]:
+    """:func:`unique_keys` over lists of entries: a list whose keys are new
+    and distinct (the usual case) is passed on as it is."""
+    first: dict[str, int] = {}
+    i = 0
+    for batch in batches:
+        keys = list(map(_KEY, batch))
+        new = dict(zip(keys, range(i, i + len(keys))))
+        if len(new) == len(keys) and first.keys().isdisjoint(new.keys()):
+            first.update(new)
+        else:
+            batch = list(batch)
+            for j, key in enumerate(keys, i):
+                at = first.setdefault(key, j)
+                if at != j:
+                    batch[j - i] = _duplicate(key, j, at)
+        i += len(keys)
+        yield batch
+
+
+def _duplicate(key: str, i: int, at: int) -> Reject:
+    return Reject(key, f"duplicate-key: member {i + 1} has the name of member {at + 1}, "
+                       f"which keeps the key")
 
 
 @dataclass(frozen=True)
@@ -95,8 +133,10 @@ def list_archive(path: Path, kind: str, *, limit: int, identity: str | None = No
         st = os.stat(path)
         stamp = f"{st.st_size}:{st.st_mtime_ns}"
     # a compressed tar by ordinal: its bytes are read by the tasks, not held here
-    entries = list(iter_entries(path, kind, limit=limit, seekable=seekable,
-                                by_ordinal=identity is None))
+    entries: list[Entry] = []
+    for batch in _entry_batches(path, kind, limit=limit, seekable=seekable,
+                                by_ordinal=identity is None):
+        entries += batch
     return Listing(path, kind, seekable, entries, fingerprint(path, entries, identity=stamp),
                    identity)
 
@@ -110,13 +150,25 @@ def fingerprint(path: Path, entries: Iterable[Entry], identity: str | None = Non
         st = os.stat(path)
         identity = f"{st.st_size}:{st.st_mtime_ns}"
     h = hashlib.sha256(f"{identity}:".encode())
-    for e in entries:
-        h.update(e.key.encode("utf-8", "surrogateescape") + b"\n")
+    keys = list(map(_KEY, entries))
+    if keys:  # each key and a newline (one update: the same digest as one per key)
+        keys.append("")
+        h.update("\n".join(keys).encode("utf-8", "surrogateescape"))
     return "archive-sha256:" + h.hexdigest()
 
 
 def pack(entries: Iterable[Entry]) -> bytes:
-    """``entries`` as one opaque blob for a task (see the module docstring)."""
+    """``entries`` as one opaque blob for a task (see the module docstring).
+
+    Columns, not objects: a task of references only (the usual case) is
+    its keys, offsets and sizes and the stored names that differ from keys.
+    """
+    entries = list(entries)
+    if set(map(type, entries)) <= {MemberRef}:
+        keys, offsets, sizes, stored = (list(map(get, entries)) for get in _REF_FIELDS)
+        names = ({} if stored.count(None) == len(stored)
+                 else {i: name for i, name in enumerate(stored) if name is not None})
+        return pickle.dumps((_REFS, keys, offsets, sizes, names), protocol=pickle.HIGHEST_PROTOCOL)
     tags, keys, a, b = [], [], [], []
     names: dict[int, str] = {}  # a reference's stored name, where its key escapes it
     for i, e in enumerate(entries):
@@ -129,14 +181,19 @@ def pack(entries: Iterable[Entry]) -> bytes:
             tags.append(_MEMBER), a.append(e.data), b.append(e.folder_label)
         else:
             tags.append(_REJECT), a.append(e.reason), b.append(None)
-    return pickle.dumps((tags, keys, a, b, names), protocol=pickle.HIGHEST_PROTOCOL)
+    return pickle.dumps((_MIXED, tags, keys, a, b, names), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def unpack(packed: bytes) -> list[Entry]:
     """The entries of :func:`pack` (a blob our own client made for the task)."""
-    tags, keys, a, b, names = pickle.loads(packed)
-    make = {_REF: MemberRef, _MEMBER: Member, _REJECT: lambda k, r, _: Reject(k, r)}
-    out = [make[t](k, x, y) for t, k, x, y in zip(tags, keys, a, b)]
+    form, *columns = pickle.loads(packed)
+    if form == _REFS:
+        keys, offsets, sizes, names = columns
+        out: list[Entry] = member_refs(keys, offsets, sizes)
+    else:
+        tags, keys, a, b, names = columns
+        make = {_REF: MemberRef, _MEMBER: Member, _REJECT: lambda k, r, _: Reject(k, r)}
+        out = [make[t](k, x, y) for t, k, x, y in zip(tags, keys, a, b)]
     for i, name in names.items():
         out[i] = MemberRef(out[i].key, out[i].offset, out[i].size, name)
     return out
