@@ -307,12 +307,21 @@ def _octal(fields: np.ndarray, digits: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _sizes(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Every block's size field read as a header's: ``(ok, value)``; a 12-digit
-    field (no terminator) counts too."""
-    ok, value = _octal(blocks[:, 124:136], 11)
-    d = blocks[:, 124:136]
+    field (no terminator) counts too. Only blocks whose field starts with a
+    digit and ends with a digit, NUL or space are parsed (in a window of
+    member data few do)."""
+    first, last = blocks[:, 124], blocks[:, 135]
+    maybe = np.flatnonzero((first >= 48) & (first <= 55) & (
+        (last == 0) | (last == 32) | ((last >= 48) & (last <= 55))))
+    d = blocks[maybe, 124:136]
+    ok11, value = _octal(d, 11)
     twelve = ((d >= 48) & (d <= 55)).all(axis=1)
     value = np.where(twelve, value * 8 + d[:, 11].astype(np.int64) - 48, value)
-    return ok | twelve, value
+    ok = np.zeros(len(blocks), bool)
+    ok[maybe] = ok11 | twelve
+    size = np.zeros(len(blocks), np.int64)
+    size[maybe] = value
+    return ok, size
 
 
 def _checksums(heads: np.ndarray) -> np.ndarray:
