@@ -278,3 +278,22 @@ def test_plain_names_never_passes_a_name_a_check_would_judge():
         name = odd.format(i=1)
         if members.check_name(name) != (name, None) or members.is_junk(name):
             assert not members.plain_names(f"0/1.png\x00{name}\x002/3.png\x00"), name
+
+
+def test_extended_headers_on_every_member_are_not_read_a_window_each(tmp_path, monkeypatch):
+    """After each pax header the scan reads a little first: the bytes it reads
+    stay proportional to the archive, not a whole window per member."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for i in range(300):
+            _add(tar, f"{i % 10}/{i:04d}.png", b"x" * 300, pax_headers={"atime": "1.5"})
+        for i in range(300, 2300):  # then a long run of plain headers
+            _add(tar, f"{i % 10}/{i:04d}.png", b"y" * 300)
+    p = tmp_path / "pax.tar"
+    p.write_bytes(buf.getvalue())
+    read = []
+    real = tarscan.os.pread
+    monkeypatch.setattr(tarscan.os, "pread", lambda fd, n, at: read.append(n) or real(fd, n, at))
+    got = _listed(p)
+    assert sum(read) < 4 * len(buf.getvalue())
+    assert got == _reference(p, monkeypatch) and len(got[0]) == 2300

@@ -81,21 +81,28 @@ def unique_keys(entries: Iterable[Entry]) -> Iterator[Entry]:
 
 
 def unique_key_batches(batches: Iterable[list[Entry]]) -> Iterator[list[Entry]]:
-    """:func:`unique_keys` over lists of entries: a list whose keys are new
-    and distinct (the usual case) is passed on as it is."""
-    first: dict[str, int] = {}
+    """:func:`unique_keys` over lists of entries: until a key comes again,
+    the keys are only counted into a set and every list is passed on as it is."""
+    seen: set[str] | None = set()
+    order: list[str] = []  # every key so far, while none came twice
+    first: dict[str, int] = {}  # where each key came first, from the first duplicate on
     i = 0
     for batch in batches:
         keys = list(map(_KEY, batch))
-        new = dict(zip(keys, range(i, i + len(keys))))
-        if len(new) == len(keys) and first.keys().isdisjoint(new.keys()):
-            first.update(new)
-        else:
-            batch = list(batch)
-            for j, key in enumerate(keys, i):
-                at = first.setdefault(key, j)
-                if at != j:
-                    batch[j - i] = _duplicate(key, j, at)
+        if seen is not None:
+            before = len(seen)
+            seen.update(keys)
+            if len(seen) == before + len(keys):
+                order += keys
+                i += len(keys)
+                yield batch
+                continue
+            first, seen, order = dict(zip(order, range(len(order)))), None, []
+        batch = list(batch)
+        for j, key in enumerate(keys, i):
+            at = first.setdefault(key, j)
+            if at != j:
+                batch[j - i] = _duplicate(key, j, at)
         i += len(keys)
         yield batch
 

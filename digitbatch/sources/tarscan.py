@@ -46,11 +46,18 @@ MAX_META_BYTES = 2**20
 # the member types the plain walks take (anything else goes to _careful_member)
 _PLAIN = frozenset(_REGULAR) | {b"5"} | set(_LINKS) | set(_SPECIAL)
 _ZERO = bytes(BLOCK)
-# the scan reads this much at a time (and one block when members are bigger)
+# the scan reads this much at a time (and one block when members are bigger;
+# from _SMALL on, growing, after the careful walk)
 WINDOW = 2**20
+_SMALL = 16 * BLOCK
+# the window walk's numpy pays from this many blocks on (or a whole WINDOW)
+_WALK_BLOCKS = 32
 
-_PLAIN_CODES = np.array(sorted(t[0] for t in _PLAIN), np.uint8)
-_REGULAR_CODES = np.array(sorted(t[0] for t in _REGULAR), np.uint8)
+# by type byte: is it a type the plain walks take, a regular file's
+_PLAIN_CODES = np.zeros(256, bool)
+_PLAIN_CODES[[t[0] for t in _PLAIN]] = True
+_REGULAR_CODES = np.zeros(256, bool)
+_REGULAR_CODES[[t[0] for t in _REGULAR]] = True
 _DIR_CODE = ord("5")
 _OCTAL_WEIGHTS = 8 ** np.arange(10, -1, -1, dtype=np.int64)  # 11 digits
 
@@ -67,9 +74,9 @@ def tar_ref_batches(path: Path, limit: int) -> Iterator[list[MemberRef | Reject]
     fd = os.open(path, os.O_RDONLY)
     try:
         end = os.fstat(fd).st_size
-        offset, n = 0, 0
+        offset, n, want = 0, 0, WINDOW
         while True:
-            offset, n = yield from _plain_headers(fd, end, offset, n, limit)
+            offset, n = yield from _plain_headers(fd, end, offset, n, limit, want)
             if offset is None:
                 return
             header, offset, n = _careful_member(fd, path, end, offset, n)
@@ -78,6 +85,9 @@ def tar_ref_batches(path: Path, limit: int) -> Iterator[list[MemberRef | Reject]
             entry = judge(*header, limit)
             if entry is not None:
                 yield [entry]
+            # (after an extended header the next is often one too: read a
+            # little first, not a whole window per member)
+            want = _SMALL
     finally:
         os.close(fd)
 
@@ -151,23 +161,24 @@ def _pax_path(data: bytes) -> tuple[str | None, int | None]:
     return path, size
 
 
-def _plain_headers(fd: int, end: int, offset: int, n: int, limit: int):
+def _plain_headers(fd: int, end: int, offset: int, n: int, limit: int, want: int):
     """The plain headers from ``offset`` on, judged (see the module docstring).
 
     Yields lists of entries; returns ``(offset, n)`` of the first header it
     leaves to the careful walk, or ``(None, n)`` at the end-of-archive
     block. Checksums are checked a window at a time (with numpy): only
     headers up to the first bad one are taken, and the careful walk then
-    reports it.
+    reports it. ``want``: how much to read first.
     """
-    want = WINDOW
+    want = min(want, WINDOW)
     while True:
         buf = os.pread(fd, want, offset)
         base = offset
-        taken, count, offset = _window_prefix(buf, base, end, limit)
-        if count:
-            n += count
-            yield taken
+        if len(buf) >= min(WINDOW, _WALK_BLOCKS * BLOCK):
+            taken, count, offset = _window_prefix(buf, base, end, limit)
+            if count:
+                n += count
+                yield taken
         found: list[tuple[str, bytes, int, int]] = []
         rows: list[int] = []
         stored: list[int] = []
@@ -216,7 +227,7 @@ def _plain_headers(fd: int, end: int, offset: int, n: int, limit: int):
             return None, n
         if status == "careful" or len(buf) < want:
             return offset, n  # (a window cut short by the end of the file: truncated)
-        want = BLOCK if offset - base > WINDOW else WINDOW
+        want = BLOCK if offset - base > WINDOW else min(WINDOW, 4 * want)
 
 
 def _checksums_ok(buf: bytes, rows: list[int], stored: list[int]) -> int:
@@ -332,7 +343,10 @@ def _checksums(heads: np.ndarray) -> np.ndarray:
     ok6 &= field[:, 6] == 0
     ok7, v7 = _octal(field, 7)
     stored = np.where(ok6, v6, v7)
-    sums = heads.sum(axis=1, dtype=np.int64) - field.sum(axis=1, dtype=np.int64) + 8 * 32
+    # (by halves: 256 bytes cannot overflow 16 bits, and 16-bit sums are quick)
+    sums = (heads[:, :256].sum(axis=1, dtype=np.uint16).astype(np.int64)
+            + heads[:, 256:].sum(axis=1, dtype=np.uint16)
+            - field.sum(axis=1, dtype=np.int64) + 8 * 32)
     return (ok6 | ok7) & (sums == stored)
 
 
@@ -360,7 +374,7 @@ def _window_prefix(buf: bytes, base: int, end: int, limit: int):
     sizes = size[h]
     data_at = base + (h + 1) * BLOCK
     following = data_at + (sizes + (BLOCK - 1)) // BLOCK * BLOCK
-    good = np.isin(heads[:, 156], _PLAIN_CODES) & _checksums(heads) & (following <= end)
+    good = _PLAIN_CODES[heads[:, 156]] & _checksums(heads) & (following <= end)
     if not good.all():
         k = int(np.argmin(good))
         if k == 0:
@@ -401,7 +415,7 @@ def _judge_run(heads: np.ndarray, data_at: np.ndarray, sizes: np.ndarray,
         prefix = bytes(heads[i, 345:500]).partition(b"\x00")[0]
         names[i] = prefix.decode("utf-8", "surrogateescape") + "/" + names[i]
     typs = heads[:, 156]
-    if (joined is not None and not prefixed and np.isin(typs, _REGULAR_CODES).all()
+    if (joined is not None and not prefixed and _REGULAR_CODES[typs].all()
             and int(sizes.max()) <= limit and members.plain_names(joined)):
         return member_refs(names, data_at.tolist(), sizes.tolist())
     out = []
