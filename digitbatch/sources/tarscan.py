@@ -304,45 +304,42 @@ def _careful_member(fd: int, path: Path, end: int, offset: int, n: int):
 # --- the window walk ----------------------------------------------------------
 
 
-def _octal(fields: np.ndarray, digits: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(ok, value)`` of numeric fields whose first ``digits`` bytes are octal
-    digits (at most 11) and the byte after them a NUL or space: the form tar
-    writers use, read as ``int(field up to its first NUL, 8)`` reads it."""
-    d = fields[:, :digits]
-    ok = ((d >= 48) & (d <= 55)).all(axis=1)
-    term = fields[:, digits]
-    ok &= (term == 0) | (term == 32)
-    value = (d.astype(np.int64) - 48) @ _OCTAL_WEIGHTS[11 - digits:]
-    return ok, value
+def _digits(fields: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each byte's value as an octal digit, and whether it is one."""
+    v = fields - np.uint8(48)
+    return v, v < 8
 
 
 def _sizes(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Every block's size field read as a header's: ``(ok, value)``; a 12-digit
-    field (no terminator) counts too. Only blocks whose field starts with a
-    digit and ends with a digit, NUL or space are parsed (in a window of
-    member data few do)."""
+    """Every block's size field read as a header's, as ``int(field up to its
+    first NUL, 8)`` reads it, where it has a usual form: ``(ok, value)``.
+    The usual forms: 11 octal digits and a NUL or space, or 12 digits. Only
+    blocks whose field starts with a digit and ends with a digit, NUL or
+    space are parsed (in a window of member data few do)."""
     first, last = blocks[:, 124], blocks[:, 135]
     maybe = np.flatnonzero((first >= 48) & (first <= 55) & (
         (last == 0) | (last == 32) | ((last >= 48) & (last <= 55))))
     d = blocks[maybe, 124:136]
-    ok11, value = _octal(d, 11)
-    twelve = ((d >= 48) & (d <= 55)).all(axis=1)
-    value = np.where(twelve, value * 8 + d[:, 11].astype(np.int64) - 48, value)
+    v, isd = _digits(d)
+    value = v[:, :11].astype(np.int64) @ _OCTAL_WEIGHTS
+    value = np.where(isd[:, 11], value * 8 + v[:, 11], value)
     ok = np.zeros(len(blocks), bool)
-    ok[maybe] = ok11 | twelve
+    ok[maybe] = isd[:, :11].all(axis=1) & ((d[:, 11] == 0) | (d[:, 11] == 32) | isd[:, 11])
     size = np.zeros(len(blocks), np.int64)
     size[maybe] = value
     return ok, size
 
 
 def _checksums(heads: np.ndarray) -> np.ndarray:
-    """True where a header's checksum field is in a usual form (6 digits and a
-    NUL, or 7 digits and a NUL or space) and matches its bytes."""
+    """True where a header's checksum field is in a usual form (6 octal digits
+    and a NUL, or 7 digits and a NUL or space) and matches its bytes."""
     field = heads[:, 148:156]
-    ok6, v6 = _octal(field, 6)
-    ok6 &= field[:, 6] == 0
-    ok7, v7 = _octal(field, 7)
-    stored = np.where(ok6, v6, v7)
+    v, isd = _digits(field)
+    six = isd[:, :6].all(axis=1)
+    ok6 = six & (field[:, 6] == 0)
+    ok7 = six & isd[:, 6] & ((field[:, 7] == 0) | (field[:, 7] == 32))
+    stored = v[:, :6].astype(np.int64) @ _OCTAL_WEIGHTS[5:]
+    stored = np.where(ok7, stored * 8 + v[:, 6], stored)
     # (by halves: 256 bytes cannot overflow 16 bits, and 16-bit sums are quick)
     sums = (heads[:, :256].sum(axis=1, dtype=np.uint16).astype(np.int64)
             + heads[:, 256:].sum(axis=1, dtype=np.uint16)
@@ -383,14 +380,30 @@ def _window_prefix(buf: bytes, base: int, end: int, limit: int):
     return _judge_run(heads, data_at, sizes, limit), len(heads), int(following[-1])
 
 
-def _names(heads: np.ndarray) -> bytes:
-    """The headers' names (the ustar prefix left out), each followed by a NUL."""
+def _names(heads: np.ndarray) -> tuple[list[str], str | None]:
+    """The headers' names (the ustar prefix left out), and the same names each
+    followed by a NUL as one text, or None where a name is not UTF-8."""
     k = len(heads)
-    field = np.zeros((k, 101), np.uint8)
-    field[:, :100] = heads[:, :100]
+    field = heads[:, :100]
+    nul = field == 0
+    region = field.tobytes()
+    if region.isascii():  # the usual case: cut the names from one text
+        text = region.decode("ascii")
+        ends = np.where(nul.any(axis=1), nul.argmax(axis=1), 100) + np.arange(0, 100 * k, 100)
+        names = list(map(text.__getitem__, map(slice, range(0, 100 * k, 100), ends.tolist())))
+        return names, "\x00".join(names) + "\x00"
     keep = np.ones((k, 101), bool)
-    keep[:, :100] = ~np.logical_or.accumulate(heads[:, :100] == 0, axis=1)
-    return field[keep].tobytes()
+    keep[:, :100] = ~np.logical_or.accumulate(nul, axis=1)
+    padded = np.zeros((k, 101), np.uint8)
+    padded[:, :100] = field
+    raw = padded[keep].tobytes()
+    try:
+        joined = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        joined = None
+    names = (joined if joined is not None
+             else raw.decode("utf-8", "surrogateescape")).split("\x00")[:-1]
+    return names, joined
 
 
 def _judge_run(heads: np.ndarray, data_at: np.ndarray, sizes: np.ndarray,
@@ -402,13 +415,7 @@ def _judge_run(heads: np.ndarray, data_at: np.ndarray, sizes: np.ndarray,
         heads, data_at, sizes = heads[files], data_at[files], sizes[files]
         if not len(heads):
             return []
-    raw = _names(heads)
-    try:
-        joined = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        joined = None
-    names = (joined if joined is not None
-             else raw.decode("utf-8", "surrogateescape")).split("\x00")[:-1]
+    names, joined = _names(heads)
     ustar = (heads[:, 257:262] == np.frombuffer(b"ustar", np.uint8)).all(axis=1)
     prefixed = np.flatnonzero(ustar & (heads[:, 345] != 0)).tolist()
     for i in prefixed:
