@@ -11,13 +11,15 @@ a local copy of a remote archive the workers cannot see), or a
 
 Keys are unique (:func:`unique_keys`): the first member of a name keeps
 it, and every later member of that name (a zip or tar may hold several)
-is a ``duplicate-key`` reject, whatever became of the first. Ingest streams the entries into tasks
+is a ``duplicate-key`` reject, whatever became of the first (:func:`unique_key_batches`
+over a listing's lists of entries). Ingest streams the entries into tasks
 (:func:`iter_entries`); scoring and report hold the whole :class:`Listing`
 (scoring cuts it into slot chunks; report finds members by key).
 
 A task's entries travel as one blob (:func:`pack`): thousands of small
 objects in a task's arguments are pickled by the client, again by the
-scheduler, and walked one by one by Dask looking for futures.
+scheduler, and walked one by one by Dask looking for futures. A blob of
+references only is a few columns (keys, offsets, sizes), not objects.
 """
 
 from __future__ import annotations
