@@ -297,3 +297,22 @@ def test_extended_headers_on_every_member_are_not_read_a_window_each(tmp_path, m
     got = _listed(p)
     assert sum(read) < 4 * len(buf.getvalue())
     assert got == _reference(p, monkeypatch) and len(got[0]) == 2300
+
+
+def test_listing_leaves_the_garbage_collector_as_it_found_it(tmp_path):
+    import gc
+
+    p = tmp_path / "a.tar"
+    p.write_bytes(_mixed_tar(1, 50, tarfile.GNU_FORMAT, 0.0))
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes(p.read_bytes()[:3000])
+    try:
+        for enabled in (True, False):
+            gc.enable() if enabled else gc.disable()
+            assert len(listing.list_archive(p, "tar", limit=LIMIT).entries) == 50
+            assert gc.isenabled() == enabled
+            with pytest.raises(ArchiveError):
+                listing.list_archive(bad, "tar", limit=LIMIT)
+            assert gc.isenabled() == enabled
+    finally:
+        gc.enable()

@@ -24,6 +24,8 @@ references only is a few columns (keys, offsets, sizes), not objects.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import itertools
 import operator
@@ -143,11 +145,27 @@ def list_archive(path: Path, kind: str, *, limit: int, identity: str | None = No
         stamp = f"{st.st_size}:{st.st_mtime_ns}"
     # a compressed tar by ordinal: its bytes are read by the tasks, not held here
     entries: list[Entry] = []
-    for batch in _entry_batches(path, kind, limit=limit, seekable=seekable,
-                                by_ordinal=identity is None):
-        entries += batch
+    with _gc_paused():
+        for batch in _entry_batches(path, kind, limit=limit, seekable=seekable,
+                                    by_ordinal=identity is None):
+            entries += batch
     return Listing(path, kind, seekable, entries, fingerprint(path, entries, identity=stamp),
                    identity)
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector paused (where it was running): a listing
+    is many small objects that hold no cycles, and each of the collector's
+    passes while the listing grows walks every one made so far."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def fingerprint(path: Path, entries: Iterable[Entry], identity: str | None = None) -> str:
