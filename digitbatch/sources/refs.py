@@ -29,9 +29,6 @@ from ..errors import ArchiveError
 from . import archive, members, tarscan
 from .base import MemberRef, Reject
 
-# entries of a zip or directory listing are handed on this many at a time
-_BATCH = 4096
-
 
 def stream_refs(path: Path, limit: int) -> Iterator[MemberRef | Reject]:
     """References by ordinal into a compressed tar (its headers read, no member kept)."""
@@ -56,8 +53,8 @@ def iter_ref_batches(path: Path, kind: str, *, limit: int) -> Iterator[list[Memb
     window of headers at a time: :mod:`.tarscan`)."""
     if kind == "tar":
         return tarscan.tar_ref_batches(path, limit)
-    items = _zip_refs(path, limit) if kind == "zip" else _dir_refs(path, limit)
-    return iter(lambda: list(itertools.islice(items, _BATCH)), [])
+    # (one entry a list: every entry before a broken one is handed on first)
+    return ([e] for e in (_zip_refs(path, limit) if kind == "zip" else _dir_refs(path, limit)))
 
 
 def read_refs(path: str, kind: str, refs: list[MemberRef], *,
