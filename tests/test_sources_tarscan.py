@@ -256,6 +256,10 @@ def test_member_refs_are_the_dataclass_s_own():
     assert made[0].name is None and member_refs([], [], []) == []
     with pytest.raises(AttributeError):
         made[0].key = "x"  # still frozen
+    # member_refs fills the slots without __init__: a check added to the class
+    # (a __post_init__) would be skipped by it
+    assert not hasattr(MemberRef, "__post_init__")
+    assert set(MemberRef.__slots__) == {"key", "offset", "size", "name"}
 
 
 def test_plain_names_never_passes_a_name_a_check_would_judge():
