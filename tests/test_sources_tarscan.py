@@ -320,3 +320,23 @@ def test_listing_leaves_the_garbage_collector_as_it_found_it(tmp_path):
             assert gc.isenabled() == enabled
     finally:
         gc.enable()
+
+
+def test_members_bigger_than_a_window_are_skipped_not_read(tmp_path, monkeypatch):
+    """Windows grow only where headers are dense: members of one to a few
+    windows each are stepped over (a block read per header), not read."""
+    monkeypatch.setattr(tarscan, "WINDOW", 8 * 512)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for i in range(40):
+            _add(tar, f"small/{i}.png", b"s" * 100)  # dense: windows grow
+        for i in range(60):
+            _add(tar, f"big/{i}.png", bytes(5000 + 3000 * (i % 4)))
+    p = tmp_path / "big.tar"
+    p.write_bytes(buf.getvalue())
+    read = []
+    real = tarscan.os.pread
+    monkeypatch.setattr(tarscan.os, "pread", lambda fd, n, at: read.append(n) or real(fd, n, at))
+    got = _listed(p)
+    assert sum(read) < len(buf.getvalue()) // 3
+    assert got == _reference(p, monkeypatch) and len(got[0]) == 100

@@ -46,12 +46,15 @@ MAX_META_BYTES = 2**20
 # the member types the plain walks take (anything else goes to _careful_member)
 _PLAIN = frozenset(_REGULAR) | {b"5"} | set(_LINKS) | set(_SPECIAL)
 _ZERO = bytes(BLOCK)
-# the scan reads this much at a time (and one block when members are bigger;
-# from _SMALL on, growing, after the careful walk)
+# the scan reads this much at a time (see _plain_headers: one block past big
+# members, more where headers are dense, from _SMALL on after the careful walk)
 WINDOW = 2**20
-_SMALL = 16 * BLOCK
+_SMALL = 4 * BLOCK
 # the window walk's numpy pays from this many blocks on (or a whole WINDOW)
 _WALK_BLOCKS = 32
+# a window holding a header per _DENSE_SPAN bytes or more is followed by
+# windows of up to _DENSE * WINDOW bytes
+_DENSE_SPAN, _DENSE = 16 * 2**10, 4
 
 # by type byte: is it a type the plain walks take, a regular file's
 _PLAIN_CODES = np.zeros(256, bool)
@@ -174,6 +177,7 @@ def _plain_headers(fd: int, end: int, offset: int, n: int, limit: int, want: int
     while True:
         buf = os.pread(fd, want, offset)
         base = offset
+        count = 0
         if len(buf) >= min(WINDOW, _WALK_BLOCKS * BLOCK):
             taken, count, offset = _window_prefix(buf, base, end, limit)
             if count:
@@ -227,7 +231,17 @@ def _plain_headers(fd: int, end: int, offset: int, n: int, limit: int, want: int
             return None, n
         if status == "careful" or len(buf) < want:
             return offset, n  # (a window cut short by the end of the file: truncated)
-        want = BLOCK if offset - base > WINDOW else min(WINDOW, 4 * want)
+        # The next read: one block where the next header lies more than a
+        # window past this one (members that big are stepped over, not read);
+        # a window (of up to _DENSE windows where headers are dense: fewer numpy
+        # passes); growing to it after an extended header.
+        cap = _DENSE * WINDOW if count * _DENSE_SPAN >= len(buf) else WINDOW
+        if offset - base - len(buf) > WINDOW:
+            want = BLOCK
+        elif want <= BLOCK or want >= WINDOW:
+            want = cap
+        else:
+            want = min(cap, 4 * want)
 
 
 def _checksums_ok(buf: bytes, rows: list[int], stored: list[int]) -> int:
