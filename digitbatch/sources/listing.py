@@ -216,7 +216,8 @@ def unpack(packed: bytes) -> list[Entry]:
     form, *columns = pickle.loads(packed)
     if form == _REFS:
         keys, offsets, sizes, names = columns
-        out: list[Entry] = member_refs(keys, offsets, sizes)
+        with _gc_paused():  # (thousands of objects that hold no cycles)
+            out: list[Entry] = member_refs(keys, offsets, sizes)
     else:
         tags, keys, a, b, names = columns
         make = {_REF: MemberRef, _MEMBER: Member, _REJECT: lambda k, r, _: Reject(k, r)}
