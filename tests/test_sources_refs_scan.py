@@ -1,4 +1,4 @@
-"""The fast header scan of a plain tar (digitbatch.sources.refs) against tarfile.
+"""The header scan of a plain tar (digitbatch.sources.tarscan) against tarfile.
 
 The scan takes plain headers a window at a time and hands pax, GNU
 long-name and any odd header to the careful walk; here every listing must
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from digitbatch.errors import ArchiveError
-from digitbatch.sources import refs
+from digitbatch.sources import refs, tarscan
 from digitbatch.sources.base import MemberRef, Reject
 
 LIMIT = 1 << 20
@@ -98,7 +98,7 @@ def _listing(path) -> list[tuple]:
 @pytest.mark.parametrize("window", WINDOWS)
 @pytest.mark.parametrize("fmt", list(FORMATS))
 def test_scan_equals_tarfile_on_odd_archives(tmp_path, monkeypatch, fmt, window):
-    monkeypatch.setattr(refs, "WINDOW", window)
+    monkeypatch.setattr(tarscan, "WINDOW", window)
     for seed in range(3):
         data = _odd_archive(FORMATS[fmt], seed)
         p = tmp_path / f"{seed}.tar"
@@ -125,7 +125,7 @@ def _set_size_base256(data: bytearray, header_at: int, size: int) -> None:
 
 @pytest.mark.parametrize("window", [512, 4096, 2**20])
 def test_base256_size_is_read_as_tarfile_reads_it(tmp_path, monkeypatch, window):
-    monkeypatch.setattr(refs, "WINDOW", window)
+    monkeypatch.setattr(tarscan, "WINDOW", window)
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
         for i in range(6):
@@ -162,7 +162,7 @@ def _until_error(p) -> tuple[list, Exception | None]:
 
 @pytest.mark.parametrize("window", [512, 1536, 8192, 2**20])
 def test_corrupt_header_anywhere_stops_after_the_members_before_it(tmp_path, monkeypatch, window):
-    monkeypatch.setattr(refs, "WINDOW", window)
+    monkeypatch.setattr(tarscan, "WINDOW", window)
     data, offsets = _plain(60)
     p = tmp_path / "bad.tar"
     for k in (0, 1, 17, 31, 59):
@@ -178,7 +178,7 @@ def test_corrupt_header_anywhere_stops_after_the_members_before_it(tmp_path, mon
 
 @pytest.mark.parametrize("window", [512, 1536, 8192, 2**20])
 def test_truncated_anywhere_is_an_error(tmp_path, monkeypatch, window):
-    monkeypatch.setattr(refs, "WINDOW", window)
+    monkeypatch.setattr(tarscan, "WINDOW", window)
     data, offsets = _plain(30, seed=1)
     p = tmp_path / "cut.tar"
     cuts = [offsets[5], offsets[5] + 100, offsets[5] + 512, offsets[20] + 700, offsets[-1] + 512,
@@ -211,7 +211,7 @@ def test_negative_size_is_a_corrupt_header(tmp_path):
 
 def test_many_small_members_span_windows(tmp_path, monkeypatch):
     """Thousands of one-block members over many windows: every one listed once."""
-    monkeypatch.setattr(refs, "WINDOW", 64 * 512 + 256)  # not a whole number of blocks
+    monkeypatch.setattr(tarscan, "WINDOW", 64 * 512 + 256)  # not a whole number of blocks
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         for i in range(3000):

@@ -9,6 +9,8 @@ corrupt zip) raises a :class:`~digitbatch.errors.SourceError` instead.
 
 from __future__ import annotations
 
+import collections
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,6 +39,17 @@ class MemberRef:
     offset: int
     size: int
     name: str | None = None
+
+
+def member_refs(keys: list[str], offsets: list[int], sizes: list[int]) -> list[MemberRef]:
+    """``[MemberRef(k, o, s) for ...]`` (``name`` None), made in bulk: the
+    slots are filled by their descriptors, as the frozen dataclass's own
+    ``__init__`` fills them, without a Python call per member."""
+    refs = list(map(object.__new__, itertools.repeat(MemberRef, len(keys))))
+    for slot, values in ((MemberRef.key, keys), (MemberRef.offset, offsets),
+                         (MemberRef.size, sizes), (MemberRef.name, itertools.repeat(None))):
+        collections.deque(map(slot.__set__, refs, values), maxlen=0)
+    return refs
 
 
 @dataclass

@@ -11,18 +11,24 @@ a local copy of a remote archive the workers cannot see), or a
 
 Keys are unique (:func:`unique_keys`): the first member of a name keeps
 it, and every later member of that name (a zip or tar may hold several)
-is a ``duplicate-key`` reject, whatever became of the first. Ingest streams the entries into tasks
+is a ``duplicate-key`` reject, whatever became of the first (:func:`unique_key_batches`
+over a listing's lists of entries). Ingest streams the entries into tasks
 (:func:`iter_entries`); scoring and report hold the whole :class:`Listing`
 (scoring cuts it into slot chunks; report finds members by key).
 
 A task's entries travel as one blob (:func:`pack`): thousands of small
 objects in a task's arguments are pickled by the client, again by the
-scheduler, and walked one by one by Dask looking for futures.
+scheduler, and walked one by one by Dask looking for futures. A blob of
+references only is a few columns (keys, offsets, sizes), not objects.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
+import itertools
+import operator
 import os
 import pickle
 from collections.abc import Iterable, Iterator
@@ -30,18 +36,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .archive import iter_members
-from .base import Batch, MemberRef, Reject
+from .base import Batch, MemberRef, Reject, member_refs
 from .images import decode_batch
 from .members import Member
-from .refs import iter_refs, read_refs, seekable_kind, stream_refs
+from .refs import iter_ref_batches, read_refs, seekable_kind, stream_refs
 
 __all__ = ["Entry", "Listing", "decode_packed", "fingerprint", "iter_entries", "list_archive",
-           "pack", "read_entries", "unique_keys", "unpack"]
+           "pack", "read_entries", "unique_key_batches", "unique_keys", "unpack"]
 
 Entry = MemberRef | Member | Reject
 
-# pack's tags, one per entry kind
+# pack's forms (references only, or any entries) and tags (one per entry kind)
+_REFS, _MIXED = "refs", "mixed"
 _REF, _MEMBER, _REJECT = 0, 1, 2
+_KEY = operator.attrgetter("key")
+_REF_FIELDS = tuple(map(operator.attrgetter, ("key", "offset", "size", "name")))
 
 
 def iter_entries(path: Path, kind: str, *, limit: int, seekable: bool,
@@ -49,11 +58,20 @@ def iter_entries(path: Path, kind: str, *, limit: int, seekable: bool,
     """The entries of ``path`` in source order, keys unique: references where
     ``seekable`` (or, with ``by_ordinal``, a compressed tar's members by
     ordinal), else members with their bytes (at most ``limit`` bytes each)."""
+    return itertools.chain.from_iterable(_entry_batches(path, kind, limit=limit, seekable=seekable,
+                                                        by_ordinal=by_ordinal))
+
+
+def _entry_batches(path: Path, kind: str, *, limit: int, seekable: bool,
+                   by_ordinal: bool) -> Iterator[list[Entry]]:
+    """:func:`iter_entries` as lists of entries."""
     if seekable:
-        return unique_keys(iter_refs(path, kind, limit=limit))
+        return unique_key_batches(iter_ref_batches(path, kind, limit=limit))
     if by_ordinal and kind == "tar":
-        return unique_keys(stream_refs(path, limit))
-    return unique_keys(iter_members(path, kind=kind, max_member_bytes=limit))
+        items = stream_refs(path, limit)
+    else:
+        items = iter_members(path, kind=kind, max_member_bytes=limit)
+    return ([e] for e in unique_keys(items))
 
 
 def unique_keys(entries: Iterable[Entry]) -> Iterator[Entry]:
@@ -62,9 +80,40 @@ def unique_keys(entries: Iterable[Entry]) -> Iterator[Entry]:
     for i, e in enumerate(entries):
         at = first.setdefault(e.key, i)
         if at != i:
-            e = Reject(e.key, f"duplicate-key: member {i + 1} has the name of member {at + 1}, "
-                              f"which keeps the key")
+            e = _duplicate(e.key, i, at)
         yield e
+
+
+def unique_key_batches(batches: Iterable[list[Entry]]) -> Iterator[list[Entry]]:
+    """:func:`unique_keys` over lists of entries: until a key comes again,
+    the keys are only counted into a set and every list is passed on as it is."""
+    seen: set[str] | None = set()
+    order: list[str] = []  # every key so far, while none came twice
+    first: dict[str, int] = {}  # where each key came first, from the first duplicate on
+    i = 0
+    for batch in batches:
+        keys = list(map(_KEY, batch))
+        if seen is not None:
+            before = len(seen)
+            seen.update(keys)
+            if len(seen) == before + len(keys):
+                order += keys
+                i += len(keys)
+                yield batch
+                continue
+            first, seen, order = dict(zip(order, range(len(order)))), None, []
+        batch = list(batch)
+        for j, key in enumerate(keys, i):
+            at = first.setdefault(key, j)
+            if at != j:
+                batch[j - i] = _duplicate(key, j, at)
+        i += len(keys)
+        yield batch
+
+
+def _duplicate(key: str, i: int, at: int) -> Reject:
+    return Reject(key, f"duplicate-key: member {i + 1} has the name of member {at + 1}, "
+                       f"which keeps the key")
 
 
 @dataclass(frozen=True)
@@ -95,10 +144,28 @@ def list_archive(path: Path, kind: str, *, limit: int, identity: str | None = No
         st = os.stat(path)
         stamp = f"{st.st_size}:{st.st_mtime_ns}"
     # a compressed tar by ordinal: its bytes are read by the tasks, not held here
-    entries = list(iter_entries(path, kind, limit=limit, seekable=seekable,
-                                by_ordinal=identity is None))
+    entries: list[Entry] = []
+    with _gc_paused():
+        for batch in _entry_batches(path, kind, limit=limit, seekable=seekable,
+                                    by_ordinal=identity is None):
+            entries += batch
     return Listing(path, kind, seekable, entries, fingerprint(path, entries, identity=stamp),
                    identity)
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector paused (where it was running): a listing
+    is many small objects that hold no cycles, and each of the collector's
+    passes while the listing grows walks every one made so far."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def fingerprint(path: Path, entries: Iterable[Entry], identity: str | None = None) -> str:
@@ -110,13 +177,25 @@ def fingerprint(path: Path, entries: Iterable[Entry], identity: str | None = Non
         st = os.stat(path)
         identity = f"{st.st_size}:{st.st_mtime_ns}"
     h = hashlib.sha256(f"{identity}:".encode())
-    for e in entries:
-        h.update(e.key.encode("utf-8", "surrogateescape") + b"\n")
+    keys = list(map(_KEY, entries))
+    if keys:  # each key and a newline (one update: the same digest as one per key)
+        keys.append("")
+        h.update("\n".join(keys).encode("utf-8", "surrogateescape"))
     return "archive-sha256:" + h.hexdigest()
 
 
 def pack(entries: Iterable[Entry]) -> bytes:
-    """``entries`` as one opaque blob for a task (see the module docstring)."""
+    """``entries`` as one opaque blob for a task (see the module docstring).
+
+    Columns, not objects: a task of references only (the usual case) is
+    its keys, offsets and sizes and the stored names that differ from keys.
+    """
+    entries = list(entries)
+    if set(map(type, entries)) <= {MemberRef}:
+        keys, offsets, sizes, stored = (list(map(get, entries)) for get in _REF_FIELDS)
+        names = ({} if stored.count(None) == len(stored)
+                 else {i: name for i, name in enumerate(stored) if name is not None})
+        return pickle.dumps((_REFS, keys, offsets, sizes, names), protocol=pickle.HIGHEST_PROTOCOL)
     tags, keys, a, b = [], [], [], []
     names: dict[int, str] = {}  # a reference's stored name, where its key escapes it
     for i, e in enumerate(entries):
@@ -129,14 +208,20 @@ def pack(entries: Iterable[Entry]) -> bytes:
             tags.append(_MEMBER), a.append(e.data), b.append(e.folder_label)
         else:
             tags.append(_REJECT), a.append(e.reason), b.append(None)
-    return pickle.dumps((tags, keys, a, b, names), protocol=pickle.HIGHEST_PROTOCOL)
+    return pickle.dumps((_MIXED, tags, keys, a, b, names), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def unpack(packed: bytes) -> list[Entry]:
     """The entries of :func:`pack` (a blob our own client made for the task)."""
-    tags, keys, a, b, names = pickle.loads(packed)
-    make = {_REF: MemberRef, _MEMBER: Member, _REJECT: lambda k, r, _: Reject(k, r)}
-    out = [make[t](k, x, y) for t, k, x, y in zip(tags, keys, a, b)]
+    form, *columns = pickle.loads(packed)
+    if form == _REFS:
+        keys, offsets, sizes, names = columns
+        with _gc_paused():  # (thousands of objects that hold no cycles)
+            out: list[Entry] = member_refs(keys, offsets, sizes)
+    else:
+        tags, keys, a, b, names = columns
+        make = {_REF: MemberRef, _MEMBER: Member, _REJECT: lambda k, r, _: Reject(k, r)}
+        out = [make[t](k, x, y) for t, k, x, y in zip(tags, keys, a, b)]
     for i, name in names.items():
         out[i] = MemberRef(out[i].key, out[i].offset, out[i].size, name)
     return out

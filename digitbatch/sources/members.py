@@ -166,6 +166,25 @@ def _check_path(raw: str) -> tuple[str, str | None]:
         return raw, "unsafe-path: empty member name"
     return "/".join(parts), None
 
+# No name in a run that avoids all of these (and starts with none of
+# _NOT_FIRST) can be refused or rewritten by check_name or is_junk; see
+# plain_names. "\x00" ends each name of the run.
+_NOT_IN = ("\\", "//", "/.", ":", "\x00\x00", "\x00/", "\x00.", "/\x00", "__MACOSX")
+_NOT_FIRST = ("/", ".", "\x00")
+_JUNK_PARTS = tuple(sorted(_JUNK_NAMES))
+
+def plain_names(joined: str) -> bool:
+    """True when every name of ``joined`` (valid UTF-8 names, each followed by
+    a NUL) is certainly its own key and not junk: :func:`check_name` gives
+    ``(name, None)`` and :func:`is_junk` False. False only means "judge each
+    name": it is a quick test over the whole run, not a verdict."""
+    if joined.startswith(_NOT_FIRST) or any(part in joined for part in _NOT_IN):
+        return False
+    if not joined.isascii() and escape_name(joined) != joined:
+        return False  # a byte that was not UTF-8, escaped in its key
+    low = joined.lower()
+    return not any(part in low for part in _JUNK_PARTS)
+
 def folder_label(key: str) -> int | None:
     parent = key.split("/")[-2:-1]
     return int(parent[0]) if parent and parent[0] in _DIGITS else None

@@ -12,31 +12,22 @@ its members.
 
 The per-member safety checks are the ones of :mod:`.members`: names,
 member types, sizes and content are judged by the same functions, so a
-member gets the same reject reason whichever path read it.
+member gets the same reject reason whichever path read it. The header
+scan of an uncompressed tar is :mod:`.tarscan`'s.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import ArchiveError
-from . import archive, members
+from . import archive, members, tarscan
 from .base import MemberRef, Reject
-
-BLOCK = 512
-_REGULAR = (b"0", b"\x00", b"7")
-_LINKS = {b"1": "hardlink", b"2": "symlink"}
-_SPECIAL = {b"3": "character device", b"4": "block device", b"6": "FIFO"}
-_META = (b"x", b"g", b"L", b"K")  # pax, pax global, GNU long name, GNU long link name
-# pax and GNU long-name headers are read whole: real ones are a few hundred
-# bytes; a (sparse) gigabyte one would be read into memory.
-MAX_META_BYTES = 2**20
 
 
 def stream_refs(path: Path, limit: int) -> Iterator[MemberRef | Reject]:
@@ -54,12 +45,16 @@ def seekable_kind(path: Path, kind: str) -> bool:
 
 def iter_refs(path: Path, kind: str, *, limit: int) -> Iterator[MemberRef | Reject]:
     """References (or rejects, judged from headers alone) in source order."""
+    return itertools.chain.from_iterable(iter_ref_batches(path, kind, limit=limit))
+
+
+def iter_ref_batches(path: Path, kind: str, *, limit: int) -> Iterator[list[MemberRef | Reject]]:
+    """:func:`iter_refs` as lists of entries (an uncompressed tar is listed a
+    window of headers at a time: :mod:`.tarscan`)."""
     if kind == "tar":
-        yield from _tar_refs(path, limit)
-    elif kind == "zip":
-        yield from _zip_refs(path, limit)
-    else:
-        yield from _dir_refs(path, limit)
+        return tarscan.tar_ref_batches(path, limit)
+    # (one entry a list: every entry before a broken one is handed on first)
+    return ([e] for e in (_zip_refs(path, limit) if kind == "zip" else _dir_refs(path, limit)))
 
 
 def read_refs(path: str, kind: str, refs: list[MemberRef], *,
@@ -187,241 +182,3 @@ def _zip_refs(path: Path, limit: int) -> Iterator[MemberRef | Reject]:
             if checked is not None:
                 key, reject = checked
                 yield reject if reject is not None else MemberRef(key, i, info.file_size)
-
-
-# --- uncompressed tar: a header scan ------------------------------------------
-
-
-def _number(field: bytes) -> int:
-    """A tar numeric field: octal text, or GNU base-256 when the high bit is set."""
-    if field and field[0] & 0x80:
-        return int.from_bytes(bytes([field[0] & 0x7F]) + field[1:], "big")
-    text = field.split(b"\x00", 1)[0].strip()
-    value = int(text, 8) if text else 0
-    if value < 0:
-        raise ValueError(f"negative number {text[:20]!r}")
-    return value
-
-
-def _text(field: bytes) -> str:
-    return field.split(b"\x00", 1)[0].decode("utf-8", "surrogateescape")
-
-
-def _pax_path(data: bytes) -> tuple[str | None, int | None]:
-    """``path`` and ``size`` of a pax extended header; ValueError if it is malformed.
-
-    Each record is ``"LENGTH KEY=VALUE\\n"`` where LENGTH counts the whole
-    record. A record that does not cover its own length field (``0 ...``,
-    negative) or runs past the header is refused: walking by such a length
-    would never end.
-    """
-    path = size = None
-    pos = 0
-    while pos < len(data):
-        if data[pos:] == bytes(len(data) - pos):
-            break  # NUL padding after the last record
-        space = data.index(b" ", pos)
-        digits = data[pos:space]
-        if not digits.isdigit():
-            raise ValueError(f"pax record length {digits[:20]!r} at byte {pos} is not a number")
-        length = int(digits)
-        end = pos + length
-        if end <= space + 1 or end > len(data) or data[end - 1:end] != b"\n":
-            raise ValueError(f"pax record at byte {pos} has a bad length {length}")
-        key, _, value = data[space + 1: end - 1].partition(b"=")
-        if key == b"path":
-            path = value.decode("utf-8", "surrogateescape")
-        elif key == b"size":
-            if not value.isdigit():
-                raise ValueError(f"pax size {value[:20]!r} is not a number")
-            size = int(value)
-        pos = end
-    return path, size
-
-
-def _tar_refs(path: Path, limit: int) -> Iterator[MemberRef | Reject]:
-    """Walk the headers of an uncompressed tar without reading member data."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        for name, typ, data_at, size in _tar_headers(fd, path):
-            if typ == b"5" or (typ in _REGULAR and name.endswith("/")):
-                continue  # a directory entry
-            key, problem = members.check_name(name)
-            if problem:
-                yield Reject(key, problem)
-            elif typ in _LINKS or typ in _SPECIAL:
-                what = _LINKS.get(typ) or "device or FIFO"
-                yield Reject(key, f"not-regular-file: {what}")
-            elif typ not in _REGULAR:
-                yield Reject(key, f"not-regular-file: tar member type {typ!r}")
-            elif members.is_junk(key):
-                yield Reject(key, "not-an-image: OS metadata file")
-            elif size > limit:
-                yield members.too_large(key, size, limit)
-            else:
-                yield MemberRef(key, data_at, size)
-    finally:
-        os.close(fd)
-
-
-def _tar_headers(fd: int, path: Path) -> Iterator[tuple[str, bytes, int, int]]:
-    """``(name, type, data offset, size)`` of every member header, in order.
-
-    Plain headers (one 512-byte block, a regular file, directory, link or
-    device, octal fields) are taken a window at a time by
-    :func:`_plain_headers`; at the first header it does not take (pax or
-    GNU long-name headers, a base-256 number, anything corrupt or
-    truncated), :func:`_careful_member` reads that one member and its
-    extended headers, or raises the archive's error; then the fast scan
-    goes on.
-    """
-    end = os.fstat(fd).st_size
-    offset, n = 0, 0
-    while True:
-        offset, n = yield from _plain_headers(fd, end, offset, n)
-        if offset is None:
-            return
-        entry, offset, n = _careful_member(fd, path, end, offset, n)
-        if entry is None:
-            return
-        yield entry
-
-
-# the member types the fast scan takes (anything else goes to _careful_member)
-_PLAIN = frozenset(_REGULAR) | {b"5"} | set(_LINKS) | set(_SPECIAL)
-_ZERO = bytes(BLOCK)
-# the fast scan reads this much at a time (and one block when members are bigger)
-WINDOW = 2**20
-
-
-def _plain_headers(fd: int, end: int, offset: int, n: int):
-    """The plain headers from ``offset`` on (see :func:`_tar_headers`).
-
-    Yields ``(name, type, data offset, size)``; returns ``(offset, n)`` of
-    the first header it leaves to the careful walk, or ``(None, n)`` at the
-    end-of-archive block. Checksums are checked a window at a time (with
-    numpy): only headers up to the first bad one are yielded, and the
-    careful walk then reports it.
-    """
-    want = WINDOW
-    while True:
-        buf = os.pread(fd, want, offset)
-        base = offset
-        found: list[tuple[str, bytes, int, int]] = []
-        rows: list[int] = []
-        stored: list[int] = []
-        status = "window"  # ran out of the window; or "careful", "end"
-        last = len(buf) - BLOCK
-        while offset - base <= last:
-            p = offset - base
-            typ = buf[p + 156:p + 157]
-            if typ not in _PLAIN:
-                status = "careful"
-                break
-            if typ == b"\x00" and buf[p:p + BLOCK] == _ZERO:
-                status = "end"
-                break
-            size_field = buf[p + 124:p + 136]
-            try:
-                if size_field[0] & 0x80:
-                    raise ValueError("base-256")
-                size = int(size_field.partition(b"\x00")[0] or b"0", 8)
-                checksum = int(buf[p + 148:p + 156].partition(b"\x00")[0] or b"0", 8)
-            except ValueError:
-                status = "careful"
-                break
-            data_at = offset + BLOCK
-            following = data_at + -(-size // BLOCK) * BLOCK
-            if size < 0 or following > end:
-                status = "careful"
-                break
-            name = buf[p:p + 100].partition(b"\x00")[0].decode("utf-8", "surrogateescape")
-            if buf[p + 257:p + 262] == b"ustar":
-                prefix = buf[p + 345:p + 500].partition(b"\x00")[0]
-                if prefix:
-                    name = prefix.decode("utf-8", "surrogateescape") + "/" + name
-            found.append((name, typ, data_at, size))
-            rows.append(p // BLOCK)
-            stored.append(checksum)
-            offset = following
-        good = _checksums_ok(buf, rows, stored)
-        yield from found[:good]
-        n += good
-        if good < len(found):
-            return base + rows[good] * BLOCK, n
-        if status == "end":
-            return None, n
-        if status == "careful" or len(buf) < want:
-            return offset, n  # (a window cut short by the end of the file: truncated)
-        want = BLOCK if offset - base > WINDOW else WINDOW
-
-
-def _checksums_ok(buf: bytes, rows: list[int], stored: list[int]) -> int:
-    """How many of the headers at block ``rows`` of ``buf`` have their ``stored``
-    checksum, counting from the first (the sum of the header's bytes, its
-    checksum field counted as 8 spaces)."""
-    if not rows:
-        return 0
-    blocks = np.frombuffer(buf, np.uint8, count=len(buf) // BLOCK * BLOCK).reshape(-1, BLOCK)
-    heads = blocks[rows]
-    sums = heads.sum(axis=1, dtype=np.int64) - heads[:, 148:156].sum(axis=1, dtype=np.int64) + 8 * 32
-    bad = np.flatnonzero(sums != np.asarray(stored, np.int64))
-    return int(bad[0]) if bad.size else len(rows)
-
-
-def _careful_member(fd: int, path: Path, end: int, offset: int, n: int):
-    """One member from ``offset`` with its extended headers, every field
-    checked: ``(entry or None at the end, next offset, n)``."""
-    long_name: str | None = None
-    pax_size: int | None = None
-    while True:
-        header = os.pread(fd, BLOCK, offset)
-        if len(header) < BLOCK:
-            raise ArchiveError(
-                f"tar archive {path} is truncated after {n} members (no end-of-archive "
-                f"marker): re-create or re-download it")
-        if header == _ZERO:
-            return None, offset, n
-        try:
-            checksum = _number(header[148:156])
-            size = _number(header[124:136])
-        except ValueError as exc:
-            raise ArchiveError(f"tar archive {path}: corrupt header at byte {offset} ({exc})") from exc
-        # (the checksum field itself counts as 8 spaces)
-        computed = sum(header) - sum(header[148:156]) + 8 * 32
-        if checksum != computed:
-            raise ArchiveError(
-                f"tar archive {path}: header checksum mismatch at byte {offset}: the archive "
-                f"is corrupt; re-create or re-download it")
-        typ = header[156:157]
-        data_at = offset + BLOCK
-        if pax_size is not None and typ not in _META:
-            size = pax_size
-        offset = data_at + -(-size // BLOCK) * BLOCK
-        if offset > end:
-            raise ArchiveError(f"tar archive {path} is truncated inside member {n + 1}")
-        if typ in _META:
-            if size > MAX_META_BYTES:
-                raise ArchiveError(
-                    f"tar archive {path}: extended header of {size} bytes at byte "
-                    f"{data_at - BLOCK} (more than {MAX_META_BYTES}): the archive is "
-                    f"corrupt or hostile; re-create it")
-            if typ in (b"g", b"K"):
-                continue  # a global pax header, a GNU long link target: nothing we use
-            meta = os.pread(fd, size, data_at)
-            if typ == b"L":
-                long_name = _text(meta)
-            elif typ == b"x":
-                try:
-                    pax_name, pax_size = _pax_path(meta)
-                except ValueError as exc:
-                    raise ArchiveError(f"tar archive {path}: corrupt pax header ({exc})") from exc
-                long_name = pax_name or long_name
-            continue
-        n += 1
-        name = long_name
-        if name is None:
-            name = _text(header[:100])
-            prefix = _text(header[345:500]) if header[257:262] == b"ustar" else ""
-            name = f"{prefix}/{name}" if prefix else name
-        return (name, typ, data_at, size), offset, n
