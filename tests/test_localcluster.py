@@ -15,7 +15,8 @@ def _worker_facts():
     blas = [p["num_threads"] for p in threadpoolctl.threadpool_info()
             if p.get("user_api") == "blas"]
     return (os.getppid(), sorted(m for m in localcluster.WORKER_IMPORTS if m in sys.modules),
-            os.environ.get("OMP_NUM_THREADS"), blas, "pandas" in sys.modules)
+            os.environ.get("OMP_NUM_THREADS"), blas, "pandas" in sys.modules,
+            __import__("gc").get_freeze_count())
 
 
 def test_workers_fork_from_a_forkserver_with_our_imports_done():
@@ -25,9 +26,10 @@ def test_workers_fork_from_a_forkserver_with_our_imports_done():
     with cluster.client(None, n_workers=2) as c:
         facts = list(c.run(_worker_facts).values())
     assert len(facts) == 2
-    for parent, imported, omp, blas, pandas in facts:
+    for parent, imported, omp, blas, pandas, frozen in facts:
         assert parent != os.getpid()  # forked by the forkserver, not spawned by a Nanny here
         assert imported == sorted(localcluster.WORKER_IMPORTS)  # before any task asked for them
         assert omp == "1" and set(blas) <= {1}
         assert not pandas  # Dask's own preload list (pandas and more) is not used
+        assert frozen > 10_000  # the imports' objects, out of the collector's passes
     assert len({f[0] for f in facts}) == 1  # both from the one forkserver

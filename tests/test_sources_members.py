@@ -344,3 +344,37 @@ def test_finish_member_at_the_limit_and_one_over():
         "4/a.png", f"too-large: more than its declared size, over the {len(png) - 1}-byte limit")
     assert M.finish_member("a.png", gzip.compress(png), 10**6).reason.startswith("nested-archive")
     assert M.finish_member("a.png", png, 10**6).folder_label is None
+
+
+def test_looks_like_tar_reads_the_v7_checksum_as_int_does():
+    """The checksum field is parsed without raising where int() would refuse it,
+    with the same answers: octal digits with spaces and NULs, signs and
+    underscores as int() takes them, anything else not a tar."""
+    import random
+
+    from digitbatch.sources.members import looks_like_tar
+
+    def reference(head):
+        try:
+            stored = int(head[148:156].replace(b"\x00", b" ").strip() or b"x", 8)
+        except ValueError:
+            return False
+        return stored == sum(head[:148]) + 8 * 32 + sum(head[156:512])
+
+    rng = random.Random(1)
+    alphabet = b"0123456789 \x00+-_xa\t"
+    tars = 0
+    for i in range(20_000):
+        head = bytearray(rng.randbytes(512) if i % 2 else bytes(512))
+        head[257:262] = b"xxxxx"  # (no ustar magic: the checksum decides)
+        head[148:156] = bytes(rng.choice(alphabet) for _ in range(8))
+        if i % 5 == 0:  # a right checksum, as v7 tar writes it
+            total = sum(head[:148]) + 256 + sum(head[156:512])
+            head[148:156] = (oct(total)[2:].rjust(6, "0") + "\0 ").encode()
+        if i % 11 == 0:  # ... or with a sign or an underscore int() accepts
+            total = sum(head[:148]) + 256 + sum(head[156:512])
+            head[148:156] = ("+" + oct(total)[2:].rjust(6, "0") + " ").encode()[:8]
+        head = bytes(head)
+        assert looks_like_tar(head) == reference(head), head[148:156]
+        tars += reference(head)
+    assert tars > 2000

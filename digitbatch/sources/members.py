@@ -82,8 +82,11 @@ def looks_like_tar(head: bytes) -> bool:
         return False
     if head[257:262] == b"ustar":
         return True
+    field = head[148:156].replace(b"\x00", b" ").strip()
+    if not field or field.translate(None, b"01234567+-_ "):
+        return False  # (not a number int() takes: no exception to raise and catch)
     try:  # old v7 tars have no magic: check the header checksum instead
-        stored = int(head[148:156].replace(b"\x00", b" ").strip() or b"x", 8)
+        stored = int(field, 8)
     except ValueError:
         return False
     return stored == sum(head[:148]) + 8 * 32 + sum(head[156:512])
