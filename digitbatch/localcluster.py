@@ -77,7 +77,11 @@ def local_cluster(n_workers: int | None, processes: bool = True) -> Iterator:
     # (config= too: a worker process the cluster starts again later, e.g. after
     # Client.restart, gets it from its Nanny, not from this block's dask.config)
     host = local_host()
-    options = ({"env": dict(WORKER_ENV), "host": host, "config": LOCAL_CLUSTER_CONFIG,
+    # A forked worker starts with the forkserver's environment, which is this
+    # process's as it was when the forkserver started: the Nanny gives it this
+    # process's environment as it is now (credentials set since, say), as a
+    # spawned worker would have it.
+    options = ({"env": {**os.environ, **WORKER_ENV}, "host": host, "config": LOCAL_CLUSTER_CONFIG,
                 "preload": [WORKER_PRELOAD]} if processes else
                # in-process workers still start an HTTP server (/metrics, /health),
                # on every interface unless told where

@@ -9,6 +9,10 @@ import sys
 from digitbatch import cluster, localcluster
 
 
+def _worker_variable(name):
+    return os.environ.get(name)  # (the worker's os.environ: os.environ.get would pickle ours)
+
+
 def _worker_facts():
     import threadpoolctl
 
@@ -33,3 +37,13 @@ def test_workers_fork_from_a_forkserver_with_our_imports_done():
         assert not pandas  # Dask's own preload list (pandas and more) is not used
         assert frozen > 10_000  # the imports' objects, out of the collector's passes
     assert len({f[0] for f in facts}) == 1  # both from the one forkserver
+
+
+def test_workers_see_this_process_environment_as_it_is_when_the_cluster_starts(monkeypatch):
+    """Variables set after the forkserver started (credentials for a bucket,
+    say) reach the workers, as they would reach spawned ones."""
+    localcluster.start_forkserver()
+    monkeypatch.setenv("DIGITBATCH_TEST_SET_LATER", "after the forkserver")
+    with cluster.client(None, n_workers=1) as c:
+        seen = list(c.run(_worker_variable, "DIGITBATCH_TEST_SET_LATER").values())
+    assert seen == ["after the forkserver"]
