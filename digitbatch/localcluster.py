@@ -80,7 +80,10 @@ def local_cluster(n_workers: int | None, processes: bool = True) -> Iterator:
     # A forked worker starts with the forkserver's environment, which is this
     # process's as it was when the forkserver started: the Nanny gives it this
     # process's environment as it is now (credentials set since, say), as a
-    # spawned worker would have it.
+    # spawned worker would have it (less Dask's MALLOC_TRIM_THRESHOLD_, which
+    # _pre_spawn_environ has just taken out of it); what a library read from
+    # the environment at its import is read again by workerinit.
+    pre_spawn = {**_pre_spawn_environ(), **worker_environ()}  # (JSON logs in workers too)
     options = ({"env": {**os.environ, **WORKER_ENV}, "host": host, "config": LOCAL_CLUSTER_CONFIG,
                 "preload": [WORKER_PRELOAD]} if processes else
                # in-process workers still start an HTTP server (/metrics, /health),
@@ -89,7 +92,6 @@ def local_cluster(n_workers: int | None, processes: bool = True) -> Iterator:
     method = {}
     if processes and start_forkserver():
         method = {"distributed.worker.multiprocessing-method": START_METHOD}
-    pre_spawn = {**_pre_spawn_environ(), **worker_environ()}  # (JSON logs in workers too)
     try:
         with dask.config.set({"distributed.nanny.pre-spawn-environ": pre_spawn,
                               **LOCAL_CLUSTER_CONFIG, **method}):

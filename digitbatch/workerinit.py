@@ -17,7 +17,9 @@ They are module-level objects that live as long as the worker anyway.
 from __future__ import annotations
 
 import gc
+import os
 import signal
+import sys
 
 
 def dask_setup(worker=None) -> None:
@@ -28,4 +30,18 @@ def dask_setup(worker=None) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     except ValueError:  # (not the main thread: nothing to do there)
         pass
+    _reread_fsspec_config()
     gc.freeze()
+
+
+def _reread_fsspec_config() -> None:
+    """fsspec reads its configuration (``FSSPEC_S3_ENDPOINT_URL`` and the files
+    in ``FSSPEC_CONFIG_DIR``) when it is imported, which for a worker forked
+    from the forkserver was when the forkserver started: read it again from
+    this worker's environment, as a newly started process would."""
+    conf = sys.modules.get("fsspec.config")
+    if conf is None:  # (not imported yet: its import will read it)
+        return
+    conf.conf.clear()
+    conf.set_conf_files(os.environ.get("FSSPEC_CONFIG_DIR", conf.default_conf_dir), conf.conf)
+    conf.set_conf_env(conf.conf)

@@ -47,3 +47,19 @@ def test_workers_see_this_process_environment_as_it_is_when_the_cluster_starts(m
     with cluster.client(None, n_workers=1) as c:
         seen = list(c.run(_worker_variable, "DIGITBATCH_TEST_SET_LATER").values())
     assert seen == ["after the forkserver"]
+
+
+def _worker_fsspec_endpoint():
+    import fsspec.config
+
+    return fsspec.config.conf.get("s3", {}).get("endpoint_url")
+
+
+def test_workers_read_fsspec_config_from_the_environment_they_start_with(monkeypatch):
+    """fsspec reads FSSPEC_* at its import, which for a forked worker was the
+    forkserver's: a worker reads it again (an S3 endpoint set since reaches it)."""
+    localcluster.start_forkserver()
+    monkeypatch.setenv("FSSPEC_S3_ENDPOINT_URL", "http://127.0.0.1:9")
+    with cluster.client(None, n_workers=1) as c:
+        seen = list(c.run(_worker_fsspec_endpoint).values())
+    assert seen == ["http://127.0.0.1:9"]
