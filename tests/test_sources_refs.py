@@ -18,7 +18,8 @@ from .test_ingest import digit_members, png_bytes
 LIMIT = 1 << 20
 
 
-def _add(tar, name, data=b"", **attrs):
+def add_member(tar, name, data=b"", **attrs):
+    """Add ``name`` to ``tar``: ``data`` as a regular file, or TarInfo ``attrs``."""
     info = tarfile.TarInfo(name)
     info.size = len(data)
     for k, v in attrs.items():
@@ -43,12 +44,12 @@ def test_tar_refs_equal_stream(tmp_path, fmt):
         members = {k: v for k, v in members.items() if len(k) < 100}
     p = tmp_path / "a.tar"
     with tarfile.open(p, "w", format=fmt) as tar:
-        _add(tar, "dir/", type=tarfile.DIRTYPE)
+        add_member(tar, "dir/", type=tarfile.DIRTYPE)
         for name, data in members.items():
-            _add(tar, name, data)
-        _add(tar, "link.png", type=tarfile.SYMTYPE, linkname="/etc/passwd")
-        _add(tar, "hard.png", type=tarfile.LNKTYPE, linkname="1/x.png")
-        _add(tar, "fifo.png", type=tarfile.FIFOTYPE)
+            add_member(tar, name, data)
+        add_member(tar, "link.png", type=tarfile.SYMTYPE, linkname="/etc/passwd")
+        add_member(tar, "hard.png", type=tarfile.LNKTYPE, linkname="1/x.png")
+        add_member(tar, "fifo.png", type=tarfile.FIFOTYPE)
     assert seekable_kind(p, "tar")
     assert _via_refs(p, "tar") == _via_stream(p, "tar")
 
@@ -78,7 +79,7 @@ def test_dir_refs_equal_stream(tmp_path):
 def test_compressed_tar_is_not_seekable(tmp_path):
     p = tmp_path / "a.tar.gz"
     with tarfile.open(p, "w:gz") as tar:
-        _add(tar, "x.png", b"123")
+        add_member(tar, "x.png", b"123")
     assert not seekable_kind(p, "tar")
 
 
@@ -87,7 +88,7 @@ def test_truncated_and_corrupt_plain_tar(tmp_path):
     p = tmp_path / "a.tar"
     with tarfile.open(p, "w") as tar:
         for name, data in members.items():
-            _add(tar, name, data)
+            add_member(tar, name, data)
     whole = p.read_bytes()
     p.write_bytes(whole[: len(whole) // 2])
     with pytest.raises(ArchiveError, match="truncated"):

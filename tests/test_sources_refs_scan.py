@@ -20,18 +20,12 @@ from digitbatch.errors import ArchiveError
 from digitbatch.sources import refs, tarscan
 from digitbatch.sources.base import MemberRef, Reject
 
+from .test_sources_refs import add_member
+
 LIMIT = 1 << 20
 FORMATS = {"gnu": tarfile.GNU_FORMAT, "pax": tarfile.PAX_FORMAT, "ustar": tarfile.USTAR_FORMAT}
 # small windows put member boundaries everywhere; 2**20 is the default
 WINDOWS = [512, 1536, 4096, 2**20]
-
-
-def _add(tar, name, data=b"", **attrs):
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    for k, v in attrs.items():
-        setattr(info, k, v)
-    tar.addfile(info, io.BytesIO(data) if data else None)
 
 
 def _odd_archive(fmt: int, seed: int = 0) -> bytes:
@@ -65,7 +59,7 @@ def _odd_archive(fmt: int, seed: int = 0) -> bytes:
     with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
         for k in order:
             _, name, data, attrs = items[k]
-            _add(tar, name, data, **attrs)
+            add_member(tar, name, data, **attrs)
     return buf.getvalue()
 
 
@@ -129,7 +123,7 @@ def test_base256_size_is_read_as_tarfile_reads_it(tmp_path, monkeypatch, window)
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
         for i in range(6):
-            _add(tar, f"{i}/x{i}.png", bytes([i]) * (300 + 700 * i))
+            add_member(tar, f"{i}/x{i}.png", bytes([i]) * (300 + 700 * i))
     data = bytearray(buf.getvalue())
     with tarfile.open(fileobj=io.BytesIO(bytes(data))) as tar:
         third = tar.getmembers()[3]
@@ -144,7 +138,7 @@ def _plain(n: int, seed: int = 0) -> tuple[bytes, list[int]]:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for i in range(n):
-            _add(tar, f"{i % 10}/{i:04d}.png", rng.bytes(int(rng.integers(1, 3000))))
+            add_member(tar, f"{i % 10}/{i:04d}.png", rng.bytes(int(rng.integers(1, 3000))))
     data = buf.getvalue()
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         return data, [m.offset for m in tar.getmembers()]
@@ -215,7 +209,7 @@ def test_many_small_members_span_windows(tmp_path, monkeypatch):
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         for i in range(3000):
-            _add(tar, f"{i % 10}/{i:05d}.png", b"%d" % i)
+            add_member(tar, f"{i % 10}/{i:05d}.png", b"%d" % i)
     p = tmp_path / "many.tar"
     p.write_bytes(buf.getvalue())
     assert _listing(p) == _expected(buf.getvalue())

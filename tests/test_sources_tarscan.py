@@ -25,6 +25,8 @@ from digitbatch.sources import listing, members, refs, tarscan
 from digitbatch.sources.base import MemberRef, Reject, member_refs
 from digitbatch.sources.members import Member
 
+from .test_sources_refs import add_member
+
 LIMIT = 3000
 WINDOWS = [512, 1536, 64 * 512 + 256, 2**20]
 
@@ -36,14 +38,6 @@ ODD = ["../{i}.png", "/abs/{i}.png", "C:/{i}.png", "c:{i}.png", "a\\{i}.png", "a
        "Thumbs.db", "x/THUMBS.DB", "a/._{i}.png", "desktop.ini", "a:{i}.png", "x/1:{i}.png",
        "caf\udce9/{i}.png", "\udcff{i}.png", ".hidden{i}.png", "a/.b/{i}.png", "__MACOSX",
        "x/__MACOSX/{i}.png", "x/__macosx/{i}.png"]
-
-
-def _add(tar, name, data=b"", **attrs):
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    for k, v in attrs.items():
-        setattr(info, k, v)
-    tar.addfile(info, io.BytesIO(data) if data else None)
 
 
 def _mixed_tar(seed: int, n: int, fmt: int, odd: float) -> bytes:
@@ -59,34 +53,34 @@ def _mixed_tar(seed: int, n: int, fmt: int, odd: float) -> bytes:
             r = rng.random()
             if r >= odd:
                 name = PLAIN[int(rng.integers(len(PLAIN)))].format(d=i % 10, i=i)
-                _add(tar, name, data)
+                add_member(tar, name, data)
             elif r < odd * 0.15 and names:
-                _add(tar, names[int(rng.integers(len(names)))], data)  # a duplicate key
+                add_member(tar, names[int(rng.integers(len(names)))], data)  # a duplicate key
                 continue
             elif r < odd * 0.3:
                 kind = int(rng.integers(5))
                 name = f"k{i}.png"
                 if kind == 0:
-                    _add(tar, f"dir{i}/", type=tarfile.DIRTYPE)
+                    add_member(tar, f"dir{i}/", type=tarfile.DIRTYPE)
                 elif kind == 1:
-                    _add(tar, name, type=tarfile.SYMTYPE, linkname="/etc/passwd")
+                    add_member(tar, name, type=tarfile.SYMTYPE, linkname="/etc/passwd")
                 elif kind == 2:
-                    _add(tar, name, type=tarfile.LNKTYPE, linkname="x")
+                    add_member(tar, name, type=tarfile.LNKTYPE, linkname="x")
                 elif kind == 3:
-                    _add(tar, name, type=tarfile.CHRTYPE)
+                    add_member(tar, name, type=tarfile.CHRTYPE)
                 else:
-                    _add(tar, name, type=tarfile.FIFOTYPE)
+                    add_member(tar, name, type=tarfile.FIFOTYPE)
             elif r < odd * 0.45 and fmt != tarfile.USTAR_FORMAT:
-                _add(tar, f"{i % 10}/" + "L" * int(rng.integers(90, 300)) + f"{i}.png", data)
+                add_member(tar, f"{i % 10}/" + "L" * int(rng.integers(90, 300)) + f"{i}.png", data)
             elif r < odd * 0.55:
-                _add(tar, "p" * 80 + f"/{i % 10}/{i}.png", data)  # a ustar prefix
+                add_member(tar, "p" * 80 + f"/{i % 10}/{i}.png", data)  # a ustar prefix
             elif r < odd * 0.6 and fmt == tarfile.PAX_FORMAT:
-                _add(tar, f"{i % 10}/{i}.png", data, pax_headers={"comment": "c" * 200})
+                add_member(tar, f"{i % 10}/{i}.png", data, pax_headers={"comment": "c" * 200})
             else:
                 name = ODD[int(rng.integers(len(ODD)))].format(i=i)
                 if fmt == tarfile.USTAR_FORMAT and len(name.encode("utf-8", "surrogateescape")) > 99:
                     name = name[-99:]
-                _add(tar, name, data)
+                add_member(tar, name, data)
             names.append(tar.getmembers()[-1].name)
     return buf.getvalue()
 
@@ -290,9 +284,9 @@ def test_extended_headers_on_every_member_are_not_read_a_window_each(tmp_path, m
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for i in range(300):
-            _add(tar, f"{i % 10}/{i:04d}.png", b"x" * 300, pax_headers={"atime": "1.5"})
+            add_member(tar, f"{i % 10}/{i:04d}.png", b"x" * 300, pax_headers={"atime": "1.5"})
         for i in range(300, 2300):  # then a long run of plain headers
-            _add(tar, f"{i % 10}/{i:04d}.png", b"y" * 300)
+            add_member(tar, f"{i % 10}/{i:04d}.png", b"y" * 300)
     p = tmp_path / "pax.tar"
     p.write_bytes(buf.getvalue())
     read = []
@@ -329,9 +323,9 @@ def test_members_bigger_than_a_window_are_skipped_not_read(tmp_path, monkeypatch
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         for i in range(40):
-            _add(tar, f"small/{i}.png", b"s" * 100)  # dense: windows grow
+            add_member(tar, f"small/{i}.png", b"s" * 100)  # dense: windows grow
         for i in range(60):
-            _add(tar, f"big/{i}.png", bytes(5000 + 3000 * (i % 4)))
+            add_member(tar, f"big/{i}.png", bytes(5000 + 3000 * (i % 4)))
     p = tmp_path / "big.tar"
     p.write_bytes(buf.getvalue())
     read = []
