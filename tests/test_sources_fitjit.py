@@ -8,6 +8,9 @@ on the corpora of tests/test_sources_normalise.py.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -17,6 +20,7 @@ from digitbatch.sources import normalise as N
 from digitbatch.sources.decoders import grey
 
 from . import reference_mnist as ref
+from .test_sources_lanczos import resize_cases
 from .test_sources_normalise import _grey_corpus, _pillow_corpus, _stroke_digit
 
 pytestmark = pytest.mark.skipif(not fitjit.installed(), reason="numba is not installed")
@@ -29,6 +33,14 @@ def _jit_on(monkeypatch):
     assert fitjit.ready()
 
 
+def _prints_ok(code: str) -> None:
+    """Run ``code`` in a new Python process (its own imports, its own numba
+    state); it must exit 0 printing ``ok``."""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=240)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
 def _pillow(img: np.ndarray, h: int, w: int) -> np.ndarray:
     return np.asarray(Image.fromarray(img).resize((w, h), Image.Resampling.LANCZOS,
                                                   reducing_gap=lanczos.REDUCING_GAP))
@@ -37,19 +49,10 @@ def _pillow(img: np.ndarray, h: int, w: int) -> np.ndarray:
 def test_compiled_resize_equals_pillow_for_every_size():
     """Each input side 1..119 to each output side 1..20 that Pillow resamples
     itself, both pass orders, on random, bilevel and flat images."""
-    rng = np.random.default_rng(0)
     checked = 0
-    for h in range(1, 120):
-        for oh in range(1, 21):
-            w, ow = int(rng.integers(1, 120)), int(rng.integers(1, 21))
-            if lanczos.needs_pillow(w, h, ow, oh):
-                continue
-            kind = (h + oh) % 3
-            img = (rng.integers(0, 256, (h, w)) if kind == 0 else
-                   np.where(rng.random((h, w)) < 0.7, 0, 255) if kind == 1 else
-                   np.full((h, w), 255)).astype(np.uint8)
-            assert np.array_equal(fitjit.resize(img, oh, ow), _pillow(img, oh, ow)), (h, w, oh, ow)
-            checked += 1
+    for img, (oh, ow) in resize_cases():
+        assert np.array_equal(fitjit.resize(img, oh, ow), _pillow(img, oh, ow)), (img.shape, oh, ow)
+        checked += 1
     assert checked > 500
 
 
@@ -109,9 +112,6 @@ def test_compiled_fit_many_scans_in_one_group(monkeypatch):
 def test_the_first_call_starts_loading_and_numpy_serves_meanwhile():
     """In a fresh process: the first normalise starts the loader and returns
     the numpy path's bytes; once loaded, the compiled path gives the same."""
-    import subprocess
-    import sys
-
     code = (
         "import numpy as np\n"
         "from digitbatch.sources import fitjit, normalise as N\n"
@@ -123,17 +123,12 @@ def test_the_first_call_starts_loading_and_numpy_serves_meanwhile():
         "assert np.array_equal(N.normalise(g), first)\n"
         "import sys; assert 'numba' in sys.modules\n"
         "print('ok')\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=240)
-    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+    _prints_ok(code)
 
 
 def test_loading_starts_only_after_load_after_scans():
     """A process that fits fewer than LOAD_AFTER scans never imports numba;
     past that the loader starts, and the results never change."""
-    import subprocess
-    import sys
-
     code = (
         "import sys, numpy as np\n"
         "from digitbatch.sources import fitjit, normalise as N\n"
@@ -147,20 +142,13 @@ def test_loading_starts_only_after_load_after_scans():
         "fitjit.LOADER.threads[0].join()\n"
         "assert fitjit.ready() and np.array_equal(N.normalise(g), first)\n"
         "print('ok')\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=240)
-    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+    _prints_ok(code)
 
 
 def test_importing_normalise_does_not_import_numba():
-    import subprocess
-    import sys
-
     code = ("import sys\nfrom digitbatch.sources import images, listing\n"
             "assert 'numba' not in sys.modules\nprint('ok')\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=240)
-    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+    _prints_ok(code)
 
 
 def test_fit_marks_what_pillow_must_resize():
@@ -260,9 +248,6 @@ def test_compiled_path_takes_views_and_threads(monkeypatch):
 def test_28x28_images_never_count_towards_loading():
     """28x28 images need no fit: however many a process normalises, it never
     starts loading numba."""
-    import subprocess
-    import sys
-
     code = (
         "import sys, numpy as np\n"
         "from digitbatch.sources import fitjit, normalise as N\n"
@@ -272,6 +257,4 @@ def test_28x28_images_never_count_towards_loading():
         "N.normalise_flagged(g); N.normalise(g[:1])\n"
         "assert 'numba' not in sys.modules and not fitjit.LOADER.threads\n"
         "print('ok')\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=240)
-    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+    _prints_ok(code)

@@ -24,11 +24,11 @@ def _batch(imgs: list[np.ndarray], outs: list[tuple[int, int]]) -> np.ndarray:
     return lanczos.resize_group(crops, np.array([i.shape for i in imgs]), np.array(outs), (20, 20))
 
 
-def test_every_size_normalisation_uses_equals_pillow():
-    """Each input side 1..119 to each output side 1..20 Pillow resamples
-    itself, in both pass orders, on random, bilevel and flat images."""
+def resize_cases():
+    """``(image, (out_h, out_w))``: each input side 1..119 to an output side
+    1..20 that Pillow resamples itself (no box reduction first), on random,
+    bilevel and flat images, both pass orders among them."""
     rng = np.random.default_rng(0)
-    imgs, outs = [], []
     for h in range(1, 120):
         for oh in range(1, 21):
             w, ow = int(rng.integers(1, 120)), int(rng.integers(1, 21))
@@ -38,8 +38,14 @@ def test_every_size_normalisation_uses_equals_pillow():
             img = (rng.integers(0, 256, (h, w)) if kind == 0 else
                    np.where(rng.random((h, w)) < 0.7, 0, 255) if kind == 1 else
                    np.full((h, w), 255)).astype(np.uint8)
-            imgs.append(img)
-            outs.append((oh, ow))
+            yield img, (oh, ow)
+
+
+def test_every_size_normalisation_uses_equals_pillow():
+    """Each input side 1..119 to each output side 1..20 Pillow resamples
+    itself, in both pass orders, on random, bilevel and flat images."""
+    cases = list(resize_cases())
+    imgs, outs = [img for img, _ in cases], [out for _, out in cases]
     got = np.concatenate([_batch(imgs[a:a + 64], outs[a:a + 64]) for a in range(0, len(imgs), 64)])
     for k, (img, (oh, ow)) in enumerate(zip(imgs, outs)):
         want = _pillow(img, oh, ow)
