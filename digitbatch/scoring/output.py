@@ -309,45 +309,54 @@ def write_slots(out_path: str, i: int, start: int, *, valid: np.ndarray, labels:
 
 
 def compact(out: Path, *, chunk_size: int, n_classes: int, proba: bool) -> int:
-    """Copy the valid staging rows, in order, into the output arrays; drop staging."""
+    """Copy the valid staging rows, in order, into the output arrays; drop staging.
+
+    The ``valid`` flags are read first (a byte a slot), so each output array
+    is made at its final size and written one whole chunk at a time: no
+    resize, no chunk written twice.
+    """
     g = storage.open_group(out, mode="r+")
     st = g[STAGING]
-    n_slots = st["valid"].shape[0]
+    valid = st["valid"]
+    n_slots = valid.shape[0]
     names = ["pred", "margin", "keys", "labels"] + [e[0] for e in EXTRA_ARRAYS
                                                     if e[0] in st] + (["proba"] if proba else [])
+    c = chunk_size
+    blocks = chunk_bounds(n_slots, c)
+    keeps = [valid[a:b].astype(bool) for a, b in blocks]
+    total = sum(int(np.count_nonzero(k)) for k in keeps)
     for name in names:
         if name in g:
             del g[name]
-    c = chunk_size
-    shapes = {"proba": (0, n_classes)}
+    src, dst = {}, {}
     for name in names:
-        src = st[name]
+        src[name] = s_arr = st[name]
         kw = {"dtype": str} if name == "keys" else {
-            "dtype": src.dtype, "fill_value": src.fill_value, "compressors": COMPRESSORS}
-        g.create_array(name, shape=shapes.get(name, (0,)),
-                       chunks=(c, n_classes) if name == "proba" else (c,), **kw)
+            "dtype": s_arr.dtype, "fill_value": s_arr.fill_value, "compressors": COMPRESSORS}
+        dst[name] = g.create_array(name, shape=(total, n_classes) if name == "proba" else (total,),
+                                   chunks=(c, n_classes) if name == "proba" else (c,), **kw)
     buf: dict[str, list] = {name: [] for name in names}
     written = pending = 0
 
     def flush(count: int) -> None:
         nonlocal written, pending
         for name in names:
-            arr = np.concatenate(buf[name]) if buf[name] else None
+            arr = np.concatenate(buf[name]) if len(buf[name]) > 1 else buf[name][0]
             head, rest = arr[:count], arr[count:]
             buf[name] = [rest] if len(rest) else []
-            dst = g[name]
-            dst.resize((written + count, *dst.shape[1:]))
-            dst[written:written + count] = head
+            dst[name][written:written + count] = head
         written += count
         pending -= count
 
-    for a, b in chunk_bounds(n_slots, c):
-        keep = st["valid"][a:b].astype(bool)
+    for (a, b), keep in zip(blocks, keeps):
         if not keep.any():
             continue
+        whole = bool(keep.all())
         for name in names:
-            vals = st[name][a:b]
-            buf[name].append(np.asarray(vals, dtype=object)[keep] if name == "keys" else vals[keep])
+            vals = src[name][a:b]
+            if name == "keys":
+                vals = np.asarray(vals, dtype=object)
+            buf[name].append(vals if whole else vals[keep])
         pending += int(keep.sum())
         while pending >= c:
             flush(c)
