@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import time
 import io
 import tarfile
 
@@ -141,3 +143,88 @@ def test_archive_slot_chunks_smaller_than_output_chunks(tmp_path, shared_model):
     spec = OutputSpec(2500, 32_768, 10, False, load_model(shared_model).sha256, plan.checksum)
     with pytest.raises(ScoreError, match="slot_size"):
         check_resume(out, spec)
+
+
+@pytest.mark.parametrize("n,slot,first,want", [
+    (600, 256, 100, ([(0, 100), (100, 356), (356, 600)], 156, 100)),  # ragged last slot
+    (357, 256, 100, ([(0, 100), (100, 356), (356, 357)], 156, 100)),  # a one-member last slot
+    (101, 256, 100, ([(0, 100), (100, 101)], 156, 100)),
+    (100, 256, 100, ([(0, 100)], 0, None)),  # no more than the first slot: one task
+    (600, 256, 256, ([(0, 256), (256, 512), (512, 600)], 0, None)),  # first == slot
+    (600, 64, 100, ([(0, 64), (64, 128), (128, 192), (192, 256), (256, 320), (320, 384),
+                     (384, 448), (448, 512), (512, 576), (576, 600)], 0, None)),  # slot < first
+])
+def test_archive_slot_layout(monkeypatch, n, slot, first, want):
+    """A small first task, then whole slots; every later task fills exactly one
+    staging chunk and the first the end of chunk 0, so no two tasks share a chunk."""
+    from digitbatch.scoring import plan as P
+
+    monkeypatch.setattr(P, "FIRST_SLOT", first)
+    bounds, offset, first_slot = P.slot_layout(n, slot)
+    assert (bounds, offset, first_slot) == want
+    assert bounds[0][0] == 0 and bounds[-1][1] == n
+    assert all(b == c for (_, b), (c, _) in zip(bounds, bounds[1:]))  # contiguous
+    chunks = [{(m + offset) // slot for m in range(a, b)} for a, b in bounds]
+    assert all(len(c) == 1 for c in chunks) and len(set().union(*chunks)) == len(bounds)
+
+
+def test_archive_plan_with_a_small_first_slot(tmp_path, shared_model, monkeypatch):
+    """Scored with a first slot of 100 members (and whole slots of 256 after it),
+    an archive gives the same rows, keys, labels, rejects and counts as cut into
+    equal slots; the spec records the first slot, so neither layout resumes the other."""
+    import zarr
+
+    from digitbatch.scoring import plan as P
+    from digitbatch.scoring.api import score
+    from digitbatch.scoring.output import OutputSpec, check_resume, create_output
+
+    src = tmp_path / "a.tar"
+    _tar(tmp_path, 600, bad=(5, 99, 100, 355, 356, 599))  # at both ends of the first slot
+    plan = _plan(src, load_model(shared_model).model)
+    assert plan.first_slot is None  # the catalogue's first slot (1,024) is a whole 256-slot
+    monkeypatch.setattr(P, "FIRST_SLOT", 100)
+    plan = _plan(src, load_model(shared_model).model)
+    assert plan.first_slot == 100 and plan.work.kwargs["offset"] == 156
+    tasks = plan.tasks(set())
+    assert [(t.start, t.stop) for t in tasks] == [(0, 100), (100, 356), (356, 600)]
+    # each task writes staging chunks no other task writes (tasks run at once)
+    out = tmp_path / "staged.zarr"
+    out.mkdir()
+    create_output(out, OutputSpec(n=600, chunk_size=256, n_classes=10, proba=False, model_sha256="-",
+                                  input_checksum=plan.checksum, first_slot=100), arrays=False)
+    plan.prepare(out)
+    w = plan.work
+    written = []
+
+    def files():
+        return {(p.name, p.stat().st_ino, p.stat().st_mtime_ns)
+                for p in (out / "_staging" / "valid" / "c").glob("*")}
+
+    for t in tasks:
+        before = files()
+        time.sleep(0.01)  # (so that a rewritten file's mtime differs)
+        w.fn(t, **{**w.kwargs, "out_path": str(out)}, **w.broadcast)
+        written.append({name for name, *_ in files() - before})
+    assert written == [{"0"}, {"1"}, {"2"}]
+    outs = {}
+    for first in (100, 256):
+        monkeypatch.setattr(P, "FIRST_SLOT", first)
+        outs[first] = out = tmp_path / f"out{first}.zarr"
+        r = score(src, model=shared_model, out=out, scheduler="synchronous", chunk_size=256)
+        assert r.metrics["n_images"] == 594 and r.metrics["n_rejected"] == 6
+    a, b = (zarr.open_group(str(outs[f]), mode="r") for f in (100, 256))
+    for name in ("pred", "margin", "keys", "labels", "gap", "second"):
+        np.testing.assert_array_equal(a[name][:], b[name][:])
+    assert a["keys"].shape == (594,) and "_staging" not in a
+    ma, mb = (json.loads((outs[f] / "metrics.json").read_text()) for f in (100, 256))
+    for k in ("confusion_matrix", "rejects", "n_images", "accuracy", "per_class", "calibration",
+              "prediction_histogram", "drift"):
+        assert ma[k] == mb[k], k
+    sha = load_model(shared_model).sha256
+    base = dict(n=600, chunk_size=256, n_classes=10, proba=False, model_sha256=sha,
+                input_checksum=plan.checksum)
+    with pytest.raises(ScoreError, match="first_slot: output has 100, this run None"):
+        check_resume(outs[100], OutputSpec(**base))
+    with pytest.raises(ScoreError, match="first_slot: output has None, this run 100"):
+        check_resume(outs[256], OutputSpec(**base, first_slot=100))
+    check_resume(outs[100], OutputSpec(**base, first_slot=100))

@@ -185,7 +185,8 @@ def _score(stack, source, loaded, out, *, scheduler, resume, proba, break_lock, 
                      chunk_size=chunk_size, limit=max_member_bytes, stack=stack)
     spec = OutputSpec(n=plan.n, chunk_size=plan.chunk_size, n_classes=m.n_classes,
                       proba=bool(proba), model_sha256=loaded.sha256,
-                      input_checksum=plan.checksum, slot_size=plan.slot_size)
+                      input_checksum=plan.checksum, slot_size=plan.slot_size,
+                      first_slot=plan.first_slot)
     t0 = time.perf_counter()
     with run_lock(out, break_lock=break_lock, ttl=lock_ttl) as lease:
         # from here on the run is named by its lock token, as metrics.json names it

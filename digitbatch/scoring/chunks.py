@@ -85,8 +85,11 @@ def score_store_chunk(task: ChunkTask, *, store_path: str, out_path: str, model,
 
 def score_archive_chunk(task: ChunkTask, *, out_path: str, model, proba: bool,
                         container: str, kind: str, limit: int, labels: LabelMap | None,
-                        lease: str | None = None) -> int:
-    """Decode, label, predict and write one archive slot chunk, then commit it."""
+                        lease: str | None = None, offset: int = 0) -> int:
+    """Decode, label, predict and write one archive slot chunk, then commit it.
+
+    ``offset``: the staging row of member 0 (:func:`~digitbatch.scoring.plan.slot_layout`).
+    """
     i, start = task.index, task.start
     entries = unpack(task.packed)
     n = len(entries)
@@ -150,6 +153,6 @@ def score_archive_chunk(task: ChunkTask, *, out_path: str, model, proba: bool,
     counts["profile"] = chunk_profile(  # (drift)
         images[idx], pred[idx], margin[idx], target, model.classes,
         normalisation=(idx.size, *np.count_nonzero(flags[idx], axis=0).tolist()))
-    write_slots(out_path, i, start, valid=valid, labels=lab, pred=pred, margin=margin,
+    write_slots(out_path, i, start, offset=offset, valid=valid, labels=lab, pred=pred, margin=margin,
                 proba=probs, keys=keys, gap=gap, second=second, counts=counts, lease=lease)
     return i

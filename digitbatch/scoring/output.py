@@ -77,11 +77,17 @@ class OutputSpec:
     # count slot chunks; outputs written before slots could be smaller have
     # no such key, and a run cutting slots differently cannot resume them).
     slot_size: int | None = None
+    # An archive's first slot chunk, when it holds fewer members than the
+    # others (outputs written before that have no such key, and cannot be
+    # resumed by a run that cuts them so).
+    first_slot: int | None = None
 
     def to_dict(self) -> dict:
         d = dict(self.__dict__)
         if d["slot_size"] in (None, self.chunk_size):
             del d["slot_size"]
+        if d["first_slot"] is None:
+            del d["first_slot"]
         return d
 
 
@@ -169,8 +175,12 @@ def committed(out: Path) -> dict[int, dict]:
 def write_chunk(out_path: str, i: int, start: int, stop: int, *, pred: np.ndarray,
                 margin: np.ndarray, proba: np.ndarray | None, keys: np.ndarray | None,
                 counts: dict, prefix: str = "", lease: str | None = None,
-                gap: np.ndarray | None = None, second: np.ndarray | None = None) -> None:
+                gap: np.ndarray | None = None, second: np.ndarray | None = None,
+                offset: int = 0) -> None:
     """Write one chunk's rows (arrays under ``prefix``), then (only then) its commit record.
+
+    The rows go to ``[start + offset, stop + offset)`` of the arrays (an
+    archive's staging layout); the record names ``[start, stop)``.
 
     ``lease``: the token of the run's lock, checked just before the commit
     (:func:`digitbatch.scoring.lock.check_owner`): a run that lost its
@@ -178,16 +188,17 @@ def write_chunk(out_path: str, i: int, start: int, stop: int, *, pred: np.ndarra
     """
     first = open_array_cached(out_path, prefix + "pred")
     c = first.chunks[0]
-    aligned = start % c == 0 and (stop - start == c or stop == first.shape[0])
+    a, b = start + offset, stop + offset
+    aligned = a % c == 0 and (b - a == c or b == first.shape[0])
     for name, rows in (("pred", pred), ("margin", margin), ("proba", proba), ("keys", keys),
                        ("gap", gap), ("second", second)):
         if rows is None:  # (keys None: the caller copied the keys chunk already)
             continue
         arr = open_array_cached(out_path, prefix + name)
         if aligned and name != "keys":
-            write_rows(arr, start // c, rows)
+            write_rows(arr, a // c, rows)
         else:
-            arr[start:stop] = rows
+            arr[a:b] = rows
     record = {"chunk": i, "start": start, "stop": stop,
               **{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in counts.items()}}
     check_owner(out_path, lease)
@@ -298,14 +309,21 @@ def create_staging(out: Path, *, n: int, chunk_size: int, n_classes: int, proba:
 def write_slots(out_path: str, i: int, start: int, *, valid: np.ndarray, labels: np.ndarray,
                 pred: np.ndarray, margin: np.ndarray, proba: np.ndarray | None,
                 keys: np.ndarray, counts: dict, lease: str | None = None,
-                gap: np.ndarray | None = None, second: np.ndarray | None = None) -> None:
-    """Write one archive slot chunk into staging, then (only then) commit it."""
+                gap: np.ndarray | None = None, second: np.ndarray | None = None,
+                offset: int = 0) -> None:
+    """Write one archive slot chunk (members ``start...``) into staging, then (only then) commit it.
+
+    Member ``m`` is staging row ``m + offset`` (the plan's layout,
+    :func:`digitbatch.scoring.plan.slot_layout`); rows no member fills stay
+    invalid, and :func:`compact` skips them.
+    """
     n = valid.shape[0]
     g = open_group_cached(out_path)
-    g[f"{STAGING}/valid"][start:start + n] = valid.astype(np.int8)
-    g[f"{STAGING}/labels"][start:start + n] = labels
+    g[f"{STAGING}/valid"][start + offset:start + offset + n] = valid.astype(np.int8)
+    g[f"{STAGING}/labels"][start + offset:start + offset + n] = labels
     write_chunk(out_path, i, start, start + n, pred=pred, margin=margin, proba=proba, keys=keys,
-                counts=counts, prefix=f"{STAGING}/", lease=lease, gap=gap, second=second)
+                counts=counts, prefix=f"{STAGING}/", lease=lease, gap=gap, second=second,
+                offset=offset)
 
 
 def compact(out: Path, *, chunk_size: int, n_classes: int, proba: bool) -> int:

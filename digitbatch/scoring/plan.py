@@ -36,11 +36,33 @@ log = logging.getLogger(__name__)
 # MIN_SLOT to MAX_SLOT members (a task costs a few writes and a commit).
 ARCHIVE_TASKS = 16
 MIN_SLOT, MAX_SLOT = 1024, 8192
+# The first task holds only this many members (the others a whole slot), so
+# that the first chunk commits soon after the cluster is up, whatever the
+# slot size. Its slots lie at the end of staging chunk 0, which no other task
+# writes: every later task still writes whole staging chunks
+# (:func:`slot_layout`).
+FIRST_SLOT = MIN_SLOT
 
 
 def slot_size(n: int, chunk_size: int) -> int:
     """Members per archive slot chunk for ``n`` members and output chunks of ``chunk_size``."""
     return min(chunk_size, max(MIN_SLOT, min(MAX_SLOT, -(-n // ARCHIVE_TASKS))))
+
+
+def slot_layout(n: int, slot: int) -> tuple[list[tuple[int, int]], int, int | None]:
+    """``(bounds, offset, first)``: the member ranges of an archive's tasks, the
+    staging row of member 0, and the first task's size when it is not a whole slot.
+
+    The first task takes :data:`FIRST_SLOT` members and the others ``slot``
+    each. Member ``m`` is staging row ``m + offset``, with ``offset = slot -
+    first``: the first task's rows fill the end of staging chunk 0 and task
+    ``k`` (from 1) fills staging chunk ``k``, so no two tasks write one chunk.
+    """
+    first = min(FIRST_SLOT, slot)
+    if first == slot or n <= first:
+        return chunk_bounds(n, slot), 0, None
+    rest = [(a + first, b + first) for a, b in chunk_bounds(n - first, slot)]
+    return [(0, first), *rest], slot - first, first
 
 
 @dataclass
@@ -58,6 +80,7 @@ class ScorePlan:
     prepare: Callable[[Path], None] | None = field(default=None, repr=False)
     listing: Listing | None = field(default=None, repr=False)
     slot_size: int | None = None  # an archive's members per task (its staging chunks)
+    first_slot: int | None = None  # an archive's first task's members, when fewer
 
     @property
     def n_chunks(self) -> int:
@@ -137,6 +160,7 @@ def _archive_plan(source: Path, model, *, out_path: str, proba: bool, labels, ch
     checksum = listing.fingerprint
     n = len(entries)
     slot = slot_size(n, chunk_size)
+    bounds, offset, first = slot_layout(n, slot)
 
     def describe(task: ChunkTask) -> list[str]:
         return listed([e.key for e in entries[task.start:task.stop]])
@@ -146,13 +170,13 @@ def _archive_plan(source: Path, model, *, out_path: str, proba: bool, labels, ch
         input={"path": str(source.resolve()) if identity is None else origin,
                "kind": f"archive ({kind})", "checksum": checksum,
                "n_members": n, "labels_file": str(labels) if labels else None},
-        n_rejected=0, bounds=chunk_bounds(n, slot), slot_size=slot,
+        n_rejected=0, bounds=bounds, slot_size=slot, first_slot=first,
         work=Work(fn=score_archive_chunk,
                   kwargs={"proba": proba, "container": str(source), "kind": kind,
-                          "limit": limit, "out_path": out_path},
+                          "limit": limit, "out_path": out_path, "offset": offset},
                   broadcast={"model": model, "labels": label_map}, describe=describe,
                   stuck_on=decoding, processes=True, batch=False),
-        prepare=lambda out: create_staging(out, n=n, chunk_size=slot,
+        prepare=lambda out: create_staging(out, n=n + offset, chunk_size=slot,
                                            n_classes=model.n_classes, proba=proba),
         listing=listing,
     )
