@@ -124,7 +124,7 @@ def test_archive_slot_size(n, chunk_size, slot):
 
 
 def test_archive_slot_chunks_smaller_than_output_chunks(tmp_path, shared_model):
-    """Slots of 1,024 members for 2,500 members and the default 32,768-row output
+    """Slots of 1,024 members (the first of 512) for 2,500 members and the default 32,768-row output
     chunks: 3 tasks; the spec records the slot size, so an output cut into
     other slots (as before slots could be smaller) is not resumed."""
     from digitbatch.scoring.api import score
@@ -134,9 +134,9 @@ def test_archive_slot_chunks_smaller_than_output_chunks(tmp_path, shared_model):
     src = tmp_path / "a.tar"
     _tar(tmp_path, 2500)
     plan = _plan(src, model, chunk_size=32_768)
-    assert plan.slot_size == 1024 and plan.chunk_size == 32_768
-    assert [(t.start, t.stop) for t in plan.tasks(set())] == [(0, 1024), (1024, 2048),
-                                                              (2048, 2500)]
+    assert plan.slot_size == 1024 and plan.chunk_size == 32_768 and plan.first_slot == 512
+    assert [(t.start, t.stop) for t in plan.tasks(set())] == [(0, 512), (512, 1536),
+                                                              (1536, 2500)]
     out = tmp_path / "out.zarr"
     r = score(src, model=shared_model, out=out, scheduler="synchronous")
     assert r.metrics["n_images"] == 2500
@@ -181,7 +181,7 @@ def test_archive_plan_with_a_small_first_slot(tmp_path, shared_model, monkeypatc
     src = tmp_path / "a.tar"
     _tar(tmp_path, 600, bad=(5, 99, 100, 355, 356, 599))  # at both ends of the first slot
     plan = _plan(src, load_model(shared_model).model)
-    assert plan.first_slot is None  # the catalogue's first slot (1,024) is a whole 256-slot
+    assert plan.first_slot is None  # FIRST_SLOT (512) is over a whole slot of 256: no first slot
     monkeypatch.setattr(P, "FIRST_SLOT", 100)
     plan = _plan(src, load_model(shared_model).model)
     assert plan.first_slot == 100 and plan.work.kwargs["offset"] == 156
@@ -228,3 +228,11 @@ def test_archive_plan_with_a_small_first_slot(tmp_path, shared_model, monkeypatc
     with pytest.raises(ScoreError, match="first_slot: output has None, this run 100"):
         check_resume(outs[256], OutputSpec(**base, first_slot=100))
     check_resume(outs[100], OutputSpec(**base, first_slot=100))
+
+
+def test_first_slot_never_waits_for_the_compiled_kernels():
+    """The first task's scans alone never start the kernels' loading in its worker."""
+    from digitbatch.scoring.plan import FIRST_SLOT, MIN_SLOT
+    from digitbatch.sources.fitjit import LOAD_AFTER
+
+    assert FIRST_SLOT < LOAD_AFTER and FIRST_SLOT <= MIN_SLOT

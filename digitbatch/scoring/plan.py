@@ -38,10 +38,11 @@ ARCHIVE_TASKS = 16
 MIN_SLOT, MAX_SLOT = 1024, 8192
 # The first task holds only this many members (the others a whole slot), so
 # that the first chunk commits soon after the cluster is up, whatever the
-# slot size. Its slots lie at the end of staging chunk 0, which no other task
-# writes: every later task still writes whole staging chunks
-# (:func:`slot_layout`).
-FIRST_SLOT = MIN_SLOT
+# slot size: fewer than fitjit.LOAD_AFTER scans, so that this task never
+# shares its worker with the loading of the compiled kernels. Its slots lie
+# at the end of staging chunk 0, which no other task writes: every later
+# task still writes whole staging chunks (:func:`slot_layout`).
+FIRST_SLOT = 512
 
 
 def slot_size(n: int, chunk_size: int) -> int:
