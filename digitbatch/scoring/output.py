@@ -336,53 +336,51 @@ def compact(out: Path, *, chunk_size: int, n_classes: int, proba: bool) -> int:
     g = storage.open_group(out, mode="r+")
     st = g[STAGING]
     valid = st["valid"]
-    n_slots = valid.shape[0]
     names = ["pred", "margin", "keys", "labels"] + [e[0] for e in EXTRA_ARRAYS
                                                     if e[0] in st] + (["proba"] if proba else [])
     c = chunk_size
-    blocks = chunk_bounds(n_slots, c)
+    blocks = chunk_bounds(valid.shape[0], c)
     keeps = [valid[a:b].astype(bool) for a, b in blocks]
     total = sum(int(np.count_nonzero(k)) for k in keeps)
     for name in names:
         if name in g:
             del g[name]
-    src, dst = {}, {}
+    copies = []
     for name in names:
-        src[name] = s_arr = st[name]
+        src = st[name]
         kw = {"dtype": str} if name == "keys" else {
-            "dtype": s_arr.dtype, "fill_value": s_arr.fill_value, "compressors": COMPRESSORS}
-        dst[name] = g.create_array(name, shape=(total, n_classes) if name == "proba" else (total,),
-                                   chunks=(c, n_classes) if name == "proba" else (c,), **kw)
-    buf: dict[str, list] = {name: [] for name in names}
-    written = pending = 0
+            "dtype": src.dtype, "fill_value": src.fill_value, "compressors": COMPRESSORS}
+        dst = g.create_array(name, shape=(total, n_classes) if name == "proba" else (total,),
+                             chunks=(c, n_classes) if name == "proba" else (c,), **kw)
+        copies.append((src, dst, name == "keys"))
+    for src, dst, strings in copies:
+        _copy_valid(src, dst, strings, blocks, keeps, c)
+    del g[STAGING]
+    storage.rmtree(storage.to_path(out) / STAGING)
+    return total
 
-    def flush(count: int) -> None:
-        nonlocal written, pending
-        for name in names:
-            arr = np.concatenate(buf[name]) if len(buf[name]) > 1 else buf[name][0]
-            head, rest = arr[:count], arr[count:]
-            buf[name] = [rest] if len(rest) else []
-            dst[name][written:written + count] = head
-        written += count
-        pending -= count
 
+def _copy_valid(src, dst, strings: bool, blocks: list[tuple[int, int]],
+                keeps: list[np.ndarray], c: int) -> None:
+    """The rows of ``src`` that ``keeps`` marks, in order, into ``dst``, a whole chunk at a time."""
+    buf: list[np.ndarray] = []
+    pending = written = 0
     for (a, b), keep in zip(blocks, keeps):
         if not keep.any():
             continue
-        whole = bool(keep.all())
-        for name in names:
-            vals = src[name][a:b]
-            if name == "keys":
-                vals = np.asarray(vals, dtype=object)
-            buf[name].append(vals if whole else vals[keep])
-        pending += int(keep.sum())
+        vals = src[a:b]
+        if strings:
+            vals = np.asarray(vals, dtype=object)
+        buf.append(vals if keep.all() else vals[keep])
+        pending += len(buf[-1])
         while pending >= c:
-            flush(c)
+            arr = np.concatenate(buf) if len(buf) > 1 else buf[0]
+            dst[written:written + c] = arr[:c]
+            buf = [arr[c:]] if len(arr) > c else []
+            written += c
+            pending -= c
     if pending:
-        flush(pending)
-    del g[STAGING]
-    storage.rmtree(storage.to_path(out) / STAGING)
-    return written
+        dst[written:written + pending] = np.concatenate(buf) if len(buf) > 1 else buf[0]
 
 
 @dataclass(frozen=True)
