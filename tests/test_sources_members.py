@@ -12,7 +12,9 @@ from __future__ import annotations
 import bz2
 import gzip
 import io
+import itertools
 import lzma
+import posixpath
 import tarfile
 import warnings
 import zipfile
@@ -153,6 +155,10 @@ def _zip_bytes() -> bytes:
 ])
 def test_archive_magic(data, kind):
     assert M.archive_magic(data) == kind
+    # content_reject's quick test (first byte, length) lets every archive through
+    r = M.content_reject("a.png", data)
+    assert (r.reason if r else None) == (f"nested-archive: member is a {kind} file" if kind
+                                         else None)
 
 
 def test_archive_magic_looks_for_a_tar_header_only_at_the_start():
@@ -272,6 +278,21 @@ def test_check_name_refuses_unsafe_names_keeping_the_raw_name(raw, problem):
 ])
 def test_folder_label(key, label):
     assert M.folder_label(key) == label
+
+
+def _names():
+    parts = ["", "/", ".", "7", "77", "a", ".png", ".PNG", "x.jpg", "..", "/3/", "..png", "a.b"]
+    return ["".join(p) for p in itertools.product(parts, repeat=4)]
+
+
+def test_folder_label_and_extension_as_split_paths_give_them():
+    """The quick string tests equal the path splits they stand for, on crafted keys."""
+    for key in _names():
+        parent = key.split("/")[-2:-1]
+        assert M.folder_label(key) == (int(parent[0]) if parent and parent[0] in "0123456789"
+                                       and len(parent[0]) == 1 else None), key
+        want = posixpath.splitext(key)[1].lower() in M.IMAGE_EXTENSIONS
+        assert M.has_image_extension(key) == want, key
 
 
 # --- content, sizes ----------------------------------------------------------------

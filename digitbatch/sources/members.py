@@ -63,6 +63,10 @@ _DIGITS = frozenset("0123456789")
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")
 _OTHER_ARCHIVE_MAGICS = (b"7z\xbc\xaf\x27\x1c", b"Rar!\x1a\x07")
+# The first bytes of every magic archive_magic knows (a tar header has none,
+# but needs 512 bytes): data starting otherwise, and shorter, is no archive.
+_MAGIC_FIRST = frozenset(m[0] for m in (*_ZIP_MAGICS, *_OTHER_ARCHIVE_MAGICS,
+                                        b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,13 +193,25 @@ def plain_names(joined: str) -> bool:
     return not any(part in low for part in _JUNK_PARTS)
 
 def folder_label(key: str) -> int | None:
-    parent = key.split("/")[-2:-1]
-    return int(parent[0]) if parent and parent[0] in _DIGITS else None
+    """The digit of a one-digit parent folder (``.../7/name``), else None."""
+    end = key.rfind("/")
+    if end < 1 or key[end - 1] not in _DIGITS or (end > 1 and key[end - 2] != "/"):
+        return None
+    return ord(key[end - 1]) - 48
+
+def has_image_extension(key: str) -> bool:
+    """Whether ``key``'s extension (as ``posixpath.splitext`` gives it) is in
+    :data:`IMAGE_EXTENSIONS`."""
+    dot = key.rfind(".")
+    if dot > 0 and key[dot - 1] not in "/." and key.find("/", dot) < 0:
+        return key[dot:].lower() in IMAGE_EXTENSIONS  # (the usual "name.ext")
+    return posixpath.splitext(key)[1].lower() in IMAGE_EXTENSIONS
 
 def content_reject(key: str, data: bytes) -> Reject | None:
-    if (kind := archive_magic(data)) is not None:
+    if ((len(data) >= 512 or (data and data[0] in _MAGIC_FIRST))
+            and (kind := archive_magic(data)) is not None):
         return Reject(key, f"nested-archive: member is a {kind} file")
-    if posixpath.splitext(key)[1].lower() not in IMAGE_EXTENSIONS and not is_image_content(data):
+    if not has_image_extension(key) and not is_image_content(data):
         return Reject(key, "not-an-image: unknown extension and content is not an image")
     return None
 
