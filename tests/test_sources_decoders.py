@@ -115,11 +115,18 @@ def _png_refused() -> list[tuple[str, bytes]]:
     ]
 
 
+@pytest.mark.parametrize("via", ["spng C module", "pyspng.load"])
 @pytest.mark.parametrize("name,data", _png_corpus(), ids=[n for n, _ in _png_corpus()])
-def test_png_fast_path_equals_pillow(monkeypatch, name, data):
+def test_png_fast_path_equals_pillow(monkeypatch, name, data, via):
+    """Both ways into libspng (its C module where pyspng has it, else pyspng.load)."""
+    if via == "pyspng.load":
+        monkeypatch.setattr(D, "_SPNG_C", None)
+    else:
+        assert D._SPNG_C is not None, "this pyspng has no C module to call: the slower load serves"
     calls = _spy(monkeypatch)
     out = D.decode_grey(data)
     assert calls == [], f"{name}: the fast path refused it"
+    assert out.dtype == np.uint8 and out.ndim == 2
     assert np.array_equal(out, D.decode_grey(data, fast=False))
 
 

@@ -37,6 +37,12 @@ try:  # the fast decoders are dependencies, but a missing wheel only costs speed
     import pyspng
 except ImportError:  # pragma: no cover - platform without a wheel
     pyspng = None
+# pyspng.load builds a dict of formats on every call; its C module decodes
+# straight to grey or RGB (where a pyspng release has it, else load is used).
+_SPNG_C = getattr(pyspng, "c", None)
+if not all(hasattr(_SPNG_C, a) for a in ("spng_decode_image_bytes", "SPNG_FMT_G8",
+                                          "SPNG_FMT_RGB8")):
+    _SPNG_C = None
 try:
     import simplejpeg
 except ImportError:  # pragma: no cover
@@ -111,13 +117,21 @@ def _png_fast(data: bytes) -> np.ndarray | None:
         return None
     if not within_limits(hdr.width, hdr.height) or b"tRNS" in data:
         return None
+    grey = hdr.colour_type == 0
     try:
-        arr = pyspng.load(data, format="L" if hdr.colour_type == 0 else "RGB")
+        if _SPNG_C is not None:
+            arr = _SPNG_C.spng_decode_image_bytes(
+                data, _SPNG_C.SPNG_FMT_G8 if grey else _SPNG_C.SPNG_FMT_RGB8)
+            if grey and arr.ndim == 3 and arr.shape[2] == 1:
+                arr = arr[:, :, 0]
+        else:
+            arr = pyspng.load(data, format="L" if grey else "RGB")
     except Exception:  # untrusted input: Pillow decides what is wrong
         return None
-    if arr.shape[:2] != (hdr.height, hdr.width) or arr.dtype != np.uint8:
+    if arr.shape != ((hdr.height, hdr.width) if grey else (hdr.height, hdr.width, 3)) \
+            or arr.dtype != np.uint8:
         return None
-    return arr if hdr.colour_type == 0 else rgb_to_l(arr)
+    return arr if grey else rgb_to_l(arr)
 
 
 def rgb_to_l(rgb: np.ndarray) -> np.ndarray:

@@ -15,6 +15,8 @@ import zlib
 from typing import NamedTuple
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_START = PNG_SIGNATURE + b"\x00\x00\x00\x0dIHDR"
+_IHDR = struct.Struct(">IIBBBBB")
 # PNG chunks that carry an orientation Pillow would apply (EXIF, or XMP's
 # tiff:Orientation), or make Pillow show another picture than the IDAT one
 # (an animation's first frame). Their names are never compressed.
@@ -51,12 +53,9 @@ class JpegHeader(NamedTuple):
 
 def png_header(data: bytes) -> PngHeader | None:
     """The IHDR of a PNG without chunks that need Pillow, or None."""
-    if len(data) < 33 or not data.startswith(PNG_SIGNATURE) or data[12:16] != b"IHDR":
+    if len(data) < 33 or data[:16] != _PNG_START:  # (the signature, then a 13-byte IHDR)
         return None
-    length, = struct.unpack_from(">I", data, 8)
-    if length != 13:
-        return None
-    width, height, depth, colour, _comp, _filter, _interlace = struct.unpack_from(">IIBBBBB", data, 16)
+    width, height, depth, colour, _comp, _filter, _interlace = _IHDR.unpack_from(data, 16)
     if (b"eXIf" in data or b"acTL" in data or b"Raw profile type exif" in data
             or b"XML:com.adobe.xmp" in data):  # PNG_REFUSED, unrolled (the common case)
         return None
