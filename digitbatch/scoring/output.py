@@ -352,25 +352,23 @@ def compact(out: Path, *, chunk_size: int, n_classes: int, proba: bool) -> int:
             "dtype": src.dtype, "fill_value": src.fill_value, "compressors": COMPRESSORS}
         dst = g.create_array(name, shape=(total, n_classes) if name == "proba" else (total,),
                              chunks=(c, n_classes) if name == "proba" else (c,), **kw)
-        copies.append((src, dst, name == "keys"))
-    for src, dst, strings in copies:
-        _copy_valid(src, dst, strings, blocks, keeps, c)
+        copies.append((src, dst))
+    for src, dst in copies:
+        _copy_valid(src, dst, blocks, keeps, c)
     del g[STAGING]
     storage.rmtree(storage.to_path(out) / STAGING)
     return total
 
 
-def _copy_valid(src, dst, strings: bool, blocks: list[tuple[int, int]],
-                keeps: list[np.ndarray], c: int) -> None:
+def _copy_valid(src, dst, blocks: list[tuple[int, int]], keeps: list[np.ndarray],
+                c: int) -> None:
     """The rows of ``src`` that ``keeps`` marks, in order, into ``dst``, a whole chunk at a time."""
     buf: list[np.ndarray] = []
     pending = written = 0
     for (a, b), keep in zip(blocks, keeps):
         if not keep.any():
             continue
-        vals = src[a:b]
-        if strings:
-            vals = np.asarray(vals, dtype=object)
+        vals = src[a:b]  # (keys stay numpy strings: no object array made and taken apart)
         buf.append(vals if keep.all() else vals[keep])
         pending += len(buf[-1])
         while pending >= c:
