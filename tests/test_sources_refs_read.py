@@ -4,7 +4,9 @@ reading them one at a time gives: same bytes, same rejects, same order."""
 from __future__ import annotations
 
 import io
+import struct
 import tarfile
+import zlib
 
 import pytest
 
@@ -77,15 +79,43 @@ def test_truncated_tar_under_a_run_is_an_error(tmp_path):
 
 @pytest.mark.parametrize("name", PNG_REFUSED)
 def test_each_refused_png_chunk_name_leaves_the_file_to_pillow(name):
+    """A chunk of a refused type (before or after the image data), or a text
+    chunk naming a refused keyword, leaves the file to Pillow; the same words
+    inside another chunk's text do not."""
     from PIL import Image
     from PIL.PngImagePlugin import PngInfo
 
-    def png(text: bytes) -> bytes:
+    def png(text: bytes, key: str = "Comment") -> bytes:
         info = PngInfo()
-        info.add_text("Comment", text.decode())  # a tEXt chunk the fast path takes
+        info.add_text(key, text.decode())  # a tEXt chunk the fast path takes
         buf = io.BytesIO()
         Image.new("L", (5, 4), 9).save(buf, "PNG", pnginfo=info)
         return buf.getvalue()
 
+    def chunk(kind: bytes, body: bytes = b"x") -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(
+            ">I", zlib.crc32(kind + body))
+
     assert png_header(png(b"plain words")) is not None
-    assert png_header(png(name)) is None
+    if name in (b"eXIf", b"acTL"):  # chunk types
+        plain = png(b"plain words")
+        idat, iend = plain.index(b"IDAT") - 4, plain.index(b"IEND") - 4
+        assert png_header(plain[:idat] + chunk(name) + plain[idat:]) is None
+        assert png_header(plain[:iend] + chunk(name) + plain[iend:]) is None
+        assert png_header(png(name)) is not None  # the word in a comment
+    else:  # text keywords (EXIF or XMP held in a text chunk)
+        assert png_header(png(b"words", key=name.decode())) is None
+        assert png_header(png(name)) is None
+
+
+def test_a_png_cut_before_iend_or_with_trns_is_left_to_pillow():
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (5, 4), 9).save(buf, "PNG")
+    plain = buf.getvalue()
+    assert png_header(plain) is not None
+    assert png_header(plain[:-12]) is None  # no IEND
+    buf = io.BytesIO()
+    Image.new("L", (5, 4), 9).save(buf, "PNG", transparency=9)
+    assert b"tRNS" in buf.getvalue() and png_header(buf.getvalue()) is None

@@ -115,7 +115,7 @@ def _png_fast(data: bytes) -> np.ndarray | None:
     hdr = png_header(data)
     if hdr is None or hdr.bit_depth != 8 or hdr.colour_type not in (0, 2):
         return None
-    if not within_limits(hdr.width, hdr.height) or b"tRNS" in data:
+    if not within_limits(hdr.width, hdr.height):  # (png_header refuses a tRNS)
         return None
     grey = hdr.colour_type == 0
     try:

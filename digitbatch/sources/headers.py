@@ -21,6 +21,10 @@ _IHDR = struct.Struct(">IIBBBBB")
 # tiff:Orientation), or make Pillow show another picture than the IDAT one
 # (an animation's first frame). Their names are never compressed.
 PNG_REFUSED = (b"eXIf", b"Raw profile type exif", b"XML:com.adobe.xmp", b"acTL")
+_REFUSED_TYPES = frozenset({b"eXIf", b"acTL", b"tRNS"})  # (tRNS: transparency, for Pillow)
+_REFUSED_KEYWORDS = (b"Raw profile type exif", b"XML:com.adobe.xmp")  # of text chunks
+_TEXT_TYPES = frozenset({b"tEXt", b"zTXt", b"iTXt"})
+_CHUNK = struct.Struct(">I4s")
 # Chunks before the image data that Pillow and libspng both read or skip
 # alike (name -> the length it must have, None for any).
 PNG_PLAIN_CHUNKS = {b"IHDR": 13, b"gAMA": 4, b"sRGB": 1, b"pHYs": 9, b"cHRM": 32,
@@ -52,36 +56,46 @@ class JpegHeader(NamedTuple):
 
 
 def png_header(data: bytes) -> PngHeader | None:
-    """The IHDR of a PNG without chunks that need Pillow, or None."""
-    if len(data) < 33 or data[:16] != _PNG_START:  # (the signature, then a 13-byte IHDR)
+    """The IHDR of a PNG without chunks that need Pillow, or None.
+
+    Every chunk up to IEND is looked at (its type, and a text chunk's
+    keyword): none may be :data:`PNG_REFUSED` or a ``tRNS``. A file cut
+    before IEND is left to Pillow.
+    """
+    n = len(data)
+    if n < 45 or data[:16] != _PNG_START:  # (the signature, then a 13-byte IHDR)
         return None
     width, height, depth, colour, _comp, _filter, _interlace = _IHDR.unpack_from(data, 16)
-    if (b"eXIf" in data or b"acTL" in data or b"Raw profile type exif" in data
-            or b"XML:com.adobe.xmp" in data):  # PNG_REFUSED, unrolled (the common case)
-        return None
     # Pillow reads the chunks before the image data strictly (a bad CRC, a
     # corrupt compressed text is a broken file) where libspng skips them:
     # only chunks both treat alike, with good CRCs, go the fast way.
-    if data[37:41] == b"IDAT" and len(data) >= 45:  # (the usual case: IHDR, then IDAT)
-        if zlib.crc32(data[12:29]) != int.from_bytes(data[29:33], "big"):
-            return None
-        return PngHeader(width, height, depth, colour)
     pos = 8
     while True:
-        if pos + 12 > len(data):
+        if pos + 12 > n:
             return None
-        length, = struct.unpack_from(">I", data, pos)
-        name = data[pos + 4:pos + 8]
+        length, name = _CHUNK.unpack_from(data, pos)
         if name == b"IDAT":
-            return PngHeader(width, height, depth, colour)
+            break
         want = PNG_PLAIN_CHUNKS.get(name, -1)
         end = pos + 12 + length
-        if want == -1 or (want is not None and length != want) or end > len(data):
+        if want == -1 or (want is not None and length != want) or end > n:
             return None
         crc, = struct.unpack_from(">I", data, end - 4)
-        if zlib.crc32(data[pos + 4:end - 4]) != crc:
+        if zlib.crc32(data[pos + 4:end - 4]) != crc or (name in _TEXT_TYPES and any(
+                k in data[pos + 8:end - 4] for k in _REFUSED_KEYWORDS)):
             return None
         pos = end
+    # the image data and what follows it, to IEND: types only (the usual
+    # file is IDAT, then IEND)
+    while name != b"IEND":
+        if name in _REFUSED_TYPES or (name in _TEXT_TYPES and any(
+                k in data[pos + 8:pos + 8 + length] for k in _REFUSED_KEYWORDS)):
+            return None
+        pos += 12 + length
+        if pos + 12 > n:
+            return None
+        length, name = _CHUNK.unpack_from(data, pos)
+    return PngHeader(width, height, depth, colour)
 
 
 def jpeg_header(data: bytes) -> JpegHeader | None:
