@@ -192,6 +192,32 @@ def hog(images: np.ndarray) -> np.ndarray:
         Channel-major (8), then cell row (7), then cell column (7); all zero
         for a blank image.
     """
+    hist = _hog_cells(images)
+    np.sqrt(hist, out=hist)
+    norm = np.linalg.norm(hist, axis=1, keepdims=True)
+    hist /= np.maximum(norm, 1e-6)
+    return hist
+
+
+def hog_root(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`hog` before its normalisation: the square-rooted descriptor and its norm.
+
+    ``root / max(norm, 1e-6)`` is :func:`hog` up to float32 rounding; the
+    float32 scorer divides its (n, 80) projection instead of the (n, 392)
+    descriptor. The norm is that of ``sqrt(hist)``, i.e. ``sqrt(sum(hist))``.
+
+    Returns
+    -------
+    root : ndarray, shape (n, 392), float32
+    norm : ndarray, shape (n,), float32
+    """
+    hist = _hog_cells(images)
+    norm = np.sqrt(hist.sum(axis=1))
+    return np.sqrt(hist, out=hist), norm
+
+
+def _hog_cells(images: np.ndarray) -> np.ndarray:
+    """The pooled orientation channels of :func:`hog` (n, 392), before the square root."""
     imgs = _check_images(images)
     n = imgs.shape[0]
     x = np.zeros((n, HALF + 2, HALF + 2), np.float32)
@@ -215,11 +241,7 @@ def hog(images: np.ndarray) -> np.ndarray:
     cols = (chans.reshape(-1, HALF) @ _TENTS).reshape(HOG_CHANNELS * n, HALF, k)
     cells = np.ascontiguousarray(cols.transpose(0, 2, 1)).reshape(-1, HALF) @ _TENTS
     # (channel, image, cell column, cell row) -> (image, channel, row, column)
-    hist = cells.reshape(HOG_CHANNELS, n, k, k).transpose(1, 0, 3, 2).reshape(n, HOG_SIZE)
-    np.sqrt(hist, out=hist)
-    norm = np.linalg.norm(hist, axis=1, keepdims=True)
-    hist /= np.maximum(norm, 1e-6)
-    return hist
+    return cells.reshape(HOG_CHANNELS, n, k, k).transpose(1, 0, 3, 2).reshape(n, HOG_SIZE)
 
 
 def kernel_features(
@@ -245,8 +267,7 @@ def kernel_features(
     -------
     ndarray, shape (n, 784) or (n, 784 + 392)
     """
-    if hog_weight < 0:
-        raise ValueError(f"hog_weight must be >= 0; got {hog_weight!r}")
+    _check_hog_weight(hog_weight)
     straight = deskew(images)
     pixels = straight.reshape(straight.shape[0], SIDE * SIDE)
     pixels *= np.float32(1.0 / 255.0)
@@ -255,6 +276,38 @@ def kernel_features(
         desc *= np.float32(hog_weight)
         pixels = np.concatenate([pixels, desc], axis=1)
     return pixels.astype(dtype, copy=False)
+
+
+def _check_hog_weight(hog_weight: float) -> None:
+    if not hog_weight >= 0:
+        raise ValueError(f"hog_weight must be >= 0; got {hog_weight!r}")
+
+
+def kernel_feature_parts(images: np.ndarray, *, hog_weight: float = 0.0
+                         ) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray | None, ...]]:
+    """:func:`kernel_features` in float32 as column blocks, before their fixed factors.
+
+    For :class:`digitbatch.folding.KernelScorer`, which folds the factors
+    (1/255 for the pixels, ``hog_weight`` for HOG) into its projection and so
+    needs no scaled, concatenated copy of the features.
+
+    Returns
+    -------
+    parts : tuple of ndarray
+        The deskewed pixels (n, 784) on the 0-255 scale; with ``hog_weight``
+        > 0 also the square-rooted HOG descriptor (n, 392) of :func:`hog_root`.
+    row_scales : tuple of (ndarray or None)
+        Per part, None or an (n,) factor of each row: ``1 / max(norm, 1e-6)``
+        for HOG.
+    """
+    _check_hog_weight(hog_weight)
+    straight = deskew(images)
+    pixels = straight.reshape(straight.shape[0], SIDE * SIDE)
+    if not hog_weight:
+        return (pixels,), (None,)
+    root, norm = hog_root(straight)
+    np.maximum(norm, np.float32(1e-6), out=norm)
+    return (pixels, root), (None, np.reciprocal(norm, out=norm))
 
 
 def make_kernel_pipeline(

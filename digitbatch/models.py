@@ -290,17 +290,24 @@ class CompactModel:
     def _kernel_scores(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Kernel-head decision values (float32) and class indices equal to float64's.
 
-        The float32 copy of the head scores faster (README, "Measured defaults"); rows whose
-        top two values are closer than its rounding (~1e-3) are rescored in
-        float64.
+        The float32 :class:`~digitbatch.folding.KernelScorer` of the head
+        scores faster (README, "Measured defaults"); rows whose top two
+        values are closer than its rounding (~1e-3) are rescored in float64.
         """
-        h32 = self.__dict__.get("_head32")
-        if h32 is None:
-            h32 = dataclasses.replace(self.head, **{
-                k: v.astype(np.float32) for k, v in vars(self.head).items()
-                if isinstance(v, np.ndarray) and v.dtype.kind == "f"})
-            self.__dict__["_head32"] = h32
-        d = h32.kernel(self.featurize(images, np.float32)) @ h32.weights + h32.intercept
+        scorer = self.__dict__.get("_scorer32")
+        if scorer is None:
+            if self.features == "kernel" and self.head.projection is not None:
+                hw = float(self.params.get("hog_weight", 0.0))
+                sizes = (F.SIDE * F.SIDE, F.HOG_SIZE) if hw else (F.SIDE * F.SIDE,)
+                scorer = FO.kernel_scorer(self.head, sizes, (PIXEL_SCALE, hw) if hw else (PIXEL_SCALE,))
+            else:
+                scorer = FO.kernel_scorer(self.head)
+            self.__dict__["_scorer32"] = scorer
+        if self.features == "kernel" and scorer.blocks:
+            parts, scales = F.kernel_feature_parts(images, hog_weight=self.params.get("hog_weight", 0.0))
+            d = scorer.decision_function(*parts, row_scales=scales)
+        else:
+            d = scorer.decision_function(self.featurize(images, np.float32))
         if d.shape[0] == 0:
             return d, np.zeros(0, np.intp)
         if d.shape[1] == 1:
