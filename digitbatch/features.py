@@ -26,7 +26,8 @@ _ROW_WEIGHTS = np.stack([np.ones(SIDE), _COORDS], axis=1).astype(np.float32)
 _PAD = SIDE + 1
 
 
-def _check_images(images: np.ndarray) -> np.ndarray:
+def check_images(images: np.ndarray) -> np.ndarray:
+    """``images`` as (n, 28, 28) (flat (n, 784) rows are reshaped); ValueError for any other shape."""
     arr = np.asarray(images)
     if arr.ndim == 2 and arr.shape[1] == SIDE * SIDE:
         arr = arr.reshape(-1, SIDE, SIDE)
@@ -52,7 +53,7 @@ def image_moments(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     cov_row_col : ndarray, shape (n,), float64
         Covariance of the row and column coordinates (``mu11``).
     """
-    imgs = _check_images(images)
+    imgs = check_images(images)
     n = imgs.shape[0]
     # One small matrix product gives each row's ink and column-weighted ink.
     # For uint8 images these are integers far below 2**24, exact in float32.
@@ -109,10 +110,27 @@ def deskew(images: np.ndarray) -> np.ndarray:
         Deskewed images on the input's intensity scale (0-255 for uint8).
         Blank images come back blank.
     """
-    imgs = _check_images(images)
+    wide = deskew_wide(images)
+    return np.ascontiguousarray(wide[:, :, :SIDE])
+
+
+WIDE = SIDE + 1
+
+
+def deskew_wide(images: np.ndarray) -> np.ndarray:
+    """:func:`deskew` with a zero 29th column in each row, shape (n, 28, 29), float32.
+
+    The same values as :func:`deskew` in columns 0-27 (the same float32
+    operations), without its final copy: the scoring path multiplies this
+    form by a projection with zero rows for column 28. The horizontal
+    blend runs over the chunk as one flat array (each row's last slot
+    blends across into the next row, and is then zeroed), and the vertical
+    one over whole images: long runs of contiguous float32, not 29-wide rows.
+    """
+    imgs = check_images(images)
     n = imgs.shape[0]
     if n == 0:
-        return np.zeros((0, SIDE, SIDE), np.float32)
+        return np.zeros((0, SIDE, WIDE), np.float32)
     if imgs.dtype != np.uint8:
         imgs = imgs.astype(np.float32)
     centroid, var_r, cov_rc = image_moments(imgs)
@@ -125,28 +143,36 @@ def deskew(images: np.ndarray) -> np.ndarray:
     shift = alpha[:, None] * (_COORDS - CENTRE) + (centroid[:, 1:2] - CENTRE)
     np.clip(shift, -SIDE, SIDE, out=shift)
     kx = np.floor(shift)
-    fx = (shift - kx).astype(np.float32).reshape(-1, 1)
+    fx = (shift - kx).astype(np.float32).ravel()
 
     # All rows of the chunk, zero-padded left and right, plus one zero row
     # that stands in for the rows above and below each image.
     m = n * SIDE
     padded = np.zeros((m + 1, SIDE + 2 * _PAD), imgs.dtype)
     padded[:m, _PAD : _PAD + SIDE] = imgs.reshape(m, SIDE)
-    windows = _row_windows(padded, SIDE + 1)
+    windows = _row_windows(padded, WIDE)
     src_row = ky.astype(np.intp)[:, None] + np.arange(SIDE)
     start = (kx.astype(np.intp) + _PAD).ravel()
     base = (np.arange(n) * SIDE)[:, None]
-    upper = np.where((src_row >= 0) & (src_row < SIDE), base + src_row, m).ravel()
-    lower = np.where((src_row >= -1) & (src_row < SIDE - 1), base + src_row + 1, m).ravel()
-    top = windows[upper, start].view(imgs.dtype).reshape(m, SIDE + 1)
-    bottom = windows[lower, start].view(imgs.dtype).reshape(m, SIDE + 1)
+    which = np.empty((2, m), np.intp)  # the upper and the lower source row of each output row
+    which[0] = np.where((src_row >= 0) & (src_row < SIDE), base + src_row, m).ravel()
+    which[1] = np.where((src_row >= -1) & (src_row < SIDE - 1), base + src_row + 1, m).ravel()
+    both = windows[which, start].view(imgs.dtype).reshape(2, n, SIDE * WIDE).astype(np.float32, copy=False)
 
-    wy = np.repeat(fy, SIDE)[:, None]
-    rows = top * (1.0 - wy)
-    rows += bottom * wy
-    out = rows[:, :-1] * (1.0 - fx)
-    out += rows[:, 1:] * fx
-    return out.reshape(n, SIDE, SIDE)
+    wy = np.empty((2, n, 1), np.float32)
+    np.subtract(np.float32(1.0), fy, out=wy[0, :, 0])
+    wy[1, :, 0] = fy
+    both *= wy
+    rows = both[0].reshape(m * WIDE)
+    rows += both[1].reshape(m * WIDE)  # top * (1 - wy) + bottom * wy
+    wx = np.repeat(fx, WIDE)
+    out = np.empty((n, SIDE, WIDE), np.float32)
+    flat = out.reshape(m * WIDE)
+    np.multiply(rows[:-1], np.repeat(np.float32(1.0) - fx, WIDE)[:-1], out=flat[:-1])
+    rows[1:] *= wx[:-1]
+    flat[:-1] += rows[1:]  # rows[:, c] * (1 - fx) + rows[:, c + 1] * fx
+    out[:, :, SIDE] = 0.0
+    return out
 
 
 HALF = SIDE // 2
@@ -199,26 +225,9 @@ def hog(images: np.ndarray) -> np.ndarray:
     return hist
 
 
-def hog_root(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`hog` before its normalisation: the square-rooted descriptor and its norm.
-
-    ``root / max(norm, 1e-6)`` is :func:`hog` up to float32 rounding; the
-    float32 scorer divides its (n, 80) projection instead of the (n, 392)
-    descriptor. The norm is that of ``sqrt(hist)``, i.e. ``sqrt(sum(hist))``.
-
-    Returns
-    -------
-    root : ndarray, shape (n, 392), float32
-    norm : ndarray, shape (n,), float32
-    """
-    hist = _hog_cells(images)
-    norm = np.sqrt(hist.sum(axis=1))
-    return np.sqrt(hist, out=hist), norm
-
-
 def _hog_cells(images: np.ndarray) -> np.ndarray:
     """The pooled orientation channels of :func:`hog` (n, 392), before the square root."""
-    imgs = _check_images(images)
+    imgs = check_images(images)
     n = imgs.shape[0]
     x = np.zeros((n, HALF + 2, HALF + 2), np.float32)
     # Slice sums: numpy's multi-axis .sum() over the small axes is several times slower.
@@ -267,7 +276,7 @@ def kernel_features(
     -------
     ndarray, shape (n, 784) or (n, 784 + 392)
     """
-    _check_hog_weight(hog_weight)
+    check_hog_weight(hog_weight)
     straight = deskew(images)
     pixels = straight.reshape(straight.shape[0], SIDE * SIDE)
     pixels *= np.float32(1.0 / 255.0)
@@ -278,36 +287,10 @@ def kernel_features(
     return pixels.astype(dtype, copy=False)
 
 
-def _check_hog_weight(hog_weight: float) -> None:
+def check_hog_weight(hog_weight: float) -> None:
+    """ValueError unless ``hog_weight`` is a number >= 0."""
     if not hog_weight >= 0:
         raise ValueError(f"hog_weight must be >= 0; got {hog_weight!r}")
-
-
-def kernel_feature_parts(images: np.ndarray, *, hog_weight: float = 0.0
-                         ) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray | None, ...]]:
-    """:func:`kernel_features` in float32 as column blocks, before their fixed factors.
-
-    For :class:`digitbatch.folding.KernelScorer`, which folds the factors
-    (1/255 for the pixels, ``hog_weight`` for HOG) into its projection and so
-    needs no scaled, concatenated copy of the features.
-
-    Returns
-    -------
-    parts : tuple of ndarray
-        The deskewed pixels (n, 784) on the 0-255 scale; with ``hog_weight``
-        > 0 also the square-rooted HOG descriptor (n, 392) of :func:`hog_root`.
-    row_scales : tuple of (ndarray or None)
-        Per part, None or an (n,) factor of each row: ``1 / max(norm, 1e-6)``
-        for HOG.
-    """
-    _check_hog_weight(hog_weight)
-    straight = deskew(images)
-    pixels = straight.reshape(straight.shape[0], SIDE * SIDE)
-    if not hog_weight:
-        return (pixels,), (None,)
-    root, norm = hog_root(straight)
-    np.maximum(norm, np.float32(1e-6), out=norm)
-    return (pixels, root), (None, np.reciprocal(norm, out=norm))
 
 
 def make_kernel_pipeline(

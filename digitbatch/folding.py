@@ -148,37 +148,52 @@ class KernelScorer:
         for a in range(0, n, SCORER_ROWS):
             r = min(SCORER_ROWS, n - a)
             kr = np.matmul(za[a : a + r], self.rbf, out=k[:r])
-            # the exponent is -gamma |z - c|^2 <= 0, up to rounding
-            np.minimum(kr, np.float32(0.0), out=kr)
+            # (-gamma |z - c|^2 is <= 0 up to rounding, so exp is at most
+            # 1 + a rounding error: no clip, unlike the float64 predictor)
             np.exp(kr, out=kr)
             np.matmul(kr, self.weights, out=out[a : a + r])
         out += self.intercept
         return out
 
 
-def kernel_scorer(head: KernelPredictor, block_sizes: tuple[int, ...] = (), factors: tuple[float, ...] = ()
+def kernel_scorer(head: KernelPredictor, columns: tuple[np.ndarray, ...] = (), factors: tuple[float, ...] = ()
                   ) -> KernelScorer:
-    """The :class:`KernelScorer` of ``head`` (its float64 arrays are used, then cast once).
+    """The :class:`KernelScorer` of ``head`` (made from its float64 arrays, then cast once).
 
-    ``block_sizes``: the column blocks the features come in (default one
-    block, all columns); ``factors``: each block's fixed factor (default 1).
-    Without a projection, the features come as one block with factor 1.
+    Parameters
+    ----------
+    head : KernelPredictor
+    columns : tuple of int ndarray, optional
+        The column blocks the features come in: for each block, the index
+        of each of its columns among the head's inputs (-1 for a column to
+        ignore, e.g. padding). Default: one block, every input in order.
+    factors : tuple of float, optional
+        A fixed factor of each block (default 1), folded into the projection:
+        the head sees ``block * factor``.
+
+    Without a projection the features must come as one plain block.
     """
     f32 = np.float32
     lm = np.asarray(head.landmarks, np.float64)
     g = float(head.gamma)
     if head.projection is None:
-        if len(block_sizes) > 1 or any(f != 1.0 for f in factors):
-            raise ValueError("a predictor without projection takes one block with factor 1")
+        if columns or any(f != 1.0 for f in factors):
+            raise ValueError("a predictor without projection takes its features as one block, with factor 1")
         blocks, offset = (), np.zeros(lm.shape[1])
     else:
         proj = np.asarray(head.projection, np.float64)
-        sizes = block_sizes or (proj.shape[0],)
-        if sum(sizes) != proj.shape[0]:
-            raise ValueError(f"block sizes {sizes} do not add up to the {proj.shape[0]} inputs of the projection")
-        facs = factors or (1.0,) * len(sizes)
-        edges = np.cumsum((0,) + tuple(sizes))
-        blocks = tuple(np.ascontiguousarray(proj[a:b] * fac, f32) for a, b, fac in zip(edges[:-1], edges[1:], facs))
+        cols = tuple(np.asarray(c, np.intp) for c in columns) or (np.arange(proj.shape[0]),)
+        used = np.concatenate([c[c >= 0] for c in cols])
+        if len(factors) not in (0, len(cols)) or np.any(used >= proj.shape[0]):
+            raise ValueError(f"columns/factors do not fit the projection's {proj.shape[0]} inputs")
+        facs = factors or (1.0,) * len(cols)
+
+        def block(c: np.ndarray, factor: float) -> np.ndarray:
+            p = np.zeros((c.shape[0], proj.shape[1]))
+            p[c >= 0] = proj[c[c >= 0]] * factor
+            return np.ascontiguousarray(p, f32)
+
+        blocks = tuple(block(c, f) for c, f in zip(cols, facs))
         offset = np.asarray(head.offset, np.float64)
     sq = np.einsum("ij,ij->i", lm, lm)
     rbf = np.vstack([2.0 * g * lm.T, np.full((1, lm.shape[0]), -g), -g * sq[None, :]])

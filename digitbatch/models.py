@@ -23,6 +23,7 @@ from . import features as F
 from . import folding as FO
 from . import kernels
 from . import patchfeatures as PF
+from . import scorefeatures as SF
 from .errors import TrainingError
 from .digits import UNKNOWN_LABEL
 
@@ -295,16 +296,17 @@ class CompactModel:
         values are closer than its rounding (~1e-3) are rescored in float64.
         """
         scorer = self.__dict__.get("_scorer32")
+        hw = float(self.params.get("hog_weight", 0.0))
+        blocks = self.features == "kernel" and self.head.projection is not None
         if scorer is None:
-            if self.features == "kernel" and self.head.projection is not None:
-                hw = float(self.params.get("hog_weight", 0.0))
-                sizes = (F.SIDE * F.SIDE, F.HOG_SIZE) if hw else (F.SIDE * F.SIDE,)
-                scorer = FO.kernel_scorer(self.head, sizes, (PIXEL_SCALE, hw) if hw else (PIXEL_SCALE,))
+            if blocks:
+                scorer = FO.kernel_scorer(self.head, SF.feature_columns(hw),
+                                          (PIXEL_SCALE, hw) if hw else (PIXEL_SCALE,))
             else:
                 scorer = FO.kernel_scorer(self.head)
             self.__dict__["_scorer32"] = scorer
-        if self.features == "kernel" and scorer.blocks:
-            parts, scales = F.kernel_feature_parts(images, hog_weight=self.params.get("hog_weight", 0.0))
+        if blocks:
+            parts, scales = SF.kernel_feature_parts(images, hog_weight=hw)
             d = scorer.decision_function(*parts, row_scales=scales)
         else:
             d = scorer.decision_function(self.featurize(images, np.float32))

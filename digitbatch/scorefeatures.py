@@ -1,0 +1,128 @@
+"""The kernel models' features in the form the float32 scorer takes.
+
+:func:`digitbatch.features.kernel_features` is what the pipelines were fitted
+on (float64, and the reference); here are the same features for scoring, in
+float32 and in column blocks before their fixed factors (1/255 for the pixels,
+``hog_weight`` for HOG), which :func:`digitbatch.folding.kernel_scorer` folds
+into its projection. So scoring makes no scaled, concatenated copy: the
+pixels stay in the (n, 28, 29) form of :func:`~digitbatch.features.deskew_wide`
+(the projection has zero rows for the padding column), and HOG stays
+unnormalised (the scorer divides its (n, 80) product by the norm instead).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .features import (HALF, HOG_CELLS, HOG_CHANNELS, HOG_SIZE, SIDE, WIDE, check_hog_weight, check_images,
+                       deskew_wide)
+
+# (28 or 29, 14): sums of column pairs (a 29th, padding column weighs 0)
+_PAIRS = np.repeat(np.eye(HALF, dtype=np.float32), 2, axis=0)
+_PAIRS_WIDE = np.vstack([_PAIRS, np.zeros((1, HALF), np.float32)])
+
+
+def pixel_columns() -> np.ndarray:
+    """(812,) int: for each column of the flattened (n, 28, 29) pixels, its
+    column in :func:`~digitbatch.features.kernel_features` (-1 for padding)."""
+    cols = np.arange(SIDE * SIDE).reshape(SIDE, SIDE)
+    return np.hstack([cols, np.full((SIDE, 1), -1)]).ravel()
+
+
+def feature_columns(hog_weight: float) -> tuple[np.ndarray, ...]:
+    """The columns of :func:`~digitbatch.features.kernel_features` that each
+    block of :func:`kernel_feature_parts` holds (for :func:`~digitbatch.folding.kernel_scorer`)."""
+    n_pix = SIDE * SIDE
+    return (pixel_columns(), np.arange(n_pix, n_pix + HOG_SIZE)) if hog_weight else (pixel_columns(),)
+
+
+def hog_root(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`~digitbatch.features.hog` before its normalisation: the square-rooted descriptor and its norm.
+
+    ``root / max(norm, 1e-6)`` is :func:`~digitbatch.features.hog` up to
+    float32 rounding (the training path keeps ``hog``'s own arithmetic).
+    Computed with the images along the last axis, so that every step runs
+    over long contiguous rows instead of 14-wide ones: the tent pooling
+    (weights 0.75, 0.75, 0.25, 0.25, here times 4, a factor the
+    normalisation removes) is a few strided sums, with no matrix product
+    or transposition in between.
+
+    Parameters
+    ----------
+    images : ndarray, shape (n, 28, 28), or (n, 28, 29) from :func:`~digitbatch.features.deskew_wide`
+
+    Returns
+    -------
+    root : ndarray, shape (n, 392), float32
+        In ``hog``'s order; a transposed view (Fortran-ordered).
+    norm : ndarray, shape (n,), float32
+        Of ``root``, i.e. ``sqrt(sum(hist))``.
+    """
+    arr = np.asarray(images)
+    wide = arr.ndim == 3 and arr.shape[1:] == (SIDE, WIDE)
+    imgs = (arr if wide else check_images(arr)).astype(np.float32, copy=False)
+    n, width = imgs.shape[0], imgs.shape[2]
+    cols = (imgs.reshape(n * SIDE, width) @ (_PAIRS_WIDE if wide else _PAIRS)).reshape(n, SIDE, HALF)
+    x = np.zeros((HALF + 2, HALF + 2, n), np.float32)
+    x[1:-1, 1:-1] = (cols[:, 0::2] + cols[:, 1::2]).transpose(1, 2, 0)
+    proj = np.empty((4, HALF, HALF, n), np.float32)
+    np.subtract(x[1:-1, 2:], x[1:-1, :-2], out=proj[0])
+    np.subtract(x[2:, 1:-1], x[:-2, 1:-1], out=proj[1])
+    np.add(proj[0], proj[1], out=proj[2])
+    np.subtract(proj[0], proj[1], out=proj[3])
+    proj[2:] *= np.float32(np.sqrt(0.5))
+    # the 8 channels (|p| + p, |p| - p), with a zero row above and below for the pooling over rows
+    ch = np.empty((HOG_CHANNELS, HALF + 2, HALF, n), np.float32)
+    ch[:, 0] = 0.0
+    ch[:, -1] = 0.0
+    c = ch[:, 1:-1]
+    np.abs(proj, out=c[4:])
+    np.add(c[4:], proj, out=c[:4])
+    c[4:] -= proj
+    # cell b of a row: 3 (x[2b] + x[2b+1]) + x[2b-1] + x[2b+2], zero outside
+    k = HOG_CELLS
+    cb = np.empty((HOG_CHANNELS, HALF + 2, k, n), np.float32)
+    np.add(ch[:, :, 0::2], ch[:, :, 1::2], out=cb)
+    cb *= np.float32(3.0)
+    cb[:, :, 1:] += ch[:, :, 1:-2:2]
+    cb[:, :, :-1] += ch[:, :, 2::2]
+    # then the same over rows (row i of the image is row i + 1 of cb)
+    hist = np.empty((HOG_CHANNELS, k, k, n), np.float32)
+    np.add(cb[:, 1:-1:2], cb[:, 2::2], out=hist)
+    hist *= np.float32(3.0)
+    hist += cb[:, 0:-2:2]
+    hist += cb[:, 3::2]
+    hist = hist.reshape(HOG_SIZE, n)
+    norm = np.sqrt(hist.sum(axis=0))
+    return np.sqrt(hist, out=hist).T, norm
+
+
+def kernel_feature_parts(images: np.ndarray, *, hog_weight: float = 0.0
+                         ) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray | None, ...]]:
+    """:func:`~digitbatch.features.kernel_features` in float32 as column blocks, before their fixed factors.
+
+    Parameters
+    ----------
+    images : ndarray, shape (n, 28, 28) or (n, 784)
+        A chunk in MNIST form (uint8).
+    hog_weight : float
+        As for ``kernel_features``; 0 leaves HOG out.
+
+    Returns
+    -------
+    parts : tuple of ndarray
+        The deskewed pixels on the 0-255 scale, (n, 812) (rows of 29, the
+        last zero: :func:`pixel_columns`); with ``hog_weight`` > 0 also the
+        square-rooted HOG descriptor (n, 392) of :func:`hog_root`.
+    row_scales : tuple of (ndarray or None)
+        Per part, None or an (n,) factor of each row: ``1 / max(norm, 1e-6)``
+        for HOG.
+    """
+    check_hog_weight(hog_weight)
+    straight = deskew_wide(images)
+    pixels = straight.reshape(straight.shape[0], SIDE * WIDE)
+    if not hog_weight:
+        return (pixels,), (None,)
+    root, norm = hog_root(straight)
+    np.maximum(norm, np.float32(1e-6), out=norm)
+    return (pixels, root), (None, np.reciprocal(norm, out=norm))
