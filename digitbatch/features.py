@@ -71,16 +71,18 @@ def image_moments(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return np.stack([mean_r, mean_c], axis=1), var_r, cov_rc
 
 
-def _row_windows(padded: np.ndarray, width: int) -> np.ndarray:
-    """View (rows, W) as (rows, W - width + 1) records of ``width`` values.
+def _windows(padded: np.ndarray, width: int) -> np.ndarray:
+    """View a C-contiguous array as the flat sequence of records of ``width``
+    values starting at each of its elements (the last ``width - 1`` excepted).
 
-    A fancy index then copies each window as one item: several times faster
-    than fancy-indexing a sliding-window view.
+    A fancy index with flat positions then copies each window as one item:
+    several times faster than fancy-indexing a sliding-window view, and
+    than indexing a 2-d (row, column) view of the same records.
     """
-    rows, cols = padded.shape
-    item = padded.dtype.itemsize
+    flat = padded.reshape(-1)
+    item = flat.dtype.itemsize
     record = np.dtype((np.void, width * item))
-    return np.ndarray((rows, cols - width + 1), record, buffer=padded, strides=(cols * item, item))
+    return np.ndarray((flat.shape[0] - width + 1,), record, buffer=flat, strides=(item,))
 
 
 def deskew(images: np.ndarray) -> np.ndarray:
@@ -150,14 +152,17 @@ def deskew_wide(images: np.ndarray) -> np.ndarray:
     m = n * SIDE
     padded = np.zeros((m + 1, SIDE + 2 * _PAD), imgs.dtype)
     padded[:m, _PAD : _PAD + SIDE] = imgs.reshape(m, SIDE)
-    windows = _row_windows(padded, WIDE)
     src_row = ky.astype(np.intp)[:, None] + np.arange(SIDE)
     start = (kx.astype(np.intp) + _PAD).ravel()
     base = (np.arange(n) * SIDE)[:, None]
-    which = np.empty((2, m), np.intp)  # the upper and the lower source row of each output row
-    which[0] = np.where((src_row >= 0) & (src_row < SIDE), base + src_row, m).ravel()
-    which[1] = np.where((src_row >= -1) & (src_row < SIDE - 1), base + src_row + 1, m).ravel()
-    both = windows[which, start].view(imgs.dtype).reshape(2, n, SIDE * WIDE).astype(np.float32, copy=False)
+    # the flat position of the upper and the lower source window of each output row
+    at = np.empty((2, m), np.intp)
+    at[0] = np.where((src_row >= 0) & (src_row < SIDE), base + src_row, m).ravel()
+    at[1] = np.where((src_row >= -1) & (src_row < SIDE - 1), base + src_row + 1, m).ravel()
+    at *= padded.shape[1]
+    at += start
+    both = _windows(padded, WIDE)[at.ravel()]
+    both = both.view(imgs.dtype).reshape(2, n, SIDE * WIDE).astype(np.float32, copy=False)
 
     wy = np.empty((2, n, 1), np.float32)
     np.subtract(np.float32(1.0), fy, out=wy[0, :, 0])
