@@ -161,21 +161,20 @@ def deskew_wide(images: np.ndarray) -> np.ndarray:
     at[1] = np.where((src_row >= -1) & (src_row < SIDE - 1), base + src_row + 1, m).ravel()
     at *= padded.shape[1]
     at += start
-    both = _windows(padded, WIDE)[at.ravel()]
-    both = both.view(imgs.dtype).reshape(2, n, SIDE * WIDE).astype(np.float32, copy=False)
-
-    wy = np.empty((2, n, 1), np.float32)
-    np.subtract(np.float32(1.0), fy, out=wy[0, :, 0])
-    wy[1, :, 0] = fy
-    both *= wy
-    rows = both[0].reshape(m * WIDE)
-    rows += both[1].reshape(m * WIDE)  # top * (1 - wy) + bottom * wy
+    both = _windows(padded, WIDE)[at.ravel()].view(imgs.dtype).reshape(2, n, SIDE * WIDE)
+    # float32 copies of the upper and the lower windows; the result is made in the first
+    out = both[0].astype(np.float32)
+    lower = both[1].astype(np.float32)
+    out *= np.subtract(np.float32(1.0), fy)[:, None]
+    lower *= fy[:, None]
+    out += lower  # top * (1 - wy) + bottom * wy
+    rows = out.reshape(m * WIDE)
     wx = np.repeat(fx, WIDE)
-    out = np.empty((n, SIDE, WIDE), np.float32)
-    flat = out.reshape(m * WIDE)
-    np.multiply(rows[:-1], np.repeat(np.float32(1.0) - fx, WIDE)[:-1], out=flat[:-1])
-    rows[1:] *= wx[:-1]
-    flat[:-1] += rows[1:]  # rows[:, c] * (1 - fx) + rows[:, c + 1] * fx
+    right = lower.reshape(m * WIDE)[:-1]
+    np.multiply(rows[1:], wx[:-1], out=right)
+    rows[:-1] *= np.subtract(np.float32(1.0), wx[:-1], out=wx[:-1])
+    rows[:-1] += right  # rows[:, c] * (1 - fx) + rows[:, c + 1] * fx
+    out = out.reshape(n, SIDE, WIDE)
     out[:, :, SIDE] = 0.0
     return out
 
