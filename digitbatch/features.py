@@ -2,7 +2,9 @@
 
 Everything works on a whole chunk, (n, 28, 28) uint8, with no per-image
 Python loop: scoring runs these on every chunk. Nothing here knows Zarr or
-Dask. :func:`deskew`, :func:`hog` and :func:`kernel_features` make features;
+Dask. :func:`deskew`, :func:`hog` and :func:`kernel_features` make features
+(the ones the pipelines are fitted on; :mod:`digitbatch.scorefeatures` has
+their float32 scoring form, from :func:`deskew_wide`);
 :func:`make_kernel_pipeline` builds the flagship's pipeline, which
 :mod:`digitbatch.folding` turns into a small numpy predictor.
 """

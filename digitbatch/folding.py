@@ -3,7 +3,8 @@
 Fixed linear steps (pixel scaling, StandardScaler, PCA, Nystroem's
 normalisation) are folded into the weights of the final linear classifier,
 so scoring runs one feature step and one (or two) matrix products, with
-predictions identical to the pipeline's.
+predictions identical to the pipeline's. :func:`kernel_scorer` makes the
+float32 scoring form of a kernel predictor (:class:`KernelScorer`).
 """
 
 from __future__ import annotations
@@ -90,8 +91,9 @@ class KernelPredictor:
         return _predict(self.decision_function(features), self.classes)
 
 
-# Rows of a chunk whose RBF kernel values are made and consumed at a time by
-# KernelScorer: the (rows, n_components) float32 block stays in the L2 cache.
+# Rows of a chunk whose RBF kernel values KernelScorer makes, exponentiates
+# and multiplies at a time, in cache: a whole chunk's (2,048 rows x 2,000
+# landmarks) would be 16 MB, passed over several times.
 SCORER_ROWS = 256
 
 
@@ -123,6 +125,11 @@ class KernelScorer:
         an (n,) factor of each row of that block (applied after the product).
         """
         d = self.rbf.shape[0] - 2
+        widths = tuple(p.shape[0] for p in self.blocks) or (d,)
+        got = tuple(np.shape(x)[1] if np.ndim(x) == 2 else None for x in parts)
+        if got != widths or len({np.shape(x)[0] for x in parts}) != 1:
+            raise ValueError(f"the scorer takes {len(widths)} block(s) of {widths} columns with "
+                             f"the same rows; got shapes {[np.shape(x) for x in parts]}")
         n = parts[0].shape[0]
         za = np.empty((n, d + 2), np.float32)
         z = za[:, :d]

@@ -12,7 +12,6 @@ That is what is saved, and what the scoring kernel runs.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from dataclasses import dataclass, field
 
@@ -295,16 +294,11 @@ class CompactModel:
         scores faster (README, "Measured defaults"); rows whose top two
         values are closer than its rounding (~1e-3) are rescored in float64.
         """
-        scorer = self.__dict__.get("_scorer32")
         hw = float(self.params.get("hog_weight", 0.0))
         blocks = self.features == "kernel" and self.head.projection is not None
-        if scorer is None:
-            if blocks:
-                scorer = FO.kernel_scorer(self.head, SF.feature_columns(hw),
-                                          (PIXEL_SCALE, hw) if hw else (PIXEL_SCALE,))
-            else:
-                scorer = FO.kernel_scorer(self.head)
-            self.__dict__["_scorer32"] = scorer
+        if "_scorer32" not in self.__dict__:  # made once, kept on the instance
+            self.__dict__["_scorer32"] = FO.kernel_scorer(self.head, *(SF.block_layout(hw) if blocks else ()))
+        scorer = self.__dict__["_scorer32"]
         if blocks:
             parts, scales = SF.kernel_feature_parts(images, hog_weight=hw)
             d = scorer.decision_function(*parts, row_scales=scales)

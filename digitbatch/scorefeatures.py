@@ -29,11 +29,23 @@ def pixel_columns() -> np.ndarray:
     return np.hstack([cols, np.full((SIDE, 1), -1)]).ravel()
 
 
-def feature_columns(hog_weight: float) -> tuple[np.ndarray, ...]:
-    """The columns of :func:`~digitbatch.features.kernel_features` that each
-    block of :func:`kernel_feature_parts` holds (for :func:`~digitbatch.folding.kernel_scorer`)."""
+def block_layout(hog_weight: float) -> tuple[tuple[np.ndarray, ...], tuple[float, ...]]:
+    """The blocks of :func:`kernel_feature_parts` as :func:`~digitbatch.folding.kernel_scorer` takes them.
+
+    Returns
+    -------
+    columns : tuple of int ndarray
+        For each block, the column of :func:`~digitbatch.features.kernel_features`
+        each of its columns is (-1 for padding).
+    factors : tuple of float
+        Each block's fixed factor: ``kernel_features``' own float32 1/255
+        for the pixels, ``hog_weight`` for HOG.
+    """
     n_pix = SIDE * SIDE
-    return (pixel_columns(), np.arange(n_pix, n_pix + HOG_SIZE)) if hog_weight else (pixel_columns(),)
+    pixels = float(np.float32(1.0 / 255.0))
+    if not hog_weight:
+        return (pixel_columns(),), (pixels,)
+    return (pixel_columns(), np.arange(n_pix, n_pix + HOG_SIZE)), (pixels, float(np.float32(hog_weight)))
 
 
 def hog_root(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

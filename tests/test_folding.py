@@ -315,3 +315,14 @@ def test_kernel_scorer_refuses_blocks_that_do_not_fit(digits):
         FO.kernel_scorer(pca, (np.arange(197),))
     with pytest.raises(ValueError, match="196 inputs"):
         FO.kernel_scorer(pca, (np.arange(100), np.arange(100, 196)), (1.0,))
+
+
+def test_kernel_scorer_refuses_parts_that_do_not_fit(digits):
+    x, y = digits
+    pred = FO.fold_kernel(make_pipeline(PCA(5), _nys(), _sgd()).fit(x[:100], y[:100]))
+    scorer = FO.kernel_scorer(pred, (np.arange(100), np.arange(100, 196)))
+    a, b = x[:5, :100].astype(np.float32), x[:5, 100:].astype(np.float32)
+    assert scorer.decision_function(a, b).shape == (5, 10)
+    for bad in [(a,), (a, b, b), (b, a), (a, b[:4]), (a[0], b)]:
+        with pytest.raises(ValueError, match=r"2 block\(s\) of \(100, 96\) columns"):
+            scorer.decision_function(*bad)

@@ -46,9 +46,9 @@ def test_parts_rebuild_kernel_features(hog_weight):
     images = _images()
     expected = F.kernel_features(images.reshape(11, 784), hog_weight=hog_weight, dtype=np.float64)
     parts, scales = SF.kernel_feature_parts(images, hog_weight=hog_weight)
-    cols = SF.feature_columns(hog_weight)
-    assert len(parts) == len(scales) == len(cols) == (2 if hog_weight else 1)
-    factors = (1 / 255.0, hog_weight)
+    cols, factors = SF.block_layout(hog_weight)
+    assert len(parts) == len(scales) == len(cols) == len(factors) == (2 if hog_weight else 1)
+    np.testing.assert_allclose(factors, (1 / 255.0, hog_weight)[:len(factors)], rtol=1e-7)
     rebuilt = np.zeros_like(expected)
     for part, scale, col, factor in zip(parts, scales, cols, factors):
         assert part.dtype == np.float32 and part.shape == (11, col.shape[0])
