@@ -55,9 +55,9 @@ def hog_root(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     float32 rounding (the training path keeps ``hog``'s own arithmetic).
     Computed with the images along the last axis, so that every step runs
     over long contiguous rows instead of 14-wide ones: the tent pooling
-    (weights 0.75, 0.75, 0.25, 0.25, here times 4, a factor the
-    normalisation removes) is a few strided sums, with no matrix product
-    or transposition in between.
+    (weights 0.75, 0.75, 0.25, 0.25, here times 4) is a few strided sums,
+    with no matrix product or transposition in between. ``root`` and
+    ``norm`` are a constant multiple of ``hog``'s unnormalised ones.
 
     Parameters
     ----------
@@ -74,23 +74,24 @@ def hog_root(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     wide = arr.ndim == 3 and arr.shape[1:] == (SIDE, WIDE)
     imgs = (arr if wide else check_images(arr)).astype(np.float32, copy=False)
     n, width = imgs.shape[0], imgs.shape[2]
-    cols = (imgs.reshape(n * SIDE, width) @ (_PAIRS_WIDE if wide else _PAIRS)).reshape(n, SIDE, HALF)
+    # 2 x 2 sums: pairs of rows, then of columns (a matrix product), images last
+    rows = (imgs[:, 0::2] + imgs[:, 1::2]).reshape(n * HALF, width)
     x = np.zeros((HALF + 2, HALF + 2, n), np.float32)
-    x[1:-1, 1:-1] = (cols[:, 0::2] + cols[:, 1::2]).transpose(1, 2, 0)
-    proj = np.empty((4, HALF, HALF, n), np.float32)
+    x[1:-1, 1:-1] = (rows @ (_PAIRS_WIDE if wide else _PAIRS)).reshape(n, HALF, HALF).transpose(1, 2, 0)
+    # the 8 channels (max(p, 0) and max(-p, 0) of the 4 projections p: half
+    # hog's, a factor the normalisation removes), with a zero row above and
+    # below for the pooling over rows; p is made in the second four
+    ch = np.empty((HOG_CHANNELS, HALF + 2, HALF, n), np.float32)
+    ch[:, 0] = 0.0
+    ch[:, -1] = 0.0
+    pos, proj = ch[:4, 1:-1], ch[4:, 1:-1]
     np.subtract(x[1:-1, 2:], x[1:-1, :-2], out=proj[0])
     np.subtract(x[2:, 1:-1], x[:-2, 1:-1], out=proj[1])
     np.add(proj[0], proj[1], out=proj[2])
     np.subtract(proj[0], proj[1], out=proj[3])
     proj[2:] *= np.float32(np.sqrt(0.5))
-    # the 8 channels (|p| + p, |p| - p), with a zero row above and below for the pooling over rows
-    ch = np.empty((HOG_CHANNELS, HALF + 2, HALF, n), np.float32)
-    ch[:, 0] = 0.0
-    ch[:, -1] = 0.0
-    c = ch[:, 1:-1]
-    np.abs(proj, out=c[4:])
-    np.add(c[4:], proj, out=c[:4])
-    c[4:] -= proj
+    np.maximum(proj, np.float32(0.0), out=pos)
+    np.subtract(pos, proj, out=proj)
     # cell b of a row: 3 (x[2b] + x[2b+1]) + x[2b-1] + x[2b+2], zero outside
     k = HOG_CELLS
     cb = np.empty((HOG_CHANNELS, HALF + 2, k, n), np.float32)
