@@ -78,13 +78,10 @@ def hog_root(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     rows = (imgs[:, 0::2] + imgs[:, 1::2]).reshape(n * HALF, width)
     x = np.zeros((HALF + 2, HALF + 2, n), np.float32)
     x[1:-1, 1:-1] = (rows @ (_PAIRS_WIDE if wide else _PAIRS)).reshape(n, HALF, HALF).transpose(1, 2, 0)
-    # the 8 channels (max(p, 0) and max(-p, 0) of the 4 projections p: half
-    # hog's, a factor the normalisation removes), with a zero row above and
-    # below for the pooling over rows; p is made in the second four
-    ch = np.empty((HOG_CHANNELS, HALF + 2, HALF, n), np.float32)
-    ch[:, 0] = 0.0
-    ch[:, -1] = 0.0
-    pos, proj = ch[:4, 1:-1], ch[4:, 1:-1]
+    # the 8 channels: max(p, 0) and max(-p, 0) of the 4 projections p (half
+    # hog's, a factor the normalisation removes); p is made in the second four
+    ch = np.empty((HOG_CHANNELS, HALF, HALF, n), np.float32)
+    pos, proj = ch[:4], ch[4:]
     np.subtract(x[1:-1, 2:], x[1:-1, :-2], out=proj[0])
     np.subtract(x[2:, 1:-1], x[:-2, 1:-1], out=proj[1])
     np.add(proj[0], proj[1], out=proj[2])
@@ -94,17 +91,17 @@ def hog_root(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     np.subtract(pos, proj, out=proj)
     # cell b of a row: 3 (x[2b] + x[2b+1]) + x[2b-1] + x[2b+2], zero outside
     k = HOG_CELLS
-    cb = np.empty((HOG_CHANNELS, HALF + 2, k, n), np.float32)
+    cb = np.empty((HOG_CHANNELS, HALF, k, n), np.float32)
     np.add(ch[:, :, 0::2], ch[:, :, 1::2], out=cb)
     cb *= np.float32(3.0)
     cb[:, :, 1:] += ch[:, :, 1:-2:2]
     cb[:, :, :-1] += ch[:, :, 2::2]
-    # then the same over rows (row i of the image is row i + 1 of cb)
+    # then the same over rows
     hist = np.empty((HOG_CHANNELS, k, k, n), np.float32)
-    np.add(cb[:, 1:-1:2], cb[:, 2::2], out=hist)
+    np.add(cb[:, 0::2], cb[:, 1::2], out=hist)
     hist *= np.float32(3.0)
-    hist += cb[:, 0:-2:2]
-    hist += cb[:, 3::2]
+    hist[:, 1:] += cb[:, 1:-2:2]
+    hist[:, :-1] += cb[:, 2::2]
     hist = hist.reshape(HOG_SIZE, n)
     norm = np.sqrt(hist.sum(axis=0))
     return np.sqrt(hist, out=hist).T, norm
