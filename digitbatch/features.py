@@ -224,15 +224,6 @@ def hog(images: np.ndarray) -> np.ndarray:
         Channel-major (8), then cell row (7), then cell column (7); all zero
         for a blank image.
     """
-    hist = _hog_cells(images)
-    np.sqrt(hist, out=hist)
-    norm = np.linalg.norm(hist, axis=1, keepdims=True)
-    hist /= np.maximum(norm, 1e-6)
-    return hist
-
-
-def _hog_cells(images: np.ndarray) -> np.ndarray:
-    """The pooled orientation channels of :func:`hog` (n, 392), before the square root."""
     imgs = check_images(images)
     n = imgs.shape[0]
     x = np.zeros((n, HALF + 2, HALF + 2), np.float32)
@@ -256,7 +247,11 @@ def _hog_cells(images: np.ndarray) -> np.ndarray:
     cols = (chans.reshape(-1, HALF) @ _TENTS).reshape(HOG_CHANNELS * n, HALF, k)
     cells = np.ascontiguousarray(cols.transpose(0, 2, 1)).reshape(-1, HALF) @ _TENTS
     # (channel, image, cell column, cell row) -> (image, channel, row, column)
-    return cells.reshape(HOG_CHANNELS, n, k, k).transpose(1, 0, 3, 2).reshape(n, HOG_SIZE)
+    hist = cells.reshape(HOG_CHANNELS, n, k, k).transpose(1, 0, 3, 2).reshape(n, HOG_SIZE)
+    np.sqrt(hist, out=hist)
+    norm = np.linalg.norm(hist, axis=1, keepdims=True)
+    hist /= np.maximum(norm, 1e-6)
+    return hist
 
 
 def kernel_features(
