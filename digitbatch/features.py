@@ -2,7 +2,9 @@
 
 Everything works on a whole chunk, (n, 28, 28) uint8, with no per-image
 Python loop: scoring runs these on every chunk. Nothing here knows Zarr or
-Dask. :func:`deskew`, :func:`hog` and :func:`kernel_features` make features;
+Dask. :func:`deskew`, :func:`hog` and :func:`kernel_features` make features
+(the ones the pipelines are fitted on; :mod:`digitbatch.scorefeatures` has
+their float32 scoring form, from :func:`deskew_wide`);
 :func:`make_kernel_pipeline` builds the flagship's pipeline, which
 :mod:`digitbatch.folding` turns into a small numpy predictor.
 """
@@ -26,7 +28,8 @@ _ROW_WEIGHTS = np.stack([np.ones(SIDE), _COORDS], axis=1).astype(np.float32)
 _PAD = SIDE + 1
 
 
-def _check_images(images: np.ndarray) -> np.ndarray:
+def check_images(images: np.ndarray) -> np.ndarray:
+    """``images`` as (n, 28, 28) (flat (n, 784) rows are reshaped); ValueError for any other shape."""
     arr = np.asarray(images)
     if arr.ndim == 2 and arr.shape[1] == SIDE * SIDE:
         arr = arr.reshape(-1, SIDE, SIDE)
@@ -52,7 +55,7 @@ def image_moments(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     cov_row_col : ndarray, shape (n,), float64
         Covariance of the row and column coordinates (``mu11``).
     """
-    imgs = _check_images(images)
+    imgs = check_images(images)
     n = imgs.shape[0]
     # One small matrix product gives each row's ink and column-weighted ink.
     # For uint8 images these are integers far below 2**24, exact in float32.
@@ -70,16 +73,18 @@ def image_moments(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return np.stack([mean_r, mean_c], axis=1), var_r, cov_rc
 
 
-def _row_windows(padded: np.ndarray, width: int) -> np.ndarray:
-    """View (rows, W) as (rows, W - width + 1) records of ``width`` values.
+def _windows(padded: np.ndarray, width: int) -> np.ndarray:
+    """View a C-contiguous array as the flat sequence of records of ``width``
+    values starting at each of its elements (the last ``width - 1`` excepted).
 
-    A fancy index then copies each window as one item: several times faster
-    than fancy-indexing a sliding-window view.
+    A fancy index with flat positions then copies each window as one item:
+    several times faster than fancy-indexing a sliding-window view, and
+    than indexing a 2-d (row, column) view of the same records.
     """
-    rows, cols = padded.shape
-    item = padded.dtype.itemsize
+    flat = padded.reshape(-1)
+    item = flat.dtype.itemsize
     record = np.dtype((np.void, width * item))
-    return np.ndarray((rows, cols - width + 1), record, buffer=padded, strides=(cols * item, item))
+    return np.ndarray((flat.shape[0] - width + 1,), record, buffer=flat, strides=(item,))
 
 
 def deskew(images: np.ndarray) -> np.ndarray:
@@ -109,10 +114,27 @@ def deskew(images: np.ndarray) -> np.ndarray:
         Deskewed images on the input's intensity scale (0-255 for uint8).
         Blank images come back blank.
     """
-    imgs = _check_images(images)
+    wide = deskew_wide(images)
+    return np.ascontiguousarray(wide[:, :, :SIDE])
+
+
+WIDE = SIDE + 1
+
+
+def deskew_wide(images: np.ndarray) -> np.ndarray:
+    """:func:`deskew` with a zero 29th column in each row, shape (n, 28, 29), float32.
+
+    The same values as :func:`deskew` in columns 0-27 (the same float32
+    operations), without its final copy: the scoring path multiplies this
+    form by a projection with zero rows for column 28. The horizontal
+    blend runs over the chunk as one flat array (each row's last slot
+    blends across into the next row, and is then zeroed), and the vertical
+    one over whole images: long runs of contiguous float32, not 29-wide rows.
+    """
+    imgs = check_images(images)
     n = imgs.shape[0]
     if n == 0:
-        return np.zeros((0, SIDE, SIDE), np.float32)
+        return np.zeros((0, SIDE, WIDE), np.float32)
     if imgs.dtype != np.uint8:
         imgs = imgs.astype(np.float32)
     centroid, var_r, cov_rc = image_moments(imgs)
@@ -125,28 +147,38 @@ def deskew(images: np.ndarray) -> np.ndarray:
     shift = alpha[:, None] * (_COORDS - CENTRE) + (centroid[:, 1:2] - CENTRE)
     np.clip(shift, -SIDE, SIDE, out=shift)
     kx = np.floor(shift)
-    fx = (shift - kx).astype(np.float32).reshape(-1, 1)
+    fx = (shift - kx).astype(np.float32).ravel()
 
     # All rows of the chunk, zero-padded left and right, plus one zero row
     # that stands in for the rows above and below each image.
     m = n * SIDE
     padded = np.zeros((m + 1, SIDE + 2 * _PAD), imgs.dtype)
     padded[:m, _PAD : _PAD + SIDE] = imgs.reshape(m, SIDE)
-    windows = _row_windows(padded, SIDE + 1)
     src_row = ky.astype(np.intp)[:, None] + np.arange(SIDE)
     start = (kx.astype(np.intp) + _PAD).ravel()
     base = (np.arange(n) * SIDE)[:, None]
-    upper = np.where((src_row >= 0) & (src_row < SIDE), base + src_row, m).ravel()
-    lower = np.where((src_row >= -1) & (src_row < SIDE - 1), base + src_row + 1, m).ravel()
-    top = windows[upper, start].view(imgs.dtype).reshape(m, SIDE + 1)
-    bottom = windows[lower, start].view(imgs.dtype).reshape(m, SIDE + 1)
-
-    wy = np.repeat(fy, SIDE)[:, None]
-    rows = top * (1.0 - wy)
-    rows += bottom * wy
-    out = rows[:, :-1] * (1.0 - fx)
-    out += rows[:, 1:] * fx
-    return out.reshape(n, SIDE, SIDE)
+    # the flat position of the upper and the lower source window of each output row
+    at = np.empty((2, m), np.intp)
+    at[0] = np.where((src_row >= 0) & (src_row < SIDE), base + src_row, m).ravel()
+    at[1] = np.where((src_row >= -1) & (src_row < SIDE - 1), base + src_row + 1, m).ravel()
+    at *= padded.shape[1]
+    at += start
+    both = _windows(padded, WIDE)[at.ravel()].view(imgs.dtype).reshape(2, n, SIDE * WIDE)
+    # float32 copies of the upper and the lower windows; the result is made in the first
+    out = both[0].astype(np.float32)
+    lower = both[1].astype(np.float32)
+    out *= np.subtract(np.float32(1.0), fy)[:, None]
+    lower *= fy[:, None]
+    out += lower  # top * (1 - wy) + bottom * wy
+    rows = out.reshape(m * WIDE)
+    wx = np.repeat(fx, WIDE)
+    right = lower.reshape(m * WIDE)[:-1]
+    np.multiply(rows[1:], wx[:-1], out=right)
+    rows[:-1] *= np.subtract(np.float32(1.0), wx[:-1], out=wx[:-1])
+    rows[:-1] += right  # rows[:, c] * (1 - fx) + rows[:, c + 1] * fx
+    out = out.reshape(n, SIDE, WIDE)
+    out[:, :, SIDE] = 0.0
+    return out
 
 
 HALF = SIDE // 2
@@ -192,7 +224,7 @@ def hog(images: np.ndarray) -> np.ndarray:
         Channel-major (8), then cell row (7), then cell column (7); all zero
         for a blank image.
     """
-    imgs = _check_images(images)
+    imgs = check_images(images)
     n = imgs.shape[0]
     x = np.zeros((n, HALF + 2, HALF + 2), np.float32)
     # Slice sums: numpy's multi-axis .sum() over the small axes is several times slower.
@@ -245,8 +277,7 @@ def kernel_features(
     -------
     ndarray, shape (n, 784) or (n, 784 + 392)
     """
-    if hog_weight < 0:
-        raise ValueError(f"hog_weight must be >= 0; got {hog_weight!r}")
+    check_hog_weight(hog_weight)
     straight = deskew(images)
     pixels = straight.reshape(straight.shape[0], SIDE * SIDE)
     pixels *= np.float32(1.0 / 255.0)
@@ -255,6 +286,12 @@ def kernel_features(
         desc *= np.float32(hog_weight)
         pixels = np.concatenate([pixels, desc], axis=1)
     return pixels.astype(dtype, copy=False)
+
+
+def check_hog_weight(hog_weight: float) -> None:
+    """ValueError unless ``hog_weight`` is a number >= 0."""
+    if not hog_weight >= 0:
+        raise ValueError(f"hog_weight must be >= 0; got {hog_weight!r}")
 
 
 def make_kernel_pipeline(

@@ -3,7 +3,8 @@
 Fixed linear steps (pixel scaling, StandardScaler, PCA, Nystroem's
 normalisation) are folded into the weights of the final linear classifier,
 so scoring runs one feature step and one (or two) matrix products, with
-predictions identical to the pipeline's.
+predictions identical to the pipeline's. :func:`kernel_scorer` makes the
+float32 scoring form of a kernel predictor (:class:`KernelScorer`).
 """
 
 from __future__ import annotations
@@ -88,6 +89,123 @@ class KernelPredictor:
     def predict(self, features: np.ndarray) -> np.ndarray:
         """Predicted class labels, shape (n,)."""
         return _predict(self.decision_function(features), self.classes)
+
+
+# Rows of a chunk whose RBF kernel values KernelScorer makes, exponentiates
+# and multiplies at a time, in cache: a whole chunk's (2,048 rows x 2,000
+# landmarks) would be 16 MB, passed over several times.
+SCORER_ROWS = 256
+
+
+@dataclass(frozen=True)
+class KernelScorer:
+    """The float32 scoring form of a :class:`KernelPredictor`, with its constants folded.
+
+    The input comes in column blocks (e.g. the raw pixels and the HOG block of
+    :func:`digitbatch.features.kernel_features`), each with its fixed factor
+    folded into its rows of the projection (``blocks``). The RBF exponent
+    ``-gamma |z - c|^2 = 2 gamma z.c - gamma |z|^2 - gamma |c|^2`` is one
+    matrix product of ``[z, |z|^2, 1]`` with ``rbf`` = ``[2 gamma C^T;
+    -gamma; -gamma |c|^2]``, then ``exp`` and ``@ weights`` on a few hundred
+    rows at a time, in cache. Decision values agree with the float64
+    predictor's to float32 rounding (tests/test_folding.py bounds it).
+    """
+
+    blocks: tuple[np.ndarray, ...]  # (n_in_i, d) float32 each, or () for no projection
+    offset: np.ndarray  # (d,)
+    rbf: np.ndarray  # (d + 2, n_components)
+    weights: np.ndarray  # (n_components, n_outputs)
+    intercept: np.ndarray  # (n_outputs,)
+
+    def decision_function(self, *parts: np.ndarray, row_scales: tuple = ()) -> np.ndarray:
+        """float32 decision values, (n, n_outputs), of the features ``parts``.
+
+        ``parts[i]`` is (n, n_in_i), the i-th column block of the features
+        before its fixed factor; ``row_scales[i]``, when given and not None,
+        an (n,) factor of each row of that block (applied after the product).
+        """
+        d = self.rbf.shape[0] - 2
+        widths = tuple(p.shape[0] for p in self.blocks) or (d,)
+        got = tuple(np.shape(x)[1] if np.ndim(x) == 2 else None for x in parts)
+        if got != widths or len({np.shape(x)[0] for x in parts}) != 1:
+            raise ValueError(f"the scorer takes {len(widths)} block(s) of {widths} columns with "
+                             f"the same rows; got shapes {[np.shape(x) for x in parts]}")
+        n = parts[0].shape[0]
+        za = np.empty((n, d + 2), np.float32)
+        z = za[:, :d]
+        if not self.blocks:
+            z[...] = parts[0]
+        for i, (x, p) in enumerate(zip(parts, self.blocks)):
+            scale = row_scales[i] if i < len(row_scales) else None
+            if i == 0 and scale is None:
+                np.matmul(x, p, out=z)
+                continue
+            y = x @ p
+            if scale is not None:
+                y *= scale[:, None]
+            if i == 0:
+                z[...] = y
+            else:
+                z += y
+        z += self.offset
+        np.einsum("ij,ij->i", z, z, out=za[:, d])
+        za[:, d + 1] = 1.0
+        out = np.empty((n, self.weights.shape[1]), np.float32)
+        k = np.empty((min(n, SCORER_ROWS), self.rbf.shape[1]), np.float32)
+        for a in range(0, n, SCORER_ROWS):
+            r = min(SCORER_ROWS, n - a)
+            kr = np.matmul(za[a : a + r], self.rbf, out=k[:r])
+            # (-gamma |z - c|^2 is <= 0 up to rounding, so exp is at most
+            # 1 + a rounding error: no clip, unlike the float64 predictor)
+            np.exp(kr, out=kr)
+            np.matmul(kr, self.weights, out=out[a : a + r])
+        out += self.intercept
+        return out
+
+
+def kernel_scorer(head: KernelPredictor, columns: tuple[np.ndarray, ...] = (), factors: tuple[float, ...] = ()
+                  ) -> KernelScorer:
+    """The :class:`KernelScorer` of ``head`` (made from its float64 arrays, then cast once).
+
+    Parameters
+    ----------
+    head : KernelPredictor
+    columns : tuple of int ndarray, optional
+        The column blocks the features come in: for each block, the index
+        of each of its columns among the head's inputs (-1 for a column to
+        ignore, e.g. padding). Default: one block, every input in order.
+    factors : tuple of float, optional
+        A fixed factor of each block (default 1), folded into the projection:
+        the head sees ``block * factor``.
+
+    Without a projection the features must come as one plain block.
+    """
+    f32 = np.float32
+    lm = np.asarray(head.landmarks, np.float64)
+    g = float(head.gamma)
+    if head.projection is None:
+        if columns or any(f != 1.0 for f in factors):
+            raise ValueError("a predictor without projection takes its features as one block, with factor 1")
+        blocks, offset = (), np.zeros(lm.shape[1])
+    else:
+        proj = np.asarray(head.projection, np.float64)
+        cols = tuple(np.asarray(c, np.intp) for c in columns) or (np.arange(proj.shape[0]),)
+        used = np.concatenate([c[c >= 0] for c in cols])
+        if len(factors) not in (0, len(cols)) or np.any(used >= proj.shape[0]):
+            raise ValueError(f"columns/factors do not fit the projection's {proj.shape[0]} inputs")
+        facs = factors or (1.0,) * len(cols)
+
+        def block(c: np.ndarray, factor: float) -> np.ndarray:
+            p = np.zeros((c.shape[0], proj.shape[1]))
+            p[c >= 0] = proj[c[c >= 0]] * factor
+            return np.ascontiguousarray(p, f32)
+
+        blocks = tuple(block(c, f) for c, f in zip(cols, facs))
+        offset = np.asarray(head.offset, np.float64)
+    sq = np.einsum("ij,ij->i", lm, lm)
+    rbf = np.vstack([2.0 * g * lm.T, np.full((1, lm.shape[0]), -g), -g * sq[None, :]])
+    return KernelScorer(blocks=blocks, offset=offset.astype(f32), rbf=np.ascontiguousarray(rbf, f32),
+                        weights=np.ascontiguousarray(head.weights, f32), intercept=np.asarray(head.intercept, f32))
 
 
 def _steps(model: object) -> list[object]:

@@ -12,7 +12,6 @@ That is what is saved, and what the scoring kernel runs.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from dataclasses import dataclass, field
 
@@ -23,6 +22,7 @@ from . import features as F
 from . import folding as FO
 from . import kernels
 from . import patchfeatures as PF
+from . import scorefeatures as SF
 from .errors import TrainingError
 from .digits import UNKNOWN_LABEL
 
@@ -290,17 +290,20 @@ class CompactModel:
     def _kernel_scores(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Kernel-head decision values (float32) and class indices equal to float64's.
 
-        The float32 copy of the head scores faster (README, "Measured defaults"); rows whose
-        top two values are closer than its rounding (~1e-3) are rescored in
-        float64.
+        The float32 :class:`~digitbatch.folding.KernelScorer` of the head
+        scores faster (README, "Measured defaults"); rows whose top two
+        values are closer than its rounding (~1e-3) are rescored in float64.
         """
-        h32 = self.__dict__.get("_head32")
-        if h32 is None:
-            h32 = dataclasses.replace(self.head, **{
-                k: v.astype(np.float32) for k, v in vars(self.head).items()
-                if isinstance(v, np.ndarray) and v.dtype.kind == "f"})
-            self.__dict__["_head32"] = h32
-        d = h32.kernel(self.featurize(images, np.float32)) @ h32.weights + h32.intercept
+        hw = float(self.params.get("hog_weight", 0.0))
+        blocks = self.features == "kernel" and self.head.projection is not None
+        if "_scorer32" not in self.__dict__:  # made once, kept on the instance
+            self.__dict__["_scorer32"] = FO.kernel_scorer(self.head, *(SF.block_layout(hw) if blocks else ()))
+        scorer = self.__dict__["_scorer32"]
+        if blocks:
+            parts, scales = SF.kernel_feature_parts(images, hog_weight=hw)
+            d = scorer.decision_function(*parts, row_scales=scales)
+        else:
+            d = scorer.decision_function(self.featurize(images, np.float32))
         if d.shape[0] == 0:
             return d, np.zeros(0, np.intp)
         if d.shape[1] == 1:

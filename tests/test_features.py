@@ -128,6 +128,19 @@ def test_deskew_single_row_of_ink_is_only_centred():
     assert np.isfinite(out).all() and out[0, 14].sum() == pytest.approx(200 * 17, rel=1e-4)
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.float64])
+def test_deskew_wide_is_deskew_with_a_zero_column(dtype):
+    """Same float32 operations: bit-equal to deskew, blank images and an odd count included."""
+    images, _ = strokes(13, seed=6)
+    images[[0, 7]] = 0
+    images = images.astype(dtype)
+    wide = F.deskew_wide(images)
+    assert wide.shape == (13, 28, 29) and wide.dtype == np.float32
+    assert np.array_equal(wide[:, :, :28], F.deskew(images))
+    assert not wide[:, :, 28].any() and not wide[[0, 7]].any()
+    assert F.deskew_wide(images[:0]).shape == (0, 28, 29)
+
+
 @pytest.mark.parametrize("shape", [(28, 28), (4, 28, 27), (4, 783)])
 def test_bad_shapes_are_refused(shape):
     with pytest.raises(ValueError, match="must have shape"):

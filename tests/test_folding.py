@@ -237,3 +237,92 @@ def test_fold_kernel_refuses_what_it_cannot_fold(digits):
         FO.fold_kernel(make_pipeline(MinMaxScaler(), _nys(), _sgd()).fit(x, y))
     with pytest.raises(ValueError, match="last step must be a fitted linear classifier"):
         FO.fold_kernel(make_pipeline(_nys(), StandardScaler()).fit(x, y))
+
+
+# --- KernelScorer: the float32 scoring form -------------------------------------
+
+
+def _scorer_check(scorer, pred, parts_chunks, x64, row_scales=lambda s: ()):
+    """The scorer's decision values, a chunk at a time, against the float64 predictor's."""
+    d = pred.decision_function(x64)
+    d = d[:, None] if d.ndim == 1 else d
+    got = np.concatenate([scorer.decision_function(*p, row_scales=row_scales(s))
+                          for s, p in parts_chunks])
+    assert got.dtype == np.float32 and got.shape == d.shape
+    # float32 rounding only: a wrong constant (gamma, offset, a factor, a
+    # column) moves decision values by far more than this
+    err = np.abs(got - d).max()
+    assert err <= 2e-5 * max(1.0, np.abs(d).max()), err
+    return got, d
+
+
+@pytest.mark.parametrize("name", list(KERNEL))
+def test_kernel_scorer_equals_the_float64_predictor(digits, name):
+    x, y = digits
+    model = KERNEL[name]().fit(x[:260], y[:260])
+    pred = FO.fold_kernel(model)
+    scorer = FO.kernel_scorer(pred)
+    assert (scorer.blocks == ()) == (name == "nystroem")
+    x32 = x[260:].astype(np.float32)  # 137 rows, in uneven chunks
+    got, d = _scorer_check(scorer, pred, [(s, (x32[s],)) for s in _chunks(137)], x[260:])
+    assert (np.argmax(got, axis=1) == np.argmax(d, axis=1)).mean() > 0.95
+    empty = scorer.decision_function(np.zeros((0, x.shape[1]), np.float32))
+    assert empty.shape == (0, 10) and empty.dtype == np.float32
+
+
+def test_kernel_scorer_blocks_with_factors_row_scales_and_padding(digits):
+    """Features ``[x / 255, 3 * r / |r|]`` (r = sqrt(x), a blank row among them),
+    fed as the raw x with a padding column after every 14 and the unnormalised
+    r with a per-row scale: the scorer folds the factors and skips the padding."""
+    x, y = digits
+    x = x.copy()
+    x[265] = 0.0  # a blank image: r = 0, norm floored
+    r = np.sqrt(x)
+    norm = np.maximum(np.linalg.norm(r, axis=1), 1e-6)
+    feats = np.hstack([x / 255.0, 3.0 * r / norm[:, None]])
+    model = make_pipeline(PCA(12, random_state=0), _nys(gamma=0.05), _sgd()).fit(feats[:260], y[:260])
+    pred = FO.fold_kernel(model)
+    wide = np.zeros((len(x), 14, 15), np.float32)  # 14 columns and one of padding (-1), per row
+    wide[:, :, :14] = x.reshape(-1, 14, 14)
+    wide[:, :, 14] = 7.0  # whatever the padding holds is ignored
+    cols = np.hstack([np.arange(196).reshape(14, 14), np.full((14, 1), -1)]).ravel()
+    scorer = FO.kernel_scorer(pred, (cols, np.arange(196, 392)), (1 / 255.0, 3.0))
+    wide = wide.reshape(len(x), -1)[260:]
+    r32, inv = r[260:].astype(np.float32), (1.0 / norm[260:]).astype(np.float32)
+    chunks = [(s, (wide[s], r32[s])) for s in _chunks(137)]
+    _scorer_check(scorer, pred, chunks, feats[260:], row_scales=lambda s: (None, inv[s]))
+
+
+def test_kernel_scorer_binary(digits):
+    x, y = digits
+    model = make_pipeline(StandardScaler(), PCA(10, random_state=0), _nys(gamma=0.05),
+                          _logreg()).fit(x[:260], y[:260] == 7)
+    pred = FO.fold_kernel(model)
+    scorer = FO.kernel_scorer(pred)
+    x32 = x[260:].astype(np.float32)
+    got, d = _scorer_check(scorer, pred, [(s, (x32[s],)) for s in _chunks(137)], x[260:])
+    assert got.shape == (137, 1)
+    np.testing.assert_array_equal(got[:, 0] > 0, d[:, 0] > 0)
+
+
+def test_kernel_scorer_refuses_blocks_that_do_not_fit(digits):
+    x, y = digits
+    plain = FO.fold_kernel(make_pipeline(_nys(), _sgd()).fit(x[:100], y[:100]))
+    with pytest.raises(ValueError, match="without projection"):
+        FO.kernel_scorer(plain, (np.arange(196),), (0.5,))
+    pca = FO.fold_kernel(make_pipeline(PCA(5), _nys(), _sgd()).fit(x[:100], y[:100]))
+    with pytest.raises(ValueError, match="196 inputs"):
+        FO.kernel_scorer(pca, (np.arange(197),))
+    with pytest.raises(ValueError, match="196 inputs"):
+        FO.kernel_scorer(pca, (np.arange(100), np.arange(100, 196)), (1.0,))
+
+
+def test_kernel_scorer_refuses_parts_that_do_not_fit(digits):
+    x, y = digits
+    pred = FO.fold_kernel(make_pipeline(PCA(5), _nys(), _sgd()).fit(x[:100], y[:100]))
+    scorer = FO.kernel_scorer(pred, (np.arange(100), np.arange(100, 196)))
+    a, b = x[:5, :100].astype(np.float32), x[:5, 100:].astype(np.float32)
+    assert scorer.decision_function(a, b).shape == (5, 10)
+    for bad in [(a,), (a, b, b), (b, a), (a, b[:4]), (a[0], b)]:
+        with pytest.raises(ValueError, match=r"2 block\(s\) of \(100, 96\) columns"):
+            scorer.decision_function(*bad)

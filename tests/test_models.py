@@ -102,3 +102,26 @@ def test_sparse_scaled_pixels_hold_the_dense_scaled_values(shape):
     assert S.nnz == np.count_nonzero(X)
     assert np.array_equal(S.toarray(), dense)
     assert S.has_sorted_indices
+
+
+@pytest.mark.parametrize("name, feats", [("sgd-kernel", None), ("detect-7", "kernel"),
+                                         ("sgd-patches", None)])
+def test_kernel_models_score_in_float32_as_in_float64(data, name, feats, small_patch_settings):
+    """score_chunk_full's float32 scorer: the float64 predictions exactly, and
+    its decision-value gap to float32 rounding, on an odd chunk with blank images."""
+    from digitbatch import kernels
+
+    X, y = data
+    pipe = build(name, seed=0, features=feats)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipe.fit(X[:400], target(get_spec(name), y)[:400])
+    cm = compact(name, pipe, features=feats)
+    chunk = X[400:497].copy()  # 97 rows
+    chunk[[0, 50]] = 0
+    s = cm.score_chunk_full(chunk.reshape(-1, 28, 28), proba=False)
+    np.testing.assert_array_equal(s.pred, pipe.predict(chunk))
+    d64 = cm.decision_function(chunk)
+    gap64 = np.abs(d64) if d64.ndim == 1 else kernels.top2_margin(d64)
+    assert s.gap.dtype == np.float32
+    np.testing.assert_allclose(s.gap, gap64, rtol=0, atol=1e-4 * max(1.0, np.abs(d64).max()))
