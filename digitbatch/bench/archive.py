@@ -32,6 +32,7 @@ import logging
 import multiprocessing
 import os
 import shutil
+import signal
 import tarfile
 import tempfile
 import time
@@ -128,7 +129,10 @@ def pillow_ceiling(members: list[bytes], procs: int = 2) -> float:
     try:
         ctx = multiprocessing.get_context("fork")
         step = -(-len(members) // procs)
-        with ctx.Pool(procs) as pool:
+        # (the pool's processes are forked from a CLI whose SIGTERM handler
+        # raises, and the pool ends them with SIGTERM: they get the default)
+        with ctx.Pool(procs, initializer=signal.signal,
+                      initargs=(signal.SIGTERM, signal.SIG_DFL)) as pool:
             pool.map(_pillow_decode, [(0, 1)] * procs)  # started and warm
             t0 = time.perf_counter()
             pool.map(_pillow_decode, [(a, min(a + step, len(members)))
