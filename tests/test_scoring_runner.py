@@ -64,3 +64,27 @@ def test_inline_runner_runs_every_task_in_order_and_counts_progress():
     assert progress == [256, 188]
     run([], work, scheduler="synchronous")  # nothing to do: no executor is even made
     assert len(seen) == 2
+
+
+def note_start(task, *, path, model):
+    """A chunk function for worker processes: notes which chunk it starts, in order."""
+    with open(path, "a") as f:
+        f.write(f"{task.index}\n")
+    return task.index
+
+
+@pytest.mark.timeout(120)
+def test_chunks_start_in_chunk_order_on_a_cluster(tmp_path):
+    """On one single-threaded worker, the chunks run in their order (the first
+    chunk commits first), not in the order of their tasks' random keys."""
+    from digitbatch import cluster
+    from digitbatch.scoring.runner import run
+    from digitbatch.scoring.tasks import ChunkTask, Work
+
+    path = tmp_path / "order.txt"
+    todo = [ChunkTask(i, i * 10, i * 10 + 10) for i in range(12)]
+    work = Work(fn=note_start, kwargs={"path": str(path)}, broadcast={"model": "M"},
+                describe=lambda t: [], processes=True, batch=False)
+    with cluster.client("local", n_workers=1) as c:
+        run(todo, work, scheduler=c.scheduler.address)
+    assert [int(x) for x in path.read_text().split()] == list(range(12))

@@ -80,8 +80,11 @@ def run(todo: list[ChunkTask], work: Work, *, scheduler=None, progress=None,
                                    pure=False) if v is not None else None
                   for k, v in broadcast.items()}
         grouped = batches(todo, ex.n_workers, batch=work.batch)
-        futures = client.map(run_batch, grouped, fn=fn, **kwargs, **shared, pure=False,
-                             retries=TASK_RETRIES)
+        # In chunk order (the first commits first): tasks of equal priority run
+        # in the order of their (random) keys.
+        futures = [client.submit(run_batch, g, fn=fn, **kwargs, **shared, pure=False,
+                                 retries=TASK_RETRIES, priority=len(grouped) - k)
+                   for k, g in enumerate(grouped)]
         failures = _gather_commits(client, futures, grouped, progress=progress,
                                    task_timeout=task_timeout, stuck_on=stuck_on)
         killed = [f for f in failures if f[2] == KILLED]

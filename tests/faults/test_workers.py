@@ -45,6 +45,7 @@ import signal
 import sys
 import threading
 import time
+import types
 from pathlib import Path
 
 import cloudpickle
@@ -327,6 +328,17 @@ class PoisonPNG(WorkerPlugin):
             return load(data, *args, **kwargs)
 
         pyspng.load = poisoned_load
+        from digitbatch.sources import decoders
+
+        c = decoders._SPNG_C  # (the fast path calls pyspng's C module where it can)
+        if c is not None:
+            def poisoned_decode(data, fmt):
+                poisoned_load(data)  # (crashes or hangs on the poison, else decodes once more)
+                return c.spng_decode_image_bytes(data, fmt)
+
+            decoders._SPNG_C = types.SimpleNamespace(
+                spng_decode_image_bytes=poisoned_decode, SPNG_FMT_G8=c.SPNG_FMT_G8,
+                SPNG_FMT_RGB8=c.SPNG_FMT_RGB8)
 
 
 def _png(img: np.ndarray, text: bytes | None = None) -> bytes:
