@@ -88,3 +88,29 @@ def test_chunks_start_in_chunk_order_on_a_cluster(tmp_path):
     with cluster.client("local", n_workers=1) as c:
         run(todo, work, scheduler=c.scheduler.address)
     assert [int(x) for x in path.read_text().split()] == list(range(12))
+
+
+def note_model_holders(task, *, path, model):
+    """A chunk function: notes how many workers hold the model as the chunk starts."""
+    from distributed import get_client
+
+    holders = [w for k, w in get_client().who_has().items() if "digitbatch-model-" in k]
+    with open(path, "w") as f:
+        f.write(str(len(holders[0])))
+    return task.index
+
+
+@pytest.mark.timeout(120)
+def test_the_model_is_on_every_worker_before_the_first_chunk(tmp_path):
+    """One chunk on three workers: all three hold the model when it starts (a worker
+    busy with its first chunk would otherwise be asked for it by its peers)."""
+    from digitbatch import cluster
+    from digitbatch.scoring.runner import run
+    from digitbatch.scoring.tasks import ChunkTask, Work
+
+    path = tmp_path / "holders.txt"
+    work = Work(fn=note_model_holders, kwargs={"path": str(path)}, broadcast={"model": "M"},
+                describe=lambda t: [], processes=True, batch=False)
+    with cluster.client("local", n_workers=3) as c:
+        run([ChunkTask(0, 0, 10)], work, scheduler=c.scheduler.address)
+    assert path.read_text() == "3"

@@ -79,6 +79,12 @@ def run(todo: list[ChunkTask], work: Work, *, scheduler=None, progress=None,
         shared = {k: client.submit(cluster.hold, v, key=f"digitbatch-{k}-{uuid.uuid4().hex}",
                                    pure=False) if v is not None else None
                   for k, v in broadcast.items()}
+        # ... and to every worker before the first chunk starts: a worker busy with
+        # its first chunk (loading compiled kernels holds the GIL for long
+        # stretches) can take seconds to answer a peer that asks for the model.
+        held = [f for f in shared.values() if f is not None]
+        if held:
+            client.replicate(held)
         grouped = batches(todo, ex.n_workers, batch=work.batch)
         # In chunk order (the first commits first): tasks of equal priority run
         # in the order of their (random) keys.
