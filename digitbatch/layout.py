@@ -364,8 +364,9 @@ class StoreWriter:
         arrays["images"][start:stop] = head_i
         arrays["labels"][start:stop] = head_l
         arrays["keys"][start:stop] = np.array(head_k, dtype=object)
-        self._hash.update(np.ascontiguousarray(head_i).tobytes())
-        self._hash.update(head_l.tobytes())
+        # (the arrays' own bytes, not copies of them: the same digest)
+        self._hash.update(memoryview(np.ascontiguousarray(head_i)).cast("B"))
+        self._hash.update(memoryview(np.ascontiguousarray(head_l)).cast("B"))
         self._hash.update("\n".join(head_k).encode("utf-8") + b"\n")
         self._counts += np.bincount(np.where(head_l < 0, N_CLASSES, head_l), minlength=N_CLASSES + 1)
         self._written = stop

@@ -48,6 +48,20 @@ def test_checksum_is_content_not_append_pattern(tmp_path):
     assert a.checksum == b.checksum
 
 
+def test_checksum_is_sha256_of_each_chunks_images_labels_and_keys(tmp_path):
+    """The store checksum, computed apart: per chunk, the images' bytes, the
+    labels' bytes, then the keys one a line."""
+    import hashlib
+
+    store, x, y = _write(tmp_path / "s.zarr")
+    h = hashlib.sha256()
+    for a, b in store.chunks:
+        h.update(x[a:b].tobytes())
+        h.update(y[a:b].astype(np.int8).tobytes())
+        h.update(("\n".join(f"k{i}" for i in range(a, b)) + "\n").encode())
+    assert store.checksum == "sha256:" + h.hexdigest()
+
+
 def test_refuses_existing_and_overwrites_on_request(tmp_path):
     _write(tmp_path / "s.zarr")
     with pytest.raises(StoreExistsError, match="--overwrite"):
