@@ -287,6 +287,18 @@ class CompactModel:
         return F.kernel_features(images, hog_weight=self.params.get("hog_weight", 0.0),
                                  dtype=dtype)
 
+    def scorer32(self) -> tuple[FO.KernelScorer, bool]:
+        """A kernel head's float32 :class:`~digitbatch.folding.KernelScorer` (made
+        once, kept on the instance), and whether it takes the kernel features as
+        the column blocks of :func:`~digitbatch.scorefeatures.kernel_feature_parts`
+        (else the float32 :meth:`featurize`)."""
+        blocks = self.features == "kernel" and self.head.projection is not None
+        if "_scorer32" not in self.__dict__:
+            hw = float(self.params.get("hog_weight", 0.0))
+            self.__dict__["_scorer32"] = FO.kernel_scorer(
+                self.head, *(SF.block_layout(hw) if blocks else ()))
+        return self.__dict__["_scorer32"], blocks
+
     def _kernel_scores(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Kernel-head decision values (float32) and class indices equal to float64's.
 
@@ -294,13 +306,10 @@ class CompactModel:
         scores faster (README, "Measured defaults"); rows whose top two
         values are closer than its rounding (~1e-3) are rescored in float64.
         """
-        hw = float(self.params.get("hog_weight", 0.0))
-        blocks = self.features == "kernel" and self.head.projection is not None
-        if "_scorer32" not in self.__dict__:  # made once, kept on the instance
-            self.__dict__["_scorer32"] = FO.kernel_scorer(self.head, *(SF.block_layout(hw) if blocks else ()))
-        scorer = self.__dict__["_scorer32"]
+        scorer, blocks = self.scorer32()
         if blocks:
-            parts, scales = SF.kernel_feature_parts(images, hog_weight=hw)
+            parts, scales = SF.kernel_feature_parts(
+                images, hog_weight=float(self.params.get("hog_weight", 0.0)))
             d = scorer.decision_function(*parts, row_scales=scales)
         else:
             d = scorer.decision_function(self.featurize(images, np.float32))

@@ -125,3 +125,22 @@ def test_kernel_models_score_in_float32_as_in_float64(data, name, feats, small_p
     gap64 = np.abs(d64) if d64.ndim == 1 else kernels.top2_margin(d64)
     assert s.gap.dtype == np.float32
     np.testing.assert_allclose(s.gap, gap64, rtol=0, atol=1e-4 * max(1.0, np.abs(d64).max()))
+
+
+def test_bench_breaks_down_the_kernel_models_scoring(data):
+    """bench/featurecost.py times sgd-kernel as scoring runs it: the float32 feature
+    blocks, then the head's scorer (figures only in bench output, never asserted)."""
+    from digitbatch.bench import featurecost
+
+    X, y = data
+    pipe = build("sgd-kernel", seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipe.fit(X[:300], y[:300])
+    cm = compact("sgd-kernel", pipe)
+    scorer, blocks = cm.scorer32()
+    assert blocks and cm.scorer32()[0] is scorer  # made once
+    steps = featurecost.breakdown(cm, X[:71].reshape(-1, 28, 28), repeats=1)
+    assert list(steps) == ["features (float32 column blocks)",
+                           "head: projection, RBF kernel, weights"]
+    assert all(v > 0 for v in steps.values())

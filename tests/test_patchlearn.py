@@ -173,7 +173,7 @@ def test_bench_breaks_down_each_scoring_step(digits):
     m = compact("sgd-patches", _small().fit(X[:200], y[:200]))
     steps = featurecost.breakdown(m, X[:70].reshape(-1, 28, 28), repeats=1)
     assert list(steps) == [f"features: {s}" for s in PF.STEPS] + [
-        "head: projection (folded PCA)", "head: RBF kernel", "head: weights + argmax"]
+        "head: projection, RBF kernel, weights"]  # (the KernelScorer scoring runs)
     text = "\n".join(featurecost.lines(m, X[:70].reshape(-1, 28, 28), repeats=1))
     assert "sgd-patches per chunk of 70 images" in text and "features: filters" in text
 

@@ -2,9 +2,9 @@
 
 For ``sgd-patches``: each step of :func:`digitbatch.patchfeatures.patch_features`
 (deskew, window copy, filter product, threshold, pooling, square root),
-then the kernel head's projection (folded PCA), RBF kernel and weights, on
-one chunk in one thread; for the other kernel models the feature step as
-a whole. Times are the best of a few repeats: the machine is shared.
+then the kernel head as scoring runs it (its float32 KernelScorer:
+projection, RBF kernel and weights), on one chunk in one thread; for
+``sgd-kernel`` its float32 feature blocks, then the same head. Times are the best of a few repeats: the machine is shared.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from .. import patchfeatures as PF
+from .. import scorefeatures as SF
 
 
 def _best(fn, repeats: int) -> float:
@@ -44,39 +45,27 @@ def breakdown(model, chunk: np.ndarray, *, repeats: int = 3) -> dict[str, float]
                 runs.append(t)
             best = min(runs, key=lambda t: sum(t.values()))
             out.update({f"features: {k}": v for k, v in best.items()})
-        else:
-            out["features"] = _best(lambda: model.featurize(chunk, np.float32), repeats)
-        x = model.featurize(chunk, np.float32)
         if model.kind != "kernel":
+            out["features"] = _best(lambda: model.featurize(chunk, np.float32), repeats)
+            x = model.featurize(chunk, np.float32)
             out["head"] = _best(lambda: model.head.decision_function(x), repeats)
             return out
-        h = model.head
-        w32 = {k: (None if v is None else v.astype(np.float32))
-               for k, v in (("projection", h.projection), ("offset", h.offset),
-                            ("weights", h.weights))}
-        if w32["projection"] is not None:
-            out["head: projection (folded PCA)"] = _best(
-                lambda: x @ w32["projection"] + w32["offset"], repeats)
-            z = x @ w32["projection"] + w32["offset"]
-        else:
-            z = x
-        lm = h.landmarks.astype(np.float32)
-        sq = h.landmark_sq_norms.astype(np.float32)
-
-        def kernel():
-            k = z @ lm.T
-            k *= -2.0
-            k += sq
-            k += np.einsum("ij,ij->i", z, z)[:, None]
-            np.maximum(k, 0.0, out=k)
-            k *= -np.float32(h.gamma)
-            return np.exp(k, out=k)
-
-        out["head: RBF kernel"] = _best(kernel, repeats)
-        kv = kernel()
-        out["head: weights + argmax"] = _best(
-            lambda: np.argmax(kv @ w32["weights"] + h.intercept.astype(np.float32), axis=1),
-            repeats)
+        # the kernel head as scoring runs it: its float32 KernelScorer (projection,
+        # RBF kernel and weights in one pass, a block of rows at a time)
+        scorer, blocks = model.scorer32()
+        if blocks:
+            hw = float(model.params.get("hog_weight", 0.0))
+            out["features (float32 column blocks)"] = _best(
+                lambda: SF.kernel_feature_parts(chunk, hog_weight=hw), repeats)
+            parts, scales = SF.kernel_feature_parts(chunk, hog_weight=hw)
+            out["head: projection, RBF kernel, weights"] = _best(
+                lambda: scorer.decision_function(*parts, row_scales=scales), repeats)
+            return out
+        if model.features != PATCH_FEATURES:
+            out["features"] = _best(lambda: model.featurize(chunk, np.float32), repeats)
+        x = model.featurize(chunk, np.float32)
+        out["head: projection, RBF kernel, weights"] = _best(
+            lambda: scorer.decision_function(x), repeats)
     return out
 
 
