@@ -14,8 +14,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from .features import (HALF, HOG_CELLS, HOG_CHANNELS, HOG_SIZE, SIDE, WIDE, check_hog_weight, check_images,
-                       deskew_wide)
+from .features import (
+    HALF,
+    HOG_CELLS,
+    HOG_CHANNELS,
+    HOG_SIZE,
+    SIDE,
+    WIDE,
+    check_hog_weight,
+    check_images,
+    deskew_wide,
+)
 
 # (28 or 29, 14): sums of column pairs (a 29th, padding column weighs 0)
 _PAIRS = np.repeat(np.eye(HALF, dtype=np.float32), 2, axis=0)

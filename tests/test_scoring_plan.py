@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import json
-import time
 import io
+import itertools
+import json
 import tarfile
+import time
 
 import numpy as np
 import pytest
@@ -163,7 +164,7 @@ def test_archive_slot_layout(monkeypatch, n, slot, first, want):
     bounds, offset, first_slot = P.slot_layout(n, slot)
     assert (bounds, offset, first_slot) == want
     assert bounds[0][0] == 0 and bounds[-1][1] == n
-    assert all(b == c for (_, b), (c, _) in zip(bounds, bounds[1:]))  # contiguous
+    assert all(b == c for (_, b), (c, _) in itertools.pairwise(bounds))  # contiguous
     chunks = [{(m + offset) // slot for m in range(a, b)} for a, b in bounds]
     assert all(len(c) == 1 for c in chunks) and len(set().union(*chunks)) == len(bounds)
 
@@ -221,8 +222,8 @@ def test_archive_plan_with_a_small_first_slot(tmp_path, shared_model, monkeypatc
               "prediction_histogram", "drift"):
         assert ma[k] == mb[k], k
     sha = load_model(shared_model).sha256
-    base = dict(n=600, chunk_size=256, n_classes=10, proba=False, model_sha256=sha,
-                input_checksum=plan.checksum)
+    base = {"n": 600, "chunk_size": 256, "n_classes": 10, "proba": False, "model_sha256": sha,
+            "input_checksum": plan.checksum}
     with pytest.raises(ScoreError, match="first_slot: output has 100, this run None"):
         check_resume(outs[100], OutputSpec(**base))
     with pytest.raises(ScoreError, match="first_slot: output has None, this run 100"):
