@@ -24,6 +24,7 @@ import json
 import os
 import select
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -146,6 +147,22 @@ class _Pipe:
                 return self.events.pop()
 
 
+def _end_group(pgid: int) -> None:
+    """Kill what is left of Chromium's process group and wait until it is gone, so
+    that nothing writes into its profile folder while the folder is removed."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    for _ in range(1000):  # (killed processes go within milliseconds)
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"chromium's processes (group {pgid}) did not end after SIGKILL")
+
+
 def render(page: str | os.PathLike) -> Rendered:
     """Load ``page`` (a local HTML file) in headless Chromium; what it rendered and did."""
     url = Path(page).resolve().as_uri()
@@ -163,6 +180,7 @@ def render(page: str | os.PathLike) -> Rendered:
             proc = subprocess.Popen(
                 [chromium(), *FLAGS, f"--user-data-dir={profile}", "about:blank"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, close_fds=False,
+                start_new_session=True,  # (its helper processes too: ended together below)
                 preexec_fn=lambda: (os.dup2(child_in, 3), os.dup2(child_out, 4)))
         finally:
             os.close(child_in)
@@ -192,6 +210,7 @@ def render(page: str | os.PathLike) -> Rendered:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+            _end_group(proc.pid)  # its zygote and renderers may still write into the profile
     scripts = [e["params"].get("url", "") for e in seen_before
                if e.get("method") == "Debugger.scriptParsed"]
     requests = [e["params"]["request"]["url"] for e in seen_before
