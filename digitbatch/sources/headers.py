@@ -21,8 +21,10 @@ _IHDR = struct.Struct(">IIBBBBB")
 # tiff:Orientation), or make Pillow show another picture than the IDAT one
 # (an animation's first frame). Their names are never compressed.
 PNG_REFUSED = (b"eXIf", b"Raw profile type exif", b"XML:com.adobe.xmp", b"acTL")
-_REFUSED_TYPES = frozenset({b"eXIf", b"acTL", b"tRNS"})  # (tRNS: transparency, for Pillow)
-_REFUSED_KEYWORDS = (b"Raw profile type exif", b"XML:com.adobe.xmp")  # of text chunks
+# ... as chunk types (and tRNS: transparency, which Pillow composites), and as
+# the keywords of text chunks
+_REFUSED_TYPES = frozenset({k for k in PNG_REFUSED if len(k) == 4} | {b"tRNS"})
+_REFUSED_KEYWORDS = tuple(k for k in PNG_REFUSED if len(k) != 4)
 _TEXT_TYPES = frozenset({b"tEXt", b"zTXt", b"iTXt"})
 _CHUNK = struct.Struct(">I4s")
 # Chunks before the image data that Pillow and libspng both read or skip
@@ -81,21 +83,25 @@ def png_header(data: bytes) -> PngHeader | None:
         if want == -1 or (want is not None and length != want) or end > n:
             return None
         crc, = struct.unpack_from(">I", data, end - 4)
-        if zlib.crc32(data[pos + 4:end - 4]) != crc or (name in _TEXT_TYPES and any(
-                k in data[pos + 8:end - 4] for k in _REFUSED_KEYWORDS)):
+        if zlib.crc32(data[pos + 4:end - 4]) != crc or _refused_text(name, data, pos, length):
             return None
         pos = end
     # the image data and what follows it, to IEND: types only (the usual
     # file is IDAT, then IEND)
     while name != b"IEND":
-        if name in _REFUSED_TYPES or (name in _TEXT_TYPES and any(
-                k in data[pos + 8:pos + 8 + length] for k in _REFUSED_KEYWORDS)):
+        if name in _REFUSED_TYPES or _refused_text(name, data, pos, length):
             return None
         pos += 12 + length
         if pos + 12 > n:
             return None
         length, name = _CHUNK.unpack_from(data, pos)
     return PngHeader(width, height, depth, colour)
+
+
+def _refused_text(name: bytes, data: bytes, pos: int, length: int) -> bool:
+    """Whether the chunk at ``pos`` is a text chunk naming EXIF or XMP."""
+    return name in _TEXT_TYPES and any(k in data[pos + 8:pos + 8 + length]
+                                       for k in _REFUSED_KEYWORDS)
 
 
 def jpeg_header(data: bytes) -> JpegHeader | None:
