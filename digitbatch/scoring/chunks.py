@@ -99,8 +99,12 @@ def score_archive_chunk(task: ChunkTask, *, out_path: str, model, proba: bool,
     flags = np.zeros((n, 2), bool)  # normalisation inverted, resized (for the drift profile)
     rejects: list[tuple[int, list[str]]] = []  # (slot, [key, reason]), put in slot order
 
+    def busy(key: str) -> None:
+        _DECODING[i] = key
+
     def files():
-        for j, item in enumerate(read_entries(container, kind, entries, limit=limit)):
+        for j, item in enumerate(read_entries(container, kind, entries, limit=limit, decode=True,
+                                              busy=busy)):
             if isinstance(item, Reject):
                 rejects.append((j, [item.key, item.reason]))
                 continue

@@ -74,6 +74,11 @@ def fast_enabled() -> bool:
     return os.environ.get("DIGITBATCH_FAST_DECODE", "1") != "0"
 
 
+def fast_jpeg() -> bool:
+    """Whether JPEGs may go the fast way (:func:`jpeg_pixels`)."""
+    return simplejpeg is not None and fast_enabled()
+
+
 def decode_grey(data: bytes, *, fast: bool = True, reduction: int | None = None
                 ) -> np.ndarray | str:
     """The upright grey pixels of an image file, or a reject reason.
@@ -145,8 +150,18 @@ def _jpeg_fast(data: bytes, reduction: int | None = None) -> np.ndarray | None:
     hdr = jpeg_header(data)
     if hdr is None or not within_limits(hdr.width, hdr.height):
         return None
-    d = reduction or jpeg_reduction(hdr.width, hdr.height)
-    want = (-(-hdr.height // d), -(-hdr.width // d))
+    arr = jpeg_pixels(data, hdr.height, hdr.width, reduction)
+    return None if arr is None else orient(arr, hdr)
+
+
+def jpeg_pixels(data, height: int, width: int, reduction: int | None = None
+                ) -> np.ndarray | None:
+    """The grey pixels (as stored, not turned) of a JPEG whose header says
+    ``height`` x ``width`` and passed the fast path's checks, decoded at
+    :func:`jpeg_reduction` by libjpeg-turbo; None when it fails (Pillow
+    decides). ``data``: bytes or a memoryview of them."""
+    d = reduction or jpeg_reduction(width, height)
+    want = (-(-height // d), -(-width // d))
     try:
         arr = simplejpeg.decode_jpeg(data, "GRAY", min_height=want[0], min_width=want[1],
                                      strict=True)
@@ -154,7 +169,13 @@ def _jpeg_fast(data: bytes, reduction: int | None = None) -> np.ndarray | None:
         return None
     if arr.shape[:2] != want:
         return None
-    return orient(arr[..., 0] if arr.ndim == 3 else arr, hdr)
+    return arr[..., 0] if arr.ndim == 3 else arr
+
+
+def fast_limits() -> tuple[int, int]:
+    """(longest side, most pixels) the fast path decodes (:func:`within_limits`)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    return MAX_SIDE, MAX_PIXELS if limit is None else min(MAX_PIXELS, int(limit))
 
 
 def orient(arr: np.ndarray, hdr: JpegHeader) -> np.ndarray:

@@ -31,7 +31,7 @@ import itertools
 import operator
 import os
 import pickle
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -227,14 +227,18 @@ def unpack(packed: bytes) -> list[Entry]:
     return out
 
 
-def read_entries(path: str, kind: str, entries: list[Entry], *,
-                 limit: int) -> Iterator[Member | Reject]:
+def read_entries(path: str, kind: str, entries: list[Entry], *, limit: int,
+                 decode: bool = False, busy: Callable[[str], object] | None = None
+                 ) -> Iterator[Member | Reject]:
     """``entries`` with every reference read (on a worker) and content-checked, in order.
 
-    Lazily: one member's bytes at a time are read and held.
+    Lazily: one member's bytes at a time are read and held. With
+    ``decode``, some members may come already decoded (their ``data``
+    grey pixels: :func:`~.refs.read_refs`); ``busy(key)`` is told before
+    each such decode.
     """
     refs = [e for e in entries if isinstance(e, MemberRef)]
-    read = read_refs(path, kind, refs, limit=limit) if refs else iter(())
+    read = read_refs(path, kind, refs, limit=limit, decode=decode, busy=busy) if refs else iter(())
     for e in entries:
         yield next(read) if isinstance(e, MemberRef) else e
 
@@ -247,8 +251,15 @@ def decode_packed(task: tuple[str, str, bytes, int]) -> Batch:
     those the decoder refused.
     """
     path, kind, packed, limit = task
-    items = list(read_entries(path, kind, unpack(packed), limit=limit))
-    batch = decode_batch([(m.key, m.data, m.folder_label) for m in items
-                          if isinstance(m, Member)])
-    batch.rejects[:0] = [m for m in items if isinstance(m, Reject)]
+    read_rejects: list[Reject] = []
+
+    def files():  # (streamed: a task holds one member's bytes or pixels at a time)
+        for m in read_entries(path, kind, unpack(packed), limit=limit, decode=True):
+            if isinstance(m, Member):
+                yield m.key, m.data, m.folder_label
+            else:
+                read_rejects.append(m)
+
+    batch = decode_batch(files())
+    batch.rejects[:0] = read_rejects
     return batch
