@@ -1,40 +1,24 @@
 """digitbatch.sources.jpegvouch: a member vouched for is one the Python path
-takes unchanged, and reading with ``decode`` gives the same digits, rejects
-and reasons as reading the bytes.
+takes unchanged.
 
 The rules are checked on a corpus of real and crafted JPEG headers (every
 segment the header walk refuses, tars in disguise, sizes over the limits)
-and on a few thousand seeded corruptions of a real header; the read path on
-a plain tar whose runs mix plain JPEGs with everything that must take the
-Python path, by ``read_entries``, by ingest's task and by a scoring chunk.
+and on a few thousand seeded corruptions of a real header. What decoding
+the members vouched for gives is tests/test_sources_taskdecode.py's.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import struct
-import tarfile
 
 import numpy as np
 import pytest
-import zarr
 from PIL import Image
 
-from digitbatch.modelio import load_model
-from digitbatch.scoring.chunks import score_archive_chunk
-from digitbatch.scoring.output import (
-    OutputSpec,
-    commit_path,
-    create_output,
-    create_staging,
-)
-from digitbatch.scoring.tasks import ChunkTask
 from digitbatch.sources import jitload, jpegvouch
 from digitbatch.sources.decoders import MAX_SIDE, within_limits
 from digitbatch.sources.headers import jpeg_header
-from digitbatch.sources.images import decode_stream
-from digitbatch.sources.listing import decode_packed, list_archive, pack, read_entries
 from digitbatch.sources.members import content_reject
 
 pytestmark = pytest.mark.skipif(not jitload.installed(), reason="numba is not installed")
@@ -224,137 +208,3 @@ def test_run_sizes_leaves_short_runs_and_runs_with_an_xmp_orientation_to_python(
     assert jpegvouch.run_sizes(buf, starts, sizes, **kw) is not None
     assert jpegvouch.run_sizes(buf, starts[:-1], sizes[:-1], **kw) is None
     assert jpegvouch.run_sizes(buf + b"tiff:Orientation", starts, sizes, **kw) is None
-
-
-# --- reading with decode ---------------------------------------------------------------
-
-
-def _tar(path, members: list[tuple[str, bytes]]):
-    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tf:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-    return path
-
-
-def _nested_tar() -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tf:
-        info = tarfile.TarInfo("x.png")
-        info.size = 3
-        tf.addfile(info, io.BytesIO(b"abc"))
-    return buf.getvalue()[:1024]  # (its first header is what gives it away)
-
-
-def _png(im: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _mixed_members() -> list[tuple[str, bytes]]:
-    """Plain JPEGs (grey and colour) among everything the Python path must judge."""
-    out = [(f"{k % 10}/{k:03d}.jpg", _jpeg(_scan(k, mode="RGB" if k % 3 == 0 else "L")))
-           for k in range(11)]
-    out[2] = ("2/002.jpg", CORPUS["EXIF orientation 6"][0])
-    out[4] = ("4/004.jpeg", _nested_tar())  # a tar in disguise
-    out[5] = ("5/005.bin", _jpeg(_scan(5)))  # no image extension: judged by content
-    out[7] = ("7/007.jpg", BASE[:len(BASE) - 40])  # vouched header, pixels cut short
-    out[8] = ("8/008.jpg", _png(_scan(8)))
-    out[9] = ("9/009.jpg", CORPUS["progressive"][0])
-    out.append(("huge/000.jpg", _jpeg(_scan(11)) + bytes(5000)))  # over a small limit
-    return out
-
-
-def _read(path, limit, decode, busy=None):
-    listing = list_archive(path, "tar", limit=limit)
-    got = []
-    for m in read_entries(str(path), "tar", listing.entries, limit=limit, decode=decode, busy=busy):
-        got.append(m)
-    return got
-
-
-def _digits(items):
-    tags = [(m.key, m.data) for m in items if hasattr(m, "data")]
-    return [(k, out) for k, out in decode_stream(tags)]
-
-
-def test_reading_with_decode_gives_the_same_digits_rejects_and_reasons(tmp_path):
-    path = _tar(tmp_path / "a.tar", _mixed_members())
-    limit = 4000
-    plain = _read(path, limit, decode=False)
-    seen = []
-    fast = _read(path, limit, decode=True, busy=seen.append)
-    assert [type(m) for m in fast] == [type(m) for m in plain]
-    assert [m.key for m in fast] == [m.key for m in plain]
-    rejects = [m for m in fast if not hasattr(m, "data")]
-    assert rejects == [m for m in plain if not hasattr(m, "data")]
-    assert {r.key: r.reason.split(":")[0] for r in rejects} == {
-        "4/004.jpeg": "nested-archive", "huge/000.jpg": "too-large"}
-    decoded = [m.key for m in fast if isinstance(getattr(m, "data", None), np.ndarray)]
-    # the plain JPEGs (not the EXIF one, the disguised one, the .bin, the PNG, the
-    # cut one: its fast decode fails and it is read as bytes)
-    assert decoded == ["0/000.jpg", "1/001.jpg", "3/003.jpg", "6/006.jpg", "9/009.jpg",
-                       "0/010.jpg"]
-    # told before each decode, the failed one too
-    assert seen == decoded[:4] + ["7/007.jpg"] + decoded[4:]
-    a, b = _digits(plain), _digits(fast)
-    assert [k for k, _ in a] == [k for k, _ in b]
-    for (k, x), (_, y) in zip(a, b):
-        if isinstance(x, str):
-            assert x == y, k
-        else:
-            np.testing.assert_array_equal(x, y, err_msg=k)
-    assert [m.folder_label for m in fast if hasattr(m, "data")] == \
-        [m.folder_label for m in plain if hasattr(m, "data")]
-
-
-def test_without_the_kernel_or_the_fast_decoder_every_member_is_read_as_bytes(tmp_path, monkeypatch):
-    path = _tar(tmp_path / "a.tar", _mixed_members())
-    monkeypatch.setenv("DIGITBATCH_FAST_DECODE", "0")
-    assert not any(isinstance(getattr(m, "data", None), np.ndarray)
-                   for m in _read(path, 4000, decode=True))
-    monkeypatch.delenv("DIGITBATCH_FAST_DECODE")
-    monkeypatch.setenv("DIGITBATCH_NO_JIT", "1")
-    assert not any(isinstance(getattr(m, "data", None), np.ndarray)
-                   for m in _read(path, 4000, decode=True))
-
-
-def test_ingest_task_is_the_same_with_the_kernel_or_without(tmp_path, monkeypatch):
-    path = _tar(tmp_path / "a.tar", _mixed_members())
-    task = (str(path), "tar", pack(list_archive(path, "tar", limit=4000).entries), 4000)
-    fast = decode_packed(task)
-    monkeypatch.setenv("DIGITBATCH_NO_JIT", "1")
-    slow = decode_packed(task)
-    np.testing.assert_array_equal(fast.images, slow.images)
-    np.testing.assert_array_equal(fast.labels, slow.labels)
-    assert fast.keys == slow.keys and fast.rejects == slow.rejects
-    assert len(fast.keys) == 9 and [r.reason.split(":")[0] for r in fast.rejects] == [
-        "nested-archive", "too-large", "decode-error"]  # read rejects first
-
-
-def test_scoring_chunk_is_the_same_with_the_kernel_or_without(tmp_path, monkeypatch,
-                                                             shared_model):
-    loaded = load_model(shared_model)
-    path = _tar(tmp_path / "a.tar", _mixed_members())
-    entries = list_archive(path, "tar", limit=4000).entries
-    n = len(entries)
-
-    def staged(name):
-        out = tmp_path / name
-        create_output(out, OutputSpec(n, 256, 10, False, loaded.sha256, "x"), arrays=False)
-        create_staging(out, n=n, chunk_size=256, n_classes=10, proba=False)
-        score_archive_chunk(ChunkTask(0, 0, n, pack(entries)), out_path=str(out),
-                            model=loaded.model, proba=False, container=str(path), kind="tar",
-                            limit=4000, labels=None)
-        st = zarr.open_group(str(out), mode="r")["_staging"]
-        rec = json.loads(commit_path(out, 0).read_text())
-        return {k: st[k][:] for k in ("valid", "pred", "margin", "labels")}, rec
-
-    fast, frec = staged("fast.zarr")
-    monkeypatch.setenv("DIGITBATCH_NO_JIT", "1")
-    slow, srec = staged("slow.zarr")
-    for k in fast:
-        np.testing.assert_array_equal(fast[k], slow[k], err_msg=k)
-    assert frec["rejects"] == srec["rejects"] and frec["n"] == srec["n"] == 9

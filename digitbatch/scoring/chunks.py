@@ -11,27 +11,23 @@ Predictions come from :func:`digitbatch.determinism.deterministic_scores`
 - :func:`score_store_chunk`: one chunk of a store (the keys chunk is copied as stored).
 - :func:`score_archive_chunk`: one slot chunk of an archive: its members are
   read (where the task holds references), decoded and normalised as ingest
-  does (a block at a time, :func:`~digitbatch.sources.images.decode_stream`),
+  does (:func:`~digitbatch.sources.taskdecode.decode_entries`),
   labelled (folder or CSV), predicted and written to staging, one row per
   member slot.
 """
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
-from PIL import Image
 
 from ..determinism import deterministic_scores
-from ..digits import IMAGE_SHAPE, LABEL_DTYPE, UNKNOWN_LABEL
+from ..digits import LABEL_DTYPE, UNKNOWN_LABEL
 from ..errors import ScoreError
 from ..layout import check_labels, copy_chunk, read_rows
 from ..profile import chunk_profile, input_every
-from ..sources.base import Reject
-from ..sources.images import decode_stream
 from ..sources.labels import LabelMap
-from ..sources.listing import read_entries, unpack
+from ..sources.listing import unpack
+from ..sources.taskdecode import decode_entries
 from .handles import open_array_cached
 from .output import PRED_FILL, write_chunk, write_slots
 from .record import chunk_counts
@@ -91,47 +87,27 @@ def score_archive_chunk(task: ChunkTask, *, out_path: str, model, proba: bool,
     ``offset``: the staging row of member 0 (:func:`~digitbatch.scoring.plan.slot_layout`).
     """
     i, start = task.index, task.start
-    entries = unpack(task.packed)
-    n = len(entries)
-    images = np.zeros((n, *IMAGE_SHAPE), np.uint8)
-    lab = np.full(n, UNKNOWN_LABEL, LABEL_DTYPE)
-    valid = np.zeros(n, bool)
-    flags = np.zeros((n, 2), bool)  # normalisation inverted, resized (for the drift profile)
-    rejects: list[tuple[int, list[str]]] = []  # (slot, [key, reason]), put in slot order
 
     def busy(key: str) -> None:
         _DECODING[i] = key
 
-    def files():
-        for j, item in enumerate(read_entries(container, kind, entries, limit=limit, decode=True,
-                                              busy=busy)):
-            if isinstance(item, Reject):
-                rejects.append((j, [item.key, item.reason]))
-                continue
-            _DECODING[i] = item.key  # (decode_stream decodes each file as it takes it)
-            yield (j, item), item.data
-
-    def note(tag, inverted, resized):
-        flags[tag[0]] = inverted, resized
-
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            for (j, item), out in decode_stream(files(), note=note):
-                if isinstance(out, str):
-                    rejects.append((j, [item.key, out]))
-                    continue
-                label = (labels.labels.get(item.key, item.folder_label) if labels
-                         else item.folder_label)
-                if isinstance(label, str):  # a bad label in the CSV
-                    rejects.append((j, [item.key, label]))
-                    continue
-                images[j], valid[j] = out, True
-                lab[j] = UNKNOWN_LABEL if label is None else label
+        got = decode_entries(container, kind, unpack(task.packed), limit=limit, busy=busy)
     finally:
         _DECODING.pop(i, None)
+    n = len(got.keys)
+    images, valid, flags = got.digits, got.ok, got.flags  # (flags: for the drift profile)
+    lab = np.full(n, UNKNOWN_LABEL, LABEL_DTYPE)
+    rejects = [(j, [r.key, r.reason]) for j, r, _ in got.rejects]  # (slot, [key, reason])
+    for j in np.flatnonzero(valid).tolist():
+        label = (labels.labels.get(got.keys[j], got.folder[j]) if labels else got.folder[j])
+        if isinstance(label, str):  # a bad label in the CSV
+            rejects.append((j, [got.keys[j], label]))
+            valid[j] = False
+        elif label is not None:
+            lab[j] = label
     rejects = [r for _, r in sorted(rejects, key=lambda r: r[0])]
-    keys = np.array([e.key for e in entries], dtype=object)
+    keys = np.array(got.keys, dtype=object)
     pred = np.full(n, PRED_FILL, np.int8)
     margin = np.full(n, np.nan, np.float32)
     gap = np.full(n, np.nan, np.float32)

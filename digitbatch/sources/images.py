@@ -58,14 +58,13 @@ T = TypeVar("T")
 PENDING_PIXELS = 2**24
 
 
-def decode_batch(items: Iterable[tuple[str, bytes | np.ndarray, int | None]]) -> Batch:
+def decode_batch(items: list[tuple[str, bytes, int | None]]) -> Batch:
     """Decode image files into a :class:`Batch` of MNIST-form digits.
 
     Parameters
     ----------
-    items : iterable of (key, data, label)
-        Encoded image files (or their grey pixels, already decoded), with
-        labels 0-9 or ``None`` (unknown); taken one at a time.
+    items : list of (key, data, label)
+        Encoded image files, with labels 0-9 or ``None`` (unknown).
 
     Returns
     -------
@@ -78,14 +77,12 @@ def decode_batch(items: Iterable[tuple[str, bytes | np.ndarray, int | None]]) ->
     labels: list[int | None] = []
     keys: list[str] = []
     rejects: list[Reject] = []
-    seen = 0
     with warnings.catch_warnings():
         # Pillow only warns between MAX_IMAGE_PIXELS and twice that. The
         # explicit size checks of the decoders decide even where another
         # thread's catch_warnings has changed the filters under us.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         for (key, label), out in decode_stream(((key, label), data) for key, data, label in items):
-            seen += 1
             if isinstance(out, str):
                 rejects.append(Reject(key, out))
             else:
@@ -93,7 +90,7 @@ def decode_batch(items: Iterable[tuple[str, bytes | np.ndarray, int | None]]) ->
                 labels.append(label)
                 keys.append(key)
     if rejects:
-        log.debug("decode_batch: %d of %d items rejected", len(rejects), seen)
+        log.debug("decode_batch: %d of %d items rejected", len(rejects), len(items))
     if not keys:
         return Batch.empty(rejects)
     return Batch(np.stack(images), label_array(labels, len(keys)), keys, rejects)
@@ -102,9 +99,6 @@ def decode_batch(items: Iterable[tuple[str, bytes | np.ndarray, int | None]]) ->
 def decode_stream(items: Iterable[tuple[T, bytes]], *, note=None
                   ) -> Iterator[tuple[T, np.ndarray | str]]:
     """``(tag, digit or reject reason)`` for each ``(tag, file bytes)``, in order.
-
-    (Or ``(tag, grey pixels)``: a file its reader already decoded,
-    :func:`~.listing.read_entries` with ``decode``; it is only normalised.)
 
     Files are decoded one at a time (a caller can tell which one is being
     decoded: the last it handed over) and normalised together in blocks of
@@ -120,7 +114,7 @@ def decode_stream(items: Iterable[tuple[T, bytes]], *, note=None
     greys: list[np.ndarray] = []
     pixels = 0
     for tag, data in items:
-        out = data if type(data) is np.ndarray else decode_grey(data, fast=fast)
+        out = decode_grey(data, fast=fast)
         pending.append((tag, out))
         if not isinstance(out, str):
             greys.append(out)

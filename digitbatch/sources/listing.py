@@ -31,15 +31,17 @@ import itertools
 import operator
 import os
 import pickle
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from .archive import iter_members
-from .base import Batch, MemberRef, Reject, member_refs
-from .images import decode_batch
+from .base import Batch, MemberRef, Reject, label_array, member_refs
 from .members import Member
 from .refs import iter_ref_batches, read_refs, seekable_kind, stream_refs
+from .taskdecode import decode_entries
 
 __all__ = ["Entry", "Listing", "decode_packed", "fingerprint", "iter_entries", "list_archive",
            "pack", "read_entries", "unique_key_batches", "unique_keys", "unpack"]
@@ -227,18 +229,14 @@ def unpack(packed: bytes) -> list[Entry]:
     return out
 
 
-def read_entries(path: str, kind: str, entries: list[Entry], *, limit: int,
-                 decode: bool = False, busy: Callable[[str], object] | None = None
-                 ) -> Iterator[Member | Reject]:
+def read_entries(path: str, kind: str, entries: list[Entry], *,
+                 limit: int) -> Iterator[Member | Reject]:
     """``entries`` with every reference read (on a worker) and content-checked, in order.
 
-    Lazily: one member's bytes at a time are read and held. With
-    ``decode``, some members may come already decoded (their ``data``
-    grey pixels: :func:`~.refs.read_refs`); ``busy(key)`` is told before
-    each such decode.
+    Lazily: one member's bytes at a time are read and held.
     """
     refs = [e for e in entries if isinstance(e, MemberRef)]
-    read = read_refs(path, kind, refs, limit=limit, decode=decode, busy=busy) if refs else iter(())
+    read = read_refs(path, kind, refs, limit=limit) if refs else iter(())
     for e in entries:
         yield next(read) if isinstance(e, MemberRef) else e
 
@@ -251,15 +249,11 @@ def decode_packed(task: tuple[str, str, bytes, int]) -> Batch:
     those the decoder refused.
     """
     path, kind, packed, limit = task
-    read_rejects: list[Reject] = []
-
-    def files():  # (streamed: a task holds one member's bytes or pixels at a time)
-        for m in read_entries(path, kind, unpack(packed), limit=limit, decode=True):
-            if isinstance(m, Member):
-                yield m.key, m.data, m.folder_label
-            else:
-                read_rejects.append(m)
-
-    batch = decode_batch(files())
-    batch.rejects[:0] = read_rejects
-    return batch
+    got = decode_entries(path, kind, unpack(packed), limit=limit)
+    rejects = ([r for _, r, read in got.rejects if read]
+               + [r for _, r, read in got.rejects if not read])
+    at = np.flatnonzero(got.ok)
+    if not at.size:
+        return Batch.empty(rejects)
+    return Batch(got.digits[at], label_array([got.folder[j] for j in at], at.size),
+                 [got.keys[j] for j in at], rejects)

@@ -45,7 +45,6 @@ import warnings
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-import numpy as np
 from PIL import Image
 
 from .base import Reject
@@ -72,15 +71,10 @@ _MAGIC_FIRST = frozenset(m[0] for m in (*_ZIP_MAGICS, *_OTHER_ARCHIVE_MAGICS,
 
 @dataclass(frozen=True, slots=True)
 class Member:
-    """One file read from a source: its key, bytes and folder label.
-
-    ``data`` is the file's grey pixels instead (2-D uint8, upright) when the
-    reader was asked to decode and vouched for the file
-    (:func:`~.listing.read_entries` with ``decode``, :mod:`.jpegvouch`).
-    """
+    """One file read from a source: its key, bytes and folder label."""
 
     key: str
-    data: bytes | np.ndarray = field(repr=False)
+    data: bytes = field(repr=False)
     folder_label: int | None
 
 

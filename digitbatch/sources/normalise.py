@@ -94,16 +94,32 @@ def normalise_flagged(greys: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return out, flags
 
 
+def normalise_stack(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`normalise_flagged` of ``stack`` (N, h, w) uint8 grey images of one
+    size, without a step per image (``stack`` may be changed)."""
+    n, h, w = stack.shape
+    flags = np.zeros((n, 2), bool)
+    out = np.empty((n, SIZE, SIZE), np.uint8)
+    step = _part_size(h, w)
+    for a in range(0, n, step):
+        out[a:a + step] = _normalise_part(stack[a:a + step], h, w, flags[a:a + step])
+    return out, flags
+
+
 def _part_size(h: int, w: int) -> int:
     """How many ``(h, w)`` images :func:`normalise_flagged` takes at a time."""
     light = (h, w) == (SIZE, SIZE) or fitjit.ready()
     return max(1, (STACK_PIXELS if light else FIT_PIXELS) // (h * w))
 
 
-def _normalise_part(greys: list[np.ndarray], h: int, w: int, flags: np.ndarray) -> np.ndarray:
-    """``(G, 28, 28)`` digits of ``G`` grey images of one size ``(h, w)``; fills
-    ``flags`` (G, 2)."""
-    stack = np.concatenate(greys).reshape(len(greys), h, w) if len(greys) > 1 else greys[0][None]
+def _normalise_part(greys: list[np.ndarray] | np.ndarray, h: int, w: int,
+                    flags: np.ndarray) -> np.ndarray:
+    """``(G, 28, 28)`` digits of ``G`` grey images of one size ``(h, w)`` (a list,
+    or a stack it may change); fills ``flags`` (G, 2)."""
+    if isinstance(greys, np.ndarray):
+        stack = greys
+    else:
+        stack = np.concatenate(greys).reshape(len(greys), h, w) if len(greys) > 1 else greys[0][None]
     if (h, w) == (SIZE, SIZE):
         # the fast path: one copy (the stack), the frame through an index, xor in place
         edge = stack.reshape(len(greys), SIZE * SIZE)[:, _FRAME28]

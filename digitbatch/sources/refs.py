@@ -22,11 +22,11 @@ import functools
 import itertools
 import os
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import ArchiveError
-from . import archive, decoders, jpegvouch, members, tarscan
+from . import archive, members, tarscan
 from .base import MemberRef, Reject
 
 
@@ -57,16 +57,13 @@ def iter_ref_batches(path: Path, kind: str, *, limit: int) -> Iterator[list[Memb
     return ([e] for e in (_zip_refs(path, limit) if kind == "zip" else _dir_refs(path, limit)))
 
 
-def read_refs(path: str, kind: str, refs: list[MemberRef], *, limit: int,
-              decode: bool = False, busy: Callable[[str], object] | None = None
-              ) -> Iterator[members.Member | Reject]:
+def read_refs(path: str, kind: str, refs: list[MemberRef], *,
+              limit: int) -> Iterator[members.Member | Reject]:
     """Read the referenced members (on a worker) and apply the content checks.
 
     Lazily, one member at a time: a task holds one member's bytes, not its
     chunk's. References into a compressed tar (ordinals) are read by
     streaming it from its start (gzip cannot be entered in the middle).
-    With ``decode``, the plain JPEGs of a plain tar's runs come decoded
-    (:mod:`.jpegvouch`; ``busy(key)`` is told before each is decoded).
     """
     if kind == "dir":
         root = Path(path)
@@ -82,7 +79,7 @@ def read_refs(path: str, kind: str, refs: list[MemberRef], *, limit: int,
     else:
         fd = os.open(path, os.O_RDONLY)
         try:
-            yield from _read_tar(fd, path, refs, limit, decode and decoders.fast_jpeg(), busy)
+            yield from _read_tar(fd, path, refs, limit)
         finally:
             os.close(fd)
 
@@ -115,10 +112,13 @@ def runs(refs: list[MemberRef]) -> Iterator[tuple[int, int]]:
         i = j
 
 
-def _read_tar(fd: int, path: str, refs: list[MemberRef], limit: int, decode: bool,
-              busy: Callable[[str], object] | None) -> Iterator:
+def tar_runs(fd: int, path: str, refs: list[MemberRef], limit: int
+             ) -> Iterator[tuple[int, int, bytes | members.Member | Reject]]:
+    """``(i, j, buf)``: the members ``refs[i:j]`` of a plain tar (open as ``fd``)
+    read by one ``pread`` (:func:`runs`; member ``q`` is ``buf[q.offset -
+    refs[i].offset:][:q.size]``, not yet judged), or ``(i, i + 1, item)``: a
+    large member read alone and judged (:func:`.members.read_member`)."""
     changed = f"tar archive {path} changed or was truncated while reading"
-    max_side, max_pixels = decoders.fast_limits()
     for i, j in runs(refs):
         r = refs[i]
         if j == i + 1 and r.size > SMALL_MEMBER:
@@ -126,34 +126,25 @@ def _read_tar(fd: int, path: str, refs: list[MemberRef], limit: int, decode: boo
             item = members.read_member(r.key, span, r.size, limit)
             if isinstance(item, members.Member) and span.left:
                 raise ArchiveError(changed)
-            yield item
+            yield i, j, item
             continue
         start, last = r.offset, refs[j - 1]
         buf = os.pread(fd, last.offset + last.size - start, start)
         if len(buf) < last.offset + last.size - start:
             raise ArchiveError(changed)
-        sizes = None
-        if decode and j - i >= jpegvouch.MIN_RUN:
-            run = refs[i:j]
-            sizes = jpegvouch.run_sizes(buf, [q.offset - start for q in run], [q.size for q in run],
-                                        max_side=max_side, max_pixels=max_pixels)
-        if sizes is None:
-            for k in range(i, j):
-                q = refs[k]
-                a = q.offset - start
-                yield members.finish_member(q.key, buf[a:a + q.size], limit)
+        yield i, j, buf
+
+
+def _read_tar(fd: int, path: str, refs: list[MemberRef], limit: int) -> Iterator:
+    for i, j, got in tar_runs(fd, path, refs, limit):
+        if not isinstance(got, bytes):
+            yield got
             continue
-        view = memoryview(buf)
-        for q, (h, w) in zip(refs[i:j], sizes.tolist(), strict=True):
+        start = refs[i].offset
+        for k in range(i, j):
+            q = refs[k]
             a = q.offset - start
-            if h and q.size <= limit and members.has_image_extension(q.key):
-                if busy is not None:
-                    busy(q.key)
-                grey = decoders.jpeg_pixels(view[a:a + q.size], h, w)
-                if grey is not None:
-                    yield members.Member(q.key, grey, members.folder_label(q.key))
-                    continue
-            yield members.finish_member(q.key, buf[a:a + q.size], limit)
+            yield members.finish_member(q.key, got[a:a + q.size], limit)
 
 
 class _Span:

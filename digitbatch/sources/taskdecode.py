@@ -1,0 +1,199 @@
+"""A task's archive entries -> MNIST digits in entry order: what every archive worker runs.
+
+Ingest's task (:func:`.listing.decode_packed`) and a scoring chunk
+(:func:`digitbatch.scoring.chunks.score_archive_chunk`) both call
+:func:`decode_entries`: read the entries' members (:mod:`.refs`), judge
+them (:mod:`.members`), decode (:mod:`.decoders`) and normalise them
+(:mod:`.normalise`) a block at a time, at most :data:`.images.PENDING_PIXELS`
+grey pixels waiting, which bounds the memory of large scans.
+
+A plain tar is read by runs of neighbouring members (:func:`.refs.tar_runs`),
+and the plain JPEGs of a run (:mod:`.jpegvouch`) are decoded straight into
+one stack per size and normalised as a stack: no bytes object, header walk,
+content check or array per member. Every other member, and any whose fast
+decode fails, is judged and decoded one at a time as before. The digits,
+rejects and reasons are the same either way
+(tests/test_sources_taskdecode.py).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..digits import IMAGE_SHAPE
+from . import decoders, jpegvouch, members, refs
+from .base import MemberRef, Reject
+from .images import PENDING_PIXELS
+from .normalise import normalise_flagged, normalise_stack
+
+# sizes of plain JPEGs stacked at once; a task with more flushes its blocks
+MAX_STACKS = 8
+
+
+@dataclass
+class TaskDigits:
+    """What :func:`decode_entries` made of ``n`` entries, in entry order."""
+
+    keys: list[str]
+    digits: np.ndarray  # (n, 28, 28) uint8; zeros where ``ok`` is False
+    ok: np.ndarray  # (n,) bool: the entry gave a digit
+    flags: np.ndarray  # (n, 2) bool: normalisation inverted it, resized it
+    folder: list[int | None]  # each member's folder label (None: none, or not read)
+    # (entry index, reject, whether it was refused when read rather than decoded),
+    # in entry order
+    rejects: list[tuple[int, Reject, bool]]
+
+
+def decode_entries(path: str, kind: str, entries: list, *, limit: int,
+                   busy: Callable[[str], object] | None = None) -> TaskDigits:
+    """Read, judge, decode and normalise ``entries`` (member references,
+    members or rejects, as :func:`.listing.read_entries` takes them).
+
+    ``busy(key)`` is told before each member is decoded (what a task that
+    hangs is stuck on). Pillow's decompression-bomb warning is an error here.
+    """
+    n = len(entries)
+    out = TaskDigits([e.key for e in entries], np.zeros((n, *IMAGE_SHAPE), np.uint8),
+                     np.zeros(n, bool), np.zeros((n, 2), bool), [None] * n, [])
+    block = _Block(out, busy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        at = [j for j, e in enumerate(entries) if isinstance(e, MemberRef)]
+        for j, e in enumerate(entries):
+            if not isinstance(e, MemberRef):
+                block.member(j, e)
+        if at and kind == "tar" and decoders.fast_jpeg() and refs.seekable_kind(Path(path), kind):
+            _plain_tar(path, [entries[j] for j in at], at, limit, block)
+        elif at:
+            for j, item in zip(at, refs.read_refs(path, kind, [entries[j] for j in at], limit=limit),
+                               strict=True):
+                block.member(j, item)
+        block.flush()
+    out.rejects.sort(key=lambda r: r[0])
+    return out
+
+
+def _plain_tar(path: str, run_refs: list[MemberRef], at: list[int], limit: int,
+               block: _Block) -> None:
+    max_side, max_pixels = decoders.fast_limits()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for i, j, got in refs.tar_runs(fd, path, run_refs, limit):
+            if not isinstance(got, bytes):  # a large member, read and judged alone
+                block.member(at[i], got)
+                continue
+            start = run_refs[i].offset
+            run = run_refs[i:j]
+            sizes = None
+            if j - i >= jpegvouch.MIN_RUN:
+                sizes = jpegvouch.run_sizes(got, [q.offset - start for q in run],
+                                            [q.size for q in run], max_side=max_side,
+                                            max_pixels=max_pixels)
+            view = memoryview(got)
+            for k, (q, hw) in enumerate(zip(run, _each(sizes, len(run)), strict=True)):
+                a = q.offset - start
+                if (hw[0] and q.size <= limit and members.has_image_extension(q.key)
+                        and block.jpeg(at[i + k], q.key, view[a:a + q.size], hw)):
+                    continue
+                block.member(at[i + k], members.finish_member(q.key, got[a:a + q.size], limit))
+    finally:
+        os.close(fd)
+
+
+def _each(sizes: np.ndarray | None, n: int) -> Iterator[tuple[int, int]]:
+    return map(tuple, sizes.tolist()) if sizes is not None else iter([(0, 0)] * n)
+
+
+class _Block:
+    """Decoded grey images waiting to be normalised together: single images,
+    and one stack per size of plain JPEGs."""
+
+    def __init__(self, out: TaskDigits, busy: Callable[[str], object] | None):
+        self.out = out
+        self.busy = busy
+        self.fast = decoders.fast_enabled()
+        self.greys: list[np.ndarray] = []
+        self.grey_at: list[int] = []
+        self.stacks: dict[tuple[int, int], tuple[np.ndarray, list[int]]] = {}
+        self.decoded: dict[tuple[int, int], tuple[int, int]] = {}  # frame -> decoded size
+        self.pixels = 0
+
+    def member(self, j: int, item) -> None:
+        """Judge and decode one read member (or take its reject)."""
+        out = self.out
+        if isinstance(item, Reject):
+            out.rejects.append((j, item, True))
+            return
+        out.folder[j] = item.folder_label
+        if self.busy is not None:
+            self.busy(item.key)
+        grey = decoders.decode_grey(item.data, fast=self.fast)
+        if isinstance(grey, str):
+            out.rejects.append((j, Reject(item.key, grey), False))
+            return
+        self.greys.append(grey)
+        self.grey_at.append(j)
+        self._added(grey.size)
+
+    def jpeg(self, j: int, key: str, data: memoryview, hw: tuple[int, int]) -> bool:
+        """Decode a plain JPEG member (:mod:`.jpegvouch`) into its size's stack;
+        False when the fast decoder fails (the member must be judged as bytes)."""
+        size = self.decoded.get(hw)
+        if size is None:
+            size = self.decoded[hw] = decoders.jpeg_decoded_size(*hw)
+        stack, at = self.stacks.get(size) or self._stack(size)
+        if self.busy is not None:
+            self.busy(key)
+        if decoders.jpeg_pixels(data, *hw, out=stack[len(at)]) is None:
+            return False
+        at.append(j)
+        self.out.folder[j] = members.folder_label(key)
+        self._added(size[0] * size[1])
+        if len(at) == len(stack):
+            self._flush_stack(size)
+        return True
+
+    def _stack(self, size: tuple[int, int]) -> tuple[np.ndarray, list[int]]:
+        if len(self.stacks) >= MAX_STACKS:
+            self.flush()
+            self.stacks.clear()
+        # (np.empty: pages are only committed as rows are written)
+        rows = max(1, PENDING_PIXELS // (size[0] * size[1]))
+        self.stacks[size] = entry = (np.empty((rows, *size), np.uint8), [])
+        return entry
+
+    def _added(self, pixels: int) -> None:
+        self.pixels += pixels
+        if self.pixels >= PENDING_PIXELS:
+            self.flush()
+
+    def _flush_stack(self, size: tuple[int, int]) -> None:
+        stack, at = self.stacks[size]
+        if at:
+            digits, flags = normalise_stack(stack[:len(at)])
+            self._put(at, digits, flags)
+            self.pixels -= len(at) * size[0] * size[1]
+            at.clear()
+
+    def flush(self) -> None:
+        """Normalise everything waiting."""
+        if self.greys:
+            digits, flags = normalise_flagged(self.greys)
+            self._put(self.grey_at, digits, flags)
+            self.greys, self.grey_at = [], []
+        for size in self.stacks:
+            self._flush_stack(size)
+        self.pixels = 0
+
+    def _put(self, at: list[int], digits: np.ndarray, flags: np.ndarray) -> None:
+        out = self.out
+        out.digits[at] = digits
+        out.flags[at] = flags
+        out.ok[at] = True
