@@ -68,6 +68,15 @@ class Measure:
 HEADER = (f"{'case':44s} {'images':>9s} {'time':>10s} {'rate':>18s} {'peak RSS':>12s}  ratio")
 
 
+def machine_busy() -> float:
+    """CPU seconds the whole machine has spent busy since boot (every core:
+    user, nice, system and interrupts; not idle, I/O wait or time stolen by
+    other virtual machines). Differences bracket work running in other
+    processes, on a machine doing nothing else."""
+    t = psutil.cpu_times()
+    return sum(getattr(t, f, 0.0) for f in ("user", "nice", "system", "irq", "softirq"))
+
+
 class PeakRSS:
     """Samples the summed RSS of this process and all its descendants."""
 

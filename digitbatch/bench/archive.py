@@ -20,6 +20,12 @@ it measures
   rate between the two sizes (start-up cancels), its ratio to the ceiling,
   the peak RSS of the whole process tree, the fixed cost (the intercept of
   the two runs) and the time to the first committed chunk;
+- beside each rate, the CPU it costs: the whole machine's busy CPU time
+  (every process, every core; :func:`~digitbatch.bench.machine_busy`) per
+  image, for the ceiling and for each case's marginal image, and their
+  ratio. Wall time on a shared machine moves with what its neighbours do;
+  the CPU an image costs moves much less, so the two ratios side by side
+  tell a slow minute from a slow change;
 - the in-memory scoring rate of each model (2 threads, no I/O);
 - the accuracy of the JPEG archive decoded as digitbatch does, at full
   size and at 1/2 scale in the DCT (what reducing the decode would cost).
@@ -43,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import PeakRSS, find_mnist
+from . import PeakRSS, find_mnist, machine_busy
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +128,9 @@ def _pillow_decode(bounds: tuple[int, int]) -> int:
     return bounds[1] - bounds[0]
 
 
-def pillow_ceiling(members: list[bytes], procs: int = 2) -> float:
-    """Seconds two forked processes take to Pillow-decode ``members`` (in memory)."""
+def pillow_ceiling(members: list[bytes], procs: int = 2) -> tuple[float, float]:
+    """Seconds two forked processes take to Pillow-decode ``members`` (in
+    memory), and the machine's busy CPU seconds meanwhile."""
     global _CEILING_MEMBERS
     _CEILING_MEMBERS = members
     try:
@@ -134,10 +141,10 @@ def pillow_ceiling(members: list[bytes], procs: int = 2) -> float:
         with ctx.Pool(procs, initializer=signal.signal,
                       initargs=(signal.SIGTERM, signal.SIG_DFL)) as pool:
             pool.map(_pillow_decode, [(0, 1)] * procs)  # started and warm
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), machine_busy()
             pool.map(_pillow_decode, [(a, min(a + step, len(members)))
                                       for a in range(0, len(members), step)], chunksize=1)
-            return time.perf_counter() - t0
+            return time.perf_counter() - t0, machine_busy() - c0
     finally:
         _CEILING_MEMBERS = []
 
@@ -260,13 +267,15 @@ class Run:
     first_chunk: float
     peak_rss: int
     accuracy: float | None
+    cpu: float = float("nan")  # the machine's busy CPU seconds during the run
 
 
 def best_of(runs: list[Run]) -> Run:
-    """The fastest of repeated runs (its time and first chunk), with the highest peak RSS."""
+    """The fastest of repeated runs (its time and first chunk), with the highest
+    peak RSS and the least CPU."""
     fast = min(runs, key=lambda r: r.seconds)
     return Run(fast.n, fast.seconds, min(r.first_chunk for r in runs),
-               max(r.peak_rss for r in runs), fast.accuracy)
+               max(r.peak_rss for r in runs), fast.accuracy, min(r.cpu for r in runs))
 
 
 def run_case(case: str, archive: Path, out: Path, model: Path | None) -> Run:
@@ -275,6 +284,7 @@ def run_case(case: str, archive: Path, out: Path, model: Path | None) -> Run:
     shutil.rmtree(out, ignore_errors=True)
     proc = ctx.Process(target=_run_case, args=(case, str(archive), str(out),
                                                str(model) if model else None, child))
+    c0 = machine_busy()
     with PeakRSS(include_self=False) as rss:
         proc.start()
         child.close()
@@ -284,8 +294,9 @@ def run_case(case: str, archive: Path, out: Path, model: Path | None) -> Run:
             proc.join()
             raise RuntimeError(f"bench case {case} on {archive} died (exit {proc.exitcode})")
         proc.join()
+    cpu = machine_busy() - c0
     shutil.rmtree(out, ignore_errors=True)
-    return Run(n, seconds, first, rss.peak, acc)
+    return Run(n, seconds, first, rss.peak, acc, cpu)
 
 
 # --- models ---------------------------------------------------------------------------
@@ -395,10 +406,11 @@ def _archive_rows(kind, sizes, data, models, cache, runs, cases, repeat) -> Iter
     yield ""
     yield f"== {what}, plain tar: {small:,} and {big:,} members =="
     members = read_members(paths[small])
-    seconds = min(pillow_ceiling(members) for _ in range(repeat))
+    seconds, cpu = (min(x) for x in zip(*(pillow_ceiling(members) for _ in range(repeat))))
     ceiling = len(members) / seconds
+    ceiling_cpu = cpu / len(members)  # the machine's CPU seconds per image
     yield (f"decode ceiling (members in memory, 2 processes of Pillow open/convert/load): "
-           f"{ceiling:,.0f} img/s  [{_load()}]")
+           f"{ceiling:,.0f} img/s, {ceiling_cpu * 1e6:.1f} us of CPU per image  [{_load()}]")
     prof = member_profile(paths[small], models["sgd"])
     total = sum(prof.values())
     yield ("one member, one process (CPU us): " + ", ".join(
@@ -417,7 +429,8 @@ def _archive_rows(kind, sizes, data, models, cache, runs, cases, repeat) -> Iter
                 f"{k} {v:.4f} ({(v - full) * 100:+.2f} points)" for k, v in acc.items()))
     del members
     yield (f"{'case':22s} {'n small':>8s} {'s':>6s} {'n big':>8s} {'s':>6s} {'marginal':>12s} "
-           f"{'x ceiling':>9s} {'fixed s':>7s} {'1st chunk':>11s} {'peak RSS':>10s} {'acc':>7s}")
+           f"{'x ceiling':>9s} {'fixed s':>7s} {'1st chunk':>11s} {'peak RSS':>10s} {'acc':>7s} "
+           f"{'CPU us/img':>10s} {'x ceiling':>9s}")
     for case in cases:
         model = models.get(case.split()[-1]) if case.startswith("score") else None
         both: dict[int, list[Run]] = {small: [], big: []}
@@ -426,6 +439,7 @@ def _archive_rows(kind, sizes, data, models, cache, runs, cases, repeat) -> Iter
                 both[n].append(run_case(case, paths[n], runs / "out", model))
         r_small, r_big = best_of(both[small]), best_of(both[big])
         marginal = (r_big.n - r_small.n) / (r_big.seconds - r_small.seconds)
+        cpu = (r_big.cpu - r_small.cpu) / (r_big.n - r_small.n)  # marginal, machine-wide
         fixed = r_small.seconds - r_small.n / marginal
         peak = max(r_small.peak_rss, r_big.peak_rss)
         limit = min(ceiling, rates[case.split()[-1]]) if case.startswith("score") else ceiling
@@ -435,5 +449,6 @@ def _archive_rows(kind, sizes, data, models, cache, runs, cases, repeat) -> Iter
                f"{r_big.seconds:6.2f} {marginal:>8,.0f}/s {marginal / ceiling:8.2f}x "
                f"{fixed:7.2f} {r_small.first_chunk:5.2f}/{r_big.first_chunk:4.2f}s "
                f"{r_small.peak_rss / 2**20:5.0f}/{r_big.peak_rss / 2**20:4.0f}M "
-               f"{'' if r_big.accuracy is None else f'{r_big.accuracy:.4f}':>7s}{note}"
+               f"{'' if r_big.accuracy is None else f'{r_big.accuracy:.4f}':>7s} "
+               f"{cpu * 1e6:10.1f} {ceiling_cpu / cpu:8.2f}x{note}"
                f"  [peak {peak / 2**20:.0f} MiB; {_load()}]")
