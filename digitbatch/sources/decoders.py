@@ -168,7 +168,7 @@ def jpeg_pixels(data, height: int, width: int, reduction: int | None = None, *,
     :func:`jpeg_reduction` by libjpeg-turbo; None when it fails (Pillow
     decides). ``data``: bytes or a memoryview of them. ``out``: a C-contiguous
     uint8 array of :func:`jpeg_decoded_size` to decode into (and return)."""
-    want = jpeg_decoded_size(height, width, reduction)
+    want = out.shape if out is not None else jpeg_decoded_size(height, width, reduction)
     try:
         arr = simplejpeg.decode_jpeg(data, "GRAY", min_height=want[0], min_width=want[1],
                                      strict=True, buffer=out)

@@ -44,8 +44,8 @@ from . import jitload
 
 # members asked for by this process before the kernel starts loading
 LOAD_AFTER = 1024
-# runs shorter than this are not worth a compiled call
-MIN_RUN = 4
+# a run of one member is not worth the compiled call (README, "Measured defaults")
+MIN_RUN = 2
 XMP_ORIENTATION = b"tiff:Orientation"
 
 

@@ -155,8 +155,10 @@ class _Block:
             return False
         at.append(j)
         self.out.folder[j] = members.folder_label(key)
-        self._added(size[0] * size[1])
-        if len(at) == len(stack):
+        self.pixels += size[0] * size[1]
+        if self.pixels >= PENDING_PIXELS:
+            self.flush()
+        elif len(at) == len(stack):
             self._flush_stack(size)
         return True
 
