@@ -37,3 +37,24 @@ def test_archive_bench_refuses_sizes_that_are_not_small_then_big(sizes):
 
     r = CliRunner().invoke(main, ["bench", "archive", "--png-sizes", sizes])
     assert r.exit_code == 2 and "--png-sizes" in r.output and repr(sizes) in r.output
+
+
+def test_archive_bench_keeps_the_least_cpu_of_the_runs():
+    from digitbatch.bench.archive import Run, best_of
+
+    runs = [Run(10, 3.0, 1.5, 500, 0.9, 4.0), Run(10, 2.0, 1.8, 400, 0.9, 5.0),
+            Run(10, 2.5, 1.2, 600, 0.9, 4.5)]
+    assert best_of(runs).cpu == 4.0
+
+
+def test_machine_busy_counts_the_cpu_of_other_processes():
+    import subprocess
+    import sys
+
+    from digitbatch.bench import machine_busy
+
+    before = machine_busy()
+    # (a CPU-bound child: about 0.2-0.5 s of CPU on these machines; no clock involved)
+    subprocess.run([sys.executable, "-c", "x = 0\nfor i in range(4_000_000):\n    x += i"],
+                   check=True)
+    assert machine_busy() - before >= 0.1
