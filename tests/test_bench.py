@@ -13,11 +13,10 @@ def test_scratch_removes_only_the_folder_it_made(tmp_path):
         made = work
     assert not made.exists()
     given = tmp_path / "w" / "bench"
-    with pytest.raises(RuntimeError):
-        with scratch(given) as work:
-            assert work == given and work.is_dir()
-            (work / "model").write_text("reused next run")
-            raise RuntimeError("a bench that fails")
+    with pytest.raises(RuntimeError), scratch(given) as work:
+        assert work == given and work.is_dir()
+        (work / "model").write_text("reused next run")
+        raise RuntimeError("a bench that fails")
     assert (given / "model").read_text() == "reused next run"
 
 
