@@ -195,9 +195,11 @@ def member_profile(path: Path, model_path: Path, limit: int = 20_000) -> dict[st
             t0 = clock()
             part = unpack(pack(entries[a:a + step]))
             t1 = clock()
-            items = list(read_entries(str(path), "tar", part, limit=16 * 2**20))
+            for _ in read_entries(str(path), "tar", part, limit=16 * 2**20):
+                pass  # (streamed, as a worker reads: one member held at a time)
             t2 = clock()
-            greys = [decode_grey(m.data) for m in items]
+            greys = [decode_grey(m.data)
+                     for m in read_entries(str(path), "tar", part, limit=16 * 2**20)]
             t3 = clock()
             normalise_flagged(greys)
             t4 = clock()
@@ -207,11 +209,11 @@ def member_profile(path: Path, model_path: Path, limit: int = 20_000) -> dict[st
             t5 = clock()
             pred, margin, _ = deterministic_scores(model, got.digits[got.ok], proba=False)
             t6 = clock()
-            labels = np.array([m.folder_label for m in items], np.int8)
+            labels = np.array([got.folder[j] for j in np.flatnonzero(got.ok)], np.int8)
             pred = np.asarray(pred).astype(np.int8)
-            write_slots(str(out), i, a, valid=np.ones(len(items), bool), labels=labels,
+            write_slots(str(out), i, a, valid=np.ones(len(labels), bool), labels=labels,
                         pred=pred, margin=margin, proba=None,
-                        keys=np.array([m.key for m in items], dtype=object),
+                        keys=np.array(got.keys, dtype=object)[got.ok],
                         counts=chunk_counts(labels, pred, model.n_classes, rejects=[]))
             t7 = clock()
             read, norm = t2 - t1, t4 - t3
