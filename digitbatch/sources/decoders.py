@@ -111,9 +111,8 @@ def jpeg_reduction(width: int, height: int) -> int:
 
 def within_limits(width: int, height: int) -> bool:
     """Sizes the fast path may decode (anything else goes to Pillow to be judged)."""
-    limit = Image.MAX_IMAGE_PIXELS
-    return (0 < width <= MAX_SIDE and 0 < height <= MAX_SIDE and width * height <= MAX_PIXELS
-            and (limit is None or width * height <= limit))
+    side, pixels = fast_limits()
+    return 0 < width <= side and 0 < height <= side and width * height <= pixels
 
 
 def _png_fast(data: bytes) -> np.ndarray | None:
@@ -180,7 +179,8 @@ def jpeg_pixels(data, height: int, width: int, reduction: int | None = None, *,
 
 
 def fast_limits() -> tuple[int, int]:
-    """(longest side, most pixels) the fast path decodes (:func:`within_limits`)."""
+    """(longest side, most pixels) the fast path decodes (:func:`within_limits`):
+    ours, and Pillow's decompression-bomb limit as it is set now."""
     limit = Image.MAX_IMAGE_PIXELS
     return MAX_SIDE, MAX_PIXELS if limit is None else min(MAX_PIXELS, int(limit))
 
