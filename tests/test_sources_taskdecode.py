@@ -216,3 +216,27 @@ def test_scoring_chunk_is_the_same_stacked_or_not(tmp_path, monkeypatch, shared_
         np.testing.assert_array_equal(fast[k], slow[k], err_msg=k)
     assert frec["rejects"] == srec["rejects"] and frec["n"] == srec["n"] == 12
     assert frec["profile"] == srec["profile"]
+
+
+def test_a_tar_cut_after_listing_stops_the_chunk_before_anything_is_staged(tmp_path, shared_model):
+    """The runs are read by one pread each: a tar that shrank since it was listed
+    raises ArchiveError naming it, and the chunk stages and commits nothing."""
+    from digitbatch.errors import ArchiveError
+
+    loaded = load_model(shared_model)
+    path = _tar(tmp_path / "a.tar", _mixed())
+    entries = list_archive(path, "tar", limit=LIMIT).entries
+    with open(path, "r+b") as fh:
+        fh.truncate(path.stat().st_size // 2)
+    with pytest.raises(ArchiveError, match="changed or was truncated"):
+        decode_entries(str(path), "tar", entries, limit=LIMIT)
+    out = tmp_path / "p.zarr"
+    n = len(entries)
+    create_output(out, OutputSpec(n, 256, 10, False, loaded.sha256, "x"), arrays=False)
+    create_staging(out, n=n, chunk_size=256, n_classes=10, proba=False)
+    with pytest.raises(ArchiveError, match=str(path)):
+        score_archive_chunk(ChunkTask(0, 0, n, pack(entries)), out_path=str(out),
+                            model=loaded.model, proba=False, container=str(path), kind="tar",
+                            limit=LIMIT, labels=None)
+    assert not commit_path(out, 0).exists()
+    assert not zarr.open_group(str(out), mode="r")["_staging"]["valid"][:].any()
