@@ -13,8 +13,7 @@ only when all of these hold, each a narrower form of a Python check:
 
 - it starts with a JPEG's ``FF D8 FF`` (so no archive magic of
   :func:`.members.archive_magic` can match but a tar's), and certainly
-  is not a tar (:func:`.members.looks_like_tar`: no ``ustar`` at 257, and
-  a checksum field that is blank or holds a byte no tar checksum holds);
+  is not a tar (:func:`.tarsniff.maybe_tar`);
 - its header, up to the start of scan, holds only the segments
   :func:`.headers.jpeg_header` steps over unread (tables, restart
   interval, comments, application segments but APP1 and APP14) and one
@@ -40,7 +39,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import jitload
+from . import jitload, tarsniff
 
 # members asked for by this process before the kernel starts loading
 LOAD_AFTER = 1024
@@ -55,21 +54,7 @@ def _plain_marker(m):
         0xE0 <= m <= 0xEF and m != 0xE1 and m != 0xEE)
 
 
-def _maybe_tar(buf, a, n):
-    """False only when the ``n`` bytes at ``a`` are certainly not a tar header."""
-    if n < 512:
-        return False
-    if (buf[a + 257] == 117 and buf[a + 258] == 115 and buf[a + 259] == 116
-            and buf[a + 260] == 97 and buf[a + 261] == 114):  # "ustar"
-        return True
-    blank = True
-    for x in range(148, 156):  # the checksum field: octal digits, NUL, space, + - _
-        c = buf[a + x]
-        if not (c == 0 or c == 32 or 48 <= c <= 55 or c == 43 or c == 45 or c == 95):
-            return False
-        if c != 0 and c != 32:
-            blank = False
-    return not blank  # (a blank field is no number: no tar)
+_maybe_tar = tarsniff.maybe_tar
 
 
 def _vouch(buf, starts, sizes, max_side, max_pixels, out):
@@ -129,7 +114,7 @@ def _load() -> None:
     import numba
 
     g = globals()
-    for name in _KERNELS:
+    for name in _KERNELS:  # (_maybe_tar: tarsniff's, compiled here)
         g[name] = numba.njit(cache=True, nogil=True)(g[name])
     buf = np.frombuffer(b"\xff\xd8\xff\xe0" + bytes(600), np.uint8)
     _vouch(buf, np.zeros(1, np.int64), np.full(1, buf.size, np.int64), 1, 1,

@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from ..digits import IMAGE_SHAPE
-from . import decoders, jpegvouch, members, refs
+from . import decoders, jpegvouch, members, pngvouch, refs
 from .base import MemberRef, Reject
 from .images import PENDING_PIXELS
 from .normalise import normalise_flagged, normalise_stack
@@ -69,7 +69,7 @@ def decode_entries(path: str, kind: str, entries: list, *, limit: int,
         for j, e in enumerate(entries):
             if not isinstance(e, MemberRef):
                 block.member(j, e)
-        if at and kind == "tar" and decoders.fast_jpeg() and refs.seekable_kind(Path(path), kind):
+        if at and kind == "tar" and block.fast and refs.seekable_kind(Path(path), kind):
             _plain_tar(path, [entries[j] for j in at], at, limit, block)
         elif at:
             for j, item in zip(at, refs.read_refs(path, kind, [entries[j] for j in at], limit=limit),
@@ -83,6 +83,7 @@ def decode_entries(path: str, kind: str, entries: list, *, limit: int,
 def _plain_tar(path: str, run_refs: list[MemberRef], at: list[int], limit: int,
                block: _Block) -> None:
     max_side, max_pixels = decoders.fast_limits()
+    jpegs = decoders.fast_jpeg()
     fd = os.open(path, os.O_RDONLY)
     try:
         for i, j, got in refs.tar_runs(fd, path, run_refs, limit):
@@ -91,20 +92,46 @@ def _plain_tar(path: str, run_refs: list[MemberRef], at: list[int], limit: int,
                 continue
             start = run_refs[i].offset
             run = run_refs[i:j]
+            starts = [q.offset - start for q in run]
+            lens = [q.size for q in run]
             sizes = None
-            if j - i >= jpegvouch.MIN_RUN:
-                sizes = jpegvouch.run_sizes(got, [q.offset - start for q in run],
-                                            [q.size for q in run], max_side=max_side,
+            done: set[int] = set()
+            first = got[0] if got else None  # (the run's first member says which kind)
+            if first == 0xFF and jpegs:
+                sizes = jpegvouch.run_sizes(got, starts, lens, max_side=max_side,
                                             max_pixels=max_pixels)
+            elif first == 0x89:
+                done = _plain_pngs(got, starts, run, [at[k] for k in range(i, j)], limit, block,
+                                   max_side, max_pixels)
             view = memoryview(got)
             for k, (q, hw) in enumerate(zip(run, _each(sizes, len(run)), strict=True)):
-                a = q.offset - start
+                if k in done:
+                    continue
+                a = starts[k]
                 if (hw[0] and q.size <= limit and members.has_image_extension(q.key)
                         and block.jpeg(at[i + k], q.key, view[a:a + q.size], hw)):
                     continue
                 block.member(at[i + k], members.finish_member(q.key, got[a:a + q.size], limit))
     finally:
         os.close(fd)
+
+
+def _plain_pngs(got: bytes, starts: list[int], run: list[MemberRef], at: list[int], limit: int,
+                block: _Block, max_side: int, max_pixels: int) -> set[int]:
+    """Decode the plain PNGs of a run (:mod:`.pngvouch`) into the block; the
+    members (indices in ``run``) it took."""
+    plain = pngvouch.run_plain(got, starts, [q.size for q in run], max_side=max_side,
+                               max_pixels=max_pixels)
+    if plain is None:
+        return set()
+    ks = [k for k in np.flatnonzero(plain[:, pngvouch.HEIGHT]).tolist()
+          if run[k].size <= limit and members.has_image_extension(run[k].key)]
+    done: set[int] = set()
+    told = None if block.busy is None else (lambda k: block.busy(run[k].key))
+    for took, stack in pngvouch.decode(got, starts, plain, ks, budget=PENDING_PIXELS, told=told):
+        block.stacked([at[k] for k in took], [run[k].key for k in took], stack)
+        done.update(took)
+    return done
 
 
 def _each(sizes: np.ndarray | None, n: int) -> Iterator[tuple[int, int]]:
@@ -141,6 +168,14 @@ class _Block:
         self.greys.append(grey)
         self.grey_at.append(j)
         self._added(grey.size)
+
+    def stacked(self, at: list[int], keys: list[str], stack: np.ndarray) -> None:
+        """Normalise grey images of one size decoded together (:mod:`.pngvouch`)."""
+        digits, flags = normalise_stack(stack)
+        self._put(at, digits, flags)
+        folder = self.out.folder
+        for j, key in zip(at, keys, strict=True):
+            folder[j] = members.folder_label(key)
 
     def jpeg(self, j: int, key: str, data: memoryview, hw: tuple[int, int]) -> bool:
         """Decode a plain JPEG member (:mod:`.jpegvouch`) into its size's stack;
