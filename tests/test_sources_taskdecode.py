@@ -1,6 +1,6 @@
 """digitbatch.sources.taskdecode: a task's entries give the same digits, flags,
-folder labels, rejects and reasons whether plain JPEGs are stacked or every
-member is judged and decoded one at a time.
+folder labels, rejects and reasons whether plain JPEGs and PNGs are stacked
+or every member is judged and decoded one at a time.
 
 The tar's runs mix plain JPEGs (grey and colour, two sizes) with everything
 that must take the one-at-a-time path: an EXIF-turned JPEG, a tar in
@@ -8,7 +8,10 @@ disguise, a JPEG without an image extension, one whose pixels are cut short
 (its header is vouched for, its fast decode fails), a PNG, a member over the
 size limit; the entries also hold a member with its bytes and a reject.
 Checked by decode_entries itself, small blocks and few stacks, a gzip tar,
-ingest's task and a scoring chunk.
+ingest's task and a scoring chunk. A run of PNGs mixes plain ones (grey and
+RGB, two sizes) with a text chunk, a tar in disguise, a PNG without an
+image extension, one vouched for whose rows have an unknown filter, a
+palette PNG, a JPEG and a member over the size limit.
 """
 
 from __future__ import annotations
@@ -31,13 +34,15 @@ from digitbatch.scoring.output import (
     create_staging,
 )
 from digitbatch.scoring.tasks import ChunkTask
-from digitbatch.sources import decoders, jitload, jpegvouch, taskdecode
+from digitbatch.sources import decoders, jitload, jpegvouch, pngvouch, taskdecode
 from digitbatch.sources.base import Reject
 from digitbatch.sources.listing import decode_packed, list_archive, pack
 from digitbatch.sources.members import Member
 from digitbatch.sources.taskdecode import decode_entries
 
 from .test_sources_jpegvouch import BASE, CORPUS, _jpeg, _scan
+from .test_sources_pngvouch import CORPUS as PNGS
+from .test_sources_pngvouch import UNDECODABLE, make_png
 
 pytestmark = pytest.mark.skipif(not jitload.installed(), reason="numba is not installed")
 
@@ -49,11 +54,13 @@ def _kernel(monkeypatch):
     monkeypatch.delenv("DIGITBATCH_NO_JIT", raising=False)
     monkeypatch.delenv("DIGITBATCH_FAST_DECODE", raising=False)
     jpegvouch.load()
+    pngvouch.load()
 
 
 def _no_stacks(monkeypatch):
     """Every member judged and decoded one at a time (no run is vouched for)."""
     monkeypatch.setattr(jpegvouch, "MIN_RUN", 10**9)
+    monkeypatch.setattr(pngvouch, "MIN_RUN", 10**9)
 
 
 def _tar(path, members: list[tuple[str, bytes]], compress: bool = False):
@@ -240,3 +247,74 @@ def test_a_tar_cut_after_listing_stops_the_chunk_before_anything_is_staged(tmp_p
                             limit=LIMIT, labels=None)
     assert not commit_path(out, 0).exists()
     assert not zarr.open_group(str(out), mode="r")["_staging"]["valid"][:].any()
+
+
+# --- runs of PNGs ---------------------------------------------------------------------
+
+
+def _digit_pixels(k: int, rgb: bool, size=(28, 28)) -> np.ndarray:
+    rng = np.random.default_rng(k)
+    img = np.zeros((*size, 3) if rgb else size, np.uint8)
+    img[4:22, 9:19] = rng.integers(0, 256, img[4:22, 9:19].shape, dtype=np.uint8)
+    return img
+
+
+def _png_mixed() -> list[tuple[str, bytes]]:
+    out = [(f"{k % 10}/{k:03d}.png",
+            make_png(_digit_pixels(k, k % 3 == 0, (28, 28) if k % 2 else (30, 24))))
+           for k in range(14)]
+    out[2] = ("2/002.png", PNGS["tEXt"][0])
+    out[4] = ("4/004.png", PNGS["a tar in disguise"][0])
+    out[5] = ("5/005.bin", PNGS["Pillow grey 28x28"][0])  # judged by its content
+    out[7] = ("7/007.png", UNDECODABLE["filter type 5"])  # vouched for, decode fails
+    out[9] = ("9/009.png", PNGS["palette"][0])
+    out[10] = ("0/010.jpg", _jpeg(_scan(10)))
+    out.append(("huge/000.png", make_png(_digit_pixels(99, False, (60, 60)), filters=(0,))
+                + bytes(4000)))  # over the size limit
+    return out
+
+
+PLAIN_PNGS = ["0/000.png", "1/001.png", "3/003.png", "6/006.png", "8/008.png", "1/011.png",
+              "2/012.png", "3/013.png"]
+
+
+def test_a_run_of_pngs_is_the_same_stacked_or_not(tmp_path, monkeypatch):
+    path = _tar(tmp_path / "p.tar", _png_mixed())
+    entries = list_archive(path, "tar", limit=LIMIT).entries
+    decoded = []
+    real = pngvouch.decode
+
+    def spy(buf, starts, plain, ks, **kw):
+        for took, stack in real(buf, starts, plain, ks, **kw):
+            decoded.extend(took)
+            yield took, stack
+
+    monkeypatch.setattr(pngvouch, "decode", spy)
+    told: list[str] = []
+    fast = decode_entries(str(path), "tar", entries, limit=LIMIT, busy=told.append)
+    assert sorted(entries[k].key for k in decoded) == sorted(PLAIN_PNGS)
+    with monkeypatch.context() as m:
+        _no_stacks(m)
+        slow = decode_entries(str(path), "tar", entries, limit=LIMIT)
+    _same(fast, slow)
+    assert {r.key: (r.reason.split(":")[0], read) for _, r, read in fast.rejects} == {
+        "4/004.png": ("nested-archive", True), "huge/000.png": ("too-large", True),
+        "7/007.png": ("decode-error", False)}
+    assert fast.folder[:4] == [0, 1, 2, 3]
+    # every member decoded was told busy (7 twice: inflated, then judged as bytes)
+    assert sorted(told) == sorted([e.key for e in entries if e.key not in (
+        "4/004.png", "huge/000.png")] + ["7/007.png"])
+    # the same with stacks of one or two images
+    monkeypatch.setattr(taskdecode, "PENDING_PIXELS", 2 * 28 * 28)
+    _same(decode_entries(str(path), "tar", entries, limit=LIMIT), fast)
+
+
+def test_ingest_task_of_pngs_is_the_same_stacked_or_not(tmp_path, monkeypatch):
+    path = _tar(tmp_path / "p.tar", _png_mixed())
+    task = (str(path), "tar", pack(list_archive(path, "tar", limit=LIMIT).entries), LIMIT)
+    fast = decode_packed(task)
+    _no_stacks(monkeypatch)
+    slow = decode_packed(task)
+    np.testing.assert_array_equal(fast.images, slow.images)
+    np.testing.assert_array_equal(fast.labels, slow.labels)
+    assert fast.keys == slow.keys and fast.rejects == slow.rejects and len(fast.keys) == 12

@@ -171,7 +171,7 @@ def member_profile(path: Path, model_path: Path, limit: int = 20_000) -> dict[st
     from ..modelio import load_model
     from ..scoring.output import OutputSpec, create_output, create_staging, write_slots
     from ..scoring.record import chunk_counts
-    from ..sources import fitjit, jpegvouch
+    from ..sources import fitjit, jpegvouch, pngvouch
     from ..sources.decoders import decode_grey
     from ..sources.listing import list_archive, pack, read_entries, unpack
     from ..sources.normalise import normalise_flagged
@@ -180,6 +180,7 @@ def member_profile(path: Path, model_path: Path, limit: int = 20_000) -> dict[st
     if fitjit.available():
         fitjit.load()
         jpegvouch.load()
+        pngvouch.load()
     model = load_model(model_path).model
     clock = time.process_time
     spent = dict.fromkeys(("list", "pack", "read", "decode", "normalise", "predict", "write"), 0.0)
