@@ -327,13 +327,15 @@ def test_seeded_corruptions_never_get_past_the_python_path():
         np.testing.assert_array_equal(img, decode_grey(data, fast=False), err_msg=str(k))
 
 
-def test_run_plain_leaves_short_runs_to_python():
+def test_run_plain_leaves_short_runs_and_switched_off_kernels_to_python(monkeypatch):
     buf, starts = _run([BASE] * pngvouch.MIN_RUN)
     sizes = [len(BASE)] * pngvouch.MIN_RUN
     assert pngvouch.run_plain(buf, starts, sizes, max_side=MAX_SIDE,
                               max_pixels=MAX_PIXELS)[:, 0].all()
     assert pngvouch.run_plain(buf[:len(BASE)], starts[:1], sizes[:1], max_side=MAX_SIDE,
                               max_pixels=MAX_PIXELS) is None
+    monkeypatch.setenv("DIGITBATCH_NO_JIT", "1")
+    assert pngvouch.run_plain(buf, starts, sizes, max_side=MAX_SIDE, max_pixels=MAX_PIXELS) is None
 
 
 def test_random_sizes_and_row_filters_decode_as_libspng_and_pillow_do():

@@ -50,8 +50,11 @@ import numpy as np
 from . import jitload, tarsniff
 from .headers import PNG_PLAIN_CHUNKS, PNG_SIGNATURE
 
-# members asked for by this process before the kernels start loading
-LOAD_AFTER = 1024
+# members asked for by this process before the kernels start loading: more
+# than an archive's first scoring task (scoring.plan.FIRST_SLOT) and a few
+# runs of the next, so that the load does not compete with the first chunk
+# (README, "Measured defaults")
+LOAD_AFTER = 4096
 # a run of one member is not worth the compiled calls
 MIN_RUN = 2
 # the columns of run_plain's rows

@@ -8,10 +8,11 @@ them (:mod:`.members`), decode (:mod:`.decoders`) and normalise them
 grey pixels waiting, which bounds the memory of large scans.
 
 A plain tar is read by runs of neighbouring members (:func:`.refs.tar_runs`),
-and the plain JPEGs of a run (:mod:`.jpegvouch`) are decoded straight into
-one stack per size and normalised as a stack: no bytes object, header walk,
-content check or array per member. Every other member, and any whose fast
-decode fails, is judged and decoded one at a time as before. The digits,
+and the plain JPEGs (:mod:`.jpegvouch`) or PNGs (:mod:`.pngvouch`) of a run,
+as its first member's kind says, are decoded straight into one stack per
+size and normalised as a stack: no bytes object, header walk, content
+check or array per member. Every other member, and any whose fast decode
+fails, is judged and decoded one at a time as before. The digits,
 rejects and reasons are the same either way
 (tests/test_sources_taskdecode.py).
 """
