@@ -102,8 +102,8 @@ def _plain_tar(path: str, run_refs: list[MemberRef], at: list[int], limit: int,
                 sizes = jpegvouch.run_sizes(got, starts, lens, max_side=max_side,
                                             max_pixels=max_pixels)
             elif first == 0x89:
-                done = _plain_pngs(got, starts, run, [at[k] for k in range(i, j)], limit, block,
-                                   max_side, max_pixels)
+                done = _plain_pngs(got, starts, lens, run, at[i:j], limit, block, max_side,
+                                   max_pixels)
             view = memoryview(got)
             for k, (q, hw) in enumerate(zip(run, _each(sizes, len(run)), strict=True)):
                 if k in done:
@@ -117,12 +117,12 @@ def _plain_tar(path: str, run_refs: list[MemberRef], at: list[int], limit: int,
         os.close(fd)
 
 
-def _plain_pngs(got: bytes, starts: list[int], run: list[MemberRef], at: list[int], limit: int,
-                block: _Block, max_side: int, max_pixels: int) -> set[int]:
+def _plain_pngs(got: bytes, starts: list[int], lens: list[int], run: list[MemberRef],
+                at: list[int], limit: int, block: _Block, max_side: int, max_pixels: int
+                ) -> set[int]:
     """Decode the plain PNGs of a run (:mod:`.pngvouch`) into the block; the
     members (indices in ``run``) it took."""
-    plain = pngvouch.run_plain(got, starts, [q.size for q in run], max_side=max_side,
-                               max_pixels=max_pixels)
+    plain = pngvouch.run_plain(got, starts, lens, max_side=max_side, max_pixels=max_pixels)
     if plain is None:
         return set()
     ks = [k for k in np.flatnonzero(plain[:, pngvouch.HEIGHT]).tolist()
@@ -141,7 +141,8 @@ def _each(sizes: np.ndarray | None, n: int) -> Iterator[tuple[int, int]]:
 
 class _Block:
     """Decoded grey images waiting to be normalised together: single images,
-    and one stack per size of plain JPEGs."""
+    and one stack per size of plain JPEGs (plain PNGs come as stacks of their
+    own, :meth:`stacked`)."""
 
     def __init__(self, out: TaskDigits, busy: Callable[[str], object] | None):
         self.out = out
