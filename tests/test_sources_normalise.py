@@ -184,28 +184,31 @@ def test_normalise_empty_and_order():
     assert out[0].any()
 
 
-def test_decode_stream_blocks_keep_order_and_results(monkeypatch):
-    from digitbatch.sources import images
+def test_decode_members_blocks_keep_order_and_results(monkeypatch):
+    """Blocks of one image (each normalised as soon as it is decoded) give what
+    one block gives, in order, rejects in place."""
+    from digitbatch.sources import taskdecode
+    from digitbatch.sources.members import Member
 
     files = _file_corpus()[:40]
     files.insert(3, ("bad.png", b"not an image"))
     files.insert(20, ("empty.png", b""))
-    whole = list(images.decode_stream((k, d) for k, d in files))
-    monkeypatch.setattr(images, "PENDING_PIXELS", 1)  # a block every image
-    taken: list[str] = []
-
-    def feed():
-        for k, d in files:
-            taken.append(k)
-            yield k, d
-
+    items = [Member(k, d, None) for k, d in files]
+    whole = taskdecode.decode_members(items)
+    monkeypatch.setattr(taskdecode, "PENDING_PIXELS", 1)  # a block every image
     blocks = []
-    for key, out in images.decode_stream(feed()):
-        blocks.append((key, out))
-        assert len(taken) - len(blocks) <= 2  # decoded as taken, normalised soon after
-    assert [k for k, _ in blocks] == [k for k, _ in files] == [k for k, _ in whole]
-    for (key, a), (_, b) in zip(blocks, whole):
-        if isinstance(b, str):
-            assert a == b and key in ("bad.png", "empty.png")
-        else:
-            assert np.array_equal(a, b) and np.array_equal(a, ref.decode_one(dict(files)[key]))
+    real = taskdecode.normalise_flagged
+    monkeypatch.setattr(taskdecode, "normalise_flagged", lambda g: blocks.append(len(g)) or real(g))
+    told: list[str] = []
+    small = taskdecode.decode_members(items, busy=told.append)
+    assert told == [k for k, _ in files]  # every member, in order
+    assert blocks == [1] * (len(files) - 2)
+    assert small.keys == whole.keys == [k for k, _ in files]
+    np.testing.assert_array_equal(small.ok, whole.ok)
+    np.testing.assert_array_equal(small.digits, whole.digits)
+    assert small.rejects == whole.rejects
+    assert [(j, r.key, read) for j, r, read in small.rejects] == [
+        (3, "bad.png", False), (20, "empty.png", False)]
+    for j, (key, data) in enumerate(files):
+        if small.ok[j]:
+            assert np.array_equal(small.digits[j], ref.decode_one(data)), key

@@ -1,12 +1,12 @@
-"""digitbatch.sources.normalise.normalise_flagged and decode_stream's ``note``.
+"""digitbatch.sources.normalise.normalise_flagged, and the flags taskdecode gives.
 
 The per-image flags (inverted, resized) are computed with the batch from
 the frames normalisation reads anyway; here they must equal
 :func:`~digitbatch.sources.normalise.polarity_and_size` image by image, on
 the corpus of tests/test_sources_normalise.py (all sizes, both polarities,
 blank and tiny images), in the numpy path and in the compiled one, and
-``decode_stream`` must tell them for every decoded image (never for a
-reject), block by block, in order.
+``taskdecode.decode_members`` must give them for every decoded image
+(never for a reject), whatever its blocks.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from digitbatch.sources import fitjit
-from digitbatch.sources import images
+from digitbatch.sources import fitjit, taskdecode
 from digitbatch.sources import normalise as N
+from digitbatch.sources.members import Member
 
 from .test_sources_normalise import _file_corpus, _grey_corpus, _stroke_digit
 
@@ -98,29 +98,23 @@ def _png(a: np.ndarray) -> bytes:
 
 
 @pytest.mark.parametrize("block", [None, 1, 3000])
-def test_decode_stream_notes_every_decoded_image_once_in_order(monkeypatch, block):
+def test_decode_members_flags_every_decoded_image(monkeypatch, block):
     if block is not None:
-        monkeypatch.setattr(images, "PENDING_PIXELS", block)
+        monkeypatch.setattr(taskdecode, "PENDING_PIXELS", block)
     files = _file_corpus()[:30]
     rng = np.random.default_rng(5)
     files += [(f"s{i}.png", _png(_stroke_digit(rng, 28, 28, dark_on_light=bool(i % 2))))
               for i in range(7)]
     files.insert(5, ("bad.png", b"not an image"))
     files.insert(17, ("empty.png", b""))
-    noted: list[tuple[str, bool, bool]] = []
-    results = []
-    for key, out in images.decode_stream(((k, d) for k, d in files),
-                                         note=lambda t, inv, res: noted.append((t, inv, res))):
-        results.append((key, out))
-        if not isinstance(out, str):
-            assert noted[-1][0] == key  # told just before its digit comes out
-    assert [k for k, _ in results] == [k for k, _ in files]
-    decoded = [k for k, out in results if not isinstance(out, str)]
-    assert [t for t, _, _ in noted] == decoded
-    assert "bad.png" not in decoded and "empty.png" not in decoded
-    data = dict(files)
+    got = taskdecode.decode_members([Member(k, d, None) for k, d in files])
+    assert got.keys == [k for k, _ in files]
+    decoded = [k for k, ok in zip(got.keys, got.ok) if ok]
+    assert "bad.png" not in decoded and "empty.png" not in decoded and len(decoded) == len(files) - 2
     from digitbatch.sources.decoders import decode_grey
 
-    for key, inv, res in noted:
-        assert (inv, res) == N.polarity_and_size(decode_grey(data[key])), key
+    data = dict(files)
+    for j in np.flatnonzero(got.ok):
+        inv, res = got.flags[j].tolist()
+        assert (inv, res) == N.polarity_and_size(decode_grey(data[got.keys[j]])), got.keys[j]
         assert isinstance(inv, bool) and isinstance(res, bool)

@@ -23,17 +23,16 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Iterable, Iterator
-from typing import TypeVar
 
 import numpy as np
 from PIL import Image
 
 from .archive import CONTAINER_KINDS, detect_image_source, iter_members
-from .base import Batch, Reject, label_array
+from .base import Batch, label_array
 from .decoders import MAX_PIXELS, MAX_SIDE, decode_grey, fast_enabled, grey
 from .members import DEFAULT_MAX_MEMBER_BYTES, IMAGE_EXTENSIONS, Member
-from .normalise import normalise, normalise_flagged
+from .normalise import normalise
+from .taskdecode import decode_members
 
 __all__ = [
     "DEFAULT_MAX_MEMBER_BYTES",
@@ -44,19 +43,12 @@ __all__ = [
     "Member",
     "decode_batch",
     "decode_one",
-    "decode_stream",
     "detect_image_source",
     "iter_members",
     "to_mnist",
 ]
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
-# Grey pixels decoded and waiting to be normalised, at most (16 MiB of them):
-# a batch of large scans is normalised in blocks.
-PENDING_PIXELS = 2**24
-
 
 def decode_batch(items: list[tuple[str, bytes, int | None]]) -> Batch:
     """Decode image files into a :class:`Batch` of MNIST-form digits.
@@ -73,73 +65,15 @@ def decode_batch(items: list[tuple[str, bytes, int | None]]) -> Batch:
         :class:`~digitbatch.sources.base.Reject` for each item that could
         not be decoded (see the module docstring for the reason codes).
     """
-    images: list[np.ndarray] = []
-    labels: list[int | None] = []
-    keys: list[str] = []
-    rejects: list[Reject] = []
-    with warnings.catch_warnings():
-        # Pillow only warns between MAX_IMAGE_PIXELS and twice that. The
-        # explicit size checks of the decoders decide even where another
-        # thread's catch_warnings has changed the filters under us.
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        for (key, label), out in decode_stream(((key, label), data) for key, data, label in items):
-            if isinstance(out, str):
-                rejects.append(Reject(key, out))
-            else:
-                images.append(out)
-                labels.append(label)
-                keys.append(key)
+    got = decode_members([Member(key, data, label) for key, data, label in items])
+    rejects = [r for _, r, _ in got.rejects]
     if rejects:
         log.debug("decode_batch: %d of %d items rejected", len(rejects), len(items))
-    if not keys:
+    at = np.flatnonzero(got.ok)
+    if not at.size:
         return Batch.empty(rejects)
-    return Batch(np.stack(images), label_array(labels, len(keys)), keys, rejects)
-
-
-def decode_stream(items: Iterable[tuple[T, bytes]], *, note=None
-                  ) -> Iterator[tuple[T, np.ndarray | str]]:
-    """``(tag, digit or reject reason)`` for each ``(tag, file bytes)``, in order.
-
-    Files are decoded one at a time (a caller can tell which one is being
-    decoded: the last it handed over) and normalised together in blocks of
-    at most :data:`PENDING_PIXELS` grey pixels, which bounds the memory of
-    large scans. The caller sets the warning filters (see :func:`decode_batch`).
-    ``note(tag, inverted, resized)``, optional, is told for each decoded
-    image whether normalisation inverted it and resized it
-    (:func:`~digitbatch.sources.normalise.normalise_flagged`), when its
-    block is normalised, just before its digit is yielded.
-    """
-    fast = fast_enabled()
-    pending: list[tuple[T, np.ndarray | str]] = []
-    greys: list[np.ndarray] = []
-    pixels = 0
-    for tag, data in items:
-        out = decode_grey(data, fast=fast)
-        pending.append((tag, out))
-        if not isinstance(out, str):
-            greys.append(out)
-            pixels += out.size
-            if pixels >= PENDING_PIXELS:
-                yield from _normalised(pending, greys, note)
-                pending, greys, pixels = [], [], 0
-    yield from _normalised(pending, greys, note)
-
-
-def _normalised(pending: list, greys: list[np.ndarray], note) -> Iterator:
-    """The block's results in order; ``note`` told each decoded image's flags
-    (computed with the block, from the frames normalisation reads anyway)."""
-    if greys:
-        digits, flags = normalise_flagged(greys)
-        flags = flags.tolist()
-    k = 0
-    for tag, out in pending:
-        if isinstance(out, str):
-            yield tag, out
-            continue
-        if note is not None:
-            note(tag, *flags[k])
-        yield tag, digits[k]
-        k += 1
+    return Batch(got.digits[at], label_array([got.folder[j] for j in at], at.size),
+                 [got.keys[j] for j in at], rejects)
 
 
 def decode_one(data: bytes) -> np.ndarray | str:

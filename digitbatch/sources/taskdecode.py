@@ -4,8 +4,10 @@ Ingest's task (:func:`.listing.decode_packed`) and a scoring chunk
 (:func:`digitbatch.scoring.chunks.score_archive_chunk`) both call
 :func:`decode_entries`: read the entries' members (:mod:`.refs`), judge
 them (:mod:`.members`), decode (:mod:`.decoders`) and normalise them
-(:mod:`.normalise`) a block at a time, at most :data:`.images.PENDING_PIXELS`
+(:mod:`.normalise`) a block at a time, at most :data:`PENDING_PIXELS`
 grey pixels waiting, which bounds the memory of large scans.
+:func:`decode_members` does the same for members that hold their bytes
+(:func:`.images.decode_batch`: predict's files).
 
 A plain tar is read by runs of neighbouring members (:func:`.refs.tar_runs`),
 and the plain JPEGs (:mod:`.jpegvouch`) or PNGs (:mod:`.pngvouch`) of a run,
@@ -31,9 +33,11 @@ from PIL import Image
 from ..digits import IMAGE_SHAPE
 from . import decoders, jpegvouch, members, pngvouch, refs
 from .base import MemberRef, Reject
-from .images import PENDING_PIXELS
 from .normalise import normalise_flagged, normalise_stack
 
+# Grey pixels decoded and waiting to be normalised, at most (16 MiB of them):
+# a batch of large scans is normalised in blocks.
+PENDING_PIXELS = 2**24
 # sizes of plain JPEGs stacked at once; a task with more flushes its blocks
 MAX_STACKS = 8
 
@@ -79,6 +83,14 @@ def decode_entries(path: str, kind: str, entries: list, *, limit: int,
         block.flush()
     out.rejects.sort(key=lambda r: r[0])
     return out
+
+
+def decode_members(items: list, *, busy: Callable[[str], object] | None = None) -> TaskDigits:
+    """:func:`decode_entries` of members that hold their bytes, and rejects:
+    no container is read."""
+    if any(isinstance(e, MemberRef) for e in items):
+        raise ValueError("decode_members takes members with their bytes, not references")
+    return decode_entries("", "", items, limit=0, busy=busy)
 
 
 def _plain_tar(path: str, run_refs: list[MemberRef], at: list[int], limit: int,
