@@ -125,6 +125,13 @@ def _info(key: str, value: str):
     return info
 
 
+def _idats_apart() -> bytes:
+    """Two IDAT chunks with a tIME between them."""
+    data = make_png(_pixels(17), idats=2)
+    second = data.index(b"IDAT", data.index(b"IDAT") + 4) - 4
+    return data[:second] + _chunk(b"tIME", bytes(7)) + data[second:]
+
+
 def _bad_adler(raw: bytes) -> bytes:
     z = bytearray(zlib.compress(raw))
     z[-1] ^= 1
@@ -162,7 +169,9 @@ CORPUS: dict[str, tuple[bytes, bool]] = {
     "16-bit": (_pillow(Image.fromarray(_pixels(14).astype(np.uint16) * 257)), False),
     "1-bit": (_pillow(_digit(15).convert("1")), False),
     "interlaced": (make_png(_pixels(16), ihdr={"interlace": 1}), False),
-    "two IDATs": (make_png(_pixels(17), idats=2), False),
+    "two IDATs": (make_png(_pixels(17), idats=2), True),
+    "five IDATs": (make_png(_pixels(19, h=20, w=30, rgb=True), idats=5), True),
+    "IDATs apart": (_idats_apart(), False),
     "an empty IDAT first": (make_png(_pixels(17), before=[_chunk(b"IDAT", b"")]), False),
     "bad IHDR CRC": (_crc_broken(BASE, b"IHDR"), False),
     "bad IDAT CRC": (_crc_broken(BASE, b"IDAT"), False),
@@ -189,6 +198,10 @@ UNDECODABLE: dict[str, bytes] = {
     "a byte over": make_png(_pixels(34), zdata=zlib.compress(filtered(_pixels(34), (0,)) + b"\x00")),
     "bad Adler-32": make_png(_pixels(35), zdata=_bad_adler(filtered(_pixels(35), (0,)))),
     "not zlib": make_png(_pixels(36), zdata=b"\x00" * 40),
+    "a second zlib stream after the first": make_png(_pixels(37), idats=2, zdata=zlib.compress(
+        filtered(_pixels(37), (0,))) + zlib.compress(b"x")),
+    "rows over, across IDATs": make_png(_pixels(38), idats=3, zdata=zlib.compress(
+        filtered(_pixels(38), (0,)) + bytes(50))),
 }
 
 
@@ -241,6 +254,7 @@ def test_the_corpus_is_vouched_for_as_labelled():
     grey = dict(zip(names, plain))["Pillow grey 28x28"]
     assert grey[:3].tolist() == [28, 28, 1]
     assert dict(zip(names, plain))["RGB, every filter"][:3].tolist() == [9, 13, 3]
+    assert dict(zip(names, plain))["five IDATs"][5] == 5
 
 
 def test_every_png_vouched_for_decodes_as_libspng_and_pillow_do():
@@ -269,6 +283,25 @@ def test_pixel_data_that_is_not_whole_is_left_to_python():
     got = _decoded(mixed)
     assert sorted(got) == [0, len(mixed) - 2, len(mixed) - 1]
     np.testing.assert_array_equal(got[len(mixed) - 2], decode_grey(GREY))
+
+
+def test_inflate_stops_at_one_byte_over_the_rows():
+    """Rows and one byte more in the first IDAT, then a part that would inflate
+    to 64 MiB: refused without inflating it (a later IDAT cannot be a bomb)."""
+    import tracemalloc
+
+    rows = filtered(_pixels(50), (0,))
+    c = zlib.compressobj()
+    first = c.compress(rows + b"x") + c.flush(zlib.Z_SYNC_FLUSH)
+    bomb = c.compress(bytes(64 * 2**20)) + c.flush()
+    tracemalloc.start()
+    try:
+        assert pngvouch.inflate([first, bomb], 9, 13, 1) is None
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20
+    assert pngvouch.inflate([zlib.compress(rows)], 9, 13, 1) == rows
 
 
 def test_sizes_and_limits():

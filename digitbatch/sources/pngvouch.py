@@ -21,16 +21,17 @@ Pillow's formula, :func:`.decoders.rgb_to_l`):
 - IHDR: 8-bit grey or RGB, compression, filter and interlace methods 0,
   inside the decoder's size limits (:func:`.decoders.fast_limits`);
 - its chunks are IHDR, then only the fixed-size ancillary chunks of
-  :data:`.headers.PNG_PLAIN_CHUNKS` (no text chunk), then one IDAT, then
-  IEND at the member's last byte, every chunk's CRC good (libspng checks
-  the critical ones, Pillow the ones before the image data);
+  :data:`.headers.PNG_PLAIN_CHUNKS` (no text chunk), then the IDAT
+  chunks (none empty), then IEND at the member's last byte, every chunk's
+  CRC good (libspng checks the critical ones, Pillow the ones before the
+  image data);
 
 and, when it is decoded: its zlib stream is whole, ends exactly at the
-end of the IDAT, and inflates to exactly the filtered rows IHDR says,
+end of the last IDAT, and inflates to exactly the filtered rows IHDR says,
 each row's filter type 0-4. Checked by the caller in Python: the member
 is within the size limit and its name has an image extension. Anything
 else takes the whole Python path (libspng or Pillow), which decides:
-several IDAT chunks, interlacing, palettes, 16-bit, alpha, text chunks.
+interlacing, palettes, 16-bit, alpha, text chunks.
 tests/test_sources_pngvouch.py checks every member vouched for against
 the Python path on a corpus of real and hostile files.
 
@@ -58,7 +59,7 @@ LOAD_AFTER = 4096
 # a run of one member is not worth the compiled calls
 MIN_RUN = 2
 # the columns of run_plain's rows
-HEIGHT, WIDTH, CHANNELS, IDAT, IDAT_LEN = range(5)
+HEIGHT, WIDTH, CHANNELS, IDAT, IDAT_LEN, IDATS = range(6)
 
 _START = np.frombuffer(PNG_SIGNATURE + b"\x00\x00\x00\x0dIHDR", np.uint8)
 
@@ -109,11 +110,11 @@ def _plain_ancillary(t, length):
 
 
 def _vouch(buf, starts, sizes, max_side, max_pixels, out):
-    """``out[k]`` = (height, width, channels, IDAT data offset, IDAT length) of
-    member ``k`` (``sizes[k]`` bytes at ``starts[k]`` of ``buf``) when it is
+    """``out[k]`` = (height, width, channels, first IDAT's data offset and
+    length, IDAT chunks) of member ``k`` (``sizes[k]`` bytes at ``starts[k]`` of ``buf``) when it is
     vouched for, else zeros."""
     for k in range(starts.shape[0]):
-        for x in range(5):
+        for x in range(6):
             out[k, x] = 0
         a = starts[k]
         n = sizes[k]
@@ -139,6 +140,7 @@ def _vouch(buf, starts, sizes, max_side, max_pixels, out):
         pos = 33
         idat = 0
         idat_len = 0
+        idats = 0
         ok = False
         while pos + 12 <= n:
             length = _be32(buf, a + pos)
@@ -149,11 +151,13 @@ def _vouch(buf, starts, sizes, max_side, max_pixels, out):
             if t == _IEND:
                 ok = idat > 0 and length == 0 and end == n
                 break
-            if t == _IDAT:
-                if idat > 0 or length == 0:
+            if t == _IDAT:  # (one after another: any other chunk after one ends the walk)
+                if length == 0:
                     break
-                idat = pos + 8
-                idat_len = length
+                if idat == 0:
+                    idat = pos + 8
+                    idat_len = length
+                idats += 1
             elif idat > 0 or not _plain_ancillary(t, length):
                 break
             pos = end
@@ -163,6 +167,7 @@ def _vouch(buf, starts, sizes, max_side, max_pixels, out):
             out[k, 2] = 1 if colour == 0 else 3
             out[k, 3] = idat
             out[k, 4] = idat_len
+            out[k, 5] = idats
 
 
 def _unfilter(raw, h, w, c, out, ok):
@@ -235,7 +240,7 @@ def _load() -> None:
         g[name] = numba.njit(cache=True, nogil=True)(g[name])
     buf = np.frombuffer(bytes(600), np.uint8)
     _vouch(buf, np.zeros(1, np.int64), np.full(1, buf.size, np.int64), 1, 1,
-           np.zeros((1, 5), np.int64))
+           np.zeros((1, 6), np.int64))
     _unfilter(np.zeros(2, np.uint8), 1, 1, 1, np.zeros((1, 1, 1), np.uint8), np.zeros(1, bool))
     _unfilter(np.zeros(4, np.uint8), 1, 1, 3, np.zeros((1, 1, 1), np.uint8), np.zeros(1, bool))
 
@@ -255,10 +260,11 @@ def load() -> None:
 
 
 def vouch(buf: bytes, starts, sizes, *, max_side: int, max_pixels: int) -> np.ndarray:
-    """Rows (height, width, channels, IDAT offset, IDAT length) per member of
-    ``buf``, zeros where it is not vouched for: ``(k, 5)`` int64. Runs
+    """Rows (height, width, channels, first IDAT's data offset and length,
+    IDAT chunks) per member of ``buf``, zeros where it is not vouched for:
+    ``(k, 6)`` int64. Runs
     compiled once loaded, else as Python (tests)."""
-    out = np.zeros((len(starts), 5), np.int64)
+    out = np.zeros((len(starts), 6), np.int64)
     _vouch(np.frombuffer(buf, np.uint8), np.asarray(starts, np.int64),
            np.asarray(sizes, np.int64), max_side, max_pixels, out)
     return out
@@ -273,18 +279,35 @@ def run_plain(buf: bytes, starts: list[int], sizes: list[int], *, max_side: int,
     return vouch(buf, starts, sizes, max_side=max_side, max_pixels=max_pixels)
 
 
-def inflate(data, height: int, width: int, channels: int) -> bytes | None:
-    """The filtered rows of a vouched member's IDAT ``data``: None unless its
-    zlib stream is whole, ends with the data and holds exactly the rows."""
+def inflate(parts, height: int, width: int, channels: int) -> bytes | None:
+    """The filtered rows of a vouched member's IDAT data ``parts`` (each
+    IDAT's, in order): None unless its zlib stream is whole, ends with the
+    last part and holds exactly the rows."""
     want = height * (1 + width * channels)
     d = zlib.decompressobj()
+    got = []
+    n = 0
     try:
-        raw = d.decompress(data, want + 1)
+        for part in parts:  # (data after the stream's end goes to unused_data)
+            got.append(d.decompress(part, want + 1 - n))  # (at most one byte over)
+            n += len(got[-1])
+            if n > want or d.unconsumed_tail:  # (more rows than the header says)
+                return None
     except zlib.error:
         return None
-    if len(raw) != want or not d.eof or d.unused_data or d.unconsumed_tail:
+    if n != want or not d.eof or d.unused_data:
         return None
-    return raw
+    return got[0] if len(got) == 1 else b"".join(got)
+
+
+def _idat_parts(view: memoryview, at: int, chunks: int) -> list:
+    """The data of ``chunks`` IDAT chunks one after another, the first's data at ``at``."""
+    parts = []
+    for _ in range(chunks):
+        length = int.from_bytes(view[at - 8:at - 4], "big")
+        parts.append(view[at:at + length])
+        at += length + 12
+    return parts
 
 
 def decode(buf: bytes, starts: list[int], plain: np.ndarray, ks: list[int], *,
@@ -298,11 +321,12 @@ def decode(buf: bytes, starts: list[int], plain: np.ndarray, ks: list[int], *,
     view = memoryview(buf)
     groups: dict[tuple[int, int, int], tuple[list[int], list[bytes]]] = {}
     for k in ks:
-        h, w, c, off, length = plain[k].tolist()
+        h, w, c, off, length, chunks = plain[k].tolist()
         if told is not None:
             told(k)
         a = starts[k] + off
-        raw = inflate(view[a:a + length], h, w, c)
+        raw = inflate([view[a:a + length]] if chunks == 1 else _idat_parts(view, a, chunks),
+                      h, w, c)
         if raw is None:
             continue
         group = groups.setdefault((h, w, c), ([], []))
