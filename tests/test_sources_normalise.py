@@ -212,3 +212,11 @@ def test_decode_members_blocks_keep_order_and_results(monkeypatch):
     for j, (key, data) in enumerate(files):
         if small.ok[j]:
             assert np.array_equal(small.digits[j], ref.decode_one(data)), key
+
+
+def test_decode_members_refuses_references():
+    from digitbatch.sources import taskdecode
+    from digitbatch.sources.base import MemberRef
+
+    with pytest.raises(ValueError, match="not references"):
+        taskdecode.decode_members([MemberRef("a.png", 512, 10)])

@@ -15,7 +15,8 @@ import zlib
 from typing import NamedTuple
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_PNG_START = PNG_SIGNATURE + b"\x00\x00\x00\x0dIHDR"
+# a PNG's first 16 bytes: the signature, then a 13-byte IHDR's length and type
+PNG_START = PNG_SIGNATURE + b"\x00\x00\x00\x0dIHDR"
 _IHDR = struct.Struct(">IIBBBBB")
 # PNG chunks that carry an orientation Pillow would apply (EXIF, or XMP's
 # tiff:Orientation), or make Pillow show another picture than the IDAT one
@@ -65,7 +66,7 @@ def png_header(data: bytes) -> PngHeader | None:
     before IEND is left to Pillow.
     """
     n = len(data)
-    if n < 45 or data[:16] != _PNG_START:  # (the signature, then a 13-byte IHDR)
+    if n < 45 or data[:16] != PNG_START:  # (the signature, then a 13-byte IHDR)
         return None
     width, height, depth, colour, _comp, _filter, _interlace = _IHDR.unpack_from(data, 16)
     # Pillow reads the chunks before the image data strictly (a bad CRC, a

@@ -49,7 +49,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from . import jitload, tarsniff
-from .headers import PNG_PLAIN_CHUNKS, PNG_SIGNATURE
+from .headers import PNG_PLAIN_CHUNKS, PNG_START
 
 # members asked for by this process before the kernels start loading: more
 # than an archive's first scoring task (scoring.plan.FIRST_SLOT) and a few
@@ -61,7 +61,7 @@ MIN_RUN = 2
 # the columns of run_plain's rows
 HEIGHT, WIDTH, CHANNELS, IDAT, IDAT_LEN, IDATS = range(6)
 
-_START = np.frombuffer(PNG_SIGNATURE + b"\x00\x00\x00\x0dIHDR", np.uint8)
+_START = np.frombuffer(PNG_START, np.uint8)
 
 
 def _type_code(name: bytes) -> int:
@@ -111,8 +111,8 @@ def _plain_ancillary(t, length):
 
 def _vouch(buf, starts, sizes, max_side, max_pixels, out):
     """``out[k]`` = (height, width, channels, first IDAT's data offset and
-    length, IDAT chunks) of member ``k`` (``sizes[k]`` bytes at ``starts[k]`` of ``buf``) when it is
-    vouched for, else zeros."""
+    length, IDAT chunks) of member ``k`` (``sizes[k]`` bytes at ``starts[k]``
+    of ``buf``) when it is vouched for, else zeros."""
     for k in range(starts.shape[0]):
         for x in range(6):
             out[k, x] = 0
@@ -319,9 +319,10 @@ def decode(buf: bytes, starts: list[int], plain: np.ndarray, ks: list[int], *,
     unfilter is left out (the Python path decides). ``told(k)`` is called
     before each member is inflated."""
     view = memoryview(buf)
+    rows = plain.tolist()  # (one conversion, not one per member)
     groups: dict[tuple[int, int, int], tuple[list[int], list[bytes]]] = {}
     for k in ks:
-        h, w, c, off, length, chunks = plain[k].tolist()
+        h, w, c, off, length, chunks = rows[k]
         if told is not None:
             told(k)
         a = starts[k] + off
