@@ -105,6 +105,28 @@ def _fast_codec(arr) -> bool:
             and isinstance(codecs[1], BloscCodec) and arr.dtype.kind in "uif")
 
 
+def _fast_strings(arr) -> bool:
+    """A 1-d string array with zarr's default codecs (vlen-utf8, then zstd)."""
+    from zarr.codecs import VLenUTF8Codec, ZstdCodec
+
+    codecs = getattr(arr.metadata, "codecs", ())
+    return (arr.ndim == 1 and len(codecs) == 2 and isinstance(codecs[0], VLenUTF8Codec)
+            and isinstance(codecs[1], ZstdCodec) and not codecs[1].checksum
+            and arr.dtype.kind in "TOU")
+
+
+def _encode_strings(arr, rows, c: int) -> bytes:
+    """A string chunk's stored bytes, as zarr encodes them (padded with the
+    fill value to the chunk's length)."""
+    from numcodecs import VLenUTF8, Zstd
+
+    full = [str(x) for x in rows]
+    if len(full) != c:  # the last chunk is stored at full chunk shape
+        full += [str(arr.fill_value)] * (c - len(full))
+    data = VLenUTF8().encode(np.array(full, dtype=object))
+    return Zstd(level=arr.metadata.codecs[1].level).encode(data)
+
+
 _BUFFERS: dict[tuple, np.ndarray] = {}
 
 
@@ -261,13 +283,17 @@ def copy_chunk(src, dst, i: int) -> None:
 
 
 def write_rows(arr, i: int, rows: np.ndarray) -> None:
-    """Write the rows of chunk ``i`` (the whole chunk), directly when the codec allows."""
+    """Write the rows of chunk ``i`` (the whole chunk), directly when the codec
+    allows (ours, and zarr's default for strings): the bytes zarr would store."""
     c = arr.chunks[0]
     start, stop = i * c, min((i + 1) * c, arr.shape[0])
     if np.shape(rows)[:1] != (stop - start,):
         raise StoreError(f"{_where(arr)}: chunk {i} holds rows {start}-{stop - 1} "
                          f"({stop - start} rows), got {np.shape(rows)[0] if np.ndim(rows) else 0} "
                          f"rows to write: write a whole chunk")
+    if _fast_strings(arr):
+        _put_chunk(arr, i, _encode_strings(arr, rows, c))
+        return
     if not _fast_codec(arr):
         arr[start:stop] = rows
         return

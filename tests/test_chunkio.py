@@ -282,6 +282,39 @@ def test_write_rows_of_other_codecs_and_stores(tmp_path):
     assert keys[:].tolist() == names.tolist()
 
 
+@pytest.mark.parametrize("n, c", SHAPES)
+def test_write_rows_of_strings_stores_the_bytes_zarr_stores(tmp_path, n, c):
+    # (an archive's member keys: written directly, as zarr would write them)
+    names = [f"{i % 10}/scan-{i:05d}{'é' * (i % 3)}.png" if i % 7 else "" for i in range(n)]
+    g = _group(tmp_path / "s.zarr")
+    keys = g.create_array("keys", shape=(n,), chunks=(c,), dtype=str, config=EVERY)
+    ref = g.create_array("ref", shape=(n,), chunks=(c,), dtype=str, config=EVERY)
+    bounds = _bounds(n, c)
+    for i, (a, b) in reversed(list(enumerate(bounds))):  # any order, the ragged one first
+        write_rows(keys, i, np.array(names[a:b], dtype=object))
+        ref[a:b] = np.array(names[a:b], dtype=object)  # zarr's own write
+    for i in range(len(bounds)):
+        assert _chunk_path(tmp_path / "s.zarr", "keys", i, 1).read_bytes() == \
+            _chunk_path(tmp_path / "s.zarr", "ref", i, 1).read_bytes()
+    assert keys[:].tolist() == names
+
+
+def test_write_rows_of_strings_with_other_codecs_goes_through_zarr(tmp_path):
+    names = np.array([f"k{i}" for i in range(150)], dtype=object)
+    g = _group(tmp_path / "s.zarr")
+    summed = g.create_array("summed", shape=(150,), chunks=(C,), dtype=str, config=EVERY,
+                            compressors=(ZstdCodec(level=1, checksum=True),))
+    plain = g.create_array("plain", shape=(150,), chunks=(C,), dtype=str, config=EVERY,
+                           compressors=None)
+    remote = _group(None).create_array("keys", shape=(150,), chunks=(C,), dtype=str,
+                                       config=EVERY)
+    for i, (a, b) in enumerate(_bounds(150, C)):
+        for arr in (summed, plain, remote):
+            write_rows(arr, i, names[a:b])
+    for arr in (summed, plain, remote):
+        assert arr[:].tolist() == names.tolist()
+
+
 def test_write_rows_refuses_the_wrong_number_of_rows(tmp_path):
     data = _data(150, "digits")
     arr = _images(_group(tmp_path / "s.zarr"), data, C)

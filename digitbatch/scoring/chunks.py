@@ -97,15 +97,19 @@ def score_archive_chunk(task: ChunkTask, *, out_path: str, model, proba: bool,
         _DECODING.pop(i, None)
     n = len(got.keys)
     images, valid, flags = got.digits, got.ok, got.flags  # (flags: for the drift profile)
-    lab = np.full(n, UNKNOWN_LABEL, LABEL_DTYPE)
     rejects = [(j, [r.key, r.reason]) for j, r, _ in got.rejects]  # (slot, [key, reason])
-    for j in np.flatnonzero(valid).tolist():
-        label = (labels.labels.get(got.keys[j], got.folder[j]) if labels else got.folder[j])
-        if isinstance(label, str):  # a bad label in the CSV
-            rejects.append((j, [got.keys[j], label]))
-            valid[j] = False
-        elif label is not None:
-            lab[j] = label
+    if labels:
+        lab = np.full(n, UNKNOWN_LABEL, LABEL_DTYPE)
+        for j in np.flatnonzero(valid).tolist():
+            label = labels.labels.get(got.keys[j], got.folder[j])
+            if isinstance(label, str):  # a bad label in the CSV
+                rejects.append((j, [got.keys[j], label]))
+                valid[j] = False
+            elif label is not None:
+                lab[j] = label
+    else:  # each valid member's folder label
+        folder = np.array([UNKNOWN_LABEL if f is None else f for f in got.folder], LABEL_DTYPE)
+        lab = np.where(valid, folder, np.array(UNKNOWN_LABEL, LABEL_DTYPE))
     rejects = [r for _, r in sorted(rejects, key=lambda r: r[0])]
     keys = np.array(got.keys, dtype=object)
     pred = np.full(n, PRED_FILL, np.int8)
