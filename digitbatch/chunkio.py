@@ -282,6 +282,16 @@ def copy_chunk(src, dst, i: int) -> None:
     _put_chunk(dst, i, raw)
 
 
+def write_span(arr, a: int, b: int, rows: np.ndarray) -> None:
+    """Rows ``[a, b)`` of ``arr``: one whole chunk (or the last one's rows)
+    written directly (:func:`write_rows`), any other span through zarr."""
+    c = arr.chunks[0]
+    if a % c == 0 and (b - a == c or b == arr.shape[0]):
+        write_rows(arr, a // c, rows)
+    else:
+        arr[a:b] = rows
+
+
 def write_rows(arr, i: int, rows: np.ndarray) -> None:
     """Write the rows of chunk ``i`` (the whole chunk), directly when the codec
     allows (ours, and zarr's default for strings): the bytes zarr would store."""

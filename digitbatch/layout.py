@@ -361,9 +361,10 @@ class StoreWriter:
         arrays = self._arrays
         for arr in arrays.values():
             arr.resize((stop, *arr.shape[1:]))
-        arrays["images"][start:stop] = head_i
-        arrays["labels"][start:stop] = head_l
-        arrays["keys"][start:stop] = np.array(head_k, dtype=object)
+        # (a flush is one whole chunk, or the last rows: written as chunks directly)
+        for name, rows in (("images", head_i), ("labels", head_l),
+                           ("keys", np.array(head_k, dtype=object))):
+            write_span(arrays[name], start, stop, rows)
         # (the arrays' own bytes, not copies of them: the same digest)
         self._hash.update(memoryview(np.ascontiguousarray(head_i)).cast("B"))
         self._hash.update(memoryview(np.ascontiguousarray(head_l)).cast("B"))
@@ -433,4 +434,4 @@ class StoreWriter:
 
 
 # chunk-level reads and writes (re-exported: callers import them from here)
-from .chunkio import copy_chunk, read_rows, write_rows  # noqa: E402
+from .chunkio import copy_chunk, read_rows, write_rows, write_span  # noqa: E402

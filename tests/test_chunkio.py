@@ -10,7 +10,7 @@ import zarr
 from zarr.codecs import ZstdCodec
 from zarr.storage import LocalStore, MemoryStore
 
-from digitbatch.chunkio import copy_chunk, read_rows, write_rows
+from digitbatch.chunkio import copy_chunk, read_rows, write_rows, write_span
 from digitbatch.errors import StoreError
 from digitbatch.layout import COMPRESSORS, IMAGE_CODECS
 
@@ -313,6 +313,23 @@ def test_write_rows_of_strings_with_other_codecs_goes_through_zarr(tmp_path):
             write_rows(arr, i, names[a:b])
     for arr in (summed, plain, remote):
         assert arr[:].tolist() == names.tolist()
+
+
+def test_write_span_writes_whole_chunks_directly_and_other_spans_through_zarr(tmp_path):
+    data = _data(150, "digits")
+    g = _group(tmp_path / "s.zarr")
+    arr = g.create_array("images", shape=data.shape, chunks=(C, 28, 28), dtype="uint8",
+                         compressors=IMAGE_CODECS["lz4"], fill_value=0, config=EVERY)
+    ref = _images(g, data, C, name="ref")
+    write_span(arr, 128, 150, data[128:150])  # the ragged last chunk
+    write_span(arr, 0, 64, data[0:64])  # a whole chunk
+    write_span(arr, 64, 100, data[64:100])  # part of one: through zarr
+    write_span(arr, 100, 128, data[100:128])
+    np.testing.assert_array_equal(arr[:], data)
+    for i in range(3):
+        assert _chunk_path(tmp_path / "s.zarr", "images", i, 3).read_bytes() == \
+            _chunk_path(tmp_path / "s.zarr", "ref", i, 3).read_bytes()
+    assert ref.metadata.codecs == arr.metadata.codecs
 
 
 def test_write_rows_refuses_the_wrong_number_of_rows(tmp_path):

@@ -434,14 +434,14 @@ def test_write_chunk_skips_arrays_given_as_none(tmp_path):
 
 def test_write_chunk_that_fails_before_its_commit_record_commits_nothing(tmp_path, monkeypatch):
     out = _new(tmp_path)
-    real = O.write_rows
+    real = O.write_span
 
-    def failing(arr, i, rows):
-        if arr.path.endswith("proba"):  # (the last array written)
+    def failing(arr, a, b, rows):
+        if arr.path.endswith("proba"):  # (after pred and margin, before the record)
             raise InjectedWriteError("disk full")
-        return real(arr, i, rows)
+        return real(arr, a, b, rows)
 
-    monkeypatch.setattr(O, "write_rows", failing)
+    monkeypatch.setattr(O, "write_span", failing)
     with pytest.raises(InjectedWriteError):
         O.write_chunk(str(out), 1, 4, 8, **_rows(4, 8), counts=_counts(4, 8))
     assert O.committed(out) == {}

@@ -45,7 +45,7 @@ from .. import storage
 from ..chunkio import read_rows, read_strings, stored
 from ..digits import UNKNOWN_LABEL
 from ..errors import IncompleteOutputError, NotAnOutputError, ScoreError, StoreError
-from ..layout import COMPRESSORS, chunk_bounds, write_rows
+from ..layout import COMPRESSORS, chunk_bounds, write_span
 from .handles import forget_handles, open_array_cached
 from .lock import LOCK, check_owner
 
@@ -172,15 +172,6 @@ def committed(out: Path) -> dict[int, dict]:
     return records
 
 
-def _write_part(arr, a: int, b: int, rows: np.ndarray) -> None:
-    """Rows ``[a, b)`` of ``arr``: a whole chunk written directly, else through zarr."""
-    c = arr.chunks[0]
-    if a % c == 0 and (b - a == c or b == arr.shape[0]):
-        write_rows(arr, a // c, rows)
-    else:
-        arr[a:b] = rows
-
-
 def write_chunk(out_path: str, i: int, start: int, stop: int, *, pred: np.ndarray,
                 margin: np.ndarray, proba: np.ndarray | None, keys: np.ndarray | None,
                 counts: dict, prefix: str = "", lease: str | None = None,
@@ -200,7 +191,7 @@ def write_chunk(out_path: str, i: int, start: int, stop: int, *, pred: np.ndarra
                        ("gap", gap), ("second", second)):
         if rows is None:  # (keys None: the caller copied the keys chunk already)
             continue
-        _write_part(open_array_cached(out_path, prefix + name), a, b, rows)
+        write_span(open_array_cached(out_path, prefix + name), a, b, rows)
     record = {"chunk": i, "start": start, "stop": stop,
               **{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in counts.items()}}
     check_owner(out_path, lease)
@@ -321,7 +312,7 @@ def write_slots(out_path: str, i: int, start: int, *, valid: np.ndarray, labels:
     """
     n = valid.shape[0]
     for name, rows in (("valid", valid.astype(np.int8)), ("labels", labels)):
-        _write_part(open_array_cached(out_path, f"{STAGING}/{name}"), start + offset,
+        write_span(open_array_cached(out_path, f"{STAGING}/{name}"), start + offset,
                     start + offset + n, rows)
     write_chunk(out_path, i, start, start + n, pred=pred, margin=margin, proba=proba, keys=keys,
                 counts=counts, prefix=f"{STAGING}/", lease=lease, gap=gap, second=second,
