@@ -4,7 +4,10 @@ Scoring is I/O-bound: zarr's general read path costs about twice a direct
 decode of one of our chunks. For arrays with our own codec (bytes + Blosc)
 a chunk's stored bytes are fetched (a file for local stores, a key of the
 Zarr store otherwise: S3 and friends) and decoded straight with numcodecs;
-other codecs go through zarr. Every read checks that the chunk exists and
+other codecs go through zarr. Writes of whole chunks go the same way, and
+so do those of string arrays with zarr's default codecs (vlen-utf8 and
+zstd: member keys), encoded with numcodecs into the bytes zarr stores;
+zarr's own write of a small chunk costs milliseconds of its async machinery. Every read checks that the chunk exists and
 is intact: stores write every chunk, so a missing or damaged one is a
 :class:`~digitbatch.errors.StoreError`, never fill values.
 """
