@@ -60,3 +60,34 @@ def test_switched_off(monkeypatch):
     loader = jitload.KernelLoader("test kernels", lambda: calls.append(1))
     assert not jitload.available()
     assert not loader.ready(10**6, 1, start=True) and not loader.threads and calls == []
+
+
+
+def test_compile_in_compiles_the_named_kernels_callees_first(tmp_path, monkeypatch):
+    import importlib
+
+    import numba
+
+    # a module whose kernels call each other through its globals (numba caches
+    # a kernel beside its source file: this one is in tmp_path)
+    (tmp_path / "toykernels.py").write_text(
+        "def _twice(x):\n    return 2 * x\n\n\n"
+        "def _twice_plus_one(x):\n    return _twice(x) + 1\n\n\nOTHER = len\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    toy = importlib.import_module("toykernels")
+    jitload.compile_in(vars(toy), ("_twice", "_twice_plus_one"))
+    assert isinstance(toy._twice, numba.core.dispatcher.Dispatcher)
+    assert isinstance(toy._twice_plus_one, numba.core.dispatcher.Dispatcher)
+    assert toy.OTHER is len  # (only the named ones)
+    assert toy._twice_plus_one(20) == 41
+
+
+def test_the_kernel_modules_load_compiled_kernels():
+    import numba
+
+    from digitbatch.sources import fitjit, jpegvouch, pngvouch
+
+    for module in (fitjit, jpegvouch, pngvouch):
+        module.load()
+        for name in module._KERNELS:
+            assert isinstance(getattr(module, name), numba.core.dispatcher.Dispatcher), name

@@ -81,11 +81,7 @@ def load() -> None:
 
 
 def _load() -> None:
-    import numba
-
-    g = globals()
-    for name in _KERNELS:
-        g[name] = numba.njit(cache=True, nogil=True)(g[name])
+    jitload.compile_in(globals(), _KERNELS)
     # every signature the fit uses, loaded (or compiled) on a tiny group
     grey = np.zeros((2, 24, 30), np.uint8)
     grey[:, 4:20, 10:14] = 200

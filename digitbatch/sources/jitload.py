@@ -33,6 +33,17 @@ def available() -> bool:
     return installed() and not os.environ.get("DIGITBATCH_NO_JIT")
 
 
+def compile_in(namespace: dict, names) -> None:
+    """Replace each function ``names`` of a module's ``namespace`` by its
+    numba-compiled form (cached on disk, ``nogil``), callees first: a kernel
+    calls the others by the module global, which is compiled by then. The
+    owner's loader calls this; the first calls load (or compile) them."""
+    import numba
+
+    for name in names:
+        namespace[name] = numba.njit(cache=True, nogil=True)(namespace[name])
+
+
 class KernelLoader:
     """Loads kernels with ``load`` (on a thread of its own), once, when asked to."""
 

@@ -111,11 +111,7 @@ _KERNELS = ("_plain_marker", "_maybe_tar", "_vouch")
 
 
 def _load() -> None:
-    import numba
-
-    g = globals()
-    for name in _KERNELS:  # (_maybe_tar: tarsniff's, compiled here)
-        g[name] = numba.njit(cache=True, nogil=True)(g[name])
+    jitload.compile_in(globals(), _KERNELS)  # (_maybe_tar: tarsniff's, compiled here)
     buf = np.frombuffer(b"\xff\xd8\xff\xe0" + bytes(600), np.uint8)
     _vouch(buf, np.zeros(1, np.int64), np.full(1, buf.size, np.int64), 1, 1,
            np.zeros((1, 2), np.int64))

@@ -233,11 +233,7 @@ _KERNELS = ("_be32", "_crc_ok", "_plain_ancillary", "_maybe_tar", "_vouch", "_un
 
 
 def _load() -> None:
-    import numba
-
-    g = globals()
-    for name in _KERNELS:  # (_maybe_tar: tarsniff's, compiled here)
-        g[name] = numba.njit(cache=True, nogil=True)(g[name])
+    jitload.compile_in(globals(), _KERNELS)  # (_maybe_tar: tarsniff's, compiled here)
     buf = np.frombuffer(bytes(600), np.uint8)
     _vouch(buf, np.zeros(1, np.int64), np.full(1, buf.size, np.int64), 1, 1,
            np.zeros((1, 6), np.int64))
