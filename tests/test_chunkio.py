@@ -338,6 +338,11 @@ def test_write_rows_refuses_the_wrong_number_of_rows(tmp_path):
     with pytest.raises(ValueError):
         write_rows(arr, 1, data[C: C + 10])  # chunk 1 holds 64 rows, not 10
     np.testing.assert_array_equal(arr[:], data)  # nothing lost
+    keys = _keys(_group(tmp_path / "k.zarr"), 150, C)  # (the direct string write too)
+    names = keys[:].tolist()
+    with pytest.raises(StoreError, match="chunk 2 holds rows 128-149"):
+        write_rows(keys, 2, np.array(["x"] * 5, dtype=object))
+    assert keys[:].tolist() == names
 
 
 # --- copy_chunk ---------------------------------------------------------------------
