@@ -92,6 +92,7 @@ def local_cluster(n_workers: int | None, processes: bool = True) -> Iterator:
     method = {}
     if processes and start_forkserver():
         method = {"distributed.worker.multiprocessing-method": START_METHOD}
+        _keep_our_preload()
     try:
         with dask.config.set({"distributed.nanny.pre-spawn-environ": pre_spawn,
                               **LOCAL_CLUSTER_CONFIG, **method}):
@@ -132,6 +133,25 @@ def start_forkserver() -> bool:
     with _environ(env):
         multiprocessing.forkserver.ensure_running()
     return True
+
+
+def _keep_our_preload() -> None:
+    """Stop Dask from setting its own forkserver preload list.
+
+    On its first worker start, Dask sets the forkserver's preload to its
+    own list, and imports every module of it here first (pandas among
+    them, 0.3 s of a run's start on this process, in the thread the
+    cluster starts on, beside the listing: README, "Measured defaults").
+    Our forkserver already runs with :data:`WORKER_IMPORTS`, so that list
+    would change nothing but this process's imports. Dask keeps whether it
+    has set the list in a module flag of ``distributed.utils`` (2026.7 has
+    it); without the flag this does nothing, and tests/test_localcluster.py
+    fails if starting a cluster imports pandas here again.
+    """
+    import distributed.utils
+
+    if hasattr(distributed.utils, "_forkserver_preload_set"):
+        distributed.utils._forkserver_preload_set = True
 
 
 @contextlib.contextmanager

@@ -63,3 +63,19 @@ def test_workers_read_fsspec_config_from_the_environment_they_start_with(monkeyp
     with cluster.client(None, n_workers=1) as c:
         seen = list(c.run(_worker_fsspec_endpoint).values())
     assert seen == ["http://127.0.0.1:9"]
+
+
+def test_starting_a_cluster_leaves_pandas_unimported_here():
+    """Dask's own forkserver preload list would import pandas (and more) in
+    this process as the first worker starts; ours is already running."""
+    import subprocess
+
+    code = ("import sys\n"
+            "from digitbatch import cluster\n"
+            "if __name__ == '__main__':\n"
+            "    with cluster.client(None, n_workers=1) as c:\n"
+            "        assert len(c.scheduler_info()['workers']) == 1\n"
+            "    print('pandas' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
