@@ -103,7 +103,7 @@ def test_archive_resume_is_identical(tmp_path, model, kill_after):
                   arrays=False)
     plan.prepare(out)
     for t in plan.tasks(set())[:kill_after]:
-        plan.work.fn(t, model=loaded.model, labels=None, **plan.work.kwargs)
+        plan.work.fn(plan.work.fill(t), model=loaded.model, labels=None, **plan.work.kwargs)
     r = score(src, model=model, out=out, chunk_size=256, resume=True, scheduler="synchronous")
     ref = json.loads((tmp_path / "ref.zarr" / "_SUCCESS").read_text())
     assert r.metrics["confusion_matrix"] == ref["confusion_matrix"]

@@ -80,7 +80,8 @@ def test_archive_plan_packs_each_slot_chunk(tmp_path, shared_model):
     assert plan.checksum.startswith("archive-sha256:") and plan.input["n_members"] == 600
     tasks = plan.tasks({1})
     assert [(t.index, t.start, t.stop) for t in tasks] == [(0, 0, 256), (2, 512, 600)]
-    entries = unpack(tasks[0].packed)
+    assert all(t.packed is None for t in tasks)  # packed as each is submitted
+    entries = unpack(plan.work.fill(tasks[0]).packed)
     assert len(entries) == 256 and isinstance(entries[5], Reject)
     assert all(isinstance(e, MemberRef) for i, e in enumerate(entries) if i != 5)
     assert [e.key for e in entries] == [e.key for e in plan.listing.entries[:256]]
@@ -204,7 +205,7 @@ def test_archive_plan_with_a_small_first_slot(tmp_path, shared_model, monkeypatc
     for t in tasks:
         before = files()
         time.sleep(0.01)  # (so that a rewritten file's mtime differs)
-        w.fn(t, **{**w.kwargs, "out_path": str(out)}, **w.broadcast)
+        w.fn(w.fill(t), **{**w.kwargs, "out_path": str(out)}, **w.broadcast)
         written.append({name for name, *_ in files() - before})
     assert written == [{"0"}, {"1"}, {"2"}]
     outs = {}

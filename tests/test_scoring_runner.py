@@ -48,6 +48,8 @@ def test_batch_timed_out_reports_only_its_uncommitted_chunks(tmp_path, small_sto
 
 
 def test_inline_runner_runs_every_task_in_order_and_counts_progress():
+    import dataclasses
+
     from digitbatch.scoring.runner import run
     from digitbatch.scoring.tasks import ChunkTask, Work
 
@@ -64,6 +66,13 @@ def test_inline_runner_runs_every_task_in_order_and_counts_progress():
     assert progress == [256, 188]
     run([], work, scheduler="synchronous")  # nothing to do: no executor is even made
     assert len(seen) == 2
+    # each task filled just before it runs
+    filled = dataclasses.replace(work, fn=lambda task, **kw: seen.append(task.packed),
+                                 fill=lambda t: seen.append(("fill", t.index))
+                                 or dataclasses.replace(t, packed=b"%d" % t.index))
+    seen.clear()
+    run(todo, filled, scheduler="synchronous")
+    assert seen == [("fill", 0), b"0", ("fill", 2), b"2"]
 
 
 def note_start(task, *, path, model):
@@ -114,3 +123,45 @@ def test_the_model_is_on_every_worker_before_the_first_chunk(tmp_path):
     with cluster.client("local", n_workers=3) as c:
         run([ChunkTask(0, 0, 10)], work, scheduler=c.scheduler.address)
     assert path.read_text() == "3"
+
+
+@pytest.mark.timeout(120)
+def test_the_first_chunk_runs_before_the_last_task_is_filled(tmp_path):
+    """Tasks are filled (an archive's entries packed) as they are submitted:
+    the first chunk starts on a worker while the last is still being filled."""
+    import dataclasses
+    import time
+
+    from digitbatch import cluster
+    from digitbatch.scoring.runner import run
+    from digitbatch.scoring.tasks import ChunkTask, Work
+
+    path = tmp_path / "order.txt"
+    started_first: list[bool] = []
+
+    def first_started():
+        return path.exists() and path.read_text().startswith("0:")
+
+    def fill(task):
+        if task.index == 5:  # the last: wait (bounded) until a worker has started chunk 0
+            for _ in range(600):
+                if first_started():
+                    break
+                time.sleep(0.05)
+            started_first.append(first_started())
+        return dataclasses.replace(task, packed=b"p%d" % task.index)
+
+    todo = [ChunkTask(i, i * 10, i * 10 + 10) for i in range(6)]
+    work = Work(fn=note_filled, kwargs={"path": str(path)}, broadcast={"model": "M"},
+                describe=lambda t: [], processes=True, batch=False, fill=fill)
+    with cluster.client("local", n_workers=1) as c:
+        run(todo, work, scheduler=c.scheduler.address)
+    assert started_first == [True]
+    assert path.read_text().split() == [f"{i}:p{i}" for i in range(6)]  # each ran filled
+
+
+def note_filled(task, *, path, model):
+    """A chunk function: notes the chunk it starts and what it was filled with."""
+    with open(path, "a") as f:
+        f.write(f"{task.index}:{task.packed.decode()}\n")
+    return task.index

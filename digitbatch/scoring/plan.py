@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .. import storage
@@ -92,12 +92,9 @@ class ScorePlan:
         return self.listing is not None
 
     def tasks(self, done: set[int]) -> list[ChunkTask]:
-        """The chunks not in ``done``, in order."""
-        if self.listing is None:
-            return [ChunkTask(i, a, b) for i, (a, b) in enumerate(self.bounds) if i not in done]
-        entries = self.listing.entries
-        return [ChunkTask(i, a, b, pack(entries[a:b])) for i, (a, b) in enumerate(self.bounds)
-                if i not in done]
+        """The chunks not in ``done``, in order (an archive's entries are packed
+        into each as it is submitted: :attr:`~.tasks.Work.fill`)."""
+        return [ChunkTask(i, a, b) for i, (a, b) in enumerate(self.bounds) if i not in done]
 
 
 def is_store(source: Path) -> bool:
@@ -166,6 +163,9 @@ def _archive_plan(source: Path, model, *, out_path: str, proba: bool, labels, ch
     def describe(task: ChunkTask) -> list[str]:
         return listed([e.key for e in entries[task.start:task.stop]])
 
+    def fill(task: ChunkTask) -> ChunkTask:
+        return replace(task, packed=pack(entries[task.start:task.stop]))
+
     return ScorePlan(
         n=n, chunk_size=chunk_size, checksum=checksum,
         input={"path": str(source.resolve()) if identity is None else origin,
@@ -176,7 +176,7 @@ def _archive_plan(source: Path, model, *, out_path: str, proba: bool, labels, ch
                   kwargs={"proba": proba, "container": str(source), "kind": kind,
                           "limit": limit, "out_path": out_path, "offset": offset},
                   broadcast={"model": model, "labels": label_map}, describe=describe,
-                  stuck_on=decoding, processes=True, batch=False),
+                  stuck_on=decoding, processes=True, batch=False, fill=fill),
         prepare=lambda out: create_staging(out, n=n + offset, chunk_size=slot,
                                            n_classes=model.n_classes, proba=proba),
         listing=listing,

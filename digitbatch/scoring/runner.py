@@ -66,7 +66,7 @@ def run(todo: list[ChunkTask], work: Work, *, scheduler=None, progress=None,
     with cluster.executor(scheduler, processes=processes) as ex:
         if ex.client is None:
             for task in todo:
-                fn(task, **kwargs, **broadcast)
+                fn(*work.filled([task]), **kwargs, **broadcast)
                 if progress is not None:
                     progress(task.n_images)
             return
@@ -88,7 +88,7 @@ def run(todo: list[ChunkTask], work: Work, *, scheduler=None, progress=None,
         grouped = batches(todo, ex.n_workers, batch=work.batch)
         # In chunk order (the first commits first): tasks of equal priority run
         # in the order of their (random) keys.
-        futures = [client.submit(run_batch, g, fn=fn, **kwargs, **shared, pure=False,
+        futures = [client.submit(run_batch, work.filled(g), fn=fn, **kwargs, **shared, pure=False,
                                  retries=TASK_RETRIES, priority=len(grouped) - k)
                    for k, g in enumerate(grouped)]
         failures = _gather_commits(client, futures, grouped, progress=progress,
@@ -105,7 +105,8 @@ def run(todo: list[ChunkTask], work: Work, *, scheduler=None, progress=None,
                         len(retry))
             failures = [f for f in failures if f[2] != KILLED]
             for task in retry:
-                fut = client.submit(run_batch, [task], fn=fn, **kwargs, **shared, pure=False,
+                fut = client.submit(run_batch, work.filled([task]), fn=fn, **kwargs, **shared,
+                                    pure=False,
                                     retries=TASK_RETRIES)
                 failures += [(t, r + ", running alone too" if k == KILLED else r, k)
                              for t, r, k in _gather_commits(client, [fut], [[task]],

@@ -62,6 +62,14 @@ class Work:
     # Several chunks may share a Dask task (:func:`batches`): store chunks are
     # short. Archive chunks decode images for a long time each.
     batch: bool = False
+    # what a task still needs when it is submitted (an archive chunk's packed
+    # entries): filled task by task, so that the first goes out without
+    # waiting for every other to be filled
+    fill: Callable[[ChunkTask], ChunkTask] | None = None
+
+    def filled(self, tasks: list[ChunkTask]) -> list[ChunkTask]:
+        """``tasks`` as they are run: :attr:`fill` applied, where there is one."""
+        return list(tasks) if self.fill is None else [self.fill(t) for t in tasks]
 
 
 def listed(keys: list[str]) -> list[str]:
