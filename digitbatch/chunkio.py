@@ -123,10 +123,12 @@ def _encode_strings(arr, rows, c: int) -> bytes:
     fill value to the chunk's length)."""
     from numcodecs import VLenUTF8, Zstd
 
-    full = [str(x) for x in rows]
+    full = np.asarray(rows)
+    if full.dtype != object:  # (numpy strings: str objects; an object array holds them)
+        full = full.astype(object)
     if len(full) != c:  # the last chunk is stored at full chunk shape
-        full += [str(arr.fill_value)] * (c - len(full))
-    data = VLenUTF8().encode(np.array(full, dtype=object))
+        full = np.concatenate([full, np.full(c - len(full), str(arr.fill_value), dtype=object)])
+    data = VLenUTF8().encode(full)
     return Zstd(level=arr.metadata.codecs[1].level).encode(data)
 
 

@@ -206,13 +206,14 @@ def test_chunks_of_an_archive_output_read_its_labels_even_a_chunk_left_out(tmp_p
 
     members, _, _ = digit_members(600, seed=4)
     # the first 256 members at the top level: no folder, no label: an all-unknown
-    # labels chunk, which zarr does not store
+    # labels chunk, which zarr does not store when it writes it (as compaction did
+    # before it wrote chunks directly, which stores every chunk)
     members = {(f"top{i:03d}.png" if i < 256 else k): v
                for i, (k, v) in enumerate(members.items())}
     src = make_tar(tmp_path / "a.tar", members, mode="w")
     out = tmp_path / "p.zarr"
     score(src, model=shared_model, out=out, chunk_size=256, scheduler="synchronous")
-    assert not (out / "labels" / "c" / "0").exists()  # (the case this is about)
+    (out / "labels" / "c" / "0").unlink()  # (the case this is about)
     p = open_predictions(out)
     labels = np.concatenate([ch.labels for ch in p.chunks()])
     np.testing.assert_array_equal(labels, zarr.open_group(str(out), mode="r")["labels"][:])
@@ -622,6 +623,48 @@ def test_compact_copies_the_valid_rows_in_order(tmp_path, valid, proba):
     else:
         assert "proba" not in g
     assert "_staging" not in g and not (out / "_staging").exists()
+
+
+def test_compact_reads_a_staging_chunk_zarr_left_out_as_fill(tmp_path):
+    """A staging chunk of fill values written through zarr is not stored (the
+    labels of a slot whose members have none, say): its rows are fill values."""
+    valid = [1, 0, 1, 1, 1, 1, 0, 1, 1, 1]
+    out = _staged(tmp_path, valid)
+    (out / "_staging" / "labels" / "c" / "1").unlink()
+    O.compact(out, chunk_size=C, n_classes=K, proba=True)
+    want = (np.arange(N) % 10).astype(np.int8)
+    want[C:2 * C] = -1
+    keep = np.array(valid, dtype=bool)
+    assert zarr.open_group(str(out), mode="r")["labels"][:].tolist() == want[keep].tolist()
+
+
+@pytest.mark.parametrize("name", ["pred", "keys"])
+def test_compact_names_a_damaged_staging_chunk(tmp_path, name):
+    out = _staged(tmp_path, [1] * N)
+    (out / "_staging" / name / "c" / "1").write_bytes(b"damaged")
+    with pytest.raises(IncompleteOutputError, match=rf"chunk 1 of .*_staging/{name} is corrupt.*"
+                                                    r"score again into a new --out"):
+        O.compact(out, chunk_size=C, n_classes=K, proba=True)
+
+
+def test_compacted_chunks_hold_the_bytes_zarr_writes(tmp_path):
+    """Output chunks written directly are those zarr would write for the same rows."""
+    valid = [0, 1, 1, 1, 1, 1, 1, 1, 1, 1]
+    out = _staged(tmp_path, valid)
+    keep = np.array(valid, dtype=bool)
+    want = _rows(0, N)
+    O.compact(out, chunk_size=C, n_classes=K, proba=True)
+    ref = zarr.open_group(str(tmp_path / "ref.zarr"), mode="w")
+    g = zarr.open_group(str(out), mode="r")
+    for name in ("pred", "margin", "proba", "keys"):
+        a = ref.create_array(name, shape=g[name].shape, chunks=g[name].chunks,
+                             dtype=str if name == "keys" else g[name].dtype,
+                             **({} if name == "keys" else {"compressors": COMPRESSORS,
+                                                           "fill_value": g[name].fill_value}))
+        a[:] = np.asarray(want[name])[keep]
+        for i in range(3):
+            key = Path(name, "c", str(i), *(["0"] if name == "proba" else []))
+            assert (out / key).read_bytes() == (tmp_path / "ref.zarr" / key).read_bytes(), key
 
 
 def test_compact_with_nothing_valid_makes_empty_arrays(tmp_path):

@@ -324,7 +324,10 @@ def compact(out: Path, *, chunk_size: int, n_classes: int, proba: bool) -> int:
 
     The ``valid`` flags are read first (a byte a slot), so each output array
     is made at its final size and written one whole chunk at a time: no
-    resize, no chunk written twice.
+    resize, no chunk written twice. Staging chunks are read, and output
+    chunks written, a chunk at a time straight from and to their stored
+    bytes (:mod:`digitbatch.chunkio`: zarr's own path costs milliseconds a
+    call, and compaction runs after the last chunk, with the workers idle).
     """
     g = storage.open_group(out, mode="r+")
     st = g[STAGING]
@@ -332,8 +335,10 @@ def compact(out: Path, *, chunk_size: int, n_classes: int, proba: bool) -> int:
     names = ["pred", "margin", "keys", "labels"] + [e[0] for e in EXTRA_ARRAYS
                                                     if e[0] in st] + (["proba"] if proba else [])
     c = chunk_size
-    blocks = chunk_bounds(valid.shape[0], c)
-    keeps = [valid[a:b].astype(bool) for a, b in blocks]
+    try:
+        keeps = [_staged_rows(valid, k).astype(bool) for k in range(_n_chunks(valid))]
+    except StoreError as exc:
+        raise _damaged_staging(out, exc) from exc
     total = sum(int(np.count_nonzero(k)) for k in keeps)
     for name in names:
         if name in g:
@@ -347,31 +352,55 @@ def compact(out: Path, *, chunk_size: int, n_classes: int, proba: bool) -> int:
                              chunks=(c, n_classes) if name == "proba" else (c,), **kw)
         copies.append((src, dst))
     for src, dst in copies:
-        _copy_valid(src, dst, blocks, keeps, c)
+        try:
+            _copy_valid(src, dst, keeps, c)
+        except StoreError as exc:
+            raise _damaged_staging(out, exc) from exc
     del g[STAGING]
     storage.rmtree(storage.to_path(out) / STAGING)
     return total
 
 
-def _copy_valid(src, dst, blocks: list[tuple[int, int]], keeps: list[np.ndarray],
-                c: int) -> None:
-    """The rows of ``src`` that ``keeps`` marks, in order, into ``dst``, a whole chunk at a time."""
+def _damaged_staging(out: Path, exc: StoreError) -> IncompleteOutputError:
+    return IncompleteOutputError(f"{out}: a scored chunk's staged rows cannot be read ({exc}); "
+                                 f"the output is damaged: score again into a new --out")
+
+
+def _n_chunks(arr) -> int:
+    return -(-arr.shape[0] // arr.chunks[0])
+
+
+def _staged_rows(arr, k: int) -> np.ndarray:
+    """Staging chunk ``k`` of ``arr``; fill values where it was never stored (zarr
+    leaves out a chunk of fill values written through it: a slot chunk whose
+    members were all rejected, say)."""
+    if not stored(arr, k):
+        c = arr.chunks[0]
+        n = min(c, arr.shape[0] - k * c)
+        return np.full((n, *arr.shape[1:]), arr.fill_value,
+                       dtype=object if arr.dtype.kind in "TOU" else arr.dtype)
+    return read_strings(arr, k) if arr.dtype.kind in "TOU" else read_rows(arr, k)
+
+
+def _copy_valid(src, dst, keeps: list[np.ndarray], c: int) -> None:
+    """The rows of ``src`` that ``keeps`` (one array per staging chunk) marks, in
+    order, into ``dst``, a whole chunk of ``c`` rows at a time."""
     buf: list[np.ndarray] = []
     pending = written = 0
-    for (a, b), keep in zip(blocks, keeps):
+    for k, keep in enumerate(keeps):
         if not keep.any():
             continue
-        vals = src[a:b]  # (keys stay numpy strings: no object array made and taken apart)
+        vals = _staged_rows(src, k)
         buf.append(vals if keep.all() else vals[keep])
         pending += len(buf[-1])
         while pending >= c:
             arr = np.concatenate(buf) if len(buf) > 1 else buf[0]
-            dst[written:written + c] = arr[:c]
+            write_span(dst, written, written + c, arr[:c])
             buf = [arr[c:]] if len(arr) > c else []
             written += c
             pending -= c
     if pending:
-        dst[written:written + pending] = np.concatenate(buf) if len(buf) > 1 else buf[0]
+        write_span(dst, written, written + pending, np.concatenate(buf) if len(buf) > 1 else buf[0])
 
 
 @dataclass(frozen=True)
