@@ -27,9 +27,13 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_REJECTS = 10
 # Bumped when a field of the --json summary is renamed or changes meaning.
 SUMMARY_SCHEMA_VERSION = 1
-# Members per decode task: big enough to amortise each task's scheduling,
-# small enough to keep both workers busy on a few thousand images.
-DEFAULT_DECODE_BATCH = 2048
+# Members per decode task, at most: each task costs the client, the scheduler
+# and a worker milliseconds of Python (README, "Measured defaults"). A run's
+# first tasks are smaller (FIRST_DECODE_TASK, doubling every second task up
+# to the most: decode_task_sizes), so that a small archive still keeps every
+# worker busy and the first rows arrive early.
+DEFAULT_DECODE_BATCH = 8192
+FIRST_DECODE_TASK = 1024
 # ...and at most this many member bytes per task (a member larger than this
 # goes alone): what bounds memory, whatever the members' sizes. A task's bytes
 # are held by this process (streamed members), the scheduler and a worker,
@@ -71,13 +75,23 @@ def _array_batches(images: np.ndarray, labels: np.ndarray, keys: list[str],
         yield Batch(images[start:stop], labels[start:stop], keys[start:stop])
 
 
+def decode_task_sizes(batch_size: int) -> Iterator[int]:
+    """Members of each decode task in turn: :data:`FIRST_DECODE_TASK` (or
+    ``batch_size``, if smaller), doubling every second task up to ``batch_size``."""
+    size = min(FIRST_DECODE_TASK, batch_size)
+    while True:
+        yield size
+        yield size
+        size = min(2 * size, batch_size)
+
+
 def _image_batches(path: Path, ex, *, batch_size: int, max_member_bytes: int,
                    stream: bool = False, keep=None) -> Iterator[Batch]:
     """Decode the members of an image container on the executor, in source order.
 
     The container is listed here (:func:`~digitbatch.sources.listing.iter_entries`)
-    and cut into packed tasks of ``batch_size`` members or :data:`TASK_BYTES`
-    bytes, whichever comes first: references that each
+    and cut into packed tasks of :func:`decode_task_sizes` members (up to
+    ``batch_size``) or :data:`TASK_BYTES` bytes, whichever comes first: references that each
     task reads itself where the container is seekable, members with their
     bytes where it is streamed (a compressed tar; every container with
     ``stream``: a local copy of a remote source, which workers cannot see).
@@ -97,21 +111,23 @@ def _image_batches(path: Path, ex, *, batch_size: int, max_member_bytes: int,
     def groups() -> Iterator:
         items: list = []
         held = 0
+        sizes = decode_task_sizes(batch_size)
+        size = next(sizes)
         for m in iter_entries(path, container, limit=max_member_bytes, seekable=seekable):
             if keep is not None and not keep(m.key):
                 continue
             if isinstance(m, Reject):
                 header_rejects.append(m)
                 continue
-            size = len(m.data) if isinstance(m, Member) else m.size
-            if items and held + size > TASK_BYTES:
+            nbytes = len(m.data) if isinstance(m, Member) else m.size
+            if items and held + nbytes > TASK_BYTES:
                 yield (str(path), container, pack(items), max_member_bytes)
-                items, held = [], 0
+                items, held, size = [], 0, next(sizes)
             items.append(m)
-            held += size
-            if len(items) >= batch_size:
+            held += nbytes
+            if len(items) >= size:
                 yield (str(path), container, pack(items), max_member_bytes)
-                items, held = [], 0
+                items, held, size = [], 0, next(sizes)
         if items:
             yield (str(path), container, pack(items), max_member_bytes)
 

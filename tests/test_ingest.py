@@ -333,3 +333,49 @@ def test_ingest_refuses_unknown_codec(tmp_path, idx_dir):
     with pytest.raises(StoreError, match="codec 'zip' is not one of lz4, none"):
         ingest(idx_dir, tmp_path / "s.zarr", codec="zip")
     assert not (tmp_path / "s.zarr").exists()
+
+
+def test_decode_task_sizes_ramp_up_to_the_batch_size():
+    from itertools import islice
+
+    from digitbatch.ingestion import FIRST_DECODE_TASK, decode_task_sizes
+
+    f = FIRST_DECODE_TASK
+    assert list(islice(decode_task_sizes(8 * f), 9)) == [f, f, 2 * f, 2 * f, 4 * f, 4 * f,
+                                                          8 * f, 8 * f, 8 * f]
+    assert list(islice(decode_task_sizes(3 * f), 6)) == [f, f, 2 * f, 2 * f, 3 * f, 3 * f]
+    assert list(islice(decode_task_sizes(7), 3)) == [7, 7, 7]  # smaller than the first
+
+
+def test_image_tasks_grow_as_the_ramp_says_and_the_store_is_the_same(tmp_path, monkeypatch):
+    """The first decode tasks are small, the later ones whole batches; what is
+    stored does not depend on how members were cut into tasks."""
+    import digitbatch.ingestion as ingestion
+    from digitbatch.sources import listing
+
+    members, _, _ = digit_members(51)
+    tar = make_tar(tmp_path / "d.tar", members, mode="w")
+    real = listing.decode_packed
+    sizes: list[int] = []
+
+    def counted(task):
+        sizes.append(len(listing.unpack(task[2])))
+        return real(task)
+
+    monkeypatch.setattr(listing, "decode_packed", counted)
+    monkeypatch.setattr(ingestion, "FIRST_DECODE_TASK", 4)
+    ingest(tar, tmp_path / "ramp.zarr", scheduler="synchronous", decode_batch_size=16,
+           chunk_size=256)
+    assert sizes == [4, 4, 8, 8, 16, 11]
+    sizes.clear()
+    ingest(tar, tmp_path / "one.zarr", scheduler="synchronous", decode_batch_size=64,
+           chunk_size=256)
+    assert sizes == [4, 4, 8, 8, 16, 11]  # (the ramp, then whatever is left)
+    monkeypatch.setattr(ingestion, "FIRST_DECODE_TASK", 64)
+    sizes.clear()
+    ingest(tar, tmp_path / "whole.zarr", scheduler="synchronous", decode_batch_size=64,
+           chunk_size=256)
+    assert sizes == [51]
+    a, b = open_store(tmp_path / "ramp.zarr"), open_store(tmp_path / "whole.zarr")
+    np.testing.assert_array_equal(a.images[:], b.images[:])
+    assert list(a.keys[:]) == list(b.keys[:]) and a.checksum == b.checksum
