@@ -208,6 +208,10 @@ def ingest(
     codec = validate_codec(codec)
     if isinstance(max_rejects, bool) or not isinstance(max_rejects, int) or max_rejects < 0:
         raise TooManyRejectsError(f"max_rejects must be an integer >= 0, got {max_rejects!r}")
+    if (isinstance(decode_batch_size, bool) or not isinstance(decode_batch_size, int)
+            or decode_batch_size < 1):
+        raise SourceError(f"decode_batch_size must be an integer >= 1 (members per decode "
+                          f"task), got {decode_batch_size!r}")
     if overwrite:  # before any work: only a digitbatch store is ever replaced
         storage.check_replaceable(out, "store")
     cluster.check_address(scheduler)

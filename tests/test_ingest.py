@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import re
 import tarfile
 import zipfile
 
@@ -379,3 +380,15 @@ def test_image_tasks_grow_as_the_ramp_says_and_the_store_is_the_same(tmp_path, m
     a, b = open_store(tmp_path / "ramp.zarr"), open_store(tmp_path / "whole.zarr")
     np.testing.assert_array_equal(a.images[:], b.images[:])
     assert list(a.keys[:]) == list(b.keys[:]) and a.checksum == b.checksum
+
+
+@pytest.mark.parametrize("bad", [0, -5, 2.5, True, "8192"])
+def test_ingest_refuses_a_bad_decode_batch_size_and_writes_nothing(tmp_path, bad):
+    from digitbatch.errors import SourceError
+
+    members, _, _ = digit_members(5)
+    tar = make_tar(tmp_path / "d.tar", members, mode="w")
+    with pytest.raises(SourceError, match=rf"decode_batch_size must be an integer >= 1 .*"
+                                          rf"got {re.escape(repr(bad))}"):
+        ingest(tar, tmp_path / "out.zarr", scheduler="synchronous", decode_batch_size=bad)
+    assert_nothing_left(tmp_path)

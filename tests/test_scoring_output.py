@@ -641,10 +641,18 @@ def test_compact_reads_a_staging_chunk_zarr_left_out_as_fill(tmp_path):
 @pytest.mark.parametrize("name", ["pred", "keys"])
 def test_compact_names_a_damaged_staging_chunk(tmp_path, name):
     out = _staged(tmp_path, [1] * N)
-    (out / "_staging" / name / "c" / "1").write_bytes(b"damaged")
+    chunk = out / "_staging" / name / "c" / "1"
+    good = chunk.read_bytes()
+    chunk.write_bytes(b"damaged")
     with pytest.raises(IncompleteOutputError, match=rf"chunk 1 of .*_staging/{name} is corrupt.*"
                                                     r"score again into a new --out"):
         O.compact(out, chunk_size=C, n_classes=K, proba=True)
+    # nothing lost: staging is kept whole, the output is not finished
+    assert (out / "_staging").is_dir() and not (out / "_SUCCESS").exists()
+    chunk.write_bytes(good)  # once the chunk is whole again, compaction completes
+    assert O.compact(out, chunk_size=C, n_classes=K, proba=True) == N
+    np.testing.assert_array_equal(zarr.open_group(str(out), mode="r")["pred"][:],
+                                  _rows(0, N)["pred"])
 
 
 def test_compacted_chunks_hold_the_bytes_zarr_writes(tmp_path):
