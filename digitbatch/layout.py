@@ -29,7 +29,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -215,12 +215,34 @@ def open_store(path: str | os.PathLike) -> Store:
     validate_arrays(store)
     return store
 
-@dataclass
-class _Buffer:
-    images: list = field(default_factory=list)
-    labels: list = field(default_factory=list)
-    keys: list = field(default_factory=list)
-    n: int = 0
+class _ChunkBuffer:
+    """The rows of the chunk being filled, in arrays of a whole chunk made on
+    first use and reused chunk after chunk: their memory is touched once,
+    not once per chunk as a concatenation of the batches would."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.images: np.ndarray | None = None
+        self.labels: np.ndarray | None = None
+        self.keys: list[str] = []
+        self.n = 0
+
+    def put(self, images: np.ndarray, labels: np.ndarray, keys: Sequence[str], at: int) -> int:
+        """Copy rows ``at:`` of a batch, as many as the chunk has room for;
+        returns the batch row after the last one taken."""
+        if self.images is None:
+            self.images = np.empty((self.size, *IMAGE_SHAPE), np.uint8)
+            self.labels = np.empty(self.size, LABEL_DTYPE)
+        take = min(images.shape[0] - at, self.size - self.n)
+        self.images[self.n:self.n + take] = images[at:at + take]
+        self.labels[self.n:self.n + take] = labels[at:at + take]
+        self.keys.extend(str(k) for k in keys[at:at + take])
+        self.n += take
+        return at + take
+
+    def clear(self) -> None:
+        self.keys = []
+        self.n = 0
 
 
 class StoreWriter:
@@ -266,7 +288,7 @@ class StoreWriter:
         self.token = uuid.uuid4().hex[:12]
         self.tmp = (self.path.parent / f".{self.path.name}{TEMP_INFIX}{self.token}"
                     if self.local else self.path)
-        self._buf = _Buffer()
+        self._buf = _ChunkBuffer(self.chunk_size)
         self._written = 0
         self._hash = hashlib.sha256()
         self._counts = np.zeros(N_CLASSES + 1, dtype=np.int64)  # last slot: unknown
@@ -329,12 +351,11 @@ class StoreWriter:
         bad = (labels != UNKNOWN_LABEL) & ((labels < 0) | (labels >= N_CLASSES))
         if bad.any():
             raise StoreError(f"labels must be 0-9 or {UNKNOWN_LABEL}, got {labels[bad][:5].tolist()}")
-        self._buf.images.append(images)
-        self._buf.labels.append(labels.astype(LABEL_DTYPE, copy=False))
-        self._buf.keys.extend(str(k) for k in keys)
-        self._buf.n += n
-        while self._buf.n >= self.chunk_size:
-            self._flush(self.chunk_size)
+        at = 0
+        while at < n:
+            at = self._buf.put(images, labels, keys, at)
+            if self._buf.n == self.chunk_size:
+                self._flush()
 
     def add_rejects(self, rejects: Iterable[tuple[str, str]]) -> None:
         """Record inputs that were refused, with the reason, in the store."""
@@ -348,15 +369,10 @@ class StoreWriter:
     def n_rejects(self) -> int:
         return len(self._rejects)
 
-    def _flush(self, count: int) -> None:
-        images = np.concatenate(self._buf.images) if len(self._buf.images) > 1 else self._buf.images[0]
-        labels = np.concatenate(self._buf.labels) if len(self._buf.labels) > 1 else self._buf.labels[0]
-        keys = self._buf.keys
-        head_i, head_l, head_k = images[:count], labels[:count], keys[:count]
-        rest = _Buffer()
-        if images.shape[0] > count:
-            rest = _Buffer([images[count:]], [labels[count:]], keys[count:], images.shape[0] - count)
-        self._buf = rest
+    def _flush(self) -> None:
+        """Write the rows buffered (a whole chunk, or the last rows)."""
+        count = self._buf.n
+        head_i, head_l, head_k = self._buf.images[:count], self._buf.labels[:count], self._buf.keys
         start, stop = self._written, self._written + count
         arrays = self._arrays
         for arr in arrays.values():
@@ -371,13 +387,14 @@ class StoreWriter:
         self._hash.update("\n".join(head_k).encode("utf-8") + b"\n")
         self._counts += np.bincount(np.where(head_l < 0, N_CLASSES, head_l), minlength=N_CLASSES + 1)
         self._written = stop
+        self._buf.clear()
 
     def finish(self, *, splits: dict[str, tuple[int, int]] | None = None,
                extra: dict | None = None) -> Store:
         """Flush, write the attributes last, and rename into place."""
         self._open()
         if self._buf.n:
-            self._flush(self._buf.n)
+            self._flush()
         n = self._written
         g = self._group
         if self._rejects:

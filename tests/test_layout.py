@@ -40,6 +40,23 @@ def test_round_trip_and_chunks(tmp_path):
     assert not list(tmp_path.glob(".s.zarr.tmp-*"))
 
 
+def test_rows_are_copied_when_appended_and_the_chunk_buffer_is_reused(tmp_path):
+    """A batch's arrays may be reused by the caller once appended, and every
+    chunk is assembled in the same buffer (its memory touched once)."""
+    x, y = synthetic_digits(700)
+    batch_x, batch_y = x[:300].copy(), y[:300].copy()
+    with StoreWriter(tmp_path / "s.zarr", source={}, chunk_size=256) as w:
+        w.append(batch_x, batch_y, [f"k{i}" for i in range(300)])
+        first = w._buf.images
+        batch_x[:] = 0  # the caller's array, reused: the 44 rows waiting are copies
+        batch_y[:] = 0
+        w.append(x[300:], y[300:], [f"k{i}" for i in range(300, 700)])
+        assert w._buf.images is first and w._buf.n == 700 - 512
+        store = w.finish()
+    np.testing.assert_array_equal(store.images[:], x)
+    np.testing.assert_array_equal(store.labels[:], y)
+
+
 def test_checksum_is_content_not_append_pattern(tmp_path):
     a, x, y = _write(tmp_path / "a.zarr")
     with StoreWriter(tmp_path / "b.zarr", source={}, chunk_size=256) as w:

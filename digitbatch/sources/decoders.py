@@ -26,6 +26,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -176,6 +177,32 @@ def jpeg_pixels(data, height: int, width: int, reduction: int | None = None, *,
     if arr.shape[:2] != want:
         return None
     return out if out is not None else (arr[..., 0] if arr.ndim == 3 else arr)
+
+
+def jpeg_stack(data, spans: list[tuple[int, int]], out: np.ndarray,
+               told: Callable[[int], object] | None = None) -> list[int]:
+    """:func:`jpeg_pixels` of many JPEGs of one size, each into the next free
+    row of ``out`` (C-contiguous uint8, at least ``len(spans)`` rows of their
+    :func:`jpeg_decoded_size`): member ``i`` is ``data[a:a + n]`` for
+    ``(a, n) = spans[i]`` (``data``: a memoryview of a run of members).
+    Returns the members decoded, in order (row ``r`` holds member
+    ``taken[r]``); the others failed (Pillow decides). ``told(i)`` is called
+    before member ``i`` is decoded."""
+    want = out.shape[1:]
+    decode = simplejpeg.decode_jpeg
+    taken: list[int] = []
+    r = 0
+    for i, (a, n) in enumerate(spans):
+        if told is not None:
+            told(i)
+        try:
+            arr = decode(data[a:a + n], "GRAY", False, False, want[0], want[1], 1, out[r], True)
+        except Exception:  # corrupt, truncated (strict: libjpeg's warnings too): Pillow decides
+            continue
+        if arr.shape[:2] == want:
+            taken.append(i)
+            r += 1
+    return taken
 
 
 def fast_limits() -> tuple[int, int]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,24 +107,18 @@ def _plain_tar(path: str, run_refs: list[MemberRef], at: list[int], limit: int,
             run = run_refs[i:j]
             starts = [q.offset - start for q in run]
             lens = [q.size for q in run]
-            sizes = None
             done: set[int] = set()
             first = got[0] if got else None  # (the run's first member says which kind)
             if first == 0xFF and jpegs:
-                sizes = jpegvouch.run_sizes(got, starts, lens, max_side=max_side,
-                                            max_pixels=max_pixels)
+                done = _plain_jpegs(got, starts, lens, run, at[i:j], limit, block, max_side,
+                                    max_pixels)
             elif first == 0x89:
                 done = _plain_pngs(got, starts, lens, run, at[i:j], limit, block, max_side,
                                    max_pixels)
-            view = memoryview(got)
-            for k, (q, hw) in enumerate(zip(run, _each(sizes, len(run)), strict=True)):
-                if k in done:
-                    continue
-                a = starts[k]
-                if (hw[0] and q.size <= limit and members.has_image_extension(q.key)
-                        and block.jpeg(at[i + k], q.key, view[a:a + q.size], hw)):
-                    continue
-                block.member(at[i + k], members.finish_member(q.key, got[a:a + q.size], limit))
+            for k, q in enumerate(run):
+                if k not in done:
+                    a = starts[k]
+                    block.member(at[i + k], members.finish_member(q.key, got[a:a + q.size], limit))
     finally:
         os.close(fd)
 
@@ -147,8 +141,29 @@ def _plain_pngs(got: bytes, starts: list[int], lens: list[int], run: list[Member
     return done
 
 
-def _each(sizes: np.ndarray | None, n: int) -> Iterator[tuple[int, int]]:
-    return map(tuple, sizes.tolist()) if sizes is not None else iter([(0, 0)] * n)
+def _plain_jpegs(got: bytes, starts: list[int], lens: list[int], run: list[MemberRef],
+                 at: list[int], limit: int, block: _Block, max_side: int, max_pixels: int
+                 ) -> set[int]:
+    """Decode the plain JPEGs of a run (:mod:`.jpegvouch`) into the block's
+    stacks, those of one size together; the members (indices in ``run``) it
+    took (a member whose fast decode fails is left to be judged as bytes)."""
+    sizes = jpegvouch.run_sizes(got, starts, lens, max_side=max_side, max_pixels=max_pixels)
+    if sizes is None:
+        return set()
+    ks = [k for k in np.flatnonzero(sizes[:, 0]).tolist()
+          if lens[k] <= limit and members.has_image_extension(run[k].key)]
+    by_size: dict[tuple[int, int], list[int]] = {}
+    if ks and (sizes[ks] == sizes[ks[0]]).all():  # (the usual run: one size)
+        by_size[tuple(sizes[ks[0]].tolist())] = ks
+    else:
+        for k, hw in zip(ks, sizes[ks].tolist()):
+            by_size.setdefault(tuple(hw), []).append(k)
+    view = memoryview(got)
+    done: set[int] = set()
+    for hw, group in by_size.items():
+        done.update(block.jpegs(view, [(starts[k], lens[k]) for k in group],
+                                [at[k] for k in group], [run[k].key for k in group], hw, group))
+    return done
 
 
 class _Block:
@@ -191,25 +206,35 @@ class _Block:
         for j, key in zip(at, keys, strict=True):
             folder[j] = members.folder_label(key)
 
-    def jpeg(self, j: int, key: str, data: memoryview, hw: tuple[int, int]) -> bool:
-        """Decode a plain JPEG member (:mod:`.jpegvouch`) into its size's stack;
-        False when the fast decoder fails (the member must be judged as bytes)."""
+    def jpegs(self, view: memoryview, spans: list[tuple[int, int]], at: list[int],
+              keys: list[str], hw: tuple[int, int], ids: list) -> list:
+        """Decode plain JPEGs of one frame size ``hw`` (:mod:`.jpegvouch`)
+        into their size's stack, a stack's room at a time; ``ids`` of those
+        decoded (the others' fast decode failed: they must be judged as bytes)."""
         size = self.decoded.get(hw)
         if size is None:
             size = self.decoded[hw] = decoders.jpeg_decoded_size(*hw)
-        stack, at = self.stacks.get(size) or self._stack(size)
-        if self.busy is not None:
-            self.busy(key)
-        if decoders.jpeg_pixels(data, *hw, out=stack[len(at)]) is None:
-            return False
-        at.append(j)
-        self.out.folder[j] = members.folder_label(key)
-        self.pixels += size[0] * size[1]
-        if self.pixels >= PENDING_PIXELS:
-            self.flush()
-        elif len(at) == len(stack):
-            self._flush_stack(size)
-        return True
+        busy = self.busy
+        folder = self.out.folder
+        taken_ids = []
+        p = 0
+        while p < len(spans):
+            stack, stacked = self.stacks.get(size) or self._stack(size)
+            part = spans[p:p + len(stack) - len(stacked)]
+            told = None if busy is None else (lambda i, q=p: busy(keys[q + i]))
+            took = decoders.jpeg_stack(view, part, stack[len(stacked):], told)
+            for i in took:
+                j = at[p + i]
+                stacked.append(j)
+                folder[j] = members.folder_label(keys[p + i])
+                taken_ids.append(ids[p + i])
+            p += len(part)
+            self.pixels += len(took) * size[0] * size[1]
+            if self.pixels >= PENDING_PIXELS:
+                self.flush()
+            elif len(stacked) == len(stack):
+                self._flush_stack(size)
+        return taken_ids
 
     def _stack(self, size: tuple[int, int]) -> tuple[np.ndarray, list[int]]:
         if len(self.stacks) >= MAX_STACKS:
