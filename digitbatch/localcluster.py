@@ -40,7 +40,17 @@ WORKER_ENV = {
 # CPU is taken from the task threads of a small machine (README, "Measured
 # defaults"). A user who wants the
 # profile runs their own scheduler (--scheduler ADDRESS) with their config.
-LOCAL_CLUSTER_CONFIG = {"distributed.worker.profile.enabled": False}
+# Every Dask server (the scheduler and each Nanny here, each worker) also
+# wakes every 20 ms to time its event loop and every 0.5 s to sample the
+# system for the dashboard: an idle cluster of two workers spent about a
+# tenth of a core on them, CPU a busy one takes from decoding (README,
+# "Measured defaults"). A blocked loop is still reported (Dask warns past
+# 3 s), and the dashboard's system page updates every 5 s.
+LOCAL_CLUSTER_CONFIG = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.tick.interval": "1s",
+    "distributed.admin.system-monitor.interval": "5s",
+}
 
 # A LocalCluster's worker processes are forked from a forkserver that has
 # imported Dask and the modules our tasks run (by name: this module imports

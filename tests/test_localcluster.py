@@ -80,3 +80,19 @@ def test_starting_a_cluster_leaves_pandas_unimported_here():
                          check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def _intervals(dask_worker=None, dask_scheduler=None):
+    server = dask_worker or dask_scheduler
+    return {name: server.periodic_callbacks[name].callback_time for name in ("tick", "monitor")}
+
+
+def test_servers_time_their_loop_and_sample_the_system_seldom():
+    """The scheduler, each Nanny and each worker: event-loop ticks every second
+    and system samples every 5 s (Dask's 20 ms and 0.5 s cost an idle cluster
+    a tenth of a core); the worker's memory monitor is left as Dask has it."""
+    want = {"tick": 1000, "monitor": 5000}
+    with localcluster.local_cluster(2) as lc, cluster.client(lc.scheduler_address) as c:
+        assert list(c.run(_intervals).values()) == [want, want]
+        assert c.run_on_scheduler(_intervals) == want
+        assert [_intervals(n) for n in lc.workers.values()] == [want, want]  # the Nannies
