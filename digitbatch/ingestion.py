@@ -120,14 +120,12 @@ def _image_batches(path: Path, ex, *, batch_size: int, max_member_bytes: int,
                 header_rejects.append(m)
                 continue
             nbytes = len(m.data) if isinstance(m, Member) else m.size
-            if items and held + nbytes > TASK_BYTES:
+            # a task is cut before the member that would take it past its size or bytes
+            if items and (len(items) >= size or held + nbytes > TASK_BYTES):
                 yield (str(path), container, pack(items), max_member_bytes)
                 items, held, size = [], 0, next(sizes)
             items.append(m)
             held += nbytes
-            if len(items) >= size:
-                yield (str(path), container, pack(items), max_member_bytes)
-                items, held, size = [], 0, next(sizes)
         if items:
             yield (str(path), container, pack(items), max_member_bytes)
 
