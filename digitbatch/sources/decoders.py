@@ -161,22 +161,21 @@ def jpeg_decoded_size(height: int, width: int, reduction: int | None = None) -> 
     return -(-height // d), -(-width // d)
 
 
-def jpeg_pixels(data, height: int, width: int, reduction: int | None = None, *,
-                out: np.ndarray | None = None) -> np.ndarray | None:
+def jpeg_pixels(data, height: int, width: int, reduction: int | None = None
+                ) -> np.ndarray | None:
     """The grey pixels (as stored, not turned) of a JPEG whose header says
     ``height`` x ``width`` and passed the fast path's checks, decoded at
     :func:`jpeg_reduction` by libjpeg-turbo; None when it fails (Pillow
-    decides). ``data``: bytes or a memoryview of them. ``out``: a C-contiguous
-    uint8 array of :func:`jpeg_decoded_size` to decode into (and return)."""
-    want = out.shape if out is not None else jpeg_decoded_size(height, width, reduction)
+    decides). ``data``: bytes or a memoryview of them."""
+    want = jpeg_decoded_size(height, width, reduction)
     try:
         arr = simplejpeg.decode_jpeg(data, "GRAY", min_height=want[0], min_width=want[1],
-                                     strict=True, buffer=out)
+                                     strict=True)
     except Exception:  # corrupt, truncated (strict: libjpeg's warnings too): Pillow decides
         return None
     if arr.shape[:2] != want:
         return None
-    return out if out is not None else (arr[..., 0] if arr.ndim == 3 else arr)
+    return arr[..., 0] if arr.ndim == 3 else arr
 
 
 def jpeg_stack(data, spans: list[tuple[int, int]], out: np.ndarray,

@@ -8,7 +8,7 @@ and the decoder's dispatch, on top of the decode itself.
 :func:`run_sizes` looks at every member of a run in one compiled loop
 and gives the frame size of each member it *vouches for*: one whose
 bytes the Python path would accept unchanged, so that it may be decoded
-straight away (:func:`.decoders.jpeg_pixels`). A member is vouched for
+straight away (:func:`.decoders.jpeg_stack`). A member is vouched for
 only when all of these hold, each a narrower form of a Python check:
 
 - it starts with a JPEG's ``FF D8 FF`` (so no archive magic of
